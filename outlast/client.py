@@ -1,0 +1,342 @@
+"""Clients: trigger and inspect runs from app code.
+
+``Client`` is synchronous (Django, Flask, scripts) and ``AsyncClient`` its asyncio twin.
+Both talk to the store directly (the app shares the database), or over HTTP to an
+outlast server when ``api_url`` / ``OUTLAST_API_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from . import _serde
+from ._clock import Clock
+from ._config import settings
+from ._errors import PayloadTooLarge, RunNotFound, UnknownTask, ValidationError
+from ._ids import new_id
+from .durable import Token
+from .runs import Run, RunHandle
+from .store import open_store
+from .store.base import NewRun, Store, Waitpoint
+from .tasks import REGISTRY, Task, TriggerOptions, build_run
+
+_MISSING: Any = object()
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class Client:
+    """Synchronous client over the database."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        store: Store | None = None,
+        env: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store or open_store(database_url, clock)
+        self.env = env or settings().env
+        self._checked = False
+
+    def _ready(self) -> Store:
+        if not self._checked:
+            self.store.check_schema()
+            self._checked = True
+        return self.store
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- triggering -----------------------------------------------------------------------
+    def _new_run(
+        self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
+    ) -> NewRun:
+        if isinstance(task, Task):
+            return task.new_run(payload, options, self.env)
+        local = REGISTRY.get(task)
+        if local is not None:
+            return local.new_run(payload, options, self.env)
+        published = self._ready().get_task(self.env, task)
+        if published is None:
+            raise UnknownTask(
+                f"no task {task!r} in environment {self.env!r}: import the module that "
+                "defines it, or start a worker that serves it",
+                field="task_id",
+            )
+        text = _serde.to_json(payload)
+        limit = settings().max_payload_bytes
+        if len(text.encode()) > limit:
+            raise PayloadTooLarge(
+                f"payload is {len(text.encode())} bytes, over the limit of {limit} bytes",
+                field="payload",
+            )
+        spec = published.spec
+        return build_run(
+            task_id=task,
+            default_queue=published.queue,
+            default_tags=spec.get("tags") or (),
+            default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
+            default_max_duration=spec.get("max_duration"),
+            payload_text=text,
+            options=options,
+            env=self.env,
+        )
+
+    def trigger(
+        self,
+        task: Task[Any, Any] | str,
+        payload: Any = None,
+        *,
+        options: TriggerOptions | None = None,
+        **kwargs: Any,
+    ) -> RunHandle[Any]:
+        """Start a run; returns once the run is committed (C1)."""
+        opts = options or TriggerOptions(**kwargs)
+        new = self._new_run(task, payload, opts)
+        result = self._ready().trigger([new])[0]
+        return RunHandle(id=result.id, task_id=new.task_id, is_cached=result.is_cached,
+                         _output_type=_output_type(task))
+
+    def batch_trigger(
+        self,
+        task: Task[Any, Any] | str,
+        payloads: Iterable[Any],
+        *,
+        options: TriggerOptions | None = None,
+        **kwargs: Any,
+    ) -> list[RunHandle[Any]]:
+        """Start many runs in one transaction: every payload is validated first, and a bad
+        one (named by its index) writes nothing."""
+        opts = options or TriggerOptions(**kwargs)
+        runs = []
+        for i, p in enumerate(payloads):
+            try:
+                runs.append(self._new_run(task, p, opts))
+            except ValidationError as exc:
+                field = f"items[{i}].{exc.field}" if exc.field else f"items[{i}]"
+                raise type(exc)(f"items[{i}]: {exc.message}", field=field) from None
+        results = self._ready().trigger(runs)
+        out_type = _output_type(task)
+        return [
+            RunHandle(id=r.id, task_id=n.task_id, is_cached=r.is_cached, _output_type=out_type)
+            for r, n in zip(results, runs, strict=True)
+        ]
+
+    # -- runs -----------------------------------------------------------------------------
+    def retrieve(self, run_id: str) -> Run:
+        run = self._ready().get_run(self.env, run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r} in environment {self.env!r}", field="run_id")
+        return run
+
+    def list_runs(self, **filters: Any) -> list[Run]:
+        return self._ready().list_runs(self.env, **filters)
+
+    def cancel(self, run_id: str) -> Run:
+        run, _ = self._ready().cancel(self.env, run_id)
+        return run
+
+    def replay(self, run_id: str, payload: Any = _MISSING) -> RunHandle[Any]:
+        """A new run of the same task with the same (or a new) payload, linked to the
+        original by ``replayed_from``."""
+        original = self.retrieve(run_id)
+        new = self._new_run(
+            original.task_id,
+            original.payload if payload is _MISSING else payload,
+            TriggerOptions(
+                tags=original.tags,
+                priority=original.priority,
+                max_attempts=original.max_attempts,
+                concurrency_key=original.concurrency_key,
+                queue=original.queue,
+            ),
+        )
+        new.replayed_from = original.id
+        result = self._ready().trigger([new])[0]
+        return RunHandle(id=result.id, task_id=new.task_id)
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> Run:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.retrieve(run_id)
+            if run.is_final:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout} s")
+            time.sleep(poll)
+
+    # -- waitpoint tokens -----------------------------------------------------------------
+    def create_token(
+        self,
+        timeout: timedelta | float | None = None,
+        *,
+        idempotency_key: str | None = None,
+        idempotency_key_ttl: timedelta | float | None = None,
+        tags: Sequence[str] = (),
+    ) -> Token:
+        from .waitpoints import callback_url
+
+        store = self._ready()
+        seconds = _seconds(timeout)
+        wp = store.create_token(
+            self.env,
+            new_id("waitpoint"),
+            timeout_at=store.now() + seconds if seconds is not None else None,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=_seconds(idempotency_key_ttl),
+            tags=tags,
+        )
+        return Token(id=wp.id, callback_url=callback_url(store, wp.id), timeout_at=wp.timeout_at)
+
+    def complete_token(self, token_id: str, data: Any = None) -> Waitpoint:
+        """Complete a token; the first completion wins, later ones change nothing (C7)."""
+        wp, _ = self._ready().complete_waitpoint(self.env, token_id, _serde.to_json(data))
+        return wp
+
+    def get_token(self, token_id: str) -> Waitpoint:
+        from ._errors import TokenNotFound
+
+        wp = self._ready().get_waitpoint(self.env, token_id)
+        if wp is None:
+            raise TokenNotFound(f"no waitpoint token {token_id!r}", field="id")
+        return wp
+
+    def list_tokens(self, status: str | None = None, limit: int = 100) -> list[Waitpoint]:
+        return [
+            w
+            for w in self._ready().list_waitpoints(self.env, status=status, limit=limit)
+            if w.kind == "token"
+        ]
+
+    # -- queues ---------------------------------------------------------------------------
+    def list_queues(self) -> list[dict[str, Any]]:
+        return self._ready().list_queues(self.env)
+
+    def pause_queue(self, name: str) -> dict[str, Any]:
+        return self._ready().update_queue(self.env, name, paused=True)
+
+    def resume_queue(self, name: str) -> dict[str, Any]:
+        return self._ready().update_queue(self.env, name, paused=False)
+
+    def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
+        if limit is not None and limit < 0:
+            raise ValidationError("a concurrency limit is >= 0", field="limit")
+        return self._ready().update_queue(self.env, name, concurrency_limit=limit)
+
+
+def _output_type(task: Task[Any, Any] | str) -> Any:
+    if isinstance(task, Task):
+        return task.return_type
+    local = REGISTRY.get(task)
+    return local.return_type if local is not None else Any
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``: the same methods, awaitable."""
+
+    def __init__(self, client: Client | None = None, **kwargs: Any) -> None:
+        self.sync = client or Client(**kwargs)
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+
+    async def trigger(self, task: Task[Any, Any] | str, payload: Any = None, **kw: Any) -> RunHandle[Any]:
+        handle: RunHandle[Any] = await self._call("trigger", task, payload, **kw)
+        handle._client = self
+        return handle
+
+    async def batch_trigger(
+        self, task: Task[Any, Any] | str, payloads: Iterable[Any], **kw: Any
+    ) -> list[RunHandle[Any]]:
+        handles: list[RunHandle[Any]] = await self._call("batch_trigger", task, list(payloads), **kw)
+        for h in handles:
+            h._client = self
+        return handles
+
+    async def retrieve(self, run_id: str) -> Run:
+        run: Run = await self._call("retrieve", run_id)
+        return run
+
+    async def list_runs(self, **filters: Any) -> list[Run]:
+        runs: list[Run] = await self._call("list_runs", **filters)
+        return runs
+
+    async def cancel(self, run_id: str) -> Run:
+        run: Run = await self._call("cancel", run_id)
+        return run
+
+    async def replay(self, run_id: str, payload: Any = _MISSING) -> RunHandle[Any]:
+        handle: RunHandle[Any] = await self._call("replay", run_id, payload)
+        handle._client = self
+        return handle
+
+    async def wait_for_run(self, run_id: str, poll: float = 0.05) -> Run:
+        while True:
+            run = await self.retrieve(run_id)
+            if run.is_final:
+                return run
+            await asyncio.sleep(poll)
+
+    async def create_token(self, timeout: timedelta | float | None = None, **kw: Any) -> Token:
+        token: Token = await self._call("create_token", timeout, **kw)
+        return token
+
+    async def complete_token(self, token_id: str, data: Any = None) -> Waitpoint:
+        wp: Waitpoint = await self._call("complete_token", token_id, data)
+        return wp
+
+    async def get_token(self, token_id: str) -> Waitpoint:
+        wp: Waitpoint = await self._call("get_token", token_id)
+        return wp
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        queues: list[dict[str, Any]] = await self._call("list_queues")
+        return queues
+
+    async def pause_queue(self, name: str) -> dict[str, Any]:
+        q: dict[str, Any] = await self._call("pause_queue", name)
+        return q
+
+    async def resume_queue(self, name: str) -> dict[str, Any]:
+        q: dict[str, Any] = await self._call("resume_queue", name)
+        return q
+
+    async def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
+        q: dict[str, Any] = await self._call("set_queue_limit", name, limit)
+        return q
+
+
+_defaults: dict[tuple[str, str], AsyncClient] = {}
+
+
+def default_client() -> Client:
+    return default_async_client().sync
+
+
+def default_async_client() -> AsyncClient:
+    """The process-wide client for OUTLAST_DATABASE_URL and OUTLAST_ENV."""
+    key = (os.environ.get("OUTLAST_DATABASE_URL", ""), settings().env)
+    client = _defaults.get(key)
+    if client is None:
+        client = _defaults[key] = AsyncClient(Client())
+    return client
+
+
+def set_default_client(client: Client | None) -> None:
+    """Make ``client`` the one ``task.trigger()`` uses (None resets); for tests and apps
+    that build their own store."""
+    _defaults.clear()
+    if client is not None:
+        key = (os.environ.get("OUTLAST_DATABASE_URL", ""), settings().env)
+        _defaults[key] = AsyncClient(client)

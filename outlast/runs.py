@@ -1,0 +1,178 @@
+"""Runs: statuses, the Run record, handles and results. Pure data; no I/O of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._errors import RunFailedError
+
+if TYPE_CHECKING:
+    from .client import AsyncClient
+
+T = TypeVar("T")
+
+
+class RunStatus(enum.StrEnum):
+    DELAYED = "DELAYED"
+    QUEUED = "QUEUED"
+    EXECUTING = "EXECUTING"
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    EXPIRED = "EXPIRED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELED,
+        RunStatus.EXPIRED,
+        RunStatus.TIMED_OUT,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as stored. ``output`` and ``payload`` are JSON values (decoded)."""
+
+    id: str
+    env: str
+    task_id: str
+    queue: str
+    status: RunStatus
+    payload: Any
+    output: Any
+    error: dict[str, Any] | None
+    metadata: dict[str, Any]
+    tags: list[str]
+    attempt: int
+    max_attempts: int
+    priority: float
+    concurrency_key: str | None
+    idempotency_key: str | None
+    created_at: float
+    updated_at: float
+    available_at: float
+    delay_until: float | None
+    ttl_expires_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    max_duration: float | None
+    worker_id: str | None
+    parent_id: str | None
+    root_id: str | None
+    depth: int
+    replayed_from: str | None
+    cancel_requested: bool
+    wait_reason: Any = None
+    lease_epoch: int = 0
+    exec_seconds: float = 0.0
+    segment_started_at: float | None = None
+    idempotency_expires_at: float | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else self.updated_at
+        return max(0.0, end - self.started_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["status"] = str(self.status)
+        return d
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    key: str
+    kind: str
+    fingerprint: str | None
+    status: str
+    output: str | None
+    waitpoint_id: str | None
+    attempt: int
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    id: int
+    run_id: str
+    ts: float
+    kind: str
+    attempt: int | None
+    level: str | None
+    message: str | None
+    data: Any
+
+
+@dataclass
+class TaskRunResult(Generic[T]):
+    """The outcome of a child run awaited by its parent."""
+
+    ok: bool
+    id: str
+    task_id: str
+    status: RunStatus
+    output: T | None = None
+    error: dict[str, Any] | None = None
+
+    def unwrap(self) -> T:
+        if not self.ok:
+            message = (self.error or {}).get("message", str(self.status))
+            raise RunFailedError(f"run {self.id} ended {self.status}: {message}")
+        return self.output  # type: ignore[return-value]
+
+
+@dataclass
+class RunHandle(Generic[T]):
+    """What a trigger returns: the run id, and ways to look at the run."""
+
+    id: str
+    task_id: str
+    is_cached: bool = False
+    _client: AsyncClient | None = field(default=None, repr=False, compare=False)
+    _output_type: Any = field(default=Any, repr=False, compare=False)
+
+    async def retrieve(self) -> Run:
+        return await self._require_client().retrieve(self.id)
+
+    async def result(self, timeout: float | None = None, poll: float = 0.05) -> Run:
+        """Wait until the run is final and return it (raises TimeoutError past ``timeout``)."""
+        client = self._require_client()
+        return await asyncio.wait_for(client.wait_for_run(self.id, poll=poll), timeout)
+
+    async def output(self, timeout: float | None = None) -> T:
+        """Wait for the run; its output with the task's return type, or RunFailedError."""
+        from ._serde import dumps, from_json
+
+        run = await self.result(timeout)
+        if run.status != RunStatus.COMPLETED:
+            message = (run.error or {}).get("message", "")
+            raise RunFailedError(f"run {run.id} ended {run.status}: {message}", run_id=run.id)
+        value: T = from_json(dumps(run.output), self._output_type)
+        return value
+
+    def _require_client(self) -> AsyncClient:
+        if self._client is None:
+            from .client import default_async_client
+
+            self._client = default_async_client()
+        return self._client

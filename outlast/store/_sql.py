@@ -1,0 +1,1096 @@
+"""The store's logic, shared by both backends.
+
+Backends supply a transaction (``_transaction``), how list parameters travel
+(``_list``), wake-ups, and worker life locks; everything else — triggering, claiming
+under queue limits, fenced commits, waitpoints, reaping — is written once here against
+the named queries in ``sql/queries.sql``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import random
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any, Protocol
+
+from .._errors import InvalidState, RunNotFound, SchemaVersionError, TokenNotFound, TokenTimedOut
+from .._serde import dumps, loads
+from ..runs import FINAL_STATUSES, JournalEntry, Run, RunEvent, RunStatus
+from .base import (
+    Claim,
+    EndSegment,
+    Heartbeat,
+    LogLine,
+    NewRun,
+    Op,
+    QueueSpec,
+    SetMetadata,
+    StartWait,
+    StepDone,
+    Store,
+    TaskDef,
+    TickReport,
+    TriggerResult,
+    Waitpoint,
+    WaitpointState,
+    WorkerInfo,
+)
+
+SCHEMA_VERSION = 1
+_FINAL = tuple(str(s) for s in FINAL_STATUSES)
+
+Row = dict[str, Any]
+
+
+class Tx(Protocol):
+    def q(self, name: str, /, **params: Any) -> list[Row]: ...
+
+    def x(self, name: str, /, **params: Any) -> int: ...
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def script(self, sql: str) -> None: ...
+
+
+def load_queries(dialect: str) -> dict[str, str]:
+    """Parse ``-- name: x`` blocks; ``x [dialect]`` overrides ``x`` for that dialect."""
+    text = resources.files("outlast.store").joinpath("sql/queries.sql").read_text()
+    queries: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        header, _, body = block.partition("\n")
+        m = re.fullmatch(r"(\w+)(?: \[(\w+)\])?\s*", header)
+        if m is None:
+            raise ValueError(f"bad query header: {header!r}")
+        name, only = m.group(1), m.group(2)
+        sql = "\n".join(
+            line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if only is None:
+            queries[name] = sql
+        elif only == dialect:
+            overrides[name] = sql
+    queries.update(overrides)
+    return queries
+
+
+def schema_sql(dialect: str) -> str:
+    return resources.files("outlast.store").joinpath(f"sql/schema.{dialect}.sql").read_text()
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """Forward-only migrations ``sql/migrations/NNNN_name.<dialect>.sql`` after version 1."""
+    folder = resources.files("outlast.store").joinpath("sql/migrations")
+    found: list[tuple[int, str]] = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            m = re.fullmatch(rf"(\d+)_\w+\.{dialect}\.sql", entry.name)
+            if m:
+                found.append((int(m.group(1)), entry.read_text()))
+    return sorted(found)
+
+
+def _b(value: Any) -> bool:
+    return bool(value)
+
+
+def run_from_row(row: Row) -> Run:
+    return Run(
+        id=row["id"],
+        env=row["env"],
+        task_id=row["task_id"],
+        queue=row["queue"],
+        status=RunStatus(row["status"]),
+        payload=loads(row["payload"]),
+        output=loads(row["output"]),
+        error=loads(row["error"]),
+        metadata=loads(row["metadata"]) or {},
+        tags=loads(row["tags"]) or [],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        priority=row["priority"],
+        concurrency_key=row["concurrency_key"] or None,
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        available_at=row["available_at"],
+        delay_until=row["delay_until"],
+        ttl_expires_at=row["ttl_expires_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        max_duration=row["max_duration"],
+        worker_id=row["worker_id"],
+        parent_id=row["parent_id"],
+        root_id=row["root_id"],
+        depth=row["depth"],
+        replayed_from=row["replayed_from"],
+        cancel_requested=_b(row["cancel_requested"]),
+        wait_reason=loads(row["wait_reason"]),
+        lease_epoch=row["lease_epoch"],
+        exec_seconds=row["exec_seconds"],
+        segment_started_at=row["segment_started_at"],
+        idempotency_expires_at=row["idempotency_expires_at"],
+    )
+
+
+def _journal_entry(row: Row) -> JournalEntry:
+    return JournalEntry(
+        key=row["key"],
+        kind=row["kind"],
+        fingerprint=row["fingerprint"],
+        status=row["status"],
+        output=row["output"],
+        waitpoint_id=row["waitpoint_id"],
+        attempt=row["attempt"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _waitpoint(row: Row, waiting: list[str] | None = None) -> Waitpoint:
+    return Waitpoint(
+        id=row["id"],
+        env=row["env"],
+        kind=row["kind"],
+        status=row["status"],
+        run_id=row["run_id"],
+        timeout_at=row["timeout_at"],
+        output=loads(row["output"]),
+        is_error=_b(row["is_error"]),
+        idempotency_key=row["idempotency_key"],
+        tags=loads(row["tags"]) or [],
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
+        waiting_runs=waiting or [],
+    )
+
+
+def _task_def(row: Row) -> TaskDef:
+    return TaskDef(
+        id=row["id"],
+        queue=row["queue"],
+        payload_schema=loads(row["payload_schema"]),
+        spec=loads(row["spec"]),
+        updated_at=row["updated_at"],
+    )
+
+
+def _error(code: str, message: str) -> str:
+    return dumps({"code": code, "message": message})
+
+
+class SqlStore(Store):
+    dialect: str
+
+    def __init__(self) -> None:
+        self.q = load_queries(self.dialect)
+
+    # -- backend hooks --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """A read-write transaction; commits on success, rolls back on error."""
+
+    @abc.abstractmethod
+    def _list(self, values: Sequence[Any]) -> Any:
+        """A list parameter in this backend's form."""
+
+    def _notify(self, tx: Tx, env: str) -> None:  # noqa: B027 - optional hook
+        """Announce ready work to other processes (inside the transaction)."""
+
+    # -- schema ---------------------------------------------------------------------------
+    def _current_version(self, tx: Tx) -> int | None:
+        try:
+            rows = tx.q("schema_version")
+        except Exception:
+            return None
+        return int(rows[0]["version"]) if rows else None
+
+    @abc.abstractmethod
+    def _schema_exists(self) -> bool: ...
+
+    def migrate(self) -> int:
+        with self._transaction() as tx:
+            self._lock_for_migration(tx)
+            if not self._schema_exists():
+                tx.script(schema_sql(self.dialect))
+                tx.x("insert_schema_version", version=SCHEMA_VERSION)
+                return SCHEMA_VERSION
+            version = self._current_version(tx) or 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database schema is version {version}, newer than this outlast "
+                    f"({SCHEMA_VERSION}); upgrade outlast"
+                )
+            for number, sql in migrations(self.dialect):
+                if number > version:
+                    tx.script(sql)
+                    tx.x("set_schema_version", version=number)
+                    version = number
+            return version
+
+    def _lock_for_migration(self, tx: Tx) -> None:  # noqa: B027 - optional hook
+        """Serialize concurrent migrations (PostgreSQL takes an advisory lock)."""
+
+    def check_schema(self) -> None:
+        version = None
+        if self._schema_exists():
+            with self._transaction() as tx:
+                version = self._current_version(tx)
+        if version != SCHEMA_VERSION:
+            found = "no outlast schema" if version is None else f"schema version {version}"
+            raise SchemaVersionError(
+                f"the database has {found}; this outlast needs version {SCHEMA_VERSION}. "
+                f"Run `outlast migrate` (database: {self.safe_url})"
+            )
+
+    @property
+    def safe_url(self) -> str:
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.url)
+
+    # -- triggering -----------------------------------------------------------------------
+    def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:
+        now = self.now()
+        with self._transaction() as tx:
+            results = self._insert_runs(tx, runs, now)
+        if any(not r.delay for r in runs):
+            self.wake_local()
+        return results
+
+    def _run_row(self, r: NewRun, now: float) -> Row:
+        available = now + (r.delay or 0.0)
+        return {
+            "id": r.id,
+            "env": r.env,
+            "task_id": r.task_id,
+            "queue": r.queue,
+            "status": "DELAYED" if r.delay else "QUEUED",
+            "payload": r.payload,
+            "metadata": r.metadata,
+            "tags": dumps(r.tags),
+            "max_attempts": r.max_attempts,
+            "priority": r.priority,
+            "concurrency_key": r.concurrency_key,
+            "idempotency_key": r.idempotency_key,
+            "idempotency_expires_at": (
+                now + r.idempotency_ttl if r.idempotency_key and r.idempotency_ttl else None
+            ),
+            "idempotency_active": 1 if r.idempotency_key else 0,
+            "now": now,
+            "available_at": available,
+            "ready_at": available - r.priority,
+            "delay_until": available if r.delay else None,
+            "ttl_expires_at": available + r.ttl if r.ttl else None,
+            "max_duration": r.max_duration,
+            "parent_id": r.parent_id,
+            "root_id": r.root_id,
+            "depth": r.depth,
+            "replayed_from": r.replayed_from,
+            "parent_waitpoint_id": r.parent_waitpoint_id,
+        }
+
+    def _insert_runs(self, tx: Tx, runs: Sequence[NewRun], now: float) -> list[TriggerResult]:
+        results: list[TriggerResult] = []
+        plain: list[Row] = []
+        inserted: list[NewRun] = []
+        for r in runs:
+            row = self._run_row(r, now)
+            if r.idempotency_key is None:
+                plain.append(row)
+                inserted.append(r)
+                results.append(TriggerResult(r.id, False))
+                continue
+            key = {"env": r.env, "task_id": r.task_id, "idempotency_key": r.idempotency_key}
+            tx.x("release_idempotency_key", now=now, **key)
+            if tx.q("insert_run_idempotent", **row):
+                inserted.append(r)
+                results.append(TriggerResult(r.id, False))
+            else:
+                existing = tx.q("find_idempotent_run", **key)
+                results.append(TriggerResult(existing[0]["id"], True))
+        if plain:
+            tx.many("insert_run", plain)
+        tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]
+        if tags:
+            tx.many("insert_tag", tags)
+        queues = {(r.env, r.queue) for r in inserted}
+        tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in queues])
+        slots = {(r.env, r.queue, r.concurrency_key) for r in inserted}
+        tx.many("ensure_slot", [{"env": e, "queue": q, "ckey": k} for e, q, k in slots])
+        for env in {r.env for r in inserted if not r.delay}:
+            self._notify(tx, env)
+        return results
+
+    # -- reading --------------------------------------------------------------------------
+    def get_run(self, env: str, run_id: str) -> Run | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_run", env=env, id=run_id)
+        return run_from_row(rows[0]) if rows else None
+
+    def get_runs(self, env: str, run_ids: Sequence[str]) -> list[Run]:
+        if not run_ids:
+            return []
+        with self._transaction() as tx:
+            rows = tx.q("get_runs", env=env, ids=self._list(list(run_ids)))
+        by_id = {r["id"]: run_from_row(r) for r in rows}
+        return [by_id[i] for i in run_ids if i in by_id]
+
+    def list_runs(
+        self,
+        env: str,
+        *,
+        status: Sequence[str] | None = None,
+        task_id: str | None = None,
+        tag: str | None = None,
+        queue: str | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        # Built here rather than in queries.sql: each filter adds a clause, and every
+        # clause is a bound parameter; ids are time-sortable, so id order is creation order.
+        where = ["r.env = :env"]
+        params: dict[str, Any] = {"env": env, "limit": max(1, min(limit, 1000))}
+        if status:
+            names = []
+            for i, s in enumerate(status):
+                params[f"status{i}"] = str(s)
+                names.append(f":status{i}")
+            where.append(f"r.status IN ({', '.join(names)})")
+        if task_id:
+            where.append("r.task_id = :task_id")
+            params["task_id"] = task_id
+        if queue:
+            where.append("r.queue = :queue")
+            params["queue"] = queue
+        if tag:
+            where.append(
+                "r.id IN (SELECT t.run_id FROM run_tags t WHERE t.env = :env AND t.tag = :tag)"
+            )
+            params["tag"] = tag
+        if created_from is not None:
+            where.append("r.created_at >= :created_from")
+            params["created_from"] = created_from
+        if created_to is not None:
+            where.append("r.created_at <= :created_to")
+            params["created_to"] = created_to
+        if search:
+            where.append("(r.id = :search OR r.idempotency_key = :search)")
+            params["search"] = search
+        if before:
+            where.append("r.id < :before")
+            params["before"] = before
+        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
+        with self._transaction() as tx:
+            rows = self._raw(tx, sql, params)
+        return [run_from_row(r) for r in rows]
+
+    @abc.abstractmethod
+    def _raw(self, tx: Tx, sql: str, params: Mapping[str, Any]) -> list[Row]: ...
+
+    def journal(self, run_id: str) -> list[JournalEntry]:
+        with self._transaction() as tx:
+            return [_journal_entry(r) for r in tx.q("journal", run_id=run_id)]
+
+    def events(self, run_id: str, after_id: int = 0) -> list[RunEvent]:
+        with self._transaction() as tx:
+            rows = tx.q("events", run_id=run_id, after_id=after_id)
+        return [
+            RunEvent(
+                id=r["id"],
+                run_id=r["run_id"],
+                ts=r["ts"],
+                kind=r["kind"],
+                attempt=r["attempt"],
+                level=r["level"],
+                message=r["message"],
+                data=loads(r["data"]),
+            )
+            for r in rows
+        ]
+
+    def count_runs(self, env: str) -> dict[str, dict[str, int]]:
+        with self._transaction() as tx:
+            rows = tx.q("count_runs", env=env)
+        counts: dict[str, dict[str, int]] = {}
+        for r in rows:
+            counts.setdefault(r["task_id"], {})[r["status"]] = int(r["n"])
+        return counts
+
+    # -- ending runs (shared by commits, cancels, expiry and reaping) ----------------------
+    def _release_slot(self, tx: Tx, slot: Row) -> None:
+        if slot["holds_slot"]:
+            tx.x("give_slot", env=slot["env"], queue=slot["queue"], ckey=slot["concurrency_key"])
+            tx.x("give_queue", env=slot["env"], queue=slot["queue"])
+
+    def _finish(
+        self,
+        tx: Tx,
+        run_id: str,
+        status: RunStatus,
+        now: float,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        hooks_due: bool = False,
+    ) -> None:
+        """Move a run to a final status and let its parent's waitpoint know.
+
+        ``hooks_due`` marks a run that ended outside its worker, whose end hooks a
+        worker serving the task still has to run."""
+        slot = tx.q("slot_of_run", run_id=run_id)[0]
+        self._release_slot(tx, slot)
+        tx.x(
+            "end_run",
+            run_id=run_id,
+            status=str(status),
+            output=output,
+            error=error,
+            now=now,
+            hooks_due=1 if hooks_due else 0,
+        )
+        tx.x("clear_run_waits", run_id=run_id)
+        if slot["parent_waitpoint_id"]:
+            self._child_done(tx, slot["parent_waitpoint_id"], now)
+
+    def _child_done(self, tx: Tx, waitpoint_id: str, now: float) -> None:
+        rows = tx.q("child_done", id=waitpoint_id)
+        if rows and int(rows[0]["pending_children"]) <= 0:
+            self._complete(tx, waitpoint_id, "completed", None, False, now)
+
+    def _complete(
+        self, tx: Tx, waitpoint_id: str, status: str, output: str | None, is_error: bool, now: float
+    ) -> bool:
+        done = tx.q(
+            "complete_waitpoint",
+            id=waitpoint_id,
+            status=status,
+            output=output,
+            is_error=1 if is_error else 0,
+            now=now,
+        )
+        if not done:
+            return False
+        resumed = tx.q("resume_runs", id=waitpoint_id, now=now)
+        for r in resumed:
+            tx.x("clear_run_waits", run_id=r["id"])
+        if resumed:
+            envs = tx.q("get_waitpoint_env", id=waitpoint_id)
+            for e in envs:
+                self._notify(tx, e["env"])
+        return True
+
+    def _worker_lost(self, tx: Tx, run_id: str, now: float) -> str | None:
+        """A run whose worker died: the attempt counts as failed. Returns it if it ended."""
+        slot = tx.q("slot_of_run", run_id=run_id)[0]
+        message = "the worker running this attempt was lost (crash, kill or lost lease)"
+        error = _error("worker_lost", message)
+        tx.x(
+            "insert_event",
+            run_id=run_id,
+            ts=now,
+            kind="attempt_failed",
+            attempt=slot["attempt"],
+            level="error",
+            message=message,
+            data=error,
+        )
+        if slot["attempt"] >= slot["max_attempts"]:
+            self._finish(tx, run_id, RunStatus.FAILED, now, error=error, hooks_due=True)
+            return run_id
+        self._release_slot(tx, slot)
+        tx.x("retry_run", run_id=run_id, error=error, retry_at=now, now=now)
+        return None
+
+    # -- control --------------------------------------------------------------------------
+    def cancel(self, env: str, run_id: str) -> tuple[Run, list[str]]:
+        now = self.now()
+        ended: list[str] = []
+        with self._transaction() as tx:
+            if not tx.q("get_run", env=env, id=run_id):
+                raise RunNotFound(f"no run {run_id!r} in environment {env!r}", run_id=run_id)
+            self._cancel_tree(tx, run_id, now, ended)
+            run = run_from_row(tx.q("get_run", env=env, id=run_id)[0])
+        return run, ended
+
+    def _cancel_tree(self, tx: Tx, run_id: str, now: float, ended: list[str]) -> None:
+        slot = tx.q("slot_of_run", run_id=run_id)[0]
+        if tx.q("cancel_idle", id=run_id, now=now):
+            ended.append(run_id)
+            tx.x("clear_run_waits", run_id=run_id)
+            if slot["parent_waitpoint_id"]:
+                self._child_done(tx, slot["parent_waitpoint_id"], now)
+        else:
+            tx.x("cancel_executing", id=run_id, now=now)
+        for child in tx.q("children_to_cancel", id=run_id):
+            self._cancel_tree(tx, child["id"], now, ended)
+
+    # -- queues ---------------------------------------------------------------------------
+    def declare_queues(self, env: str, specs: Sequence[QueueSpec]) -> None:
+        now = self.now()
+        with self._transaction() as tx:
+            for s in specs:
+                tx.x(
+                    "declare_queue",
+                    env=env,
+                    name=s.name,
+                    concurrency_limit=s.concurrency_limit,
+                    global_limit=s.global_limit,
+                    rate_limit_count=s.rate_limit[0] if s.rate_limit else None,
+                    rate_limit_period=s.rate_limit[1] if s.rate_limit else None,
+                    now=now,
+                )
+                tx.x("ensure_slot", env=env, queue=s.name, ckey="")
+
+    def update_queue(
+        self,
+        env: str,
+        name: str,
+        *,
+        paused: bool | None = None,
+        concurrency_limit: int | None | bool = False,
+    ) -> dict[str, Any]:
+        now = self.now()
+        sets = ["updated_at = :now"]
+        params: dict[str, Any] = {"env": env, "name": name, "now": now}
+        if paused is not None:
+            sets.append("paused = :paused")
+            params["paused"] = 1 if paused else 0
+        if concurrency_limit is not False:
+            sets.append("concurrency_limit = :limit, limit_overridden = 1")
+            params["limit"] = concurrency_limit
+        with self._transaction() as tx:
+            tx.x("ensure_queue", env=env, queue=name, now=now)
+            self._raw(
+                tx, f"UPDATE queues SET {', '.join(sets)} WHERE env = :env AND name = :name", params
+            )
+            row = tx.q("get_queue", env=env, name=name)[0]
+            if paused is False:
+                self._notify(tx, env)
+        self.wake_local()
+        return dict(row)
+
+    def list_queues(self, env: str) -> list[dict[str, Any]]:
+        with self._transaction() as tx:
+            rows = [dict(r) for r in tx.q("list_queues", env=env)]
+            for r in rows:
+                r["keys"] = {
+                    k["ckey"]: int(k["executing"])
+                    for k in tx.q("queue_keys", env=env, queue=r["name"])
+                }
+        return rows
+
+    # -- workers --------------------------------------------------------------------------
+    def register_worker(self, info: WorkerInfo) -> None:
+        now = self.now()
+        with self._transaction() as tx:
+            tx.x(
+                "register_worker",
+                id=info.id,
+                env=info.env,
+                host=info.host,
+                pid=info.pid,
+                concurrency=info.concurrency,
+                tasks=dumps(info.tasks),
+                lock_key=info.lock_key,
+                lock_path=info.lock_path,
+                now=now,
+                lease_expires_at=now + info.lease_seconds,
+            )
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
+        now = self.now()
+        with self._transaction() as tx:
+            alive = bool(
+                tx.q("heartbeat", id=worker_id, now=now, lease_expires_at=now + lease_seconds)
+            )
+            cancels = [r["id"] for r in tx.q("cancel_requested", id=worker_id)] if alive else []
+        return Heartbeat(alive=alive, cancel_requested=cancels)
+
+    def stop_worker(self, worker_id: str) -> None:
+        with self._transaction() as tx:
+            tx.x("stop_worker", id=worker_id, now=self.now())
+
+    def list_workers(self, env: str | None = None) -> list[dict[str, Any]]:
+        with self._transaction() as tx:
+            rows = [dict(r) for r in tx.q("list_workers", env=env)]
+        for r in rows:
+            r["tasks"] = loads(r["tasks"])
+        return rows
+
+    def live_task_ids(self, env: str) -> set[str]:
+        """Task ids served by at least one live worker."""
+        with self._transaction() as tx:
+            rows = tx.q("live_task_workers", env=env, now=self.now())
+        return {t for r in rows for t in loads(r["tasks"])}
+
+    # -- claiming -------------------------------------------------------------------------
+    def claim(
+        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+    ) -> list[Claim]:
+        """Claim up to ``limit`` runs from the queues in ``serves`` (queue -> task ids).
+
+        Capacity is read from counter rows in the same transaction that takes the runs
+        (C5): a queue's global cap, each key's limit, and the rate window. Keys are served
+        least-recently-served first, a fair share each, so one tenant's backlog cannot
+        starve another's single run.
+        """
+        if limit <= 0 or not serves:
+            return []
+        now = self.now()
+        with self._transaction() as tx:
+            queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
+            random.shuffle(queues)  # no queue always first when the worker's slots are few
+            picked: list[str] = []
+            budget = limit
+            for q in queues:
+                if budget <= 0:
+                    break
+                taken = self._claim_from_queue(tx, q, serves[q["name"]], budget, now)
+                picked.extend(taken)
+                budget -= len(taken)
+            if not picked:
+                return []
+            rows = tx.q("claim_runs", ids=self._list(picked), worker_id=worker_id, now=now)
+            rows.sort(key=lambda r: r["ready_at"])
+            replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
+            journals: dict[str, list[Row]] = {}
+            if replaying:
+                for j in tx.q("journals_for_runs", ids=self._list(replaying)):
+                    journals.setdefault(j["run_id"], []).append(j)
+        claims = []
+        for r in rows:
+            entries = journals.get(r["id"], [])
+            claims.append(
+                Claim(
+                    run=run_from_row(r),
+                    epoch=r["lease_epoch"],
+                    journal={j["key"]: _journal_entry(j) for j in entries},
+                    waitpoints={
+                        j["waitpoint_id"]: WaitpointState(
+                            id=j["waitpoint_id"],
+                            kind=j["wp_kind"],
+                            status=j["wp_status"],
+                            output=j["wp_output"],
+                            is_error=_b(j["wp_is_error"]),
+                        )
+                        for j in entries
+                        if j["waitpoint_id"] and j["wp_status"] is not None
+                    },
+                )
+            )
+        return claims
+
+    def _claim_from_queue(
+        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float
+    ) -> list[str]:
+        if q["paused"]:
+            return []
+        cap = budget
+        if q["global_limit"] is not None:
+            cap = min(cap, q["global_limit"] - q["executing"])
+        window: list[float] = []
+        if q["rate_limit_count"]:
+            window = [t for t in loads(q["rate_window"]) if t > now - q["rate_limit_period"]]
+            cap = min(cap, q["rate_limit_count"] - len(window))
+        if cap <= 0:
+            return []
+        key_limit = q["concurrency_limit"]
+        slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
+        tasks = self._list(list(task_ids))
+        taken: list[str] = []
+        idle: list[str] = []
+        visited = 0
+        share = max(1, cap // max(1, len(slots)))
+        for s in slots:
+            if len(taken) >= cap or visited >= 4 * cap + 16:
+                break
+            visited += 1
+            n = min(share, cap - len(taken))
+            if key_limit is not None:
+                n = min(n, key_limit - s["executing"])
+            if n <= 0:
+                continue
+            ids = [
+                r["id"]
+                for r in tx.q(
+                    "ready_in_slot",
+                    env=q["env"],
+                    queue=q["name"],
+                    ckey=s["ckey"],
+                    now=now,
+                    task_ids=tasks,
+                    n=n,
+                )
+            ]
+            if not ids:
+                idle.append(s["ckey"])
+                continue
+            taken.extend(ids)
+            tx.x("take_slots", env=q["env"], queue=q["name"], ckey=s["ckey"], n=len(ids), now=now)
+        if idle:
+            tx.x("touch_slots", env=q["env"], queue=q["name"], ckeys=self._list(idle), now=now)
+        if taken:
+            if q["rate_limit_count"]:
+                window.extend([now] * len(taken))
+            tx.x(
+                "take_queue",
+                env=q["env"],
+                queue=q["name"],
+                n=len(taken),
+                rate_window=dumps(window),
+            )
+        return taken
+
+    # -- committing a worker's batch ------------------------------------------------------
+    def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
+        if not ops:
+            return []
+        now = self.now()
+        ids = sorted({op.run_id for op in ops})
+        with self._transaction() as tx:
+            held = {
+                r["id"]: r["lease_epoch"]
+                for r in tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now)
+            }
+            ok = [held.get(op.run_id) == op.epoch for op in ops]
+            ended: set[str] = set()
+            for op, good in zip(ops, ok, strict=True):
+                if good and op.run_id not in ended:
+                    if isinstance(op, EndSegment):
+                        ended.add(op.run_id)
+                    self._apply_one(tx, op, now)
+        return ok
+
+    def _apply_one(self, tx: Tx, op: Op, now: float) -> None:
+        if isinstance(op, StepDone):
+            tx.x(
+                "insert_journal",
+                run_id=op.run_id,
+                key=op.key,
+                kind=op.kind,
+                fingerprint=op.fingerprint,
+                status="done",
+                output=op.output,
+                waitpoint_id=None,
+                attempt=op.attempt,
+                started_at=op.started_at,
+                finished_at=op.finished_at,
+            )
+        elif isinstance(op, LogLine):
+            tx.x(
+                "insert_event",
+                run_id=op.run_id,
+                ts=op.ts,
+                kind="log",
+                attempt=op.attempt,
+                level=op.level,
+                message=op.message,
+                data=op.data,
+            )
+        elif isinstance(op, SetMetadata):
+            tx.x("set_metadata", run_id=op.run_id, metadata=op.metadata, now=now)
+        elif isinstance(op, StartWait):
+            self._start_wait(tx, op, now)
+        elif isinstance(op, EndSegment):
+            self._end_segment(tx, op, now)
+        else:  # pragma: no cover - a programming error
+            raise TypeError(f"unknown op {op!r}")
+
+    def _start_wait(self, tx: Tx, op: StartWait, now: float) -> None:
+        status, output = "waiting", None
+        if op.new_waitpoint_kind is not None:
+            assert op.waitpoint_id is not None
+            env = tx.q("slot_of_run", run_id=op.run_id)[0]["env"]
+            tx.x(
+                "insert_waitpoint",
+                id=op.waitpoint_id,
+                env=env,
+                kind=op.new_waitpoint_kind,
+                run_id=op.run_id,
+                timeout_at=op.timeout_at,
+                idempotency_key=None,
+                idempotency_expires_at=None,
+                tags="[]",
+                pending_children=0,
+                now=now,
+            )
+        if op.children:
+            results = self._insert_runs(tx, op.children, now)
+            ids = [r.id for r in results]
+            op.result_ids = ids
+            output = dumps(ids)
+            if op.kind == "trigger":
+                status = "done"
+            else:
+                assert op.waitpoint_id is not None
+                pending = sum(1 for r in results if not r.is_cached)
+                for r in results:
+                    if r.is_cached:
+                        pending += tx.x(
+                            "adopt_child", id=r.id, waitpoint_id=op.waitpoint_id
+                        )
+                self._raw(
+                    tx,
+                    "UPDATE waitpoints SET pending_children = :n WHERE id = :id",
+                    {"n": pending, "id": op.waitpoint_id},
+                )
+                if pending == 0:
+                    self._complete(tx, op.waitpoint_id, "completed", None, False, now)
+        tx.x(
+            "insert_journal",
+            run_id=op.run_id,
+            key=op.key,
+            kind=op.kind,
+            fingerprint=op.fingerprint,
+            status=status,
+            output=output,
+            waitpoint_id=op.waitpoint_id,
+            attempt=op.attempt,
+            started_at=op.started_at,
+            finished_at=now if status == "done" else None,
+        )
+
+    def _end_segment(self, tx: Tx, op: EndSegment, now: float) -> None:
+        o = op.outcome
+        if o == "completed":
+            self._finish(tx, op.run_id, RunStatus.COMPLETED, now, output=op.output)
+            return
+        if o in ("failed", "timed_out", "canceled"):
+            self._attempt_failed_event(tx, op, now)
+            status = {
+                "failed": RunStatus.FAILED,
+                "timed_out": RunStatus.TIMED_OUT,
+                "canceled": RunStatus.CANCELED,
+            }[o]
+            self._finish(tx, op.run_id, status, now, error=op.error)
+            return
+        slot = tx.q("slot_of_run", run_id=op.run_id)[0]
+        self._release_slot(tx, slot)
+        if o == "retry":
+            self._attempt_failed_event(tx, op, now)
+            assert op.retry_at is not None
+            tx.x("retry_run", run_id=op.run_id, error=op.error, retry_at=op.retry_at, now=now)
+        elif o == "handback":
+            tx.x("handback_run", run_id=op.run_id, exec_seconds=op.exec_seconds, now=now)
+        elif o == "suspend":
+            for wp in op.wait_on:
+                tx.x("insert_run_wait", waitpoint_id=wp, run_id=op.run_id)
+            states = [tx.q("waitpoint_state", id=wp) for wp in op.wait_on]
+            if any(s and s[0]["status"] != "pending" for s in states):
+                # Satisfied between registering and suspending: replay now, don't park.
+                tx.x("clear_run_waits", run_id=op.run_id)
+                tx.x("handback_run", run_id=op.run_id, exec_seconds=op.exec_seconds, now=now)
+                self._notify(tx, slot["env"])
+            else:
+                tx.x(
+                    "suspend_run",
+                    run_id=op.run_id,
+                    exec_seconds=op.exec_seconds,
+                    wait_reason=op.wait_reason,
+                    now=now,
+                )
+        else:  # pragma: no cover
+            raise ValueError(f"unknown outcome {o!r}")
+        if o == "handback":
+            self._notify(tx, slot["env"])
+
+    def _attempt_failed_event(self, tx: Tx, op: EndSegment, now: float) -> None:
+        err = loads(op.error) or {}
+        attempt = tx.q("slot_of_run", run_id=op.run_id)[0]["attempt"]
+        tx.x(
+            "insert_event",
+            run_id=op.run_id,
+            ts=now,
+            kind="attempt_failed",
+            attempt=attempt,
+            level="error",
+            message=err.get("message"),
+            data=op.error,
+        )
+
+    # -- waitpoints -----------------------------------------------------------------------
+    def create_token(
+        self,
+        env: str,
+        token_id: str,
+        *,
+        timeout_at: float | None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float | None = None,
+        tags: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> Waitpoint:
+        now = self.now()
+        with self._transaction() as tx:
+            if idempotency_key is not None:
+                tx.x("release_waitpoint_key", env=env, idempotency_key=idempotency_key, now=now)
+                found = tx.q("find_waitpoint_by_key", env=env, idempotency_key=idempotency_key)
+                if found:
+                    return _waitpoint(found[0])
+            tx.x(
+                "insert_waitpoint",
+                id=token_id,
+                env=env,
+                kind="token",
+                run_id=run_id,
+                timeout_at=timeout_at,
+                idempotency_key=idempotency_key,
+                idempotency_expires_at=(
+                    now + idempotency_ttl if idempotency_key and idempotency_ttl else None
+                ),
+                tags=dumps(list(tags)),
+                pending_children=0,
+                now=now,
+            )
+            return _waitpoint(tx.q("get_waitpoint", env=env, id=token_id)[0])
+
+    def complete_waitpoint(
+        self, env: str, waitpoint_id: str, output: str, *, is_error: bool = False
+    ) -> tuple[Waitpoint, bool]:
+        now = self.now()
+        with self._transaction() as tx:
+            rows = tx.q("get_waitpoint", env=env, id=waitpoint_id)
+            if not rows:
+                raise TokenNotFound(
+                    f"no waitpoint token {waitpoint_id!r} in environment {env!r}",
+                    field="id",
+                )
+            if rows[0]["kind"] != "token":
+                raise InvalidState(f"waitpoint {waitpoint_id!r} is a {rows[0]['kind']}, not a token")
+            if rows[0]["status"] == "timed_out":
+                raise TokenTimedOut(f"waitpoint token {waitpoint_id!r} timed out")
+            done = self._complete(tx, waitpoint_id, "completed", output, is_error, now)
+            wp = _waitpoint(tx.q("get_waitpoint", env=env, id=waitpoint_id)[0])
+        if done:
+            self.wake_local()
+        return wp, done
+
+    def get_waitpoint(self, env: str, waitpoint_id: str) -> Waitpoint | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_waitpoint", env=env, id=waitpoint_id)
+            if not rows:
+                return None
+            waiting = [r["run_id"] for r in tx.q("waiting_runs", id=waitpoint_id)]
+        return _waitpoint(rows[0], waiting)
+
+    def list_waitpoints(
+        self, env: str, *, status: str | None = None, limit: int = 100
+    ) -> list[Waitpoint]:
+        with self._transaction() as tx:
+            rows = tx.q("list_waitpoints", env=env, status=status, limit=limit)
+            return [
+                _waitpoint(r, [w["run_id"] for w in tx.q("waiting_runs", id=r["id"])])
+                for r in rows
+            ]
+
+    # -- scheduling -----------------------------------------------------------------------
+    def tick(self) -> TickReport:
+        now = self.now()
+        ended: list[str] = []
+        with self._transaction() as tx:
+            promoted = tx.q("promote_delayed", now=now)
+            for env in {r["env"] for r in promoted}:
+                self._notify(tx, env)
+            expired = tx.q("expire_runs", now=now)
+            for r in expired:
+                ended.append(r["id"])
+                if r["parent_waitpoint_id"]:
+                    self._child_done(tx, r["parent_waitpoint_id"], now)
+            timers = tx.q("due_timers", now=now)
+            fired = 0
+            for t in timers:
+                status = "completed" if t["kind"] == "sleep" else "timed_out"
+                fired += self._complete(tx, t["id"], status, None, status != "completed", now)
+            lapsed = [r["id"] for r in tx.q("lapsed_workers", now=now)]
+            requeued = 0
+            for worker_id in lapsed:
+                requeued += self._reap_worker(tx, worker_id, now, ended)
+        if promoted or fired or requeued:
+            self.wake_local()
+        return TickReport(
+            promoted=len(promoted),
+            expired=len(expired),
+            reaped_workers=len(lapsed),
+            requeued_runs=requeued,
+            fired_timers=fired,
+            ended=ended,
+        )
+
+    def _reap_worker(self, tx: Tx, worker_id: str, now: float, ended: list[str]) -> int:
+        if not tx.x("mark_worker_dead", id=worker_id, now=now):
+            return 0
+        runs = [r["id"] for r in tx.q("runs_of_worker", id=worker_id)]
+        for run_id in runs:
+            if self._worker_lost(tx, run_id, now):
+                ended.append(run_id)
+        if runs:
+            env = tx.q("slot_of_run", run_id=runs[0])[0]["env"]
+            self._notify(tx, env)
+        return len(runs)
+
+    def reap_dead_workers(self) -> TickReport:
+        with self._transaction() as tx:
+            alive = tx.q("alive_workers")
+        dead = self.dead_workers(alive)
+        if not dead:
+            return TickReport()
+        now = self.now()
+        ended: list[str] = []
+        requeued = 0
+        with self._transaction() as tx:
+            for worker_id in dead:
+                requeued += self._reap_worker(tx, worker_id, now, ended)
+        self.wake_local()
+        return TickReport(reaped_workers=len(dead), requeued_runs=requeued, ended=ended)
+
+    def take_hooks_due(self, env: str, task_ids: Sequence[str]) -> list[Run]:
+        """Runs that ended outside a worker and whose end hooks have not run yet."""
+        if not task_ids:
+            return []
+        with self._transaction() as tx:
+            rows = tx.q("take_hooks_due", env=env, task_ids=self._list(list(task_ids)))
+        return [run_from_row(r) for r in rows]
+
+    # -- task definitions -----------------------------------------------------------------
+    def publish_tasks(self, env: str, tasks: Sequence[TaskDef]) -> None:
+        now = self.now()
+        with self._transaction() as tx:
+            tx.many(
+                "upsert_task",
+                [
+                    {
+                        "env": env,
+                        "id": t.id,
+                        "queue": t.queue,
+                        "payload_schema": dumps(t.payload_schema),
+                        "spec": dumps(t.spec),
+                        "now": now,
+                    }
+                    for t in tasks
+                ],
+            )
+
+    def get_task(self, env: str, task_id: str) -> TaskDef | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_task", env=env, id=task_id)
+        return _task_def(rows[0]) if rows else None
+
+    def list_tasks(self, env: str) -> list[TaskDef]:
+        with self._transaction() as tx:
+            return [_task_def(r) for r in tx.q("list_tasks", env=env)]
+
+    # -- settings -------------------------------------------------------------------------
+    def get_setting(self, key: str) -> str | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_setting", key=key)
+        return str(rows[0]["value"]) if rows else None
+
+    def set_setting_if_absent(self, key: str, value: str) -> str:
+        with self._transaction() as tx:
+            tx.x("insert_setting", key=key, value=value)
+            return str(tx.q("get_setting", key=key)[0]["value"])

@@ -1,0 +1,400 @@
+"""The storage seam: the only interface the runtime uses to reach the database.
+
+One implementation per backend (``sqlite.py``, ``postgres.py``) over shared SQL logic in
+``_sql.py``. Every method is synchronous and runs in one transaction; async callers hop
+to a thread. Nothing here knows about tasks' Python code.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .._clock import Clock
+from ..runs import JournalEntry, Run, RunEvent
+
+
+@dataclass
+class NewRun:
+    """A run to insert. JSON fields are already serialized text."""
+
+    id: str
+    env: str
+    task_id: str
+    queue: str
+    payload: str
+    max_attempts: int
+    tags: list[str] = field(default_factory=list)
+    metadata: str = "{}"
+    priority: float = 0.0
+    concurrency_key: str = ""
+    idempotency_key: str | None = None
+    idempotency_ttl: float | None = None
+    delay: float | None = None  # seconds from now
+    ttl: float | None = None  # seconds from now (or from the delay's end)
+    max_duration: float | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    depth: int = 0
+    replayed_from: str | None = None
+    parent_waitpoint_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    id: str
+    is_cached: bool
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    env: str
+    host: str
+    pid: int
+    concurrency: int
+    tasks: list[str]
+    lease_seconds: float
+    lock_key: int | None = None
+    lock_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    alive: bool
+    cancel_requested: list[str]
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    """A task as published by a worker: enough to validate a trigger without its code."""
+
+    id: str
+    queue: str
+    payload_schema: dict[str, Any]
+    spec: dict[str, Any]
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue as declared in code."""
+
+    name: str
+    concurrency_limit: int | None = None
+    global_limit: int | None = None
+    rate_limit: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run handed to a worker, with what it needs to replay."""
+
+    run: Run
+    epoch: int
+    journal: dict[str, JournalEntry]
+    waitpoints: dict[str, WaitpointState]
+
+
+@dataclass(frozen=True)
+class WaitpointState:
+    id: str
+    kind: str
+    status: str  # pending | completed | timed_out
+    output: str | None
+    is_error: bool
+
+
+@dataclass(frozen=True)
+class Waitpoint:
+    id: str
+    env: str
+    kind: str
+    status: str
+    run_id: str | None
+    timeout_at: float | None
+    output: Any
+    is_error: bool
+    idempotency_key: str | None
+    tags: list[str]
+    created_at: float
+    completed_at: float | None
+    waiting_runs: list[str] = field(default_factory=list)
+
+
+# -- operations a worker commits, fenced by (run id, lease epoch) -------------------------
+
+
+@dataclass
+class Op:
+    run_id: str
+    epoch: int
+
+
+@dataclass
+class StepDone(Op):
+    key: str
+    kind: str
+    fingerprint: str | None
+    output: str | None
+    attempt: int
+    started_at: float
+    finished_at: float
+
+
+@dataclass
+class LogLine(Op):
+    ts: float
+    attempt: int
+    level: str
+    message: str
+    data: str | None
+
+
+@dataclass
+class SetMetadata(Op):
+    metadata: str
+
+
+@dataclass
+class StartWait(Op):
+    """Register a durable wait under a journal key.
+
+    ``new_waitpoint`` creates a sleep (``timeout_at``); ``waitpoint_id`` alone refers to an
+    existing token. ``children`` are inserted in the same transaction and complete the new
+    waitpoint when they end (``kind`` 'children'), or nothing (``kind`` 'trigger')."""
+
+    key: str
+    kind: str
+    fingerprint: str | None
+    attempt: int
+    started_at: float
+    waitpoint_id: str | None = None
+    new_waitpoint_kind: str | None = None
+    timeout_at: float | None = None
+    children: list[NewRun] = field(default_factory=list)
+    result_ids: list[str] = field(default_factory=list)  # filled by the store: child run ids
+
+
+@dataclass
+class EndSegment(Op):
+    """The end of an execution segment: the attempt ended, or the run suspended/handed back.
+
+    outcome: completed | failed | retry | timed_out | canceled | handback | suspend
+    """
+
+    outcome: str
+    output: str | None = None
+    error: str | None = None
+    retry_at: float | None = None
+    exec_seconds: float = 0.0
+    wait_on: list[str] = field(default_factory=list)
+    wait_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TickReport:
+    promoted: int = 0
+    expired: int = 0
+    reaped_workers: int = 0
+    requeued_runs: int = 0
+    fired_timers: int = 0
+    ended: list[str] = field(default_factory=list)  # runs that reached a final status
+
+
+class Store(abc.ABC):
+    """The database behind outlast. One instance per process; thread-safe."""
+
+    url: str
+    clock: Clock
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema to the current version; return it."""
+
+    @abc.abstractmethod
+    def check_schema(self) -> None:
+        """Raise SchemaVersionError unless the schema is at the current version."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    # -- triggering and reading -----------------------------------------------------------
+    @abc.abstractmethod
+    def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:
+        """Insert runs in one transaction, honouring idempotency keys."""
+
+    @abc.abstractmethod
+    def get_run(self, env: str, run_id: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    def get_runs(self, env: str, run_ids: Sequence[str]) -> list[Run]: ...
+
+    @abc.abstractmethod
+    def list_runs(
+        self,
+        env: str,
+        *,
+        status: Sequence[str] | None = None,
+        task_id: str | None = None,
+        tag: str | None = None,
+        queue: str | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        """Newest first; ``before`` is a run id cursor."""
+
+    @abc.abstractmethod
+    def journal(self, run_id: str) -> list[JournalEntry]: ...
+
+    @abc.abstractmethod
+    def events(self, run_id: str, after_id: int = 0) -> list[RunEvent]: ...
+
+    @abc.abstractmethod
+    def count_runs(self, env: str) -> dict[str, dict[str, int]]:
+        """Run counts by task and status."""
+
+    # -- control --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def cancel(self, env: str, run_id: str) -> tuple[Run, list[str]]:
+        """Cancel a run (and its waiting children); return it and the runs that ended now."""
+
+    # -- queues ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def declare_queues(self, env: str, specs: Sequence[QueueSpec]) -> None: ...
+
+    @abc.abstractmethod
+    def update_queue(
+        self,
+        env: str,
+        name: str,
+        *,
+        paused: bool | None = None,
+        concurrency_limit: int | None | bool = False,
+    ) -> dict[str, Any]:
+        """Pause/resume or set the limit (None removes it; False leaves it)."""
+
+    @abc.abstractmethod
+    def list_queues(self, env: str) -> list[dict[str, Any]]: ...
+
+    # -- workers --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_worker(self, info: WorkerInfo) -> None: ...
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat: ...
+
+    @abc.abstractmethod
+    def stop_worker(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_workers(self, env: str | None = None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def claim(
+        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+    ) -> list[Claim]:
+        """Take up to ``limit`` ready runs (queue -> task ids served) under the worker's
+        lease, honouring queue limits."""
+
+    @abc.abstractmethod
+    def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
+        """Commit a batch of operations in one transaction.
+
+        Each op is fenced: it takes effect only if its run is still EXECUTING under this
+        worker and epoch, and the worker's lease is live. Returns, per op, whether it did.
+        """
+
+    # -- waitpoints -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_token(
+        self,
+        env: str,
+        token_id: str,
+        *,
+        timeout_at: float | None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float | None = None,
+        tags: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> Waitpoint: ...
+
+    @abc.abstractmethod
+    def complete_waitpoint(
+        self, env: str, waitpoint_id: str, output: str, *, is_error: bool = False
+    ) -> tuple[Waitpoint, bool]:
+        """Complete a pending waitpoint; returns it and whether this call completed it."""
+
+    @abc.abstractmethod
+    def get_waitpoint(self, env: str, waitpoint_id: str) -> Waitpoint | None: ...
+
+    @abc.abstractmethod
+    def list_waitpoints(
+        self, env: str, *, status: str | None = None, limit: int = 100
+    ) -> list[Waitpoint]: ...
+
+    # -- scheduling -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def tick(self) -> TickReport:
+        """Promote due delayed runs, expire TTLs, fire timers, reap lapsed workers.
+
+        Safe to run from any number of processes at once."""
+
+    @abc.abstractmethod
+    def reap_dead_workers(self) -> TickReport:
+        """Re-queue the runs of workers whose life lock is free (their process died)."""
+
+    # -- wake-ups -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning early when new work may be ready."""
+
+    def wake_local(self) -> None:  # noqa: B027 - optional hook
+        """Wake this process's waiters (work was created in-process)."""
+
+    @abc.abstractmethod
+    def take_hooks_due(self, env: str, task_ids: Sequence[str]) -> list[Run]:
+        """Runs that ended outside a worker and whose end hooks have not run yet."""
+
+    # -- task definitions -----------------------------------------------------------------
+    @abc.abstractmethod
+    def publish_tasks(self, env: str, tasks: Sequence[TaskDef]) -> None: ...
+
+    @abc.abstractmethod
+    def get_task(self, env: str, task_id: str) -> TaskDef | None: ...
+
+    @abc.abstractmethod
+    def list_tasks(self, env: str) -> list[TaskDef]: ...
+
+    # -- keys and settings (used by the server) -------------------------------------------
+    @abc.abstractmethod
+    def get_setting(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def set_setting_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless a value exists; return the stored one."""
+
+    @abc.abstractmethod
+    def live_task_ids(self, env: str) -> set[str]:
+        """Task ids served by at least one live worker."""
+
+    @abc.abstractmethod
+    def acquire_life_lock(self, worker_id: str) -> tuple[LifeLock, int | None, str | None]:
+        """Take the lock a worker holds for its whole life: (lock, lock_key, lock_path)."""
+
+    def dead_workers(self, alive: Sequence[dict[str, Any]]) -> list[str]:
+        """Backend hook: the ids among ``alive`` whose life lock is free (they died)."""
+        return []
+
+
+class LifeLock(Protocol):
+    def release(self) -> None: ...

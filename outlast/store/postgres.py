@@ -1,0 +1,185 @@
+"""The PostgreSQL backend: any number of servers and workers on any number of machines.
+
+Differences from SQLite are confined here: a connection pool, row locks (``FOR UPDATE
+SKIP LOCKED`` in the queries), LISTEN/NOTIFY wake-ups, session advisory locks as worker
+life locks (C9), and the database's clock as the judge of leases (C4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from .._clock import Clock
+from ._sql import Row, SqlStore
+
+_CHANNEL = "outlast_work"
+_MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def to_psycopg(sql: str) -> str:
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+class DatabaseClock:
+    """The database server's clock, read without a round trip per call.
+
+    The offset to the local clock is measured (halving the round trip) and refreshed
+    every 30 s, so every worker judges leases and due times by one clock (C4)."""
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self._pool = pool
+        self._offset = 0.0
+        self._synced = -1e18
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        mono = time.monotonic()
+        if mono - self._synced > 30.0:
+            with self._lock:
+                if mono - self._synced > 30.0:
+                    self._sync()
+        return time.time() + self._offset
+
+    def _sync(self) -> None:
+        with self._pool.connection() as conn:
+            t0 = time.time()
+            row = conn.execute("SELECT extract(epoch FROM clock_timestamp()) AS t").fetchone()
+            t1 = time.time()
+        assert row is not None
+        self._offset = float(row["t"]) - (t0 + t1) / 2
+        self._synced = time.monotonic()
+
+
+class _Tx:
+    def __init__(self, conn: psycopg.Connection[Row], queries: Mapping[str, str]) -> None:
+        self.conn = conn
+        self.queries = queries
+
+    def q(self, name: str, /, **params: Any) -> list[Row]:
+        return self.conn.execute(self.queries[name], params).fetchall()
+
+    def x(self, name: str, /, **params: Any) -> int:
+        return self.conn.execute(self.queries[name], params).rowcount
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(self.queries[name], rows)
+
+    def script(self, sql: str) -> None:
+        self.conn.execute(sql.encode())
+
+
+class AdvisoryLock:
+    """A session advisory lock on a connection of its own, held for the worker's life.
+
+    If the process dies, PostgreSQL ends the session and frees the lock."""
+
+    def __init__(self, url: str, key: int) -> None:
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+
+    def release(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+class PostgresStore(SqlStore):
+    dialect = "postgres"
+
+    def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8) -> None:
+        super().__init__()
+        self.q = {name: to_psycopg(sql) for name, sql in self.q.items()}
+        self.q["notify"] = f"SELECT pg_notify('{_CHANNEL}', %(env)s)"
+        self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            open=True,
+        )
+        self.clock = clock or DatabaseClock(self._pool)
+        self._listener: psycopg.Connection[Any] | None = None
+        self._wake = threading.Event()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield _Tx(conn, self.q)
+
+    def _list(self, values: Sequence[Any]) -> Any:
+        return list(values)
+
+    def _raw(self, tx: Any, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        cur = tx.conn.execute(to_psycopg(sql), params)
+        return cur.fetchall() if cur.description else []
+
+    def _notify(self, tx: Any, env: str) -> None:
+        tx.x("notify", env=env)
+
+    def _lock_for_migration(self, tx: Any) -> None:
+        tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+    def _schema_exists(self) -> bool:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT to_regclass('outlast_schema') IS NOT NULL AS e").fetchone()
+        return bool(row and row["e"])
+
+    def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                self._listener.close()
+        self._pool.close()
+
+    # -- wake-ups: LISTEN/NOTIFY; the caller's poll stays the source of truth -------------
+    def wake_local(self) -> None:
+        self._wake.set()
+
+    def wait_for_work(self, timeout: float) -> None:
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        try:
+            if self._listener is None or self._listener.closed:
+                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener.execute(f"LISTEN {_CHANNEL}")
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                break
+        except psycopg.Error:
+            # LISTEN lost (restart, PgBouncer in transaction mode): fall back to polling.
+            if self._listener is not None:
+                with contextlib.suppress(Exception):
+                    self._listener.close()
+            self._listener = None
+            self._wake.wait(timeout)
+        self._wake.clear()
+
+    # -- worker life locks ----------------------------------------------------------------
+    def acquire_life_lock(self, worker_id: str) -> tuple[AdvisoryLock, int | None, str | None]:
+        key = random.getrandbits(62) | 1
+        return AdvisoryLock(self.url, key), key, None
+
+    def dead_workers(self, alive: Sequence[dict[str, Any]]) -> list[str]:
+        with self._pool.connection() as conn:
+            held = {
+                r["key"]
+                for r in conn.execute(
+                    "SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    "                 WHERE datname = current_database())"
+                ).fetchall()
+            }
+        return [w["id"] for w in alive if w["lock_key"] is not None and w["lock_key"] not in held]

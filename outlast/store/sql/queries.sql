@@ -1,0 +1,453 @@
+-- Every runtime query, by name. Parameters are :name; the PostgreSQL store rewrites them
+-- to psycopg's %(name)s. A block named "x [postgres]" or "x [sqlite]" replaces "x" on that
+-- backend. List parameters (:ids, :task_ids) are JSON text on SQLite (read with json_each)
+-- and arrays on PostgreSQL (= ANY).
+
+-- name: schema_version
+SELECT version FROM outlast_schema;
+
+-- name: set_schema_version
+UPDATE outlast_schema SET version = :version;
+
+-- name: insert_schema_version
+INSERT INTO outlast_schema (version) VALUES (:version);
+
+-- Triggering -------------------------------------------------------------------------------
+
+-- name: insert_run
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
+    created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id
+) VALUES (
+    :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
+    :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at,
+    :idempotency_active, :now, :now, :available_at, :ready_at, :delay_until,
+    :ttl_expires_at, :max_duration, :parent_id, :root_id, :depth, :replayed_from,
+    :parent_waitpoint_id
+);
+
+-- An idempotency key is held by at most one active run (the partial unique index); a
+-- concurrent trigger with the same key waits for the first and then does nothing.
+-- name: insert_run_idempotent
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
+    created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id
+) VALUES (
+    :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
+    :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at, 1,
+    :now, :now, :available_at, :ready_at, :delay_until, :ttl_expires_at, :max_duration,
+    :parent_id, :root_id, :depth, :replayed_from, :parent_waitpoint_id
+)
+ON CONFLICT (env, task_id, idempotency_key) WHERE idempotency_active = 1 DO NOTHING
+RETURNING id;
+
+-- A key is released when its TTL passed or its run ended without success, so the next
+-- trigger with it creates a new run.
+-- name: release_idempotency_key
+UPDATE runs SET idempotency_active = 0
+WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
+  AND idempotency_active = 1
+  AND (idempotency_expires_at <= :now
+       OR status IN ('FAILED', 'CANCELED', 'EXPIRED', 'TIMED_OUT'));
+
+-- name: find_idempotent_run
+SELECT id FROM runs
+WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
+  AND idempotency_active = 1;
+
+-- name: insert_tag
+INSERT INTO run_tags (env, tag, run_id) VALUES (:env, :tag, :run_id) ON CONFLICT DO NOTHING;
+
+-- name: ensure_slot
+INSERT INTO queue_slots (env, queue, ckey) VALUES (:env, :queue, :ckey) ON CONFLICT DO NOTHING;
+
+-- name: ensure_queue
+INSERT INTO queues (env, name, updated_at) VALUES (:env, :queue, :now) ON CONFLICT DO NOTHING;
+
+-- Reading ----------------------------------------------------------------------------------
+
+-- name: get_run
+SELECT * FROM runs WHERE env = :env AND id = :id;
+
+-- name: get_runs
+SELECT * FROM runs WHERE env = :env AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: get_runs [postgres]
+SELECT * FROM runs WHERE env = :env AND id = ANY(:ids);
+
+-- name: journal
+SELECT key, kind, fingerprint, status, output, waitpoint_id, attempt, started_at, finished_at
+FROM journal WHERE run_id = :run_id ORDER BY started_at, key;
+
+-- The journals of claimed runs with the state of the waitpoints they wait on: one query
+-- per claim batch, never one per replayed step.
+-- name: journals_for_runs
+SELECT j.run_id, j.key, j.kind, j.fingerprint, j.status, j.output, j.waitpoint_id,
+       j.attempt, j.started_at, j.finished_at,
+       w.kind AS wp_kind, w.status AS wp_status, w.output AS wp_output,
+       w.is_error AS wp_is_error
+FROM journal j LEFT JOIN waitpoints w ON w.id = j.waitpoint_id
+WHERE j.run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: journals_for_runs [postgres]
+SELECT j.run_id, j.key, j.kind, j.fingerprint, j.status, j.output, j.waitpoint_id,
+       j.attempt, j.started_at, j.finished_at,
+       w.kind AS wp_kind, w.status AS wp_status, w.output AS wp_output,
+       w.is_error AS wp_is_error
+FROM journal j LEFT JOIN waitpoints w ON w.id = j.waitpoint_id
+WHERE j.run_id = ANY(:ids);
+
+-- name: events
+SELECT id, run_id, ts, kind, attempt, level, message, data FROM run_events
+WHERE run_id = :run_id AND id > :after_id ORDER BY id LIMIT 1000;
+
+-- name: count_runs
+SELECT task_id, status, COUNT(*) AS n FROM runs WHERE env = :env GROUP BY task_id, status;
+
+-- Workers ----------------------------------------------------------------------------------
+
+-- name: register_worker
+INSERT INTO workers (id, env, host, pid, concurrency, tasks, status, lock_key, lock_path,
+                     started_at, heartbeat_at, lease_expires_at)
+VALUES (:id, :env, :host, :pid, :concurrency, :tasks, 'alive', :lock_key, :lock_path,
+        :now, :now, :lease_expires_at);
+
+-- name: heartbeat
+UPDATE workers SET heartbeat_at = :now, lease_expires_at = :lease_expires_at
+WHERE id = :id AND status = 'alive'
+RETURNING id;
+
+-- name: cancel_requested
+SELECT id FROM runs WHERE worker_id = :id AND status = 'EXECUTING' AND cancel_requested = 1;
+
+-- name: stop_worker
+UPDATE workers SET status = 'stopped', stopped_at = :now WHERE id = :id AND status = 'alive';
+
+-- name: list_workers
+SELECT w.*, (SELECT COUNT(*) FROM runs r WHERE r.worker_id = w.id AND r.status = 'EXECUTING')
+       AS executing
+FROM workers w WHERE (CAST(:env AS TEXT) IS NULL OR w.env = :env)
+ORDER BY w.status, w.started_at DESC LIMIT 200;
+
+-- name: lapsed_workers
+SELECT id FROM workers WHERE status = 'alive' AND lease_expires_at < :now;
+
+-- name: alive_workers
+SELECT id, lock_key, lock_path, host FROM workers WHERE status = 'alive';
+
+-- name: mark_worker_dead
+UPDATE workers SET status = 'dead', stopped_at = :now WHERE id = :id AND status = 'alive';
+
+-- name: runs_of_worker
+SELECT id FROM runs WHERE worker_id = :id AND status = 'EXECUTING' ORDER BY id;
+
+-- name: live_task_workers
+SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expires_at >= :now;
+
+-- Claiming ---------------------------------------------------------------------------------
+
+-- The queue rows a claim reads; on PostgreSQL locked, so that concurrent claims on one
+-- queue serialize and its limits hold across every worker (C5).
+-- name: queues_for_claim
+SELECT * FROM queues WHERE env = :env AND name IN (SELECT value FROM json_each(:names))
+ORDER BY name;
+
+-- name: queues_for_claim [postgres]
+SELECT * FROM queues WHERE env = :env AND name = ANY(:names) ORDER BY name FOR UPDATE;
+
+-- Keys with room, least recently served first: round robin between tenants.
+-- name: open_slots
+SELECT ckey, executing FROM queue_slots
+WHERE env = :env AND queue = :queue
+  AND (CAST(:key_limit AS INTEGER) IS NULL OR executing < :key_limit)
+ORDER BY last_claim_at, ckey
+LIMIT 1000;
+
+-- name: ready_in_slot
+SELECT id FROM runs
+WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
+  AND ready_at <= :now AND task_id IN (SELECT value FROM json_each(:task_ids))
+ORDER BY ready_at
+LIMIT :n;
+
+-- name: ready_in_slot [postgres]
+SELECT id FROM runs
+WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
+  AND ready_at <= :now AND task_id = ANY(:task_ids)
+ORDER BY ready_at
+LIMIT :n
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_runs
+UPDATE runs SET status = 'EXECUTING', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
+    segment_started_at = :now, started_at = COALESCE(started_at, :now), updated_at = :now,
+    holds_slot = 1, wait_reason = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'QUEUED'
+RETURNING *;
+
+-- name: claim_runs [postgres]
+UPDATE runs SET status = 'EXECUTING', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
+    segment_started_at = :now, started_at = COALESCE(started_at, :now), updated_at = :now,
+    holds_slot = 1, wait_reason = NULL
+WHERE id = ANY(:ids) AND status = 'QUEUED'
+RETURNING *;
+
+-- name: take_slots
+UPDATE queue_slots SET executing = executing + :n, last_claim_at = :now
+WHERE env = :env AND queue = :queue AND ckey = :ckey;
+
+-- name: take_queue
+UPDATE queues SET executing = executing + :n, rate_window = :rate_window
+WHERE env = :env AND name = :queue;
+
+-- name: give_slot
+UPDATE queue_slots SET executing = executing - 1
+WHERE env = :env AND queue = :queue AND ckey = :ckey AND executing > 0;
+
+-- name: give_queue
+UPDATE queues SET executing = executing - 1 WHERE env = :env AND name = :queue AND executing > 0;
+
+-- Committing a worker's batch ----------------------------------------------------------------
+
+-- The fencing read (C4): only runs still EXECUTING under this worker at the epoch it
+-- claimed, while the worker's lease is live. On PostgreSQL the rows are locked until
+-- commit, so a reaper or canceller cannot slip between this check and the writes.
+-- name: fence
+SELECT r.id, r.lease_epoch FROM runs r
+WHERE r.id IN (SELECT value FROM json_each(:ids)) AND r.status = 'EXECUTING'
+  AND r.worker_id = :worker_id
+  AND EXISTS (SELECT 1 FROM workers w WHERE w.id = :worker_id AND w.status = 'alive'
+              AND w.lease_expires_at >= :now);
+
+-- name: fence [postgres]
+SELECT r.id, r.lease_epoch FROM runs r
+WHERE r.id = ANY(:ids) AND r.status = 'EXECUTING' AND r.worker_id = :worker_id
+  AND EXISTS (SELECT 1 FROM workers w WHERE w.id = :worker_id AND w.status = 'alive'
+              AND w.lease_expires_at >= :now)
+ORDER BY r.id
+FOR NO KEY UPDATE OF r;
+
+-- name: insert_journal
+INSERT INTO journal (run_id, key, kind, fingerprint, status, output, waitpoint_id, attempt,
+                     started_at, finished_at)
+VALUES (:run_id, :key, :kind, :fingerprint, :status, :output, :waitpoint_id, :attempt,
+        :started_at, :finished_at)
+ON CONFLICT (run_id, key) DO UPDATE SET
+    kind = excluded.kind, fingerprint = excluded.fingerprint, status = excluded.status,
+    output = excluded.output, waitpoint_id = excluded.waitpoint_id,
+    attempt = excluded.attempt, started_at = excluded.started_at,
+    finished_at = excluded.finished_at;
+
+-- name: insert_event
+INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data)
+VALUES (:run_id, :ts, :kind, :attempt, :level, :message, :data);
+
+-- name: set_metadata
+UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :run_id;
+
+-- name: end_run
+UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
+    updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+    hooks_due = :hooks_due
+WHERE id = :run_id
+RETURNING id;
+
+-- name: retry_run
+UPDATE runs SET status = 'QUEUED', attempt = attempt + 1, error = :error,
+    available_at = :retry_at, ready_at = :retry_at - priority, updated_at = :now,
+    worker_id = NULL, holds_slot = 0, exec_seconds = 0
+WHERE id = :run_id;
+
+-- name: handback_run
+UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
+    updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = :exec_seconds
+WHERE id = :run_id;
+
+-- name: suspend_run
+UPDATE runs SET status = 'WAITING', updated_at = :now, worker_id = NULL, holds_slot = 0,
+    exec_seconds = :exec_seconds, wait_reason = :wait_reason
+WHERE id = :run_id;
+
+-- name: slot_of_run
+SELECT env, queue, concurrency_key, holds_slot, parent_waitpoint_id, attempt, max_attempts,
+       priority
+FROM runs WHERE id = :run_id;
+
+-- Keys visited without a ready run move to the back of the round robin.
+-- name: touch_slots
+UPDATE queue_slots SET last_claim_at = :now
+WHERE env = :env AND queue = :queue AND ckey IN (SELECT value FROM json_each(:ckeys));
+
+-- name: touch_slots [postgres]
+UPDATE queue_slots SET last_claim_at = :now
+WHERE env = :env AND queue = :queue AND ckey = ANY(:ckeys);
+
+-- Runs that ended outside a worker (cancelled while idle, expired, worker lost): a worker
+-- serving the task takes them to run their end hooks, once.
+-- name: take_hooks_due
+UPDATE runs SET hooks_due = 0
+WHERE id IN (SELECT id FROM runs WHERE env = :env AND hooks_due = 1
+             AND task_id IN (SELECT value FROM json_each(:task_ids)) LIMIT 100)
+RETURNING *;
+
+-- name: take_hooks_due [postgres]
+UPDATE runs SET hooks_due = 0
+WHERE id IN (SELECT id FROM runs WHERE env = :env AND hooks_due = 1
+             AND task_id = ANY(:task_ids) LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING *;
+
+-- Waitpoints -------------------------------------------------------------------------------
+
+-- Waitpoint ids made inside a run are derived from the run and journal key, so a replay
+-- that creates the same token again finds the first one.
+-- name: insert_waitpoint
+INSERT INTO waitpoints (id, env, kind, status, run_id, timeout_at, idempotency_key,
+                        idempotency_expires_at, tags, pending_children, created_at)
+VALUES (:id, :env, :kind, 'pending', :run_id, :timeout_at, :idempotency_key,
+        :idempotency_expires_at, :tags, :pending_children, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: release_waitpoint_key
+UPDATE waitpoints SET idempotency_key = NULL
+WHERE env = :env AND idempotency_key = :idempotency_key AND idempotency_expires_at <= :now;
+
+-- name: find_waitpoint_by_key
+SELECT * FROM waitpoints WHERE env = :env AND idempotency_key = :idempotency_key;
+
+-- name: get_waitpoint
+SELECT * FROM waitpoints WHERE env = :env AND id = :id;
+
+-- name: waitpoint_state
+SELECT id, kind, status, output, is_error FROM waitpoints WHERE id = :id;
+
+-- name: list_waitpoints
+SELECT * FROM waitpoints WHERE env = :env
+  AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: waiting_runs
+SELECT run_id FROM run_waits WHERE waitpoint_id = :id;
+
+-- First completion wins (C7): only a pending waitpoint changes.
+-- name: complete_waitpoint
+UPDATE waitpoints SET status = :status, output = :output, is_error = :is_error,
+    completed_at = :now
+WHERE id = :id AND status = 'pending'
+RETURNING id;
+
+-- name: insert_run_wait
+INSERT INTO run_waits (waitpoint_id, run_id) VALUES (:waitpoint_id, :run_id)
+ON CONFLICT DO NOTHING;
+
+-- A waiting run whose waitpoint completed goes back to the queue and replays.
+-- name: resume_runs
+UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
+    updated_at = :now, wait_reason = NULL
+WHERE status = 'WAITING' AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = :id)
+RETURNING id;
+
+-- name: clear_run_waits
+DELETE FROM run_waits WHERE run_id = :run_id;
+
+-- name: get_waitpoint_env
+SELECT env FROM waitpoints WHERE id = :id;
+
+-- A child that already existed (same idempotency key) joins the new wait if still running.
+-- name: adopt_child
+UPDATE runs SET parent_waitpoint_id = :waitpoint_id
+WHERE id = :id AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELED', 'EXPIRED', 'TIMED_OUT');
+
+-- name: child_done
+UPDATE waitpoints SET pending_children = pending_children - 1
+WHERE id = :id AND status = 'pending'
+RETURNING pending_children;
+
+-- name: due_timers
+SELECT id, kind FROM waitpoints
+WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= :now
+ORDER BY timeout_at LIMIT 5000;
+
+-- Scheduling -------------------------------------------------------------------------------
+
+-- name: promote_delayed
+UPDATE runs SET status = 'QUEUED', updated_at = :now
+WHERE status = 'DELAYED' AND delay_until <= :now
+RETURNING env;
+
+-- name: expire_runs
+UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now, hooks_due = 1,
+    error = '{"code": "expired", "message": "the run did not start before its ttl"}'
+WHERE status IN ('QUEUED', 'DELAYED') AND ttl_expires_at IS NOT NULL
+  AND ttl_expires_at <= :now
+RETURNING id, parent_waitpoint_id;
+
+-- Cancelling -------------------------------------------------------------------------------
+
+-- name: cancel_idle
+UPDATE runs SET status = 'CANCELED', finished_at = :now, updated_at = :now, wait_reason = NULL,
+    hooks_due = 1,
+    error = '{"code": "canceled", "message": "the run was canceled"}'
+WHERE id = :id AND status IN ('QUEUED', 'DELAYED', 'WAITING')
+RETURNING id, parent_waitpoint_id;
+
+-- name: cancel_executing
+UPDATE runs SET cancel_requested = 1, updated_at = :now
+WHERE id = :id AND status = 'EXECUTING';
+
+-- name: children_to_cancel
+SELECT id FROM runs WHERE parent_id = :id AND status IN ('QUEUED', 'DELAYED', 'WAITING', 'EXECUTING');
+
+-- Queues -----------------------------------------------------------------------------------
+
+-- name: declare_queue
+INSERT INTO queues (env, name, concurrency_limit, global_limit, rate_limit_count,
+                    rate_limit_period, updated_at)
+VALUES (:env, :name, :concurrency_limit, :global_limit, :rate_limit_count,
+        :rate_limit_period, :now)
+ON CONFLICT (env, name) DO UPDATE SET
+    concurrency_limit = CASE WHEN queues.limit_overridden = 1 THEN queues.concurrency_limit
+                             ELSE excluded.concurrency_limit END,
+    global_limit = excluded.global_limit,
+    rate_limit_count = excluded.rate_limit_count,
+    rate_limit_period = excluded.rate_limit_period,
+    updated_at = excluded.updated_at;
+
+-- name: get_queue
+SELECT * FROM queues WHERE env = :env AND name = :name;
+
+-- name: list_queues
+SELECT q.*,
+  (SELECT COUNT(*) FROM runs r WHERE r.env = q.env AND r.queue = q.name AND r.status = 'QUEUED')
+      AS queued
+FROM queues q WHERE q.env = :env ORDER BY q.name;
+
+-- name: queue_keys
+SELECT ckey, executing FROM queue_slots WHERE env = :env AND queue = :queue AND executing > 0
+ORDER BY executing DESC LIMIT 50;
+
+-- Tasks ------------------------------------------------------------------------------------
+
+-- name: upsert_task
+INSERT INTO tasks (env, id, queue, payload_schema, spec, updated_at)
+VALUES (:env, :id, :queue, :payload_schema, :spec, :now)
+ON CONFLICT (env, id) DO UPDATE SET queue = excluded.queue,
+    payload_schema = excluded.payload_schema, spec = excluded.spec,
+    updated_at = excluded.updated_at;
+
+-- name: get_task
+SELECT * FROM tasks WHERE env = :env AND id = :id;
+
+-- name: list_tasks
+SELECT * FROM tasks WHERE env = :env ORDER BY id;
+
+-- Settings ---------------------------------------------------------------------------------
+
+-- name: get_setting
+SELECT value FROM settings WHERE key = :key;
+
+-- name: insert_setting
+INSERT INTO settings (key, value) VALUES (:key, :value) ON CONFLICT DO NOTHING;

@@ -1,0 +1,196 @@
+-- The current schema, SQLite dialect. Keep in sync with schema.postgres.sql and with the
+-- migrations: tests/test_migrations.py checks that migrating an empty database gives this.
+-- Timestamps are UNIX epoch seconds (REAL); JSON values are TEXT.
+
+CREATE TABLE outlast_schema (version INTEGER NOT NULL);
+
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,               -- run_<time-sortable>, so id order is creation order
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '[]',
+    attempt INTEGER NOT NULL DEFAULT 1,    -- the current (or next) attempt, 1-based
+    max_attempts INTEGER NOT NULL,
+    priority REAL NOT NULL DEFAULT 0,
+    concurrency_key TEXT NOT NULL DEFAULT '',  -- '' when the run has none
+    idempotency_key TEXT,
+    idempotency_expires_at REAL,
+    idempotency_active INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    available_at REAL NOT NULL,            -- not claimable before this
+    ready_at REAL NOT NULL,                -- available_at - priority: the claim order
+    delay_until REAL,
+    ttl_expires_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    max_duration REAL,
+    exec_seconds REAL NOT NULL DEFAULT 0,  -- compute time of this attempt before its last wait
+    worker_id TEXT,
+    lease_epoch INTEGER NOT NULL DEFAULT 0,    -- bumped by every claim: the fencing token (C4)
+    segment_started_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    holds_slot INTEGER NOT NULL DEFAULT 0,     -- 1 while counted in queue_slots (C5)
+    parent_id TEXT,
+    root_id TEXT,
+    depth INTEGER NOT NULL DEFAULT 0,
+    replayed_from TEXT,
+    parent_waitpoint_id TEXT,              -- the parent's waitpoint this child completes
+    wait_reason TEXT,                      -- JSON: what a WAITING run waits for
+    hooks_due INTEGER NOT NULL DEFAULT 0   -- ended outside a worker; end hooks not yet run
+);
+CREATE INDEX runs_ready ON runs (env, queue, concurrency_key, ready_at) WHERE status = 'QUEUED';
+CREATE INDEX runs_delayed ON runs (delay_until) WHERE status = 'DELAYED';
+CREATE INDEX runs_ttl ON runs (ttl_expires_at)
+    WHERE ttl_expires_at IS NOT NULL AND status IN ('QUEUED', 'DELAYED');
+CREATE INDEX runs_executing ON runs (worker_id) WHERE status = 'EXECUTING';
+CREATE UNIQUE INDEX runs_idempotency ON runs (env, task_id, idempotency_key)
+    WHERE idempotency_active = 1;
+CREATE INDEX runs_env_id ON runs (env, id);
+CREATE INDEX runs_env_task ON runs (env, task_id, id);
+CREATE INDEX runs_env_status ON runs (env, status, id);
+CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX runs_hooks_due ON runs (env, task_id) WHERE hooks_due = 1;
+
+CREATE TABLE run_tags (
+    env TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (env, tag, run_id)
+);
+
+-- Durable operations of a run, by key. A row is written only once its outcome is known
+-- (status 'done'), or when a wait is registered (status 'waiting').
+CREATE TABLE journal (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,                    -- step | sleep | token | child | children | trigger
+    fingerprint TEXT,                      -- what was asked; a mismatch is non-determinism
+    status TEXT NOT NULL,                  -- done | waiting
+    output TEXT,
+    waitpoint_id TEXT,
+    attempt INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, key)
+);
+
+-- The run's timeline besides steps: logs, failed attempts, metadata changes.
+CREATE TABLE run_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    attempt INTEGER,
+    level TEXT,
+    message TEXT,
+    data TEXT
+);
+CREATE INDEX run_events_run ON run_events (run_id, id);
+
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    concurrency INTEGER NOT NULL,
+    tasks TEXT NOT NULL,                   -- JSON list of task ids served
+    status TEXT NOT NULL,                  -- alive | stopped | dead
+    lock_key INTEGER,                      -- PostgreSQL: the advisory lock held for life
+    lock_path TEXT,                        -- SQLite: the file locked for life
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    stopped_at REAL
+);
+CREATE INDEX workers_alive ON workers (lease_expires_at) WHERE status = 'alive';
+
+-- Queues: declared by code (upserted when a worker starts) or changed at runtime.
+CREATE TABLE queues (
+    env TEXT NOT NULL,
+    name TEXT NOT NULL,
+    concurrency_limit INTEGER,             -- per key when runs carry a concurrency_key
+    global_limit INTEGER,                  -- optional cap over all keys
+    rate_limit_count INTEGER,
+    rate_limit_period REAL,
+    rate_window TEXT NOT NULL DEFAULT '[]',   -- start times in the current rate window
+    paused INTEGER NOT NULL DEFAULT 0,
+    limit_overridden INTEGER NOT NULL DEFAULT 0,   -- a runtime change wins over code
+    executing INTEGER NOT NULL DEFAULT 0,  -- slots held over all keys
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (env, name)
+);
+
+-- One counter row per (queue, concurrency key), updated in the claim and completion
+-- transactions, so capacity is never a COUNT(*) over runs.
+CREATE TABLE queue_slots (
+    env TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    ckey TEXT NOT NULL,
+    executing INTEGER NOT NULL DEFAULT 0,
+    last_claim_at REAL NOT NULL DEFAULT 0, -- round robin: least recently served key first
+    PRIMARY KEY (env, queue, ckey)
+);
+
+CREATE TABLE waitpoints (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    kind TEXT NOT NULL,                    -- sleep | token | child | children
+    status TEXT NOT NULL,                  -- pending | completed | timed_out
+    run_id TEXT,                           -- the run that created it, if any
+    timeout_at REAL,                       -- a sleep's wake time or a token's timeout
+    output TEXT,
+    is_error INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    idempotency_expires_at REAL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    pending_children INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    completed_at REAL
+);
+CREATE INDEX waitpoints_due ON waitpoints (timeout_at)
+    WHERE status = 'pending' AND timeout_at IS NOT NULL;
+CREATE INDEX waitpoints_env ON waitpoints (env, status, id);
+CREATE UNIQUE INDEX waitpoints_idempotency ON waitpoints (env, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Which runs are blocked on which waitpoints. A run resumes when any of them completes
+-- and replays as far as it can.
+CREATE TABLE run_waits (
+    waitpoint_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (waitpoint_id, run_id)
+);
+CREATE INDEX run_waits_run ON run_waits (run_id);
+
+-- Task definitions published by workers, so a process that never imported the task code
+-- (an app, the server) can check a task id and validate a payload against its schema.
+CREATE TABLE tasks (
+    env TEXT NOT NULL,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    payload_schema TEXT NOT NULL,
+    spec TEXT NOT NULL,                    -- JSON: retry policy, max_duration, tags, cron
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (env, id)
+);
+
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

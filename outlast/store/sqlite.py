@@ -1,0 +1,175 @@
+"""The embedded backend: one SQLite file, any number of processes on one machine.
+
+Durability: WAL with ``synchronous=FULL`` by default, so a trigger or step acknowledged
+to a caller survives ``kill -9`` and power loss. ``OUTLAST_SQLITE_SYNCHRONOUS=NORMAL``
+trades the last few commits on power loss (never on a process crash) for speed.
+
+Writers take the file's write lock up front (``BEGIN IMMEDIATE``) and wait for it up to
+``busy_timeout``, so concurrent processes queue instead of failing with "database is
+locked". A worker holds an OS file lock beside the database for its whole life; when
+the process dies the kernel drops it, which is how survivors notice within a poll (C9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._clock import Clock, SystemClock
+from .._errors import ConfigurationError
+from .._serde import dumps
+from ._sql import Row, SqlStore
+
+_SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+class _Tx:
+    def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
+        self.conn = conn
+        self.queries = queries
+
+    def q(self, name: str, /, **params: Any) -> list[Row]:
+        return self.conn.execute(self.queries[name], params).fetchall()
+
+    def x(self, name: str, /, **params: Any) -> int:
+        return self.conn.execute(self.queries[name], params).rowcount
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self.conn.executemany(self.queries[name], rows)
+
+    def script(self, sql: str) -> None:
+        # executescript() would COMMIT the open transaction first; run statements one by
+        # one so a migration is all-or-nothing.
+        body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+        for statement in re.split(r";\s*\n", body):
+            if statement.strip():
+                self.conn.execute(statement)
+
+
+class LifeLock:
+    """An exclusive lock on a file, held while the process lives."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class SQLiteStore(SqlStore):
+    dialect = "sqlite"
+
+    def __init__(self, url: str, clock: Clock | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self.clock = clock or SystemClock()
+        self.path = _path_from_url(url)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        sync = os.environ.get("OUTLAST_SQLITE_SYNCHRONOUS", "FULL").upper()
+        if sync not in _SYNC_MODES:
+            raise ConfigurationError(
+                f"OUTLAST_SQLITE_SYNCHRONOUS must be one of {sorted(_SYNC_MODES)}, not {sync!r}"
+            )
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._conn.row_factory = _dict_row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={sync}")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._host = socket.gethostname()
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".workers")
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[_Tx]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Tx(self._conn, self.q)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _list(self, values: Sequence[Any]) -> Any:
+        return dumps(list(values))
+
+    def _raw(self, tx: Any, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        rows: list[Row] = tx.conn.execute(sql, params).fetchall()
+        return rows
+
+    def _schema_exists(self) -> bool:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'outlast_schema'"
+            ).fetchall()
+        return bool(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- wake-ups: in-process signal; other processes find work by polling ---------------
+    def wake_local(self) -> None:
+        self._wake.set()
+
+    def wait_for_work(self, timeout: float) -> None:
+        if self._wake.wait(timeout):
+            self._wake.clear()
+
+    # -- worker life locks ----------------------------------------------------------------
+    def acquire_life_lock(self, worker_id: str) -> tuple[LifeLock, int | None, str | None]:
+        lock = LifeLock(self.lock_dir / f"{worker_id}.lock")
+        return lock, None, str(lock.path)
+
+    def dead_workers(self, alive: Sequence[dict[str, Any]]) -> list[str]:
+        return [w["id"] for w in alive if self._lock_free(w)]
+
+    def _lock_free(self, info: dict[str, Any]) -> bool:
+        path = info.get("lock_path")
+        if not path or info.get("host") != self._host:
+            return False
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True  # a live worker keeps its file; a missing one means it is gone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # closing the descriptor drops our probe lock too
+        return True
+
+
+def _path_from_url(url: str) -> Path:
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"a SQLite URL looks like sqlite:///path/to/file.db, not {url!r}",
+            field="OUTLAST_DATABASE_URL",
+        )
+    return Path(url.removeprefix("sqlite:///")).expanduser()

@@ -1,0 +1,593 @@
+"""The worker: claims runs in batches, executes them, commits their outcomes in groups.
+
+One asyncio loop per worker process. Async tasks run on the loop, sync tasks in threads.
+Every outcome goes through the ``Committer``, which coalesces the operations of all
+concurrently running runs into one transaction per flush; task code and callers hear of
+an outcome only after its transaction committed.
+
+Liveness: the worker holds a life lock (PostgreSQL advisory lock / a file lock beside the
+SQLite file) and a lease on its row, renewed by heartbeats. Its runs carry the lease
+epoch they were claimed under; a commit for a run this worker no longer holds is refused
+(C4). Peers that notice the lock free re-queue its runs at once (C9); the lease is the
+fallback for a worker that is alive but cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _serde
+from ._config import settings
+from ._errors import (
+    AbortRun,
+    NonDeterminismError,
+    OutlastError,
+    SerializationError,
+    UnknownTask,
+    ValidationError,
+)
+from ._ids import new_id
+from ._signals import LeaseLost
+from .durable import RunContext, _current
+from .runs import Run, RunStatus
+from .store.base import Claim, EndSegment, LifeLock, Op, Store, WorkerInfo
+from .tasks import REGISTRY, Task
+
+log = logging.getLogger(__name__)
+
+_NOT_RETRYABLE = (AbortRun, NonDeterminismError, SerializationError, ValidationError, UnknownTask)
+
+
+class Committer:
+    """Group commit: every op submitted while a flush is in flight goes in the next one."""
+
+    def __init__(self, store: Store, worker_id: str, *, max_batch: int = 1000) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.max_batch = max_batch
+        self._items: list[tuple[Op, asyncio.Future[bool] | None]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.ops = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="outlast-committer")
+
+    async def submit(self, op: Op) -> bool:
+        """Queue ``op`` and wait until it is committed; False if it was fenced out."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._add(op, fut)
+        return await fut
+
+    def submit_nowait(self, op: Op) -> None:
+        """Queue ``op`` (a log line, a metadata change) without waiting for it."""
+        self._add(op, None)
+
+    def _add(self, op: Op, fut: asyncio.Future[bool] | None) -> None:
+        self._items.append((op, fut))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._items:
+                batch = self._items[: self.max_batch]
+                del self._items[: self.max_batch]
+                ok = await self._apply([op for op, _ in batch])
+                self.batches += 1
+                self.ops += len(batch)
+                for (_, fut), good in zip(batch, ok, strict=True):
+                    if fut is not None and not fut.done():
+                        fut.set_result(good)
+            if not self._items:
+                self._idle.set()
+
+    async def _apply(self, ops: list[Op]) -> list[bool]:
+        delay = 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(self.store.apply, self.worker_id, ops)
+            except Exception:
+                # The database is unreachable or the transaction failed: nothing of this
+                # batch is acknowledged; try the same batch again. Replaying it is safe:
+                # journal writes are upserts and segment ends are fenced by status.
+                log.exception("commit of %d operations failed; retrying", len(ops))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """What a lifecycle hook receives."""
+
+    name: str  # start | success | failure | complete | wait | resume | end
+    run_id: str
+    task_id: str
+    attempt: int
+    payload: Any
+    status: RunStatus | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
+class Worker:
+    """Runs tasks. ``await Worker(store).run()`` until stopped; tests use
+    ``run_until_idle()`` with a fake clock instead of sleeping."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        tasks: Mapping[str, Task[Any, Any]] | None = None,
+        env: str | None = None,
+        concurrency: int = 10,
+        lease_seconds: float = 30.0,
+        heartbeat_interval: float = 1.0,
+        poll_interval: float | None = None,
+        scheduler: bool = True,
+        tick_interval: float = 0.25,
+        shutdown_grace: float = 30.0,
+        life_lock: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.store = store
+        self.tasks: Mapping[str, Task[Any, Any]] = tasks if tasks is not None else REGISTRY
+        self.env = env or settings().env
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval = heartbeat_interval
+        is_pg = type(store).__name__.startswith("Postgres")
+        self.poll_interval = poll_interval or (0.5 if is_pg else 0.05)
+        self.scheduler = scheduler
+        self.tick_interval = tick_interval
+        self.shutdown_grace = shutdown_grace
+        self.use_life_lock = life_lock
+        self.rng = rng or random.Random()
+        self.id = new_id("worker")
+        self.active: dict[str, RunContext] = {}
+        self.executed = 0
+        self._lock: LifeLock | None = None
+        self._committer: Committer | None = None
+        self._started = False
+        self._stopping = False
+        self._background: list[asyncio.Task[None]] = []
+        self._slot_freed: asyncio.Event | None = None
+        self._serves: dict[str, list[str]] = {}
+        self._serves_at = -1e9
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def committer(self) -> Committer:
+        assert self._committer is not None, "worker not started"
+        return self._committer
+
+    async def start(self, *, background: bool = True) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._slot_freed = asyncio.Event()
+        await asyncio.to_thread(self._register)
+        self._committer = Committer(self.store, self.id)
+        self.committer.start()
+        if background:
+            self._background.append(asyncio.create_task(self._heartbeat_loop()))
+            if self.scheduler:
+                self._background.append(asyncio.create_task(self._scheduler_loop()))
+        log.info(
+            "worker %s started: %d tasks, concurrency %d, env %s",
+            self.id,
+            len(self.tasks),
+            self.concurrency,
+            self.env,
+            extra={"worker_id": self.id},
+        )
+
+    def _register(self) -> None:
+        defs = [t.definition() for t in self.tasks.values()]
+        self.store.publish_tasks(self.env, defs)
+        specs = {t.queue.name: t.queue.spec() for t in self.tasks.values()}
+        self.store.declare_queues(self.env, list(specs.values()))
+        key = path = None
+        if self.use_life_lock:
+            self._lock, key, path = self.store.acquire_life_lock(self.id)
+        self.store.register_worker(
+            WorkerInfo(
+                id=self.id,
+                env=self.env,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.concurrency,
+                tasks=sorted(self.tasks),
+                lease_seconds=self.lease_seconds,
+                lock_key=key,
+                lock_path=path,
+            )
+        )
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Claim and execute until ``stop`` is set, then shut down gracefully."""
+        await self.start()
+        stop = stop or asyncio.Event()
+        try:
+            await self._claim_loop(stop)
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop claiming; let running attempts finish within ``grace`` seconds, then hand
+        the rest back to the queue without spending an attempt."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        grace = self.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for ctx in list(self.active.values()):
+            ctx.end("handback")
+        while self.active:
+            await asyncio.sleep(0.01)
+        await self.committer.close()
+        for t in self._background:
+            t.cancel()
+        for t in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._waiter is not None:
+            with contextlib.suppress(Exception):
+                await self._waiter
+        await asyncio.to_thread(self.store.stop_worker, self.id)
+        if self._lock is not None:
+            self._lock.release()
+        log.info("worker %s stopped", self.id, extra={"worker_id": self.id})
+
+    # -- claiming -------------------------------------------------------------------------
+    def _queues_served(self) -> dict[str, list[str]]:
+        """Queue -> task ids. Runs triggered onto a queue no task declares are served by
+        any of our tasks, so the queue list is refreshed from the store now and then."""
+        now = time.monotonic()
+        if now - self._serves_at > 5.0:
+            serves: dict[str, list[str]] = {}
+            for t in self.tasks.values():
+                serves.setdefault(t.queue.name, []).append(t.id)
+            every = sorted(self.tasks)
+            with contextlib.suppress(Exception):
+                for q in self.store.list_queues(self.env):
+                    serves.setdefault(q["name"], every)
+            self._serves = serves
+            self._serves_at = now
+        return self._serves
+
+    def _claim(self, limit: int) -> list[Claim]:
+        return self.store.claim(self.id, self.env, self._queues_served(), limit)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        assert self._slot_freed is not None
+        stop_wait = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self.active)
+                if free > 0:
+                    try:
+                        claims = await asyncio.to_thread(self._claim, free)
+                    except Exception:
+                        log.exception("claim failed; retrying")
+                        claims = []
+                        await asyncio.sleep(self.poll_interval)
+                    for c in claims:
+                        self._launch(c)
+                    if claims and len(claims) == free:
+                        continue
+                waits: set[asyncio.Future[Any]] = {stop_wait}
+                slot = asyncio.create_task(self._slot_freed.wait())
+                waits.add(slot)
+                if len(self.active) < self.concurrency:
+                    if self._waiter is None or self._waiter.done():
+                        self._waiter = asyncio.ensure_future(
+                            asyncio.to_thread(self.store.wait_for_work, self.poll_interval)
+                        )
+                    waits.add(self._waiter)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                slot.cancel()
+                self._slot_freed.clear()
+        finally:
+            stop_wait.cancel()
+
+    async def run_until_idle(self, *, max_seconds: float = 60.0) -> int:
+        """Tick, claim and execute until nothing is ready or running; returns the number
+        of segments executed. For tests and scripts: no background loops, no sleeping."""
+        await self.start(background=False)
+        assert self._slot_freed is not None
+        before = self.executed
+        deadline = time.monotonic() + max_seconds
+        while time.monotonic() < deadline:
+            await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
+            if self.scheduler:
+                await self.tick()
+            free = self.concurrency - len(self.active)
+            claims = await asyncio.to_thread(self._claim, free) if free > 0 else []
+            for c in claims:
+                self._launch(c)
+            if not claims and not self.active:
+                await self.committer.flush()
+                await self._run_due_hooks()
+                if self.scheduler:
+                    await self.tick()
+                if not await asyncio.to_thread(self._claim_would_find_work):
+                    break
+                continue
+            if self.active and (not claims or len(self.active) >= self.concurrency):
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), 0.05)
+        return self.executed - before
+
+    def _claim_would_find_work(self) -> bool:
+        claims = self._claim(self.concurrency)
+        for c in claims:
+            self._launch(c)
+        return bool(claims)
+
+    async def tick(self) -> None:
+        await asyncio.to_thread(self.store.tick)
+        await asyncio.to_thread(self.store.reap_dead_workers)
+
+    # -- background loops -----------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                hb = await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
+                if not hb.alive:
+                    await self._lost_lease()
+                for run_id in hb.cancel_requested:
+                    ctx = self.active.get(run_id)
+                    if ctx is not None:
+                        ctx.end("cancel")
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def _lost_lease(self) -> None:
+        """Declared dead by a peer (cut off past the lease): drop every attempt, since none
+        may commit any more (C4), and come back under a new identity."""
+        log.error("worker %s lost its lease; abandoning %d runs", self.id, len(self.active))
+        for ctx in list(self.active.values()):
+            ctx.end("lost")
+        if self._lock is not None:
+            self._lock.release()
+        self.id = new_id("worker")
+        self.committer.worker_id = self.id
+        self._serves_at = -1e9
+        await asyncio.to_thread(self._register)
+
+    async def _scheduler_loop(self) -> None:
+        last_hooks = 0.0
+        while True:
+            try:
+                await self.tick()
+                if time.monotonic() - last_hooks > 1.0:
+                    last_hooks = time.monotonic()
+                    await self._run_due_hooks()
+            except Exception:
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.tick_interval)
+
+    # -- execution ------------------------------------------------------------------------
+    def _launch(self, claim: Claim) -> None:
+        ctx = RunContext(
+            claim,
+            self.committer,
+            self.store,
+            inplace_sleep_seconds=settings().inplace_sleep_seconds,
+        )
+        self.active[claim.run.id] = ctx
+        asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
+
+    async def _execute(self, ctx: RunContext) -> None:
+        run = ctx.run
+        task = self.tasks.get(run.task_id)
+        try:
+            if task is None:
+                err = UnknownTask(f"this worker has no task {run.task_id!r}")
+                await self.committer.submit(self._failed(ctx, None, err))
+                return
+            await self._execute_task(ctx, task)
+        except Exception:
+            log.exception("run %s: executor error", run.id, extra={"run_id": run.id})
+        finally:
+            self.active.pop(run.id, None)
+            self.executed += 1
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    async def _execute_task(self, ctx: RunContext, task: Task[Any, Any]) -> None:
+        run = ctx.run
+        resumed = any(e.attempt == run.attempt for e in ctx.journal.values())
+        context = contextvars.copy_context()
+        context.run(_current.set, ctx)
+        user = asyncio.create_task(self._attempt(ctx, task, resumed), context=context)
+        ctx.main_task = user
+        timer = None
+        if run.max_duration is not None:
+            remaining = max(0.0, run.max_duration - run.exec_seconds)
+            timer = asyncio.get_running_loop().call_later(remaining, ctx.end, "timeout")
+        op: EndSegment | None
+        output: Any = None
+        try:
+            output_text, output = await user
+            op = EndSegment(run_id=run.id, epoch=ctx.epoch, outcome="completed", output=output_text)
+        except asyncio.CancelledError:
+            op = self._unwound(ctx)
+        except LeaseLost:
+            op = None
+        except Exception as exc:
+            op = self._failed(ctx, task, exc)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if op is None:
+            log.warning("run %s: lease lost; nothing committed", run.id, extra={"run_id": run.id})
+            return
+        committed = await self.committer.submit(op)
+        if committed:
+            await self._after(ctx, task, op, output)
+
+    async def _attempt(
+        self, ctx: RunContext, task: Task[Any, Any], resumed: bool
+    ) -> tuple[str, Any]:
+        payload = _serde.validate(ctx.run.payload, task.payload_type, what="payload")
+        await self._hook(task, "resume" if resumed else "start", ctx.run, payload)
+        if task.is_async:
+            result = await task.fn(payload)
+        else:
+            result = await asyncio.to_thread(task.fn, payload)  # copies the run context
+        return _serde.to_json(result, task.return_type), result
+
+    def _unwound(self, ctx: RunContext) -> EndSegment | None:
+        run, reason = ctx.run, ctx.end_reason
+        base: dict[str, Any] = {"run_id": run.id, "epoch": ctx.epoch}
+        if reason == "suspend":
+            waits = sorted(set(ctx.blocked.values()))
+            return EndSegment(
+                **base,
+                outcome="suspend",
+                wait_on=waits,
+                exec_seconds=ctx.exec_seconds(),
+                wait_reason=_serde.dumps({"waitpoints": waits, "keys": sorted(ctx.blocked)}),
+            )
+        if reason == "cancel":
+            return EndSegment(
+                **base, outcome="canceled", error=_error_json("canceled", "the run was canceled")
+            )
+        if reason == "timeout":
+            return EndSegment(
+                **base,
+                outcome="timed_out",
+                error=_error_json(
+                    "max_duration_exceeded",
+                    f"the run exceeded its max_duration of {run.max_duration} s",
+                ),
+            )
+        if reason == "handback":
+            return EndSegment(**base, outcome="handback", exec_seconds=ctx.exec_seconds())
+        return None  # lost: nothing may be committed
+
+    def _failed(self, ctx: RunContext, task: Task[Any, Any] | None, exc: Exception) -> EndSegment:
+        run = ctx.run
+        code = exc.code if isinstance(exc, OutlastError) else "task_error"
+        error = _serde.dumps(
+            {
+                "code": code,
+                "type": type(exc).__name__,
+                "message": str(exc) or type(exc).__name__,
+                "traceback": "".join(traceback.format_exception(exc)),
+            }
+        )
+        base: dict[str, Any] = {"run_id": run.id, "epoch": ctx.epoch}
+        if task is not None and not isinstance(exc, _NOT_RETRYABLE) and run.attempt < run.max_attempts:
+            delay = task.retry.delay(run.attempt, self.rng)
+            log.info(
+                "run %s attempt %d failed (%s); retrying in %.1f s",
+                run.id,
+                run.attempt,
+                type(exc).__name__,
+                delay,
+                extra={"run_id": run.id},
+            )
+            return EndSegment(**base, outcome="retry", error=error, retry_at=self.store.now() + delay)
+        return EndSegment(**base, outcome="failed", error=error)
+
+    # -- hooks ----------------------------------------------------------------------------
+    async def _after(self, ctx: RunContext, task: Task[Any, Any], op: EndSegment, output: Any) -> None:
+        run = ctx.run
+        error = _serde.loads(op.error) if op.error else None
+        status = {
+            "completed": RunStatus.COMPLETED,
+            "failed": RunStatus.FAILED,
+            "timed_out": RunStatus.TIMED_OUT,
+            "canceled": RunStatus.CANCELED,
+        }.get(op.outcome)
+        if op.outcome == "suspend":
+            await self._hook(task, "wait", run, run.payload)
+            return
+        if status is None:
+            return
+        if status == RunStatus.COMPLETED:
+            await self._hook(task, "success", run, run.payload, status=status, output=output)
+        else:
+            await self._hook(task, "failure", run, run.payload, status=status, error=error)
+        for name in ("complete", "end"):
+            await self._hook(task, name, run, run.payload, status=status, output=output, error=error)
+
+    async def _run_due_hooks(self) -> None:
+        """End hooks of runs that ended outside any worker (cancelled while idle, expired,
+        lost with their worker)."""
+        with_hooks = [
+            t.id for t in self.tasks.values() if {"end", "complete", "failure"} & set(t.hooks)
+        ]
+        if not with_hooks:
+            return
+        runs = await asyncio.to_thread(self.store.take_hooks_due, self.env, with_hooks)
+        for run in runs:
+            task = self.tasks[run.task_id]
+            if run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.EXPIRED):
+                await self._hook(task, "failure", run, run.payload, status=run.status, error=run.error)
+            for name in ("complete", "end"):
+                await self._hook(task, name, run, run.payload, status=run.status, error=run.error)
+
+    async def _hook(
+        self,
+        task: Task[Any, Any],
+        name: str,
+        run: Run,
+        payload: Any,
+        *,
+        status: RunStatus | None = None,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        for hook in task.hooks.get(name, ()):
+            event = HookEvent(name, run.id, run.task_id, run.attempt, payload, status, output, error)
+            try:
+                result = hook(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                # A hook never changes the run's outcome.
+                log.exception("run %s: %s hook failed", run.id, name, extra={"run_id": run.id})
+
+
+def _error_json(code: str, message: str) -> str:
+    return _serde.dumps({"code": code, "message": message})
