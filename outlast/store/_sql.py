@@ -584,6 +584,15 @@ class SqlStore(Store):
                 }
         return rows
 
+    def queue_state(self, env: str, queue: str, ckey: str) -> dict[str, Any] | None:
+        with self._transaction() as tx:
+            rows = tx.q("queue_state", env=env, queue=queue, ckey=ckey)
+        if not rows:
+            return None
+        state = dict(rows[0])
+        state["rate_window"] = loads(state["rate_window"]) or []
+        return state
+
     # -- workers --------------------------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:
         now = self.now()

@@ -286,6 +286,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_queues(self, env: str) -> list[dict[str, Any]]: ...
 
+    @abc.abstractmethod
+    def queue_state(self, env: str, queue: str, ckey: str) -> dict[str, Any] | None:
+        """The queue's row with ``key_executing`` for concurrency key ``ckey``."""
+
     # -- workers --------------------------------------------------------------------------
     @abc.abstractmethod
     def register_worker(self, info: WorkerInfo) -> None: ...

@@ -425,6 +425,12 @@ SELECT q.*,
       AS queued
 FROM queues q WHERE q.env = :env ORDER BY q.name;
 
+-- name: queue_state
+SELECT q.*, COALESCE(s.executing, 0) AS key_executing
+FROM queues q LEFT JOIN queue_slots s
+  ON s.env = q.env AND s.queue = q.name AND s.ckey = :ckey
+WHERE q.env = :env AND q.name = :queue;
+
 -- name: queue_keys
 SELECT ckey, executing FROM queue_slots WHERE env = :env AND queue = :queue AND executing > 0
 ORDER BY executing DESC LIMIT 50;

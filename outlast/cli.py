@@ -1,0 +1,493 @@
+"""The ``outlast`` command. Every flag has an OUTLAST_* environment twin, shown in --help."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import OutlastError
+
+log = logging.getLogger("outlast.cli")
+
+
+# -- flags with environment twins -------------------------------------------------------------
+
+
+def _flag(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    help: str,  # noqa: A002 - argparse's word
+    default: Any = None,
+    type: Callable[[str], Any] = str,  # noqa: A002
+    action: str | None = None,
+) -> None:
+    env = "OUTLAST_" + name.lstrip("-").replace("-", "_").upper()
+    raw = os.environ.get(env)
+    if action == "store_true":
+        value = raw.lower() in ("1", "true", "yes", "on") if raw else bool(default)
+        parser.add_argument(name, action="store_true", default=value, help=f"{help} [env: {env}]")
+        return
+    value = type(raw) if raw not in (None, "") else default
+    shown = f" (default: {default})" if default is not None else ""
+    parser.add_argument(name, type=type, default=value, help=f"{help}{shown} [env: {env}]")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--database-url", help="sqlite:///path.db or postgresql://…",
+          default="sqlite:///.outlast/outlast.db")
+    _flag(p, "--env", help="environment name", default="dev")
+
+
+def _app_flag(p: argparse.ArgumentParser) -> None:
+    _flag(p, "--app", help="task modules or files, comma separated "
+          "(or [tool.outlast] app in pyproject.toml)")
+
+
+# -- loading task code ------------------------------------------------------------------------
+
+
+def app_modules(app: str | None) -> list[str]:
+    if app:
+        return [m.strip() for m in app.split(",") if m.strip()]
+    pyproject = Path("pyproject.toml")
+    if pyproject.exists():
+        conf = tomllib.loads(pyproject.read_text()).get("tool", {}).get("outlast", {})
+        value = conf.get("app", [])
+        return [value] if isinstance(value, str) else list(value)
+    return []
+
+
+def load_app(app: str | None) -> list[str]:
+    """Import the task modules; returns the files they came from (for reloads)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    files = []
+    for name in app_modules(app):
+        if name.endswith(".py") or os.sep in name:
+            path = Path(name).resolve()
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise OutlastError(f"cannot load task file {name!r}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(name)
+        if getattr(module, "__file__", None):
+            files.append(str(module.__file__))
+    return files
+
+
+def _setup(args: argparse.Namespace) -> None:
+    os.environ["OUTLAST_DATABASE_URL"] = args.database_url
+    os.environ["OUTLAST_ENV"] = args.env
+
+
+def _store(args: argparse.Namespace, *, migrate: bool = False) -> Any:
+    from .store import open_store
+
+    store = open_store(args.database_url)
+    if migrate:
+        store.migrate()
+    else:
+        store.check_schema()
+    return store
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(store=_store(args), env=args.env)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    store = _store(args, migrate=True)
+    print(f"schema is at version {store.migrate()} ({store.safe_url})")
+    return 0
+
+
+def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
+    from .worker import Worker
+
+    _setup(args)
+    store = _store(args, migrate=dev)
+    load_app(args.app)
+    from .tasks import REGISTRY
+
+    if not REGISTRY:
+        print("no tasks found: pass --app MODULE (or set [tool.outlast] app)", file=sys.stderr)
+        return 2
+    worker = Worker(
+        store,
+        env=args.env,
+        concurrency=args.concurrency,
+        lease_seconds=args.lease_seconds,
+        scheduler=not args.no_scheduler,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if dev:
+            print(
+                f"outlast dev: {len(REGISTRY)} tasks ({', '.join(sorted(REGISTRY))}) on "
+                f"{store.safe_url}, env {args.env!r}\n"
+                f"  trigger one:  outlast trigger {sorted(REGISTRY)[0]} --payload '{{}}'\n"
+                "  watch runs:   outlast runs list",
+                flush=True,
+            )
+        await worker.run(stop)
+
+    asyncio.run(main())
+    store.close()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return _run_worker(args, dev=False)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    if args.no_reload:
+        return _run_worker(args, dev=True)
+    return _supervise(args)
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Run the dev process as a child and restart it when a .py file changes."""
+    argv = [sys.executable, "-m", "outlast", *sys.argv[1:], "--no-reload"]
+    stop = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while True:
+        stamp = _tree_stamp()
+        child = subprocess.Popen(argv)
+        while child.poll() is None and not stop and _tree_stamp() == stamp:
+            time.sleep(0.5)
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # runs are handed back, not lost
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=35)
+            if child.poll() is None:
+                child.kill()
+        if stop or child.returncode not in (0, -signal.SIGTERM, None):
+            return 0 if stop else int(child.returncode or 0)
+        print("outlast dev: code changed, reloading", flush=True)
+
+
+def _tree_stamp() -> float:
+    newest = 0.0
+    skip = {".venv", "venv", ".outlast", ".git", "node_modules", "__pycache__"}
+    for root, dirs, files in os.walk("."):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for f in files:
+            if f.endswith(".py"):
+                with contextlib.suppress(OSError):
+                    newest = max(newest, os.stat(os.path.join(root, f)).st_mtime)
+    return newest
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    _setup(args)
+    if args.app:
+        load_app(args.app)
+    client = _client(args)
+    payload = json.loads(args.payload) if args.payload else None
+    handle = client.trigger(
+        args.task,
+        payload,
+        idempotency_key=args.idempotency_key,
+        delay=args.delay,
+        ttl=args.ttl,
+        tags=args.tag or (),
+        priority=args.priority or 0.0,
+        concurrency_key=args.concurrency_key,
+    )
+    if not args.wait:
+        _out(args, {"id": handle.id, "is_cached": handle.is_cached}, handle.id)
+        return 0
+    run = client.wait_for_run(handle.id, timeout=args.timeout)
+    _out(args, run.to_dict(), f"{run.id} {run.status}\n{json.dumps(run.output or run.error)}")
+    return 0 if str(run.status) == "COMPLETED" else 1
+
+
+def _out(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=str, indent=2))
+    else:
+        print(text)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    _setup(args)
+    client = _client(args)
+    if args.runs_cmd == "list":
+        runs = client.list_runs(
+            status=[s.upper() for s in args.status] if args.status else None,
+            task_id=args.task,
+            tag=args.tag,
+            limit=args.limit,
+        )
+        if args.json:
+            print(json.dumps([r.to_dict() for r in runs], default=str, indent=2))
+            return 0
+        print(f"{'ID':32} {'TASK':24} {'STATUS':10} {'ATT':>3} {'CREATED':19} {'DURATION':>9}")
+        for r in runs:
+            dur = f"{r.duration:.2f}s" if r.duration is not None else "-"
+            print(f"{r.id:32} {r.task_id[:24]:24} {r.status!s:10} {r.attempt:>3} "
+                  f"{_when(r.created_at):19} {dur:>9}")
+        return 0
+    if args.runs_cmd == "show":
+        return _show_run(args, client)
+    if args.runs_cmd == "cancel":
+        run = client.cancel(args.run_id)
+        _out(args, run.to_dict(), f"{run.id} {run.status}"
+             + (" (cancel requested)" if run.cancel_requested and not run.is_final else ""))
+        return 0
+    if args.runs_cmd == "replay":
+        from .client import _MISSING
+
+        payload = json.loads(args.payload) if args.payload else _MISSING
+        handle = client.replay(args.run_id, payload)
+        _out(args, {"id": handle.id, "replayed_from": args.run_id}, handle.id)
+        return 0
+    raise AssertionError(args.runs_cmd)
+
+
+def _show_run(args: argparse.Namespace, client: Any) -> int:
+    from .explain import why
+
+    run = client.retrieve(args.run_id)
+    journal = client.store.journal(run.id)
+    events = client.store.events(run.id)
+    explanation = why(client.store, run)
+    if args.json:
+        data = run.to_dict()
+        data["why"] = explanation
+        data["journal"] = [j.__dict__ for j in journal]
+        data["events"] = [e.__dict__ for e in events]
+        print(json.dumps(data, default=str, indent=2))
+        return 0
+    print(f"run       {run.id}\ntask      {run.task_id}  (queue {run.queue})")
+    print(f"status    {run.status}  attempt {run.attempt}/{run.max_attempts}")
+    print(f"why       {explanation}")
+    print(f"created   {_when(run.created_at)}  started {_when(run.started_at)}  "
+          f"finished {_when(run.finished_at)}")
+    if run.tags:
+        print(f"tags      {', '.join(run.tags)}")
+    if run.parent_id:
+        print(f"parent    {run.parent_id}")
+    if run.replayed_from:
+        print(f"replay of {run.replayed_from}")
+    print(f"payload   {json.dumps(run.payload)}")
+    if run.metadata:
+        print(f"metadata  {json.dumps(run.metadata)}")
+    if run.output is not None:
+        print(f"output    {json.dumps(run.output)}")
+    if run.error:
+        print(f"error     {run.error.get('code')}: {run.error.get('message')}")
+    if journal:
+        print("steps")
+        for j in journal:
+            took = f"{(j.finished_at - j.started_at):.3f}s" if j.finished_at else "…"
+            print(f"  {j.key:32} {j.kind:12} {j.status:8} attempt {j.attempt} {took}")
+    if events:
+        print("events")
+        for e in events:
+            print(f"  {_when(e.ts)} {e.kind:15} {e.level or '':7} {e.message or ''}")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    _setup(args)
+    client = _client(args)
+    if args.tokens_cmd == "complete":
+        data = json.loads(args.data) if args.data else None
+        wp = client.complete_token(args.token_id, data)
+        _out(args, wp.__dict__, f"{wp.id} {wp.status}")
+    elif args.tokens_cmd == "create":
+        token = client.create_token(args.timeout)
+        _out(args, token.__dict__, f"{token.id}\n{token.callback_url}")
+    else:
+        for wp in client.list_tokens(status=args.status):
+            print(f"{wp.id:40} {wp.status:10} waiting runs: {', '.join(wp.waiting_runs) or '-'}")
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    _setup(args)
+    client = _client(args)
+    if args.queues_cmd == "list":
+        queues = client.list_queues()
+        if args.json:
+            print(json.dumps(queues, default=str, indent=2))
+            return 0
+        print(f"{'QUEUE':32} {'QUEUED':>7} {'EXEC':>5} {'LIMIT':>6} {'RATE':>10} PAUSED")
+        for q in queues:
+            rate = (f"{q['rate_limit_count']}/{q['rate_limit_period']:g}s"
+                    if q["rate_limit_count"] else "-")
+            limit = q["concurrency_limit"] if q["concurrency_limit"] is not None else "-"
+            print(f"{q['name']:32} {q['queued']:>7} {q['executing']:>5} {limit!s:>6} "
+                  f"{rate:>10} {'yes' if q['paused'] else 'no'}")
+        return 0
+    if args.queues_cmd == "pause":
+        q = client.pause_queue(args.name)
+    elif args.queues_cmd == "resume":
+        q = client.resume_queue(args.name)
+    else:
+        limit = None if args.limit in ("none", "off") else int(args.limit)
+        q = client.set_queue_limit(args.name, limit)
+    print(f"{q['name']}: paused={bool(q['paused'])} limit={q['concurrency_limit']}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outlast", description="Durable background jobs for Python."
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def worker_flags(p: argparse.ArgumentParser) -> None:
+        _common(p)
+        _app_flag(p)
+        _flag(p, "--concurrency", help="runs executed at once", default=10, type=int)
+        _flag(p, "--lease-seconds", help="worker lease (fallback death detection)",
+              default=30.0, type=float)
+        _flag(p, "--shutdown-grace", help="seconds to finish runs on SIGTERM",
+              default=30.0, type=float)
+        _flag(p, "--no-scheduler", help="do not run timers and reapers here",
+              action="store_true")
+
+    p = sub.add_parser("dev", help="one process on SQLite: migrations, a worker, the "
+                       "scheduler; reloads on code change")
+    worker_flags(p)
+    _flag(p, "--no-reload", help="do not restart on code changes", action="store_true")
+    p.set_defaults(fn=cmd_dev)
+
+    p = sub.add_parser("worker", help="claim and execute runs")
+    worker_flags(p)
+    p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    _common(p)
+    p.set_defaults(fn=cmd_migrate)
+
+    p = sub.add_parser("trigger", help="start a run")
+    _common(p)
+    _app_flag(p)
+    p.add_argument("task", help="task id")
+    p.add_argument("--payload", help="JSON payload")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--delay", type=float, help="seconds before the run may start")
+    p.add_argument("--ttl", type=float, help="expire if not started within seconds")
+    p.add_argument("--tag", action="append", help="tag (repeatable)")
+    p.add_argument("--priority", type=float, help="head start in seconds")
+    p.add_argument("--concurrency-key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_trigger)
+
+    p = sub.add_parser("runs", help="list, show, cancel, replay runs")
+    rs = p.add_subparsers(dest="runs_cmd", required=True)
+    q = rs.add_parser("list")
+    _common(q)
+    q.add_argument("--status", action="append")
+    q.add_argument("--task")
+    q.add_argument("--tag")
+    q.add_argument("--limit", type=int, default=20)
+    q.add_argument("--json", action="store_true")
+    for name in ("show", "cancel", "replay"):
+        q = rs.add_parser(name)
+        _common(q)
+        q.add_argument("run_id")
+        q.add_argument("--json", action="store_true")
+        if name == "replay":
+            q.add_argument("--payload", help="a new JSON payload")
+    p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("tokens", help="waitpoint tokens")
+    ts = p.add_subparsers(dest="tokens_cmd", required=True)
+    q = ts.add_parser("complete")
+    _common(q)
+    q.add_argument("token_id")
+    q.add_argument("--data", help="JSON output for the waiting run")
+    q.add_argument("--json", action="store_true")
+    q = ts.add_parser("create")
+    _common(q)
+    q.add_argument("--timeout", type=float)
+    q.add_argument("--json", action="store_true")
+    q = ts.add_parser("list")
+    _common(q)
+    q.add_argument("--status")
+    p.set_defaults(fn=cmd_tokens)
+
+    p = sub.add_parser("queues", help="list, pause, resume queues, change limits")
+    qs = p.add_subparsers(dest="queues_cmd", required=True)
+    q = qs.add_parser("list")
+    _common(q)
+    q.add_argument("--json", action="store_true")
+    for name in ("pause", "resume"):
+        q = qs.add_parser(name)
+        _common(q)
+        q.add_argument("name")
+    q = qs.add_parser("limit")
+    _common(q)
+    q.add_argument("name")
+    q.add_argument("limit", help="a number, or 'none' to remove the limit")
+    p.set_defaults(fn=cmd_queues)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("OUTLAST_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.fn(args)
+    except OutlastError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

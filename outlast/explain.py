@@ -1,0 +1,88 @@
+"""Why isn't this run executing? One sentence for any run, from the store's state."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from .runs import Run, RunStatus
+from .store.base import Store
+
+
+def _at(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def why(store: Store, run: Run) -> str:
+    """A plain explanation of what the run is doing or waiting for."""
+    now = store.now()
+    s = run.status
+    if s.is_final:
+        return f"the run ended {s}"
+    if s == RunStatus.EXECUTING:
+        note = " (cancel requested)" if run.cancel_requested else ""
+        return f"executing attempt {run.attempt} on worker {run.worker_id}{note}"
+    if s == RunStatus.DELAYED:
+        return f"delayed until {_at(run.delay_until or run.available_at)}"
+    if s == RunStatus.WAITING:
+        return _waiting(store, run, now)
+    # QUEUED
+    if run.available_at > now:
+        if run.attempt > 1:
+            return (
+                f"retrying: attempt {run.attempt} of {run.max_attempts} is due at "
+                f"{_at(run.available_at)}"
+            )
+        return f"queued, not claimable before {_at(run.available_at)}"
+    state = store.queue_state(run.env, run.queue, run.concurrency_key or "")
+    reasons = _queue_reasons(run, state, now)
+    if run.task_id not in store.live_task_ids(run.env):
+        reasons.append(f"no live worker serves task {run.task_id!r}")
+    if reasons:
+        return "; ".join(reasons)
+    return "queued and ready: waiting for a free worker slot"
+
+
+def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
+    if q is None:
+        return []
+    out = []
+    name = run.queue
+    if q["paused"]:
+        out.append(f"queue {name!r} is paused")
+    limit = q["concurrency_limit"]
+    if limit is not None and q["key_executing"] >= limit:
+        who = f" for key {run.concurrency_key!r}" if run.concurrency_key else ""
+        out.append(
+            f"queue {name!r} is at its concurrency limit{who} "
+            f"({q['key_executing']} of {limit} executing)"
+        )
+    glimit = q["global_limit"]
+    if glimit is not None and q["executing"] >= glimit:
+        out.append(f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)")
+    if q["rate_limit_count"]:
+        window = [t for t in q["rate_window"] if t > now - q["rate_limit_period"]]
+        if len(window) >= q["rate_limit_count"]:
+            until = min(window) + q["rate_limit_period"]
+            out.append(
+                f"queue {name!r} is rate limited ({q['rate_limit_count']} per "
+                f"{q['rate_limit_period']:g} s) until {_at(until)}"
+            )
+    return out
+
+
+def _waiting(store: Store, run: Run, now: float) -> str:
+    reason = run.wait_reason or {}
+    parts = []
+    for wp_id in reason.get("waitpoints", []):
+        wp = store.get_waitpoint(run.env, wp_id)
+        if wp is None:
+            continue
+        if wp.kind == "sleep":
+            parts.append(f"a sleep until {_at(wp.timeout_at or now)}")
+        elif wp.kind == "token":
+            due = f", times out {_at(wp.timeout_at)}" if wp.timeout_at else ""
+            parts.append(f"token {wp.id}{due}")
+        else:
+            parts.append(f"child runs ({wp.kind}, waitpoint {wp.id})")
+    return "waiting on " + (", ".join(parts) if parts else "its waitpoints")
