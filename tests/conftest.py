@@ -1,0 +1,146 @@
+"""Test fixtures: the same tests run on real SQLite and real PostgreSQL.
+
+PostgreSQL tests get a fresh database per test, cloned from a migrated template
+(``CREATE DATABASE … TEMPLATE``), which takes milliseconds. If PostgreSQL cannot be
+reached the PostgreSQL tests fail: they never skip silently (CI must notice).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from outlast._clock import FakeClock
+from outlast.client import Client, set_default_client
+from outlast.store import open_store
+from outlast.store.base import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get(
+    "OUTLAST_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+_TEMPLATE = "outlast_test_template"
+_template_ready = False
+
+
+def _pg_url(dbname: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+def _admin() -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for these tests and is unreachable at {PG_ADMIN_URL}: "
+            f"{exc}. Start it (see README) or set OUTLAST_TEST_PG_URL.",
+            pytrace=False,
+        )
+
+
+def _ensure_template() -> None:
+    global _template_ready
+    if _template_ready:
+        return
+    with _admin() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+    store = open_store(_pg_url(_TEMPLATE))
+    store.migrate()
+    store.close()
+    _template_ready = True
+
+
+def new_pg_database() -> str:
+    _ensure_template()
+    name = f"outlast_t_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database of the current backend."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/outlast.db"
+        store = open_store(url)
+        store.migrate()
+        store.close()
+        yield url
+        return
+    name = new_pg_database()
+    try:
+        yield _pg_url(name)
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: FakeClock) -> Iterator[Store]:
+    s = open_store(db_url, clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[Client]:
+    c = Client(store=store, env="dev")
+    set_default_client(c)
+    yield c
+    set_default_client(None)
+
+
+def spawn_worker(
+    db_url: str,
+    app: str,
+    *,
+    concurrency: int = 10,
+    env: dict[str, str] | None = None,
+    extra: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """An `outlast worker` in its own process (kill it with SIGKILL when a test says so)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "outlast",
+            "worker",
+            "--app",
+            app,
+            "--database-url",
+            db_url,
+            "--env",
+            "dev",
+            "--concurrency",
+            str(concurrency),
+            *(extra or []),
+        ],
+        cwd=ROOT,
+        env=full_env,
+    )
