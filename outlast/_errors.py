@@ -97,6 +97,12 @@ class AbortRun(OutlastError):  # noqa: N818 - the public name in DESIGN.md
     code = "aborted"
 
 
+class QueueNotFound(OutlastError):
+    """No queue has this name."""
+
+    code = "queue_not_found"
+
+
 class TokenNotFound(OutlastError):
     """No waitpoint token has this id."""
 

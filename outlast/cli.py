@@ -143,6 +143,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         lease_seconds=args.lease_seconds,
         scheduler=not args.no_scheduler,
         shutdown_grace=args.shutdown_grace,
+        life_lock=not args.no_life_lock,
     )
 
     async def main() -> None:
@@ -150,15 +151,29 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        server = None
+        if dev and not args.no_server:
+            from .server import create_app
+
+            server = _uvicorn_server(create_app(store), args.host, args.port)
+            serving = asyncio.create_task(server.serve())
         if dev:
+            secret = _dev_key(store, args.env)
             print(
                 f"outlast dev: {len(REGISTRY)} tasks ({', '.join(sorted(REGISTRY))}) on "
                 f"{store.safe_url}, env {args.env!r}\n"
-                f"  trigger one:  outlast trigger {sorted(REGISTRY)[0]} --payload '{{}}'\n"
+                + (f"  API + dashboard: http://{args.host}:{args.port}/  "
+                   f"(OpenAPI: /api/v1/openapi.json)\n"
+                   f"  secret key:  export OUTLAST_SECRET_KEY={secret}\n"
+                   if server is not None else "")
+                + f"  trigger one:  outlast trigger {sorted(REGISTRY)[0]} --payload '{{}}'\n"
                 "  watch runs:   outlast runs list",
                 flush=True,
             )
         await worker.run(stop)
+        if server is not None:
+            server.should_exit = True
+            await serving
 
     asyncio.run(main())
     store.close()
@@ -167,6 +182,80 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     return _run_worker(args, dev=False)
+
+
+def _uvicorn_server(app: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .scheduler import Scheduler
+    from .server import create_app
+
+    _setup(args)
+    store = _store(args)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = _uvicorn_server(create_app(store), args.host, args.port)
+        serving = asyncio.create_task(server.serve())
+        tasks = [serving]
+        if not args.no_scheduler:
+            tasks.append(asyncio.create_task(Scheduler(store).run(stop)))
+        print(f"outlast server on http://{args.host}:{args.port} ({store.safe_url})", flush=True)
+        await stop.wait()
+        server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    store.close()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .server.auth import create_key
+
+    store = _store(args)
+    if args.keys_cmd == "create":
+        key = create_key(store, args.env)
+        print(key.secret)  # alone on stdout: `export OUTLAST_SECRET_KEY=$(outlast keys create)`
+        print(f"created {key.id} ({key.prefix}…) for environment {args.env!r}; "
+              "it is shown once, store it now", file=sys.stderr)
+    elif args.keys_cmd == "list":
+        for k in store.list_api_keys(None if args.all_envs else args.env):
+            state = "revoked" if k["revoked_at"] else "active"
+            print(f"{k['id']:34} {k['env']:10} {k['prefix']}…  {state}  created {_when(k['created_at'])}")
+    else:
+        n = store.revoke_api_key(args.key_id)
+        if not n:
+            print(f"no active key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def _dev_key(store: Any, env: str) -> str:
+    """The dev environment's key: created on first start, kept in .outlast/dev-key
+    (mode 0600) so later starts can show it again (the store only has its hash)."""
+    from .server.auth import create_key
+
+    path = Path(".outlast") / f"{env}-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = create_key(store, env)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.secret + "\n")
+    return key.secret
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -393,12 +482,40 @@ def build_parser() -> argparse.ArgumentParser:
               default=30.0, type=float)
         _flag(p, "--no-scheduler", help="do not run timers and reapers here",
               action="store_true")
+        _flag(p, "--no-life-lock", help="hold no life lock (advisory / file lock): peers "
+              "then notice this worker's death only when its lease lapses (for tests)",
+              action="store_true")
 
-    p = sub.add_parser("dev", help="one process on SQLite: migrations, a worker, the "
-                       "scheduler; reloads on code change")
+    def http_flags(p: argparse.ArgumentParser, host: str) -> None:
+        _flag(p, "--host", help="address to listen on", default=host)
+        _flag(p, "--port", help="port to listen on", default=8030, type=int)
+
+    p = sub.add_parser("dev", help="one process on SQLite: migrations, API, dashboard, a "
+                       "worker and the scheduler; reloads on code change")
     worker_flags(p)
+    http_flags(p, "127.0.0.1")
     _flag(p, "--no-reload", help="do not restart on code changes", action="store_true")
+    _flag(p, "--no-server", help="no HTTP API or dashboard", action="store_true")
     p.set_defaults(fn=cmd_dev)
+
+    p = sub.add_parser("server", help="HTTP API, dashboard and scheduler (stateless; run "
+                       "several against one PostgreSQL)")
+    _common(p)
+    http_flags(p, "0.0.0.0")
+    _flag(p, "--no-scheduler", help="do not run timers and reapers here", action="store_true")
+    p.set_defaults(fn=cmd_server)
+
+    p = sub.add_parser("keys", help="secret keys for the HTTP API")
+    ks = p.add_subparsers(dest="keys_cmd", required=True)
+    q = ks.add_parser("create", help="print a new secret key, once")
+    _common(q)
+    q = ks.add_parser("list", help="keys by prefix (never the secret)")
+    _common(q)
+    q.add_argument("--all-envs", action="store_true")
+    q = ks.add_parser("revoke")
+    _common(q)
+    q.add_argument("key_id", help="key id or prefix")
+    p.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("worker", help="claim and execute runs")
     worker_flags(p)

@@ -17,7 +17,8 @@ from typing import Any
 from . import _serde
 from ._clock import Clock
 from ._config import settings
-from ._errors import PayloadTooLarge, RunNotFound, UnknownTask, ValidationError
+from ._errors import ConfigurationError, PayloadTooLarge, RunNotFound, UnknownTask, ValidationError
+from ._http import HttpTransport
 from ._ids import new_id
 from .durable import Token
 from .runs import Run, RunHandle
@@ -35,7 +36,9 @@ def _seconds(value: timedelta | float | None) -> float | None:
 
 
 class Client:
-    """Synchronous client over the database."""
+    """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
+    an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
+    and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
 
     def __init__(
         self,
@@ -44,10 +47,26 @@ class Client:
         store: Store | None = None,
         env: str | None = None,
         clock: Clock | None = None,
+        api_url: str | None = None,
+        secret_key: str | None = None,
     ) -> None:
-        self.store = store or open_store(database_url, clock)
+        if api_url is None and store is None and database_url is None:
+            api_url = os.environ.get("OUTLAST_API_URL") or None
+        self._http: HttpTransport | None = None
+        self._store: Store | None = None
+        if api_url:
+            key = secret_key or os.environ.get("OUTLAST_SECRET_KEY", "")
+            self._http = HttpTransport(api_url, key)
+        else:
+            self._store = store or open_store(database_url, clock)
         self.env = env or settings().env
         self._checked = False
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ConfigurationError("this client talks HTTP; it has no database store")
+        return self._store
 
     def _ready(self) -> Store:
         if not self._checked:
@@ -56,42 +75,35 @@ class Client:
         return self.store
 
     def close(self) -> None:
-        self.store.close()
+        if self._http is not None:
+            self._http.close()
+        else:
+            self.store.close()
 
     # -- triggering -----------------------------------------------------------------------
     def _new_run(
         self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
     ) -> NewRun:
-        if isinstance(task, Task):
-            return task.new_run(payload, options, self.env)
-        local = REGISTRY.get(task)
-        if local is not None:
+        if self._http is None:
+            return prepare_run(self._ready(), self.env, task, payload, options)
+        local = task if isinstance(task, Task) else REGISTRY.get(task)
+        if local is not None:  # fail fast here; the server validates again
             return local.new_run(payload, options, self.env)
-        published = self._ready().get_task(self.env, task)
-        if published is None:
-            raise UnknownTask(
-                f"no task {task!r} in environment {self.env!r}: import the module that "
-                "defines it, or start a worker that serves it",
-                field="task_id",
-            )
-        text = _serde.to_json(payload)
-        limit = settings().max_payload_bytes
-        if len(text.encode()) > limit:
-            raise PayloadTooLarge(
-                f"payload is {len(text.encode())} bytes, over the limit of {limit} bytes",
-                field="payload",
-            )
-        spec = published.spec
         return build_run(
-            task_id=task,
-            default_queue=published.queue,
-            default_tags=spec.get("tags") or (),
-            default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
-            default_max_duration=spec.get("max_duration"),
-            payload_text=text,
+            task_id=str(task),
+            default_queue="",
+            default_tags=(),
+            default_max_attempts=0,
+            default_max_duration=None,
+            payload_text=_serde.to_json(payload),
             options=options,
             env=self.env,
         )
+
+    def _send(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        if self._http is not None:
+            return self._http.trigger(runs)
+        return [(r.id, r.is_cached) for r in self._ready().trigger(runs)]
 
     def trigger(
         self,
@@ -104,8 +116,8 @@ class Client:
         """Start a run; returns once the run is committed (C1)."""
         opts = options or TriggerOptions(**kwargs)
         new = self._new_run(task, payload, opts)
-        result = self._ready().trigger([new])[0]
-        return RunHandle(id=result.id, task_id=new.task_id, is_cached=result.is_cached,
+        run_id, cached = self._send([new])[0]
+        return RunHandle(id=run_id, task_id=new.task_id, is_cached=cached,
                          _output_type=_output_type(task))
 
     def batch_trigger(
@@ -126,24 +138,30 @@ class Client:
             except ValidationError as exc:
                 field = f"items[{i}].{exc.field}" if exc.field else f"items[{i}]"
                 raise type(exc)(f"items[{i}]: {exc.message}", field=field) from None
-        results = self._ready().trigger(runs)
+        results = self._send(runs)
         out_type = _output_type(task)
         return [
-            RunHandle(id=r.id, task_id=n.task_id, is_cached=r.is_cached, _output_type=out_type)
-            for r, n in zip(results, runs, strict=True)
+            RunHandle(id=run_id, task_id=n.task_id, is_cached=cached, _output_type=out_type)
+            for (run_id, cached), n in zip(results, runs, strict=True)
         ]
 
     # -- runs -----------------------------------------------------------------------------
     def retrieve(self, run_id: str) -> Run:
+        if self._http is not None:
+            return self._http.retrieve(run_id)
         run = self._ready().get_run(self.env, run_id)
         if run is None:
             raise RunNotFound(f"no run {run_id!r} in environment {self.env!r}", field="run_id")
         return run
 
     def list_runs(self, **filters: Any) -> list[Run]:
+        if self._http is not None:
+            return self._http.list_runs(**filters)
         return self._ready().list_runs(self.env, **filters)
 
     def cancel(self, run_id: str) -> Run:
+        if self._http is not None:
+            return self._http.cancel(run_id)
         run, _ = self._ready().cancel(self.env, run_id)
         return run
 
@@ -187,8 +205,12 @@ class Client:
     ) -> Token:
         from .waitpoints import callback_url
 
-        store = self._ready()
         seconds = _seconds(timeout)
+        if self._http is not None:
+            return self._http.create_token(
+                seconds, idempotency_key, _seconds(idempotency_key_ttl), tags
+            )
+        store = self._ready()
         wp = store.create_token(
             self.env,
             new_id("waitpoint"),
@@ -201,18 +223,24 @@ class Client:
 
     def complete_token(self, token_id: str, data: Any = None) -> Waitpoint:
         """Complete a token; the first completion wins, later ones change nothing (C7)."""
+        if self._http is not None:
+            return self._http.complete_token(token_id, data)
         wp, _ = self._ready().complete_waitpoint(self.env, token_id, _serde.to_json(data))
         return wp
 
     def get_token(self, token_id: str) -> Waitpoint:
         from ._errors import TokenNotFound
 
+        if self._http is not None:
+            return self._http.get_token(token_id)
         wp = self._ready().get_waitpoint(self.env, token_id)
         if wp is None:
             raise TokenNotFound(f"no waitpoint token {token_id!r}", field="id")
         return wp
 
     def list_tokens(self, status: str | None = None, limit: int = 100) -> list[Waitpoint]:
+        if self._http is not None:
+            return self._http.list_tokens(status, limit)
         return [
             w
             for w in self._ready().list_waitpoints(self.env, status=status, limit=limit)
@@ -221,18 +249,80 @@ class Client:
 
     # -- queues ---------------------------------------------------------------------------
     def list_queues(self) -> list[dict[str, Any]]:
+        if self._http is not None:
+            return self._http.list_queues()
         return self._ready().list_queues(self.env)
 
     def pause_queue(self, name: str) -> dict[str, Any]:
+        if self._http is not None:
+            return self._http.pause_queue(name, True)
         return self._ready().update_queue(self.env, name, paused=True)
 
     def resume_queue(self, name: str) -> dict[str, Any]:
+        if self._http is not None:
+            return self._http.pause_queue(name, False)
         return self._ready().update_queue(self.env, name, paused=False)
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
         if limit is not None and limit < 0:
             raise ValidationError("a concurrency limit is >= 0", field="limit")
+        if self._http is not None:
+            return self._http.set_queue_limit(name, limit)
         return self._ready().update_queue(self.env, name, concurrency_limit=limit)
+
+
+def prepare_run(
+    store: Store, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
+) -> NewRun:
+    """Validate a trigger and build its run; raises before anything is written.
+
+    The payload is checked with the task's type when its code is imported here, and
+    against the JSON schema its workers published otherwise (an app or a server that
+    never imports task code)."""
+    if isinstance(task, Task):
+        return task.new_run(payload, options, env)
+    local = REGISTRY.get(task)
+    if local is not None:
+        return local.new_run(payload, options, env)
+    published = store.get_task(env, task)
+    if published is None:
+        raise UnknownTask(
+            f"no task {task!r} in environment {env!r}: import the module that defines it, "
+            "or start a worker that serves it",
+            field="task_id",
+        )
+    _check_schema(published.payload_schema, payload)
+    text = _serde.to_json(payload)
+    limit = settings().max_payload_bytes
+    if len(text.encode()) > limit:
+        raise PayloadTooLarge(
+            f"payload is {len(text.encode())} bytes, over the limit of {limit} bytes",
+            field="payload",
+        )
+    spec = published.spec
+    return build_run(
+        task_id=task,
+        default_queue=published.queue,
+        default_tags=spec.get("tags") or (),
+        default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
+        default_max_duration=spec.get("max_duration"),
+        payload_text=text,
+        options=options,
+        env=env,
+    )
+
+
+def _check_schema(schema: dict[str, Any], payload: Any) -> None:
+    if not schema:
+        return
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        field = f"payload.{where}" if where else "payload"
+        raise ValidationError(f"{field}: {error.message}", field=field)
 
 
 def _output_type(task: Task[Any, Any] | str) -> Any:
@@ -326,7 +416,10 @@ def default_client() -> Client:
 
 def default_async_client() -> AsyncClient:
     """The process-wide client for OUTLAST_DATABASE_URL and OUTLAST_ENV."""
-    key = (os.environ.get("OUTLAST_DATABASE_URL", ""), settings().env)
+    key = (
+        os.environ.get("OUTLAST_API_URL") or os.environ.get("OUTLAST_DATABASE_URL", ""),
+        settings().env,
+    )
     client = _defaults.get(key)
     if client is None:
         client = _defaults[key] = AsyncClient(Client())
@@ -338,5 +431,8 @@ def set_default_client(client: Client | None) -> None:
     that build their own store."""
     _defaults.clear()
     if client is not None:
-        key = (os.environ.get("OUTLAST_DATABASE_URL", ""), settings().env)
+        key = (
+            os.environ.get("OUTLAST_API_URL") or os.environ.get("OUTLAST_DATABASE_URL", ""),
+            settings().env,
+        )
         _defaults[key] = AsyncClient(client)

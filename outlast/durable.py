@@ -538,6 +538,13 @@ class _Wait:
             entry = ctx.lookup(key, "token", token_id)
             if entry is None:
                 await ctx.before_new_work(key)
+                # Look before journaling: a wait recorded on a token that does not exist
+                # would park every later attempt on a waitpoint that can never complete.
+                wp = await asyncio.to_thread(ctx.store.get_waitpoint, ctx.run.env, token_id)
+                if wp is None:
+                    from ._errors import TokenNotFound
+
+                    raise TokenNotFound(f"no waitpoint token {token_id!r}", field="token")
                 await ctx.commit(
                     StartWait(
                         **ctx.op_base(),
@@ -549,11 +556,6 @@ class _Wait:
                         waitpoint_id=token_id,
                     )
                 )
-                wp = await asyncio.to_thread(ctx.store.get_waitpoint, ctx.run.env, token_id)
-                if wp is None:
-                    from ._errors import TokenNotFound
-
-                    raise TokenNotFound(f"no waitpoint token {token_id!r}")
                 if wp.status != "pending":
                     return _wait_result(wp.status, wp.output, wp.is_error)
             else:

@@ -42,6 +42,7 @@ from ._ids import new_id
 from ._signals import LeaseLost
 from .durable import RunContext, _current
 from .runs import Run, RunStatus
+from .scheduler import Scheduler
 from .store.base import Claim, EndSegment, LifeLock, Op, Store, WorkerInfo
 from .tasks import REGISTRY, Task
 
@@ -186,6 +187,7 @@ class Worker:
         self._serves: dict[str, list[str]] = {}
         self._serves_at = -1e9
         self._waiter: asyncio.Future[None] | None = None
+        self._scheduler = Scheduler(store)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -361,8 +363,7 @@ class Worker:
         return bool(claims)
 
     async def tick(self) -> None:
-        await asyncio.to_thread(self.store.tick)
-        await asyncio.to_thread(self.store.reap_dead_workers)
+        await self._scheduler.tick()
 
     # -- background loops -----------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

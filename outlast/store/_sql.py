@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from .._errors import InvalidState, RunNotFound, SchemaVersionError, TokenNotFound, TokenTimedOut
 from .._serde import dumps, loads
 from ..runs import FINAL_STATUSES, JournalEntry, Run, RunEvent, RunStatus
+from ._sql_api import ApiMixin
 from .base import (
     Claim,
     EndSegment,
@@ -182,7 +183,7 @@ def _error(code: str, message: str) -> str:
     return dumps({"code": code, "message": message})
 
 
-class SqlStore(Store):
+class SqlStore(ApiMixin, Store):
     dialect: str
 
     def __init__(self) -> None:
@@ -350,6 +351,7 @@ class SqlStore(Store):
         search: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        parent_id: str | None = None,
     ) -> list[Run]:
         # Built here rather than in queries.sql: each filter adds a clause, and every
         # clause is a bound parameter; ids are time-sortable, so id order is creation order.
@@ -378,6 +380,9 @@ class SqlStore(Store):
         if created_to is not None:
             where.append("r.created_at <= :created_to")
             params["created_to"] = created_to
+        if parent_id:
+            where.append("r.parent_id = :parent_id")
+            params["parent_id"] = parent_id
         if search:
             where.append("(r.id = :search OR r.idempotency_key = :search)")
             params["search"] = search
@@ -986,6 +991,11 @@ class SqlStore(Store):
                 return None
             waiting = [r["run_id"] for r in tx.q("waiting_runs", id=waitpoint_id)]
         return _waitpoint(rows[0], waiting)
+
+    def waitpoint_env(self, waitpoint_id: str) -> str | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_waitpoint_env", id=waitpoint_id)
+        return str(rows[0]["env"]) if rows else None
 
     def list_waitpoints(
         self, env: str, *, status: str | None = None, limit: int = 100

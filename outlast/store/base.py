@@ -250,6 +250,7 @@ class Store(abc.ABC):
         search: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        parent_id: str | None = None,
     ) -> list[Run]:
         """Newest first; ``before`` is a run id cursor."""
 
@@ -342,6 +343,10 @@ class Store(abc.ABC):
     def get_waitpoint(self, env: str, waitpoint_id: str) -> Waitpoint | None: ...
 
     @abc.abstractmethod
+    def waitpoint_env(self, waitpoint_id: str) -> str | None:
+        """The environment a waitpoint belongs to (for signed callback URLs)."""
+
+    @abc.abstractmethod
     def list_waitpoints(
         self, env: str, *, status: str | None = None, limit: int = 100
     ) -> list[Waitpoint]: ...
@@ -379,7 +384,28 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_tasks(self, env: str) -> list[TaskDef]: ...
 
-    # -- keys and settings (used by the server) -------------------------------------------
+    # -- keys, request idempotency and settings (used by the server) ---------------------
+    @abc.abstractmethod
+    def create_api_key(self, key_id: str, env: str, prefix: str, key_hash: str) -> None: ...
+
+    @abc.abstractmethod
+    def find_api_key(self, key_hash: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def list_api_keys(self, env: str | None = None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id_or_prefix: str) -> int: ...
+
+    @abc.abstractmethod
+    def trigger_once(
+        self, env: str, request_key: str, runs: Sequence[NewRun]
+    ) -> tuple[list[TriggerResult], bool]:
+        """Trigger unless a request with this key already did (then return its runs)."""
+
+    @abc.abstractmethod
+    def forget_old_requests(self, older_than: float = 24 * 3600.0) -> None: ...
+
     @abc.abstractmethod
     def get_setting(self, key: str) -> str | None: ...
 

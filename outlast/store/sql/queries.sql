@@ -450,6 +450,38 @@ SELECT * FROM tasks WHERE env = :env AND id = :id;
 -- name: list_tasks
 SELECT * FROM tasks WHERE env = :env ORDER BY id;
 
+-- API keys and request idempotency ----------------------------------------------------------
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, env, prefix, key_hash, created_at)
+VALUES (:id, :env, :prefix, :key_hash, :now);
+
+-- name: find_api_key
+SELECT id, env, key_hash, revoked_at FROM api_keys WHERE key_hash = :key_hash;
+
+-- name: list_api_keys
+SELECT id, env, prefix, created_at, revoked_at FROM api_keys
+WHERE CAST(:env AS TEXT) IS NULL OR env = :env
+ORDER BY created_at;
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = :now
+WHERE (id = :id OR prefix = :id) AND revoked_at IS NULL;
+
+-- name: claim_request_key
+INSERT INTO api_requests (env, key, created_at) VALUES (:env, :key, :now)
+ON CONFLICT DO NOTHING
+RETURNING key;
+
+-- name: request_response
+SELECT response FROM api_requests WHERE env = :env AND key = :key;
+
+-- name: set_request_response
+UPDATE api_requests SET response = :response WHERE env = :env AND key = :key;
+
+-- name: forget_old_requests
+DELETE FROM api_requests WHERE created_at < :before;
+
 -- Settings ---------------------------------------------------------------------------------
 
 -- name: get_setting

@@ -181,6 +181,7 @@ CREATE TABLE tasks (
     PRIMARY KEY (env, id)
 );
 
+-- Secret keys are stored as SHA-256 hashes; the key itself is shown once, at creation.
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY,
     env TEXT NOT NULL,
@@ -188,6 +189,15 @@ CREATE TABLE api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
     revoked_at REAL
+);
+
+-- A client's retried request (same request idempotency key) gets the first answer (C1).
+CREATE TABLE api_requests (
+    env TEXT NOT NULL,
+    key TEXT NOT NULL,
+    response TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (env, key)
 );
 
 CREATE TABLE settings (

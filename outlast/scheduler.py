@@ -1,0 +1,39 @@
+"""The scheduling loops: due delayed runs, TTL expiry, waitpoint timers, reaping dead and
+lapsed workers, forgetting old request keys. Every statement is safe to run from any
+number of processes at once (conditional updates, row locks), so every server and
+worker may run this; there is no leader to elect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, store: Store, *, interval: float = 0.25) -> None:
+        self.store = store
+        self.interval = interval
+        self._last_cleanup = 0.0
+
+    async def tick(self) -> None:
+        await asyncio.to_thread(self.store.tick)
+        await asyncio.to_thread(self.store.reap_dead_workers)
+        if time.monotonic() - self._last_cleanup > 600:
+            self._last_cleanup = time.monotonic()
+            await asyncio.to_thread(self.store.forget_old_requests)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass

@@ -1,0 +1,478 @@
+"""The HTTP API under /api/v1 (and the /api/v2, /api/v3 paths the Trigger.dev SDK calls).
+
+Endpoints are plain ``def``s: FastAPI runs them in its thread pool, where the store's
+synchronous calls belong. Every store call is scoped to the environment of the caller's
+secret key; another environment's object answers 404, like one that does not exist.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import _serde
+from .._errors import QueueNotFound, RunNotFound, TokenNotFound, ValidationError
+from .._ids import new_id
+from ..client import prepare_run
+from ..explain import why
+from ..runs import Run
+from ..store.base import NewRun, Store
+from ..tasks import TriggerOptions
+from ..waitpoints import callback_url, verify
+from .durations import seconds_from
+from .errors import error_body
+from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
+
+
+class QueueRef(BaseModel):
+    name: str
+
+
+class TriggerOptionsBody(BaseModel):
+    """Trigger options, in the Trigger.dev SDK's names. Unknown options are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    payloadType: str | None = None  # noqa: N815 - the wire name
+    queue: QueueRef | str | None = None
+    concurrencyKey: str | int | None = None  # noqa: N815
+    delay: str | float | None = Field(None, description="seconds, '10m', or an ISO date")
+    ttl: str | float | None = Field(None, description="seconds or '1h'")
+    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
+    idempotencyKeyTTL: str | float | None = None  # noqa: N815
+    tags: str | list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    maxAttempts: int | None = Field(None, ge=1, le=100)  # noqa: N815
+    maxDuration: float | None = Field(None, gt=0)  # noqa: N815
+    priority: float | None = None
+
+
+class TriggerBody(BaseModel):
+    payload: Any = None
+    options: TriggerOptionsBody | None = None
+
+
+class TriggerResponse(BaseModel):
+    id: str
+    isCached: bool = False  # noqa: N815
+
+
+class BatchItem(BaseModel):
+    task: str | None = None
+    payload: Any = None
+    options: TriggerOptionsBody | None = None
+
+
+class BatchBody(BaseModel):
+    items: list[BatchItem] = Field(..., max_length=100_000)
+
+
+class BatchResponse(BaseModel):
+    id: str
+    runCount: int  # noqa: N815
+    runs: list[TriggerResponse]
+
+
+class ReplayBody(BaseModel):
+    payload: Any = None
+
+
+class TokenBody(BaseModel):
+    timeout: str | float | None = None
+    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
+    idempotencyKeyTTL: str | float | None = None  # noqa: N815
+    tags: str | list[str] | None = None
+
+
+class CompleteBody(BaseModel):
+    data: Any = None
+
+
+class PauseBody(BaseModel):
+    action: str = Field("pause", pattern="^(pause|resume)$")
+
+
+class LimitBody(BaseModel):
+    limit: int | None = Field(None, ge=0)
+
+
+def _decode_payload(payload: Any, payload_type: str | None) -> Any:
+    """Payloads arrive as JSON values (outlast clients) or as packets (the Trigger.dev
+    SDK: a string, JSON or superjson by payloadType)."""
+    if payload_type in (None, "application/store"):
+        return payload
+    if payload_type == "application/json" and isinstance(payload, str):
+        try:
+            return json.loads(payload) if payload else None
+        except json.JSONDecodeError:
+            raise ValidationError("payload is not valid JSON", field="payload") from None
+    if payload_type == "application/super+json" and isinstance(payload, str):
+        from .superjson import decode
+
+        return decode(payload)
+    if payload_type == "text/plain":
+        return payload
+    return payload
+
+
+def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOptions, str | None]:
+    if body is None:
+        return TriggerOptions(), None
+    tags = [body.tags] if isinstance(body.tags, str) else list(body.tags or [])
+    queue = body.queue.name if isinstance(body.queue, QueueRef) else body.queue
+    return (
+        TriggerOptions(
+            idempotency_key=body.idempotencyKey,
+            idempotency_key_ttl=seconds_from(body.idempotencyKeyTTL, "options.idempotencyKeyTTL", now),
+            delay=seconds_from(body.delay, "options.delay", now),
+            ttl=seconds_from(body.ttl, "options.ttl", now),
+            tags=tags,
+            priority=body.priority or 0.0,
+            metadata=body.metadata,
+            max_attempts=body.maxAttempts,
+            concurrency_key=str(body.concurrencyKey) if body.concurrencyKey is not None else None,
+            queue=queue,
+            max_duration=body.maxDuration,
+        ),
+        body.payloadType,
+    )
+
+
+def build_router(store: Store, env_dependency: Any) -> APIRouter:
+    router = APIRouter()
+    Env = Annotated[str, Depends(env_dependency)]  # noqa: N806 - a type alias
+
+    def request_key(
+        a: str | None = Header(None, alias="x-trigger-request-idempotency-key", include_in_schema=False),
+        b: str | None = Header(None, alias="idempotency-key", description="retry-safe request key"),
+    ) -> str | None:
+        return a or b
+
+    RequestKey = Annotated[str | None, Depends(request_key)]  # noqa: N806
+
+    def _prepare(env: str, task_id: str, payload: Any, options: TriggerOptionsBody | None,
+                 where: str = "") -> NewRun:
+        opts, payload_type = _options(options, store.now())
+        try:
+            return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
+        except ValidationError as exc:
+            if not where:
+                raise
+            field = f"{where}.{exc.field}" if exc.field else where
+            raise type(exc)(f"{where}: {exc.message}", field=field) from None
+
+    def _trigger(env: str, runs: list[NewRun], key: str | None) -> list[TriggerResponse]:
+        if key:
+            results, _ = store.trigger_once(env, key, runs)
+        else:
+            results = store.trigger(runs)
+        return [TriggerResponse(id=r.id, isCached=r.is_cached) for r in results]
+
+    def _run(env: str, run_id: str) -> Run:
+        run = store.get_run(env, run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r}", field="run_id")
+        return run
+
+    # -- triggering -----------------------------------------------------------------------
+    @router.post("/api/v1/tasks/{task_id}/trigger", response_model=TriggerResponse,
+                 tags=["runs"], summary="Trigger a run of a task")
+    def trigger(task_id: str, body: TriggerBody, env: Env, key: RequestKey) -> TriggerResponse:
+        new = _prepare(env, task_id, body.payload, body.options)
+        return _trigger(env, [new], key)[0]
+
+    @router.post("/api/v1/tasks/{task_id}/batch", response_model=BatchResponse, tags=["runs"],
+                 summary="Trigger many runs of one task in one transaction")
+    def batch_one(task_id: str, body: BatchBody, env: Env, key: RequestKey) -> BatchResponse:
+        runs = [
+            _prepare(env, item.task or task_id, item.payload, item.options, f"items[{i}]")
+            for i, item in enumerate(body.items)
+        ]
+        out = _trigger(env, runs, key)
+        return BatchResponse(id=new_id("batch"), runCount=len(out), runs=out)
+
+    @router.post("/api/v2/tasks/batch", response_model=BatchResponse, tags=["runs"],
+                 summary="Trigger runs of several tasks in one transaction")
+    def batch_many(body: BatchBody, env: Env, key: RequestKey) -> BatchResponse:
+        runs = []
+        for i, item in enumerate(body.items):
+            if not item.task:
+                raise ValidationError(f"items[{i}].task is required", field=f"items[{i}].task")
+            runs.append(_prepare(env, item.task, item.payload, item.options, f"items[{i}]"))
+        out = _trigger(env, runs, key)
+        return BatchResponse(id=new_id("batch"), runCount=len(out), runs=out)
+
+    # -- runs -----------------------------------------------------------------------------
+    def _detail(env: str, run_id: str) -> dict[str, Any]:
+        run = _run(env, run_id)
+        related: dict[str, Any] = {}
+        if run.parent_id:
+            parent = store.get_run(env, run.parent_id)
+            if parent is not None:
+                related["parent"] = related_json(parent)
+        if run.root_id and run.root_id != run.parent_id:
+            root = store.get_run(env, run.root_id)
+            if root is not None:
+                related["root"] = related_json(root)
+        children = store.list_runs(env, parent_id=run.id, limit=1000)
+        if children:
+            related["children"] = [related_json(c) for c in children]
+        return run_json(run, why=why(store, run), related=related)
+
+    @router.get("/api/v1/runs/{run_id}", tags=["runs"], summary="Retrieve a run")
+    def retrieve(run_id: str, env: Env) -> dict[str, Any]:
+        return _detail(env, run_id)
+
+    @router.get("/api/v3/runs/{run_id}", tags=["runs"], summary="Retrieve a run (SDK path)")
+    def retrieve_v3(run_id: str, env: Env) -> dict[str, Any]:
+        return _detail(env, run_id)
+
+    @router.get("/api/v1/runs", tags=["runs"], summary="List runs, newest first")
+    def list_runs(
+        request: Request,
+        env: Env,
+        status: str | None = Query(None, description="comma-separated statuses"),
+        task: str | None = None,
+        tag: str | None = None,
+        queue: str | None = None,
+        created_from: float | None = Query(None, description="epoch seconds"),
+        created_to: float | None = Query(None, description="epoch seconds"),
+        search: str | None = Query(None, description="a run id or idempotency key"),
+        limit: int = Query(25, ge=1, le=1000),
+        cursor: str | None = Query(None, description="pagination.next of the previous page"),
+    ) -> dict[str, Any]:
+        q = request.query_params  # the Trigger.dev SDK's filter[...] / page[...] names
+        status = status or q.get("filter[status]")
+        statuses = [s.strip().upper() for s in status.split(",")] if status else None
+        ms_from, ms_to = q.get("filter[createdAt][from]"), q.get("filter[createdAt][to]")
+        try:
+            size = int(q.get("page[size]") or limit)
+            created_from = float(ms_from) / 1000 if ms_from else created_from
+            created_to = float(ms_to) / 1000 if ms_to else created_to
+        except ValueError:
+            raise ValidationError("page[size] and filter[createdAt] are numbers",
+                                  field="filter") from None
+        runs = store.list_runs(
+            env,
+            status=statuses,
+            task_id=task or q.get("filter[taskIdentifier]"),
+            tag=tag or q.get("filter[tag]"),
+            queue=queue or q.get("filter[queue]"),
+            created_from=created_from,
+            created_to=created_to,
+            search=search,
+            limit=max(1, min(size, 1000)) + 1,
+            before=cursor or q.get("page[after]"),
+        )
+        page, more = runs[: max(1, min(size, 1000))], len(runs) > max(1, min(size, 1000))
+        return {
+            "data": [run_json(r) for r in page],
+            "pagination": {"next": page[-1].id} if more and page else {},
+        }
+
+    @router.post("/api/v1/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a run")
+    def cancel(run_id: str, env: Env) -> dict[str, Any]:
+        run, _ = store.cancel(env, run_id)
+        return {"id": run.id, "status": str(run.status)}
+
+    @router.post("/api/v2/runs/{run_id}/cancel", tags=["runs"], summary="Cancel (SDK path)")
+    def cancel_v2(run_id: str, env: Env) -> dict[str, Any]:
+        return cancel(run_id, env)
+
+    @router.post("/api/v1/runs/{run_id}/replay", tags=["runs"],
+                 summary="Start a new run with the same (or a new) payload")
+    async def replay(run_id: str, request: Request, env: Env) -> dict[str, Any]:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw.strip() else {}
+        if not isinstance(body, dict):
+            raise ValidationError("the body is a JSON object", field="body")
+
+        def work() -> dict[str, Any]:
+            original = _run(env, run_id)
+            payload = body["payload"] if "payload" in body else original.payload
+            new = prepare_run(
+                store,
+                env,
+                original.task_id,
+                payload,
+                TriggerOptions(
+                    tags=original.tags,
+                    priority=original.priority,
+                    max_attempts=original.max_attempts,
+                    concurrency_key=original.concurrency_key,
+                    queue=original.queue,
+                ),
+            )
+            new.replayed_from = original.id
+            return {"id": store.trigger([new])[0].id}
+
+        return await asyncio.to_thread(work)
+
+    @router.get("/api/v1/runs/{run_id}/steps", tags=["runs"], summary="A run's journal")
+    def steps(run_id: str, env: Env) -> dict[str, Any]:
+        _run(env, run_id)
+        return {"data": [step_json(j) for j in store.journal(run_id)]}
+
+    @router.get("/api/v1/runs/{run_id}/logs", tags=["runs"],
+                summary="A run's logs, attempts and events")
+    def logs(run_id: str, env: Env, after: int = 0) -> dict[str, Any]:
+        _run(env, run_id)
+        return {"data": [event_json(e) for e in store.events(run_id, after)]}
+
+    @router.get("/api/v1/runs/{run_id}/events", tags=["runs"],
+                summary="Server-Sent Events: status, step, log, metadata, end",
+                response_class=StreamingResponse)
+    async def events(run_id: str, env: Env) -> StreamingResponse:
+        await asyncio.to_thread(_run, env, run_id)
+        return StreamingResponse(
+            _event_stream(store, env, run_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- waitpoint tokens -----------------------------------------------------------------
+    @router.post("/api/v1/waitpoints/tokens", tags=["waitpoints"],
+                 summary="Create a waitpoint token")
+    def create_token(body: TokenBody, env: Env) -> dict[str, Any]:
+        now = store.now()
+        timeout = seconds_from(body.timeout, "timeout", now)
+        tags = [body.tags] if isinstance(body.tags, str) else list(body.tags or [])
+        if len(tags) > 10:
+            raise ValidationError("at most 10 tags", field="tags")
+        token_id = new_id("waitpoint")
+        wp = store.create_token(
+            env,
+            token_id,
+            timeout_at=now + timeout if timeout is not None else None,
+            idempotency_key=body.idempotencyKey,
+            idempotency_ttl=seconds_from(body.idempotencyKeyTTL, "idempotencyKeyTTL", now),
+            tags=tags,
+        )
+        return {"id": wp.id, "isCached": wp.id != token_id, "url": callback_url(store, wp.id)}
+
+    @router.get("/api/v1/waitpoints/tokens", tags=["waitpoints"], summary="List tokens")
+    def list_tokens(env: Env, status: str | None = None, limit: int = Query(100, ge=1, le=1000)
+                    ) -> dict[str, Any]:
+        mapped = {"WAITING": "pending", "COMPLETED": "completed", "TIMED_OUT": "timed_out"}
+        st = mapped.get((status or "").upper(), status.lower() if status else None)
+        wps = [w for w in store.list_waitpoints(env, status=st, limit=limit) if w.kind == "token"]
+        return {"data": [token_json(w) for w in wps], "pagination": {}}
+
+    @router.get("/api/v1/waitpoints/tokens/{token_id}", tags=["waitpoints"],
+                summary="Retrieve a token")
+    def get_token(token_id: str, env: Env) -> dict[str, Any]:
+        wp = store.get_waitpoint(env, token_id)
+        if wp is None or wp.kind != "token":
+            raise TokenNotFound(f"no waitpoint token {token_id!r}", field="id")
+        return token_json(wp, callback_url(store, wp.id))
+
+    @router.post("/api/v1/waitpoints/tokens/{token_id}/complete", tags=["waitpoints"],
+                 summary="Complete a token; the first completion wins")
+    def complete_token(token_id: str, body: CompleteBody, env: Env) -> dict[str, Any]:
+        store.complete_waitpoint(env, token_id, _serde.to_json(body.data))
+        return {"success": True}
+
+    @router.post("/api/v1/waitpoints/tokens/{token_id}/callback/{signature}",
+                 tags=["waitpoints"],
+                 summary="Complete a token from its callback URL (no API key; the signed "
+                         "URL is the credential); the JSON body becomes the output")
+    async def callback(token_id: str, signature: str, request: Request) -> JSONResponse:
+        raw = await request.body()
+
+        def work() -> JSONResponse:
+            if len(signature) != 64 or not verify(store, token_id, signature):
+                return JSONResponse(error_body("unauthorized", "invalid callback signature"),
+                                    status_code=401)
+            env = store.waitpoint_env(token_id)
+            if env is None:
+                return JSONResponse(error_body("unauthorized", "invalid callback signature"),
+                                    status_code=401)
+            try:
+                data = orjson.loads(raw) if raw.strip() else {}
+            except orjson.JSONDecodeError:
+                data = {}
+            store.complete_waitpoint(env, token_id, _serde.to_json(data))
+            return JSONResponse({"success": True})
+
+        return await asyncio.to_thread(work)
+
+    # -- queues ---------------------------------------------------------------------------
+    @router.get("/api/v1/queues", tags=["queues"], summary="List queues")
+    def list_queues(env: Env) -> dict[str, Any]:
+        return {"data": [queue_json(q) for q in store.list_queues(env)]}
+
+    def _queue(env: str, name: str) -> dict[str, Any]:
+        for q in store.list_queues(env):
+            if q["name"] == name:
+                return q
+        raise QueueNotFound(f"no queue {name!r}", field="name")
+
+    @router.get("/api/v1/queues/{name:path}/state", tags=["queues"], summary="Retrieve a queue")
+    def get_queue(name: str, env: Env) -> dict[str, Any]:
+        return queue_json(_queue(env, name))
+
+    @router.post("/api/v1/queues/{name:path}/pause", tags=["queues"],
+                 summary="Pause or resume a queue ({action: pause|resume})")
+    def pause_queue(name: str, body: PauseBody, env: Env) -> dict[str, Any]:
+        _queue(env, name)
+        store.update_queue(env, name, paused=body.action == "pause")
+        return queue_json(_queue(env, name))
+
+    @router.post("/api/v1/queues/{name:path}/concurrency", tags=["queues"],
+                 summary="Set the concurrency limit (null removes it)")
+    def set_limit(name: str, body: LimitBody, env: Env) -> dict[str, Any]:
+        _queue(env, name)
+        store.update_queue(env, name, concurrency_limit=body.limit)
+        return queue_json(_queue(env, name))
+
+    return router
+
+
+async def _event_stream(store: Store, env: str, run_id: str) -> AsyncIterator[bytes]:
+    """Poll the store and turn changes into SSE frames, in order, until the run ends."""
+
+    def frame(event: str, data: Any) -> bytes:
+        return f"event: {event}\ndata: {orjson.dumps(data, default=str).decode()}\n\n".encode()
+
+    last_status = None
+    last_meta: Any = None
+    seen_steps: dict[str, str] = {}
+    after = 0
+    idle = 0.0
+    while True:
+        run = await asyncio.to_thread(store.get_run, env, run_id)
+        if run is None:
+            return
+        journal = await asyncio.to_thread(store.journal, run_id)
+        evs = await asyncio.to_thread(store.events, run_id, after)
+        changed = False
+        if run.status != last_status:
+            last_status = run.status
+            changed = True
+            yield frame("status", {"id": run.id, "status": str(run.status), "attempt": run.attempt})
+        for j in journal:
+            if seen_steps.get(j.key) != j.status:
+                seen_steps[j.key] = j.status
+                changed = True
+                yield frame("step", step_json(j))
+        for e in evs:
+            after = e.id
+            changed = True
+            yield frame("log" if e.kind == "log" else e.kind, event_json(e))
+        if run.metadata != last_meta:
+            if last_meta is not None or run.metadata:
+                yield frame("metadata", run.metadata)
+            last_meta = run.metadata
+        if run.is_final:
+            yield frame("end", run_json(run))
+            return
+        idle = 0.0 if changed else idle + 0.2
+        if idle >= 15.0:
+            idle = 0.0
+            yield b": keep-alive\n\n"
+        await asyncio.sleep(0.2)

@@ -1,0 +1,66 @@
+"""Secret keys: created once and shown once, stored as SHA-256 hashes, checked in
+constant time. A key belongs to one environment; every request is scoped to it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from .._ids import new_id
+from ..store.base import Store
+
+KEY_PREFIX = "ol_sk_"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    env: str
+    secret: str
+    prefix: str
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(store: Store, env: str) -> NewKey:
+    secret = f"{KEY_PREFIX}{env}_{secrets.token_urlsafe(32)}"
+    prefix = secret[: len(KEY_PREFIX) + len(env) + 5]
+    key = NewKey(id=new_id("key"), env=env, secret=secret, prefix=prefix)
+    store.create_api_key(key.id, env, prefix, hash_key(secret))
+    return key
+
+
+class KeyChecker:
+    """Resolves a bearer secret to its environment. Results are cached for a couple of
+    seconds, so a revoked key stops working within that time on every server."""
+
+    def __init__(self, store: Store, ttl: float = 2.0) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def env_for(self, secret: str) -> str | None:
+        digest = hash_key(secret)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        row = self.store.find_api_key(digest)
+        env = None
+        if row is not None and row["revoked_at"] is None and hmac.compare_digest(
+            str(row["key_hash"]), digest
+        ):
+            env = str(row["env"])
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now, env)
+        return env

@@ -1,0 +1,67 @@
+"""Store parts used by the HTTP server: secret keys and request idempotency."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from .._serde import dumps, loads
+from .base import NewRun, TriggerResult
+
+
+class ApiMixin(abc.ABC):
+    """Mixed into SqlStore; relies on its ``_transaction``, ``_insert_runs`` and ``now``."""
+
+    _transaction: Any
+    _insert_runs: Any
+    now: Any
+    wake_local: Any
+
+    # -- secret keys ----------------------------------------------------------------------
+    def create_api_key(self, key_id: str, env: str, prefix: str, key_hash: str) -> None:
+        with self._transaction() as tx:
+            tx.x("insert_api_key", id=key_id, env=env, prefix=prefix, key_hash=key_hash,
+                 now=self.now())
+
+    def find_api_key(self, key_hash: str) -> dict[str, Any] | None:
+        with self._transaction() as tx:
+            rows = tx.q("find_api_key", key_hash=key_hash)
+        return dict(rows[0]) if rows else None
+
+    def list_api_keys(self, env: str | None = None) -> list[dict[str, Any]]:
+        with self._transaction() as tx:
+            return [dict(r) for r in tx.q("list_api_keys", env=env)]
+
+    def revoke_api_key(self, key_id_or_prefix: str) -> int:
+        with self._transaction() as tx:
+            return int(tx.x("revoke_api_key", id=key_id_or_prefix, now=self.now()))
+
+    # -- request idempotency (C1 for retried HTTP requests) -------------------------------
+    def trigger_once(
+        self, env: str, request_key: str, runs: Sequence[NewRun]
+    ) -> tuple[list[TriggerResult], bool]:
+        """Trigger ``runs`` unless a request with ``request_key`` already did; then return
+        its results. The key and the runs commit in one transaction."""
+        now = self.now()
+        with self._transaction() as tx:
+            if not tx.q("claim_request_key", env=env, key=request_key, now=now):
+                rows = tx.q("request_response", env=env, key=request_key)
+                stored = loads(rows[0]["response"]) if rows else None
+                if stored is not None:
+                    return [TriggerResult(r["id"], True) for r in stored], True
+            results: list[TriggerResult] = self._insert_runs(tx, runs, now)
+            tx.x(
+                "set_request_response",
+                env=env,
+                key=request_key,
+                response=dumps([{"id": r.id} for r in results]),
+            )
+        with contextlib.suppress(Exception):
+            self.wake_local()
+        return results, False
+
+    def forget_old_requests(self, older_than: float = 24 * 3600.0) -> None:
+        with self._transaction() as tx:
+            tx.x("forget_old_requests", before=self.now() - older_than)

@@ -1,0 +1,440 @@
+"""Waitpoints on both backends: durable sleeps, tokens, timers fired from the store.
+
+A wait that is not yet satisfied suspends the run: WAITING, no worker, no queue slot, no
+memory. Timers fire from the store's tick however many processes tick at once, and a
+token resumes its run once: the first completion wins, later ones are answered
+idempotently (C7).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import outlast
+from outlast import Worker, explain, metadata, step, task, wait
+from outlast._clock import FakeClock
+from outlast.client import Client
+from outlast.runs import RunStatus
+from outlast.store import open_store
+from outlast.store.base import Store
+from tests.conftest import ROOT
+
+CALLS: dict[str, int] = {}
+
+
+def _count(name: str) -> int:
+    CALLS[name] = CALLS.get(name, 0) + 1
+    return CALLS[name]
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    CALLS.clear()
+
+
+@task(id="orch-wp-day-sleep")
+async def day_sleep(payload: dict[str, int]) -> dict[str, Any]:
+    before = await step.run("before", _count, "before")
+    await wait.sleep(timedelta(days=1))
+    after = await step.run("after", _count, "after")
+    return {"before": before, "after": after, "x": payload["x"]}
+
+
+@task(id="orch-wp-until")
+async def until_task(payload: dict[str, float]) -> str:
+    await wait.until(datetime.fromtimestamp(payload["at"], UTC))
+    return "woke"
+
+
+@task(id="orch-wp-short-sleep")
+async def short_sleep(payload: None) -> str:
+    await wait.sleep(0.05)
+    await wait.sleep(timedelta(milliseconds=20))
+    return "done"
+
+
+@task(id="orch-wp-token")
+async def token_task(payload: dict[str, Any]) -> dict[str, Any]:
+    token = await wait.create_token(
+        timeout=payload.get("timeout"), tags=["orch"], idempotency_key=payload.get("key")
+    )
+    metadata.set("token", token.id)
+    _count("waiting")
+    result = await wait.for_token(token)
+    return {
+        "ok": result.ok,
+        "output": result.output,
+        "timed_out": result.timed_out,
+        "token": token.id,
+        "url": token.callback_url,
+    }
+
+
+@task(id="orch-wp-external-token")
+async def external_token_task(payload: dict[str, str]) -> Any:
+    result = await wait.for_token(payload["token"])
+    return result.unwrap()
+
+
+@task(id="orch-wp-unknown-token")
+async def unknown_token_task(payload: None) -> str:
+    try:
+        await wait.for_token("waitpoint_doesnotexist")
+    except outlast.TokenNotFound as exc:
+        return f"not found: {exc.code}"
+    return "found?"
+
+
+@task(id="orch-wp-unknown-token-raises", retry=outlast.Retry(max_attempts=2, min_delay=0))
+async def unknown_token_raises(payload: None) -> str:
+    await wait.for_token("waitpoint_doesnotexist")
+    return "found?"
+
+
+TASKS = {
+    t.id: t
+    for t in (
+        day_sleep,
+        until_task,
+        short_sleep,
+        token_task,
+        external_token_task,
+        unknown_token_task,
+        unknown_token_raises,
+    )
+}
+
+
+def _worker(store: Store, **kw: Any) -> Worker:
+    return Worker(store, tasks=TASKS, **kw)
+
+
+def _executing(store: Store, queue: str) -> int:
+    for q in store.list_queues("dev"):
+        if q["name"] == queue:
+            return int(q["executing"])
+    raise AssertionError(f"no queue {queue}")
+
+
+async def test_day_sleep_parks_the_run_and_resumes_from_the_store(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    handle = await day_sleep.trigger({"x": 7})
+    worker = _worker(store)
+    await worker.run_until_idle()
+
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.WAITING
+    assert run.worker_id is None  # no worker holds it
+    assert _executing(store, "task/orch-wp-day-sleep") == 0  # nor a queue slot
+    assert worker.active == {}  # nor any memory in the worker
+    assert "waiting on a sleep until" in explain.why(store, run)
+
+    clock.advance(12 * 3600)  # half way: still parked
+    await worker.run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.WAITING
+
+    clock.advance(12 * 3600 + 1)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == {"before": 1, "after": 1, "x": 7}  # the step before ran once
+    assert CALLS == {"before": 1, "after": 1}
+    assert _executing(store, "task/orch-wp-day-sleep") == 0
+
+
+async def test_wait_until_a_datetime(store: Store, client: Client, clock: FakeClock) -> None:
+    handle = await until_task.trigger({"at": clock.now() + 3600})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.WAITING
+    clock.advance(3599)
+    await worker.run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.WAITING
+    clock.advance(2)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "woke")
+
+
+async def test_short_sleeps_are_served_in_place(store: Store, client: Client) -> None:
+    handle = await short_sleep.trigger(None)
+    worker = _worker(store)
+    segments = await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "done")
+    assert segments == 1  # never parked, so never replayed
+    journal = store.journal(handle.id)
+    assert [(j.kind, j.status) for j in journal] == [("sleep", "done"), ("sleep", "done")]
+
+
+async def test_token_completed_by_the_client_resumes_the_run_with_its_data(
+    store: Store, client: Client
+) -> None:
+    handle = await token_task.trigger({"timeout": 3600})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.WAITING
+    token_id = run.metadata["token"]
+    wp = client.get_token(token_id)
+    assert (wp.status, wp.waiting_runs, wp.tags) == ("pending", [handle.id], ["orch"])
+    assert f"token {token_id}" in explain.why(store, run)
+
+    done = client.complete_token(token_id, {"approved": True, "by": "ada"})
+    assert done.status == "completed"
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output["ok"] is True
+    assert run.output["output"] == {"approved": True, "by": "ada"}
+    assert run.output["timed_out"] is False
+    assert run.output["token"] == token_id  # the replay got the same token back
+    assert f"/waitpoints/tokens/{token_id}/callback/" in run.output["url"]
+    assert CALLS["waiting"] == 2  # the code before the wait replayed once, no more
+
+
+async def test_complete_token_from_app_code_and_the_async_client(
+    store: Store, client: Client
+) -> None:
+    token = client.create_token(timeout=timedelta(hours=1))
+    handle = await external_token_task.trigger({"token": token.id})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.WAITING
+    wp = outlast.complete_token(token.id, [1, 2, 3])  # the default client
+    assert wp.output == [1, 2, 3]
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, [1, 2, 3])
+
+    token2 = await outlast.AsyncClient(client).create_token(60)
+    wp2 = await outlast.AsyncClient(client).complete_token(token2.id, "yes")
+    assert (wp2.status, wp2.output) == ("completed", "yes")
+
+
+async def test_token_already_completed_before_the_wait_returns_at_once(
+    store: Store, client: Client
+) -> None:
+    token = client.create_token()
+    client.complete_token(token.id, {"early": 1})
+    handle = await external_token_task.trigger({"token": token.id})
+    worker = _worker(store)
+    segments = await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, {"early": 1})
+    assert segments == 1
+
+
+async def test_token_timeout_gives_a_timed_out_result(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    handle = await token_task.trigger({"timeout": 60})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    token_id = client.retrieve(handle.id).metadata["token"]
+    clock.advance(61)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output["ok"] is False
+    assert run.output["timed_out"] is True
+    assert client.get_token(token_id).status == "timed_out"
+    # Completing it now is a clear error, and changes nothing.
+    with pytest.raises(outlast.TokenTimedOut):
+        client.complete_token(token_id, "too late")
+    assert client.get_token(token_id).status == "timed_out"
+
+
+async def test_token_completed_twice_first_wins_second_is_idempotent(
+    store: Store, client: Client
+) -> None:
+    handle = await token_task.trigger({})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    token_id = client.retrieve(handle.id).metadata["token"]
+
+    first = client.complete_token(token_id, "first")
+    second = client.complete_token(token_id, "second")
+    assert (first.status, first.output) == ("completed", "first")
+    assert (second.status, second.output) == ("completed", "first")  # answered, unchanged
+    assert first.completed_at == second.completed_at
+
+    segments = await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.output["output"] == "first"
+    assert segments == 1  # resumed once (C7)
+
+
+async def test_concurrent_completions_resume_the_run_once(
+    store: Store, client: Client, db_url: str, clock: FakeClock
+) -> None:
+    handle = await token_task.trigger({})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    token_id = client.retrieve(handle.id).metadata["token"]
+
+    stores = [open_store(db_url, clock) for _ in range(4)]
+    results: list[bool] = []
+    barrier = threading.Barrier(len(stores))
+
+    def complete(s: Store, i: int) -> None:
+        barrier.wait()
+        _, done = s.complete_waitpoint("dev", token_id, f'"from {i}"')
+        results.append(done)
+
+    threads = [threading.Thread(target=complete, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sorted(results) == [False, False, False, True]
+    winner = client.get_token(token_id).output
+    assert await worker.run_until_idle() == 1
+    await worker.shutdown()
+    assert client.retrieve(handle.id).output["output"] == winner
+
+
+async def test_unknown_token_is_a_clear_error(store: Store, client: Client) -> None:
+    with pytest.raises(outlast.TokenNotFound) as err:
+        client.complete_token("waitpoint_nosuchtoken", 1)
+    assert "waitpoint_nosuchtoken" in str(err.value)
+    with pytest.raises(outlast.TokenNotFound):
+        client.get_token("waitpoint_nosuchtoken")
+
+    handle = await unknown_token_task.trigger(None)
+    worker = _worker(store)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "not found: token_not_found")
+
+
+async def test_waiting_on_an_unknown_token_fails_the_run_clearly(
+    store: Store, client: Client
+) -> None:
+    """Every attempt meets the same clear error; none parks on a token that never comes."""
+    handle = await unknown_token_raises.trigger(None)
+    worker = _worker(store)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.FAILED
+    assert run.attempt == 2
+    assert run.error is not None
+    assert run.error["code"] == "token_not_found"
+    assert "waitpoint_doesnotexist" in run.error["message"]
+
+
+async def test_token_idempotency_key_returns_the_same_token(client: Client) -> None:
+    a = client.create_token(timeout=60, idempotency_key="approval-42")
+    b = client.create_token(timeout=60, idempotency_key="approval-42")
+    c = client.create_token(timeout=60, idempotency_key="approval-43")
+    assert a.id == b.id != c.id
+
+
+async def test_timers_fire_once_however_many_processes_tick(
+    store: Store, client: Client, db_url: str, clock: FakeClock
+) -> None:
+    handles = await day_sleep.batch_trigger([{"x": i} for i in range(40)])
+    worker = _worker(store, concurrency=40)
+    await worker.run_until_idle()
+    assert {client.retrieve(h.id).status for h in handles} == {RunStatus.WAITING}
+    clock.advance(86401)
+    store.heartbeat(worker.id, worker.lease_seconds)  # the fake day must not reap it
+
+    stores = [open_store(db_url, clock) for _ in range(4)]
+    fired: list[int] = []
+    barrier = threading.Barrier(len(stores))
+
+    def tick(s: Store) -> None:
+        barrier.wait()
+        fired.append(s.tick().fired_timers)
+
+    threads = [threading.Thread(target=tick, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert sum(fired) == 40  # each timer fired exactly once
+    assert await worker.run_until_idle() == 40  # each run resumed exactly once
+    await worker.shutdown()
+    assert {client.retrieve(h.id).status for h in handles} == {RunStatus.COMPLETED}
+    assert CALLS == {"before": 40, "after": 40}
+
+
+def test_cli_tokens_complete(store: Store, client: Client, db_url: str) -> None:
+    token = client.create_token(timeout=3600)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "outlast", "tokens", *args, "--database-url", db_url],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+        )
+
+    done = cli("complete", token.id, "--data", '{"approved": true}')
+    assert done.returncode == 0, done.stderr
+    assert f"{token.id} completed" in done.stdout
+    again = cli("complete", token.id, "--data", '{"approved": false}')
+    assert again.returncode == 0, again.stderr  # idempotent
+    assert client.get_token(token.id).output == {"approved": True}
+    missing = cli("complete", "waitpoint_nosuchtoken")
+    assert missing.returncode == 2
+    assert "token_not_found" in missing.stderr
+
+
+@pytest.mark.soak
+@pytest.mark.skipif("'soak' not in config.getoption('markexpr')", reason="run with -m soak")
+async def test_parked_runs_hold_no_worker_memory(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """100,000 runs parked on day-long sleeps leave the worker's memory where it was."""
+    worker = _worker(store, concurrency=500)
+
+    async def park(n: int) -> None:
+        for start in range(0, n, 10_000):
+            await day_sleep.batch_trigger([{"x": i} for i in range(start, start + 10_000)])
+            await worker.run_until_idle(max_seconds=600)
+
+    await park(10_000)  # warm up: code paths, caches, the allocator
+    gc.collect()
+    before = _rss_mb()
+    await park(100_000)
+    gc.collect()
+    after = _rss_mb()
+    await worker.shutdown()
+    counts = store.count_runs("dev")["orch-wp-day-sleep"]
+    assert counts == {"WAITING": 110_000}
+    assert worker.active == {}
+    assert after - before < 25, f"worker RSS grew {after - before:.1f} MB over 100,000 parked runs"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
