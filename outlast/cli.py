@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -175,9 +176,39 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
             server.should_exit = True
             await serving
 
-    asyncio.run(main())
+    # Not asyncio.run(): it joins the default executor's threads, so a sync step still
+    # running past the grace period would keep the process alive as long as it runs.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()  # shuts the executor down without waiting for its threads
     store.close()
+    _exit_past_task_threads()
     return 0
+
+
+def _exit_past_task_threads() -> None:
+    """Exit at once if task code still runs in threads after the worker shut down.
+
+    Such a thread is a sync task or step that outlived the grace period: its run was
+    handed back and its result can no longer be committed (C4). Waiting for it, as
+    interpreter exit would, only stalls the deploy while the body runs on here and on
+    the worker that took the run over."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    deadline = time.monotonic() + 0.5
+    for t in others:
+        if not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))  # idle executor threads leave
+    lingering = [t for t in others if not t.daemon and t.is_alive()]
+    if lingering:
+        log.warning("exiting with %d task threads still running; their runs were handed "
+                    "back", len(lingering))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -189,7 +220,10 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # Our loop owns SIGTERM/SIGINT (graceful worker shutdown first); uvicorn must not
+    # install its own handlers (install_signal_handlers before 0.30, capture_signals after).
+    setattr(server, "install_signal_handlers", lambda: None)  # noqa: B010
+    setattr(server, "capture_signals", contextlib.nullcontext)  # noqa: B010
     return server
 
 
@@ -225,7 +259,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     store = _store(args)
     if args.keys_cmd == "create":
-        key = create_key(store, args.env)
+        key = create_key(store, args.env, trigger_shape=args.trigger_shape)
         print(key.secret)  # alone on stdout: `export OUTLAST_SECRET_KEY=$(outlast keys create)`
         print(f"created {key.id} ({key.prefix}…) for environment {args.env!r}; "
               "it is shown once, store it now", file=sys.stderr)
@@ -509,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     ks = p.add_subparsers(dest="keys_cmd", required=True)
     q = ks.add_parser("create", help="print a new secret key, once")
     _common(q)
+    q.add_argument("--trigger-shape", action="store_true",
+                   help="a key shaped like Trigger.dev's (tr_<env>_sk_…), for apps that check")
     q = ks.add_parser("list", help="keys by prefix (never the secret)")
     _common(q)
     q.add_argument("--all-envs", action="store_true")

@@ -317,7 +317,8 @@ class _Step:
 
     def run_sync(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``step.run`` for sync tasks (which run in a worker thread)."""
-        return _from_thread(self.run(name, fn, *args, **kwargs))
+        result: T = _from_thread(self.run(name, fn, *args, **kwargs))
+        return result
 
     def idempotency_key(self) -> str:
         """Inside a step: ``<run id>:<step key>``, stable across retries and replays.

@@ -24,6 +24,7 @@ from ..runs import Run
 from ..store.base import NewRun, Store
 from ..tasks import TriggerOptions
 from ..waitpoints import callback_url, verify
+from .compat import resolve_payload
 from .durations import seconds_from
 from .errors import error_body
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
@@ -38,17 +39,17 @@ class TriggerOptionsBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    payloadType: str | None = None  # noqa: N815 - the wire name
+    payloadType: str | None = None
     queue: QueueRef | str | None = None
-    concurrencyKey: str | int | None = None  # noqa: N815
+    concurrencyKey: str | int | None = None
     delay: str | float | None = Field(None, description="seconds, '10m', or an ISO date")
     ttl: str | float | None = Field(None, description="seconds or '1h'")
-    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
-    idempotencyKeyTTL: str | float | None = None  # noqa: N815
+    idempotencyKey: str | None = Field(None, max_length=2048)
+    idempotencyKeyTTL: str | float | None = None
     tags: str | list[str] | None = None
     metadata: dict[str, Any] | None = None
-    maxAttempts: int | None = Field(None, ge=1, le=100)  # noqa: N815
-    maxDuration: float | None = Field(None, gt=0)  # noqa: N815
+    maxAttempts: int | None = Field(None, ge=1, le=100)
+    maxDuration: float | None = Field(None, gt=0)
     priority: float | None = None
 
 
@@ -59,7 +60,7 @@ class TriggerBody(BaseModel):
 
 class TriggerResponse(BaseModel):
     id: str
-    isCached: bool = False  # noqa: N815
+    isCached: bool = False
 
 
 class BatchItem(BaseModel):
@@ -74,7 +75,7 @@ class BatchBody(BaseModel):
 
 class BatchResponse(BaseModel):
     id: str
-    runCount: int  # noqa: N815
+    runCount: int
     runs: list[TriggerResponse]
 
 
@@ -84,8 +85,8 @@ class ReplayBody(BaseModel):
 
 class TokenBody(BaseModel):
     timeout: str | float | None = None
-    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
-    idempotencyKeyTTL: str | float | None = None  # noqa: N815
+    idempotencyKey: str | None = Field(None, max_length=2048)
+    idempotencyKeyTTL: str | float | None = None
     tags: str | list[str] | None = None
 
 
@@ -128,7 +129,9 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
     return (
         TriggerOptions(
             idempotency_key=body.idempotencyKey,
-            idempotency_key_ttl=seconds_from(body.idempotencyKeyTTL, "options.idempotencyKeyTTL", now),
+            idempotency_key_ttl=seconds_from(
+                body.idempotencyKeyTTL, "options.idempotencyKeyTTL", now
+            ),
             delay=seconds_from(body.delay, "options.delay", now),
             ttl=seconds_from(body.ttl, "options.ttl", now),
             tags=tags,
@@ -145,20 +148,23 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
 
 def build_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter()
-    Env = Annotated[str, Depends(env_dependency)]  # noqa: N806 - a type alias
+    Env = Annotated[str, Depends(env_dependency)]
 
     def request_key(
-        a: str | None = Header(None, alias="x-trigger-request-idempotency-key", include_in_schema=False),
+        a: str | None = Header(
+            None, alias="x-trigger-request-idempotency-key", include_in_schema=False
+        ),
         b: str | None = Header(None, alias="idempotency-key", description="retry-safe request key"),
     ) -> str | None:
         return a or b
 
-    RequestKey = Annotated[str | None, Depends(request_key)]  # noqa: N806
+    RequestKey = Annotated[str | None, Depends(request_key)]
 
     def _prepare(env: str, task_id: str, payload: Any, options: TriggerOptionsBody | None,
                  where: str = "") -> NewRun:
         opts, payload_type = _options(options, store.now())
         try:
+            payload, payload_type = resolve_payload(store, env, payload, payload_type)
             return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
         except ValidationError as exc:
             if not where:
@@ -294,7 +300,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
 
         def work() -> dict[str, Any]:
             original = _run(env, run_id)
-            payload = body["payload"] if "payload" in body else original.payload
+            payload = body.get("payload", original.payload)
             new = prepare_run(
                 store,
                 env,
@@ -430,6 +436,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         store.update_queue(env, name, concurrency_limit=body.limit)
         return queue_json(_queue(env, name))
 
+    router.prepare = _prepare  # type: ignore[attr-defined]  # reused by the compat routes
     return router
 
 

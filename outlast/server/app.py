@@ -4,14 +4,13 @@ Stateless: everything lives in the store, so several servers behind a load balan
 against one PostgreSQL behave as one.
 """
 
-from __future__ import annotations
-
 import os
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,10 +21,11 @@ from ..store.base import Store
 from . import errors
 from .api import build_router
 from .auth import KeyChecker
+from .compat import JwtHeader, build_compat_router
 
 
 class BodyLimit:
-    """413 before a large body is buffered: by Content-Length up front, or by counting a
+    """413 before a large body reaches the app: by Content-Length up front, or by counting a
     chunked body as it streams in. Batch endpoints get a larger allowance."""
 
     def __init__(self, app: ASGIApp, limit: int, batch_limit: int) -> None:
@@ -40,28 +40,36 @@ class BodyLimit:
         path: str = scope["path"]
         limit = self.batch_limit if ("batch" in path) else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                await _too_large(send, limit)
+                return
+            # The HTTP server delivers no more than the declared length.
+            await self.app(scope, receive, send)
             return
+        # No length (chunked): read the body here, counting. Raising from inside the app's
+        # receive() would not do: FastAPI's body parser turns any error there into a 400.
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await _too_large(send, limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks),
+                                   "more_body": False}]
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _too_large(send, limit)
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(send: Send, limit: int) -> None:
@@ -72,6 +80,23 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body.body})
+
+
+def _compat_prepare(api: Any) -> Any:
+    """The API's trigger preparation, taking options as the SDK's raw dict."""
+    import pydantic
+
+    from .._serde import validation_error
+    from .api import TriggerOptionsBody
+
+    def prepare(env: str, task_id: str, payload: Any, options: dict[str, Any], where: str) -> Any:
+        try:
+            body = TriggerOptionsBody.model_validate(options or {})
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc, f"{where}.options") from None
+        return api.prepare(env, task_id, payload, body, where)
+
+    return prepare
 
 
 def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
@@ -86,10 +111,13 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.state.store = store
     checker = KeyChecker(store)
 
-    def env_of(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        env = checker.env_for(secret.strip()) if scheme.lower() == "bearer" and secret else None
+    bearer = HTTPBearer(auto_error=False, description="A secret key: `outlast keys create`")
+
+    def env_of(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
+        secret = credentials.credentials.strip() if credentials is not None else ""
+        env = checker.env_for(secret) if secret else None
         if env is None:
             raise StarletteHTTPException(
                 401,
@@ -114,7 +142,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": True})
 
-    app.include_router(build_router(store, env_of))
+    api = build_router(store, env_of)
+    app.include_router(api, responses=errors.RESPONSES)
+    app.include_router(build_compat_router(store, env_of, _compat_prepare(api)),
+                       responses=errors.RESPONSES)
     if dashboard:
         try:
             from .dashboard import mount
@@ -123,6 +154,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
         else:
             mount(app, store)
     limit = settings().max_payload_bytes
+    app.add_middleware(JwtHeader)
     app.add_middleware(
         BodyLimit,
         limit=limit * 2 + 64 * 1024,

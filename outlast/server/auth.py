@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import string
 import threading
 import time
 from dataclasses import dataclass
 
+from .._errors import ValidationError
 from .._ids import new_id
 from ..store.base import Store
 
@@ -28,9 +30,25 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(store: Store, env: str) -> NewKey:
-    secret = f"{KEY_PREFIX}{env}_{secrets.token_urlsafe(32)}"
-    prefix = secret[: len(KEY_PREFIX) + len(env) + 5]
+TRIGGER_ENVS = ("dev", "stg", "prod", "preview")
+_ALNUM = string.ascii_letters + string.digits
+
+
+def create_key(store: Store, env: str, *, trigger_shape: bool = False) -> NewKey:
+    """A new secret key for ``env``. ``trigger_shape`` makes it look like a Trigger.dev
+    key (``tr_<env>_sk_<24 alphanumerics>``) for apps that validate the shape; the SDK
+    then expects ``x-trigger-jwt`` from the server, which outlast always sends."""
+    if trigger_shape:
+        if env not in TRIGGER_ENVS:
+            raise ValidationError(
+                f"Trigger.dev-shaped keys exist for environments {', '.join(TRIGGER_ENVS)}",
+                field="env",
+            )
+        secret = f"tr_{env}_sk_{''.join(secrets.choice(_ALNUM) for _ in range(24))}"
+        prefix = secret[: len(env) + 10]
+    else:
+        secret = f"{KEY_PREFIX}{env}_{secrets.token_urlsafe(32)}"
+        prefix = secret[: len(KEY_PREFIX) + len(env) + 5]
     key = NewKey(id=new_id("key"), env=env, secret=secret, prefix=prefix)
     store.create_api_key(key.id, env, prefix, hash_key(secret))
     return key

@@ -17,7 +17,9 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def run_json(run: Run, *, why: str | None = None, related: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_json(
+    run: Run, *, why: str | None = None, related: dict[str, Any] | None = None
+) -> dict[str, Any]:
     s = run.status
     error = None
     if run.error:

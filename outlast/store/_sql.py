@@ -20,6 +20,7 @@ from .._errors import InvalidState, RunNotFound, SchemaVersionError, TokenNotFou
 from .._serde import dumps, loads
 from ..runs import FINAL_STATUSES, JournalEntry, Run, RunEvent, RunStatus
 from ._sql_api import ApiMixin
+from ._sql_stats import StatsMixin
 from .base import (
     Claim,
     EndSegment,
@@ -183,7 +184,7 @@ def _error(code: str, message: str) -> str:
     return dumps({"code": code, "message": message})
 
 
-class SqlStore(ApiMixin, Store):
+class SqlStore(StatsMixin, ApiMixin, Store):
     dialect: str
 
     def __init__(self) -> None:
@@ -429,8 +430,16 @@ class SqlStore(ApiMixin, Store):
     # -- ending runs (shared by commits, cancels, expiry and reaping) ----------------------
     def _release_slot(self, tx: Tx, slot: Row) -> None:
         if slot["holds_slot"]:
-            tx.x("give_slot", env=slot["env"], queue=slot["queue"], ckey=slot["concurrency_key"])
+            # Queue row before slot row: the order a claim locks them in. The reverse
+            # order deadlocks a completion against a concurrent claim on PostgreSQL.
             tx.x("give_queue", env=slot["env"], queue=slot["queue"])
+            tx.x("give_slot", env=slot["env"], queue=slot["queue"], ckey=slot["concurrency_key"])
+
+    def _lock_queues_for(self, tx: Tx, run_ids: Sequence[str]) -> None:  # noqa: B027
+        """Lock the queue rows of runs about to give back slots, all at once and in name
+        order (as a claim does), before any is updated: a batch releasing slots of two
+        queues must not lock them in the opposite order of a concurrent claim. A backend
+        hook: SQLite needs nothing, its writers are serialized by the file lock."""
 
     def _finish(
         self,
@@ -772,6 +781,13 @@ class SqlStore(ApiMixin, Store):
                 for r in tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now)
             }
             ok = [held.get(op.run_id) == op.epoch for op in ops]
+            ending = {
+                op.run_id
+                for op, good in zip(ops, ok, strict=True)
+                if good and isinstance(op, EndSegment)
+            }
+            if ending:
+                self._lock_queues_for(tx, sorted(ending))
             ended: set[str] = set()
             for op, good in zip(ops, ok, strict=True):
                 if good and op.run_id not in ended:
@@ -1044,6 +1060,8 @@ class SqlStore(ApiMixin, Store):
         if not tx.x("mark_worker_dead", id=worker_id, now=now):
             return 0
         runs = [r["id"] for r in tx.q("runs_of_worker", id=worker_id)]
+        if runs:
+            self._lock_queues_for(tx, runs)
         for run_id in runs:
             if self._worker_lost(tx, run_id, now):
                 ended.append(run_id)

@@ -65,3 +65,31 @@ class ApiMixin(abc.ABC):
     def forget_old_requests(self, older_than: float = 24 * 3600.0) -> None:
         with self._transaction() as tx:
             tx.x("forget_old_requests", before=self.now() - older_than)
+            tx.x("forget_old_packets", before=self.now() - older_than)
+
+    def remember_request(self, env: str, key: str, response: str) -> tuple[str, bool]:
+        """Store ``response`` under a request key unless one is stored; return the stored
+        one and whether it was there already."""
+        with self._transaction() as tx:
+            if tx.q("claim_request_key", env=env, key=key, now=self.now()):
+                tx.x("set_request_response", env=env, key=key, response=response)
+                return response, False
+            rows = tx.q("request_response", env=env, key=key)
+        return str(rows[0]["response"]) if rows and rows[0]["response"] else response, True
+
+    # -- Trigger.dev SDK compatibility ----------------------------------------------------
+    def reset_idempotency_key(self, env: str, task_id: str, key: str) -> list[str]:
+        """Release an idempotency key so the next trigger with it creates a new run."""
+        with self._transaction() as tx:
+            rows = tx.q("reset_idempotency_key", env=env, task_id=task_id, idempotency_key=key)
+        return [str(r["id"]) for r in rows]
+
+    def put_packet(self, env: str, path: str, content_type: str, data: str) -> None:
+        with self._transaction() as tx:
+            tx.x("put_packet", env=env, path=path, content_type=content_type, data=data,
+                 now=self.now())
+
+    def get_packet(self, env: str, path: str) -> tuple[str, str] | None:
+        with self._transaction() as tx:
+            rows = tx.q("get_packet", env=env, path=path)
+        return (str(rows[0]["content_type"]), str(rows[0]["data"])) if rows else None

@@ -407,6 +407,20 @@ class Store(abc.ABC):
     def forget_old_requests(self, older_than: float = 24 * 3600.0) -> None: ...
 
     @abc.abstractmethod
+    def reset_idempotency_key(self, env: str, task_id: str, key: str) -> list[str]:
+        """Release an idempotency key; returns the runs that held it."""
+
+    @abc.abstractmethod
+    def remember_request(self, env: str, key: str, response: str) -> tuple[str, bool]:
+        """Keep ``response`` under a request key unless one is kept; return the kept one."""
+
+    @abc.abstractmethod
+    def put_packet(self, env: str, path: str, content_type: str, data: str) -> None: ...
+
+    @abc.abstractmethod
+    def get_packet(self, env: str, path: str) -> tuple[str, str] | None: ...
+
+    @abc.abstractmethod
     def get_setting(self, key: str) -> str | None: ...
 
     @abc.abstractmethod

@@ -129,6 +129,9 @@ class PostgresStore(SqlStore):
     def _notify(self, tx: Any, env: str) -> None:
         tx.x("notify", env=env)
 
+    def _lock_queues_for(self, tx: Any, run_ids: Sequence[str]) -> None:
+        tx.q("lock_queues_of_runs", ids=list(run_ids))
+
     def _lock_for_migration(self, tx: Any) -> None:
         tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
 

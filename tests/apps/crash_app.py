@@ -65,6 +65,21 @@ async def crash_hold(p: dict[str, Any]) -> str:
     return str(await step.run("work", _body, p["ledger"], "work", p.get("gate"), p.get("sleep", 0)))
 
 
+def _sync_body(ledger: str, name: str, gate: str) -> str:
+    run = outlast.current_run()
+    note(ledger, run=run.id, step=name, ev="begin", attempt=run.attempt)
+    while not os.path.exists(gate):  # blocking, as sync code is: no cancellation point
+        time.sleep(0.02)
+    note(ledger, run=run.id, step=name, ev="end", attempt=run.attempt)
+    return f"{name}@{os.getpid()}"
+
+
+@task(id="crash-sync-hold", retry=_NO_WAIT)
+def crash_sync_hold(p: dict[str, Any]) -> str:
+    """A sync task whose sync step waits for ``gate`` in a worker thread."""
+    return str(step.run_sync("work", _sync_body, p["ledger"], "work", p["gate"]))
+
+
 @task(id="crash-poison", retry=_NO_WAIT)
 async def crash_poison(p: dict[str, Any]) -> None:
     """Kills the worker that runs it, on every attempt."""

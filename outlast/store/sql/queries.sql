@@ -211,6 +211,14 @@ WHERE env = :env AND queue = :queue AND ckey = :ckey AND executing > 0;
 -- name: give_queue
 UPDATE queues SET executing = executing - 1 WHERE env = :env AND name = :queue AND executing > 0;
 
+-- The queue rows of runs about to give back their slots, locked in the claim's order
+-- (by name) before any slot is released: releases and claims never deadlock.
+-- name: lock_queues_of_runs [postgres]
+SELECT q.name FROM queues q
+WHERE (q.env, q.name) IN (SELECT r.env, r.queue FROM runs r WHERE r.id = ANY(:ids))
+ORDER BY q.env, q.name
+FOR UPDATE OF q;
+
 -- Committing a worker's batch ----------------------------------------------------------------
 
 -- The fencing read (C4): only runs still EXECUTING under this worker at the epoch it
@@ -489,3 +497,23 @@ SELECT value FROM settings WHERE key = :key;
 
 -- name: insert_setting
 INSERT INTO settings (key, value) VALUES (:key, :value) ON CONFLICT DO NOTHING;
+
+-- Trigger.dev SDK compatibility -----------------------------------------------------------
+
+-- name: reset_idempotency_key
+UPDATE runs SET idempotency_active = 0
+WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
+  AND idempotency_active = 1
+RETURNING id;
+
+-- name: put_packet
+INSERT INTO packets (env, path, content_type, data, created_at)
+VALUES (:env, :path, :content_type, :data, :now)
+ON CONFLICT (env, path) DO UPDATE SET content_type = excluded.content_type,
+    data = excluded.data, created_at = excluded.created_at;
+
+-- name: get_packet
+SELECT content_type, data FROM packets WHERE env = :env AND path = :path;
+
+-- name: forget_old_packets
+DELETE FROM packets WHERE created_at < :before;

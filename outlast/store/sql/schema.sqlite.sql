@@ -204,3 +204,14 @@ CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Large payloads uploaded before a trigger (the Trigger.dev SDK offloads packets of
+-- 128 KB or more to a presigned URL, then triggers with the storage path).
+CREATE TABLE packets (
+    env TEXT NOT NULL,
+    path TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    data TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (env, path)
+);

@@ -1,0 +1,250 @@
+"""What the official Trigger.dev SDK (v4) needs beyond the plain API: payload packets
+(large-payload offload), two-phase streamed batches, idempotency-key resets, and the
+``x-trigger-jwt`` header. With these, a Node app points ``TRIGGER_API_URL`` at outlast
+and triggers Python tasks unchanged. See docs/how-to/nextjs.md for what is supported.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._errors import ValidationError
+from .._ids import new_id
+from ..store.base import Store
+from ..waitpoints import signature
+
+_ADDITIONAL_KEY_PREFIXES = ("tr_dev_sk_", "tr_stg_sk_", "tr_prod_sk_", "tr_preview_sk_")
+
+
+def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | None
+                    ) -> tuple[Any, str | None]:
+    """An ``application/store`` payload names a packet uploaded before the trigger: load
+    it and return it with its own content type."""
+    if payload_type != "application/store":
+        return payload, payload_type
+    if not isinstance(payload, str):
+        raise ValidationError("an application/store payload is a packet path", field="payload")
+    packet = store.get_packet(env, payload)
+    if packet is None:
+        raise ValidationError(f"no uploaded packet {payload!r}", field="payload")
+    content_type, data = packet
+    return data, content_type.split(";")[0].strip()
+
+
+class BatchCreate(BaseModel):
+    runCount: int = Field(..., gt=0, le=100_000)  # noqa: N815 - the wire name
+    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
+
+
+class ResetBody(BaseModel):
+    taskIdentifier: str  # noqa: N815
+
+
+def _packet_signature(store: Store, env: str, path: str) -> str:
+    return signature(store, f"packet\x1f{env}\x1f{path}")
+
+
+def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIRouter:
+    """``prepare(env, task_id, payload, options_dict, where)`` builds a validated NewRun."""
+    router = APIRouter(tags=["trigger.dev compatibility"])
+    Env = Annotated[str, Depends(env_dependency)]  # noqa: N806
+
+    def upload_urls(request: Request, env: str, filename: str) -> dict[str, str]:
+        base = str(request.base_url).rstrip("/")
+        sig = _packet_signature(store, env, filename)
+        return {
+            "presignedUrl": f"{base}/api/v1/packet-uploads/{env}/{sig}/{filename}",
+            "storagePath": filename,
+        }
+
+    @router.put("/api/v2/packets/{filename:path}", summary="Where to upload a large payload")
+    def packet_url(filename: str, request: Request, env: Env) -> dict[str, str]:
+        return upload_urls(request, env, filename)
+
+    @router.put("/api/v1/packets/{filename:path}", summary="Where to upload (SDK 4.0 path)")
+    def packet_url_v1(filename: str, request: Request, env: Env) -> dict[str, str]:
+        return upload_urls(request, env, filename)
+
+    @router.put("/api/v1/packet-uploads/{env}/{sig}/{filename:path}",
+                summary="Upload a packet to its signed URL (no API key)")
+    async def upload(env: str, sig: str, filename: str, request: Request) -> JSONResponse:
+        if not hmac.compare_digest(sig, _packet_signature(store, env, filename)):
+            return JSONResponse({"error": "invalid upload signature", "code": "unauthorized"},
+                                status_code=401)
+        body = await request.body()
+        content_type = request.headers.get("content-type", "application/json")
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "a packet is UTF-8 text", "code": "validation_error"},
+                                status_code=422)
+        store.put_packet(env, filename, content_type, text)
+        return JSONResponse({"ok": True})
+
+    @router.post("/api/v1/idempotencyKeys/{key}/reset", summary="Release an idempotency key")
+    def reset(key: str, body: ResetBody, env: Env) -> dict[str, str]:
+        ids = store.reset_idempotency_key(env, body.taskIdentifier, key)
+        return {"id": ids[0] if ids else key}
+
+    @router.post("/api/v3/batches", status_code=202, summary="Open a streamed batch")
+    def create_batch(body: BatchCreate, env: Env) -> dict[str, Any]:
+        batch_id = new_id("batch")
+        if body.idempotencyKey:
+            stored, cached = store.remember_request(env, f"v3batch-key:{body.idempotencyKey}",
+                                                    batch_id)
+            if cached:
+                out: dict[str, Any] = {"id": stored, "runCount": body.runCount, "isCached": True}
+                out["idempotencyKey"] = body.idempotencyKey
+                return out
+        meta = json.dumps({"runCount": body.runCount, "key": body.idempotencyKey})
+        store.remember_request(env, f"v3batch-meta:{batch_id}", meta)
+        return {"id": batch_id, "runCount": body.runCount, "isCached": False}
+
+    @router.post("/api/v3/batches/{batch_id}/items",
+                 summary="Stream a batch's items as NDJSON; a resend is deduplicated")
+    async def batch_items(batch_id: str, request: Request, env: Env) -> dict[str, Any]:
+        ctype = request.headers.get("content-type", "")
+        if "ndjson" not in ctype and "json" not in ctype:
+            return JSONResponse(  # type: ignore[return-value]
+                {"error": "send items as application/x-ndjson", "code": "unsupported_media_type"},
+                status_code=415,
+            )
+        meta_raw, known = store.remember_request(env, f"v3batch-meta:{batch_id}", "{}")
+        meta = orjson.loads(meta_raw) if known else {}
+        batch_key = meta.get("key")
+        items: dict[int, dict[str, Any]] = {}
+        buffer = b""
+        async for chunk in request.stream():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                _add_item(items, line)
+        _add_item(items, buffer)
+        runs = []
+        for index in sorted(items):
+            item = items[index]
+            options = dict(item.get("options") or {})
+            if batch_key and not options.get("idempotencyKey"):
+                options["idempotencyKey"] = hashlib.sha256(f"{batch_key}-{index}".encode()
+                                                           ).hexdigest()
+            runs.append(prepare(env, str(item.get("task") or ""), item.get("payload"), options,
+                                f"items[{index}]"))
+        results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
+        return {
+            "id": batch_id,
+            "itemsAccepted": len(results),
+            "itemsDeduplicated": len(results) if cached else 0,
+            "sealed": True,
+            "enqueuedCount": len(results),
+            "expectedCount": int(meta.get("runCount") or len(results)),
+            "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
+        }
+
+    @router.post("/api/v1/auth/jwt/claims", summary="Claims for a public access token")
+    def claims(env: Env) -> dict[str, Any]:
+        return {"sub": env, "pub": True}
+
+    return router
+
+
+def _add_item(items: dict[int, dict[str, Any]], line: bytes) -> None:
+    if not line.strip():
+        return
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ValidationError("a batch item line is not JSON", field="items") from None
+    if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+        raise ValidationError("each batch item needs an integer index", field="items")
+    items.setdefault(item["index"], item)  # the server deduplicates by index
+
+
+# -- x-trigger-jwt ----------------------------------------------------------------------------
+
+_JWT_PATHS = ("/trigger", "/api/v2/tasks/batch", "/api/v3/batches", "/api/v1/waitpoints/tokens")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_token(secret: str, env: str, scopes: list[str], ttl: float = 3600.0) -> str:
+    """An HS256 JWT in the shape the SDK returns as ``publicAccessToken``."""
+    now = int(time.time())
+    header = _b64(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
+    claims = _b64(orjson.dumps({"sub": env, "pub": True, "scopes": scopes,
+                                "iat": now, "exp": now + int(ttl),
+                                "iss": "https://id.trigger.dev",
+                                "aud": "https://api.trigger.dev"}))
+    sig = hmac.new(secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256).digest()
+    return f"{header}.{claims}.{_b64(sig)}"
+
+
+class JwtHeader:
+    """Adds ``x-trigger-jwt`` to trigger, batch and token-creation responses. The SDK signs
+    its own token when the header is absent, except for keys shaped ``tr_*_sk_*``, which
+    need it from the server; sending it always keeps both kinds of key working."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if (scope["type"] != "http" or scope.get("method") != "POST"
+                or not (path.endswith(_JWT_PATHS[0]) or path in _JWT_PATHS[1:])):
+            await self.app(scope, receive, send)
+            return
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+        secret = auth.partition(" ")[2].strip()
+        start: Message | None = None
+        body = b""
+
+        async def capture(message: Message) -> None:
+            nonlocal start, body
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] == "http.response.body":
+                body += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                assert start is not None
+                headers = list(start.get("headers", []))
+                if 200 <= start["status"] < 300 and secret:
+                    headers.extend(_jwt_headers(secret, path, body))
+                    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+
+def _jwt_headers(secret: str, path: str, body: bytes) -> list[tuple[bytes, bytes]]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return []
+    obj_id = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(obj_id, str):
+        return []
+    if "waitpoints" in path:
+        scopes, ttl = [f"write:waitpoints:{obj_id}"], 24 * 3600.0
+    elif "batch" in path:
+        scopes, ttl = [f"read:batch:{obj_id}"], 3600.0
+    else:
+        scopes, ttl = [f"read:runs:{obj_id}"], 3600.0
+    token = public_token(secret, "", scopes, ttl)
+    claims = orjson.dumps({"pub": True, "scopes": scopes})
+    return [(b"x-trigger-jwt", token.encode()), (b"x-trigger-jwt-claims", claims)]

@@ -1,0 +1,129 @@
+"""Dashboard sessions: a signed cookie holding the login, the CSRF token, the selected
+environment and one flash message. Nothing is kept on the server, so any number of
+servers against one database share sessions.
+
+The signing key is derived from a random server secret (kept in the store's settings,
+created once) and the dashboard password: changing the password signs everyone out.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...store.base import Store
+
+COOKIE = "outlast_dashboard"
+MAX_AGE = 7 * 24 * 3600
+_SECRET_SETTING = "dashboard.session_secret"
+
+
+@dataclass
+class Session:
+    csrf: str
+    env: str = "dev"
+    auth: bool = False
+    issued: float = field(default_factory=time.time)
+    flash: tuple[str, str] | None = None
+    dirty: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "csrf": self.csrf,
+            "env": self.env,
+            "auth": self.auth,
+            "issued": self.issued,
+            "flash": list(self.flash) if self.flash else None,
+        }
+
+    def say(self, kind: str, text: str) -> None:
+        """Keep a message for the next page (after a redirect)."""
+        self.flash = (kind, text)
+        self.dirty = True
+
+    def take_flash(self) -> tuple[str, str] | None:
+        flash, self.flash = self.flash, None
+        if flash is not None:
+            self.dirty = True
+        return flash
+
+    def check_csrf(self, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.csrf, str(token))
+
+
+def new_session(env: str = "dev") -> Session:
+    return Session(csrf=secrets.token_urlsafe(32), env=env, dirty=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """Signs and verifies session cookies (HMAC-SHA256)."""
+
+    def __init__(self, store: Store, password: str | None) -> None:
+        self.store = store
+        self.password = password or ""
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def key(self) -> bytes:
+        # Fetched on first use, not at app creation: the app may be built before the
+        # database is migrated.
+        with self._lock:
+            if self._key is None:
+                secret = self.store.set_setting_if_absent(
+                    _SECRET_SETTING, secrets.token_hex(32)
+                )
+                self._key = hmac.new(
+                    secret.encode(), b"dashboard-session\x00" + self.password.encode(),
+                    hashlib.sha256,
+                ).digest()
+            return self._key
+
+    def dumps(self, session: Session) -> str:
+        body = _b64(json.dumps(session.to_dict(), separators=(",", ":")).encode())
+        mac = hmac.new(self.key(), body.encode(), hashlib.sha256).digest()
+        return f"{body}.{_b64(mac)}"
+
+    def loads(self, cookie: str | None) -> Session | None:
+        if not cookie or "." not in cookie or len(cookie) > 4096:
+            return None
+        body, _, mac = cookie.partition(".")
+        try:
+            expected = hmac.new(self.key(), body.encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(expected, _unb64(mac)):
+                return None
+            data = json.loads(_unb64(body))
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(data, dict) or time.time() - float(data.get("issued", 0)) > MAX_AGE:
+            return None
+        flash = data.get("flash")
+        return Session(
+            csrf=str(data.get("csrf") or secrets.token_urlsafe(32)),
+            env=str(data.get("env") or "dev"),
+            auth=bool(data.get("auth")),
+            issued=float(data["issued"]),
+            flash=(str(flash[0]), str(flash[1])) if isinstance(flash, list) and len(flash) == 2
+            else None,
+        )
+
+    def check_password(self, attempt: str) -> bool:
+        if not self.password:
+            return False
+        a = hashlib.sha256(attempt.encode()).digest()
+        b = hashlib.sha256(self.password.encode()).digest()
+        return hmac.compare_digest(a, b)

@@ -1,0 +1,97 @@
+"""Store reads for the dashboard: environments, duration percentiles, per-key queue depth.
+
+Read-only and off the hot path. Kept apart from ``_sql.py`` (the runtime's logic); the
+queries are plain SQL that both dialects accept, bound through the backend's ``_raw``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from .._ids import _encode
+
+# Every environment the database has seen. Queues are ensured on every trigger and
+# tasks, workers and keys carry their env, so these small tables cover every env that
+# has runs without a scan of ``runs``.
+KNOWN_ENVS = """
+SELECT env FROM queues
+UNION SELECT env FROM tasks
+UNION SELECT env FROM workers
+UNION SELECT env FROM api_keys
+"""
+
+# Nearest-rank percentiles (the lower one) of started_at -> finished_at per task, over
+# runs created since :min_id. Run ids are time-sortable, so the id bound rides the
+# (env, id) index instead of scanning created_at. Integer division picks the rank
+# identically on SQLite and PostgreSQL (CAST rounds on one and truncates on the other).
+DURATION_PERCENTILES = """
+WITH d AS (
+    SELECT task_id, finished_at - started_at AS dur
+    FROM runs
+    WHERE env = :env AND id >= :min_id
+      AND finished_at IS NOT NULL AND started_at IS NOT NULL
+), ranked AS (
+    SELECT task_id, dur,
+           ROW_NUMBER() OVER (PARTITION BY task_id ORDER BY dur) AS rn,
+           COUNT(*) OVER (PARTITION BY task_id) AS n
+    FROM d
+)
+SELECT task_id, n,
+       MAX(CASE WHEN rn = ((n - 1) * 50) / 100 + 1 THEN dur END) AS p50,
+       MAX(CASE WHEN rn = ((n - 1) * 95) / 100 + 1 THEN dur END) AS p95
+FROM ranked
+GROUP BY task_id, n
+"""
+
+# Queued runs per concurrency key of one queue: served by the partial index on QUEUED
+# runs (env, queue, concurrency_key, ready_at).
+QUEUED_BY_KEY = """
+SELECT concurrency_key AS ckey, COUNT(*) AS n
+FROM runs
+WHERE env = :env AND queue = :queue AND status = 'QUEUED'
+GROUP BY concurrency_key
+ORDER BY n DESC
+LIMIT :limit
+"""
+
+
+def run_id_floor(ts: float) -> str:
+    """The smallest run id that can have been created at or after ``ts``."""
+    ms = max(0, int(ts * 1000)) & ((1 << 48) - 1)
+    return f"run_{_encode(ms << 80, 26)}"
+
+
+class StatsMixin(abc.ABC):
+    """Mixed into SqlStore; relies on its ``_transaction`` and ``_raw``."""
+
+    _transaction: Any
+    _raw: Any
+
+    def known_envs(self) -> list[str]:
+        """Environment names seen in queues, tasks, workers and secret keys."""
+        with self._transaction() as tx:
+            rows = self._raw(tx, KNOWN_ENVS, {})
+        return sorted({str(r["env"]) for r in rows})
+
+    def duration_percentiles(self, env: str, since: float) -> dict[str, dict[str, float]]:
+        """Per task: ``count``, ``p50`` and ``p95`` seconds of runs created since
+        ``since`` that started and finished."""
+        with self._transaction() as tx:
+            rows = self._raw(
+                tx, DURATION_PERCENTILES, {"env": env, "min_id": run_id_floor(since)}
+            )
+        return {
+            str(r["task_id"]): {
+                "count": float(r["n"]),
+                "p50": float(r["p50"] or 0.0),
+                "p95": float(r["p95"] or 0.0),
+            }
+            for r in rows
+        }
+
+    def queued_by_key(self, env: str, queue: str, limit: int = 50) -> dict[str, int]:
+        """Queued runs per concurrency key ('' for runs without one), largest first."""
+        with self._transaction() as tx:
+            rows = self._raw(tx, QUEUED_BY_KEY, {"env": env, "queue": queue, "limit": limit})
+        return {str(r["ckey"]): int(r["n"]) for r in rows}
