@@ -233,3 +233,41 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+# -- which outlast is measured ------------------------------------------------------------------
+
+
+def outlast_source(rev: str) -> tuple[Path, str]:
+    """A directory holding the ``outlast`` package to measure, and a description of it.
+
+    ``worktree`` measures the checkout as it is (uncommitted edits included); any git
+    revision (``HEAD``, a commit) is exported read-only with ``git archive`` into a temp
+    directory, so edits in progress elsewhere in the tree cannot change a run midway."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip()
+
+    if rev == "worktree":
+        try:
+            return ROOT, f"work tree at {git('describe', '--always', '--dirty')}"
+        except (OSError, subprocess.SubprocessError):
+            return ROOT, "work tree"
+    sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    dest = Path(os.environ.get("TMPDIR", "/tmp")) / f"outlast-bench-src-{sha[:12]}"
+    if not (dest / "outlast" / "__init__.py").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "outlast"], cwd=ROOT,
+                                 capture_output=True, check=True, timeout=60).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    return dest, f"commit {sha[:12]} ({rev})"
+
+
+def source_from_argv(argv: Sequence[str]) -> str:
+    """The value of ``--src`` in ``argv`` (read before argparse: it decides imports)."""
+    for i, a in enumerate(argv):
+        if a == "--src" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--src="):
+            return a.split("=", 1)[1]
+    return "worktree"

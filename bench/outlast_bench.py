@@ -30,12 +30,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
-import _report
-import outlast_tasks as t
 
-import outlast
-from outlast.client import Client
-from outlast.store import open_store
+# Which outlast is measured (--src): its directory goes first on sys.path, here and in
+# every worker process, before anything imports outlast.
+SRC, SRC_DESC = c.outlast_source(c.source_from_argv(sys.argv[1:]))
+sys.path.insert(0, str(SRC))
+
+import _report  # noqa: E402
+import outlast_tasks as t  # noqa: E402
+
+import outlast  # noqa: E402
+from outlast.client import Client  # noqa: E402
+from outlast.store import open_store  # noqa: E402
 
 ENV = "bench"
 APP = str(c.BENCH / "outlast_tasks.py")
@@ -120,8 +126,8 @@ def spawn_worker(url: str, concurrency: int, env: dict[str, str] | None = None,
     argv = [sys.executable, "-m", "outlast", "worker", "--app", APP, "--database-url", url,
             "--env", ENV, "--concurrency", str(concurrency)]
     return subprocess.Popen(
-        argv, cwd=c.ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(c.ROOT), **(env or {})},
+        argv, cwd=SRC, stdout=log, stderr=subprocess.STDOUT,  # -m looks in cwd first
+        env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})},
     )
 
 
@@ -385,7 +391,7 @@ WORKLOADS: dict[str, Callable[[str, argparse.Namespace, c.Results], None]] = {
 
 def versions_and_settings(backends: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     versions = {
-        "outlast": outlast.__version__,
+        "outlast": f"{outlast.__version__}, {SRC_DESC}",
         "Python": sys.version.split()[0],
         "SQLite": sqlite3.sqlite_version,
     }
@@ -427,6 +433,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds (+ N/400) between enqueueing timers and their due moment")
     p.add_argument("--kills", type=int, default=5, help="SIGKILLs for the recovery figure")
     p.add_argument("--no-report", action="store_true", help="do not rebuild RESULTS.md")
+    p.add_argument("--src", default="worktree",
+                   help="outlast to measure: worktree (as checked out) or a git revision, "
+                        "exported read-only with git archive (e.g. HEAD)")
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x]
     if args.n_fanout:

@@ -1,4 +1,4 @@
-"""A durable pause for a callback: a partner renders the video and calls us back.
+r"""A durable pause for a callback: a partner renders the video and calls us back.
 
 The task creates a waitpoint token, hands the token's callback URL to the partner and
 waits for the token. While it waits the run is ``WAITING``: it holds no worker, no queue
@@ -8,14 +8,15 @@ carries on with the partner's answer. The first completion wins; later ones chan
 nothing (C7). If no answer comes in time the wait returns ``timed_out`` and the task gives
 up with ``AbortRun`` (failed, no retry).
 
-Try it::
+Try it (``outlast dev`` serves the callback URL on http://localhost:8030)::
 
     outlast trigger render-video --payload '{"video_id": "vid_42"}'
-    outlast tokens list --status pending
-    outlast tokens complete <token id> --data '{"status": "done", "url": "https://cdn.example.com/vid_42.mp4"}'
+    outlast runs show <run id>        # metadata.callback_url: the URL the partner got
+    curl -X POST '<callback_url>' -H 'content-type: application/json' \
+         -d '{"status": "done", "url": "https://cdn.example.com/vid_42.mp4"}'
 
-(The callback URL points at the HTTP API, which is still being built: complete the token
-with ``outlast tokens complete`` or ``outlast.complete_token`` for now.)
+The callback URL needs no API key: it carries a signature of the token id, which is the
+credential. ``outlast tokens complete <token id> --data '{...}'`` does the same by hand.
 """
 
 from __future__ import annotations
@@ -45,16 +46,13 @@ class RenderResult(BaseModel):
 async def render_video(payload: RenderVideo) -> RenderResult:
     token = await wait.create_token(timeout=timedelta(hours=payload.timeout_hours))
     metadata.set("callback_token", token.id)
+    metadata.set("callback_url", token.callback_url)
     job_id = await step.run(
         "submit-to-partner", fake_services.submit_render, payload.video_id, payload.preset,
         token.callback_url,
     )
-    logger.info(
-        "render submitted; waiting for the partner's callback",
-        job=job_id, token=token.id, callback_url=token.callback_url,
-        complete_by_hand=f"outlast tokens complete {token.id} --data "
-        f"'{{\"status\": \"done\", \"url\": \"https://cdn.example.com/{payload.video_id}.mp4\"}}'",
-    )
+    logger.info("render submitted; waiting for the partner's callback", job=job_id,
+                token=token.id)
     result = await wait.for_token(token)
     if result.timed_out:
         raise AbortRun(f"the partner did not call back within {payload.timeout_hours:g} h")

@@ -25,6 +25,7 @@ from ._errors import (
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
 from .runs import Run, RunHandle, RunStatus, TaskRunResult
+from .schedules import ScheduledPayload
 from .store.base import Waitpoint
 from .tasks import Queue, Retry, Task, queue, task
 from .worker import HookEvent, Worker
@@ -56,6 +57,7 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "RunStatus",
+    "ScheduledPayload",
     "SystemClock",
     "Task",
     "TaskRunResult",

@@ -113,3 +113,9 @@ class TokenTimedOut(OutlastError):
     """The waitpoint token timed out before it was completed."""
 
     code = "token_timed_out"
+
+
+class ScheduleNotFound(OutlastError):
+    """No schedule has this id."""
+
+    code = "schedule_not_found"

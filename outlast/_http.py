@@ -10,15 +10,19 @@ import datetime as _dt
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+import orjson
 
 from . import _errors as e
+from . import _serde
 from .durable import Token
 from .runs import Run, RunStatus
-from .store.base import NewRun, Waitpoint
+from .store.base import Waitpoint
+from .tasks import TriggerOptions
 
 _CODES: dict[str, type[e.OutlastError]] = {
     cls.code: cls
@@ -31,6 +35,7 @@ _CODES: dict[str, type[e.OutlastError]] = {
         e.TokenTimedOut,
         e.InvalidState,
         e.QueueNotFound,
+        e.ScheduleNotFound,
     )
 }
 
@@ -91,20 +96,44 @@ def run_from_json(d: dict[str, Any]) -> Run:
     )
 
 
-def _options(run: NewRun) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HttpTrigger:
+    """One run to start over HTTP: the task, its validated payload, the caller's options."""
+
+    task_id: str
+    payload: str  # JSON text
+    options: TriggerOptions
+
+
+def _seconds(value: _dt.timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, _dt.timedelta) else float(value)
+
+
+def wire_options(o: TriggerOptions) -> dict[str, Any]:
+    """The options the caller set, in the API's names. Only those: the server fills in the
+    task's own defaults (queue, retries, tags), which the app may not know."""
     opts: dict[str, Any] = {
-        "queue": {"name": run.queue},
-        "tags": run.tags,
-        "maxAttempts": run.max_attempts,
-        "priority": run.priority or None,
-        "concurrencyKey": run.concurrency_key or None,
-        "idempotencyKey": run.idempotency_key,
-        "idempotencyKeyTTL": run.idempotency_ttl if run.idempotency_key else None,
-        "delay": run.delay,
-        "ttl": run.ttl,
-        "maxDuration": run.max_duration,
+        "queue": {"name": o.queue} if o.queue else None,
+        "tags": list(o.tags) or None,
+        "metadata": o.metadata,
+        "maxAttempts": o.max_attempts,
+        "priority": o.priority or None,
+        "concurrencyKey": o.concurrency_key,
+        "idempotencyKey": o.idempotency_key,
+        "idempotencyKeyTTL": _seconds(o.idempotency_key_ttl),
+        "delay": _seconds(o.delay),
+        "ttl": _seconds(o.ttl),
+        "maxDuration": _seconds(o.max_duration),
     }
     return {k: v for k, v in opts.items() if v is not None}
+
+
+def _item(t: HttpTrigger) -> dict[str, Any]:
+    # The payload is already JSON text: embed it as is rather than parse it again.
+    return {"task": t.task_id, "payload": orjson.Fragment(t.payload),
+            "options": wire_options(t.options)}
 
 
 class HttpTransport:
@@ -129,10 +158,15 @@ class HttpTransport:
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, idempotent: bool = False) -> Any:
         headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotent else {}
+        content = None
+        if json is not None:
+            content = orjson.dumps(json)
+            headers["Content-Type"] = "application/json"
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                resp = self._http.request(method, path, json=json, params=params, headers=headers)
+                resp = self._http.request(method, path, content=content, params=params,
+                                          headers=headers)
             except httpx.TransportError:
                 if attempt == self.retries:
                     raise
@@ -162,15 +196,17 @@ class HttpTransport:
         raise cls(message, status=resp.status_code)
 
     # -- the client's calls ---------------------------------------------------------------
-    def trigger(self, runs: Sequence[NewRun]) -> list[tuple[str, bool]]:
-        if len(runs) == 1:
-            r = runs[0]
-            body = {"payload": _payload(r), "options": _options(r)}
-            out = self.request("POST", f"/api/v1/tasks/{quote(r.task_id, safe='')}/trigger",
-                               json=body, idempotent=True)
+    def trigger(self, items: Sequence[HttpTrigger]) -> list[tuple[str, bool]]:
+        """One request, whatever the count; retried with the same request key, so a retry
+        after a lost response returns the first runs (C1)."""
+        if len(items) == 1:
+            body = _item(items[0])
+            task = quote(body.pop("task"), safe="")
+            out = self.request("POST", f"/api/v1/tasks/{task}/trigger", json=body,
+                               idempotent=True)
             return [(out["id"], bool(out.get("isCached")))]
-        items = [{"task": r.task_id, "payload": _payload(r), "options": _options(r)} for r in runs]
-        out = self.request("POST", "/api/v2/tasks/batch", json={"items": items}, idempotent=True)
+        out = self.request("POST", "/api/v2/tasks/batch",
+                           json={"items": [_item(t) for t in items]}, idempotent=True)
         return [(x["id"], bool(x.get("isCached"))) for x in out["runs"]]
 
     def retrieve(self, run_id: str) -> Run:
@@ -192,10 +228,11 @@ class HttpTransport:
         self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/cancel")
         return self.retrieve(run_id)
 
-    def replay(self, run_id: str, payload: Any, has_payload: bool) -> str:
-        body = {"payload": payload} if has_payload else {}
+    def replay(self, run_id: str, payload: Any, has_payload: bool) -> tuple[str, str]:
+        """Start a replay; returns the new run's id and task id."""
+        body = {"payload": _json(payload)} if has_payload else {}
         out = self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/replay", json=body)
-        return str(out["id"])
+        return str(out["id"]), str(out["taskIdentifier"])
 
     def create_token(self, timeout: float | None, idempotency_key: str | None,
                      idempotency_ttl: float | None, tags: Sequence[str]) -> Token:
@@ -207,7 +244,7 @@ class HttpTransport:
 
     def complete_token(self, token_id: str, data: Any) -> Waitpoint:
         self.request("POST", f"/api/v1/waitpoints/tokens/{quote(token_id, safe='')}/complete",
-                     json={"data": data})
+                     json={"data": _json(data)})
         return self.get_token(token_id)
 
     def get_token(self, token_id: str) -> Waitpoint:
@@ -222,26 +259,40 @@ class HttpTransport:
         return [_waitpoint(d) for d in out["data"]]
 
     def list_queues(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", "/api/v1/queues")["data"])
+        return [_queue(q) for q in self.request("GET", "/api/v1/queues")["data"]]
 
     def pause_queue(self, name: str, paused: bool) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "POST", f"/api/v1/queues/{name}/pause",
+        return _queue(self.request(
+            "POST", f"/api/v1/queues/{quote(name, safe='/')}/pause",
             json={"action": "pause" if paused else "resume"},
-        )
-        return out
+        ))
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        out: dict[str, Any] = self.request(
-            "POST", f"/api/v1/queues/{name}/concurrency", json={"limit": limit}
-        )
-        return out
+        return _queue(self.request(
+            "POST", f"/api/v1/queues/{quote(name, safe='/')}/concurrency",
+            json={"limit": limit},
+        ))
 
 
-def _payload(run: NewRun) -> Any:
-    import orjson
+def _json(value: Any) -> orjson.Fragment:
+    """A value as the database client would store it (pydantic models, dataclasses…)."""
+    return orjson.Fragment(_serde.to_json(value))
 
-    return orjson.loads(run.payload)
+
+def _queue(d: dict[str, Any]) -> dict[str, Any]:
+    """The API's queue in the keys the database client returns."""
+    rate = d.get("rateLimit") or {}
+    return {
+        "name": d["name"],
+        "queued": d.get("queued", 0),
+        "executing": d.get("running", 0),
+        "concurrency_limit": d.get("concurrencyLimit"),
+        "global_limit": d.get("globalLimit"),
+        "rate_limit_count": rate.get("limit"),
+        "rate_limit_period": rate.get("periodSeconds"),
+        "paused": bool(d.get("paused")),
+        "keys": d.get("keys") or {},
+    }
 
 
 def _waitpoint(d: dict[str, Any]) -> Waitpoint:

@@ -18,8 +18,9 @@ from . import _serde
 from ._clock import Clock
 from ._config import settings
 from ._errors import ConfigurationError, PayloadTooLarge, RunNotFound, UnknownTask, ValidationError
-from ._http import HttpTransport
+from ._http import HttpTransport, HttpTrigger
 from ._ids import new_id
+from ._schedules import AsyncScheduleMethods, ScheduleMethods
 from .durable import Token
 from .runs import Run, RunHandle
 from .store import open_store
@@ -35,7 +36,7 @@ def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-class Client:
+class Client(ScheduleMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -83,27 +84,32 @@ class Client:
     # -- triggering -----------------------------------------------------------------------
     def _new_run(
         self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
-    ) -> NewRun:
+    ) -> NewRun | HttpTrigger:
         if self._http is None:
             return prepare_run(self._ready(), self.env, task, payload, options)
         local = task if isinstance(task, Task) else REGISTRY.get(task)
-        if local is not None:  # fail fast here; the server validates again
-            return local.new_run(payload, options, self.env)
-        return build_run(
-            task_id=str(task),
+        task_id = local.id if local is not None else str(task)
+        # Fail fast on what can be checked here (the payload, when the task's code is
+        # imported; the options). The server validates again and applies the task's
+        # defaults, which an app that never imported the task does not know.
+        text = local.validate_payload(payload) if local is not None else _serde.to_json(payload)
+        build_run(
+            task_id=task_id,
             default_queue="",
             default_tags=(),
-            default_max_attempts=0,
+            default_max_attempts=1,
             default_max_duration=None,
-            payload_text=_serde.to_json(payload),
+            payload_text=text,
             options=options,
             env=self.env,
         )
+        return HttpTrigger(task_id, text, options)
 
-    def _send(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+    def _send(self, runs: Sequence[NewRun | HttpTrigger]) -> list[tuple[str, bool]]:
         if self._http is not None:
-            return self._http.trigger(runs)
-        return [(r.id, r.is_cached) for r in self._ready().trigger(runs)]
+            return self._http.trigger([r for r in runs if isinstance(r, HttpTrigger)])
+        new = [r for r in runs if isinstance(r, NewRun)]
+        return [(r.id, r.is_cached) for r in self._ready().trigger(new)]
 
     def trigger(
         self,
@@ -168,8 +174,13 @@ class Client:
     def replay(self, run_id: str, payload: Any = _MISSING) -> RunHandle[Any]:
         """A new run of the same task with the same (or a new) payload, linked to the
         original by ``replayed_from``."""
+        if self._http is not None:
+            replayed, task_id = self._http.replay(run_id, payload, payload is not _MISSING)
+            return RunHandle(id=replayed, task_id=task_id)
         original = self.retrieve(run_id)
-        new = self._new_run(
+        new = prepare_run(
+            self._ready(),
+            self.env,
             original.task_id,
             original.payload if payload is _MISSING else payload,
             TriggerOptions(
@@ -312,15 +323,28 @@ def prepare_run(
     )
 
 
+_validators: dict[str, Any] = {}
+
+
 def _check_schema(schema: dict[str, Any], payload: Any) -> None:
     if not schema:
         return
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema)
+    # Building a validator costs milliseconds; a task's schema changes only on deploys.
+    cache_key = _serde.dumps(schema)
+    validator = _validators.get(cache_key)
+    if validator is None:
+        if len(_validators) > 512:
+            _validators.clear()
+        validator = _validators[cache_key] = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path)
+        path = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            # Name the missing property, as pydantic does ("payload.sku", not "payload").
+            path += [k for k in error.validator_value if k not in error.instance][:1]
+        where = ".".join(str(p) for p in path)
         field = f"payload.{where}" if where else "payload"
         raise ValidationError(f"{field}: {error.message}", field=field)
 
@@ -332,7 +356,7 @@ def _output_type(task: Task[Any, Any] | str) -> Any:
     return local.return_type if local is not None else Any
 
 
-class AsyncClient:
+class AsyncClient(AsyncScheduleMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable."""
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:
@@ -341,7 +365,9 @@ class AsyncClient:
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
 
-    async def trigger(self, task: Task[Any, Any] | str, payload: Any = None, **kw: Any) -> RunHandle[Any]:
+    async def trigger(
+        self, task: Task[Any, Any] | str, payload: Any = None, **kw: Any
+    ) -> RunHandle[Any]:
         handle: RunHandle[Any] = await self._call("trigger", task, payload, **kw)
         handle._client = self
         return handle
@@ -349,7 +375,9 @@ class AsyncClient:
     async def batch_trigger(
         self, task: Task[Any, Any] | str, payloads: Iterable[Any], **kw: Any
     ) -> list[RunHandle[Any]]:
-        handles: list[RunHandle[Any]] = await self._call("batch_trigger", task, list(payloads), **kw)
+        handles: list[RunHandle[Any]] = await self._call(
+            "batch_trigger", task, list(payloads), **kw
+        )
         for h in handles:
             h._client = self
         return handles
@@ -371,11 +399,16 @@ class AsyncClient:
         handle._client = self
         return handle
 
-    async def wait_for_run(self, run_id: str, poll: float = 0.05) -> Run:
+    async def wait_for_run(
+        self, run_id: str, timeout: float | None = None, poll: float = 0.05
+    ) -> Run:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             run = await self.retrieve(run_id)
             if run.is_final:
                 return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout} s")
             await asyncio.sleep(poll)
 
     async def create_token(self, timeout: timedelta | float | None = None, **kw: Any) -> Token:
@@ -389,6 +422,13 @@ class AsyncClient:
     async def get_token(self, token_id: str) -> Waitpoint:
         wp: Waitpoint = await self._call("get_token", token_id)
         return wp
+
+    async def list_tokens(self, status: str | None = None, limit: int = 100) -> list[Waitpoint]:
+        wps: list[Waitpoint] = await self._call("list_tokens", status, limit)
+        return wps
+
+    async def close(self) -> None:
+        await self._call("close")
 
     async def list_queues(self) -> list[dict[str, Any]]:
         queues: list[dict[str, Any]] = await self._call("list_queues")

@@ -60,14 +60,11 @@ def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
     glimit = q["global_limit"]
     if glimit is not None and q["executing"] >= glimit:
         out.append(f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)")
-    if q["rate_limit_count"]:
-        window = [t for t in q["rate_window"] if t > now - q["rate_limit_period"]]
-        if len(window) >= q["rate_limit_count"]:
-            until = min(window) + q["rate_limit_period"]
-            out.append(
-                f"queue {name!r} is rate limited ({q['rate_limit_count']} per "
-                f"{q['rate_limit_period']:g} s) until {_at(until)}"
-            )
+    if q.get("rate_free_at") is not None:
+        out.append(
+            f"queue {name!r} is rate limited ({q['rate_limit_count']} per "
+            f"{q['rate_limit_period']:g} s) until {_at(q['rate_free_at'])}"
+        )
     return out
 
 

@@ -1,14 +1,16 @@
 """The scheduling loops: due delayed runs, TTL expiry, waitpoint timers, reaping dead and
-lapsed workers, forgetting old request keys. Every statement is safe to run from any
-number of processes at once (conditional updates, row locks), so every server and
-worker may run this; there is no leader to elect."""
+lapsed workers, forgetting old request keys, firing cron slots. Every statement is safe to
+run from any number of processes at once (conditional updates, row locks, unique keys), so
+every server and worker may run this; there is no leader to elect."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from . import _schedules
 from .store.base import Store
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ class Scheduler:
         if time.monotonic() - self._last_cleanup > 600:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)
+            await asyncio.to_thread(self.store.prune_schedule_slots)
+        # Cron slots: each fires once however many schedulers run (C6, _schedules.py).
+        await asyncio.to_thread(_schedules.fire_due, self.store)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -33,7 +38,5 @@ class Scheduler:
                 await self.tick()
             except Exception:
                 log.exception("scheduler tick failed")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass

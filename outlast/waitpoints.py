@@ -34,7 +34,8 @@ def signature(store: Store, token_id: str) -> str:
 
 def verify(store: Store, token_id: str, candidate: str) -> bool:
     """Constant-time check of a callback URL's signature."""
-    return hmac.compare_digest(signature(store, token_id), candidate)
+    # Bytes, not str: compare_digest refuses non-ASCII strings (a TypeError, a 500).
+    return hmac.compare_digest(signature(store, token_id).encode(), candidate.encode())
 
 
 def public_url() -> str:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import _serde
+from . import _schedules, _serde
 from ._config import settings
 from ._errors import (
     AbortRun,
@@ -198,6 +198,8 @@ class Worker:
     async def start(self, *, background: bool = True) -> None:
         if self._started:
             return
+        # Refuse to run against a schema this code does not know, embedded or not.
+        await asyncio.to_thread(self.store.check_schema)
         self._started = True
         self._slot_freed = asyncio.Event()
         await asyncio.to_thread(self._register)
@@ -217,6 +219,8 @@ class Worker:
         )
 
     def _register(self) -> None:
+        # First, so a bad cron= stops the start before anything is written.
+        _schedules.sync_declarative(self.store, self.env, self.tasks)
         defs = [t.definition() for t in self.tasks.values()]
         self.store.publish_tasks(self.env, defs)
         specs = {t.queue.name: t.queue.spec() for t in self.tasks.values()}
@@ -334,10 +338,15 @@ class Worker:
         assert self._slot_freed is not None
         before = self.executed
         deadline = time.monotonic() + max_seconds
+        beat_at = -1e18
         while time.monotonic() < deadline:
-            await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
-            if self.scheduler:
-                await self.tick()
+            # Beat and tick on their intervals, not per claim: a drain of thousands of
+            # short runs would otherwise spend most of its time on them.
+            if time.monotonic() - beat_at >= min(self.heartbeat_interval, self.tick_interval):
+                beat_at = time.monotonic()
+                await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
+                if self.scheduler:
+                    await self.tick()
             free = self.concurrency - len(self.active)
             claims = await asyncio.to_thread(self._claim, free) if free > 0 else []
             for c in claims:
@@ -547,7 +556,9 @@ class Worker:
             return
         if status == RunStatus.COMPLETED:
             await self._hook(task, "success", run, run.payload, status=status, output=output)
-        else:
+        elif status != RunStatus.CANCELED:
+            # A cancellation is not a failure; the same rule as _run_due_hooks, so a run
+            # cancelled while executing and one cancelled while waiting hear the same.
             await self._hook(task, "failure", run, run.payload, status=status, error=error)
         for name in ("complete", "end"):
             await self._hook(task, name, run, run.payload, status=status, output=output, error=error)

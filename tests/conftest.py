@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
     "OUTLAST_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-_TEMPLATE = "outlast_test_template"
+# One template per test session (sessions may run side by side on one server), dropped
+# when the session ends.
+_TEMPLATE = f"outlast_tpl_{os.getpid()}"
 _template_ready = False
 
 
@@ -58,6 +60,14 @@ def _ensure_template() -> None:
     store.migrate()
     store.close()
     _template_ready = True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_template() -> Iterator[None]:
+    yield
+    if _template_ready:
+        with _admin() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)")
 
 
 def new_pg_database() -> str:

@@ -84,6 +84,13 @@ class Fleet:
         self.worker_id(proc)
         return proc
 
+    def start_many(self, n: int, *extra: str) -> list[subprocess.Popen[bytes]]:
+        """Spawn ``n`` workers at once (they boot in parallel) and wait for all of them."""
+        procs = [self.spawn(*extra) for _ in range(n)]
+        for proc in procs:
+            self.worker_id(proc)
+        return procs
+
     def worker_id(self, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
         def alive_row() -> str | None:
             if proc.poll() is not None:
@@ -140,6 +147,11 @@ class Fleet:
             return runs if all(r.status.is_final for r in runs) else None
 
         return wait_for(f"{len(run_ids)} runs to end", all_final, timeout, self)
+
+    def ended(self, task_id: str) -> int:
+        """How many runs of ``task_id`` are in a final status (one aggregate query)."""
+        counts = self.store.count_runs(ENV).get(task_id, {})
+        return sum(n for status, n in counts.items() if RunStatus(status).is_final)
 
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         """The run's failed attempts: (attempt, error code)."""
@@ -204,7 +216,7 @@ def test_sigkill_mid_step_resumes_on_another_worker_via_life_lock(
 ) -> None:
     """C2, C3, C9: completed steps are not re-run, the interrupted one is, on another
     process; the dead worker's run is re-queued within 2 s although its lease had 30 s left."""
-    a, b = fleet.start(), fleet.start()
+    a, b = fleet.start_many(2)
     ledger, gate = tmp_path / "ledger.jsonl", tmp_path / "gate"
     run_id = fleet.client.trigger("crash-steps", {"ledger": str(ledger), "gate": str(gate)}).id
     wait_for("step two to begin", lambda: begins(ledger, run_id, "two"), 10, fleet)
@@ -302,8 +314,7 @@ def test_poison_task_fails_after_max_attempts_and_workers_keep_serving(
     """A lost worker spends an attempt, so a task that kills its worker cannot loop for
     ever: FAILED with worker_lost after max_attempts (3); restarted workers serve the rest."""
     fleet.supervised = True
-    fleet.start("--concurrency", "4")
-    fleet.start("--concurrency", "4")
+    fleet.start_many(2, "--concurrency", "4")
     ledger = tmp_path / "ledger.jsonl"
     item = {"ledger": str(ledger)}
     before = [h.id for h in fleet.client.batch_trigger("crash-append", [item] * 30)]
@@ -338,8 +349,7 @@ def test_two_workers_race_over_1000_runs_each_executed_once(
     fleet: Fleet, tmp_path: Path, backend: str
 ) -> None:
     """C4: claims never overlap; every run executes exactly once and completes."""
-    a = fleet.start("--concurrency", "25")
-    b = fleet.start("--concurrency", "25")
+    a, b = fleet.start_many(2, "--concurrency", "25")
     ledger = tmp_path / "ledger.jsonl"
     started = time.monotonic()
     ids = [
@@ -348,8 +358,10 @@ def test_two_workers_race_over_1000_runs_each_executed_once(
             "crash-append", [{"ledger": str(ledger), "n": i} for i in range(1000)]
         )
     ]
-    runs = fleet.wait_final(ids, 60)
+    # Count, not fetch: reading 1,000 runs every 20 ms would compete with the workers.
+    wait_for("1,000 runs to end", lambda: fleet.ended("crash-append") == 1000, 60, fleet)
     took = time.monotonic() - started
+    runs = fleet.store.get_runs(ENV, ids)
 
     lines = read_ledger(ledger)
     by_pid = {p.pid: sum(1 for e in lines if e["pid"] == p.pid) for p in (a, b)}
@@ -509,8 +521,13 @@ def test_stale_worker_is_fenced_after_sigstop(fleet: Fleet, tmp_path: Path, back
         e["pid"] == a.pid and e["step"] == "two" and e["ev"] == "end"
         for e in read_ledger(ledger)
     )
+    # How A first learnt of the loss: a refused commit (its heartbeat later finds no run
+    # left to abandon), or its heartbeat (which abandons the run; any commit already
+    # queued is refused all the same).
+    how = "heartbeat" if "abandoning 1 runs" in fleet.log(a) else "refused commit"
     figure(f"{backend} takeover of a frozen worker (lease {STALE_LEASE:g} s)",
-           f"{takeover:.2f} s; A finished its step body after SIGCONT: {a_finished_body}")
+           f"{takeover:.2f} s; A finished its step body after SIGCONT: {a_finished_body}; "
+           f"A first noticed by: {how}")
     assert (after.status, after.output, after.finished_at, after.updated_at) == (
         done.status, done.output, done.finished_at, done.updated_at
     ), "the stale worker changed the run after it ended"

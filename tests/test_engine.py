@@ -316,7 +316,8 @@ async def test_step_idempotency_key_is_stable_and_repeats_are_numbered(
     assert run.status == RunStatus.COMPLETED
     assert run.attempt == 2
     rid = handle.id
-    assert SEEN == [f"{rid}:charge", f"{rid}:charge"]  # same key on both attempts
+    keys = list(SEEN)
+    assert keys == [f"{rid}:charge", f"{rid}:charge"]  # same key on both attempts
     assert run.output == [f"{rid}:charge", f"{rid}:send", f"{rid}:send#2"]
     assert sorted(e.key for e in store.journal(rid)) == ["charge", "send", "send#2"]
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 from pgqueuer import PgQueuer
@@ -15,7 +17,8 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 
 
-async def factory() -> PgQueuer:
+@asynccontextmanager
+async def factory() -> AsyncIterator[PgQueuer]:
     connection = await asyncpg.connect(os.environ["BENCH_DSN"])
     pgq = PgQueuer(AsyncpgDriver(connection))
     limit = int(os.environ.get("BENCH_LIMIT") or 0)
@@ -28,7 +31,10 @@ async def factory() -> PgQueuer:
     async def crash(job: Job) -> None:
         await asyncio.sleep(float(job.payload or b"60"))
 
-    return pgq
+    try:
+        yield pgq
+    finally:
+        await connection.close()
 
 
 def main() -> None:
@@ -42,7 +48,7 @@ def main() -> None:
 
     asyncio_run(
         supervisor.run(
-            factory,
+            "pgq_app:factory",
             dequeue_timeout=timedelta(seconds=30),
             batch_size=10,
             restart_delay=timedelta(seconds=5),

@@ -29,9 +29,13 @@ from .durations import seconds_from
 from .errors import error_body
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
 
+# PostgreSQL text cannot hold a NUL character, and no name, key or tag needs one: refuse it
+# here (a 422 naming the field) rather than fail in the database (a 500).
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+
 
 class QueueRef(BaseModel):
-    name: str
+    name: Text
 
 
 class TriggerOptionsBody(BaseModel):
@@ -39,14 +43,14 @@ class TriggerOptionsBody(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    payloadType: str | None = None
-    queue: QueueRef | str | None = None
-    concurrencyKey: str | int | None = None
+    payloadType: Text | None = None
+    queue: QueueRef | Text | None = None
+    concurrencyKey: Text | int | None = None
     delay: str | float | None = Field(None, description="seconds, '10m', or an ISO date")
     ttl: str | float | None = Field(None, description="seconds or '1h'")
-    idempotencyKey: str | None = Field(None, max_length=2048)
+    idempotencyKey: Text | None = Field(None, max_length=2048)
     idempotencyKeyTTL: str | float | None = None
-    tags: str | list[str] | None = None
+    tags: Text | list[Text] | None = None
     metadata: dict[str, Any] | None = None
     maxAttempts: int | None = Field(None, ge=1, le=100)
     maxDuration: float | None = Field(None, gt=0)
@@ -64,13 +68,21 @@ class TriggerResponse(BaseModel):
 
 
 class BatchItem(BaseModel):
-    task: str | None = None
+    task: Text | None = None
     payload: Any = None
     options: TriggerOptionsBody | None = None
 
 
 class BatchBody(BaseModel):
     items: list[BatchItem] = Field(..., max_length=100_000)
+
+
+class BatchManyItem(BatchItem):
+    task: Text = Field(..., min_length=1)
+
+
+class BatchManyBody(BaseModel):
+    items: list[BatchManyItem] = Field(..., max_length=100_000)
 
 
 class BatchResponse(BaseModel):
@@ -80,14 +92,20 @@ class BatchResponse(BaseModel):
 
 
 class ReplayBody(BaseModel):
-    payload: Any = None
+    payload: Any = Field(None, description="a new payload; absent: the original one")
+
+
+class ReplayResponse(BaseModel):
+    id: str
+    taskIdentifier: str
+    replayedFrom: str
 
 
 class TokenBody(BaseModel):
     timeout: str | float | None = None
-    idempotencyKey: str | None = Field(None, max_length=2048)
+    idempotencyKey: Text | None = Field(None, max_length=2048)
     idempotencyKeyTTL: str | float | None = None
-    tags: str | list[str] | None = None
+    tags: Text | list[Text] | None = None
 
 
 class CompleteBody(BaseModel):
@@ -204,12 +222,11 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.post("/api/v2/tasks/batch", response_model=BatchResponse, tags=["runs"],
                  summary="Trigger runs of several tasks in one transaction")
-    def batch_many(body: BatchBody, env: Env, key: RequestKey) -> BatchResponse:
-        runs = []
-        for i, item in enumerate(body.items):
-            if not item.task:
-                raise ValidationError(f"items[{i}].task is required", field=f"items[{i}].task")
-            runs.append(_prepare(env, item.task, item.payload, item.options, f"items[{i}]"))
+    def batch_many(body: BatchManyBody, env: Env, key: RequestKey) -> BatchResponse:
+        runs = [
+            _prepare(env, item.task, item.payload, item.options, f"items[{i}]")
+            for i, item in enumerate(body.items)
+        ]
         out = _trigger(env, runs, key)
         return BatchResponse(id=new_id("batch"), runCount=len(out), runs=out)
 
@@ -283,41 +300,38 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.post("/api/v1/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a run")
     def cancel(run_id: str, env: Env) -> dict[str, Any]:
-        run, _ = store.cancel(env, run_id)
+        try:
+            run, _ = store.cancel(env, run_id)
+        except RunNotFound as exc:
+            raise RunNotFound(exc.message, field="run_id") from None
         return {"id": run.id, "status": str(run.status)}
 
     @router.post("/api/v2/runs/{run_id}/cancel", tags=["runs"], summary="Cancel (SDK path)")
     def cancel_v2(run_id: str, env: Env) -> dict[str, Any]:
         return cancel(run_id, env)
 
-    @router.post("/api/v1/runs/{run_id}/replay", tags=["runs"],
+    @router.post("/api/v1/runs/{run_id}/replay", response_model=ReplayResponse, tags=["runs"],
                  summary="Start a new run with the same (or a new) payload")
-    async def replay(run_id: str, request: Request, env: Env) -> dict[str, Any]:
-        raw = await request.body()
-        body = orjson.loads(raw) if raw.strip() else {}
-        if not isinstance(body, dict):
-            raise ValidationError("the body is a JSON object", field="body")
-
-        def work() -> dict[str, Any]:
-            original = _run(env, run_id)
-            payload = body.get("payload", original.payload)
-            new = prepare_run(
-                store,
-                env,
-                original.task_id,
-                payload,
-                TriggerOptions(
-                    tags=original.tags,
-                    priority=original.priority,
-                    max_attempts=original.max_attempts,
-                    concurrency_key=original.concurrency_key,
-                    queue=original.queue,
-                ),
-            )
-            new.replayed_from = original.id
-            return {"id": store.trigger([new])[0].id}
-
-        return await asyncio.to_thread(work)
+    def replay(run_id: str, env: Env, body: ReplayBody | None = None) -> ReplayResponse:
+        original = _run(env, run_id)
+        # "payload": null is a new payload (null); no "payload" key keeps the original.
+        new_payload = body is not None and "payload" in body.model_fields_set
+        new = prepare_run(
+            store,
+            env,
+            original.task_id,
+            body.payload if body is not None and new_payload else original.payload,
+            TriggerOptions(
+                tags=original.tags,
+                priority=original.priority,
+                max_attempts=original.max_attempts,
+                concurrency_key=original.concurrency_key,
+                queue=original.queue,
+            ),
+        )
+        new.replayed_from = original.id
+        return ReplayResponse(id=store.trigger([new])[0].id, taskIdentifier=original.task_id,
+                              replayedFrom=original.id)
 
     @router.get("/api/v1/runs/{run_id}/steps", tags=["runs"], summary="A run's journal")
     def steps(run_id: str, env: Env) -> dict[str, Any]:
@@ -398,10 +412,12 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             if env is None:
                 return JSONResponse(error_body("unauthorized", "invalid callback signature"),
                                     status_code=401)
+            # The body is the output: JSON as its value, any other text as a string (a
+            # form post or a plain-text webhook), nothing as {}.
             try:
                 data = orjson.loads(raw) if raw.strip() else {}
             except orjson.JSONDecodeError:
-                data = {}
+                data = raw.decode("utf-8", errors="replace")
             store.complete_waitpoint(env, token_id, _serde.to_json(data))
             return JSONResponse({"success": True})
 
@@ -458,7 +474,9 @@ async def _event_stream(store: Store, env: str, run_id: str) -> AsyncIterator[by
         journal = await asyncio.to_thread(store.journal, run_id)
         evs = await asyncio.to_thread(store.events, run_id, after)
         changed = False
-        if run.status != last_status:
+        # A final status comes after the steps and logs that led to it (read after the
+        # run, so they are complete); any other status comes first.
+        if run.status != last_status and not run.is_final:
             last_status = run.status
             changed = True
             yield frame("status", {"id": run.id, "status": str(run.status), "attempt": run.attempt})
@@ -476,6 +494,9 @@ async def _event_stream(store: Store, env: str, run_id: str) -> AsyncIterator[by
                 yield frame("metadata", run.metadata)
             last_meta = run.metadata
         if run.is_final:
+            if run.status != last_status:
+                yield frame("status",
+                            {"id": run.id, "status": str(run.status), "attempt": run.attempt})
             yield frame("end", run_json(run))
             return
         idle = 0.0 if changed else idle + 0.2

@@ -22,6 +22,7 @@ from . import errors
 from .api import build_router
 from .auth import KeyChecker
 from .compat import JwtHeader, build_compat_router
+from .schedules_api import build_schedules_router
 
 
 class BodyLimit:
@@ -72,14 +73,35 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class NoNul:
+    """A NUL character in the path or query string is a 422. PostgreSQL text cannot hold
+    one, and no id, name or filter needs one; without this check the database refuses the
+    query and the client sees a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            where = ("path" if "\x00" in scope["path"]
+                     else "query" if b"%00" in scope.get("query_string", b"") else None)
+            if where is not None:
+                await _error(send, 422, errors.error_body(
+                    "validation_error", f"{where}: a NUL character is not allowed", where))
+                return
+        await self.app(scope, receive, send)
+
+
 async def _too_large(send: Send, limit: int) -> None:
-    body = JSONResponse(
-        errors.error_body("payload_too_large", f"the request body is over {limit} bytes"),
-        status_code=413,
-    )
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body.body})
+    body = errors.error_body("payload_too_large", f"the request body is over {limit} bytes")
+    await _error(send, 413, body)
+
+
+async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
+    response = JSONResponse(body, status_code=status, headers=errors.no_retry(status))
+    await send({"type": "http.response.start", "status": status,
+                "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def _compat_prepare(api: Any) -> Any:
@@ -144,8 +166,9 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
 
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
+    app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of, _compat_prepare(api)),
-                       responses=errors.RESPONSES)
+                       responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:
         try:
             from .dashboard import mount
@@ -155,6 +178,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             mount(app, store)
     limit = settings().max_payload_bytes
     app.add_middleware(JwtHeader)
+    app.add_middleware(NoNul)
     app.add_middleware(
         BodyLimit,
         limit=limit * 2 + 64 * 1024,

@@ -77,7 +77,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
     @router.put("/api/v1/packet-uploads/{env}/{sig}/{filename:path}",
                 summary="Upload a packet to its signed URL (no API key)")
     async def upload(env: str, sig: str, filename: str, request: Request) -> JSONResponse:
-        if not hmac.compare_digest(sig, _packet_signature(store, env, filename)):
+        if not hmac.compare_digest(sig.encode(), _packet_signature(store, env, filename).encode()):
             return JSONResponse({"error": "invalid upload signature", "code": "unauthorized"},
                                 status_code=401)
         body = await request.body()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +22,7 @@ STATUS = {
     e.RunNotFound: 404,
     e.TokenNotFound: 404,
     e.QueueNotFound: 404,
+    e.ScheduleNotFound: 404,
     e.TokenTimedOut: 409,
     e.InvalidState: 409,
     e.SchemaVersionError: 503,
@@ -52,6 +54,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _documented("The request body or payload is over the limit"),
     422: _documented("Invalid input; `field` names it"),
 }
+UNSUPPORTED_MEDIA_TYPE = _documented("The body's content type is not one this route reads")
 
 
 def no_retry(status: int) -> dict[str, str]:
@@ -87,13 +90,19 @@ async def outlast_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# pydantic names the member of a union that failed inside the location ("tags",
+# "constrained-str"); a client wants the field alone. Wire field names are camelCase.
+_UNION_TAG = re.compile(r"^(?:constrained-\w+|function-\w+\[.*\]|\w+\[.*\]|str|int|float|bool|"
+                        r"list|dict|none|[A-Z]\w*)$")
+
+
 def _field(error: Any) -> str:
     """A pydantic error location as the API names fields: ``items[3].options.delay``."""
     if error.get("type") == "json_invalid":
         return "body"  # the location is a character offset, not a field
     out = ""
     for part in error.get("loc", ()):
-        if part in ("body", "query", "path", "header"):
+        if part in ("body", "query", "path", "header") or _UNION_TAG.match(str(part)):
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
@@ -134,10 +143,11 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _allowed(request: Request) -> str:
     """Every method the path answers. Starlette's 405 names only the first route matching
-    the path, so /api/v1/waitpoints/tokens (GET and POST) would claim to allow one."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return ", ".join(sorted(methods))
+    the path, so /api/v1/waitpoints/tokens (GET and POST) would claim to allow one. Asked
+    per method through ``matches()``, which works through included routers too."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return ", ".join(allowed)

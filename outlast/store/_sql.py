@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from .._errors import InvalidState, RunNotFound, SchemaVersionError, TokenNotFou
 from .._serde import dumps, loads
 from ..runs import FINAL_STATUSES, JournalEntry, Run, RunEvent, RunStatus
 from ._sql_api import ApiMixin
+from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
 from .base import (
     Claim,
@@ -42,6 +44,12 @@ from .base import (
 )
 
 SCHEMA_VERSION = 1
+
+# A start stays in its queue's rate window this fraction of the period longer than the
+# period itself. The limit is judged at claim time; the delay between a claim and the
+# task's first line (another process, a busy CPU) varies by milliseconds, and must not
+# let the task code, or the API it calls, see N+1 starts within one period.
+RATE_GUARD = 0.05
 _FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 Row = dict[str, Any]
@@ -184,7 +192,7 @@ def _error(code: str, message: str) -> str:
     return dumps({"code": code, "message": message})
 
 
-class SqlStore(StatsMixin, ApiMixin, Store):
+class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
     dialect: str
 
     def __init__(self) -> None:
@@ -241,6 +249,13 @@ class SqlStore(StatsMixin, ApiMixin, Store):
         if self._schema_exists():
             with self._transaction() as tx:
                 version = self._current_version(tx)
+        if version is not None and version > SCHEMA_VERSION:
+            # Migrating cannot help here: the code is older than the database.
+            raise SchemaVersionError(
+                f"the database has schema version {version}, newer than this outlast "
+                f"(version {SCHEMA_VERSION}); upgrade outlast: pip install -U outlast "
+                f"(database: {self.safe_url})"
+            )
         if version != SCHEMA_VERSION:
             found = "no outlast schema" if version is None else f"schema version {version}"
             raise SchemaVersionError(
@@ -547,7 +562,9 @@ class SqlStore(StatsMixin, ApiMixin, Store):
     def declare_queues(self, env: str, specs: Sequence[QueueSpec]) -> None:
         now = self.now()
         with self._transaction() as tx:
-            for s in specs:
+            # By name: the order claims lock queue rows in, so a starting worker's upsert
+            # cannot deadlock against a claim on PostgreSQL.
+            for s in sorted(specs, key=lambda s: s.name):
                 tx.x(
                     "declare_queue",
                     env=env,
@@ -605,6 +622,14 @@ class SqlStore(StatsMixin, ApiMixin, Store):
             return None
         state = dict(rows[0])
         state["rate_window"] = loads(state["rate_window"]) or []
+        # When the rate limit next lets a run start (None while it does now).
+        state["rate_free_at"] = None
+        count = state["rate_limit_count"]
+        if count:
+            span = state["rate_limit_period"] * (1 + RATE_GUARD)
+            live = sorted(t for t in state["rate_window"] if t > self.now() - span)
+            if len(live) >= count:
+                state["rate_free_at"] = live[len(live) - count] + span
         return state
 
     # -- workers --------------------------------------------------------------------------
@@ -718,45 +743,91 @@ class SqlStore(StatsMixin, ApiMixin, Store):
             cap = min(cap, q["global_limit"] - q["executing"])
         window: list[float] = []
         if q["rate_limit_count"]:
-            window = [t for t in loads(q["rate_window"]) if t > now - q["rate_limit_period"]]
+            span = q["rate_limit_period"] * (1 + RATE_GUARD)
+            window = [t for t in loads(q["rate_window"]) if t > now - span]
             cap = min(cap, q["rate_limit_count"] - len(window))
         if cap <= 0:
             return []
         key_limit = q["concurrency_limit"]
         slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
         tasks = self._list(list(task_ids))
+
+        def ready(ckey: str, n: int) -> list[str]:
+            rows = tx.q(
+                "ready_in_slot",
+                env=q["env"],
+                queue=q["name"],
+                ckey=ckey,
+                now=now,
+                task_ids=tasks,
+                n=n,
+            )
+            return [r["id"] for r in rows]
+
         taken: list[str] = []
+        counts: dict[str, int] = {}  # key -> runs taken in this claim
+        served: dict[str, int] = {}  # key -> when it last got runs in this claim
+        seq = itertools.count()
+        rooms: dict[str, int] = {}  # key -> its room, while it may have more ready
         idle: list[str] = []
         visited = 0
         share = max(1, cap // max(1, len(slots)))
+        # First pass: a fair share for every key with room, least recently served first.
         for s in slots:
             if len(taken) >= cap or visited >= 4 * cap + 16:
                 break
             visited += 1
-            n = min(share, cap - len(taken))
-            if key_limit is not None:
-                n = min(n, key_limit - s["executing"])
+            room = key_limit - s["executing"] if key_limit is not None else cap
+            n = min(share, cap - len(taken), room)
             if n <= 0:
                 continue
-            ids = [
-                r["id"]
-                for r in tx.q(
-                    "ready_in_slot",
-                    env=q["env"],
-                    queue=q["name"],
-                    ckey=s["ckey"],
-                    now=now,
-                    task_ids=tasks,
-                    n=n,
-                )
-            ]
+            ids = ready(s["ckey"], n)
             if not ids:
                 idle.append(s["ckey"])
                 continue
             taken.extend(ids)
-            tx.x("take_slots", env=q["env"], queue=q["name"], ckey=s["ckey"], n=len(ids), now=now)
+            counts[s["ckey"]] = len(ids)
+            served[s["ckey"]] = next(seq)
+            if len(ids) == n and room > n:
+                rooms[s["ckey"]] = room
+        # Then what idle keys left goes round robin to keys with more ready; without this
+        # a key alone among idle ones would get one run per claim. Runs taken above are
+        # still QUEUED in this transaction, so each read skips past them.
+        mine = set(taken)
+        hungry = list(rooms)
+        while hungry and len(taken) < cap:
+            per = max(1, (cap - len(taken)) // len(hungry))
+            still = []
+            for ckey in hungry:
+                have = counts[ckey]
+                want = min(rooms[ckey], have + per, have + cap - len(taken))
+                if want <= have:
+                    break
+                more = [i for i in ready(ckey, want) if i not in mine][: want - have]
+                if more:
+                    taken.extend(more)
+                    mine.update(more)
+                    counts[ckey] += len(more)
+                    served[ckey] = next(seq)
+                if counts[ckey] == want and want < rooms[ckey]:
+                    still.append(ckey)
+            hungry = still
+        # Every key visited goes behind every key not visited: idle ones first, then the
+        # served ones in the order they were last served. The stamps rise strictly even
+        # when clocks tie (a fake clock) or lag (a worker whose clock is behind), so the
+        # round robin never settles on one key.
+        stamp = max([now, *(s["last_claim_at"] for s in slots)])
+        order = [*idle, *sorted(counts, key=lambda k: served[k])]
+        stamps = {ckey: stamp + (i + 1) * 1e-6 for i, ckey in enumerate(order)}
+        for ckey, n in counts.items():
+            tx.x(
+                "take_slots", env=q["env"], queue=q["name"], ckey=ckey, n=n, stamp=stamps[ckey]
+            )
         if idle:
-            tx.x("touch_slots", env=q["env"], queue=q["name"], ckeys=self._list(idle), now=now)
+            tx.many(
+                "touch_slot",
+                [{"env": q["env"], "queue": q["name"], "ckey": k, "stamp": stamps[k]} for k in idle],
+            )
         if taken:
             if q["rate_limit_count"]:
                 window.extend([now] * len(taken))

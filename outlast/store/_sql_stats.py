@@ -9,8 +9,6 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from .._ids import _encode
-
 # Every environment the database has seen. Queues are ensured on every trigger and
 # tasks, workers and keys carry their env, so these small tables cover every env that
 # has runs without a scan of ``runs``.
@@ -22,14 +20,14 @@ UNION SELECT env FROM api_keys
 """
 
 # Nearest-rank percentiles (the lower one) of started_at -> finished_at per task, over
-# runs created since :min_id. Run ids are time-sortable, so the id bound rides the
-# (env, id) index instead of scanning created_at. Integer division picks the rank
-# identically on SQLite and PostgreSQL (CAST rounds on one and truncates on the other).
+# runs created since :since. By created_at, not by the time in run ids: ids carry the
+# host's clock, timestamps the store's. Integer division picks the rank identically on
+# SQLite and PostgreSQL (CAST rounds on one and truncates on the other).
 DURATION_PERCENTILES = """
 WITH d AS (
     SELECT task_id, finished_at - started_at AS dur
     FROM runs
-    WHERE env = :env AND id >= :min_id
+    WHERE env = :env AND created_at >= :since
       AND finished_at IS NOT NULL AND started_at IS NOT NULL
 ), ranked AS (
     SELECT task_id, dur,
@@ -56,12 +54,6 @@ LIMIT :limit
 """
 
 
-def run_id_floor(ts: float) -> str:
-    """The smallest run id that can have been created at or after ``ts``."""
-    ms = max(0, int(ts * 1000)) & ((1 << 48) - 1)
-    return f"run_{_encode(ms << 80, 26)}"
-
-
 class StatsMixin(abc.ABC):
     """Mixed into SqlStore; relies on its ``_transaction`` and ``_raw``."""
 
@@ -78,9 +70,7 @@ class StatsMixin(abc.ABC):
         """Per task: ``count``, ``p50`` and ``p95`` seconds of runs created since
         ``since`` that started and finished."""
         with self._transaction() as tx:
-            rows = self._raw(
-                tx, DURATION_PERCENTILES, {"env": env, "min_id": run_id_floor(since)}
-            )
+            rows = self._raw(tx, DURATION_PERCENTILES, {"env": env, "since": since})
         return {
             str(r["task_id"]): {
                 "count": float(r["n"]),

@@ -439,6 +439,95 @@ class Store(abc.ABC):
         """Backend hook: the ids among ``alive`` whose life lock is free (they died)."""
         return []
 
+    # -- cron schedules (outlast/_schedules.py computes the slots; the store keeps them) --
+    @abc.abstractmethod
+    def insert_schedule(self, schedule: Schedule) -> bool:
+        """Insert; False (and nothing written) if its deduplication key is taken."""
+
+    @abc.abstractmethod
+    def save_schedule(self, schedule: Schedule) -> Schedule | None:
+        """Write a schedule's definition, state and next slot by id; None if it is gone."""
+
+    @abc.abstractmethod
+    def get_schedule(
+        self, env: str, schedule_id: str | None = None, *, deduplication_key: str | None = None
+    ) -> Schedule | None: ...
+
+    @abc.abstractmethod
+    def list_schedules(
+        self,
+        env: str,
+        *,
+        task_id: str | None = None,
+        external_id: str | None = None,
+        type: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Schedule], int]:
+        """A page of schedules, oldest first, and how many match in all."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, env: str, schedule_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def sync_declarative_schedules(
+        self, env: str, served: Sequence[str], declared: Sequence[Schedule]
+    ) -> None:
+        """Create or update the schedules ``@task(cron=...)`` declares, and deactivate the
+        declarative schedules of ``served`` task ids that declare none any more."""
+
+    @abc.abstractmethod
+    def due_schedules(self, now: float, limit: int) -> list[Schedule]:
+        """Active schedules whose next slot is at or before ``now``, earliest first."""
+
+    @abc.abstractmethod
+    def fire_schedules(self, fires: Sequence[ScheduleFire]) -> list[str | None]:
+        """Fire slots in one transaction: each advances its schedule from the next slot it
+        was read with (compare and set), claims (schedule, slot) by primary key, and
+        inserts its run; returns the run id, or None where another scheduler won (C6)."""
+
+    @abc.abstractmethod
+    def schedule_slots(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest fired slots: slot, run_id, fired_at; newest first."""
+
+    @abc.abstractmethod
+    def prune_schedule_slots(self, older_than: float = 7 * 24 * 3600.0) -> int:
+        """Forget fired slots older than this many seconds (their schedules moved on)."""
+
 
 class LifeLock(Protocol):
     def release(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule of a task. ``type`` is DECLARATIVE (from ``@task(cron=...)``, kept
+    in step with the code by worker starts) or IMPERATIVE (created at runtime)."""
+
+    id: str
+    env: str
+    task_id: str
+    type: str
+    cron: str
+    timezone: str
+    external_id: str | None = None
+    deduplication_key: str | None = None
+    active: bool = True
+    next_run_at: float | None = None  # the next slot, epoch seconds; None when inactive
+    last_run_at: float | None = None  # the last slot fired
+    last_run_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleFire:
+    """One slot to fire: ``expected_next`` is the schedule's next slot as read (the compare
+    and set guard), ``next_run_at`` the one after ``slot``."""
+
+    schedule_id: str
+    expected_next: float
+    slot: int
+    next_run_at: float | None
+    run: NewRun

@@ -6,6 +6,8 @@ import datetime as _dt
 import json
 from typing import Any
 
+NONE = "\u2013"  # an en dash: "no value"
+
 # Large payloads are shown cut: the page must stay light whatever a run carries.
 MAX_JSON_CHARS = 100_000
 
@@ -13,7 +15,7 @@ MAX_JSON_CHARS = 100_000
 def duration(seconds: float | None) -> str:
     """``123 ms``, ``4.2 s``, ``3m 05s``, ``2h 07m``, ``3d 4h``."""
     if seconds is None:
-        return "–"
+        return NONE
     s = max(0.0, float(seconds))
     if s < 1:
         return f"{s * 1000:.0f} ms"
@@ -35,7 +37,7 @@ def iso(ts: float | None) -> str:
 def when(ts: float | None) -> str:
     """A readable UTC time; the page's script turns it into local time."""
     if ts is None:
-        return "–"
+        return NONE
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

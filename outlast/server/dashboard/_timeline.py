@@ -105,6 +105,7 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
                         "outcome": "scheduled", "error": None})
             break
         start = min(candidates) if candidates else prev_end
+        err: dict[str, Any] | None
         if fail is not None:
             end: float | None = fail.ts
             outcome = "failed"
@@ -112,7 +113,8 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
         elif is_current:
             end = run.finished_at
             outcome = str(run.status).lower()
-            err = run.error if run.status not in (RunStatus.COMPLETED,) else None
+            # run.error of a live run is an earlier attempt's (kept across retries).
+            err = run.error if run.is_final and run.status != RunStatus.COMPLETED else None
             if run.status == RunStatus.QUEUED:
                 outcome = "handed back"
         else:

@@ -161,24 +161,27 @@ SELECT * FROM queues WHERE env = :env AND name = ANY(:names) ORDER BY name FOR U
 
 -- Keys with room, least recently served first: round robin between tenants.
 -- name: open_slots
-SELECT ckey, executing FROM queue_slots
+SELECT ckey, executing, last_claim_at FROM queue_slots
 WHERE env = :env AND queue = :queue
   AND (CAST(:key_limit AS INTEGER) IS NULL OR executing < :key_limit)
 ORDER BY last_claim_at, ckey
 LIMIT 1000;
 
+-- Claim order is ready_at (available_at - priority: the head start); a run is never
+-- claimed before its own available_at (a retry's backoff, however high its priority).
 -- name: ready_in_slot
 SELECT id FROM runs
 WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
-  AND ready_at <= :now AND task_id IN (SELECT value FROM json_each(:task_ids))
-ORDER BY ready_at
+  AND ready_at <= :now AND available_at <= :now
+  AND task_id IN (SELECT value FROM json_each(:task_ids))
+ORDER BY ready_at, id
 LIMIT :n;
 
 -- name: ready_in_slot [postgres]
 SELECT id FROM runs
 WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
-  AND ready_at <= :now AND task_id = ANY(:task_ids)
-ORDER BY ready_at
+  AND ready_at <= :now AND available_at <= :now AND task_id = ANY(:task_ids)
+ORDER BY ready_at, id
 LIMIT :n
 FOR UPDATE SKIP LOCKED;
 
@@ -197,7 +200,7 @@ WHERE id = ANY(:ids) AND status = 'QUEUED'
 RETURNING *;
 
 -- name: take_slots
-UPDATE queue_slots SET executing = executing + :n, last_claim_at = :now
+UPDATE queue_slots SET executing = executing + :n, last_claim_at = :stamp
 WHERE env = :env AND queue = :queue AND ckey = :ckey;
 
 -- name: take_queue
@@ -286,13 +289,9 @@ SELECT env, queue, concurrency_key, holds_slot, parent_waitpoint_id, attempt, ma
 FROM runs WHERE id = :run_id;
 
 -- Keys visited without a ready run move to the back of the round robin.
--- name: touch_slots
-UPDATE queue_slots SET last_claim_at = :now
-WHERE env = :env AND queue = :queue AND ckey IN (SELECT value FROM json_each(:ckeys));
-
--- name: touch_slots [postgres]
-UPDATE queue_slots SET last_claim_at = :now
-WHERE env = :env AND queue = :queue AND ckey = ANY(:ckeys);
+-- name: touch_slot
+UPDATE queue_slots SET last_claim_at = :stamp
+WHERE env = :env AND queue = :queue AND ckey = :ckey;
 
 -- Runs that ended outside a worker (cancelled while idle, expired, worker lost): a worker
 -- serving the task takes them to run their end hooks, once.
@@ -517,3 +516,99 @@ SELECT content_type, data FROM packets WHERE env = :env AND path = :path;
 
 -- name: forget_old_packets
 DELETE FROM packets WHERE created_at < :before;
+
+-- Schedules ---------------------------------------------------------------------------------
+-- Slots are computed in Python (outlast/cron.py); these statements keep them. A fire is a
+-- compare and set on next_run_at plus a (schedule_id, slot) primary key, both in the
+-- transaction that inserts the run, so a slot fires once however many schedulers run (C6).
+
+-- name: insert_schedule
+INSERT INTO schedules (
+    id, env, task_id, type, cron, timezone, external_id, deduplication_key, active, in_code,
+    next_run_at, created_at, updated_at
+) VALUES (
+    :id, :env, :task_id, :type, :cron, :timezone, :external_id, :deduplication_key, :active,
+    :in_code, :next_run_at, :now, :now
+)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: save_schedule
+UPDATE schedules SET task_id = :task_id, cron = :cron, timezone = :timezone,
+    external_id = :external_id, active = :active, next_run_at = :next_run_at,
+    updated_at = :now
+WHERE env = :env AND id = :id
+RETURNING *;
+
+-- The code declares this schedule again: a schedule it had dropped comes back active; one
+-- paused by hand stays paused.
+-- name: declare_schedule
+UPDATE schedules SET cron = :cron, timezone = :timezone, active = :active, in_code = 1,
+    next_run_at = :next_run_at, updated_at = :now
+WHERE env = :env AND id = :id;
+
+-- name: undeclare_schedule
+UPDATE schedules SET active = 0, in_code = 0, next_run_at = NULL, updated_at = :now
+WHERE env = :env AND task_id = :task_id AND type = 'DECLARATIVE' AND in_code = 1;
+
+-- name: declarative_schedules
+SELECT * FROM schedules WHERE env = :env AND type = 'DECLARATIVE';
+
+-- name: get_schedule
+SELECT * FROM schedules WHERE env = :env AND id = :id;
+
+-- name: get_schedule_by_key
+SELECT * FROM schedules WHERE env = :env AND deduplication_key = :deduplication_key;
+
+-- name: list_schedules
+SELECT * FROM schedules
+WHERE env = :env
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:external_id AS TEXT) IS NULL OR external_id = :external_id)
+  AND (CAST(:type AS TEXT) IS NULL OR type = :type)
+  AND (CAST(:active AS INTEGER) IS NULL OR active = :active)
+ORDER BY created_at, id
+LIMIT :limit OFFSET :offset;
+
+-- name: count_schedules
+SELECT COUNT(*) AS n FROM schedules
+WHERE env = :env
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+  AND (CAST(:external_id AS TEXT) IS NULL OR external_id = :external_id)
+  AND (CAST(:type AS TEXT) IS NULL OR type = :type)
+  AND (CAST(:active AS INTEGER) IS NULL OR active = :active);
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE env = :env AND id = :id RETURNING id;
+
+-- name: delete_schedule_slots
+DELETE FROM schedule_slots WHERE schedule_id = :id;
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE active = 1 AND next_run_at IS NOT NULL AND next_run_at <= :now
+ORDER BY next_run_at
+LIMIT :limit;
+
+-- Compare and set: only the scheduler that read this next slot moves the schedule on.
+-- name: advance_schedule
+UPDATE schedules SET next_run_at = :next_run_at
+WHERE id = :id AND active = 1 AND next_run_at = :expected
+RETURNING id;
+
+-- The slot's key; a second insert of the same slot does nothing (C6).
+-- name: insert_schedule_slot
+INSERT INTO schedule_slots (schedule_id, slot, run_id, fired_at)
+VALUES (:schedule_id, :slot, :run_id, :now)
+ON CONFLICT DO NOTHING
+RETURNING slot;
+
+-- name: schedule_fired
+UPDATE schedules SET last_run_at = :slot, last_run_id = :run_id WHERE id = :id;
+
+-- name: schedule_slots
+SELECT slot, run_id, fired_at FROM schedule_slots WHERE schedule_id = :id
+ORDER BY slot DESC LIMIT :limit;
+
+-- name: prune_schedule_slots
+DELETE FROM schedule_slots WHERE fired_at < :before;

@@ -215,3 +215,41 @@ CREATE TABLE packets (
     created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (env, path)
 );
+
+-- Cron schedules. A DECLARATIVE one comes from @task(cron=...) and is created, updated or
+-- deactivated when a worker starts with that code (one per task: the partial unique
+-- index); an IMPERATIVE one is made at runtime, upserted by its deduplication key.
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY,                   -- sched_<time-sortable>
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    type TEXT NOT NULL,                    -- DECLARATIVE | IMPERATIVE
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,                -- IANA name; slots are wall times there
+    external_id TEXT,                      -- e.g. the tenant's id; passed to each run
+    deduplication_key TEXT,
+    active INTEGER NOT NULL DEFAULT 1,
+    in_code INTEGER NOT NULL DEFAULT 0,    -- declarative: the last worker start declared it
+    next_run_at DOUBLE PRECISION,          -- the next slot; compared and set by each fire
+    last_run_at DOUBLE PRECISION,          -- the last slot fired
+    last_run_id TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX schedules_dedup ON schedules (env, deduplication_key)
+    WHERE deduplication_key IS NOT NULL;
+CREATE UNIQUE INDEX schedules_declarative ON schedules (env, task_id)
+    WHERE type = 'DECLARATIVE';
+CREATE INDEX schedules_due ON schedules (next_run_at) WHERE active = 1;
+CREATE INDEX schedules_env ON schedules (env, id);
+
+-- One row per fired slot. Its primary key is what makes a slot fire once however many
+-- schedulers run (C6): it is inserted in the same transaction as the slot's run.
+CREATE TABLE schedule_slots (
+    schedule_id TEXT NOT NULL,
+    slot BIGINT NOT NULL,                  -- the slot's instant, epoch seconds
+    run_id TEXT NOT NULL,
+    fired_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (schedule_id, slot)
+);
+CREATE INDEX schedule_slots_fired ON schedule_slots (fired_at);

@@ -1,0 +1,295 @@
+"""The dashboard's actions (POST): cancel, replay, bulk actions over the filtered runs,
+queue changes, completing tokens, test triggers, login and the environment switch.
+
+Each runs after the web layer checked the CSRF token and that the form was rendered for
+the selected environment; every store call is scoped to that environment. Each ends in
+a redirect with a flash message (post/redirect/get), or re-renders its form with the
+errors next to the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import urllib.parse
+from typing import Any
+
+from starlette.responses import Response
+
+from ... import _serde
+from ..._errors import OutlastError, QueueNotFound, UnknownTask, ValidationError
+from ...client import prepare_run
+from ...runs import FINAL_STATUSES, Run
+from ...tasks import TriggerOptions
+from . import views
+from ._filters import STATUSES, RunFilter
+from ._web import Ctx
+
+MAX_BULK = 1000
+_CANCELLABLE = [s for s in STATUSES if s not in {str(f) for f in FINAL_STATUSES}]
+_ENV_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
+PRESETS = {"approve": {"approved": True}, "reject": {"approved": False}}
+
+
+def _json(text: str, name: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"{name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            field=name,
+        ) from None
+
+
+def _replay_options(run: Run) -> TriggerOptions:
+    return TriggerOptions(
+        tags=run.tags, priority=run.priority, max_attempts=run.max_attempts,
+        concurrency_key=run.concurrency_key, queue=run.queue,
+    )
+
+
+# -- one run --------------------------------------------------------------------------------
+
+
+def cancel(ctx: Ctx) -> Response:
+    run_id = ctx.path_param("run_id")
+    run, ended = ctx.store.cancel(ctx.env, run_id)
+    if run_id in ended:
+        message = ("ok", f"Run {run_id} canceled.")
+    elif run.is_final:
+        message = ("info", f"Run {run_id} had already ended {run.status}.")
+    else:
+        message = ("ok", f"Cancel requested: run {run_id} is executing and stops at its next "
+                         "checkpoint.")
+    return ctx.redirect(f"/runs/{run_id}", message)
+
+
+def replay(ctx: Ctx) -> Response:
+    run_id = ctx.path_param("run_id")
+    original = ctx.store.get_run(ctx.env, run_id)
+    if original is None:
+        return ctx.render("error.html", status=404, title="Run not found",
+                          message=f"No run {run_id!r} in environment {ctx.env!r}.")
+    text = ctx.field("payload")
+    try:
+        payload = _json(text, "payload") if "payload" in ctx.form else original.payload
+        new = prepare_run(ctx.store, ctx.env, original.task_id, payload,
+                          _replay_options(original))
+    except (ValidationError, UnknownTask) as exc:
+        return views.run_page(ctx, replay_text=text, replay_error=exc.message, status=422)
+    new.replayed_from = original.id
+    result = ctx.store.trigger([new])[0]
+    return ctx.redirect(f"/runs/{result.id}", ("ok", f"Replayed {run_id} as {result.id}."))
+
+
+# -- bulk over the filtered set -------------------------------------------------------------
+
+
+def _matching(ctx: Ctx, f: RunFilter, action: str) -> tuple[list[Run], bool]:
+    kwargs = f.store_kwargs(ctx.store.now())
+    if action == "cancel":
+        wanted = kwargs["status"] or _CANCELLABLE
+        kwargs["status"] = [s for s in wanted if s in _CANCELLABLE]
+        if not kwargs["status"]:
+            return [], False
+    runs = ctx.store.list_runs(ctx.env, **kwargs, limit=MAX_BULK)
+    more = len(runs) == MAX_BULK and bool(
+        ctx.store.list_runs(ctx.env, **kwargs, limit=1, before=runs[-1].id)
+    )
+    return runs, more
+
+
+def bulk(ctx: Ctx) -> Response:
+    action = ctx.field("action")
+    if action not in ("cancel", "replay"):
+        raise ValidationError("action is cancel or replay", field="action")
+    f = RunFilter.read(ctx.field, ctx.fields)
+    back = "/runs?" + f.query(cursor=False)
+    if ctx.field("confirm") != "1":
+        matching, more = _matching(ctx, f, action)
+        return ctx.render("bulk_confirm.html", active="runs", action=action, filter=f,
+                          runs=matching, more=more, ids=" ".join(r.id for r in matching),
+                          back=back, limit=MAX_BULK)
+    ids = list(dict.fromkeys(ctx.field("ids").split()))[:MAX_BULK]
+    if action == "cancel":
+        done = requested = 0
+        failed: list[str] = []
+        for run_id in ids:
+            try:
+                run, ended = ctx.store.cancel(ctx.env, run_id)
+            except OutlastError as exc:
+                failed.append(f"{run_id}: {exc.message}")
+                continue
+            if run_id in ended:
+                done += 1
+            elif not run.is_final:
+                requested += 1
+        text = f"Canceled {done} runs" + (
+            f"; cancel requested for {requested} executing" if requested else "")
+        if failed:
+            text += f"; {len(failed)} failed ({failed[0]})"
+        return ctx.redirect(back, ("ok" if not failed else "warn", text + "."))
+    runs: list[Run] = []
+    for i in range(0, len(ids), 500):
+        runs.extend(ctx.store.get_runs(ctx.env, ids[i : i + 500]))
+    new_runs = []
+    skipped: list[str] = []
+    for run in runs:
+        try:
+            new = prepare_run(ctx.store, ctx.env, run.task_id, run.payload, _replay_options(run))
+        except OutlastError as exc:
+            skipped.append(f"{run.id}: {exc.message}")
+            continue
+        new.replayed_from = run.id
+        new_runs.append(new)
+    if new_runs:
+        ctx.store.trigger(new_runs)
+    text = f"Replayed {len(new_runs)} runs"
+    if skipped:
+        text += f"; skipped {len(skipped)} ({skipped[0]})"
+    return ctx.redirect(back, ("ok" if not skipped else "warn", text + "."))
+
+
+# -- queues ---------------------------------------------------------------------------------
+
+
+def _queue_name(ctx: Ctx) -> str:
+    name = ctx.field("name")
+    if not any(q["name"] == name for q in ctx.store.list_queues(ctx.env)):
+        raise QueueNotFound(f"no queue {name!r} in environment {ctx.env!r}", field="name")
+    return name
+
+
+def queue_pause(ctx: Ctx) -> Response:
+    name = _queue_name(ctx)
+    pause = ctx.field("action") == "pause"
+    ctx.store.update_queue(ctx.env, name, paused=pause)
+    return ctx.redirect("/queues", ("ok", f"Queue {name} {'paused' if pause else 'resumed'}."))
+
+
+def queue_limit(ctx: Ctx) -> Response:
+    name = _queue_name(ctx)
+    raw = ctx.field("limit").strip().lower()
+    limit: int | None
+    if raw in ("", "none", "off"):
+        limit = None
+    else:
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise ValidationError("the limit is a whole number, or empty for none",
+                                  field="limit") from None
+        if limit < 0:
+            raise ValidationError("the limit is >= 0", field="limit")
+    ctx.store.update_queue(ctx.env, name, concurrency_limit=limit)
+    shown = "no limit" if limit is None else f"a limit of {limit}"
+    return ctx.redirect("/queues", ("ok", f"Queue {name} now has {shown}."))
+
+
+# -- waitpoint tokens -----------------------------------------------------------------------
+
+
+def complete_token(ctx: Ctx) -> Response:
+    token_id = ctx.field("id")
+    preset = ctx.field("preset")
+    back = views.safe_next(ctx.field("next") or "/waitpoints")
+    data = PRESETS[preset] if preset in PRESETS else _json(ctx.field("data"), "data")
+    before = ctx.store.get_waitpoint(ctx.env, token_id)
+    wp, done = ctx.store.complete_waitpoint(ctx.env, token_id, _serde.to_json(data))
+    if done:
+        n = len(before.waiting_runs) if before is not None else 0
+        text = f"Token {token_id} completed" + (
+            f"; {n} waiting run{'s' if n != 1 else ''} resume." if n else ".")
+        return ctx.redirect(back, ("ok", text))
+    return ctx.redirect(back, ("info", f"Token {token_id} was already {wp.status}: the first "
+                                       "completion wins."))
+
+
+# -- test -----------------------------------------------------------------------------------
+
+
+def _schema_errors(ctx: Ctx, task_id: str, payload: Any) -> list[str]:
+    """Every schema error of the payload (the trigger path reports only the first)."""
+    td = ctx.store.get_task(ctx.env, task_id)
+    if td is None or not td.payload_schema:
+        return []
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(td.payload_schema)
+    out = []
+    for e in sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in e.absolute_path)
+        out.append(f"{where}: {e.message}" if where else e.message)
+    return out[:20]
+
+
+def test_trigger(ctx: Ctx) -> Response:
+    task_id = ctx.field("task")
+    text = ctx.field("payload")
+    values = {k: ctx.field(k) for k in ("tags", "idempotency_key", "delay")}
+    errors: dict[str, list[str]] = {}
+    try:
+        payload = _json(text, "payload")
+        delay = float(values["delay"]) if values["delay"].strip() else None
+        tags = [t.strip() for t in values["tags"].split(",") if t.strip()]
+        options = TriggerOptions(idempotency_key=values["idempotency_key"].strip() or None,
+                                 tags=tags, delay=delay)
+        new = prepare_run(ctx.store, ctx.env, task_id, payload, options)
+    except UnknownTask as exc:
+        errors["task"] = [exc.message]
+    except ValidationError as exc:
+        name = (exc.field or "form").split(".")[0].split("[")[0]
+        name = name if name in ("payload", "tags", "idempotency_key", "delay") else "form"
+        listed = exc.details.get("errors")
+        if name == "payload" and isinstance(listed, list) and listed:
+            # Checked with the task's own type: pydantic listed every error.
+            errors[name] = [f"{e.get('field')}: {e.get('message')}" for e in listed]
+        elif name == "payload":
+            # Checked against the published schema, which reports the first error only.
+            errors[name] = _schema_errors(ctx, task_id, payload) or [exc.message]
+        else:
+            errors[name] = [exc.message]
+    except ValueError:
+        errors["delay"] = ["delay is a number of seconds"]
+    if errors:
+        return views.test_page(ctx, task_id=task_id, payload_text=text, errors=errors,
+                               values=values, status=422)
+    result = ctx.store.trigger([new])[0]
+    note = " (an existing run holds this idempotency key)" if result.is_cached else ""
+    return ctx.redirect(f"/runs/{result.id}", ("ok", f"Triggered {task_id}: {result.id}{note}."))
+
+
+# -- session --------------------------------------------------------------------------------
+
+
+def login(ctx: Ctx) -> Response:
+    if not ctx.app.require_login:
+        return ctx.redirect("/runs")
+    if not ctx.app.signer.check_password(ctx.field("password")):
+        time.sleep(0.5)  # slows guessing; the check itself is constant-time
+        return views.login_page(ctx, error="Wrong password.", status=401)
+    ctx.session.auth = True
+    ctx.session.csrf = secrets.token_urlsafe(32)  # a new token for the signed-in session
+    ctx.session.dirty = True
+    return ctx.redirect(views.safe_next(ctx.field("next") or "/runs"))
+
+
+def logout(ctx: Ctx) -> Response:
+    ctx.session.auth = False
+    ctx.session.csrf = secrets.token_urlsafe(32)
+    ctx.session.dirty = True
+    return ctx.redirect("/login" if ctx.app.require_login else "/runs")
+
+
+def select_env(ctx: Ctx) -> Response:
+    name = ctx.field("name").strip()
+    if not _ENV_NAME.fullmatch(name):
+        raise ValidationError(f"not an environment name: {name!r}", field="name")
+    ctx.session.env = name
+    ctx.session.dirty = True
+    section = urllib.parse.urlsplit(views.safe_next(ctx.field("next") or "/runs")).path
+    # Objects of one environment do not exist in another: go to the section's list.
+    return ctx.redirect("/" + (section.strip("/").split("/")[0] or "runs"),
+                        ("info", f"Environment {name}."))
