@@ -177,7 +177,7 @@ def ratios(results: list[c.Results], metrics: dict[tuple[str, str, str], c.Metri
                 title = WORKLOADS.get(pm.workload, ("", pm.workload))
                 out.append(
                     f"| {title[0]}: {title[1]} | {peer.system} / {pm.backend} | {b} "
-                    f"({mine}) | {fmt(om.median)} | {fmt(pm.median)} | {ratio:.2f}{TIMES} | "
+                    f"({mine}) | {fmt(om.median)} | {fmt(pm.median)} | {ratio:.3g}{TIMES} | "
                     f"{'✔' if ahead else ''} |")
     out.append("")
     return out

@@ -24,14 +24,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import _common as c  # noqa: E402
-import httpx  # noqa: E402
+import _common as c
+import httpx
 
-from outlast._ids import new_id  # noqa: E402
-from outlast.server import create_app  # noqa: E402
-from outlast.server.dashboard import mount  # noqa: E402
-from outlast.store import open_store  # noqa: E402
-from outlast.store.base import NewRun, Store  # noqa: E402
+from outlast._ids import new_id
+from outlast.server import create_app
+from outlast.server.dashboard import mount
+from outlast.store import open_store
+from outlast.store.base import NewRun, Store
 
 TASKS = [f"bench-{x}" for x in "abcde"]
 
@@ -44,7 +44,7 @@ def seed(store: Store, n: int) -> list[str]:
         task = TASKS[i % len(TASKS)]
         batch.append(NewRun(
             id=new_id("run"), env="dev", task_id=task, queue=f"task/{task}",
-            payload='{"i": %d}' % i, max_attempts=3,
+            payload=f'{{"i": {i}}}', max_attempts=3,
             tags=["vip"] if i % 10 == 0 else [],
             idempotency_key=f"key-{i}" if i % 100 == 0 else None,
         ))

@@ -3,15 +3,14 @@
 Each example lives in its own module and shows one of the five conditions that earn a
 job platform (see the README):
 
-========================  =====================================  ==========================
-module                    task ids                               condition
-========================  =====================================  ==========================
-``examples.invoices``     ``export-invoices``                    1. past the time wall
-``examples.signup``       ``signup``                             2. multi-step state
-``examples.digest``       ``send-digest``, ``send-digest-email``  3. retries, 4. fan-out
-``examples.video``        ``render-video``                       5. pause for a callback
-``examples.refund``       ``refund``                             5. pause for a human
-========================  =====================================  ==========================
+- ``examples.invoices``: ``export-invoices``, 1. past the function time wall
+- ``examples.signup``: ``signup``, 2. several steps with state in between
+- ``examples.digest``: ``send-digest`` and ``send-digest-email``, 3. retries with backoff
+  and 4. fan-out under a queue's limits
+- ``examples.video``: ``render-video``, 5. a durable pause for a partner's callback
+- ``examples.refund``: ``refund``, 5. a durable pause for a human's approval
+- ``examples.weekly_digest_schedule``: ``cron-weekly-digest`` and ``cron-tenant-digest``,
+  the digest on a cron schedule, once for everyone and once per tenant
 
 The outside services they call are fakes (``examples.fake_services``) that keep their
 state in ``.outlast/fake-services.db``.
@@ -28,10 +27,12 @@ from .invoices import export_invoices
 from .refund import refund
 from .signup import signup
 from .video import render_video
+from .weekly_digest_schedule import tenant_digest, weekly_digest
 
 ALL: dict[str, Task[Any, Any]] = {
     t.id: t
-    for t in (export_invoices, signup, send_digest, send_digest_email, render_video, refund)
+    for t in (export_invoices, signup, send_digest, send_digest_email, render_video, refund,
+              weekly_digest, tenant_digest)
 }
 
 __all__ = [
@@ -42,4 +43,6 @@ __all__ = [
     "send_digest",
     "send_digest_email",
     "signup",
+    "tenant_digest",
+    "weekly_digest",
 ]

@@ -231,7 +231,8 @@ class HttpTransport:
     def replay(self, run_id: str, payload: Any, has_payload: bool) -> tuple[str, str]:
         """Start a replay; returns the new run's id and task id."""
         body = {"payload": _json(payload)} if has_payload else {}
-        out = self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/replay", json=body)
+        out = self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/replay", json=body,
+                           idempotent=True)
         return str(out["id"]), str(out["taskIdentifier"])
 
     def create_token(self, timeout: float | None, idempotency_key: str | None,

@@ -111,7 +111,7 @@ def create(
     external_id = _text(external_id, "external_id")
     deduplication_key = _text(deduplication_key, "deduplication_key")
     _check_task(store, env, task_id)
-    while True:
+    for _ in range(5):
         if deduplication_key is not None:
             found = store.get_schedule(env, deduplication_key=deduplication_key)
             if found is not None:
@@ -134,6 +134,7 @@ def create(
         if store.insert_schedule(new):
             return get(store, env, new.id), True
         # A concurrent create took the key first: update that one instead.
+    raise InvalidState(f"could not create the schedule {deduplication_key!r}; try again")
 
 
 def update(
@@ -162,6 +163,8 @@ def update(
     )
     if task_id != s.task_id:
         _check_task(store, env, task_id)
+    # An unchanged expression keeps its next slot. Should a fire move it on meanwhile,
+    # this write puts it back, and the slot key refuses to fire that slot again (C6).
     same_slots = expression == s.cron and zone == s.timezone
     changed = dataclasses.replace(
         s,
@@ -236,14 +239,21 @@ def sync_declarative(store: Store, env: str, tasks: Mapping[str, Task[Any, Any]]
 # -- firing -----------------------------------------------------------------------------------
 
 
-def fire_due(store: Store, *, limit: int = 500, rounds: int = 10) -> int:
+def fire_due(
+    store: Store,
+    *,
+    limit: int = 500,
+    rounds: int = 10,
+    defs: dict[tuple[str, str], TaskDef | None] | None = None,
+) -> int:
     """Fire every due slot; returns how many runs this process started. Safe to run in
-    any number of processes at once: the others' duplicates are refused by the store."""
+    any number of processes at once: the others' duplicates are refused by the store.
+    ``defs`` caches published task definitions between calls (the caller expires it)."""
     fired = 0
+    defs = {} if defs is None else defs
     for _ in range(rounds):
         now = store.now()
         due = store.due_schedules(now, limit)
-        defs: dict[tuple[str, str], TaskDef | None] = {}
         fires = [f for f in (_fire(store, s, now, defs) for s in due) if f is not None]
         fired += sum(1 for run_id in store.fire_schedules(fires) if run_id)
         if len(due) < limit:
@@ -254,14 +264,20 @@ def fire_due(store: Store, *, limit: int = 500, rounds: int = 10) -> int:
 def _fire(
     store: Store, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
 ) -> ScheduleFire | None:
-    assert s.next_run_at is not None
     try:
-        c = _cron.parse(s.cron)
-        tz = _cron.zone(s.timezone)
-    except ValidationError:  # validated when saved; a zone may vanish from tzdata
-        log.exception("schedule %s cannot be computed; skipped", s.id,
-                      extra={"schedule_id": s.id})
+        return _prepare_fire(store, s, now, defs)
+    except Exception:
+        # One broken schedule (a zone gone from tzdata, say) must not stall the others.
+        log.exception("schedule %s cannot fire; skipped", s.id, extra={"schedule_id": s.id})
         return None
+
+
+def _prepare_fire(
+    store: Store, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
+) -> ScheduleFire:
+    assert s.next_run_at is not None
+    c = _cron.parse(s.cron)
+    tz = _cron.zone(s.timezone)
     slot = _cron.latest_slot(c, tz, now, s.next_run_at)
     upcoming = _cron.upcoming(c, tz, slot, UPCOMING)
     payload = {

@@ -571,10 +571,13 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     else:  # show
         s = client.retrieve_schedule(args.schedule_id)
         if not args.json:
-            fired = client.store.schedule_slots(s.id, 10)
             print("\n".join(f"{k:9} {v}" for k, v in _schedule_lines(s)))
-            for f in fired:
-                print(f"  fired   {_when(f['slot'])} UTC -> {f['run_id']}")
+            tz = cron.zone(s.timezone)
+            after = s.next_run_at - 1 if s.active and s.next_run_at else time.time()
+            for t in cron.upcoming(cron.parse(s.cron), tz, after, 3) if s.active else []:
+                print(f"  upcoming  {_dt.datetime.fromtimestamp(t, tz):%Y-%m-%d %H:%M %Z}")
+            for f in client.store.schedule_slots(s.id, 10):
+                print(f"  fired     {_when(f['slot'])} UTC -> {f['run_id']}")
             return 0
     _out(args, _schedules.schedule_json(s), "\n".join(f"{k:9} {v}" for k, v in
                                                       _schedule_lines(s)))

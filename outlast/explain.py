@@ -59,7 +59,9 @@ def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
         )
     glimit = q["global_limit"]
     if glimit is not None and q["executing"] >= glimit:
-        out.append(f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)")
+        out.append(
+            f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)"
+        )
     if q.get("rate_free_at") is not None:
         out.append(
             f"queue {name!r} is rate limited ({q['rate_limit_count']} per "

@@ -11,7 +11,7 @@ import logging
 import time
 
 from . import _schedules
-from .store.base import Store
+from .store.base import Store, TaskDef
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ class Scheduler:
         self.store = store
         self.interval = interval
         self._last_cleanup = 0.0
+        self._task_defs: dict[tuple[str, str], TaskDef | None] = {}
+        self._defs_at = 0.0
 
     async def tick(self) -> None:
         await asyncio.to_thread(self.store.tick)
@@ -29,8 +31,14 @@ class Scheduler:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
-        # Cron slots: each fires once however many schedulers run (C6, _schedules.py).
-        await asyncio.to_thread(_schedules.fire_due, self.store)
+        await self.fire_schedules()
+
+    async def fire_schedules(self) -> int:
+        """Fire due cron slots; each fires once however many schedulers run (C6)."""
+        if time.monotonic() - self._defs_at > 10.0:  # task defaults change with deploys
+            self._defs_at = time.monotonic()
+            self._task_defs.clear()
+        return await asyncio.to_thread(_schedules.fire_due, self.store, defs=self._task_defs)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

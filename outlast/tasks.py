@@ -411,6 +411,11 @@ def _make_task(
     if not re.fullmatch(r"[A-Za-z0-9][\w.:-]{0,127}", task_id):
         raise ConfigurationError(f"invalid task id {task_id!r}", field="id")
     q = queue if isinstance(queue, Queue) else Queue(queue or f"task/{task_id}")
+    if cron is not None or timezone is not None:
+        from . import cron as _cron  # a bad cron string fails at import, naming the field
+
+        _cron.validate(cron or "* * * * *")
+        _cron.zone(timezone)
     payload_type, return_type = _payload_and_return(fn)
     t: Task[Any, Any] = Task(
         fn=fn,

@@ -540,7 +540,9 @@ class Worker:
         return EndSegment(**base, outcome="failed", error=error)
 
     # -- hooks ----------------------------------------------------------------------------
-    async def _after(self, ctx: RunContext, task: Task[Any, Any], op: EndSegment, output: Any) -> None:
+    async def _after(
+        self, ctx: RunContext, task: Task[Any, Any], op: EndSegment, output: Any
+    ) -> None:
         run = ctx.run
         error = _serde.loads(op.error) if op.error else None
         status = {
@@ -561,7 +563,9 @@ class Worker:
             # cancelled while executing and one cancelled while waiting hear the same.
             await self._hook(task, "failure", run, run.payload, status=status, error=error)
         for name in ("complete", "end"):
-            await self._hook(task, name, run, run.payload, status=status, output=output, error=error)
+            await self._hook(
+                task, name, run, run.payload, status=status, output=output, error=error
+            )
 
     async def _run_due_hooks(self) -> None:
         """End hooks of runs that ended outside any worker (cancelled while idle, expired,
@@ -575,7 +579,9 @@ class Worker:
         for run in runs:
             task = self.tasks[run.task_id]
             if run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.EXPIRED):
-                await self._hook(task, "failure", run, run.payload, status=run.status, error=run.error)
+                await self._hook(
+                    task, "failure", run, run.payload, status=run.status, error=run.error
+                )
             for name in ("complete", "end"):
                 await self._hook(task, name, run, run.payload, status=run.status, error=run.error)
 
@@ -591,7 +597,9 @@ class Worker:
         error: dict[str, Any] | None = None,
     ) -> None:
         for hook in task.hooks.get(name, ()):
-            event = HookEvent(name, run.id, run.task_id, run.attempt, payload, status, output, error)
+            event = HookEvent(
+                name, run.id, run.task_id, run.attempt, payload, status, output, error
+            )
             try:
                 result = hook(event)
                 if inspect.isawaitable(result):

@@ -97,7 +97,7 @@ async def wait_token(p: dict[str, Any]) -> Any:
 
 @task(id="orch-ch-cancel-parent")
 async def cancel_parent(p: dict[str, Any]) -> Any:
-    rs = await wait_token.batch_trigger_and_wait([{}, {}])
+    rs = await wait_token.batch_trigger_and_wait([{"i": 0}, {"i": 1}])
     return [r.output for r in rs]
 
 
@@ -222,6 +222,23 @@ async def test_cancelling_a_parent_cancels_its_waiting_children(
     await worker.shutdown()
     assert client.retrieve(handle.id).status == RunStatus.CANCELED
     assert {client.retrieve(c.id).status for c in children} == {RunStatus.CANCELED}
+
+
+async def test_a_cancelled_child_resumes_its_parent_with_a_failed_result(
+    store: Store, client: Client
+) -> None:
+    handle = await cancel_parent.trigger({})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    first, second = sorted(client.list_runs(parent_id=handle.id), key=lambda r: r.payload["i"])
+    client.cancel(first.id)
+    assert client.retrieve(handle.id).status == RunStatus.WAITING  # one child still runs
+    client.complete_token(client.retrieve(second.id).metadata["token"], "done")
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == [None, "done"]  # in input order; the cancelled one has no output
 
 
 async def test_cancelling_a_parent_cancels_its_queued_children(

@@ -149,7 +149,7 @@ async def test_security_headers_static_files_and_no_openapi_entries(dash: Dash) 
 
 
 async def test_run_detail_live_endpoint_and_children(
-    dash: Dash, client: Client, worker: Worker
+    dash: Dash, client: Client, worker: Worker, store: Store
 ) -> None:
     handle = client.trigger("dash-parent", {})
     await worker.run_until_idle()
@@ -157,6 +157,9 @@ async def test_run_detail_live_endpoint_and_children(
     assert run.status == RunStatus.COMPLETED
     children = client.list_runs(parent_id=run.id)
     assert len(children) == 2
+    oldest_first = store.child_runs("dev", run.id)  # type: ignore[attr-defined]
+    assert [c.id for c in oldest_first] == sorted(c.id for c in children)
+    assert store.child_runs("prod", run.id) == []  # type: ignore[attr-defined]
 
     live = (await dash.get(f"/dashboard-api/runs/{run.id}")).json()
     assert live["done"] is True
@@ -199,6 +202,8 @@ async def test_filters_search_and_cursor_pages(
     assert await rows("queue=dash-held") == [held.id]
     assert await rows("tag=old") == [old.id]
     assert await rows(f"search={held.id}") == [held.id]
+    assert await rows(f"search={held.id}&task=dash-child") == []  # other filters still apply
+    assert await rows("search=run_nope") == []
     assert await rows("search=idem-old") == [old.id]
     assert await rows("range=1h&tag=old") == []  # created three hours ago
     assert await rows("range=6h&tag=old") == [old.id]
@@ -394,6 +399,8 @@ async def test_queue_keys_and_known_envs(store: Store, client: Client) -> None:
     prod.trigger("dash-child", 1)
     assert store.queued_by_key("dev", "dash-held") == {"acme": 2, "globex": 1}  # type: ignore[attr-defined]
     assert {"dev", "prod"} <= set(store.known_envs())  # type: ignore[attr-defined]
+    assert "dash-held" in store.queue_names("dev")  # type: ignore[attr-defined]
+    assert "dash-held" not in store.queue_names("prod")  # type: ignore[attr-defined]
 
 
 # -- environments, CSRF, login --------------------------------------------------------------

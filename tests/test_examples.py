@@ -1,16 +1,21 @@
 """Every example keeps its promise, end to end, on SQLite and PostgreSQL.
 
 In-process tests drive a real Worker over a real store with a fake clock: retries,
-timeouts and rate windows are crossed by advancing the clock, never by sleeping. Two
-acceptance tests run ``outlast dev`` as a real process: one triggers the signup example
-from the CLI, the other kills the dev process with SIGKILL in the middle of the invoice
-export and checks the restarted one resumes it.
+timeouts and rate windows are crossed by advancing the clock, never by sleeping. Three
+acceptance tests run ``outlast dev`` as a real process (SQLite): one triggers the signup
+example from the CLI, one kills the dev process with SIGKILL in the middle of the invoice
+export and checks that the restarted one resumes it, one completes the video render's
+token by POSTing to its callback URL. The tutorial's code is run from docs/tutorial.md,
+and the reference pages are checked against the public names and the CLI's flags.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import importlib.util
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -42,9 +47,13 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+# The examples of the five conditions; the scheduled ones are tested in test_schedules.py.
+EXAMPLES = {task_id: t for task_id, t in ALL.items() if not task_id.startswith("cron-")}
+
+
 @pytest.fixture
 async def worker(store: Store) -> AsyncIterator[Worker]:
-    w = Worker(store, tasks=ALL, concurrency=50)
+    w = Worker(store, tasks=EXAMPLES, concurrency=50)
     yield w
     await w.shutdown()
 
@@ -474,3 +483,107 @@ def test_partner_callback_over_http_resumes_the_video_render(dev: Any, dev_dir: 
         store.close()
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == {"video_id": "vid_http", "url": "https://videos.example.com/vid_http"}
+
+
+# -- the docs: the tutorial runs, the reference covers every name and flag ----------------------
+
+DOCS = ROOT / "docs"
+
+
+def tutorial_module(tmp_path: Path) -> Any:
+    """docs/tutorial.md's code blocks that start with ``# tutorial.py``, as one module."""
+    text = (DOCS / "tutorial.md").read_text()
+    blocks = re.findall(r"```python\n(# tutorial\.py.*?)```", text, flags=re.S)
+    assert len(blocks) == 4, "the tutorial builds tutorial.py in four blocks"
+    path = tmp_path / "docs_tutorial.py"
+    path.write_text("\n".join(blocks))
+    spec = importlib.util.spec_from_file_location("docs_tutorial", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_tutorial_code_works(
+    store: Store, client: Client, clock: FakeClock, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tut = tutorial_module(tmp_path)
+    tasks = {t.id: t for t in (tut.receipt, tut.checkout, tut.order_reminder,
+                               tut.order_approval, tut.notify_customer, tut.close_day)}
+    worker = Worker(store, tasks=tasks, concurrency=20)
+    try:
+        run_ids = {
+            "receipt": client.trigger("receipt", {"order_id": "A-1", "amount_cents": 1250}).id,
+            "checkout": client.trigger("checkout", {"order_id": "A-2", "amount_cents": 1250}).id,
+            "abort": client.trigger("checkout", {"order_id": "A-3", "amount_cents": 0}).id,
+            "reminder": client.trigger("order-reminder", {"order_id": "A-4",
+                                                          "amount_cents": 1}).id,
+            "approval": client.trigger("order-approval", {"order_id": "A-5",
+                                                          "amount_cents": 1}).id,
+            "close": client.trigger("close-day", {"day": "2025-11-28", "orders": 3}).id,
+        }
+        approval = await drive(worker, client, clock, run_ids["approval"], until=WAITING)
+        client.complete_token(approval.metadata["token"], {"ok": True})
+        runs = {name: await drive(worker, client, clock, run_id, tick=5.0)
+                for name, run_id in run_ids.items()}
+    finally:
+        await worker.shutdown()
+
+    assert runs["receipt"].output == "Receipt for A-1: 12.50 EUR"
+    assert runs["checkout"].output == {"reservation": "rsv_A-2", "charge": "ch_A-2"}
+    assert runs["checkout"].attempt == 2
+    assert attempts_by_key(client, run_ids["checkout"]) == {"reserve-stock": 1, "charge": 2}
+    assert runs["abort"].status == RunStatus.FAILED
+    assert runs["abort"].error is not None and runs["abort"].error["code"] == "aborted"
+    assert runs["reminder"].output == "reminded the customer about A-4"
+    assert runs["approval"].output == "approved"
+    assert runs["close"].output == {"notified": 3, "summary": "3 orders on 2025-11-28",
+                                    "first_receipt": "Receipt for 2025-11-28-1: 1.00 EUR"}
+
+
+def test_the_python_reference_lists_every_public_name() -> None:
+    import outlast
+
+    text = (DOCS / "reference" / "python-api.md").read_text()
+    missing = [name for name in outlast.__all__ if f"`{name}" not in text]
+    assert missing == [], f"document these in docs/reference/python-api.md: {missing}"
+
+
+def test_the_cli_reference_covers_every_command_and_flag() -> None:
+    from outlast.cli import build_parser
+
+    text = (DOCS / "reference" / "cli.md").read_text()
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            else:
+                missing.extend(f"{path}: {opt}" for opt in action.option_strings
+                               if opt.startswith("--") and opt not in text)
+        if f"`{path}`" not in text:
+            missing.append(path)
+
+    walk(build_parser(), "outlast")
+    assert missing == [], f"document these in docs/reference/cli.md: {missing}"
+
+
+def test_doc_links_and_cited_tests_exist() -> None:
+    """Relative links in README.md and docs/ resolve, and every test the docs cite exists."""
+    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    problems: list[str] = []
+    for page in [ROOT / "README.md", *DOCS.glob("**/*.md")]:
+        text = page.read_text()
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            target = link.split("#")[0]
+            if target and not link.startswith(("http://", "https://")) and not (
+                page.parent / target
+            ).exists():
+                problems.append(f"{page.name}: broken link {link}")
+        for name in re.findall(r"::(test_\w+)", text):
+            if f"def {name}(" not in tests_text:
+                problems.append(f"{page.name}: cites a test that does not exist: {name}")
+    assert problems == []

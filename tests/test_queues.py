@@ -194,33 +194,34 @@ async def test_fan_out_of_5000_children_never_exceeds_the_queue_limit(
 async def test_fan_out_across_worker_processes_survives_a_kill_without_leaking_slots(
     live: Client, db_url: str, tmp_path: Path
 ) -> None:
-    """Two worker processes share a queue limit of 10; one is SIGKILLed mid-fan-out and a
-    third takes over. The limit held throughout, and every slot came back."""
+    """Two worker processes share a queue limit of 10; the one running children is
+    SIGKILLed mid-fan-out and a third takes over. The limit held throughout, and every
+    slot came back."""
     ledger = str(tmp_path / "ledger")
-    n = 300
-    handle = await app.fan_parent.trigger({"n": n, "ledger": ledger, "ms": 20})
-    a = spawn_worker(db_url, APP, concurrency=20)
-    b = spawn_worker(db_url, APP, concurrency=20)
-    c = None
+    n = 200
+    handle = await app.fan_parent.trigger({"n": n, "ledger": ledger, "ms": 50})
+    procs = {p.pid: p for p in (spawn_worker(db_url, APP, concurrency=20) for _ in range(2))}
     cut: dict[int, float] = {}
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        victim = None
+        while victim is None and time.monotonic() < deadline:
             events = app.read_ledger(ledger)
-            mine = {e["run"] for e in events if e["pid"] == a.pid and e["ev"] == "start"}
-            done = {e["run"] for e in events if e["pid"] == a.pid and e["ev"] == "end"}
-            if len(done) >= 20 and mine - done:  # a has run children and holds some now
+            ended = {e["run"] for e in events if e["ev"] == "end"}
+            busy = [e["pid"] for e in events if e["ev"] == "start" and e["run"] not in ended]
+            if len(ended) >= 20 and busy:  # children ran, and one process holds some now
+                victim = procs[busy[-1]]
                 break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("worker a never ran children")
-        a.send_signal(signal.SIGKILL)
-        cut[a.pid] = time.monotonic()
-        a.wait()
-        c = spawn_worker(db_url, APP, concurrency=20)
+            await asyncio.sleep(0.005)
+        assert victim is not None, "no worker ran children"
+        victim.send_signal(signal.SIGKILL)
+        cut[victim.pid] = time.monotonic()
+        victim.wait()
+        third = spawn_worker(db_url, APP, concurrency=20)
+        procs[third.pid] = third
         run = await asyncio.to_thread(live.wait_for_run, handle.id, 90)
     finally:
-        _kill(a, b, c)
+        _kill(*procs.values())
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == {"ok": n, "in_order": True}
     events = app.read_ledger(ledger)
@@ -231,9 +232,8 @@ async def test_fan_out_across_worker_processes_survives_a_kill_without_leaking_s
     peak = peak_concurrency(events, cut)
     print(f"fan-out over processes with a kill: peak {peak}, {len(killed)} children lost")
     assert peak <= 10
-    store = live.store
     for name in ("orch-fan", "task/orch-fan-parent"):
-        q = _queue(store, name)
+        q = _queue(live.store, name)
         assert (q["executing"], q["keys"]) == (0, {}), q  # no slot leaked
 
 
@@ -563,6 +563,25 @@ async def test_fan_out_of_50000_children_soak(
     print(f"fan-out 50,000 at limit 10: peak concurrent executions {peak}")
     assert peak <= 10
     assert _queue(store, "orch-fan")["executing"] == 0
+
+
+@pytest.mark.soak
+@_SOAK
+async def test_batch_trigger_of_50000_in_one_call_soak(store: Store, client: Client) -> None:
+    worker = _worker(store)
+    await worker.start(background=False)
+    handles = await app.fan_child.batch_trigger(
+        [{"i": i, "ledger": os.devnull} for i in range(50_000)]
+    )
+    assert len({h.id for h in handles}) == 50_000
+    assert _queue(store, "orch-fan")["queued"] == 50_000
+    # Metered by the child's queue: one worker with 50 slots holds 10 of them.
+    claimed = store.claim(worker.id, "dev", {"orch-fan": ["orch-fan-child"]}, 50)
+    assert len(claimed) == 10
+    assert explain.why(store, client.retrieve(handles[-1].id)) == (
+        "queue 'orch-fan' is at its concurrency limit (10 of 10 executing)"
+    )
+    await worker.shutdown(grace=0)
 
 
 @pytest.mark.soak

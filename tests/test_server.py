@@ -11,6 +11,7 @@ batch in one request; the SSE event stream. Figures are printed (run with ``-s``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tests.apps import server_app
 TASKS = {
     t.id: t
     for t in (server_app.order, server_app.ledger, server_app.stream, server_app.child,
-              server_app.parent, server_app.queued)
+              server_app.parent, server_app.queued, server_app.fail)
 }
 # Published by a (pretend) remote worker: the server has its JSON schema, not its code.
 REMOTE = TaskDef(
@@ -129,7 +130,8 @@ async def test_missing_wrong_and_revoked_keys_are_refused(api: Api) -> None:
     assert resp.headers["www-authenticate"] == "Bearer"
     async with api.client(api.keys["dev"] + "x") as wrong:
         error(await wrong.get("/api/v1/runs"), 401, "unauthorized")
-    basic = await api.anon.get("/api/v1/runs", headers={"Authorization": f"Basic {api.keys['dev']}"})
+    basic = await api.anon.get("/api/v1/runs",
+                               headers={"Authorization": f"Basic {api.keys['dev']}"})
     error(basic, 401, "unauthorized")
 
     # Stored hashed, listed by prefix only.
@@ -177,6 +179,12 @@ async def test_trigger_retrieve_and_run(api: Api) -> None:
     assert d["output"] == {"sku": "A-1", "total": 6}
     assert d["attemptCount"] == 1 and d["startedAt"] and d["finishedAt"]
     assert d["why"] == "the run ended COMPLETED"
+    failed_id = await trigger(api.dev, "srv-fail", "x")
+    await api.drain()
+    f = (await api.dev.get(f"/api/v1/runs/{failed_id}")).json()
+    assert f["status"] == "FAILED" and f["isFailed"] is True and "output" not in f
+    assert f["error"]["name"] == "ValueError" and f["error"]["message"] == "cannot process 'x'"
+    assert "ValueError" in f["error"]["stackTrace"] and f["attemptCount"] == 1
     # The Trigger.dev SDK's path answers the same.
     assert (await api.dev.get(f"/api/v3/runs/{run_id}")).json()["output"] == d["output"]
     error(await api.dev.get("/api/v1/runs/run_doesnotexist"), 404, "run_not_found", "run_id")
@@ -267,6 +275,13 @@ async def test_cancel_and_replay(api: Api) -> None:
     assert a["tags"] == ["x"]
     assert b["payload"] == {"sku": "r2", "qty": 5} and b["output"] == {"sku": "r2", "total": 10}
     error(await api.dev.post("/api/v1/runs/run_nope/replay"), 404, "run_not_found")
+    # With a request key, a retried replay returns the first replay's run.
+    first, retried = [
+        (await api.dev.post(f"/api/v1/runs/{run_id}/replay",
+                            headers={"Idempotency-Key": "replay-1"})).json()
+        for _ in range(2)
+    ]
+    assert first["id"] == retried["id"] != same["id"]
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -283,7 +298,8 @@ async def test_422_names_the_field_and_writes_nothing(api: Api) -> None:
         ("/api/v1/tasks/srv-order/trigger", {"payload": {"qty": 1}}, "payload.sku"),
         # Only the JSON schema a worker published (TaskDef), no code here.
         ("/api/v1/tasks/srv-remote/trigger", {"payload": {"n": "one"}}, "payload.n"),
-        ("/api/v1/tasks/srv-remote/trigger", {"payload": {"name": "x"}}, "payload"),
+        ("/api/v1/tasks/srv-remote/trigger", {"payload": {"name": "x"}}, "payload.n"),
+        ("/api/v1/tasks/srv-remote/trigger", {"payload": [1]}, "payload"),
         # Options.
         ("/api/v1/tasks/srv-remote/trigger",
          {"payload": {"n": 1}, "options": {"maxAttempts": 0}}, "options.maxAttempts"),
@@ -341,7 +357,7 @@ async def test_request_idempotency_header_returns_the_first_run(api: Api) -> Non
     # A request that failed validation did not use its key up.
     bad = await api.dev.post("/api/v1/tasks/srv-remote/trigger", json={"payload": {}},
                              headers={"Idempotency-Key": "req-4"})
-    error(bad, 422, "validation_error", "payload")
+    error(bad, 422, "validation_error", "payload.n")
     good = await api.dev.post("/api/v1/tasks/srv-remote/trigger", json=body,
                               headers={"Idempotency-Key": "req-4"})
     assert good.json()["isCached"] is False
@@ -399,6 +415,19 @@ async def test_another_environment_sees_nothing(api: Api) -> None:
 
 
 # -- waitpoint tokens ---------------------------------------------------------------------
+
+
+async def test_token_that_timed_out_is_a_409(api: Api, clock: FakeClock) -> None:
+    token = (await api.dev.post("/api/v1/waitpoints/tokens", json={"timeout": 60})).json()
+    clock.advance(61)
+    api.store.tick()
+    tok = (await api.dev.get(f"/api/v1/waitpoints/tokens/{token['id']}")).json()
+    assert tok["status"] == "TIMED_OUT"
+    # Retrying cannot help: the one case of 409.
+    error(await api.dev.post(f"/api/v1/waitpoints/tokens/{token['id']}/complete",
+                             json={"data": 1}), 409, "token_timed_out")
+    error(await api.anon.post(urlsplit(token["url"]).path, json={"late": True}), 409,
+          "token_timed_out")
 
 
 async def test_tokens_create_retrieve_list_complete(api: Api) -> None:
@@ -594,31 +623,101 @@ def is_in_order(seen: list[str], path: list[str]) -> bool:
     return all(s in it for s in seen)
 
 
+class Stream:
+    """An SSE response read as the app sends it (httpx's ASGI transport would hand over
+    the body only at the end), so a test can act on what the stream has said so far."""
+
+    def __init__(self, app: FastAPI, path: str, key: str) -> None:
+        self.app, self.path, self.key = app, path, key
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.frames: list[tuple[str, Any]] = []
+        self._text = ""
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": self.path,
+            "raw_path": self.path.encode(), "root_path": "", "query_string": b"",
+            "headers": [(b"host", b"outlast.test"),
+                        (b"authorization", f"Bearer {self.key}".encode())],
+            "server": ("outlast.test", 80), "client": ("127.0.0.1", 50000),
+        }
+        never = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await never.wait()  # the client stays connected
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                self.headers = dict(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                self._text += message.get("body", b"").decode()
+                *blocks, self._text = self._text.split("\n\n")
+                self.frames += parse_sse("\n\n".join(blocks))
+                self._changed.set()
+
+        await self.app(scope, receive, send)
+
+    def statuses(self) -> list[str]:
+        return [d["status"] for k, d in self.frames if k == "status"]
+
+    async def until(self, what: str, check: Any, timeout: float = 15.0) -> None:
+        async def wait() -> None:
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the stream never showed {what}: {self.frames}") from None
+
+
 async def test_event_stream_delivers_changes_in_order_and_ends(api: Api) -> None:
     token = (await api.dev.post("/api/v1/waitpoints/tokens", json={})).json()
     run_id = await trigger(api.dev, "srv-stream", {"token": token["id"]})
+    stream = Stream(api.app, f"/api/v1/runs/{run_id}/events", api.keys["dev"])
+    reading = asyncio.create_task(stream.run())
+    await stream.until("QUEUED", lambda: stream.statuses() == ["QUEUED"])
+    await api.drain()  # the run executes its step, logs, sets metadata, waits on the token
+    await stream.until("WAITING", lambda: "WAITING" in stream.statuses())
+    await api.dev.post(f"/api/v1/waitpoints/tokens/{token['id']}/complete",
+                       json={"data": "go"})
+    await api.drain()  # → COMPLETED
+    await asyncio.wait_for(reading, 15)
 
-    async def drive() -> None:
-        await asyncio.sleep(0.5)  # the stream has seen QUEUED
-        await api.drain()  # → WAITING on the token
-        await asyncio.sleep(0.5)
-        await api.dev.post(f"/api/v1/waitpoints/tokens/{token['id']}/complete",
-                           json={"data": "go"})
-        await api.drain()  # → COMPLETED
-
-    resp, _ = await asyncio.gather(api.dev.get(f"/api/v1/runs/{run_id}/events"), drive())
-    assert resp.status_code == 200
-    assert resp.headers["content-type"].startswith("text/event-stream")
-    frames = parse_sse(resp.text)
+    assert stream.status == 200
+    assert stream.headers[b"content-type"].startswith(b"text/event-stream")
+    frames = stream.frames
     kinds = [k for k, _ in frames]
-    statuses = [d["status"] for k, d in frames if k == "status"]
+    statuses = stream.statuses()
     assert statuses[0] == "QUEUED" and "WAITING" in statuses and statuses[-1] == "COMPLETED"
     assert is_in_order(statuses, LIFECYCLE), statuses
-    assert kinds[-1] == "end" and kinds[-2] == "status"
+    assert kinds[-2:] == ["status", "end"]
     assert frames[-1][1]["output"] == {"prepared": 10, "token": "go"}
-    assert [d["key"] for k, d in frames if k == "step" and d["status"] == "done"][:1] \
-        == ["prepare"]
+    steps = [(d["key"], d["status"]) for k, d in frames if k == "step"]
+    assert ("prepare", "done") in steps
     assert [d["message"] for k, d in frames if k == "log"] == ["waiting for the token"]
     assert [d for k, d in frames if k == "metadata"] == [{"phase": "waiting"},
                                                           {"phase": "done"}]
+    # Nothing is said twice: one frame per change.
+    assert len(steps) == len(set(steps))
+    assert all(a != b for a, b in itertools.pairwise(statuses))
     error(await api.dev.get("/api/v1/runs/run_nope/events"), 404, "run_not_found")
+
+
+def test_server_flags_default_to_port_8030(monkeypatch: pytest.MonkeyPatch) -> None:
+    from outlast.cli import build_parser
+
+    for name in ("OUTLAST_HOST", "OUTLAST_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    server = build_parser().parse_args(["server"])
+    assert (server.host, server.port) == ("0.0.0.0", 8030)
+    dev = build_parser().parse_args(["dev"])
+    assert (dev.host, dev.port) == ("127.0.0.1", 8030)
+    monkeypatch.setenv("OUTLAST_PORT", "9000")
+    assert build_parser().parse_args(["server", "--host", "127.0.0.1"]).port == 9000

@@ -29,6 +29,7 @@ from outlast import RunNotFound, ValidationError
 from outlast._http import Unauthorized
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.server.auth import create_key
 from outlast.store import open_store
 
 from .conftest import ROOT, _pg_url, drop_pg_database, new_pg_database, spawn_worker
@@ -76,9 +77,12 @@ class Fleet:
         assert "shown once" in out.stderr
         return lines[0]
 
-    def server(self) -> str:
+    def server(self) -> Callable[[], str]:
+        """Start a server; the returned call waits until it answers and gives its URL (so
+        that processes start side by side)."""
         port = free_port()
-        with (self.tmp / f"server-{port}.log").open("wb") as log:
+        log_path = self.tmp / f"server-{port}.log"
+        with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "outlast", "server", "--database-url", self.db_url,
                  "--host", "127.0.0.1", "--port", str(port)],
@@ -88,14 +92,17 @@ class Fleet:
         url = f"http://127.0.0.1:{port}"
 
         def ready() -> bool:
-            assert proc.poll() is None, (self.tmp / f"server-{port}.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 return httpx.get(f"{url}/api/v1/ready", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
-        wait_for("the server to answer", ready)
-        return url
+        def started() -> str:
+            wait_for("the server to answer", ready)
+            return url
+
+        return started
 
     def worker(self, concurrency: int = 10) -> subprocess.Popen[bytes]:
         proc = spawn_worker(self.db_url, APP, concurrency=concurrency)
@@ -158,18 +165,22 @@ print(json.dumps(out))
 """
 
 
-def test_api_over_http(fleet: Fleet) -> None:
+def test_api_over_http(fleet: Fleet, backend: str) -> None:
     """One server and one worker per backend: the app process, the client's calls, the
     event stream, and keys from the CLI."""
-    key = fleet.key()
-    prod_key = fleet.key("prod")
-    url = fleet.server()
+    server = fleet.server()
     fleet.worker()
+    key = fleet.key()
+    url = server()
     wait_workers(fleet.db_url, 1)
     app_process(fleet, url, key)
     client_calls(url, key)
     event_stream(url, key)
-    revoke_from_the_cli(fleet, url, prod_key)
+    if backend == "sqlite":  # the CLI is the same on both; the store's part is in-process
+        store = open_store(fleet.db_url)
+        prod_key = create_key(store, "prod").secret
+        store.close()
+        revoke_from_the_cli(fleet, url, prod_key)
 
 
 def app_process(fleet: Fleet, url: str, key: str) -> None:
@@ -304,9 +315,10 @@ def test_two_servers_two_workers_one_postgres(pg_url: str, tmp_path: Path) -> No
     fleet = Fleet(pg_url, tmp_path)
     closers: list[Callable[[], None]] = []
     try:
-        key = fleet.key()
-        urls = [fleet.server(), fleet.server()]
+        servers = [fleet.server(), fleet.server()]
         workers = [fleet.worker(concurrency=20), fleet.worker(concurrency=20)]
+        key = fleet.key()
+        urls = [started() for started in servers]
         wait_workers(pg_url, 2)
         clients = [Client(api_url=u, secret_key=key) for u in urls]
         closers.extend(c.close for c in clients)
@@ -354,3 +366,63 @@ def test_two_servers_two_workers_one_postgres(pg_url: str, tmp_path: Path) -> No
         for close in closers:
             close()
         fleet.stop()
+
+
+def test_outlast_dev_serves_the_api_with_a_key_made_on_first_start(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTLAST_")}
+    env["PYTHONPATH"] = str(ROOT)
+
+    def start(n: int) -> tuple[subprocess.Popen[bytes], str]:
+        log_path = tmp_path / f"dev-{n}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "outlast", "dev", "--app", APP, "--no-reload",
+                 "--port", str(port)],
+                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+        def printed_key() -> str | None:
+            assert proc.poll() is None, log_path.read_text()
+            for line in log_path.read_text().splitlines():
+                if "export OUTLAST_SECRET_KEY=" in line:
+                    return line.split("=", 1)[1].strip()
+            return None
+
+        return proc, wait_for("outlast dev to print its key", printed_key)
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    proc, key = start(0)
+    try:
+        stored = tmp_path / ".outlast" / "dev-key"
+        assert stored.read_text().strip() == key and stored.stat().st_mode & 0o777 == 0o600
+        client = Client(api_url=f"http://127.0.0.1:{port}", secret_key=key)
+        try:
+            def answers() -> bool:
+                try:
+                    return client.list_runs() == []
+                except httpx.TransportError:
+                    return False
+
+            wait_for("the dev API", answers)
+            handle = client.trigger("srv-child", 4)
+            assert client.wait_for_run(handle.id, timeout=30).output == 8
+        finally:
+            client.close()
+    finally:
+        stop(proc)
+    proc, again = start(1)  # a restart shows the same key; it makes no new one
+    stop(proc)
+    assert again == key
+    store = open_store(f"sqlite:///{tmp_path}/.outlast/outlast.db")
+    try:
+        assert len(store.list_api_keys("dev")) == 1
+    finally:
+        store.close()

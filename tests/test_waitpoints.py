@@ -210,16 +210,18 @@ async def test_complete_token_from_app_code_and_the_async_client(
     store: Store, client: Client
 ) -> None:
     token = client.create_token(timeout=timedelta(hours=1))
-    handle = await external_token_task.trigger({"token": token.id})
+    handles = await external_token_task.batch_trigger([{"token": token.id}] * 2)
     worker = _worker(store)
     await worker.run_until_idle()
-    assert client.retrieve(handle.id).status == RunStatus.WAITING
+    assert {client.retrieve(h.id).status for h in handles} == {RunStatus.WAITING}
+    assert sorted(client.get_token(token.id).waiting_runs) == sorted(h.id for h in handles)
     wp = outlast.complete_token(token.id, [1, 2, 3])  # the default client
     assert wp.output == [1, 2, 3]
     await worker.run_until_idle()
     await worker.shutdown()
-    run = client.retrieve(handle.id)
-    assert (run.status, run.output) == (RunStatus.COMPLETED, [1, 2, 3])
+    for h in handles:  # one token, two waiting runs: both resume with its data
+        run = client.retrieve(h.id)
+        assert (run.status, run.output) == (RunStatus.COMPLETED, [1, 2, 3])
 
     token2 = await outlast.AsyncClient(client).create_token(60)
     wp2 = await outlast.AsyncClient(client).complete_token(token2.id, "yes")
@@ -259,6 +261,23 @@ async def test_token_timeout_gives_a_timed_out_result(
     with pytest.raises(outlast.TokenTimedOut):
         client.complete_token(token_id, "too late")
     assert client.get_token(token_id).status == "timed_out"
+
+
+async def test_completing_a_token_past_its_timeout_before_any_tick_times_it_out(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    handle = await token_task.trigger({"timeout": 60})
+    worker = _worker(store, scheduler=False)  # nothing ticks: the timer never fires
+    await worker.run_until_idle()
+    token_id = client.retrieve(handle.id).metadata["token"]
+    clock.advance(61)
+    with pytest.raises(outlast.TokenTimedOut):
+        client.complete_token(token_id, "too late")
+    assert client.get_token(token_id).status == "timed_out"  # the timeout won, and stuck
+    await worker.run_until_idle()
+    await worker.shutdown()
+    run = client.retrieve(handle.id)
+    assert (run.output["ok"], run.output["timed_out"]) == (False, True)
 
 
 async def test_token_completed_twice_first_wins_second_is_idempotent(
@@ -431,6 +450,7 @@ async def test_parked_runs_hold_no_worker_memory(
     counts = store.count_runs("dev")["orch-wp-day-sleep"]
     assert counts == {"WAITING": 110_000}
     assert worker.active == {}
+    print(f"worker RSS {before:.1f} MB with 10,000 parked runs, {after:.1f} MB with 110,000")
     assert after - before < 25, f"worker RSS grew {after - before:.1f} MB over 100,000 parked runs"
 
 

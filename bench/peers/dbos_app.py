@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from dbos import DBOS, DBOSConfig, Queue
+from dbos import DBOS, DBOSConfig
 
 config: DBOSConfig = {
     "name": "bench",
@@ -20,8 +20,6 @@ config: DBOSConfig = {
     "log_level": "WARNING",
 }
 DBOS(config=config)
-_conc = int(os.environ.get("BENCH_CONC") or 0)
-queue = Queue("bench", worker_concurrency=_conc or None)
 
 
 @DBOS.step()
@@ -41,6 +39,8 @@ def three_wf() -> int:
 
 def main() -> None:
     DBOS.launch()
+    conc = int(os.environ.get("BENCH_CONC") or 0)
+    DBOS.register_queue("bench", worker_concurrency=conc or None)
     if sys.argv[1:] == ["migrate"]:
         DBOS.destroy()
         return

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,8 +25,7 @@ from ..store.base import NewRun, Store
 from ..tasks import TriggerOptions
 from ..waitpoints import callback_url, verify
 from .compat import resolve_payload
-from .durations import seconds_from
-from .errors import error_body
+from .durations import MAX_SECONDS, seconds_from
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
 
 # PostgreSQL text cannot hold a NUL character, and no name, key or tag needs one: refuse it
@@ -53,7 +52,7 @@ class TriggerOptionsBody(BaseModel):
     tags: Text | list[Text] | None = None
     metadata: dict[str, Any] | None = None
     maxAttempts: int | None = Field(None, ge=1, le=100)
-    maxDuration: float | None = Field(None, gt=0)
+    maxDuration: float | None = Field(None, gt=0, le=MAX_SECONDS)
     priority: float | None = None
 
 
@@ -312,7 +311,8 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.post("/api/v1/runs/{run_id}/replay", response_model=ReplayResponse, tags=["runs"],
                  summary="Start a new run with the same (or a new) payload")
-    def replay(run_id: str, env: Env, body: ReplayBody | None = None) -> ReplayResponse:
+    def replay(run_id: str, env: Env, key: RequestKey, body: ReplayBody | None = None
+               ) -> ReplayResponse:
         original = _run(env, run_id)
         # "payload": null is a new payload (null); no "payload" key keeps the original.
         new_payload = body is not None and "payload" in body.model_fields_set
@@ -330,8 +330,9 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             ),
         )
         new.replayed_from = original.id
-        return ReplayResponse(id=store.trigger([new])[0].id, taskIdentifier=original.task_id,
-                              replayedFrom=original.id)
+        # With a request key, a retried replay returns the first one's run (C1).
+        return ReplayResponse(id=_trigger(env, [new], key)[0].id,
+                              taskIdentifier=original.task_id, replayedFrom=original.id)
 
     @router.get("/api/v1/runs/{run_id}/steps", tags=["runs"], summary="A run's journal")
     def steps(run_id: str, env: Env) -> dict[str, Any]:
@@ -405,13 +406,11 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         raw = await request.body()
 
         def work() -> JSONResponse:
-            if len(signature) != 64 or not verify(store, token_id, signature):
-                return JSONResponse(error_body("unauthorized", "invalid callback signature"),
-                                    status_code=401)
-            env = store.waitpoint_env(token_id)
+            env = None
+            if len(signature) == 64 and verify(store, token_id, signature):
+                env = store.waitpoint_env(token_id)
             if env is None:
-                return JSONResponse(error_body("unauthorized", "invalid callback signature"),
-                                    status_code=401)
+                raise HTTPException(401, "invalid callback signature")
             # The body is the output: JSON as its value, any other text as a string (a
             # form post or a plain-text webhook), nothing as {}.
             try:

@@ -41,12 +41,12 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
 
 
 class BatchCreate(BaseModel):
-    runCount: int = Field(..., gt=0, le=100_000)  # noqa: N815 - the wire name
-    idempotencyKey: str | None = Field(None, max_length=2048)  # noqa: N815
+    runCount: int = Field(..., gt=0, le=100_000)
+    idempotencyKey: str | None = Field(None, max_length=2048)
 
 
 class ResetBody(BaseModel):
-    taskIdentifier: str  # noqa: N815
+    taskIdentifier: str
 
 
 def _packet_signature(store: Store, env: str, path: str) -> str:
@@ -56,7 +56,7 @@ def _packet_signature(store: Store, env: str, path: str) -> str:
 def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIRouter:
     """``prepare(env, task_id, payload, options_dict, where)`` builds a validated NewRun."""
     router = APIRouter(tags=["trigger.dev compatibility"])
-    Env = Annotated[str, Depends(env_dependency)]  # noqa: N806
+    Env = Annotated[str, Depends(env_dependency)]
 
     def upload_urls(request: Request, env: str, filename: str) -> dict[str, str]:
         base = str(request.base_url).rstrip("/")

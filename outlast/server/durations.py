@@ -9,12 +9,23 @@ from typing import Any
 
 from .._errors import ValidationError
 
+# Longer than any wait makes sense, short enough that every moment it yields is a date
+# (a timestamp past year 9999 cannot be written in ISO 8601: a 500 on every later read).
+MAX_SECONDS = 100 * 365 * 86400.0
+
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def seconds_from(value: Any, field: str, now: float) -> float | None:
     """Seconds from ``now``: a number of seconds, "10m", "1h30m", or an ISO date."""
+    seconds = _seconds_from(value, field, now)
+    if seconds is not None and not 0 <= seconds <= MAX_SECONDS:  # also NaN and infinity
+        raise ValidationError(f"{field} must be at most 100 years", field=field)
+    return seconds
+
+
+def _seconds_from(value: Any, field: str, now: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
@@ -47,5 +58,8 @@ def seconds_from(value: Any, field: str, now: float) -> float | None:
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    moment = _dt.datetime.fromtimestamp(ts, _dt.UTC)
+    try:
+        moment = _dt.datetime.fromtimestamp(ts, _dt.UTC)
+    except (ValueError, OverflowError, OSError):  # stored by a client that skipped checks
+        return "9999-12-31T23:59:59.999Z" if ts > 0 else "0001-01-01T00:00:00.000Z"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -450,7 +450,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
             tx.x("give_queue", env=slot["env"], queue=slot["queue"])
             tx.x("give_slot", env=slot["env"], queue=slot["queue"], ckey=slot["concurrency_key"])
 
-    def _lock_queues_for(self, tx: Tx, run_ids: Sequence[str]) -> None:  # noqa: B027
+    def _lock_queues_for(self, tx: Tx, run_ids: Sequence[str]) -> None:
         """Lock the queue rows of runs about to give back slots, all at once and in name
         order (as a claim does), before any is updated: a batch releasing slots of two
         queues must not lock them in the opposite order of a concurrent claim. A backend
@@ -824,10 +824,8 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                 "take_slots", env=q["env"], queue=q["name"], ckey=ckey, n=n, stamp=stamps[ckey]
             )
         if idle:
-            tx.many(
-                "touch_slot",
-                [{"env": q["env"], "queue": q["name"], "ckey": k, "stamp": stamps[k]} for k in idle],
-            )
+            where = {"env": q["env"], "queue": q["name"]}
+            tx.many("touch_slot", [{**where, "ckey": k, "stamp": stamps[k]} for k in idle])
         if taken:
             if q["rate_limit_count"]:
                 window.extend([now] * len(taken))
@@ -1062,11 +1060,21 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                     field="id",
                 )
             if rows[0]["kind"] != "token":
-                raise InvalidState(f"waitpoint {waitpoint_id!r} is a {rows[0]['kind']}, not a token")
-            if rows[0]["status"] == "timed_out":
-                raise TokenTimedOut(f"waitpoint token {waitpoint_id!r} timed out")
-            done = self._complete(tx, waitpoint_id, "completed", output, is_error, now)
+                raise InvalidState(
+                    f"waitpoint {waitpoint_id!r} is a {rows[0]['kind']}, not a token"
+                )
+            timeout_at = rows[0]["timeout_at"]
+            if rows[0]["status"] == "pending" and timeout_at is not None and timeout_at <= now:
+                # Past its timeout, not yet fired by a tick: the timeout wins, as it
+                # would have a moment later, and the waiting run resumes timed out.
+                self._complete(tx, waitpoint_id, "timed_out", None, True, now)
+                done = False
+            else:
+                done = self._complete(tx, waitpoint_id, "completed", output, is_error, now)
             wp = _waitpoint(tx.q("get_waitpoint", env=env, id=waitpoint_id)[0])
+        if wp.status == "timed_out":  # raised after the commit, which keeps the timeout
+            self.wake_local()
+            raise TokenTimedOut(f"waitpoint token {waitpoint_id!r} timed out")
         if done:
             self.wake_local()
         return wp, done

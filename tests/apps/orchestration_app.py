@@ -39,10 +39,12 @@ def note(ledger: str, **fields: Any) -> None:
 
 
 def read_ledger(ledger: str) -> list[dict[str, Any]]:
+    """The complete lines so far (a line being appended right now may be cut short)."""
     if not os.path.exists(ledger):
         return []
     with open(ledger) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 # -- fan-out under a concurrency limit ------------------------------------------------------

@@ -53,6 +53,11 @@ async def stream(payload: dict[str, Any]) -> Any:
     return {"prepared": prepared, "token": result.output}
 
 
+@task(id="srv-fail", retry=Retry(max_attempts=1))
+async def fail(payload: Any) -> None:
+    raise ValueError(f"cannot process {payload!r}")
+
+
 @task(id="srv-child")
 async def child(payload: int) -> int:
     return payload * 2

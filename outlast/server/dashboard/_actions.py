@@ -232,6 +232,10 @@ def test_trigger(ctx: Ctx) -> Response:
     errors: dict[str, list[str]] = {}
     try:
         payload = _json(text, "payload")
+    except ValidationError as exc:
+        return views.test_page(ctx, task_id=task_id, payload_text=text,
+                               errors={"payload": [exc.message]}, values=values, status=422)
+    try:
         delay = float(values["delay"]) if values["delay"].strip() else None
         tags = [t.strip() for t in values["tags"].split(",") if t.strip()]
         options = TriggerOptions(idempotency_key=values["idempotency_key"].strip() or None,

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._config import settings
 from ...store.base import Store
 
 COOKIE = "outlast_dashboard"
@@ -58,8 +59,9 @@ class Session:
         return bool(token) and hmac.compare_digest(self.csrf, str(token))
 
 
-def new_session(env: str = "dev") -> Session:
-    return Session(csrf=secrets.token_urlsafe(32), env=env, dirty=True)
+def new_session() -> Session:
+    """A fresh session, in the server's environment (OUTLAST_ENV, default dev)."""
+    return Session(csrf=secrets.token_urlsafe(32), env=settings().env, dirty=True)
 
 
 def _b64(data: bytes) -> str:
