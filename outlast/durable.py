@@ -157,6 +157,8 @@ class RunContext:
         self.segment_started = time.monotonic()
         self._suspend_checks = 0
         self.loop = asyncio.get_running_loop()
+        self.logs_recorded = claim.logs_recorded
+        self.logs_emitted = 0
 
     # -- keys and the journal -------------------------------------------------------------
     def key_for(self, name: str) -> str:
@@ -290,6 +292,7 @@ class _Step:
                         ts=ctx.store.now(),
                         attempt=ctx.run.attempt,
                         level="error",
+                        kind="step_failed",
                         message=f"step {key!r} failed: {type(exc).__name__}: {exc}",
                         data=_serde.dumps({"step": key, "error": type(exc).__name__}),
                     )
@@ -687,8 +690,10 @@ class _Logger:
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
         ctx = _current.get()
         extra: dict[str, Any] = {"outlast_fields": fields}
-        if ctx is not None and ctx.replaying:
-            return  # said already, by the attempt that first ran this code
+        if ctx is not None:
+            ctx.logs_emitted += 1
+            if ctx.logs_emitted <= ctx.logs_recorded:
+                return  # said already, by the segment that first ran this code
         if ctx is not None:
             extra.update(run_id=ctx.run.id, task_id=ctx.run.task_id, attempt=ctx.run.attempt)
             ctx.committer.submit_nowait(

@@ -155,7 +155,7 @@ async def test_failed_step_is_retried_on_backoff_and_completed_steps_are_not_rer
     # The card was charged once; the failed step ran again until it succeeded.
     assert LEDGER == {"charge": 1, "provision": 4, "email": 1}
     assert attempt_failures(store, handle.id) == [1, 2, 3]
-    step_errors = [e for e in store.events(handle.id) if e.kind == "log" and e.level == "error"]
+    step_errors = [e for e in store.events(handle.id) if e.kind == "step_failed"]
     assert len(step_errors) == 3
     assert all("'provision'" in (e.message or "") for e in step_errors)
     charge = next(e for e in store.journal(handle.id) if e.key == "charge")

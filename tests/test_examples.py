@@ -118,11 +118,6 @@ async def test_invoice_export_has_every_row_once_after_a_crash_mid_page(
     assert [attempts[f"page-{p}"] for p in range(10)] == [1, 1, 1] + [2] * 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable._Logger skips logs only while recorded keys remain ahead: the log line "
-    "right after the last replayed step is emitted again by the next attempt",
-)
 async def test_invoice_export_logs_each_page_once(
     client: Client, worker: Worker, clock: FakeClock
 ) -> None:

@@ -50,19 +50,20 @@ with tempfile.TemporaryDirectory() as _tmp:
     _proxy.target = create_app(_doc_store)
     schema = schemathesis.openapi.from_asgi("/api/v1/openapi.json", _proxy)
     schema.config.phases.update(phases=["examples", "fuzzing"])
+    # Triggers name the seeded task, so generated payloads and options go all the way to
+    # validation and the database instead of stopping at an unknown task (a 404).
+    schema.config.update(parameters={"task_id": "srv-fuzz"})
     _doc_store.close()
 
 _KEY: dict[str, str] = {}
 
 
 def _seed(store: Store) -> str:
-    """A key, and a published task with a payload schema, so that generated triggers of
-    ``srv-fuzz`` reach payload validation rather than stopping at an unknown task."""
+    """A key, and a published task that takes any payload, so that generated triggers of
+    ``srv-fuzz`` reach the database (tags, keys, queues, delays as generated) rather than
+    stopping at an unknown task or a payload check."""
     store.publish_tasks("dev", [TaskDef(
-        id="srv-fuzz",
-        queue="task/srv-fuzz",
-        payload_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
-        spec={"retry": {"max_attempts": 2}},
+        id="srv-fuzz", queue="task/srv-fuzz", payload_schema={}, spec={},
     )])
     app = create_app(store)
     _proxy.target = app

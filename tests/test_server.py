@@ -560,6 +560,11 @@ async def test_oversize_bodies_are_413_with_nothing_written(
     assert "content-length" not in resp.request.headers
     error(resp, 413, "payload_too_large")
 
+    # A task whose id says "batch" gets the ordinary limit, not the batch routes' one.
+    resp = await api.dev.post("/api/v1/tasks/srv-batch-like/trigger", content=big,
+                              headers={"content-type": "application/json"})
+    error(resp, 413, "payload_too_large")
+
     # Under the body limit, over the payload limit (default 1 MiB): the payload is refused,
     # both for a task imported here and for a published one.
     payload = "y" * (1024 * 1024 + 10)

@@ -39,7 +39,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = self.batch_limit if ("batch" in path) else self.limit
+        # The batch routes only: a task whose id merely contains "batch" gets no more.
+        is_batch = path.endswith("/batch") or path.startswith("/api/v3/batches")
+        limit = self.batch_limit if is_batch else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit():
             if int(declared) > limit:

@@ -504,6 +504,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
         )
         if not done:
             return False
+        tx.x("finish_wait_entries", id=waitpoint_id, now=now)
         resumed = tx.q("resume_runs", id=waitpoint_id, now=now)
         for r in resumed:
             tx.x("clear_run_waits", run_id=r["id"])
@@ -707,9 +708,12 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
             rows.sort(key=lambda r: r["ready_at"])
             replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
             journals: dict[str, list[Row]] = {}
+            logs: dict[str, int] = {}
             if replaying:
                 for j in tx.q("journals_for_runs", ids=self._list(replaying)):
                     journals.setdefault(j["run_id"], []).append(j)
+                for c in tx.q("log_counts", ids=self._list(replaying)):
+                    logs[c["run_id"]] = int(c["n"])
         claims = []
         for r in rows:
             entries = journals.get(r["id"], [])
@@ -717,6 +721,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                 Claim(
                     run=run_from_row(r),
                     epoch=r["lease_epoch"],
+                    logs_recorded=logs.get(r["id"], 0),
                     journal={j["key"]: _journal_entry(j) for j in entries},
                     waitpoints={
                         j["waitpoint_id"]: WaitpointState(
@@ -885,7 +890,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                 "insert_event",
                 run_id=op.run_id,
                 ts=op.ts,
-                kind="log",
+                kind=op.kind,
                 attempt=op.attempt,
                 level=op.level,
                 message=op.message,
@@ -940,6 +945,10 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                 )
                 if pending == 0:
                     self._complete(tx, op.waitpoint_id, "completed", None, False, now)
+        if status == "waiting" and op.waitpoint_id:
+            state = tx.q("waitpoint_state", id=op.waitpoint_id)
+            if state and state[0]["status"] != "pending":
+                status = "done"  # already satisfied (a token completed before the wait)
         tx.x(
             "insert_journal",
             run_id=op.run_id,

@@ -96,6 +96,7 @@ class Claim:
     epoch: int
     journal: dict[str, JournalEntry]
     waitpoints: dict[str, WaitpointState]
+    logs_recorded: int = 0  # task log lines earlier segments stored (a replay skips them)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class LogLine(Op):
     level: str
     message: str
     data: str | None
+    kind: str = "log"  # "log" for task code's logger; platform notes use their own kind
 
 
 @dataclass

@@ -101,6 +101,16 @@ SELECT j.run_id, j.key, j.kind, j.fingerprint, j.status, j.output, j.waitpoint_i
 FROM journal j LEFT JOIN waitpoints w ON w.id = j.waitpoint_id
 WHERE j.run_id = ANY(:ids);
 
+-- name: log_counts
+SELECT run_id, COUNT(*) AS n FROM run_events
+WHERE kind = 'log' AND run_id IN (SELECT value FROM json_each(:ids))
+GROUP BY run_id;
+
+-- name: log_counts [postgres]
+SELECT run_id, COUNT(*) AS n FROM run_events
+WHERE kind = 'log' AND run_id = ANY(:ids)
+GROUP BY run_id;
+
 -- name: events
 SELECT id, run_id, ts, kind, attempt, level, message, data FROM run_events
 WHERE run_id = :run_id AND id > :after_id ORDER BY id LIMIT 1000;
@@ -346,6 +356,13 @@ UPDATE waitpoints SET status = :status, output = :output, is_error = :is_error,
 WHERE id = :id AND status = 'pending'
 RETURNING id;
 
+-- A completed wait shows as done in its runs' journals (replay reads the waitpoint).
+-- name: finish_wait_entries
+UPDATE journal SET status = 'done', finished_at = :now
+WHERE waitpoint_id = :id AND status = 'waiting'
+  AND run_id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = :id
+                 UNION SELECT run_id FROM waitpoints WHERE id = :id AND run_id IS NOT NULL);
+
 -- name: insert_run_wait
 INSERT INTO run_waits (waitpoint_id, run_id) VALUES (:waitpoint_id, :run_id)
 ON CONFLICT DO NOTHING;
@@ -389,7 +406,7 @@ RETURNING env;
 UPDATE runs SET status = 'EXPIRED', finished_at = :now, updated_at = :now, hooks_due = 1,
     error = '{"code": "expired", "message": "the run did not start before its ttl"}'
 WHERE status IN ('QUEUED', 'DELAYED') AND ttl_expires_at IS NOT NULL
-  AND ttl_expires_at <= :now
+  AND ttl_expires_at <= :now AND started_at IS NULL
 RETURNING id, parent_waitpoint_id;
 
 -- Cancelling -------------------------------------------------------------------------------
