@@ -3,7 +3,7 @@
     .venv/bin/python bench/http_bench.py [--backend sqlite|postgres|both] [--n 4000]
                                          [--clients 8] [--reps 3]
 
-Prints runs/s and per-request latency p50/p99 (median of the repetitions, with min–max).
+Prints runs/s and per-request latency p50/p99 (median of the repetitions, with min-max).
 No worker runs: this measures the accept path (validate, commit, answer) alone.
 """
 

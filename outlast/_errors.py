@@ -91,7 +91,7 @@ class RunFailedError(OutlastError):
     code = "run_failed"
 
 
-class AbortRun(OutlastError):  # noqa: N818 - the public name in DESIGN.md
+class AbortRun(OutlastError):
     """Fail the run now, without retrying."""
 
     code = "aborted"

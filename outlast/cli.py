@@ -33,9 +33,9 @@ def _flag(
     parser: argparse.ArgumentParser,
     name: str,
     *,
-    help: str,  # noqa: A002 - argparse's word
+    help: str,
     default: Any = None,
-    type: Callable[[str], Any] = str,  # noqa: A002
+    type: Callable[[str], Any] = str,
     action: str | None = None,
 ) -> None:
     env = "OUTLAST_" + name.lstrip("-").replace("-", "_").upper()
@@ -281,7 +281,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif args.keys_cmd == "list":
         for k in store.list_api_keys(None if args.all_envs else args.env):
             state = "revoked" if k["revoked_at"] else "active"
-            print(f"{k['id']:34} {k['env']:10} {k['prefix']}…  {state}  created {_when(k['created_at'])}")
+            created = _when(k["created_at"])
+            print(f"{k['id']:34} {k['env']:10} {k['prefix']}…  {state}  created {created}")
     else:
         n = store.revoke_api_key(args.key_id)
         if not n:

@@ -398,7 +398,7 @@ def task(fn: Any = None, /, **kwargs: Any) -> Any:
 def _make_task(
     fn: Callable[..., Any],
     *,
-    id: str | None = None,  # noqa: A002 - the public option name
+    id: str | None = None,
     queue: Queue | str | None = None,
     retry: Retry | None = None,
     max_duration: timedelta | float | None = None,

@@ -177,6 +177,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.id = new_id("worker")
         self.active: dict[str, RunContext] = {}
+        self._running: set[asyncio.Task[None]] = set()
         self.executed = 0
         self._lock: LifeLock | None = None
         self._committer: Committer | None = None
@@ -423,7 +424,10 @@ class Worker:
             inplace_sleep_seconds=settings().inplace_sleep_seconds,
         )
         self.active[claim.run.id] = ctx
-        asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
+        # Keep a reference: the loop holds tasks only weakly.
+        running = asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
+        self._running.add(running)
+        running.add_done_callback(self._running.discard)
 
     async def _execute(self, ctx: RunContext) -> None:
         run = ctx.run
@@ -526,7 +530,8 @@ class Worker:
             }
         )
         base: dict[str, Any] = {"run_id": run.id, "epoch": ctx.epoch}
-        if task is not None and not isinstance(exc, _NOT_RETRYABLE) and run.attempt < run.max_attempts:
+        retryable = task is not None and not isinstance(exc, _NOT_RETRYABLE)
+        if task is not None and retryable and run.attempt < run.max_attempts:
             delay = task.retry.delay(run.attempt, self.rng)
             log.info(
                 "run %s attempt %d failed (%s); retrying in %.1f s",
@@ -536,7 +541,8 @@ class Worker:
                 delay,
                 extra={"run_id": run.id},
             )
-            return EndSegment(**base, outcome="retry", error=error, retry_at=self.store.now() + delay)
+            retry_at = self.store.now() + delay
+            return EndSegment(**base, outcome="retry", error=error, retry_at=retry_at)
         return EndSegment(**base, outcome="failed", error=error)
 
     # -- hooks ----------------------------------------------------------------------------

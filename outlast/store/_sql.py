@@ -207,7 +207,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
     def _list(self, values: Sequence[Any]) -> Any:
         """A list parameter in this backend's form."""
 
-    def _notify(self, tx: Tx, env: str) -> None:  # noqa: B027 - optional hook
+    def _notify(self, tx: Tx, env: str) -> None:
         """Announce ready work to other processes (inside the transaction)."""
 
     # -- schema ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
                     version = number
             return version
 
-    def _lock_for_migration(self, tx: Tx) -> None:  # noqa: B027 - optional hook
+    def _lock_for_migration(self, tx: Tx) -> None:
         """Serialize concurrent migrations (PostgreSQL takes an advisory lock)."""
 
     def check_schema(self) -> None:
@@ -584,7 +584,7 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
         name: str,
         *,
         paused: bool | None = None,
-        concurrency_limit: int | None | bool = False,
+        concurrency_limit: int | bool | None = False,
     ) -> dict[str, Any]:
         now = self.now()
         sets = ["updated_at = :now"]

@@ -282,7 +282,7 @@ class Store(abc.ABC):
         name: str,
         *,
         paused: bool | None = None,
-        concurrency_limit: int | None | bool = False,
+        concurrency_limit: int | bool | None = False,
     ) -> dict[str, Any]:
         """Pause/resume or set the limit (None removes it; False leaves it)."""
 
