@@ -307,7 +307,11 @@ async def test_gather_survives_a_worker_kill_midway(
         while time.monotonic() < deadline:
             keys = {j.key for j in live.store.journal(handle.id)}
             began = [e for e in app.read_ledger(ledger) if e["ev"] == "step-begin"]
-            if began and {"sleep", "trigger_and_wait:orch-gather-child"} <= keys:
+            # Kill only once the child has finished: a child still running on the killed
+            # worker would rightly run again (at least once), which is not what this checks.
+            children = live.store.list_runs("dev", parent_id=handle.id)
+            child_done = bool(children) and all(c.status == RunStatus.COMPLETED for c in children)
+            if began and child_done and {"sleep", "trigger_and_wait:orch-gather-child"} <= keys:
                 break
             await asyncio.sleep(0.05)
         else:
@@ -327,6 +331,7 @@ async def test_gather_survives_a_worker_kill_midway(
     assert run.output == {"step": 5, "child": 40, "child_ok": True}
     events = app.read_ledger(ledger)
     assert [e["ev"] for e in events].count("child") == 1  # the child was not re-triggered
+    assert len(live.store.list_runs("dev", parent_id=handle.id)) == 1
     assert [e["ev"] for e in events].count("step-begin") == 2  # killed once, then finished
     assert [e["ev"] for e in events].count("step-end") == 1
     assert len(live.list_runs(parent_id=handle.id)) == 1

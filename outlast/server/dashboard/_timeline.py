@@ -158,7 +158,7 @@ def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunE
         cls = "step"
         label = j.key
         note = j.kind
-        if j.kind in WAIT_KINDS and j.status == "waiting":
+        if j.kind in WAIT_KINDS and j.waitpoint_id:
             cls = "wait"
             if j.waitpoint_id and wait_lookups < MAX_WAIT_LOOKUPS:
                 wait_lookups += 1

@@ -224,6 +224,40 @@ WHERE env = :env AND queue = :queue AND ckey = :ckey AND executing > 0;
 -- name: give_queue
 UPDATE queues SET executing = executing - 1 WHERE env = :env AND name = :queue AND executing > 0;
 
+-- Batched releases: a commit batch gives back all its slots of one key in one statement.
+-- name: give_slots
+UPDATE queue_slots
+SET executing = CASE WHEN executing > :n THEN executing - :n ELSE 0 END
+WHERE env = :env AND queue = :queue AND ckey = :ckey;
+
+-- name: give_queue_slots
+UPDATE queues SET executing = CASE WHEN executing > :n THEN executing - :n ELSE 0 END
+WHERE env = :env AND name = :queue;
+
+-- name: slots_of_runs
+SELECT id, env, queue, concurrency_key, holds_slot, parent_waitpoint_id FROM runs
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: slots_of_runs [postgres]
+SELECT id, env, queue, concurrency_key, holds_slot, parent_waitpoint_id FROM runs
+WHERE id = ANY(:ids);
+
+-- name: complete_run
+UPDATE runs SET status = 'COMPLETED', output = :output, finished_at = :now,
+    updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0
+WHERE id = :run_id;
+
+-- name: clear_runs_waits
+DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: clear_runs_waits [postgres]
+DELETE FROM run_waits WHERE run_id = ANY(:ids);
+
+-- name: children_done
+UPDATE waitpoints SET pending_children = pending_children - :n
+WHERE id = :id AND status = 'pending'
+RETURNING pending_children;
+
 -- The queue rows of runs about to give back their slots, locked in the claim's order
 -- (by name) before any slot is released: releases and claims never deadlock.
 -- name: lock_queues_of_runs [postgres]
