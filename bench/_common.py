@@ -158,7 +158,7 @@ def pg_settings() -> dict[str, str]:
     out: dict[str, str] = {}
     with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
         row = conn.execute("SELECT version()").fetchone()
-        out["version"] = str(row[0]).split(" on ")[0] if row else "?"
+        out["version"] = str(row[0]).split(" on ")[0].removeprefix("PostgreSQL ") if row else "?"
         for name in ("synchronous_commit", "fsync", "wal_sync_method", "full_page_writes",
                      "shared_buffers", "max_connections"):
             r = conn.execute(f"SHOW {name}").fetchone()

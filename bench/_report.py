@@ -51,7 +51,9 @@ How figures are taken: throughput is counted from the first job's start to the l
 completion (from the systems' own timestamps where they keep them), so process start-up
 is excluded; latencies are trigger→start and trigger→done at idle with one worker
 running, one job at a time; peak RSS is the worker's `VmHWM` from `/proc` (summed over its
-child processes for Celery's prefork pool).
+child processes for Celery's prefork pool). Other sessions' test runs shared the machine
+during recorded runs (load average around 3 on 2 cores), so single-process figures can
+move by 2-3{TIMES} between runs; compare within one run. See bench/README.md for the method.
 """
 
 

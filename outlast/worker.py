@@ -317,11 +317,17 @@ class Worker:
                         self._launch(c)
                     if claims and len(claims) == free:
                         continue
+                idle = len(self.active) < self.concurrency
+                if idle and self._waiter is not None and self._waiter.done():
+                    # Woken while the last claim was in flight: that wake-up may be for
+                    # work the claim did not see yet, so claim again before waiting.
+                    self._waiter = None
+                    continue
                 waits: set[asyncio.Future[Any]] = {stop_wait}
                 slot = asyncio.create_task(self._slot_freed.wait())
                 waits.add(slot)
-                if len(self.active) < self.concurrency:
-                    if self._waiter is None or self._waiter.done():
+                if idle:
+                    if self._waiter is None:
                         self._waiter = asyncio.ensure_future(
                             asyncio.to_thread(self.store.wait_for_work, self.poll_interval)
                         )

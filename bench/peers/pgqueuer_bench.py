@@ -227,7 +227,10 @@ def main() -> int:
                     c.now_iso(), {"pgqueuer": version("pgqueuer"),
                                   "asyncpg": version("asyncpg"),
                                   "Python": sys.version.split()[0]},
-                    {"PostgreSQL": "durable tables (pgq install default)"})
+                    {"PostgreSQL": "durable tables (pgq install default)",
+                     "worker": "bench/peers/pgq_app.py, which runs what `pgq run` runs with its "
+                               "defaults; pgqueuer 1.6.0's own `pgq run` fails at start-up here "
+                               "(its --log-level default reaches logging as a str)"})
     workloads = {"enqueue": bench_enqueue, "drain": bench_drain, "latency": bench_latency,
                  "recovery": bench_recovery}
     only = [w for w in args.only.split(",") if w]

@@ -73,7 +73,9 @@ class _Tx:
         return self.conn.execute(self.queries[name], params).rowcount
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
+        if len(rows) == 1:  # executemany's pipeline costs extra round trips for one row
+            self.conn.execute(self.queries[name], rows[0])
+        elif rows:
             with self.conn.cursor() as cur:
                 cur.executemany(self.queries[name], rows)
 
