@@ -549,3 +549,15 @@ def test_dev_opens_the_dashboard_only_on_loopback() -> None:
     assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.5")
     assert not _is_loopback("example.com")
+
+
+async def test_schedules_page_lists_every_schedule(dash: Dash, store: Store) -> None:
+    from outlast import _schedules
+
+    r = await dash.get("/schedules")
+    assert r.status_code == 200 and "No schedules in this environment" in _text(r)
+    _schedules.create(store, "dev", task="dash-pipeline", cron="0 9 * * MON",
+                      timezone="Europe/Paris", external_id="org_42")
+    page = _text(await dash.get("/schedules"))
+    assert "dash-pipeline" in page and "0 9 * * MON" in page
+    assert "Europe/Paris" in page and "org_42" in page and "never" in page

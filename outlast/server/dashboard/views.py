@@ -239,8 +239,11 @@ def test_page(ctx: Ctx, *, task_id: str | None = None, payload_text: str | None 
 
 
 def schedules_page(ctx: Ctx) -> Response:
-    declared = [t for t in ctx.store.list_tasks(ctx.env) if (t.spec or {}).get("cron")]
-    return ctx.render("schedules.html", active="schedules", declared=declared)
+    from ... import cron
+
+    schedules, total = ctx.store.list_schedules(ctx.env, limit=500)
+    rows = [(s, cron.describe(s.cron)) for s in schedules]
+    return ctx.render("schedules.html", active="schedules", rows=rows, total=total)
 
 
 # -- login ----------------------------------------------------------------------------------
