@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import itertools
-import random
 import re
 from collections.abc import Mapping, Sequence
-from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
-from .._errors import InvalidState, RunNotFound, SchemaVersionError, TokenNotFound, TokenTimedOut
+from .._errors import RunNotFound, SchemaVersionError
 from .._serde import dumps, loads
-from ..runs import FINAL_STATUSES, JournalEntry, Run, RunEvent, RunStatus
+from ..runs import JournalEntry, Run, RunEvent, RunStatus
+from ._rows import (
+    RATE_GUARD,
+    Row,
+    Tx,
+    _error,
+    _journal_entry,
+    _task_def,
+    load_queries,
+    migrations,
+    run_from_row,
+    schema_sql,
+)
 from ._sql_api import ApiMixin
+from ._sql_claims import ClaimsMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
+from ._sql_waitpoints import WaitpointsMixin
 from .base import (
-    Claim,
     EndSegment,
     Heartbeat,
     LogLine,
@@ -38,161 +48,13 @@ from .base import (
     TaskDef,
     TickReport,
     TriggerResult,
-    Waitpoint,
-    WaitpointState,
     WorkerInfo,
 )
 
 SCHEMA_VERSION = 1
 
-# A start stays in its queue's rate window this fraction of the period longer than the
-# period itself. The limit is judged at claim time; the delay between a claim and the
-# task's first line (another process, a busy CPU) varies by milliseconds, and must not
-# let the task code, or the API it calls, see N+1 starts within one period.
-RATE_GUARD = 0.05
-_FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
-Row = dict[str, Any]
-
-
-class Tx(Protocol):
-    def q(self, name: str, /, **params: Any) -> list[Row]: ...
-
-    def x(self, name: str, /, **params: Any) -> int: ...
-
-    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
-
-    def script(self, sql: str) -> None: ...
-
-
-def load_queries(dialect: str) -> dict[str, str]:
-    """Parse ``-- name: x`` blocks; ``x [dialect]`` overrides ``x`` for that dialect."""
-    text = resources.files("outlast.store").joinpath("sql/queries.sql").read_text()
-    queries: dict[str, str] = {}
-    overrides: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
-        header, _, body = block.partition("\n")
-        m = re.fullmatch(r"(\w+)(?: \[(\w+)\])?\s*", header)
-        if m is None:
-            raise ValueError(f"bad query header: {header!r}")
-        name, only = m.group(1), m.group(2)
-        sql = "\n".join(
-            line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
-        ).strip()
-        if only is None:
-            queries[name] = sql
-        elif only == dialect:
-            overrides[name] = sql
-    queries.update(overrides)
-    return queries
-
-
-def schema_sql(dialect: str) -> str:
-    return resources.files("outlast.store").joinpath(f"sql/schema.{dialect}.sql").read_text()
-
-
-def migrations(dialect: str) -> list[tuple[int, str]]:
-    """Forward-only migrations ``sql/migrations/NNNN_name.<dialect>.sql`` after version 1."""
-    folder = resources.files("outlast.store").joinpath("sql/migrations")
-    found: list[tuple[int, str]] = []
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            m = re.fullmatch(rf"(\d+)_\w+\.{dialect}\.sql", entry.name)
-            if m:
-                found.append((int(m.group(1)), entry.read_text()))
-    return sorted(found)
-
-
-def _b(value: Any) -> bool:
-    return bool(value)
-
-
-def run_from_row(row: Row) -> Run:
-    return Run(
-        id=row["id"],
-        env=row["env"],
-        task_id=row["task_id"],
-        queue=row["queue"],
-        status=RunStatus(row["status"]),
-        payload=loads(row["payload"]),
-        output=loads(row["output"]),
-        error=loads(row["error"]),
-        metadata=loads(row["metadata"]) or {},
-        tags=loads(row["tags"]) or [],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        priority=row["priority"],
-        concurrency_key=row["concurrency_key"] or None,
-        idempotency_key=row["idempotency_key"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        available_at=row["available_at"],
-        delay_until=row["delay_until"],
-        ttl_expires_at=row["ttl_expires_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        max_duration=row["max_duration"],
-        worker_id=row["worker_id"],
-        parent_id=row["parent_id"],
-        root_id=row["root_id"],
-        depth=row["depth"],
-        replayed_from=row["replayed_from"],
-        cancel_requested=_b(row["cancel_requested"]),
-        wait_reason=loads(row["wait_reason"]),
-        lease_epoch=row["lease_epoch"],
-        exec_seconds=row["exec_seconds"],
-        segment_started_at=row["segment_started_at"],
-        idempotency_expires_at=row["idempotency_expires_at"],
-    )
-
-
-def _journal_entry(row: Row) -> JournalEntry:
-    return JournalEntry(
-        key=row["key"],
-        kind=row["kind"],
-        fingerprint=row["fingerprint"],
-        status=row["status"],
-        output=row["output"],
-        waitpoint_id=row["waitpoint_id"],
-        attempt=row["attempt"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
-
-
-def _waitpoint(row: Row, waiting: list[str] | None = None) -> Waitpoint:
-    return Waitpoint(
-        id=row["id"],
-        env=row["env"],
-        kind=row["kind"],
-        status=row["status"],
-        run_id=row["run_id"],
-        timeout_at=row["timeout_at"],
-        output=loads(row["output"]),
-        is_error=_b(row["is_error"]),
-        idempotency_key=row["idempotency_key"],
-        tags=loads(row["tags"]) or [],
-        created_at=row["created_at"],
-        completed_at=row["completed_at"],
-        waiting_runs=waiting or [],
-    )
-
-
-def _task_def(row: Row) -> TaskDef:
-    return TaskDef(
-        id=row["id"],
-        queue=row["queue"],
-        payload_schema=loads(row["payload_schema"]),
-        spec=loads(row["spec"]),
-        updated_at=row["updated_at"],
-    )
-
-
-def _error(code: str, message: str) -> str:
-    return dumps({"code": code, "message": message})
-
-
-class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
+class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, Store):
     dialect: str
 
     def __init__(self) -> None:
@@ -681,171 +543,6 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
             rows = tx.q("live_task_workers", env=env, now=self.now())
         return {t for r in rows for t in loads(r["tasks"])}
 
-    # -- claiming -------------------------------------------------------------------------
-    def claim(
-        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
-    ) -> list[Claim]:
-        """Claim up to ``limit`` runs from the queues in ``serves`` (queue -> task ids).
-
-        Capacity is read from counter rows in the same transaction that takes the runs
-        (C5): a queue's global cap, each key's limit, and the rate window. Keys are served
-        least-recently-served first, a fair share each, so one tenant's backlog cannot
-        starve another's single run.
-        """
-        if limit <= 0 or not serves:
-            return []
-        now = self.now()
-        with self._transaction() as tx:
-            queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
-            random.shuffle(queues)  # no queue always first when the worker's slots are few
-            picked: list[str] = []
-            budget = limit
-            for q in queues:
-                if budget <= 0:
-                    break
-                taken = self._claim_from_queue(tx, q, serves[q["name"]], budget, now)
-                picked.extend(taken)
-                budget -= len(taken)
-            if not picked:
-                return []
-            rows = tx.q("claim_runs", ids=self._list(picked), worker_id=worker_id, now=now)
-            rows.sort(key=lambda r: r["ready_at"])
-            replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
-            journals: dict[str, list[Row]] = {}
-            logs: dict[str, int] = {}
-            if replaying:
-                for j in tx.q("journals_for_runs", ids=self._list(replaying)):
-                    journals.setdefault(j["run_id"], []).append(j)
-                for c in tx.q("log_counts", ids=self._list(replaying)):
-                    logs[c["run_id"]] = int(c["n"])
-        claims = []
-        for r in rows:
-            entries = journals.get(r["id"], [])
-            claims.append(
-                Claim(
-                    run=run_from_row(r),
-                    epoch=r["lease_epoch"],
-                    logs_recorded=logs.get(r["id"], 0),
-                    journal={j["key"]: _journal_entry(j) for j in entries},
-                    waitpoints={
-                        j["waitpoint_id"]: WaitpointState(
-                            id=j["waitpoint_id"],
-                            kind=j["wp_kind"],
-                            status=j["wp_status"],
-                            output=j["wp_output"],
-                            is_error=_b(j["wp_is_error"]),
-                        )
-                        for j in entries
-                        if j["waitpoint_id"] and j["wp_status"] is not None
-                    },
-                )
-            )
-        return claims
-
-    def _claim_from_queue(
-        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float
-    ) -> list[str]:
-        if q["paused"]:
-            return []
-        cap = budget
-        if q["global_limit"] is not None:
-            cap = min(cap, q["global_limit"] - q["executing"])
-        window: list[float] = []
-        if q["rate_limit_count"]:
-            span = q["rate_limit_period"] * (1 + RATE_GUARD)
-            window = [t for t in loads(q["rate_window"]) if t > now - span]
-            cap = min(cap, q["rate_limit_count"] - len(window))
-        if cap <= 0:
-            return []
-        key_limit = q["concurrency_limit"]
-        slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
-        tasks = self._list(list(task_ids))
-
-        def ready(ckey: str, n: int) -> list[str]:
-            rows = tx.q(
-                "ready_in_slot",
-                env=q["env"],
-                queue=q["name"],
-                ckey=ckey,
-                now=now,
-                task_ids=tasks,
-                n=n,
-            )
-            return [r["id"] for r in rows]
-
-        taken: list[str] = []
-        counts: dict[str, int] = {}  # key -> runs taken in this claim
-        served: dict[str, int] = {}  # key -> when it last got runs in this claim
-        seq = itertools.count()
-        rooms: dict[str, int] = {}  # key -> its room, while it may have more ready
-        idle: list[str] = []
-        visited = 0
-        share = max(1, cap // max(1, len(slots)))
-        # First pass: a fair share for every key with room, least recently served first.
-        for s in slots:
-            if len(taken) >= cap or visited >= 4 * cap + 16:
-                break
-            visited += 1
-            room = key_limit - s["executing"] if key_limit is not None else cap
-            n = min(share, cap - len(taken), room)
-            if n <= 0:
-                continue
-            ids = ready(s["ckey"], n)
-            if not ids:
-                idle.append(s["ckey"])
-                continue
-            taken.extend(ids)
-            counts[s["ckey"]] = len(ids)
-            served[s["ckey"]] = next(seq)
-            if len(ids) == n and room > n:
-                rooms[s["ckey"]] = room
-        # Then what idle keys left goes round robin to keys with more ready; without this
-        # a key alone among idle ones would get one run per claim. Runs taken above are
-        # still QUEUED in this transaction, so each read skips past them.
-        mine = set(taken)
-        hungry = list(rooms)
-        while hungry and len(taken) < cap:
-            per = max(1, (cap - len(taken)) // len(hungry))
-            still = []
-            for ckey in hungry:
-                have = counts[ckey]
-                want = min(rooms[ckey], have + per, have + cap - len(taken))
-                if want <= have:
-                    break
-                more = [i for i in ready(ckey, want) if i not in mine][: want - have]
-                if more:
-                    taken.extend(more)
-                    mine.update(more)
-                    counts[ckey] += len(more)
-                    served[ckey] = next(seq)
-                if counts[ckey] == want and want < rooms[ckey]:
-                    still.append(ckey)
-            hungry = still
-        # Every key visited goes behind every key not visited: idle ones first, then the
-        # served ones in the order they were last served. The stamps rise strictly even
-        # when clocks tie (a fake clock) or lag (a worker whose clock is behind), so the
-        # round robin never settles on one key.
-        stamp = max([now, *(s["last_claim_at"] for s in slots)])
-        order = [*idle, *sorted(counts, key=lambda k: served[k])]
-        stamps = {ckey: stamp + (i + 1) * 1e-6 for i, ckey in enumerate(order)}
-        for ckey, n in counts.items():
-            tx.x(
-                "take_slots", env=q["env"], queue=q["name"], ckey=ckey, n=n, stamp=stamps[ckey]
-            )
-        if idle:
-            where = {"env": q["env"], "queue": q["name"]}
-            tx.many("touch_slot", [{**where, "ckey": k, "stamp": stamps[k]} for k in idle])
-        if taken:
-            if q["rate_limit_count"]:
-                window.extend([now] * len(taken))
-            tx.x(
-                "take_queue",
-                env=q["env"],
-                queue=q["name"],
-                n=len(taken),
-                rate_window=dumps(window),
-            )
-        return taken
 
     # -- committing a worker's batch ------------------------------------------------------
     def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
@@ -1062,95 +759,6 @@ class SqlStore(StatsMixin, ApiMixin, SchedulesMixin, Store):
             data=op.error,
         )
 
-    # -- waitpoints -----------------------------------------------------------------------
-    def create_token(
-        self,
-        env: str,
-        token_id: str,
-        *,
-        timeout_at: float | None,
-        idempotency_key: str | None = None,
-        idempotency_ttl: float | None = None,
-        tags: Sequence[str] = (),
-        run_id: str | None = None,
-    ) -> Waitpoint:
-        now = self.now()
-        with self._transaction() as tx:
-            if idempotency_key is not None:
-                tx.x("release_waitpoint_key", env=env, idempotency_key=idempotency_key, now=now)
-                found = tx.q("find_waitpoint_by_key", env=env, idempotency_key=idempotency_key)
-                if found:
-                    return _waitpoint(found[0])
-            tx.x(
-                "insert_waitpoint",
-                id=token_id,
-                env=env,
-                kind="token",
-                run_id=run_id,
-                timeout_at=timeout_at,
-                idempotency_key=idempotency_key,
-                idempotency_expires_at=(
-                    now + idempotency_ttl if idempotency_key and idempotency_ttl else None
-                ),
-                tags=dumps(list(tags)),
-                pending_children=0,
-                now=now,
-            )
-            return _waitpoint(tx.q("get_waitpoint", env=env, id=token_id)[0])
-
-    def complete_waitpoint(
-        self, env: str, waitpoint_id: str, output: str, *, is_error: bool = False
-    ) -> tuple[Waitpoint, bool]:
-        now = self.now()
-        with self._transaction() as tx:
-            rows = tx.q("get_waitpoint", env=env, id=waitpoint_id)
-            if not rows:
-                raise TokenNotFound(
-                    f"no waitpoint token {waitpoint_id!r} in environment {env!r}",
-                    field="id",
-                )
-            if rows[0]["kind"] != "token":
-                raise InvalidState(
-                    f"waitpoint {waitpoint_id!r} is a {rows[0]['kind']}, not a token"
-                )
-            timeout_at = rows[0]["timeout_at"]
-            if rows[0]["status"] == "pending" and timeout_at is not None and timeout_at <= now:
-                # Past its timeout, not yet fired by a tick: the timeout wins, as it
-                # would have a moment later, and the waiting run resumes timed out.
-                self._complete(tx, waitpoint_id, "timed_out", None, True, now)
-                done = False
-            else:
-                done = self._complete(tx, waitpoint_id, "completed", output, is_error, now)
-            wp = _waitpoint(tx.q("get_waitpoint", env=env, id=waitpoint_id)[0])
-        if wp.status == "timed_out":  # raised after the commit, which keeps the timeout
-            self.wake_local()
-            raise TokenTimedOut(f"waitpoint token {waitpoint_id!r} timed out")
-        if done:
-            self.wake_local()
-        return wp, done
-
-    def get_waitpoint(self, env: str, waitpoint_id: str) -> Waitpoint | None:
-        with self._transaction() as tx:
-            rows = tx.q("get_waitpoint", env=env, id=waitpoint_id)
-            if not rows:
-                return None
-            waiting = [r["run_id"] for r in tx.q("waiting_runs", id=waitpoint_id)]
-        return _waitpoint(rows[0], waiting)
-
-    def waitpoint_env(self, waitpoint_id: str) -> str | None:
-        with self._transaction() as tx:
-            rows = tx.q("get_waitpoint_env", id=waitpoint_id)
-        return str(rows[0]["env"]) if rows else None
-
-    def list_waitpoints(
-        self, env: str, *, status: str | None = None, limit: int = 100
-    ) -> list[Waitpoint]:
-        with self._transaction() as tx:
-            rows = tx.q("list_waitpoints", env=env, status=status, limit=limit)
-            return [
-                _waitpoint(r, [w["run_id"] for w in tx.q("waiting_runs", id=r["id"])])
-                for r in rows
-            ]
 
     # -- scheduling -----------------------------------------------------------------------
     def tick(self) -> TickReport:

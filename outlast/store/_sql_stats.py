@@ -102,7 +102,7 @@ class StatsMixin(abc.ABC):
 
     def child_runs(self, env: str, run_id: str, limit: int = 100) -> list[Run]:
         """The runs ``run_id`` triggered, oldest first."""
-        from ._sql import run_from_row  # _sql imports this module
+        from ._rows import run_from_row
 
         with self._transaction() as tx:
             rows = self._raw(tx, CHILD_RUNS, {"env": env, "parent_id": run_id, "limit": limit})

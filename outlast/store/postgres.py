@@ -20,7 +20,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
-from ._sql import Row, SqlStore
+from ._rows import Row
+from ._sql import SqlStore
 
 _CHANNEL = "outlast_work"
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"

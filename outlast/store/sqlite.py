@@ -26,7 +26,8 @@ from typing import Any
 from .._clock import Clock, SystemClock
 from .._errors import ConfigurationError
 from .._serde import dumps
-from ._sql import Row, SqlStore
+from ._rows import Row
+from ._sql import SqlStore
 
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 

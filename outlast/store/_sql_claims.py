@@ -1,0 +1,197 @@
+"""Claiming runs under queue limits: the part of the SQL store workers call to take work."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._serde import dumps, loads
+from ._rows import (
+    RATE_GUARD,
+    Row,
+    Tx,
+    _b,
+    _journal_entry,
+    run_from_row,
+)
+from .base import (
+    Claim,
+    WaitpointState,
+)
+
+
+class ClaimsMixin(abc.ABC):
+    """Mixed into SqlStore; relies on its ``_transaction``, ``_list`` and ``now``."""
+
+    _transaction: Any
+    _list: Any
+    now: Any
+
+    # -- claiming -------------------------------------------------------------------------
+    def claim(
+        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+    ) -> list[Claim]:
+        """Claim up to ``limit`` runs from the queues in ``serves`` (queue -> task ids).
+
+        Capacity is read from counter rows in the same transaction that takes the runs
+        (C5): a queue's global cap, each key's limit, and the rate window. Keys are served
+        least-recently-served first, a fair share each, so one tenant's backlog cannot
+        starve another's single run.
+        """
+        if limit <= 0 or not serves:
+            return []
+        now = self.now()
+        with self._transaction() as tx:
+            queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
+            random.shuffle(queues)  # no queue always first when the worker's slots are few
+            picked: list[str] = []
+            budget = limit
+            for q in queues:
+                if budget <= 0:
+                    break
+                taken = self._claim_from_queue(tx, q, serves[q["name"]], budget, now)
+                picked.extend(taken)
+                budget -= len(taken)
+            if not picked:
+                return []
+            rows = tx.q("claim_runs", ids=self._list(picked), worker_id=worker_id, now=now)
+            rows.sort(key=lambda r: r["ready_at"])
+            replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
+            journals: dict[str, list[Row]] = {}
+            logs: dict[str, int] = {}
+            if replaying:
+                for j in tx.q("journals_for_runs", ids=self._list(replaying)):
+                    journals.setdefault(j["run_id"], []).append(j)
+                for c in tx.q("log_counts", ids=self._list(replaying)):
+                    logs[c["run_id"]] = int(c["n"])
+        claims = []
+        for r in rows:
+            entries = journals.get(r["id"], [])
+            claims.append(
+                Claim(
+                    run=run_from_row(r),
+                    epoch=r["lease_epoch"],
+                    logs_recorded=logs.get(r["id"], 0),
+                    journal={j["key"]: _journal_entry(j) for j in entries},
+                    waitpoints={
+                        j["waitpoint_id"]: WaitpointState(
+                            id=j["waitpoint_id"],
+                            kind=j["wp_kind"],
+                            status=j["wp_status"],
+                            output=j["wp_output"],
+                            is_error=_b(j["wp_is_error"]),
+                        )
+                        for j in entries
+                        if j["waitpoint_id"] and j["wp_status"] is not None
+                    },
+                )
+            )
+        return claims
+
+    def _claim_from_queue(
+        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float
+    ) -> list[str]:
+        if q["paused"]:
+            return []
+        cap = budget
+        if q["global_limit"] is not None:
+            cap = min(cap, q["global_limit"] - q["executing"])
+        window: list[float] = []
+        if q["rate_limit_count"]:
+            span = q["rate_limit_period"] * (1 + RATE_GUARD)
+            window = [t for t in loads(q["rate_window"]) if t > now - span]
+            cap = min(cap, q["rate_limit_count"] - len(window))
+        if cap <= 0:
+            return []
+        key_limit = q["concurrency_limit"]
+        slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
+        tasks = self._list(list(task_ids))
+
+        def ready(ckey: str, n: int) -> list[str]:
+            rows = tx.q(
+                "ready_in_slot",
+                env=q["env"],
+                queue=q["name"],
+                ckey=ckey,
+                now=now,
+                task_ids=tasks,
+                n=n,
+            )
+            return [r["id"] for r in rows]
+
+        taken: list[str] = []
+        counts: dict[str, int] = {}  # key -> runs taken in this claim
+        served: dict[str, int] = {}  # key -> when it last got runs in this claim
+        seq = itertools.count()
+        rooms: dict[str, int] = {}  # key -> its room, while it may have more ready
+        idle: list[str] = []
+        visited = 0
+        share = max(1, cap // max(1, len(slots)))
+        # First pass: a fair share for every key with room, least recently served first.
+        for s in slots:
+            if len(taken) >= cap or visited >= 4 * cap + 16:
+                break
+            visited += 1
+            room = key_limit - s["executing"] if key_limit is not None else cap
+            n = min(share, cap - len(taken), room)
+            if n <= 0:
+                continue
+            ids = ready(s["ckey"], n)
+            if not ids:
+                idle.append(s["ckey"])
+                continue
+            taken.extend(ids)
+            counts[s["ckey"]] = len(ids)
+            served[s["ckey"]] = next(seq)
+            if len(ids) == n and room > n:
+                rooms[s["ckey"]] = room
+        # Then what idle keys left goes round robin to keys with more ready; without this
+        # a key alone among idle ones would get one run per claim. Runs taken above are
+        # still QUEUED in this transaction, so each read skips past them.
+        mine = set(taken)
+        hungry = list(rooms)
+        while hungry and len(taken) < cap:
+            per = max(1, (cap - len(taken)) // len(hungry))
+            still = []
+            for ckey in hungry:
+                have = counts[ckey]
+                want = min(rooms[ckey], have + per, have + cap - len(taken))
+                if want <= have:
+                    break
+                more = [i for i in ready(ckey, want) if i not in mine][: want - have]
+                if more:
+                    taken.extend(more)
+                    mine.update(more)
+                    counts[ckey] += len(more)
+                    served[ckey] = next(seq)
+                if counts[ckey] == want and want < rooms[ckey]:
+                    still.append(ckey)
+            hungry = still
+        # Every key visited goes behind every key not visited: idle ones first, then the
+        # served ones in the order they were last served. The stamps rise strictly even
+        # when clocks tie (a fake clock) or lag (a worker whose clock is behind), so the
+        # round robin never settles on one key.
+        stamp = max([now, *(s["last_claim_at"] for s in slots)])
+        order = [*idle, *sorted(counts, key=lambda k: served[k])]
+        stamps = {ckey: stamp + (i + 1) * 1e-6 for i, ckey in enumerate(order)}
+        for ckey, n in counts.items():
+            tx.x(
+                "take_slots", env=q["env"], queue=q["name"], ckey=ckey, n=n, stamp=stamps[ckey]
+            )
+        if idle:
+            where = {"env": q["env"], "queue": q["name"]}
+            tx.many("touch_slot", [{**where, "ckey": k, "stamp": stamps[k]} for k in idle])
+        if taken:
+            if q["rate_limit_count"]:
+                window.extend([now] * len(taken))
+            tx.x(
+                "take_queue",
+                env=q["env"],
+                queue=q["name"],
+                n=len(taken),
+                rate_window=dumps(window),
+            )
+        return taken
