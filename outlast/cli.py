@@ -171,7 +171,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
                    f"(OpenAPI: /api/v1/openapi.json)\n"
                    f"  secret key:  export OUTLAST_SECRET_KEY={secret}\n"
                    if server is not None else "")
-                + f"  trigger one:  outlast trigger {sorted(REGISTRY)[0]} --payload '{{}}'\n"
+                + f"  trigger one:  outlast trigger {_example_task()} --payload '{{}}'\n"
                 "  watch runs:   outlast runs list",
                 flush=True,
             )
@@ -290,6 +290,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return 1
         print(f"revoked {args.key_id}")
     return 0
+
+
+def _example_task() -> str:
+    """A task to suggest triggering by hand: one not fired by a schedule, if any."""
+    from .tasks import REGISTRY
+
+    manual = sorted(t for t, task in REGISTRY.items() if task.cron is None)
+    return (manual or sorted(REGISTRY))[0]
 
 
 def _dev_key(store: Any, env: str) -> str:
