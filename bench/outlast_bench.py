@@ -245,7 +245,8 @@ def bench_latency(backend: str, args: argparse.Namespace, res: c.Results) -> Non
             db.close()
         start = [(s - cr) * 1000 for cr, s, _ in rows]
         done = [(f - cr) * 1000 for cr, _, f in rows]
-        how = ("polling (worker poll 50 ms)" if backend == "sqlite" else "LISTEN/NOTIFY")
+        how = ("a datagram to waiting workers after commit (poll 50 ms as backup)"
+               if backend == "sqlite" else "LISTEN/NOTIFY")
         for name, vals in (("start", start), ("done", done)):
             for p in (50, 99):
                 res.record(backend, f"latency_{name}_p{p}", "ms", c.percentile(vals, p),

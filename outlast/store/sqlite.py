@@ -8,17 +8,27 @@ Writers take the file's write lock up front (``BEGIN IMMEDIATE``) and wait for i
 ``busy_timeout``, so concurrent processes queue instead of failing with "database is
 locked". A worker holds an OS file lock beside the database for its whole life; when
 the process dies the kernel drops it, which is how survivors notice within a poll (C9).
+
+Wake-ups across processes, the part PostgreSQL does with LISTEN/NOTIFY: a waiting worker
+binds a Unix datagram socket beside its lock file, and a transaction that made work ready
+sends each such socket one byte after it commits. The worker's poll stays the source of
+truth: a lost byte costs one poll interval, an extra one costs one empty claim.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import logging
 import os
 import re
+import secrets
+import select
 import socket
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,8 @@ from .._errors import ConfigurationError
 from .._serde import dumps
 from ._rows import Row
 from ._sql import SqlStore
+
+log = logging.getLogger(__name__)
 
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
@@ -40,6 +52,7 @@ class _Tx:
     def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
         self.conn = conn
         self.queries = queries
+        self.ready = False  # work became ready: wake other processes' workers after COMMIT
 
     def q(self, name: str, /, **params: Any) -> list[Row]:
         return self.conn.execute(self.queries[name], params).fetchall()
@@ -100,6 +113,22 @@ class SQLiteStore(SqlStore):
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._host = socket.gethostname()
+        # Wake-up sockets are named <host tag>-<random>.wake, short because a socket's path
+        # is limited to about 100 bytes; the tag tells this host's dead sockets (safe to
+        # remove) from another host's.
+        self._host_tag = hashlib.blake2s(self._host.encode(), digest_size=3).hexdigest()
+        self._waiter: socket.socket | None = None  # bound on the first wait_for_work
+        self._waiter_path: str | None = None
+        self._waiter_failed = False
+        self._wake_dir = str(self.lock_dir)
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        # Closed and unlinked by close(), or when the store is collected or the process exits.
+        self._sockets = [self._sender]
+        self._socket_paths: list[str] = []
+        self._release_sockets = weakref.finalize(
+            self, _release_sockets, self._sockets, self._socket_paths
+        )
 
     @property
     def lock_dir(self) -> Path:
@@ -109,12 +138,15 @@ class SQLiteStore(SqlStore):
     def _transaction(self) -> Iterator[_Tx]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            tx = _Tx(self._conn, self.q)
             try:
-                yield _Tx(self._conn, self.q)
+                yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+        if tx.ready:
+            self._wake_other_processes()
 
     def _list(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))
@@ -130,17 +162,85 @@ class SQLiteStore(SqlStore):
             ).fetchall()
         return bool(rows)
 
+    def _notify(self, tx: Any, env: str) -> None:
+        tx.ready = True
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            path, self._waiter, self._waiter_path = self._waiter_path, None, None
+            self._waiter_failed = True
+            if path is not None:
+                self._send(path)  # a thread still waiting on it returns now
+            self._release_sockets()
 
-    # -- wake-ups: in-process signal; other processes find work by polling ---------------
+    # -- wake-ups: a datagram socket per waiting process; the caller's poll stays the ----
+    # -- source of truth ------------------------------------------------------------------
     def wake_local(self) -> None:
         self._wake.set()
+        path = self._waiter_path
+        if path is not None:
+            self._send(path)
 
     def wait_for_work(self, timeout: float) -> None:
-        if self._wake.wait(timeout):
-            self._wake.clear()
+        waiter = self._waiter if self._waiter is not None else self._bind_waiter()
+        if waiter is None:
+            self._wake.wait(timeout)
+        else:
+            with contextlib.suppress(OSError, ValueError):  # BlockingIOError ends the drain
+                if not self._wake.is_set():
+                    poller = select.poll()
+                    poller.register(waiter, select.POLLIN)
+                    poller.poll(max(0, round(timeout * 1000)))
+                while True:  # many wake-ups since the last wait count as one
+                    waiter.recv(16, socket.MSG_DONTWAIT)
+        self._wake.clear()
+
+    def _bind_waiter(self) -> socket.socket | None:
+        with self._lock:
+            if self._waiter is not None or self._waiter_failed:
+                return self._waiter
+            path = os.path.join(self._wake_dir, f"{self._host_tag}-{secrets.token_hex(4)}.wake")
+            waiter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                self.lock_dir.mkdir(parents=True, exist_ok=True)
+                waiter.bind(path)
+            except OSError as exc:  # e.g. a path longer than a socket's may be
+                waiter.close()
+                self._waiter_failed = True
+                log.warning(
+                    "no wake-up socket at %s (%s): work triggered by other processes is"
+                    " found at the next poll",
+                    path,
+                    exc,
+                )
+                return None
+            self._sockets.append(waiter)
+            self._socket_paths.append(path)
+            self._waiter, self._waiter_path = waiter, path
+            return waiter
+
+    def _wake_other_processes(self) -> None:
+        try:
+            with os.scandir(self._wake_dir) as entries:
+                paths = [e.path for e in entries if e.name.endswith(".wake")]
+        except OSError:
+            return  # no worker has waited yet
+        own, ours = self._waiter_path, os.path.join(self._wake_dir, f"{self._host_tag}-")
+        for path in paths:
+            if path != own and not self._send(path) and path.startswith(ours):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # nobody bound to it: a worker of this host that died
+
+    def _send(self, path: str) -> bool:
+        """Send one byte to a waiter's socket; False if no process is bound to it."""
+        try:
+            self._sender.sendto(b"\0", path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            pass  # its queue is full (a wake-up is pending anyway), or the socket closed
+        return True
 
     # -- worker life locks ----------------------------------------------------------------
     def acquire_life_lock(self, worker_id: str) -> tuple[LifeLock, int | None, str | None]:
@@ -165,6 +265,14 @@ class SQLiteStore(SqlStore):
         finally:
             os.close(fd)  # closing the descriptor drops our probe lock too
         return True
+
+
+def _release_sockets(sockets: list[socket.socket], paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    for sock in sockets:
+        sock.close()
 
 
 def _path_from_url(url: str) -> Path:
