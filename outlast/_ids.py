@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import secrets
+import os
 import time
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+# Two digits per 10 bits: a batch trigger makes an id per run, and a digit-by-digit loop
+# was a fifth of its Python time.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = tuple(range(120, -1, -10))  # 26 digits = 130 bits, the top 2 always zero
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
-def _encode(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        value, r = divmod(value, 32)
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
+def _encode(value: int) -> str:
+    pairs = _PAIRS
+    return "".join([pairs[(value >> s) & 1023] for s in _SHIFTS])
 
 
 def new_id(prefix: str) -> str:
     ms = int(time.time() * 1000) & ((1 << 48) - 1)
-    return f"{prefix}_{_encode((ms << 80) | secrets.randbits(80), 26)}"
+    return f"{prefix}_{_encode((ms << 80) | int.from_bytes(os.urandom(10), 'big'))}"
+
+
+def new_ids(prefix: str, n: int) -> list[str]:
+    """``n`` new ids at once, for a batch: the same as ``new_id`` n times within one
+    millisecond, at half the cost. The 80 random bits are the last 16 digits, whole
+    bytes, so all of them come from one read of the random source and one base32 call."""
+    ms = int(time.time() * 1000) & ((1 << 48) - 1)
+    head = f"{prefix}_{_encode(ms << 80)[:10]}"
+    body = base64.b32encode(os.urandom(10 * n)).translate(_FROM_RFC4648).decode()
+    return [head + body[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 def derived_id(prefix: str, *parts: str) -> str:
     """A stable id for something a run creates, so its replay finds the same object."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return f"{prefix}_{_encode(int.from_bytes(digest[:17], 'big') >> 6, 26)}"
+    return f"{prefix}_{_encode(int.from_bytes(digest[:17], 'big') >> 6)}"

@@ -141,6 +141,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         store,
         env=args.env,
         concurrency=args.concurrency,
+        prefetch=args.prefetch,
         lease_seconds=args.lease_seconds,
         scheduler=not args.no_scheduler,
         shutdown_grace=args.shutdown_grace,
@@ -664,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         _app_flag(p)
         _flag(p, "--concurrency", help="runs executed at once", default=10, type=int)
+        _flag(p, "--prefetch", help="runs claimed ahead and held ready while recent runs "
+              "are short (under 50 ms); default: as many as --concurrency, 0 turns it off",
+              default=None, type=int)
         _flag(p, "--lease-seconds", help="worker lease (fallback death detection)",
               default=30.0, type=float)
         _flag(p, "--shutdown-grace", help="seconds to finish runs on SIGTERM",

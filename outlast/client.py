@@ -17,15 +17,23 @@ from typing import Any
 from . import _serde
 from ._clock import Clock
 from ._config import settings
-from ._errors import ConfigurationError, PayloadTooLarge, RunNotFound, UnknownTask, ValidationError
+from ._errors import ConfigurationError, RunNotFound, UnknownTask, ValidationError
 from ._http import HttpTransport, HttpTrigger
 from ._ids import new_id
 from ._schedules import AsyncScheduleMethods, ScheduleMethods
 from .durable import Token
 from .runs import Run, RunHandle
 from .store import open_store
-from .store.base import NewRun, Store, Waitpoint
-from .tasks import REGISTRY, Task, TriggerOptions, build_run
+from .store.base import NewRun, Store, TaskDef, Waitpoint
+from .tasks import (
+    REGISTRY,
+    Task,
+    TriggerOptions,
+    build_run,
+    build_runs,
+    check_payload_size,
+    item_error,
+)
 
 _MISSING: Any = object()
 
@@ -137,13 +145,17 @@ class Client(ScheduleMethods):
         """Start many runs in one transaction: every payload is validated first, and a bad
         one (named by its index) writes nothing."""
         opts = options or TriggerOptions(**kwargs)
-        runs = []
-        for i, p in enumerate(payloads):
-            try:
-                runs.append(self._new_run(task, p, opts))
-            except ValidationError as exc:
-                field = f"items[{i}].{exc.field}" if exc.field else f"items[{i}]"
-                raise type(exc)(f"items[{i}]: {exc.message}", field=field) from None
+        runs: Sequence[NewRun | HttpTrigger]
+        if self._http is None:
+            runs = prepare_runs(self._ready(), self.env, task, payloads, opts)
+        else:
+            triggers = []
+            for i, p in enumerate(payloads):
+                try:
+                    triggers.append(self._new_run(task, p, opts))
+                except ValidationError as exc:
+                    raise item_error(exc, i) from None
+            runs = triggers
         results = self._send(runs)
         out_type = _output_type(task)
         return [
@@ -295,29 +307,64 @@ def prepare_run(
     local = REGISTRY.get(task)
     if local is not None:
         return local.new_run(payload, options, env)
-    published = store.get_task(env, task)
+    published = _published(store, env, task)
+    return _published_run(published, env, _published_payload(published, payload), options)
+
+
+def prepare_runs(
+    store: Store,
+    env: str,
+    task: Task[Any, Any] | str,
+    payloads: Iterable[Any],
+    options: TriggerOptions,
+) -> list[NewRun]:
+    """``prepare_run`` for a batch sharing its options: the task is looked up and the
+    options checked once, every payload validated; a bad one is named by its index
+    (``items[i]``) and nothing is written."""
+    if isinstance(task, Task):
+        return task.new_runs(payloads, options, env)
+    local = REGISTRY.get(task)
+    if local is not None:
+        return local.new_runs(payloads, options, env)
+    published = _published(store, env, task)
+    limit = settings().max_payload_bytes
+    return build_runs(
+        payloads,
+        lambda payload: _published_payload(published, payload, limit),
+        lambda text: _published_run(published, env, text, options),
+    )
+
+
+def _published(store: Store, env: str, task_id: str) -> TaskDef:
+    published = store.get_task(env, task_id)
     if published is None:
         raise UnknownTask(
-            f"no task {task!r} in environment {env!r}: import the module that defines it, "
+            f"no task {task_id!r} in environment {env!r}: import the module that defines it, "
             "or start a worker that serves it",
             field="task_id",
         )
+    return published
+
+
+def _published_payload(published: TaskDef, payload: Any, limit: int | None = None) -> str:
+    """A payload checked against the JSON schema the task's workers published."""
     _check_schema(published.payload_schema, payload)
     text = _serde.to_json(payload)
-    limit = settings().max_payload_bytes
-    if len(text.encode()) > limit:
-        raise PayloadTooLarge(
-            f"payload is {len(text.encode())} bytes, over the limit of {limit} bytes",
-            field="payload",
-        )
+    check_payload_size(text, settings().max_payload_bytes if limit is None else limit)
+    return text
+
+
+def _published_run(
+    published: TaskDef, env: str, payload_text: str, options: TriggerOptions
+) -> NewRun:
     spec = published.spec
     return build_run(
-        task_id=task,
+        task_id=published.id,
         default_queue=published.queue,
         default_tags=spec.get("tags") or (),
         default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
         default_max_duration=spec.get("max_duration"),
-        payload_text=text,
+        payload_text=payload_text,
         options=options,
         env=env,
     )

@@ -15,6 +15,7 @@ fallback for a worker that is alive but cut off.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import inspect
@@ -24,9 +25,9 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import _schedules, _serde
 from ._config import settings
@@ -48,17 +49,46 @@ from .tasks import REGISTRY, Task
 
 log = logging.getLogger(__name__)
 
+_SETTLE_TURNS = 6
+
 _NOT_RETRYABLE = (AbortRun, NonDeterminismError, SerializationError, ValidationError, UnknownTask)
 
 
-class Committer:
-    """Group commit: every op submitted while a flush is in flight goes in the next one."""
+class Claimer(Protocol):
+    """Who the committer claims for (the worker): claims ride on commit batches."""
 
-    def __init__(self, store: Store, worker_id: str, *, max_batch: int = 1000) -> None:
+    def claim_limit(self, ops: Sequence[Op]) -> int:
+        """Free slots once the runs this batch ends have left; 0 claims nothing."""
+
+    def claim_target(self) -> tuple[str, Mapping[str, Sequence[str]]]:
+        """The environment and queues (queue -> task ids) to claim from; in a thread."""
+
+    def claimed(self, claims: list[Claim], limit: int) -> None:
+        """Start the runs a batch claimed (on the loop, before the next batch)."""
+
+
+class Committer:
+    """Group commit: every op submitted while a flush is in flight goes in the next one.
+
+    With a ``claimer``, a flush that ends runs (or that a claim was asked for) also claims
+    their replacements in the same transaction, so a finished run's slot is refilled
+    under the commit that frees it; all claims go through here, one at a time, so they
+    never overlap and over-fill the worker."""
+
+    def __init__(
+        self,
+        store: Store,
+        worker_id: str,
+        *,
+        max_batch: int = 1000,
+        claimer: Claimer | None = None,
+    ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.max_batch = max_batch
+        self.claimer = claimer
         self._items: list[tuple[Op, asyncio.Future[bool] | None]] = []
+        self._claim_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -80,6 +110,14 @@ class Committer:
         """Queue ``op`` (a log line, a metadata change) without waiting for it."""
         self._add(op, None)
 
+    async def claim(self) -> None:
+        """Claim with the next flush (now, if none is in flight) and wait for it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claim_waiters.append(fut)
+        self._idle.clear()
+        self._wake.set()
+        await fut
+
     def _add(self, op: Op, fut: asyncio.Future[bool] | None) -> None:
         self._items.append((op, fut))
         self._idle.clear()
@@ -100,23 +138,52 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._items:
+            while True:
+                # Let runs that are ready to go on the loop (just claimed, or just told
+                # their end committed) take their steps first: their ops join this batch
+                # and the slots they leave are claimed in it, instead of waiting a flush.
+                # A run takes a few loop turns from start to its end op; a few yields cost
+                # microseconds against a flush's milliseconds.
+                for _ in range(_SETTLE_TURNS):
+                    await asyncio.sleep(0)
+                if not self._items and not self._claim_waiters:
+                    break
                 batch = self._items[: self.max_batch]
                 del self._items[: self.max_batch]
-                ok = await self._apply([op for op, _ in batch])
+                waiters, self._claim_waiters = self._claim_waiters, []
+                ops = [op for op, _ in batch]
+                limit = 0
+                if self.claimer is not None and (
+                    waiters or any(isinstance(op, EndSegment) for op in ops)
+                ):
+                    limit = self.claimer.claim_limit(ops)
+                ok, claims = await self._apply(ops, limit)
                 self.batches += 1
                 self.ops += len(batch)
                 for (_, fut), good in zip(batch, ok, strict=True):
                     if fut is not None and not fut.done():
                         fut.set_result(good)
-            if not self._items:
+                if self.claimer is not None and limit > 0:
+                    self.claimer.claimed(claims, limit)
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+            if not self._items and not self._claim_waiters:
                 self._idle.set()
 
-    async def _apply(self, ops: list[Op]) -> list[bool]:
+    async def _apply(self, ops: list[Op], limit: int) -> tuple[list[bool], list[Claim]]:
+        claimer = self.claimer
+
+        def commit() -> tuple[list[bool], list[Claim]]:
+            if limit > 0 and claimer is not None:
+                env, serves = claimer.claim_target()
+                return self.store.apply_and_claim(self.worker_id, ops, env, serves, limit)
+            return self.store.apply(self.worker_id, ops), []
+
         delay = 0.05
         while True:
             try:
-                return await asyncio.to_thread(self.store.apply, self.worker_id, ops)
+                return await asyncio.to_thread(commit)
             except Exception:
                 # The database is unreachable or the transaction failed: nothing of this
                 # batch is acknowledged; try the same batch again. Replaying it is safe:
@@ -151,6 +218,7 @@ class Worker:
         tasks: Mapping[str, Task[Any, Any]] | None = None,
         env: str | None = None,
         concurrency: int = 10,
+        prefetch: int | None = None,
         lease_seconds: float = 30.0,
         heartbeat_interval: float = 1.0,
         poll_interval: float | None = None,
@@ -162,10 +230,18 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
         self.store = store
         self.tasks: Mapping[str, Task[Any, Any]] = tasks if tasks is not None else REGISTRY
         self.env = env or settings().env
         self.concurrency = concurrency
+        # Runs claimed ahead of free slots, held ready while recent runs are short (see
+        # _room): a drain of quick runs then commits in bigger batches.
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self._ready: collections.deque[Claim] = collections.deque()
+        self._finishing: set[str] = set()  # active runs whose code is done, end committing
+        self._avg_seconds: float | None = None
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = heartbeat_interval
         is_pg = type(store).__name__.startswith("Postgres")
@@ -188,6 +264,8 @@ class Worker:
         self._serves: dict[str, list[str]] = {}
         self._serves_at = -1e9
         self._waiter: asyncio.Future[None] | None = None
+        self._dry = True  # the last claim found fewer runs than it had room for
+        self.claimed_total = 0
         self._scheduler = Scheduler(store)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -204,7 +282,7 @@ class Worker:
         self._started = True
         self._slot_freed = asyncio.Event()
         await asyncio.to_thread(self._register)
-        self._committer = Committer(self.store, self.id)
+        self._committer = Committer(self.store, self.id, claimer=self)
         self.committer.start()
         if background:
             self._background.append(asyncio.create_task(self._heartbeat_loop()))
@@ -258,6 +336,9 @@ class Worker:
         if not self._started or self._stopping:
             return
         self._stopping = True
+        while self._ready:
+            claim = self._ready.popleft()
+            self.committer.submit_nowait(_handback(claim))
         grace = self.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         while self.active and time.monotonic() < deadline:
@@ -297,31 +378,72 @@ class Worker:
             self._serves_at = now
         return self._serves
 
-    def _claim(self, limit: int) -> list[Claim]:
-        return self.store.claim(self.id, self.env, self._queues_served(), limit)
+    # Claims ride on the committer's batches (see Committer): these three are its Claimer.
+    def claim_limit(self, ops: Sequence[Op]) -> int:
+        if self._stopping:
+            return 0
+        ending = {
+            op.run_id
+            for op in ops
+            if isinstance(op, EndSegment)
+            and op.run_id in self.active
+            and op.run_id not in self._finishing
+        }
+        return self._room() + len(ending)
+
+    def claim_target(self) -> tuple[str, Mapping[str, Sequence[str]]]:
+        return self.env, self._queues_served()
+
+    def claimed(self, claims: list[Claim], limit: int) -> None:
+        self._dry = len(claims) < limit
+        self.claimed_total += len(claims)
+        self._ready.extend(claims)
+        self._start_ready()
+
+    def _room(self) -> int:
+        """How many runs to claim now: the free slots, plus ``prefetch`` more held ready
+        while recent runs took under 50 ms. Long runs get none held: a run waiting here
+        behind a long one could have started on another worker."""
+        short = self._avg_seconds is not None and self._avg_seconds < 0.05
+        ahead = self.prefetch if short else 0
+        return self.concurrency + ahead - self._busy() - len(self._ready)
+
+    def _busy(self) -> int:
+        """Runs whose code is executing (those only committing their end do not count)."""
+        return len(self.active) - len(self._finishing)
+
+    def _start_ready(self) -> None:
+        while self._ready and self._busy() < self.concurrency and not self._stopping:
+            self._launch(self._ready.popleft())
+
+    async def _claim(self) -> int:
+        """Claim as many runs as there are free slots; how many were started."""
+        before = self.claimed_total
+        await self.committer.claim()
+        return self.claimed_total - before
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
+        """Claims when slots are free and there may be work: at start, after a wake-up
+        (a notification or the poll), and after a claim that filled every free slot.
+        Runs that end free their slots in the commit that ends them, and the committer
+        claims again there; this loop covers the rest."""
         assert self._slot_freed is not None
         stop_wait = asyncio.create_task(stop.wait())
+        woke = True
         try:
             while not stop.is_set():
-                free = self.concurrency - len(self.active)
-                if free > 0:
-                    try:
-                        claims = await asyncio.to_thread(self._claim, free)
-                    except Exception:
-                        log.exception("claim failed; retrying")
-                        claims = []
-                        await asyncio.sleep(self.poll_interval)
-                    for c in claims:
-                        self._launch(c)
-                    if claims and len(claims) == free:
+                free = self._room()
+                if free > 0 and (woke or not self._dry):
+                    woke = False
+                    await self._claim()
+                    if not self._dry:
                         continue
-                idle = len(self.active) < self.concurrency
+                idle = self._room() > 0
                 if idle and self._waiter is not None and self._waiter.done():
                     # Woken while the last claim was in flight: that wake-up may be for
                     # work the claim did not see yet, so claim again before waiting.
                     self._waiter = None
+                    woke = True
                     continue
                 waits: set[asyncio.Future[Any]] = {stop_wait}
                 slot = asyncio.create_task(self._slot_freed.wait())
@@ -335,6 +457,9 @@ class Worker:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 slot.cancel()
                 self._slot_freed.clear()
+                if self._waiter is not None and self._waiter.done():
+                    self._waiter = None
+                    woke = True
         finally:
             stop_wait.cancel()
 
@@ -354,29 +479,21 @@ class Worker:
                 await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
                 if self.scheduler:
                     await self.tick()
-            free = self.concurrency - len(self.active)
-            claims = await asyncio.to_thread(self._claim, free) if free > 0 else []
-            for c in claims:
-                self._launch(c)
-            if not claims and not self.active:
-                await self.committer.flush()
+            free = self._room()
+            claimed = await self._claim() if free > 0 else 0
+            if not claimed and not self.active and not self._ready:
+                await self.committer.flush()  # its commits may claim and start runs
                 await self._run_due_hooks()
                 if self.scheduler:
                     await self.tick()
-                if not await asyncio.to_thread(self._claim_would_find_work):
+                if not self.active and not self._ready and not await self._claim():
                     break
                 continue
-            if self.active and (not claims or len(self.active) >= self.concurrency):
+            if self.active and (not claimed or len(self.active) >= self.concurrency):
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), 0.05)
         return self.executed - before
-
-    def _claim_would_find_work(self) -> bool:
-        claims = self._claim(self.concurrency)
-        for c in claims:
-            self._launch(c)
-        return bool(claims)
 
     async def tick(self) -> None:
         await self._scheduler.tick()
@@ -385,16 +502,35 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                hb = await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
-                if not hb.alive:
-                    await self._lost_lease()
-                for run_id in hb.cancel_requested:
-                    ctx = self.active.get(run_id)
-                    if ctx is not None:
-                        ctx.end("cancel")
+                await self.beat()
             except Exception:
                 log.exception("heartbeat failed")
             await asyncio.sleep(self.heartbeat_interval)
+
+    async def beat(self) -> None:
+        """Renew the lease; act on cancellations of runs this worker holds."""
+        hb = await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
+        if not hb.alive:
+            await self._lost_lease()
+        for run_id in hb.cancel_requested:
+            ctx = self.active.get(run_id)
+            if ctx is not None:
+                ctx.end("cancel")
+            self._cancel_ready(run_id)
+
+    def _cancel_ready(self, run_id: str) -> None:
+        """A run cancelled while held ready ends here, never having started."""
+        for claim in list(self._ready):
+            if claim.run.id == run_id:
+                self._ready.remove(claim)
+                self.committer.submit_nowait(
+                    EndSegment(
+                        run_id=run_id,
+                        epoch=claim.epoch,
+                        outcome="canceled",
+                        error=_error_json("canceled", "the run was canceled"),
+                    )
+                )
 
     async def _lost_lease(self) -> None:
         """Declared dead by a peer (cut off past the lease): drop every attempt, since none
@@ -402,6 +538,7 @@ class Worker:
         log.error("worker %s lost its lease; abandoning %d runs", self.id, len(self.active))
         for ctx in list(self.active.values()):
             ctx.end("lost")
+        self._ready.clear()  # claimed under the lost lease: nothing of them may commit
         if self._lock is not None:
             self._lock.release()
         self.id = new_id("worker")
@@ -438,6 +575,7 @@ class Worker:
     async def _execute(self, ctx: RunContext) -> None:
         run = ctx.run
         task = self.tasks.get(run.task_id)
+        began = time.monotonic()
         try:
             if task is None:
                 err = UnknownTask(f"this worker has no task {run.task_id!r}")
@@ -447,8 +585,13 @@ class Worker:
         except Exception:
             log.exception("run %s: executor error", run.id, extra={"run_id": run.id})
         finally:
+            took = time.monotonic() - began
+            avg = self._avg_seconds
+            self._avg_seconds = took if avg is None else 0.8 * avg + 0.2 * took
             self.active.pop(run.id, None)
+            self._finishing.discard(run.id)
             self.executed += 1
+            self._start_ready()
             if self._slot_freed is not None:
                 self._slot_freed.set()
 
@@ -480,6 +623,12 @@ class Worker:
         if op is None:
             log.warning("run %s: lease lost; nothing committed", run.id, extra={"run_id": run.id})
             return
+        # The task's code is done: its slot goes to the next run while this end commits,
+        # so quick runs keep the worker busy during the flush instead of idling for it.
+        self._finishing.add(run.id)
+        self._start_ready()
+        if self._slot_freed is not None:
+            self._slot_freed.set()
         committed = await self.committer.submit(op)
         if committed:
             await self._after(ctx, task, op, output)
@@ -619,6 +768,16 @@ class Worker:
             except Exception:
                 # A hook never changes the run's outcome.
                 log.exception("run %s: %s hook failed", run.id, name, extra={"run_id": run.id})
+
+
+def _handback(claim: Claim) -> EndSegment:
+    """Give a claimed run that never started back to its queue, attempt unspent."""
+    return EndSegment(
+        run_id=claim.run.id,
+        epoch=claim.epoch,
+        outcome="handback",
+        exec_seconds=claim.run.exec_seconds,
+    )
 
 
 def _error_json(code: str, message: str) -> str:

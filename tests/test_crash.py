@@ -355,7 +355,9 @@ def test_two_workers_race_over_1000_runs_each_executed_once(
     ids = [
         h.id
         for h in fleet.client.batch_trigger(
-            "crash-append", [{"ledger": str(ledger), "n": i} for i in range(1000)]
+            # 5 ms each: a drain too quick for the other worker's first wake-up would
+            # leave it nothing to race for (this asserts overlap, not speed).
+            "crash-append", [{"ledger": str(ledger), "n": i, "sleep": 0.005} for i in range(1000)]
         )
     ]
     # Count, not fetch: reading 1,000 runs every 20 ms would compete with the workers.

@@ -411,3 +411,74 @@ async def test_batch_with_one_invalid_item_writes_nothing(
     assert str(info.value).startswith("items[4321]")
     assert calls == []
     assert total_runs(store) == 0
+
+
+def test_batch_runs_are_written_as_a_single_trigger_writes_them(
+    store: Store, client: Client
+) -> None:
+    # A batch goes by COPY on PostgreSQL and a single run by one INSERT statement: both
+    # must give the same rows, every option carried, the task's defaults applied.
+    options: dict[str, Any] = dict(
+        tags=["a", "b"],
+        priority=5.0,
+        metadata={"k": 1},
+        max_attempts=7,
+        concurrency_key="user-1",
+        queue="eng-batch-q",
+        max_duration=30.0,
+        ttl=60.0,
+    )
+    for delay in (None, 10.0):
+        one = client.trigger(batch_item, {"i": -1}, delay=delay, **options)
+        again = client.trigger(batch_item, {"i": -2}, delay=delay, **options)  # queue known
+        many = client.batch_trigger(batch_item, [{"i": i} for i in range(3)], delay=delay,
+                                    **options)
+        runs = store.get_runs("dev", [one.id, again.id] + [h.id for h in many])
+        assert [r.payload for r in runs] == [{"i": -1}, {"i": -2}, {"i": 0}, {"i": 1}, {"i": 2}]
+        assert runs[0].status == (RunStatus.DELAYED if delay else RunStatus.QUEUED)
+        assert runs[0].tags == ["a", "b"] and runs[0].attempt == 1
+        same = [
+            {k: v for k, v in vars(r).items() if k not in ("id", "payload")} for r in runs
+        ]
+        assert all(s == same[0] for s in same), same
+    tagged = client.list_runs(tag="b", limit=100)
+    assert len(tagged) == 10
+
+
+def test_batch_of_a_published_task_looks_it_up_once_and_checks_every_payload(
+    store: Store, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outlast.store.base import TaskDef
+
+    schema = {
+        "type": "object",
+        "properties": {"i": {"type": "integer"}},
+        "required": ["i"],
+    }
+    spec = {"retry": {"max_attempts": 4}, "tags": ["remote"]}
+    store.publish_tasks("dev", [TaskDef("eng-remote", "task/eng-remote", schema, spec)])
+    lookups: list[str] = []
+    original = store.get_task
+    monkeypatch.setattr(
+        store, "get_task", lambda env, task_id: lookups.append(task_id) or original(env, task_id)
+    )
+    with pytest.raises(ValidationError) as info:
+        client.batch_trigger("eng-remote", [{"i": 1}, {"i": "x"}, {"i": 3}])
+    assert info.value.field == "items[1].payload.i"
+    assert total_runs(store) == 0
+    handles = client.batch_trigger("eng-remote", [{"i": i} for i in range(3)])
+    assert lookups == ["eng-remote", "eng-remote"]  # once per call, not once per payload
+    runs = store.get_runs("dev", [h.id for h in handles])
+    assert [(r.payload, r.max_attempts, r.tags, r.queue) for r in runs] == [
+        ({"i": i}, 4, ["remote"], "task/eng-remote") for i in range(3)
+    ]
+
+
+def test_an_invalid_option_of_a_batch_is_named_on_its_first_item(
+    store: Store, client: Client
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        client.batch_trigger(batch_item, [{"i": 1}, {"i": 2}], max_attempts=-1)
+    assert info.value.field == "items[0].max_attempts"
+    assert total_runs(store) == 0
+    assert client.batch_trigger(batch_item, []) == []

@@ -35,6 +35,7 @@ from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
 from ._sql_waitpoints import WaitpointsMixin
 from .base import (
+    Claim,
     EndSegment,
     Heartbeat,
     LogLine,
@@ -133,8 +134,17 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
     # -- triggering -----------------------------------------------------------------------
     def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:
         now = self.now()
-        with self._transaction() as tx:
-            results = self._insert_runs(tx, runs, now)
+        one = runs[0] if len(runs) == 1 else None
+        if (
+            one is not None
+            and one.idempotency_key is None
+            and (one.env, one.queue, one.concurrency_key) in self._ensured
+            and self._insert_alone(one, now)
+        ):
+            results = [TriggerResult(one.id, False)]
+        else:
+            with self._transaction() as tx:
+                results = self._insert_runs(tx, runs, now)
         # Committed: their queue and slot rows exist, and rows of these are never deleted,
         # so later triggers in this process skip the upserts (two round trips each).
         self._ensured.update((r.env, r.queue, r.concurrency_key) for r in runs)
@@ -174,27 +184,38 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             "parent_waitpoint_id": r.parent_waitpoint_id,
         }
 
+    def _insert_plain(self, tx: Tx, runs: Sequence[NewRun], now: float) -> None:
+        """Insert runs without an idempotency key, which conflict with nothing. A backend
+        hook: PostgreSQL streams many with COPY."""
+        tx.many("insert_run", [self._run_row(r, now) for r in runs])
+
+    def _insert_alone(self, run: NewRun, now: float) -> bool:
+        """Write a run that needs nothing else (no idempotency key, its queue and slot rows
+        known to exist) in one statement committed on its own, and announce it; False if
+        the backend has no such shortcut and the caller must take a transaction. A backend
+        hook: PostgreSQL saves the round trips of BEGIN, NOTIFY and COMMIT."""
+        return False
+
     def _insert_runs(self, tx: Tx, runs: Sequence[NewRun], now: float) -> list[TriggerResult]:
         results: list[TriggerResult] = []
-        plain: list[Row] = []
+        plain: list[NewRun] = []
         inserted: list[NewRun] = []
         for r in runs:
-            row = self._run_row(r, now)
             if r.idempotency_key is None:
-                plain.append(row)
+                plain.append(r)
                 inserted.append(r)
                 results.append(TriggerResult(r.id, False))
                 continue
             key = {"env": r.env, "task_id": r.task_id, "idempotency_key": r.idempotency_key}
             tx.x("release_idempotency_key", now=now, **key)
-            if tx.q("insert_run_idempotent", **row):
+            if tx.q("insert_run_idempotent", **self._run_row(r, now)):
                 inserted.append(r)
                 results.append(TriggerResult(r.id, False))
             else:
                 existing = tx.q("find_idempotent_run", **key)
                 results.append(TriggerResult(existing[0]["id"], True))
         if plain:
-            tx.many("insert_run", plain)
+            self._insert_plain(tx, plain, now)
         tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]
         if tags:
             tx.many("insert_tag", tags)
@@ -316,8 +337,11 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             tx.x("give_queue", env=slot["env"], queue=slot["queue"])
             tx.x("give_slot", env=slot["env"], queue=slot["queue"], ckey=slot["concurrency_key"])
 
-    def _lock_queues_for(self, tx: Tx, run_ids: Sequence[str]) -> None:
-        """Lock the queue rows of runs about to give back slots, all at once and in name
+    def _lock_queues_for(
+        self, tx: Tx, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
+    ) -> None:
+        """Lock the queue rows of runs about to give back slots, and the queues ``names``
+        of ``env`` a claim in the same transaction takes from, all at once and in name
         order (as a claim does), before any is updated: a batch releasing slots of two
         queues must not lock them in the opposite order of a concurrent claim. A backend
         hook: SQLite needs nothing, its writers are serialized by the file lock."""
@@ -548,41 +572,72 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
     def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
         if not ops:
             return []
+        ok, _ = self.apply_and_claim(worker_id, ops, "", {}, 0)
+        return ok
+
+    def apply_and_claim(
+        self,
+        worker_id: str,
+        ops: Sequence[Op],
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+    ) -> tuple[list[bool], list[Claim]]:
         now = self.now()
         ids = sorted({op.run_id for op in ops})
+        claiming = limit > 0 and bool(serves)
         with self._transaction() as tx:
-            held = {
-                r["id"]: r["lease_epoch"]
-                for r in tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now)
-            }
-            ok = [held.get(op.run_id) == op.epoch for op in ops]
+            fenced = tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now) if ids else []
+            held = {r["id"]: r for r in fenced}
+            ok = [
+                op.run_id in held and held[op.run_id]["lease_epoch"] == op.epoch for op in ops
+            ]
             ending = {
                 op.run_id
                 for op, good in zip(ops, ok, strict=True)
                 if good and isinstance(op, EndSegment)
             }
-            if ending:
-                self._lock_queues_for(tx, sorted(ending))
+            if ending or claiming:
+                # Every queue row this transaction will lock, in one ordered statement.
+                self._lock_queues_for(
+                    tx, sorted(ending), env, sorted(serves) if claiming else ()
+                )
             ended: set[str] = set()
             completed: list[EndSegment] = []
+            # Step results and log lines, the bulk of a batch, go in one statement per run
+            # of them; written before any other op, so everything lands in batch order.
+            steps: list[Row] = []
+            lines: list[Row] = []
             for op, good in zip(ops, ok, strict=True):
                 if good and op.run_id not in ended:
+                    if isinstance(op, StepDone):
+                        steps.append(_step_row(op))
+                        continue
+                    if isinstance(op, LogLine):
+                        lines.append(_line_row(op))
+                        continue
+                    steps, lines = self._write_rows(tx, steps, lines)
                     if isinstance(op, EndSegment):
                         ended.add(op.run_id)
                         if op.outcome == "completed":
                             completed.append(op)  # the hot path: finished together below
                             continue
                     self._apply_one(tx, op, now)
+            self._write_rows(tx, steps, lines)
             if completed:
-                self._complete_runs(tx, completed, now)
-        return ok
+                self._complete_runs(tx, completed, [held[op.run_id] for op in completed], now)
+            # The slots this batch gave back are taken again before the same commit: one
+            # transaction per flush, not one to end runs and another to start the next.
+            claims = self._claim_in(tx, worker_id, env, serves, limit, now) if claiming else []
+        return ok, claims
 
-    def _complete_runs(self, tx: Tx, ops: Sequence[EndSegment], now: float) -> None:
-        """Finish many completed runs with a fixed number of statements: one read of their
-        slots, one release per (queue, key), the updates in one executemany, one cleanup,
-        one decrement per parent waitpoint. Queue rows before slot rows, names sorted: the
+    def _complete_runs(
+        self, tx: Tx, ops: Sequence[EndSegment], rows: Sequence[Row], now: float
+    ) -> None:
+        """Finish many completed runs with a fixed number of statements: one release per
+        (queue, key) from their fenced ``rows``, the updates at once, one cleanup, one
+        decrement per parent waitpoint. Queue rows before slot rows, names sorted: the
         order claims lock them in."""
-        rows = tx.q("slots_of_runs", ids=self._list([op.run_id for op in ops]))
         queues: dict[tuple[str, str], int] = {}
         slots: dict[tuple[str, str, str], int] = {}
         parents: dict[str, int] = {}
@@ -598,42 +653,36 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             tx.x("give_queue_slots", env=env, queue=queue, n=n)
         for (env, queue, ckey), n in sorted(slots.items()):
             tx.x("give_slots", env=env, queue=queue, ckey=ckey, n=n)
-        tx.many(
-            "complete_run",
-            [{"run_id": op.run_id, "output": op.output, "now": now} for op in ops],
-        )
+        self._complete_rows(tx, ops, now)
         tx.x("clear_runs_waits", ids=self._list([op.run_id for op in ops]))
         for waitpoint_id, n in sorted(parents.items()):
             left = tx.q("children_done", id=waitpoint_id, n=n)
             if left and int(left[0]["pending_children"]) <= 0:
                 self._complete(tx, waitpoint_id, "completed", None, False, now)
 
+    def _complete_rows(self, tx: Tx, ops: Sequence[EndSegment], now: float) -> None:
+        """Mark runs COMPLETED with their outputs; a backend hook (PostgreSQL does it in
+        one statement instead of a round trip per run)."""
+        tx.many(
+            "complete_run",
+            [{"run_id": op.run_id, "output": op.output, "now": now} for op in ops],
+        )
+
+    def _write_rows(
+        self, tx: Tx, steps: list[Row], lines: list[Row]
+    ) -> tuple[list[Row], list[Row]]:
+        """Insert pending journal and event rows; fresh empty lists to collect more."""
+        if steps:
+            tx.many("insert_journal", steps)
+        if lines:
+            tx.many("insert_event", lines)
+        return [], []
+
     def _apply_one(self, tx: Tx, op: Op, now: float) -> None:
         if isinstance(op, StepDone):
-            tx.x(
-                "insert_journal",
-                run_id=op.run_id,
-                key=op.key,
-                kind=op.kind,
-                fingerprint=op.fingerprint,
-                status="done",
-                output=op.output,
-                waitpoint_id=None,
-                attempt=op.attempt,
-                started_at=op.started_at,
-                finished_at=op.finished_at,
-            )
+            tx.x("insert_journal", **_step_row(op))
         elif isinstance(op, LogLine):
-            tx.x(
-                "insert_event",
-                run_id=op.run_id,
-                ts=op.ts,
-                kind=op.kind,
-                attempt=op.attempt,
-                level=op.level,
-                message=op.message,
-                data=op.data,
-            )
+            tx.x("insert_event", **_line_row(op))
         elif isinstance(op, SetMetadata):
             tx.x("set_metadata", run_id=op.run_id, metadata=op.metadata, now=now)
         elif isinstance(op, StartWait):
@@ -868,3 +917,30 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         with self._transaction() as tx:
             tx.x("insert_setting", key=key, value=value)
             return str(tx.q("get_setting", key=key)[0]["value"])
+
+
+def _step_row(op: StepDone) -> Row:
+    return {
+        "run_id": op.run_id,
+        "key": op.key,
+        "kind": op.kind,
+        "fingerprint": op.fingerprint,
+        "status": "done",
+        "output": op.output,
+        "waitpoint_id": None,
+        "attempt": op.attempt,
+        "started_at": op.started_at,
+        "finished_at": op.finished_at,
+    }
+
+
+def _line_row(op: LogLine) -> Row:
+    return {
+        "run_id": op.run_id,
+        "ts": op.ts,
+        "kind": op.kind,
+        "attempt": op.attempt,
+        "level": op.level,
+        "message": op.message,
+        "data": op.data,
+    }

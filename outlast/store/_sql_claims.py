@@ -45,28 +45,38 @@ class ClaimsMixin(abc.ABC):
             return []
         now = self.now()
         with self._transaction() as tx:
-            queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
-            random.shuffle(queues)  # no queue always first when the worker's slots are few
-            picked: list[str] = []
-            budget = limit
-            for q in queues:
-                if budget <= 0:
-                    break
-                taken = self._claim_from_queue(tx, q, serves[q["name"]], budget, now)
-                picked.extend(taken)
-                budget -= len(taken)
-            if not picked:
-                return []
-            rows = tx.q("claim_runs", ids=self._list(picked), worker_id=worker_id, now=now)
-            rows.sort(key=lambda r: r["ready_at"])
-            replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
-            journals: dict[str, list[Row]] = {}
-            logs: dict[str, int] = {}
-            if replaying:
-                for j in tx.q("journals_for_runs", ids=self._list(replaying)):
-                    journals.setdefault(j["run_id"], []).append(j)
-                for c in tx.q("log_counts", ids=self._list(replaying)):
-                    logs[c["run_id"]] = int(c["n"])
+            return self._claim_in(tx, worker_id, env, serves, limit, now)
+
+    def _claim_in(
+        self,
+        tx: Tx,
+        worker_id: str,
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+        now: float,
+    ) -> list[Claim]:
+        """``claim`` inside the caller's transaction (a commit batch claims this way)."""
+        queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
+        random.shuffle(queues)  # no queue always first when the worker's slots are few
+        rows: list[Row] = []
+        for q in queues:
+            if len(rows) >= limit:
+                break
+            rows.extend(
+                self._claim_from_queue(tx, q, serves[q["name"]], limit - len(rows), now, worker_id)
+            )
+        if not rows:
+            return []
+        rows.sort(key=lambda r: (r["ready_at"], r["id"]))
+        replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
+        journals: dict[str, list[Row]] = {}
+        logs: dict[str, int] = {}
+        if replaying:
+            for j in tx.q("journals_for_runs", ids=self._list(replaying)):
+                journals.setdefault(j["run_id"], []).append(j)
+            for c in tx.q("log_counts", ids=self._list(replaying)):
+                logs[c["run_id"]] = int(c["n"])
         claims = []
         for r in rows:
             entries = journals.get(r["id"], [])
@@ -92,8 +102,9 @@ class ClaimsMixin(abc.ABC):
         return claims
 
     def _claim_from_queue(
-        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float
-    ) -> list[str]:
+        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float, worker_id: str
+    ) -> list[Row]:
+        """Take up to ``budget`` ready runs of queue ``q``; their rows, already claimed."""
         if q["paused"]:
             return []
         cap = budget
@@ -110,19 +121,19 @@ class ClaimsMixin(abc.ABC):
         slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
         tasks = self._list(list(task_ids))
 
-        def ready(ckey: str, n: int) -> list[str]:
-            rows = tx.q(
-                "ready_in_slot",
+        def ready(ckey: str, n: int) -> list[Row]:
+            return tx.q(
+                "claim_ready",
                 env=q["env"],
                 queue=q["name"],
                 ckey=ckey,
                 now=now,
                 task_ids=tasks,
                 n=n,
+                worker_id=worker_id,
             )
-            return [r["id"] for r in rows]
 
-        taken: list[str] = []
+        taken: list[Row] = []
         counts: dict[str, int] = {}  # key -> runs taken in this claim
         served: dict[str, int] = {}  # key -> when it last got runs in this claim
         seq = itertools.count()
@@ -139,19 +150,18 @@ class ClaimsMixin(abc.ABC):
             n = min(share, cap - len(taken), room)
             if n <= 0:
                 continue
-            ids = ready(s["ckey"], n)
-            if not ids:
+            got = ready(s["ckey"], n)
+            if not got:
                 idle.append(s["ckey"])
                 continue
-            taken.extend(ids)
-            counts[s["ckey"]] = len(ids)
+            taken.extend(got)
+            counts[s["ckey"]] = len(got)
             served[s["ckey"]] = next(seq)
-            if len(ids) == n and room > n:
+            if len(got) == n and room > n:
                 rooms[s["ckey"]] = room
         # Then what idle keys left goes round robin to keys with more ready; without this
         # a key alone among idle ones would get one run per claim. Runs taken above are
-        # still QUEUED in this transaction, so each read skips past them.
-        mine = set(taken)
+        # EXECUTING already, so each read finds only runs not taken yet.
         hungry = list(rooms)
         while hungry and len(taken) < cap:
             per = max(1, (cap - len(taken)) // len(hungry))
@@ -161,10 +171,9 @@ class ClaimsMixin(abc.ABC):
                 want = min(rooms[ckey], have + per, have + cap - len(taken))
                 if want <= have:
                     break
-                more = [i for i in ready(ckey, want) if i not in mine][: want - have]
+                more = ready(ckey, want - have)
                 if more:
                     taken.extend(more)
-                    mine.update(more)
                     counts[ckey] += len(more)
                     served[ckey] = next(seq)
                 if counts[ckey] == want and want < rooms[ckey]:

@@ -321,6 +321,18 @@ class Store(abc.ABC):
         worker and epoch, and the worker's lease is live. Returns, per op, whether it did.
         """
 
+    @abc.abstractmethod
+    def apply_and_claim(
+        self,
+        worker_id: str,
+        ops: Sequence[Op],
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+    ) -> tuple[list[bool], list[Claim]]:
+        """``apply(ops)`` then ``claim(limit)`` in the same transaction: the slots the
+        batch gives back are taken again under one commit. ``limit`` 0 claims nothing."""
+
     # -- waitpoints -----------------------------------------------------------------------
     @abc.abstractmethod
     def create_token(

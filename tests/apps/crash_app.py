@@ -98,4 +98,6 @@ async def crash_append(p: dict[str, Any]) -> int:
     """No-op-ish: records that this run executed, and in which process."""
     run = outlast.current_run()
     note(p["ledger"], run=run.id, attempt=run.attempt)
+    if p.get("sleep"):
+        await asyncio.sleep(p["sleep"])
     return int(p.get("n", 0))
