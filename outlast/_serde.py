@@ -8,9 +8,11 @@ returns a dataclass if its function was annotated to return one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import typing
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -81,15 +83,24 @@ def validation_error(exc: pydantic.ValidationError, what: str) -> ValidationErro
     return ValidationError(f"{field}: {first['msg']}", field=field, errors=errors)
 
 
+# fn -> its return type: resolving string annotations costs more than a step's commit
+# share, and step.run asks for every call. Weak, so closures made per call are not kept.
+_RETURN_TYPES: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
+
+
 def return_type(fn: Callable[..., Any]) -> Any:
     """The declared return type of ``fn`` (unwrapping Awaitable for async functions)."""
+    try:
+        return _RETURN_TYPES[fn]
+    except (KeyError, TypeError):
+        pass
     try:
         hints = typing.get_type_hints(fn)
     except Exception:
         return Any
     tp = hints.get("return", Any)
-    if tp is type(None):
-        return type(None)
+    with contextlib.suppress(TypeError):  # not weakly referenceable: just not cached
+        _RETURN_TYPES[fn] = tp
     return tp
 
 

@@ -673,10 +673,14 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
     ) -> tuple[list[Row], list[Row]]:
         """Insert pending journal and event rows; fresh empty lists to collect more."""
         if steps:
-            tx.many("insert_journal", steps)
+            self._insert_journal_rows(tx, steps)
         if lines:
             tx.many("insert_event", lines)
         return [], []
+
+    def _insert_journal_rows(self, tx: Tx, rows: list[Row]) -> None:
+        """Insert journal rows; a backend hook (PostgreSQL does it in one statement)."""
+        tx.many("insert_journal", rows)
 
     def _apply_one(self, tx: Tx, op: Op, now: float) -> None:
         if isinstance(op, StepDone):

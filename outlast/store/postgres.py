@@ -179,6 +179,14 @@ class PostgresStore(SqlStore):
     ) -> None:
         tx.q("lock_queues_of_runs", ids=list(run_ids), env=env, names=list(names))
 
+    def _insert_journal_rows(self, tx: Any, rows: list[Row]) -> None:
+        # Later rows win, as they would one by one; ON CONFLICT may touch a row only once.
+        unique = list({(r["run_id"], r["key"]): r for r in rows}.values())
+        if len(unique) == 1:
+            super()._insert_journal_rows(tx, unique)
+            return
+        tx.x("insert_journal_rows", **{col: [r[col] for r in unique] for col in unique[0]})
+
     def _complete_rows(self, tx: Any, ops: Sequence[EndSegment], now: float) -> None:
         if len(ops) == 1:
             super()._complete_rows(tx, ops, now)

@@ -348,6 +348,21 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     attempt = excluded.attempt, started_at = excluded.started_at,
     finished_at = excluded.finished_at;
 
+-- A batch's step results in one statement (a batch never holds one step twice).
+-- name: insert_journal_rows [postgres]
+INSERT INTO journal (run_id, key, kind, fingerprint, status, output, waitpoint_id, attempt,
+                     started_at, finished_at)
+SELECT * FROM unnest(CAST(:run_id AS text[]), CAST(:key AS text[]), CAST(:kind AS text[]),
+                     CAST(:fingerprint AS text[]), CAST(:status AS text[]),
+                     CAST(:output AS text[]), CAST(:waitpoint_id AS text[]),
+                     CAST(:attempt AS integer[]), CAST(:started_at AS double precision[]),
+                     CAST(:finished_at AS double precision[]))
+ON CONFLICT (run_id, key) DO UPDATE SET
+    kind = excluded.kind, fingerprint = excluded.fingerprint, status = excluded.status,
+    output = excluded.output, waitpoint_id = excluded.waitpoint_id,
+    attempt = excluded.attempt, started_at = excluded.started_at,
+    finished_at = excluded.finished_at;
+
 -- name: insert_event
 INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data)
 VALUES (:run_id, :ts, :kind, :attempt, :level, :message, :data);
