@@ -665,8 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         _app_flag(p)
         _flag(p, "--concurrency", help="runs executed at once", default=10, type=int)
-        _flag(p, "--prefetch", help="runs claimed ahead and held ready while recent runs "
-              "are short (under 50 ms); default: as many as --concurrency, 0 turns it off",
+        _flag(p, "--prefetch", help="at most this many runs claimed ahead and held ready "
+              "while recent runs are short (under 50 ms on average), never more than about "
+              "0.1 s of work; default: 10 x --concurrency, 0 turns it off",
               default=None, type=int)
         _flag(p, "--lease-seconds", help="worker lease (fallback death detection)",
               default=30.0, type=float)

@@ -50,6 +50,8 @@ from .tasks import REGISTRY, Task
 log = logging.getLogger(__name__)
 
 _SETTLE_TURNS = 6
+_SHORT_RUN = 0.05  # seconds: runs averaging less are worth claiming ahead
+_HOLD_SECONDS = 0.1  # of work, at most, held ready beyond the free slots
 
 _NOT_RETRYABLE = (AbortRun, NonDeterminismError, SerializationError, ValidationError, UnknownTask)
 
@@ -238,7 +240,7 @@ class Worker:
         self.concurrency = concurrency
         # Runs claimed ahead of free slots, held ready while recent runs are short (see
         # _room): a drain of quick runs then commits in bigger batches.
-        self.prefetch = concurrency if prefetch is None else prefetch
+        self.prefetch = 10 * concurrency if prefetch is None else prefetch
         self._ready: collections.deque[Claim] = collections.deque()
         self._finishing: set[str] = set()  # active runs whose code is done, end committing
         self._avg_seconds: float | None = None
@@ -401,11 +403,14 @@ class Worker:
         self._start_ready()
 
     def _room(self) -> int:
-        """How many runs to claim now: the free slots, plus ``prefetch`` more held ready
-        while recent runs took under 50 ms. Long runs get none held: a run waiting here
-        behind a long one could have started on another worker."""
-        short = self._avg_seconds is not None and self._avg_seconds < 0.05
-        ahead = self.prefetch if short else 0
+        """How many runs to claim now: the free slots, plus some held ready while recent
+        runs took under 50 ms on average: at most ``prefetch``, and at most about 0.1 s
+        of work at that average, so a held run never waits long. Long runs get none
+        held: a run waiting here behind a long one could have started elsewhere."""
+        avg = self._avg_seconds
+        ahead = 0
+        if avg is not None and avg < _SHORT_RUN:
+            ahead = min(self.prefetch, int(self.concurrency * _HOLD_SECONDS / max(avg, 1e-4)))
         return self.concurrency + ahead - self._busy() - len(self._ready)
 
     def _busy(self) -> int:

@@ -68,7 +68,15 @@ class ClaimsMixin(abc.ABC):
             )
         if not rows:
             return []
+        # Start order: each key's runs in ready order, the keys taking turns, so a big
+        # claim does not start one tenant's share before another's.
         rows.sort(key=lambda r: (r["ready_at"], r["id"]))
+        turn: dict[tuple[str, str], int] = {}
+        ranks: dict[str, int] = {}
+        for r in rows:
+            k = (r["queue"], r["concurrency_key"])
+            ranks[r["id"]] = turn[k] = turn.get(k, -1) + 1
+        rows.sort(key=lambda r: ranks[r["id"]])  # stable: ready order within a turn
         replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
         journals: dict[str, list[Row]] = {}
         logs: dict[str, int] = {}
