@@ -339,12 +339,15 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
 
     def _lock_queues_for(
         self, tx: Tx, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
-    ) -> None:
+    ) -> list[Row] | None:
         """Lock the queue rows of runs about to give back slots, and the queues ``names``
         of ``env`` a claim in the same transaction takes from, all at once and in name
         order (as a claim does), before any is updated: a batch releasing slots of two
-        queues must not lock them in the opposite order of a concurrent claim. A backend
-        hook: SQLite needs nothing, its writers are serialized by the file lock."""
+        queues must not lock them in the opposite order of a concurrent claim. Returns
+        the rows of ``names`` as ``queues_for_claim`` reads them, as they were before this
+        transaction released anything, or None. A backend hook: SQLite needs nothing,
+        its writers are serialized by the file lock."""
+        return None
 
     def _finish(
         self,
@@ -597,9 +600,10 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
                 for op, good in zip(ops, ok, strict=True)
                 if good and isinstance(op, EndSegment)
             }
+            locked = None
             if ending or claiming:
                 # Every queue row this transaction will lock, in one ordered statement.
-                self._lock_queues_for(
+                locked = self._lock_queues_for(
                     tx, sorted(ending), env, sorted(serves) if claiming else ()
                 )
             ended: set[str] = set()
@@ -628,7 +632,11 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
                 self._complete_runs(tx, completed, [held[op.run_id] for op in completed], now)
             # The slots this batch gave back are taken again before the same commit: one
             # transaction per flush, not one to end runs and another to start the next.
-            claims = self._claim_in(tx, worker_id, env, serves, limit, now) if claiming else []
+            claims = (
+                self._claim_in(tx, worker_id, env, serves, limit, now, locked)
+                if claiming
+                else []
+            )
         return ok, claims
 
     def _complete_runs(
@@ -649,24 +657,44 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
                 slots[k] = slots.get(k, 0) + 1
             if r["parent_waitpoint_id"]:
                 parents[r["parent_waitpoint_id"]] = parents.get(r["parent_waitpoint_id"], 0) + 1
+        left = self._complete_rows(tx, ops, queues, slots, parents, now)
+        for waitpoint_id, pending in sorted(left.items()):
+            if pending <= 0:
+                self._complete(tx, waitpoint_id, "completed", None, False, now)
+
+    def _complete_rows(
+        self,
+        tx: Tx,
+        ops: Sequence[EndSegment],
+        queues: Mapping[tuple[str, str], int],
+        slots: Mapping[tuple[str, str, str], int],
+        parents: Mapping[str, int],
+        now: float,
+    ) -> dict[str, int]:
+        """Give back ``queues`` and ``slots`` (counts per queue and per key), mark the runs
+        of ``ops`` COMPLETED with their outputs, and lower each parent waitpoint's pending
+        children by its count in ``parents``; the parents' counts left. A backend hook:
+        PostgreSQL does it all in one round trip."""
         for (env, queue), n in sorted(queues.items()):
             tx.x("give_queue_slots", env=env, queue=queue, n=n)
         for (env, queue, ckey), n in sorted(slots.items()):
             tx.x("give_slots", env=env, queue=queue, ckey=ckey, n=n)
-        self._complete_rows(tx, ops, now)
-        tx.x("clear_runs_waits", ids=self._list([op.run_id for op in ops]))
-        for waitpoint_id, n in sorted(parents.items()):
-            left = tx.q("children_done", id=waitpoint_id, n=n)
-            if left and int(left[0]["pending_children"]) <= 0:
-                self._complete(tx, waitpoint_id, "completed", None, False, now)
-
-    def _complete_rows(self, tx: Tx, ops: Sequence[EndSegment], now: float) -> None:
-        """Mark runs COMPLETED with their outputs; a backend hook (PostgreSQL does it in
-        one statement instead of a round trip per run)."""
         tx.many(
             "complete_run",
             [{"run_id": op.run_id, "output": op.output, "now": now} for op in ops],
         )
+        tx.x("clear_runs_waits", ids=self._list([op.run_id for op in ops]))
+        return self._children_done(tx, parents)
+
+    def _children_done(self, tx: Tx, parents: Mapping[str, int]) -> dict[str, int]:
+        """Lower each parent waitpoint's pending children, in id order (the order every
+        batch locks them in); the counts left, for parents still pending."""
+        left: dict[str, int] = {}
+        for waitpoint_id, n in sorted(parents.items()):
+            rows = tx.q("children_done", id=waitpoint_id, n=n)
+            if rows:
+                left[waitpoint_id] = int(rows[0]["pending_children"])
+        return left
 
     def _write_rows(
         self, tx: Tx, steps: list[Row], lines: list[Row]

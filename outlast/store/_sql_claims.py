@@ -55,9 +55,16 @@ class ClaimsMixin(abc.ABC):
         serves: Mapping[str, Sequence[str]],
         limit: int,
         now: float,
+        locked: Sequence[Row] | None = None,
     ) -> list[Claim]:
-        """``claim`` inside the caller's transaction (a commit batch claims this way)."""
-        queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
+        """``claim`` inside the caller's transaction (a commit batch claims this way).
+        ``locked``: the queue rows as the transaction locked them, if it did; read again
+        only if one has a global limit, whose count this transaction's releases changed
+        since (no other column of the row changes when runs end)."""
+        if locked is None or any(q["global_limit"] is not None for q in locked):
+            queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
+        else:
+            queues = list(locked)
         random.shuffle(queues)  # no queue always first when the worker's slots are few
         rows: list[Row] = []
         for q in queues:
@@ -113,7 +120,7 @@ class ClaimsMixin(abc.ABC):
         self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float, worker_id: str
     ) -> list[Row]:
         """Take up to ``budget`` ready runs of queue ``q``; their rows, already claimed."""
-        if q["paused"]:
+        if q["paused"] or not q["has_queued"]:
             return []
         cap = budget
         if q["global_limit"] is not None:
@@ -194,21 +201,25 @@ class ClaimsMixin(abc.ABC):
         stamp = max([now, *(s["last_claim_at"] for s in slots)])
         order = [*idle, *sorted(counts, key=lambda k: served[k])]
         stamps = {ckey: stamp + (i + 1) * 1e-6 for i, ckey in enumerate(order)}
-        for ckey, n in counts.items():
-            tx.x(
-                "take_slots", env=q["env"], queue=q["name"], ckey=ckey, n=n, stamp=stamps[ckey]
-            )
-        if idle:
-            where = {"env": q["env"], "queue": q["name"]}
-            tx.many("touch_slot", [{**where, "ckey": k, "stamp": stamps[k]} for k in idle])
-        if taken:
-            if q["rate_limit_count"]:
-                window.extend([now] * len(taken))
-            tx.x(
-                "take_queue",
-                env=q["env"],
-                queue=q["name"],
-                n=len(taken),
-                rate_window=dumps(window),
-            )
+        if taken and q["rate_limit_count"]:
+            window.extend([now] * len(taken))
+        takes = {ckey: (counts.get(ckey, 0), stamp) for ckey, stamp in stamps.items()}
+        if takes:
+            self._take_slots(tx, q, takes, len(taken), dumps(window))
         return taken
+
+    def _take_slots(
+        self, tx: Tx, q: Row, takes: Mapping[str, tuple[int, float]], n: int, window: str
+    ) -> None:
+        """Record what a claim took from queue ``q``: per key, the runs taken (0 for a
+        key found idle) and its new round-robin stamp; ``n`` in all, and the rate
+        ``window``. A backend hook: PostgreSQL does it in one statement."""
+        where = {"env": q["env"], "queue": q["name"]}
+        for ckey, (k, stamp) in takes.items():
+            if k:
+                tx.x("take_slots", **where, ckey=ckey, n=k, stamp=stamp)
+        idle = [{**where, "ckey": c, "stamp": st} for c, (k, st) in takes.items() if not k]
+        if idle:
+            tx.many("touch_slot", idle)
+        if n:
+            tx.x("take_queue", **where, n=n, rate_window=window)

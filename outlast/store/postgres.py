@@ -176,8 +176,23 @@ class PostgresStore(SqlStore):
 
     def _lock_queues_for(
         self, tx: Any, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
+    ) -> list[Row] | None:
+        rows = tx.q("lock_queues_of_runs", ids=list(run_ids), env=env, names=list(names))
+        return [r for r in rows if r["served"]]
+
+    def _take_slots(
+        self, tx: Any, q: Row, takes: Mapping[str, tuple[int, float]], n: int, window: str
     ) -> None:
-        tx.q("lock_queues_of_runs", ids=list(run_ids), env=env, names=list(names))
+        tx.x(
+            "take_claimed",
+            env=q["env"],
+            queue=q["name"],
+            ckeys=list(takes),
+            ns=[k for k, _ in takes.values()],
+            stamps=[st for _, st in takes.values()],
+            n=n,
+            rate_window=window,
+        )
 
     def _insert_journal_rows(self, tx: Any, rows: list[Row]) -> None:
         # Later rows win, as they would one by one; ON CONFLICT may touch a row only once.
@@ -187,16 +202,38 @@ class PostgresStore(SqlStore):
             return
         tx.x("insert_journal_rows", **{col: [r[col] for r in unique] for col in unique[0]})
 
-    def _complete_rows(self, tx: Any, ops: Sequence[EndSegment], now: float) -> None:
-        if len(ops) == 1:
-            super()._complete_rows(tx, ops, now)
-            return
-        tx.x(
+    def _complete_rows(
+        self,
+        tx: Any,
+        ops: Sequence[EndSegment],
+        queues: Mapping[tuple[str, str], int],
+        slots: Mapping[tuple[str, str, str], int],
+        parents: Mapping[str, int],
+        now: float,
+    ) -> dict[str, int]:
+        # One parent goes in the statement; several are locked one by one in id order
+        # after it, since an UPDATE ... FROM locks rows in no set order and two batches
+        # lowering the same two parents must not lock them in opposite orders.
+        one = parents if len(parents) == 1 else {}
+        rows = tx.q(
             "complete_runs",
+            q_envs=[q[0] for q in queues],
+            q_names=[q[1] for q in queues],
+            q_ns=list(queues.values()),
+            s_envs=[k[0] for k in slots],
+            s_queues=[k[1] for k in slots],
+            s_keys=[k[2] for k in slots],
+            s_ns=list(slots.values()),
             ids=[op.run_id for op in ops],
             outputs=[op.output for op in ops],
+            p_ids=list(one),
+            p_ns=list(one.values()),
             now=now,
         )
+        left = {r["id"]: int(r["pending_children"]) for r in rows}
+        if not one:
+            left.update(self._children_done(tx, parents))
+        return left
 
     def _lock_for_migration(self, tx: Any) -> None:
         tx.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

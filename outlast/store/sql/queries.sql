@@ -204,12 +204,20 @@ SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expire
 
 -- The queue rows a claim reads; on PostgreSQL locked, so that concurrent claims on one
 -- queue serialize and its limits hold across every worker (C5).
+-- has_queued: a queue with no QUEUED run is skipped without reading its keys (a worker
+-- serving many queues pays for the ones with work only). One probe of runs_ready each
+-- (SQLite is told which index: left alone it scans every QUEUED run of the environment).
 -- name: queues_for_claim
-SELECT * FROM queues WHERE env = :env AND name IN (SELECT value FROM json_each(:names))
-ORDER BY name;
+SELECT q.*, EXISTS (SELECT 1 FROM runs r INDEXED BY runs_ready
+                    WHERE r.env = q.env AND r.queue = q.name
+                    AND r.status = 'QUEUED') AS has_queued
+FROM queues q WHERE q.env = :env AND q.name IN (SELECT value FROM json_each(:names))
+ORDER BY q.name;
 
 -- name: queues_for_claim [postgres]
-SELECT * FROM queues WHERE env = :env AND name = ANY(:names) ORDER BY name FOR UPDATE;
+SELECT q.*, EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
+                    AND r.status = 'QUEUED') AS has_queued
+FROM queues q WHERE q.env = :env AND q.name = ANY(:names) ORDER BY q.name FOR UPDATE OF q;
 
 -- Keys with room, least recently served first: round robin between tenants.
 -- name: open_slots
@@ -262,6 +270,19 @@ WHERE env = :env AND queue = :queue AND ckey = :ckey;
 UPDATE queues SET executing = executing + :n, rate_window = :rate_window
 WHERE env = :env AND name = :queue;
 
+-- What one queue's claim took, in one statement: each key's runs taken (0 for a key
+-- visited and found idle: only its round-robin stamp moves), then the queue's total.
+-- The queue row is locked already, so the slot rows' order cannot deadlock.
+-- name: take_claimed [postgres]
+WITH s AS (
+    UPDATE queue_slots SET executing = queue_slots.executing + t.n, last_claim_at = t.stamp
+    FROM unnest(CAST(:ckeys AS text[]), CAST(:ns AS integer[]),
+                CAST(:stamps AS double precision[])) AS t(ckey, n, stamp)
+    WHERE queue_slots.env = :env AND queue_slots.queue = :queue
+      AND queue_slots.ckey = t.ckey)
+UPDATE queues SET executing = executing + :n, rate_window = :rate_window
+WHERE env = :env AND name = :queue AND CAST(:n AS integer) > 0;
+
 -- name: give_slot
 UPDATE queue_slots SET executing = executing - 1
 WHERE env = :env AND queue = :queue AND ckey = :ckey AND executing > 0;
@@ -286,11 +307,37 @@ WHERE id = :run_id;
 
 -- A commit batch's completed runs in one statement (SQLite runs complete_run per row, in
 -- process, which costs no round trips).
+-- A batch of completed runs ended in one round trip: their slots given back (queue rows
+-- locked already by lock_queues_of_runs, so slot rows cannot deadlock), the runs marked,
+-- stray wait rows cleared, and each parent's pending-children count lowered; returns the
+-- parents' counts (a parent at 0 has all its children done). The parts touch different
+-- tables, so one snapshot for all is what running them one by one would see.
 -- name: complete_runs [postgres]
-UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
-    updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0
-FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
-WHERE runs.id = u.id;
+WITH gq AS (
+    UPDATE queues SET executing = CASE WHEN executing > g.n THEN executing - g.n ELSE 0 END
+    FROM unnest(CAST(:q_envs AS text[]), CAST(:q_names AS text[]),
+                CAST(:q_ns AS integer[])) AS g(env, name, n)
+    WHERE queues.env = g.env AND queues.name = g.name),
+gs AS (
+    UPDATE queue_slots
+    SET executing = CASE WHEN executing > g.n THEN executing - g.n ELSE 0 END
+    FROM unnest(CAST(:s_envs AS text[]), CAST(:s_queues AS text[]), CAST(:s_keys AS text[]),
+                CAST(:s_ns AS integer[])) AS g(env, queue, ckey, n)
+    WHERE queue_slots.env = g.env AND queue_slots.queue = g.queue
+      AND queue_slots.ckey = g.ckey),
+done AS (
+    UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
+        updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        hooks_due = 0
+    FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
+    WHERE runs.id = u.id),
+w AS (DELETE FROM run_waits WHERE run_id = ANY(:ids)),
+parents AS (
+    UPDATE waitpoints SET pending_children = pending_children - p.n
+    FROM unnest(CAST(:p_ids AS text[]), CAST(:p_ns AS integer[])) AS p(id, n)
+    WHERE waitpoints.id = p.id AND waitpoints.status = 'pending'
+    RETURNING waitpoints.id, waitpoints.pending_children)
+SELECT id, pending_children FROM parents ORDER BY id;
 
 -- name: clear_runs_waits
 DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids));
@@ -306,8 +353,13 @@ RETURNING pending_children;
 -- The queue rows of runs about to give back their slots, and of the queues a claim in
 -- the same transaction will take from, locked at once in the claim's order (by name)
 -- before any slot is released: releases and claims never deadlock.
+-- The rows of the queues claimed from come back (served), so the claim need not read
+-- them again; has_queued as in queues_for_claim.
 -- name: lock_queues_of_runs [postgres]
-SELECT q.name FROM queues q
+SELECT q.*, (q.env = :env AND q.name = ANY(:names)) AS served,
+       EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
+               AND r.status = 'QUEUED') AS has_queued
+FROM queues q
 WHERE (q.env, q.name) IN (SELECT r.env, r.queue FROM runs r WHERE r.id = ANY(:ids))
    OR (q.env = :env AND q.name = ANY(:names))
 ORDER BY q.env, q.name
