@@ -9,7 +9,8 @@ cancelled while held ready ends CANCELED without its code ever running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -169,3 +170,37 @@ async def test_a_run_cancelled_while_held_ready_never_starts(
     await worker.run_until_idle()
     assert client.retrieve(held).status == RunStatus.CANCELED
     assert len(STARTED) == 5  # the blocked one and the four still held; not the cancelled
+
+
+async def test_a_claim_reads_the_keys_of_queues_with_queued_runs_only(
+    client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    # A worker serving many queues would otherwise pay a key scan and an empty claim
+    # per queue on every commit that claims.
+    reads: list[str] = []
+    real = store._transaction  # type: ignore[attr-defined]
+
+    class Spy:
+        def __init__(self, tx: Any) -> None:
+            self.tx = tx
+
+        def q(self, name: str, /, **params: Any) -> Any:
+            if name == "open_slots":
+                reads.append(params["queue"])
+            return self.tx.q(name, **params)
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(self.tx, attr)
+
+    @contextlib.contextmanager
+    def spying() -> Iterator[Spy]:
+        with real() as tx:
+            yield Spy(tx)
+
+    store._transaction = spying  # type: ignore[attr-defined]
+    handles = client.batch_trigger(serial, list(range(3)))
+    worker, calls = workers(quick, serial, blocked)
+    await worker.run_until_idle()
+    assert [client.retrieve(h.id).status for h in handles] == [RunStatus.COMPLETED] * 3
+    assert sum(len(claims) for _, _, claims in calls) == 3
+    assert reads and set(reads) == {"batching-serial"}
