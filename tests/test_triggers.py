@@ -27,7 +27,7 @@ from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunHandle, RunStatus
 from outlast.store.base import Store
-from outlast.tasks import Task
+from outlast.tasks import Task, TriggerOptions
 
 LEDGER: Counter[str] = Counter()
 
@@ -443,6 +443,29 @@ def test_batch_runs_are_written_as_a_single_trigger_writes_them(
         assert all(s == same[0] for s in same), same
     tagged = client.list_runs(tag="b", limit=100)
     assert len(tagged) == 10
+
+
+def test_a_batch_of_mixed_runs_is_written_as_one_by_one(store: Store, client: Client) -> None:
+    # PostgreSQL's COPY reuses a row's encoding for the next run when only id and payload
+    # differ: runs of other options in between, and payloads with characters text COPY
+    # would escape or UTF-8 spends several bytes on, must still land as single triggers.
+    plain = TriggerOptions()
+    other = TriggerOptions(tags=("x",), delay=5.0, priority=2.0, queue="eng-mixed-q",
+                           concurrency_key="k", metadata={"m": "é"}, ttl=9.0)
+    payloads: list[Any] = [{"n": 1}, {"s": "tab\there\nline \\ é ✓ \u0000"}, {"n": [3]}]
+    picks = [plain, plain, other, plain, other, other, plain]
+    batch = [echo.new_run(payloads[i % 3], o, "dev") for i, o in enumerate(picks)]
+    singles = [echo.new_run(payloads[i % 3], o, "dev") for i, o in enumerate(picks)]
+    client.trigger(echo, {"n": 0})  # queues known, as they are for the batch below
+    client.trigger(echo, {"n": 0}, options=other)
+    store.trigger(batch)
+    for run in singles:
+        store.trigger([run])
+    got = store.get_runs("dev", [r.id for r in batch])
+    want = store.get_runs("dev", [r.id for r in singles])
+    assert [vars(g) | {"id": ""} for g in got] == [vars(w) | {"id": ""} for w in want]
+    assert [g.payload for g in got] == [payloads[i % 3] for i in range(len(picks))]
+    assert {r.id for r in client.list_runs(tag="x", limit=100)} >= {batch[2].id, batch[4].id}
 
 
 def test_batch_of_a_published_task_looks_it_up_once_and_checks_every_payload(

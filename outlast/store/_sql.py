@@ -189,6 +189,11 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         hook: PostgreSQL streams many with COPY."""
         tx.many("insert_run", [self._run_row(r, now) for r in runs])
 
+    def _insert_tags(self, tx: Tx, tags: list[Row]) -> None:
+        """Insert run_tags rows; a backend hook (PostgreSQL sends a batch's in one
+        statement rather than one per tag)."""
+        tx.many("insert_tag", tags)
+
     def _insert_alone(self, run: NewRun, now: float) -> bool:
         """Write a run that needs nothing else (no idempotency key, its queue and slot rows
         known to exist) in one statement committed on its own, and announce it; False if
@@ -218,7 +223,7 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             self._insert_plain(tx, plain, now)
         tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]
         if tags:
-            tx.many("insert_tag", tags)
+            self._insert_tags(tx, tags)
         slots = {(r.env, r.queue, r.concurrency_key) for r in inserted} - self._ensured
         queues = {(e, q) for e, q, _ in slots}
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in queues])

@@ -88,6 +88,12 @@ WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
 -- name: insert_tag
 INSERT INTO run_tags (env, tag, run_id) VALUES (:env, :tag, :run_id) ON CONFLICT DO NOTHING;
 
+-- A batch's tags in one statement: a 1000-run batch with two tags each was 2000 INSERTs.
+-- name: insert_tags [postgres]
+INSERT INTO run_tags (env, tag, run_id)
+SELECT * FROM unnest(CAST(:envs AS text[]), CAST(:tags AS text[]), CAST(:run_ids AS text[]))
+ON CONFLICT DO NOTHING;
+
 -- name: ensure_slot
 INSERT INTO queue_slots (env, queue, ckey) VALUES (:env, :queue, :ckey) ON CONFLICT DO NOTHING;
 
