@@ -26,7 +26,7 @@ from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store import open_store
-from outlast.store.base import Store
+from outlast.store.base import EndSegment, Op, StartWait, Store, WorkerInfo
 from tests.conftest import ROOT
 
 CALLS: dict[str, int] = {}
@@ -467,3 +467,144 @@ def _memory() -> tuple[float, int]:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6, len(gc.get_objects())
+
+
+@task(id="orch-wp-parked-in-one-batch", queue=outlast.queue("wp-batch", concurrency_limit=3))
+async def parked_in_batch(payload: None) -> None:
+    return None
+
+
+async def test_runs_parked_in_one_batch_each_resume_once(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """Waits and suspends of many runs committed in one batch each (PostgreSQL writes each
+    kind in one statement): slots come back (C5), a wait satisfied before its suspend
+    replays at once, and a timer resumes its run exactly once (C7)."""
+    handles = client.batch_trigger(parked_in_batch, [None] * 4)
+    store.declare_queues("dev", [parked_in_batch.queue.spec()])
+    store.register_worker(
+        WorkerInfo(id="w1", env="dev", host="test", pid=1, concurrency=6,
+                   tasks=[parked_in_batch.id], lease_seconds=3600.0)
+    )
+    serves = {"wp-batch": [parked_in_batch.id]}
+    claims = store.claim("w1", "dev", serves, 6)
+    assert len(claims) == 3  # the key's limit: one run left queued
+    assert _executing(store, "wp-batch") == 3
+    token = store.create_token("dev", "waitpoint_batch_token", timeout_at=None)
+    now = clock.now()
+    due = now + 60
+    sleepers, waiter = claims[:2], claims[2]
+    waits: list[Op] = [
+        StartWait(run_id=c.run.id, epoch=c.epoch, key="nap", kind="sleep", fingerprint="fp",
+                  attempt=1, started_at=now, waitpoint_id=f"waitpoint_nap_{c.run.id}",
+                  new_waitpoint_kind="sleep", timeout_at=due)
+        for c in sleepers
+    ]
+    waits.append(StartWait(run_id=waiter.run.id, epoch=waiter.epoch, key="tok", kind="token",
+                           fingerprint="fp", attempt=1, started_at=now,
+                           waitpoint_id=token.id))
+    assert store.apply("w1", waits) == [True] * 3
+    assert {e.key: e.status for c in claims for e in store.journal(c.run.id)} == {
+        "nap": "waiting", "tok": "waiting"
+    }
+    # Completed between the wait's registration and the run's suspend.
+    store.complete_waitpoint("dev", token.id, '"ok"')
+    suspends: list[Op] = [
+        EndSegment(run_id=c.run.id, epoch=c.epoch, outcome="suspend", exec_seconds=0.5,
+                   wait_on=[w.waitpoint_id or ""], wait_reason='{"w": 1}')
+        for c, w in zip(claims, waits, strict=True)
+    ]
+    assert store.apply("w1", suspends) == [True] * 3
+    assert _executing(store, "wp-batch") == 0
+    statuses = {h.id: client.retrieve(h.id).status for h in handles}
+    assert [statuses[c.run.id] for c in claims] == [
+        RunStatus.WAITING, RunStatus.WAITING, RunStatus.QUEUED
+    ]
+    for c in sleepers:
+        assert store.get_waitpoint("dev", f"waitpoint_nap_{c.run.id}").waiting_runs == [  # type: ignore[union-attr]
+            c.run.id
+        ]
+    # Nothing fires early; at the due moment each timer fires once, whoever ticks.
+    assert store.tick().fired_timers == 0
+    clock.advance(61)
+    store.heartbeat("w1", 3600.0)
+    assert store.tick().fired_timers == 2
+    assert store.tick().fired_timers == 0
+    assert {client.retrieve(c.run.id).status for c in sleepers} == {RunStatus.QUEUED}
+    # The token's entry stays waiting (completed before its run waited on it): a replay
+    # reads the waitpoint itself.
+    assert {e.key: e.status for c in claims for e in store.journal(c.run.id)} == {
+        "nap": "done", "tok": "waiting"
+    }
+    for c in sleepers:
+        assert store.get_waitpoint("dev", f"waitpoint_nap_{c.run.id}").waiting_runs == []  # type: ignore[union-attr]
+    # The run never claimed first (it was ready before them), then the three come back
+    # as replays (a second lease epoch) with their waits satisfied, under the limit.
+    again = store.claim("w1", "dev", serves, 6)
+    assert len(again) == 3 and _executing(store, "wp-batch") == 3
+    fresh = [c for c in again if c.epoch == 1]
+    first = {c.run.id for c in claims}
+    assert [c.run.id for c in fresh] == [h.id for h in handles if h.id not in first]
+    done = EndSegment(run_id=fresh[0].run.id, epoch=1, outcome="completed", output="null")
+    assert store.apply("w1", [done]) == [True]
+    again += store.claim("w1", "dev", serves, 6)
+    replays = [c for c in again if c.epoch == 2]
+    assert sorted(c.run.id for c in replays) == sorted(c.run.id for c in claims)
+    assert {s.status for c in replays for s in c.waitpoints.values()} == {"completed"}
+    assert _executing(store, "wp-batch") == 3
+
+
+def test_a_token_completed_while_its_run_suspends_still_resumes_it(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """The suspend reads its waitpoint while a completion of it is in flight in another
+    transaction: whichever commits first, the run ends up queued to replay, never parked
+    on a waitpoint that is already complete (C7). PostgreSQL only: SQLite's writers take
+    turns on the file lock, so the two cannot overlap there."""
+    if type(store).__name__ != "PostgresStore":
+        pytest.skip("a race between two PostgreSQL transactions")
+    import psycopg
+
+    (handle,) = client.batch_trigger(parked_in_batch, [None])
+    store.declare_queues("dev", [parked_in_batch.queue.spec()])
+    store.register_worker(
+        WorkerInfo(id="w1", env="dev", host="test", pid=1, concurrency=1,
+                   tasks=[parked_in_batch.id], lease_seconds=3600.0)
+    )
+    (claim,) = store.claim("w1", "dev", {"wp-batch": [parked_in_batch.id]}, 1)
+    token = store.create_token("dev", "waitpoint_race_token", timeout_at=None)
+    wait_op = StartWait(run_id=claim.run.id, epoch=claim.epoch, key="tok", kind="token",
+                        fingerprint="fp", attempt=1, started_at=clock.now(),
+                        waitpoint_id=token.id)
+    assert store.apply("w1", [wait_op]) == [True]
+    suspend = EndSegment(run_id=claim.run.id, epoch=claim.epoch, outcome="suspend",
+                         exec_seconds=0.1, wait_on=[token.id], wait_reason="{}")
+    suspended, release = threading.Event(), threading.Event()
+
+    def suspend_and_hold() -> None:
+        # The batch's suspend written, its commit held back until the completion runs.
+        with store._transaction() as tx:  # type: ignore[attr-defined]
+            store._suspend_runs(tx, [suspend], clock.now())  # type: ignore[attr-defined]
+            suspended.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=suspend_and_hold)
+    holder.start()
+    assert suspended.wait(10)
+    completer = threading.Thread(
+        target=store.complete_waitpoint, args=("dev", token.id, '"ok"')
+    )
+    completer.start()
+    # Let the completion run into the suspend's lock (or, without one, finish).
+    url = store.url  # type: ignore[attr-defined]
+    with psycopg.connect(url, autocommit=True) as watch:
+        for _ in range(200):
+            waiting = watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            row = waiting.fetchone()
+            if (row and row[0]) or not completer.is_alive():
+                break
+            completer.join(0.01)
+    release.set()
+    holder.join(10)
+    completer.join(10)
+    assert client.retrieve(handle.id).status == RunStatus.QUEUED

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from .._clock import Clock
 from ._rows import Row
 from ._sql import SqlStore
-from .base import EndSegment, NewRun
+from .base import EndSegment, NewRun, StartWait
 
 _CHANNEL = "outlast_work"
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
@@ -284,6 +284,40 @@ class PostgresStore(SqlStore):
             super()._insert_journal_rows(tx, unique)
             return
         tx.x("insert_journal_rows", **{col: [r[col] for r in unique] for col in unique[0]})
+
+    def _start_waits(self, tx: Any, ops: list[StartWait], now: float) -> None:
+        # Parking a run took ten round trips (four to register its wait, six to suspend
+        # it), most of what parking cost: a batch's go in one statement per kind.
+        # Later ops win, as they would one by one (ON CONFLICT touches a row once).
+        ws = list({(op.run_id, op.key): op for op in ops}.values())
+        tx.x(
+            "start_waits",
+            run_ids=[op.run_id for op in ws],
+            keys=[op.key for op in ws],
+            kinds=[op.kind for op in ws],
+            fingerprints=[op.fingerprint for op in ws],
+            wp_ids=[op.waitpoint_id for op in ws],
+            wp_kinds=[op.new_waitpoint_kind for op in ws],
+            timeouts=[op.timeout_at for op in ws],
+            attempts=[op.attempt for op in ws],
+            started=[op.started_at for op in ws],
+            now=now,
+        )
+
+    def _suspend_runs(self, tx: Any, ops: list[EndSegment], now: float) -> None:
+        tx.q(
+            "suspend_runs",
+            ids=[op.run_id for op in ops],
+            exec_seconds=[op.exec_seconds for op in ops],
+            wait_reasons=[op.wait_reason for op in ops],
+            w_runs=[op.run_id for op in ops for _ in op.wait_on],
+            w_ids=[wp for op in ops for wp in op.wait_on],
+            now=now,
+            channel=_CHANNEL,
+        )
+
+    def _fire_timers(self, tx: Any, now: float) -> int:
+        return int(tx.q("fire_timers", now=now, channel=_CHANNEL)[0]["fired"])
 
     def _complete_rows(
         self,

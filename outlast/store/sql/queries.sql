@@ -451,6 +451,102 @@ UPDATE runs SET status = 'WAITING', updated_at = :now, worker_id = NULL, holds_s
     exec_seconds = :exec_seconds, wait_reason = :wait_reason
 WHERE id = :run_id;
 
+-- A commit batch's wait registrations (StartWait without children) in one statement: each
+-- new waitpoint inserted (the run's env; a replay finds it there already), then the
+-- journal entry, done if its waitpoint is already satisfied (a token completed before the
+-- wait), else waiting. A waitpoint inserted here is pending, which is what the snapshot
+-- (without it) says too. Rows come deduplicated: ON CONFLICT may touch a row only once.
+-- Keep in sync with insert_waitpoint and insert_journal (SqlStore._start_wait).
+-- name: start_waits [postgres]
+WITH o AS (
+    SELECT * FROM unnest(CAST(:run_ids AS text[]), CAST(:keys AS text[]),
+                         CAST(:kinds AS text[]), CAST(:fingerprints AS text[]),
+                         CAST(:wp_ids AS text[]), CAST(:wp_kinds AS text[]),
+                         CAST(:timeouts AS double precision[]),
+                         CAST(:attempts AS integer[]),
+                         CAST(:started AS double precision[]))
+        AS o(run_id, key, kind, fingerprint, wp_id, wp_kind, timeout_at, attempt, started_at)),
+new AS (
+    INSERT INTO waitpoints (id, env, kind, status, run_id, timeout_at, idempotency_key,
+                            idempotency_expires_at, tags, pending_children, created_at)
+    SELECT o.wp_id, r.env, o.wp_kind, 'pending', o.run_id, o.timeout_at, NULL, NULL, '[]', 0,
+           :now
+    FROM o JOIN runs r ON r.id = o.run_id
+    WHERE o.wp_kind IS NOT NULL
+    ON CONFLICT (id) DO NOTHING),
+e AS (
+    SELECT o.*, CASE WHEN EXISTS (SELECT 1 FROM waitpoints w
+                                  WHERE w.id = o.wp_id AND w.status <> 'pending')
+                     THEN 'done' ELSE 'waiting' END AS status
+    FROM o)
+INSERT INTO journal (run_id, key, kind, fingerprint, status, output, waitpoint_id, attempt,
+                     started_at, finished_at)
+SELECT run_id, key, kind, fingerprint, status, NULL, wp_id, attempt, started_at,
+       CASE WHEN status = 'done' THEN CAST(:now AS double precision) END
+FROM e
+ON CONFLICT (run_id, key) DO UPDATE SET
+    kind = excluded.kind, fingerprint = excluded.fingerprint, status = excluded.status,
+    output = excluded.output, waitpoint_id = excluded.waitpoint_id,
+    attempt = excluded.attempt, started_at = excluded.started_at,
+    finished_at = excluded.finished_at;
+
+-- A commit batch's suspends in one statement (SqlStore._end_segment's "suspend", once per
+-- run there): slots given back (queue rows locked already by lock_queues_of_runs, so slot
+-- rows cannot deadlock; the runs are locked by the fence), and each run either parked
+-- WAITING on its waitpoints or, if one of them is satisfied already (completed between
+-- registering and suspending), handed back to replay now, its waits cleared and its env
+-- woken. One snapshot for all: run_waits rows inserted here are for parked runs only, and
+-- the rows deleted are the handed-back runs' older ones, so no part needs another's
+-- writes. Returns the number of envs woken.
+-- The waitpoints are read FOR SHARE: a completion of one that has not committed yet
+-- makes this wait for it and then read it completed (hand back); one that comes after
+-- waits for this commit, then finds the run_waits rows written here and resumes the run
+-- (fire_timers skips it until then). Read without the lock, a run parked as its
+-- waitpoint completed would wait forever.
+-- name: suspend_runs [postgres]
+WITH s AS (
+    SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:exec_seconds AS double precision[]),
+                         CAST(:wait_reasons AS text[])) AS s(id, exec_seconds, wait_reason)),
+w AS (
+    SELECT * FROM unnest(CAST(:w_runs AS text[]), CAST(:w_ids AS text[]))
+        AS w(run_id, waitpoint_id)),
+wps AS (
+    SELECT p.id, p.status FROM waitpoints p WHERE p.id IN (SELECT waitpoint_id FROM w)
+    ORDER BY p.id
+    FOR SHARE),
+ready AS (
+    SELECT DISTINCT w.run_id AS id FROM w JOIN wps p ON p.id = w.waitpoint_id
+    WHERE p.status <> 'pending'),
+held AS (
+    SELECT r.env, r.queue, r.concurrency_key FROM runs r JOIN s ON s.id = r.id
+    WHERE r.holds_slot = 1),
+gq AS (
+    UPDATE queues SET executing = GREATEST(executing - g.n, 0)
+    FROM (SELECT env, queue, COUNT(*) AS n FROM held GROUP BY env, queue) g
+    WHERE queues.env = g.env AND queues.name = g.queue),
+gs AS (
+    UPDATE queue_slots SET executing = GREATEST(executing - g.n, 0)
+    FROM (SELECT env, queue, concurrency_key, COUNT(*) AS n FROM held
+          GROUP BY env, queue, concurrency_key) g
+    WHERE queue_slots.env = g.env AND queue_slots.queue = g.queue
+      AND queue_slots.ckey = g.concurrency_key),
+waits AS (
+    INSERT INTO run_waits (waitpoint_id, run_id)
+    SELECT waitpoint_id, run_id FROM w WHERE run_id NOT IN (SELECT id FROM ready)
+    ON CONFLICT DO NOTHING),
+cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM ready)),
+parked AS (
+    UPDATE runs SET status = 'WAITING', updated_at = :now, worker_id = NULL, holds_slot = 0,
+        exec_seconds = s.exec_seconds, wait_reason = s.wait_reason
+    FROM s WHERE runs.id = s.id AND s.id NOT IN (SELECT id FROM ready)),
+handed AS (
+    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
+        updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = s.exec_seconds
+    FROM s WHERE runs.id = s.id AND s.id IN (SELECT id FROM ready)
+    RETURNING runs.env),
+woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM handed) h)
+SELECT COUNT(*) AS n FROM woken;
+
 -- name: slot_of_run
 SELECT env, queue, concurrency_key, holds_slot, parent_waitpoint_id, attempt, max_attempts,
        priority
@@ -498,6 +594,10 @@ SELECT * FROM waitpoints WHERE env = :env AND id = :id;
 
 -- name: waitpoint_state
 SELECT id, kind, status, output, is_error FROM waitpoints WHERE id = :id;
+
+-- Locked against a completion in flight: see suspend_runs.
+-- name: waitpoint_state [postgres]
+SELECT id, kind, status, output, is_error FROM waitpoints WHERE id = :id FOR SHARE;
 
 -- name: list_waitpoints
 SELECT * FROM waitpoints WHERE env = :env
@@ -552,6 +652,43 @@ RETURNING pending_children;
 SELECT id, kind FROM waitpoints
 WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= :now
 ORDER BY timeout_at LIMIT 5000;
+
+-- due_timers and SqlStore._complete for each, in one statement: up to 5000 due waitpoints
+-- completed (a sleep) or timed out (a token's or children's timeout), their waiting
+-- journal entries done, their WAITING runs queued again with their waits cleared, and
+-- those runs' envs woken; returns how many fired. First completion wins (C7): rows
+-- another scheduler or a completion holds are skipped for the next tick, and the UPDATE
+-- re-checks pending after locking. A run waiting on several of them resumes once (one
+-- UPDATE touches a row once). One snapshot for all, as the per-waitpoint statements saw
+-- the waits: none of those reads needs another part's writes.
+-- name: fire_timers [postgres]
+WITH due AS (
+    SELECT id FROM waitpoints
+    WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= :now
+    ORDER BY timeout_at LIMIT 5000
+    FOR UPDATE SKIP LOCKED),
+fired AS (
+    UPDATE waitpoints w
+    SET status = CASE WHEN w.kind = 'sleep' THEN 'completed' ELSE 'timed_out' END,
+        output = NULL, is_error = CASE WHEN w.kind = 'sleep' THEN 0 ELSE 1 END,
+        completed_at = :now
+    FROM due WHERE w.id = due.id AND w.status = 'pending'
+    RETURNING w.id, w.run_id),
+waits AS (
+    SELECT rw.waitpoint_id, rw.run_id FROM run_waits rw JOIN fired f ON f.id = rw.waitpoint_id),
+entries AS (
+    UPDATE journal j SET status = 'done', finished_at = :now
+    FROM (SELECT waitpoint_id, run_id FROM waits
+          UNION SELECT id, run_id FROM fired WHERE run_id IS NOT NULL) e
+    WHERE j.run_id = e.run_id AND j.waitpoint_id = e.waitpoint_id AND j.status = 'waiting'),
+resumed AS (
+    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
+        updated_at = :now, wait_reason = NULL
+    WHERE runs.status = 'WAITING' AND runs.id IN (SELECT run_id FROM waits)
+    RETURNING runs.id, runs.env),
+cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM resumed)),
+woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM resumed) r)
+SELECT (SELECT COUNT(*) FROM fired) AS fired, (SELECT COUNT(*) FROM woken) AS woken;
 
 -- Scheduling -------------------------------------------------------------------------------
 
