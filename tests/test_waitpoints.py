@@ -494,7 +494,7 @@ async def test_runs_parked_in_one_batch_each_resume_once(
     now = clock.now()
     due = now + 60
     sleepers, waiter = claims[:2], claims[2]
-    waits: list[Op] = [
+    waits: list[StartWait] = [
         StartWait(run_id=c.run.id, epoch=c.epoch, key="nap", kind="sleep", fingerprint="fp",
                   attempt=1, started_at=now, waitpoint_id=f"waitpoint_nap_{c.run.id}",
                   new_waitpoint_kind="sleep", timeout_at=due)
@@ -596,7 +596,7 @@ def test_a_token_completed_while_its_run_suspends_still_resumes_it(
     )
     completer.start()
     # Let the completion run into the suspend's lock (or, without one, finish).
-    url = store.url  # type: ignore[attr-defined]
+    url = store.url
     with psycopg.connect(url, autocommit=True) as watch:
         for _ in range(200):
             waiting = watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
