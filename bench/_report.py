@@ -112,6 +112,7 @@ def render(results: list[c.Results]) -> str:
             if key not in columns:
                 columns.append(key)
             metrics[(m.system, m.backend, m.workload)] = m
+    out.extend(targets(metrics))
     section = None
     for workload, (sec, title) in WORKLOADS.items():
         cols = [col for col in columns if (*col, workload) in metrics]
@@ -142,6 +143,99 @@ def render(results: list[c.Results]) -> str:
     if unknown:
         out.append(f"Unlisted figures present in results: {', '.join(unknown)}\n")
     return "\n".join(out).rstrip() + "\n"
+
+
+NOT_MEASURED = "not measured"
+Metrics = dict[tuple[str, str, str], c.Metric]
+
+
+def targets(metrics: Metrics) -> list[str]:
+    """Issue 8's targets: met or not in these results, with the figures and the ratio."""
+
+    def med(system: str, backend: str, workload: str) -> float | None:
+        m = metrics.get((system, backend, workload))
+        return m.median if m is not None and m.values else None
+
+    def fig(system: str, backend: str, workload: str, what: str) -> str:
+        v = med(system, backend, workload)
+        unit = metrics[(system, backend, workload)].unit if v is not None else ""
+        who = backend if system == "outlast" else label(system, backend)
+        head = f"{who}, {what} (`{workload}`)"
+        return f"{head}: {fmt(v)} {unit}" if v is not None else f"{head}: {NOT_MEASURED}"
+
+    def best(system: str, backend: str, workloads: list[str]) -> str:
+        """The workload of ``workloads`` with the highest median (the first if none)."""
+        found = [w for w in workloads if med(system, backend, w) is not None]
+        return max(found, key=lambda w: med(system, backend, w) or 0.0) if found else workloads[0]
+
+    def title(workload: str) -> str:
+        return WORKLOADS.get(workload, ("", workload))[1]
+
+    rows: list[str] = []
+
+    def ratio(target: str, backend: str, workload: str, peer: str, peer_backend: str,
+              peer_workload: str, need: float, why: str = "") -> None:
+        mine, theirs = med("outlast", backend, workload), med(peer, peer_backend, peer_workload)
+        compared = fig(peer, peer_backend, peer_workload, title(peer_workload)) + why
+        if mine is None or theirs is None or not theirs:
+            value, met = NOT_MEASURED, DASH
+        else:
+            r = mine / theirs
+            value, met = f"{r:.3g}{TIMES} (needs ≥ {need:g}{TIMES})", "✔" if r >= need else "✘"
+        rows.append(f"| {target} | {fig('outlast', backend, workload, title(workload))} | "
+                    f"{compared} | {value} | {met} |")
+
+    def absolute(target: str, backend: str, workload: str, sign: str, limit: float,
+                 unit: str) -> None:
+        mine = med("outlast", backend, workload)
+        if mine is None:
+            value, met = NOT_MEASURED, DASH
+        else:
+            ok = {"<": mine < limit, "≤": mine <= limit, "≥": mine >= limit}[sign]
+            value, met = f"{fmt(mine)} {unit}", "✔" if ok else "✘"
+        rows.append(f"| {target} | {fig('outlast', backend, workload, title(workload))} | "
+                    f"absolute: {sign} {limit:g} {unit} | {value} | {met} |")
+
+    # 1. drain: like for like at concurrency 10, then against PgQueuer's own default
+    ratio(f"1. drain of no-op runs ≥ 2{TIMES} PgQueuer", "postgres", "drain_c10",
+          "pgqueuer", "postgres", "drain_c10", 2)
+    ratio("1. (against PgQueuer's own default)", "postgres", "drain_c10",
+          "pgqueuer", "postgres", "drain_cdefault", 2)
+    # 2. SQLite drain against the better of PgQueuer's two PostgreSQL drain figures
+    pgq = best("pgqueuer", "postgres", ["drain_cdefault", "drain_c10"])
+    ratio("2. SQLite drain ≥ PgQueuer's PostgreSQL drain", "sqlite", "drain_c10",
+          "pgqueuer", "postgres", pgq, 1, "; the better of PgQueuer's two drain figures")
+    # 3. durable 3-step runs against DBOS's best of its default and concurrency-10 figures
+    for b in ("postgres", "sqlite"):
+        dbos = best("dbos", b, ["steps_runs_cdefault", "steps_runs_c10"])
+        ratio(f"3. durable 3-step runs ≥ 5{TIMES} DBOS ({b})", b, "steps_runs_c10", "dbos", b, dbos,
+              5, "; the better of DBOS's default and concurrency-10 figures")
+    ratio("4. bulk trigger ≥ PgQueuer's bulk enqueue", "postgres", "enqueue_bulk",
+          "pgqueuer", "postgres", "enqueue_bulk", 1)
+    for b in ("postgres", "sqlite"):
+        ratio(f"5. one-by-one trigger ≥ 2{TIMES} Celery ({b})", b, "enqueue_single",
+              "celery", "redis", "enqueue_single", 2)
+    absolute("6. trigger→start p50 ≤ 2 ms (postgres)", "postgres", "latency_start_p50",
+             "≤", 2, "ms")
+    absolute("6. trigger→start p50 ≤ 5 ms (sqlite)", "sqlite", "latency_start_p50",
+             "≤", 5, "ms")
+    for b in ("postgres", "sqlite"):
+        absolute(f"7. fan-out ≥ 95% of ideal ({b})", b, "fanout_pct", "≥", 95, "% of ideal")
+    for b in ("postgres", "sqlite"):
+        absolute(f"8. recovery after SIGKILL p50 < 1 s ({b})", b, "recovery_s", "<", 1, "s")
+
+    return ["## Targets (issue 8)\n",
+            "The targets of issue 8 for this machine, as ratios of the medians below (or as "
+            "absolute figures where a target is one). A peer's figures come from its last "
+            "recorded run: the ratios hold for one run only when the start times above "
+            "belong to one `run_all.py` run. **✔** met, **✘** missed, "
+            f"{DASH} not measured.\n",
+            "| target | outlast | compared with | ratio or value | met |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            "Why a target is missed, and the limit: [bench/README.md](README.md#limits)",
+            ""]
 
 
 # peer workload -> the outlast workload it is compared with
