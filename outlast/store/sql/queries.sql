@@ -220,10 +220,15 @@ SELECT q.*, EXISTS (SELECT 1 FROM runs r INDEXED BY runs_ready
 FROM queues q WHERE q.env = :env AND q.name IN (SELECT value FROM json_each(:names))
 ORDER BY q.name;
 
+-- Only queues with a queued run are locked (see lock_queues_of_runs). The probe is
+-- written as the first row in runs_ready's order: as an EXISTS, PostgreSQL may pick a
+-- sequential scan of runs for it (9 ms at 20,000 runs, against 0.02 ms).
 -- name: queues_for_claim [postgres]
-SELECT q.*, EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
-                    AND r.status = 'QUEUED') AS has_queued
-FROM queues q WHERE q.env = :env AND q.name = ANY(:names) ORDER BY q.name FOR UPDATE OF q;
+SELECT q.*, TRUE AS has_queued
+FROM queues q WHERE q.env = :env AND q.name = ANY(:names)
+  AND (SELECT TRUE FROM runs r WHERE r.env = q.env AND r.queue = q.name
+       AND r.status = 'QUEUED' ORDER BY r.concurrency_key, r.ready_at LIMIT 1)
+ORDER BY q.name FOR UPDATE OF q;
 
 -- Keys with room, least recently served first: round robin between tenants.
 -- name: open_slots
@@ -360,14 +365,17 @@ RETURNING pending_children;
 -- the same transaction will take from, locked at once in the claim's order (by name)
 -- before any slot is released: releases and claims never deadlock.
 -- The rows of the queues claimed from come back (served), so the claim need not read
--- them again; has_queued as in queues_for_claim.
+-- them again; has_queued as in queues_for_claim. A served queue with no queued run is
+-- neither read nor locked: idle queues do not make concurrent claims take turns.
 -- name: lock_queues_of_runs [postgres]
 SELECT q.*, (q.env = :env AND q.name = ANY(:names)) AS served,
-       EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
-               AND r.status = 'QUEUED') AS has_queued
+       (SELECT TRUE FROM runs r WHERE r.env = q.env AND r.queue = q.name
+        AND r.status = 'QUEUED' ORDER BY r.concurrency_key, r.ready_at LIMIT 1) AS has_queued
 FROM queues q
 WHERE (q.env, q.name) IN (SELECT r.env, r.queue FROM runs r WHERE r.id = ANY(:ids))
-   OR (q.env = :env AND q.name = ANY(:names))
+   OR (q.env = :env AND q.name = ANY(:names)
+       AND (SELECT TRUE FROM runs r WHERE r.env = q.env AND r.queue = q.name
+            AND r.status = 'QUEUED' ORDER BY r.concurrency_key, r.ready_at LIMIT 1))
 ORDER BY q.env, q.name
 FOR UPDATE OF q;
 
