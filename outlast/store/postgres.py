@@ -226,9 +226,6 @@ class PostgresStore(SqlStore):
                 copy.write(chunk)
 
     def _insert_tags(self, tx: Any, tags: list[Row]) -> None:
-        if len(tags) == 1:
-            super()._insert_tags(tx, tags)
-            return
         tx.x(
             "insert_tags",
             envs=[t["env"] for t in tags],
