@@ -21,18 +21,26 @@ def _encode(value: int) -> str:
     return "".join([pairs[(value >> s) & 1023] for s in _SHIFTS])
 
 
+def _time_digits(ms: int) -> str:
+    """The first 10 digits of an id: 48 bits of milliseconds (and 2 zero bits on top)."""
+    pairs = _PAIRS
+    return "".join([pairs[(ms >> s) & 1023] for s in (40, 30, 20, 10, 0)])
+
+
 def new_id(prefix: str) -> str:
+    # The 80 random bits are the last 16 digits, one per random byte (see new_ids): a
+    # third of the cost of encoding one 130-bit number, and every trigger makes an id.
     ms = int(time.time() * 1000) & ((1 << 48) - 1)
-    return f"{prefix}_{_encode((ms << 80) | int.from_bytes(os.urandom(10), 'big'))}"
+    return f"{prefix}_{_time_digits(ms)}{os.urandom(16).translate(_DIGIT_OF_BYTE).decode()}"
 
 
 def new_ids(prefix: str, n: int) -> list[str]:
     """``n`` new ids at once, for a batch: the same as ``new_id`` n times within one
-    millisecond, at a tenth of the cost. The 80 random bits are the last 16 digits, so
+    millisecond, for a fraction of the cost. The 80 random bits are the last 16 digits, so
     all of them come from one read of the random source and one bytes.translate (a
     base32 encoding is a Python loop, and was most of the time)."""
     ms = int(time.time() * 1000) & ((1 << 48) - 1)
-    head = f"{prefix}_{_encode(ms << 80)[:10]}"
+    head = f"{prefix}_{_time_digits(ms)}"
     body = os.urandom(16 * n).translate(_DIGIT_OF_BYTE).decode()
     return [head + body[i : i + 16] for i in range(0, 16 * n, 16)]
 

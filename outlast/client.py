@@ -36,6 +36,8 @@ from .tasks import (
 )
 
 _MISSING: Any = object()
+# The options of a trigger given none; TriggerOptions is frozen, so one serves every call.
+_NO_OPTIONS = TriggerOptions()
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -128,7 +130,15 @@ class Client(ScheduleMethods):
         **kwargs: Any,
     ) -> RunHandle[Any]:
         """Start a run; returns once the run is committed (C1)."""
-        opts = options or TriggerOptions(**kwargs)
+        opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
+        if self._http is None:
+            # The store's path without _new_run and _send's batch plumbing: apps trigger
+            # one run at a time, in a loop, and wait for each commit.
+            store = self._ready()
+            run = prepare_run(store, self.env, task, payload, opts)
+            result = store.trigger([run])[0]
+            return RunHandle(id=result.id, task_id=run.task_id, is_cached=result.is_cached,
+                             _output_type=_output_type(task))
         new = self._new_run(task, payload, opts)
         run_id, cached = self._send([new])[0]
         return RunHandle(id=run_id, task_id=new.task_id, is_cached=cached,
@@ -144,7 +154,7 @@ class Client(ScheduleMethods):
     ) -> list[RunHandle[Any]]:
         """Start many runs in one transaction: every payload is validated first, and a bad
         one (named by its index) writes nothing."""
-        opts = options or TriggerOptions(**kwargs)
+        opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
         runs: Sequence[NewRun | HttpTrigger]
         if self._http is None:
             runs = prepare_runs(self._ready(), self.env, task, payloads, opts)
