@@ -22,6 +22,11 @@ def why(store: Store, run: Run) -> str:
     if s == RunStatus.EXECUTING:
         note = " (cancel requested)" if run.cancel_requested else ""
         return f"executing attempt {run.attempt} on worker {run.worker_id}{note}"
+    if s == RunStatus.DEQUEUED:
+        return (
+            f"dequeued by worker {run.worker_id}: it starts there when a run of queue "
+            f"{run.queue!r} ends and hands it its slot"
+        )
     if s == RunStatus.DELAYED:
         return f"delayed until {_at(run.delay_until or run.available_at)}"
     if s == RunStatus.WAITING:

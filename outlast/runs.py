@@ -18,6 +18,9 @@ T = TypeVar("T")
 class RunStatus(enum.StrEnum):
     DELAYED = "DELAYED"
     QUEUED = "QUEUED"
+    # Claimed by a worker without a slot: it starts there the moment a run of its queue
+    # and concurrency key ends (Trigger.dev's name for a run taken off its queue).
+    DEQUEUED = "DEQUEUED"
     EXECUTING = "EXECUTING"
     WAITING = "WAITING"
     COMPLETED = "COMPLETED"

@@ -44,7 +44,7 @@ from ._signals import LeaseLost
 from .durable import RunContext, _current
 from .runs import Run, RunStatus
 from .scheduler import Scheduler
-from .store.base import Claim, EndSegment, LifeLock, Op, Store, WorkerInfo
+from .store.base import Claim, EndSegment, LifeLock, Op, StartDequeued, Store, WorkerInfo
 from .tasks import REGISTRY, Task
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _SETTLE_TURNS = 6
 _SHORT_RUN = 0.05  # seconds: runs averaging less are worth claiming ahead
 _HOLD_SECONDS = 0.1  # of work, at most, held ready beyond the free slots
+_HAND_OVER_RUN = 1.0  # seconds: runs averaging less get successors held DEQUEUED
 
 _NOT_RETRYABLE = (AbortRun, NonDeterminismError, SerializationError, ValidationError, UnknownTask)
 
@@ -64,6 +65,9 @@ class Claimer(Protocol):
 
     def claim_target(self) -> tuple[str, Mapping[str, Sequence[str]]]:
         """The environment and queues (queue -> task ids) to claim from; in a thread."""
+
+    def reservations(self) -> Mapping[tuple[str, str], int]:
+        """(queue, concurrency key) -> runs to claim DEQUEUED, to hand slots over to."""
 
     def claimed(self, claims: list[Claim], limit: int) -> None:
         """Start the runs a batch claimed (on the loop, before the next batch)."""
@@ -104,9 +108,13 @@ class Committer:
 
     async def submit(self, op: Op) -> bool:
         """Queue ``op`` and wait until it is committed; False if it was fenced out."""
+        return await self.enqueue(op)
+
+    def enqueue(self, op: Op) -> asyncio.Future[bool]:
+        """Queue ``op`` now; the future says whether it committed (False: fenced out)."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._add(op, fut)
-        return await fut
+        return fut
 
     def submit_nowait(self, op: Op) -> None:
         """Queue ``op`` (a log line, a metadata change) without waiting for it."""
@@ -155,17 +163,19 @@ class Committer:
                 waiters, self._claim_waiters = self._claim_waiters, []
                 ops = [op for op, _ in batch]
                 limit = 0
+                reserve: Mapping[tuple[str, str], int] = {}
                 if self.claimer is not None and (
                     waiters or any(isinstance(op, EndSegment) for op in ops)
                 ):
                     limit = self.claimer.claim_limit(ops)
-                ok, claims = await self._apply(ops, limit)
+                    reserve = self.claimer.reservations()
+                ok, claims = await self._apply(ops, limit, reserve)
                 self.batches += 1
                 self.ops += len(batch)
                 for (_, fut), good in zip(batch, ok, strict=True):
                     if fut is not None and not fut.done():
                         fut.set_result(good)
-                if self.claimer is not None and limit > 0:
+                if self.claimer is not None and (limit > 0 or reserve):
                     self.claimer.claimed(claims, limit)
                 for w in waiters:
                     if not w.done():
@@ -173,13 +183,17 @@ class Committer:
             if not self._items and not self._claim_waiters:
                 self._idle.set()
 
-    async def _apply(self, ops: list[Op], limit: int) -> tuple[list[bool], list[Claim]]:
+    async def _apply(
+        self, ops: list[Op], limit: int, reserve: Mapping[tuple[str, str], int]
+    ) -> tuple[list[bool], list[Claim]]:
         claimer = self.claimer
 
         def commit() -> tuple[list[bool], list[Claim]]:
-            if limit > 0 and claimer is not None:
+            if (limit > 0 or reserve) and claimer is not None:
                 env, serves = claimer.claim_target()
-                return self.store.apply_and_claim(self.worker_id, ops, env, serves, limit)
+                return self.store.apply_and_claim(
+                    self.worker_id, ops, env, serves, limit, reserve
+                )
             return self.store.apply(self.worker_id, ops), []
 
         delay = 0.05
@@ -242,6 +256,11 @@ class Worker:
         # _room): a drain of quick runs then commits in bigger batches.
         self.prefetch = 10 * concurrency if prefetch is None else prefetch
         self._ready: collections.deque[Claim] = collections.deque()
+        # Runs held DEQUEUED per (queue, concurrency key) whose slots are full: one starts
+        # the moment a run of that key ends here, in the slot it leaves (see _hand_over).
+        self._reserved: dict[tuple[str, str], collections.deque[Claim]] = {}
+        self._reserve_keys: set[tuple[str, str]] = set()  # keys whose runs ended lately
+        self._limited: set[str] = set()  # queues with a concurrency limit, no rate limit
         self._finishing: set[str] = set()  # active runs whose code is done, end committing
         self._avg_seconds: float | None = None
         self.lease_seconds = lease_seconds
@@ -341,6 +360,9 @@ class Worker:
         while self._ready:
             claim = self._ready.popleft()
             self.committer.submit_nowait(_handback(claim))
+        for held in self._reserved.values():
+            while held:
+                self.committer.submit_nowait(_handback(held.popleft()))
         grace = self.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         while self.active and time.monotonic() < deadline:
@@ -373,10 +395,14 @@ class Worker:
             for t in self.tasks.values():
                 serves.setdefault(t.queue.name, []).append(t.id)
             every = sorted(self.tasks)
+            limited = set()
             with contextlib.suppress(Exception):
                 for q in self.store.list_queues(self.env):
                     serves.setdefault(q["name"], every)
+                    if q["concurrency_limit"] is not None and not q["rate_limit_count"]:
+                        limited.add(q["name"])
             self._serves = serves
+            self._limited = limited
             self._serves_at = now
         return self._serves
 
@@ -396,11 +422,45 @@ class Worker:
     def claim_target(self) -> tuple[str, Mapping[str, Sequence[str]]]:
         return self.env, self._queues_served()
 
+    def reservations(self) -> Mapping[tuple[str, str], int]:
+        """For keys whose runs ended since the last claim: enough runs held DEQUEUED to
+        hand over about 0.1 s of work (as ``_room`` holds ready runs), at most one per
+        run of the key executing here, and one for a key with none executing (the claim
+        in the same commit may start one; if not, ``_trim_reserved`` gives it back). Runs
+        averaging a second or more get none: a flush is small against them, and a held
+        run might have started elsewhere."""
+        keys, self._reserve_keys = self._reserve_keys, set()
+        avg = self._avg_seconds
+        if self._stopping or avg is None or avg >= _HAND_OVER_RUN or not keys:
+            return {}
+        executing = dict.fromkeys(keys, 0)
+        for ctx in self.active.values():
+            k = _key_of(ctx.run)
+            if k in executing and ctx.run.id not in self._finishing:
+                executing[k] += 1
+        want = {}
+        for k, n in executing.items():
+            held = len(self._reserved.get(k, ()))
+            more = min(max(n, 1), max(1, int(n * _HOLD_SECONDS / max(avg, 1e-4)))) - held
+            if more > 0:
+                want[k] = more
+        return want
+
     def claimed(self, claims: list[Claim], limit: int) -> None:
-        self._dry = len(claims) < limit
-        self.claimed_total += len(claims)
-        self._ready.extend(claims)
+        ready = [c for c in claims if c.run.status != RunStatus.DEQUEUED]
+        if limit > 0:
+            self._dry = len(ready) < limit
+        self.claimed_total += len(ready)
+        self._ready.extend(ready)
         self._start_ready()
+        keys = set()
+        for c in claims:
+            if c.run.status == RunStatus.DEQUEUED:
+                k = _key_of(c.run)
+                self._reserved.setdefault(k, collections.deque()).append(c)
+                keys.add(k)
+        for k in keys:
+            self._trim_reserved(k)
 
     def _room(self) -> int:
         """How many runs to claim now: the free slots, plus some held ready while recent
@@ -524,10 +584,13 @@ class Worker:
             self._cancel_ready(run_id)
 
     def _cancel_ready(self, run_id: str) -> None:
-        """A run cancelled while held ready ends here, never having started."""
-        for claim in list(self._ready):
-            if claim.run.id == run_id:
-                self._ready.remove(claim)
+        """A run cancelled while held ready (or DEQUEUED) ends here, never having started."""
+        for queue in (self._ready, *self._reserved.values()):
+            for claim in list(queue):
+                if claim.run.id != run_id:
+                    continue
+                queue.remove(claim)
+                self._reserved = {k: held for k, held in self._reserved.items() if held}
                 self.committer.submit_nowait(
                     EndSegment(
                         run_id=run_id,
@@ -544,6 +607,7 @@ class Worker:
         for ctx in list(self.active.values()):
             ctx.end("lost")
         self._ready.clear()  # claimed under the lost lease: nothing of them may commit
+        self._reserved.clear()
         if self._lock is not None:
             self._lock.release()
         self.id = new_id("worker")
@@ -631,12 +695,48 @@ class Worker:
         # The task's code is done: its slot goes to the next run while this end commits,
         # so quick runs keep the worker busy during the flush instead of idling for it.
         self._finishing.add(run.id)
+        committing = self.committer.enqueue(op)
+        self._hand_over(run)
         self._start_ready()
         if self._slot_freed is not None:
             self._slot_freed.set()
-        committed = await self.committer.submit(op)
+        committed = await committing
         if committed:
             await self._after(ctx, task, op, output)
+
+    def _hand_over(self, run: Run) -> None:
+        """Start the next run held DEQUEUED for the queue and key of ``run``, whose end
+        was just queued, in the slot that end gives back. Its start is queued right
+        after that end, so both commit in one batch, before any op of its own; its code
+        runs now instead of a flush later. Should the worker die first, the dead
+        worker's DEQUEUED runs count a lost attempt, like its EXECUTING ones (C9)."""
+        k = _key_of(run)
+        if run.queue in self._limited:
+            self._reserve_keys.add(k)
+        held = self._reserved.get(k)
+        if held and not self._stopping:
+            claim = held.popleft()
+            self.committer.submit_nowait(StartDequeued(run_id=claim.run.id, epoch=claim.epoch))
+            self._launch(claim)
+        self._trim_reserved(k)
+
+    def _trim_reserved(self, k: tuple[str, str]) -> None:
+        """Hand back runs held for key ``k`` beyond its runs executing here: each of
+        those hands over one when it ends, and a held run with none left would wait for
+        nothing. The newest go back, to their places in the queue."""
+        held = self._reserved.get(k)
+        if not held:
+            self._reserved.pop(k, None)
+            return
+        executing = sum(
+            1
+            for ctx in self.active.values()
+            if ctx.run.id not in self._finishing and _key_of(ctx.run) == k
+        ) + sum(1 for c in self._ready if _key_of(c.run) == k)
+        while len(held) > executing:
+            self.committer.submit_nowait(_handback(held.pop()))
+        if not held:
+            del self._reserved[k]
 
     async def _attempt(
         self, ctx: RunContext, task: Task[Any, Any], resumed: bool
@@ -773,6 +873,11 @@ class Worker:
             except Exception:
                 # A hook never changes the run's outcome.
                 log.exception("run %s: %s hook failed", run.id, name, extra={"run_id": run.id})
+
+
+def _key_of(run: Run) -> tuple[str, str]:
+    """The (queue, concurrency key) whose slots a run counts in; '' for no key."""
+    return run.queue, run.concurrency_key or ""
 
 
 def _handback(claim: Claim) -> EndSegment:

@@ -1,6 +1,7 @@
 """Schema versions and migrations, on real SQLite and real PostgreSQL.
 
-A fresh database migrates to version 1 and migrating again changes nothing; a process
+A fresh database migrates to the current version and migrating again changes nothing; a
+database made by version 1 migrates to the same schema, its runs kept; a process
 facing a schema it does not know refuses to start and says what to run; the two dialects'
 schema files define the same tables, columns and indexes.
 """
@@ -70,8 +71,9 @@ def empty_url(backend: str, tmp_path: Path) -> Iterator[str]:
         drop_pg_database(name)
 
 
-def test_fresh_database_is_refused_until_migrated_then_reports_version_1(empty_url: str) -> None:
-    assert SCHEMA_VERSION == 1
+def test_fresh_database_is_refused_until_migrated_then_reports_the_version(
+    empty_url: str,
+) -> None:
     store = open_store(empty_url)
     try:
         with pytest.raises(SchemaVersionError) as info:
@@ -81,8 +83,8 @@ def test_fresh_database_is_refused_until_migrated_then_reports_version_1(empty_u
         with pytest.raises(SchemaVersionError):
             Client(store=store, env="dev").list_runs()  # an app refuses too
 
-        assert store.migrate() == 1
-        assert raw(empty_url, "SELECT version FROM outlast_schema") == [(1,)]
+        assert store.migrate() == SCHEMA_VERSION
+        assert raw(empty_url, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
         store.check_schema()
         assert Client(store=store, env="dev").list_runs() == []
     finally:
@@ -94,10 +96,10 @@ def test_migrate_is_idempotent(db_url: str) -> None:
     try:
         run_id = Client(store=store, env="dev").trigger(keep, {"x": 1}).id
         before = schema_of(db_url)
-        assert store.migrate() == 1
-        assert store.migrate() == 1
+        assert store.migrate() == SCHEMA_VERSION
+        assert store.migrate() == SCHEMA_VERSION
         assert schema_of(db_url) == before
-        assert raw(db_url, "SELECT version FROM outlast_schema") == [(1,)]
+        assert raw(db_url, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
         run = Client(store=store, env="dev").retrieve(run_id)  # data untouched
         assert run.payload == {"x": 1}
     finally:
@@ -128,8 +130,8 @@ def test_concurrent_migrations_of_an_empty_database_agree(empty_url: str) -> Non
         for s in stores:
             s.close()
     assert errors == []
-    assert versions == [1] * n
-    assert raw(empty_url, "SELECT version FROM outlast_schema") == [(1,)]
+    assert versions == [SCHEMA_VERSION] * n
+    assert raw(empty_url, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
 
 
 def _outlast(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -144,19 +146,20 @@ def _outlast(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_newer_schema_version_is_refused_with_what_to_do(db_url: str) -> None:
-    raw(db_url, "UPDATE outlast_schema SET version = 2")
+    newer = SCHEMA_VERSION + 1
+    raw(db_url, f"UPDATE outlast_schema SET version = {newer}")
     store = open_store(db_url)
     try:
         with pytest.raises(SchemaVersionError) as info:
             store.check_schema()
         message = str(info.value)
-        assert "schema version 2" in message
+        assert f"schema version {newer}" in message
         assert "upgrade outlast" in message  # migrating cannot help: the code is behind
         assert info.value.code == "schema_version"
 
         with pytest.raises(SchemaVersionError, match="newer than this outlast"):
             store.migrate()  # never downgrades, never touches a schema it does not know
-        assert raw(db_url, "SELECT version FROM outlast_schema") == [(2,)]
+        assert raw(db_url, "SELECT version FROM outlast_schema") == [(newer,)]
 
         with pytest.raises(SchemaVersionError):
             Client(store=store, env="dev").list_runs()
@@ -175,7 +178,7 @@ async def test_a_newer_schema_version_is_refused_with_what_to_do(db_url: str) ->
     migrated = _outlast(db_url, "migrate")
     assert migrated.returncode == 2, migrated.stderr
     assert "newer than this outlast" in migrated.stderr
-    assert raw(db_url, "SELECT version FROM outlast_schema") == [(2,)]
+    assert raw(db_url, "SELECT version FROM outlast_schema") == [(newer,)]
 
 
 # -- the two dialects define one schema -----------------------------------------------------
@@ -267,3 +270,58 @@ def test_migration_files_pair_up_across_dialects() -> None:
     assert lite == list(range(2, 2 + len(lite)))
     latest = lite[-1] if lite else 1
     assert latest == SCHEMA_VERSION
+
+
+def _index_definitions(db_url: str) -> dict[str, str]:
+    """Index name -> its full definition (columns and partial predicate), whitespace
+    normalised, as the database reports it."""
+    if db_url.startswith("sqlite:"):
+        rows = raw(db_url, "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                           "AND sql IS NOT NULL")
+    else:
+        rows = raw(db_url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    return {name: " ".join(str(sql).split()) for name, sql in rows}
+
+
+def test_a_version_1_database_migrates_to_the_current_schema_with_its_runs(
+    empty_url: str, tmp_path: Path
+) -> None:
+    """Version 1 as it shipped (tests/fixtures/schema_v1.*.sql), with a run in it, then
+    `migrate`: the same tables, columns and indexes (predicates too) as a fresh database."""
+    dialect = "sqlite" if empty_url.startswith("sqlite:") else "postgres"
+    v1 = (ROOT / "tests" / "fixtures" / f"schema_v1.{dialect}.sql").read_text()
+    if dialect == "sqlite":
+        conn = sqlite3.connect(empty_url.removeprefix("sqlite:///"))
+        conn.executescript(v1 + "\nINSERT INTO outlast_schema (version) VALUES (1);")
+        conn.close()
+    else:
+        raw(empty_url, v1 + "\nINSERT INTO outlast_schema (version) VALUES (1);")
+    store = open_store(empty_url)
+    try:
+        with pytest.raises(SchemaVersionError, match="outlast migrate"):
+            store.check_schema()
+        raw(empty_url, "INSERT INTO runs (id, env, task_id, queue, status, payload, "
+                       "max_attempts, created_at, updated_at, available_at, ready_at) VALUES "
+                       "('run_v1', 'dev', 'eng-mig-keep', 'q', 'QUEUED', '{\"x\": 1}', 3, "
+                       "1, 1, 1, 1)")
+        assert store.migrate() == SCHEMA_VERSION
+        store.check_schema()
+        run = Client(store=store, env="dev").retrieve("run_v1")
+        assert run.payload == {"x": 1}
+    finally:
+        store.close()
+
+    fresh = f"sqlite:///{tmp_path}/fresh.db"
+    pg_name = None
+    if dialect == "postgres":
+        pg_name = new_empty_pg_database()
+        fresh = _pg_url(pg_name)
+    try:
+        other = open_store(fresh)
+        other.migrate()
+        other.close()
+        assert schema_of(empty_url) == schema_of(fresh)
+        assert _index_definitions(empty_url) == _index_definitions(fresh)
+    finally:
+        if pg_name is not None:
+            drop_pg_database(pg_name)

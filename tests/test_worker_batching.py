@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+import outlast
 from outlast import Worker, queue, task
+from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunStatus
-from outlast.store.base import Claim, EndSegment, Op, Store
+from outlast.store.base import Claim, EndSegment, Op, StartDequeued, Store
 from outlast.tasks import Task
 
 RUNNING = {"now": 0, "max": 0}
@@ -74,8 +77,9 @@ async def workers(store: Store) -> AsyncIterator[Callable[..., tuple[Worker, Cal
             env: str,
             serves: Any,
             limit: int,
+            reserve: Any = None,
         ) -> tuple[list[bool], list[Claim]]:
-            ok, claims = real(worker_id, ops, env, serves, limit)
+            ok, claims = real(worker_id, ops, env, serves, limit, reserve)
             calls.append((list(ops), limit, claims))
             return ok, claims
 
@@ -92,19 +96,31 @@ async def workers(store: Store) -> AsyncIterator[Callable[..., tuple[Worker, Cal
 async def test_a_finished_runs_slot_is_refilled_in_the_commit_that_ends_it(
     client: Client, workers: Callable[..., tuple[Worker, Calls]]
 ) -> None:
-    handles = client.batch_trigger(serial, list(range(5)))
+    handles = client.batch_trigger(serial, list(range(6)))
+    ids = [h.id for h in handles]
     worker, calls = workers(serial)
     await worker.run_until_idle()
-    assert [client.retrieve(h.id).status for h in handles] == [RunStatus.COMPLETED] * 5
-    refills = [
-        claims
-        for ops, _, claims in calls
-        if any(isinstance(op, EndSegment) and op.outcome == "completed" for op in ops)
-        and claims
-    ]
-    # The queue allows one at a time: runs 2-5 each started in the commit of the one before.
-    assert len(refills) == 4
-    assert all(len(claims) == 1 for claims in refills)
+    assert [client.retrieve(i).status for i in ids] == [RunStatus.COMPLETED] * 6
+
+    def started_in_commit_ending(before: str, run_id: str) -> str | None:
+        for ops, _, claims in calls:
+            if not any(
+                isinstance(op, EndSegment) and op.outcome == "completed" and op.run_id == before
+                for op in ops
+            ):
+                continue
+            if any(isinstance(op, StartDequeued) and op.run_id == run_id for op in ops):
+                return "handed over"
+            if any(c.run.id == run_id and c.run.status == RunStatus.EXECUTING for c in claims):
+                return "claimed"
+        return None
+
+    # The queue allows one at a time: runs 2-6 each started in the commit of the one
+    # before, claimed there or (once the worker held it DEQUEUED) handed its slot.
+    how = [started_in_commit_ending(a, b) for a, b in itertools.pairwise(ids)]
+    assert None not in how, how
+    assert "handed over" in how
+    assert not list(worker._reserved.values())
 
 
 async def test_quick_runs_are_claimed_ahead_yet_never_run_beyond_concurrency(
@@ -204,3 +220,173 @@ async def test_a_claim_reads_the_keys_of_queues_with_queued_runs_only(
     assert [client.retrieve(h.id).status for h in handles] == [RunStatus.COMPLETED] * 3
     assert sum(len(claims) for _, _, claims in calls) == 3
     assert reads and set(reads) == {"batching-serial"}
+
+
+# -- hand-over: runs held DEQUEUED start in the slot a run of their key leaves ---------------
+
+SEEN_AT_START: list[RunStatus] = []
+
+
+@task(id="batching-serial-timed", queue=queue("batching-serial-timed", concurrency_limit=1))
+async def serial_timed(n: int) -> int:
+    RUNNING["now"] += 1
+    RUNNING["max"] = max(RUNNING["max"], RUNNING["now"])
+    SEEN_AT_START.append(Client(store=HANDOVER_STORE[0], env="dev").retrieve(
+        outlast.current_run().id).status)
+    await asyncio.sleep(0.003)
+    RUNNING["now"] -= 1
+    return n
+
+
+@task(id="batching-pair", queue=queue("batching-pair", concurrency_limit=2))
+async def pair(n: int) -> int:
+    STARTED.append(n)
+    if n:
+        await GATE.setdefault("open", asyncio.Event()).wait()
+    return n
+
+
+HANDOVER_STORE: list[Store] = []
+
+
+async def test_the_next_run_starts_in_the_slot_before_its_predecessors_end_commits(
+    client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    HANDOVER_STORE[:] = [store]
+    SEEN_AT_START.clear()
+    ids = [h.id for h in client.batch_trigger(serial_timed, list(range(40)))]
+    worker, calls = workers(serial_timed)
+    executing_after: list[int] = []
+    real = store.apply_and_claim
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[list[bool], list[Claim]]:
+        out = real(*args, **kwargs)
+        executing_after.append(
+            len(store.list_runs("dev", status=["EXECUTING"], queue="batching-serial-timed"))
+        )
+        return out
+
+    store.apply_and_claim = counting  # type: ignore[method-assign]
+    await worker.run_until_idle()
+    runs = [client.retrieve(i) for i in ids]
+    assert [r.status for r in runs] == [RunStatus.COMPLETED] * 40
+    assert [r.attempt for r in runs] == [1] * 40
+    # Code of runs of a limit-1 queue never overlapped, and no commit left two EXECUTING.
+    assert RUNNING["max"] == 1
+    assert max(executing_after) <= 1
+    # Most runs were handed their predecessor's slot: their start committed with its end.
+    # Many of them had their code running while the database still had them DEQUEUED,
+    # that is, before that commit (the rest read their status after it).
+    handed = [op for ops, _, _ in calls for op in ops if isinstance(op, StartDequeued)]
+    assert len(handed) >= 15
+    assert 10 <= SEEN_AT_START.count(RunStatus.DEQUEUED) <= len(handed), SEEN_AT_START
+    # Every slot came back: the transfer never leaked or double-counted one.
+    (q,) = [q for q in store.list_queues("dev") if q["name"] == "batching-serial-timed"]
+    assert q["executing"] == 0 and all(n == 0 for n in q["keys"].values())
+
+
+async def _hold_dequeued(
+    client: Client, workers: Callable[..., tuple[Worker, Calls]]
+) -> tuple[Worker, list[str]]:
+    """Queue limit 2: run 0 ends at once, runs 1 and 2 block, run 3 is held DEQUEUED."""
+    ids = [h.id for h in client.batch_trigger(pair, list(range(6)))]
+    worker, _ = workers(pair, concurrency=5, prefetch=0)
+    await worker.start(background=False)
+    worker._avg_seconds = 0.001  # as if recent runs were short: hold successors
+    await worker._claim()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    await worker.committer.flush()
+    assert sorted(STARTED) == [0, 1, 2]
+    statuses = [client.retrieve(i).status for i in ids]
+    assert statuses == [RunStatus.COMPLETED, RunStatus.EXECUTING, RunStatus.EXECUTING,
+                        RunStatus.DEQUEUED, RunStatus.QUEUED, RunStatus.QUEUED]
+    assert [c.run.id for held in worker._reserved.values() for c in held] == [ids[3]]
+    return worker, ids
+
+
+async def test_dequeued_runs_go_back_on_shutdown_to_their_place_attempt_unspent(
+    client: Client,
+    store: Store,
+    clock: FakeClock,
+    workers: Callable[..., tuple[Worker, Calls]],
+) -> None:
+    worker, ids = await _hold_dequeued(client, workers)
+    queued_at = client.retrieve(ids[3]).available_at
+    clock.advance(10)
+    await worker.shutdown(grace=0)
+    runs = [client.retrieve(i) for i in ids[1:]]
+    assert [r.status for r in runs] == [RunStatus.QUEUED] * 5
+    assert [r.attempt for r in runs] == [1] * 5
+    assert runs[2].worker_id is None
+    assert 3 not in STARTED
+    (q,) = [q for q in store.list_queues("dev") if q["name"] == "batching-pair"]
+    assert q["executing"] == 0
+    # Run 3 kept its place among runs 4 and 5 (triggered with it: a tie), while runs 1
+    # and 2, whose code had started, went to the back.
+    assert runs[2].available_at == queued_at
+    assert runs[0].available_at == runs[1].available_at == queued_at + 10
+    GATE.setdefault("open", asyncio.Event()).set()
+    STARTED.clear()
+    later, _ = workers(pair, concurrency=1, prefetch=0)
+    await later.run_until_idle()
+    assert sorted(STARTED[:3]) == [3, 4, 5] and sorted(STARTED[3:]) == [1, 2]
+
+
+async def test_a_dequeued_run_cancelled_never_starts(
+    client: Client, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    worker, ids = await _hold_dequeued(client, workers)
+    client.cancel(ids[3])
+    await worker.beat()
+    await worker.committer.flush()
+    assert client.retrieve(ids[3]).status == RunStatus.CANCELED
+    assert not worker._reserved
+    GATE["open"].set()
+    await worker.run_until_idle()
+    assert [client.retrieve(i).status for i in ids] == [
+        RunStatus.COMPLETED, RunStatus.COMPLETED, RunStatus.COMPLETED,
+        RunStatus.CANCELED, RunStatus.COMPLETED, RunStatus.COMPLETED,
+    ]
+    assert 3 not in STARTED
+
+
+async def test_ops_of_a_dequeued_run_are_refused_until_a_hand_over_starts_it(
+    client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    worker, _ = await _hold_dequeued(client, workers)
+    (held,) = [c for q in worker._reserved.values() for c in q]
+    done = EndSegment(run_id=held.run.id, epoch=held.epoch, outcome="completed", output="3")
+    assert store.apply(worker.id, [done]) == [False]  # never started: no end of it
+    assert client.retrieve(held.run.id).status == RunStatus.DEQUEUED
+    start = StartDequeued(run_id=held.run.id, epoch=held.epoch)
+    stale = StartDequeued(run_id=held.run.id, epoch=held.epoch - 1)
+    assert store.apply(worker.id, [stale]) == [False]  # a fenced epoch starts nothing
+    assert store.apply("worker_other", [start]) == [False]  # nor another worker
+    assert store.apply(worker.id, [start, done]) == [True, True]  # started, then ended
+    assert client.retrieve(held.run.id).status == RunStatus.COMPLETED
+    assert store.apply(worker.id, [start]) == [False]  # a replayed start does nothing
+    worker._reserved.clear()
+    GATE.setdefault("open", asyncio.Event()).set()
+    await worker.run_until_idle()
+    (q,) = [q for q in store.list_queues("dev") if q["name"] == "batching-pair"]
+    assert q["executing"] == 0  # the start took a slot, the end gave it back
+
+
+async def test_no_runs_are_held_for_a_key_over_a_lowered_limit(
+    client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    worker, _ = await _hold_dequeued(client, workers)
+    serves = {"batching-pair": [pair.id]}
+    key = ("batching-pair", "")
+    # Full (2 of 2): one more can be held.
+    _, got = store.apply_and_claim(worker.id, [], "dev", serves, 0, {key: 1})
+    assert [c.run.status for c in got] == [RunStatus.DEQUEUED]
+    store.update_queue("dev", "batching-pair", concurrency_limit=1)
+    # Over the new limit (2 of 1): nothing is held, so the key drains to its limit.
+    _, got = store.apply_and_claim(worker.id, [], "dev", serves, 0, {key: 1})
+    assert got == []
+    for c in got:
+        worker.claimed([c], 0)
+    GATE["open"].set()
+    await worker.shutdown(grace=0)

@@ -11,6 +11,8 @@ from ..store.base import Waitpoint
 from .durations import iso
 
 _FAILED = {RunStatus.FAILED, RunStatus.EXPIRED, RunStatus.TIMED_OUT}
+# Not started yet; a DEQUEUED run is claimed by a worker but still waits for a slot there.
+_NOT_STARTED = {RunStatus.QUEUED, RunStatus.DELAYED, RunStatus.DEQUEUED}
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def run_json(
             "id": run.id,
             "status": str(s),
             "taskIdentifier": run.task_id,
-            "isQueued": s in (RunStatus.QUEUED, RunStatus.DELAYED),
+            "isQueued": s in _NOT_STARTED,
             "isExecuting": s == RunStatus.EXECUTING,
             "isWaiting": s == RunStatus.WAITING,
             "isCompleted": s.is_final,
@@ -94,7 +96,7 @@ def related_json(run: Run) -> dict[str, Any]:
             "tags": list(run.tags),
             "depth": run.depth,
             "triggerFunction": "triggerAndWait" if run.parent_id else "trigger",
-            "isQueued": run.status in (RunStatus.QUEUED, RunStatus.DELAYED),
+            "isQueued": run.status in _NOT_STARTED,
             "isExecuting": run.status == RunStatus.EXECUTING,
             "isWaiting": run.status == RunStatus.WAITING,
             "isCompleted": run.is_final,

@@ -43,6 +43,7 @@ from .base import (
     Op,
     QueueSpec,
     SetMetadata,
+    StartDequeued,
     StartWait,
     StepDone,
     Store,
@@ -52,7 +53,7 @@ from .base import (
     WorkerInfo,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, Store):
@@ -434,6 +435,21 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         tx.x("retry_run", run_id=run_id, error=error, retry_at=now, now=now)
         return None
 
+    def _dequeued_lost(self, tx: Tx, run_id: str, now: float) -> None:
+        """A run its dead worker held DEQUEUED: back to the queue, attempt unspent, noted."""
+        tx.x("requeue_lost_dequeued", run_id=run_id, now=now)
+        attempt = tx.q("slot_of_run", run_id=run_id)[0]["attempt"]
+        tx.x(
+            "insert_event",
+            run_id=run_id,
+            ts=now,
+            kind="dequeued_lost",
+            attempt=attempt,
+            level="warning",
+            message="the worker holding this run DEQUEUED was lost; it is queued again",
+            data=None,
+        )
+
     # -- control --------------------------------------------------------------------------
     def cancel(self, env: str, run_id: str) -> tuple[Run, list[str]]:
         now = self.now()
@@ -590,26 +606,30 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         env: str,
         serves: Mapping[str, Sequence[str]],
         limit: int,
+        reserve: Mapping[tuple[str, str], int] | None = None,
     ) -> tuple[list[bool], list[Claim]]:
         now = self.now()
         ids = sorted({op.run_id for op in ops})
-        claiming = limit > 0 and bool(serves)
+        claiming = (limit > 0 or bool(reserve)) and bool(serves)
         with self._transaction() as tx:
             fenced = tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now) if ids else []
             held = {r["id"]: r for r in fenced}
             ok = [
                 op.run_id in held and held[op.run_id]["lease_epoch"] == op.epoch for op in ops
             ]
-            ending = {
+            # Runs held DEQUEUED take ops only once a StartDequeued before them started
+            # them, except a hand-back or cancel of one that never started.
+            dequeued = {r["id"] for r in fenced if r["status"] == "DEQUEUED"}
+            moving = {
                 op.run_id
                 for op, good in zip(ops, ok, strict=True)
-                if good and isinstance(op, EndSegment)
+                if good and isinstance(op, EndSegment | StartDequeued)
             }
             locked = None
-            if ending or claiming:
+            if moving or claiming:
                 # Every queue row this transaction will lock, in one ordered statement.
                 locked = self._lock_queues_for(
-                    tx, sorted(ending), env, sorted(serves) if claiming else ()
+                    tx, sorted(moving), env, sorted(serves) if claiming else ()
                 )
             ended: set[str] = set()
             completed: list[EndSegment] = []
@@ -617,8 +637,25 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             # statement per kind where the backend can (see _Held), before any other op and
             # before the batch's completions and claim, so those see them written.
             pending = _Held()
-            for op, good in zip(ops, ok, strict=True):
-                if not good or op.run_id in ended:
+            for i, op in enumerate(ops):
+                if not ok[i] or op.run_id in ended:
+                    continue
+                if op.run_id in dequeued:
+                    if isinstance(op, StartDequeued):
+                        self._start_dequeued(tx, op.run_id, now)
+                        dequeued.discard(op.run_id)
+                        held[op.run_id] = {**held[op.run_id], "holds_slot": 1}
+                        continue
+                    if not (isinstance(op, EndSegment) and op.outcome in ("handback", "canceled")):
+                        ok[i] = False
+                        continue
+                    if op.outcome == "handback":  # back to its place in the queue
+                        ended.add(op.run_id)
+                        tx.x("release_dequeued", run_id=op.run_id, now=now)
+                        self._notify(tx, held[op.run_id]["env"])
+                        continue
+                elif isinstance(op, StartDequeued):
+                    ok[i] = False  # started already: a replayed op
                     continue
                 if isinstance(op, EndSegment):
                     ended.add(op.run_id)
@@ -634,11 +671,19 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             # The slots this batch gave back are taken again before the same commit: one
             # transaction per flush, not one to end runs and another to start the next.
             claims = (
-                self._claim_in(tx, worker_id, env, serves, limit, now, locked)
+                self._claim_in(tx, worker_id, env, serves, limit, now, locked, reserve or {})
                 if claiming
                 else []
             )
         return ok, claims
+
+    def _start_dequeued(self, tx: Tx, run_id: str, now: float) -> None:
+        """Start a run held DEQUEUED in the slot of its key that a run ending in this
+        batch (or before it) gave back: no limit check, the slot was counted already."""
+        row = tx.q("start_dequeued", run_id=run_id, now=now)[0]
+        where = {"env": row["env"], "queue": row["queue"]}
+        tx.x("take_queue_slot", **where)
+        tx.x("take_slot", **where, ckey=row["concurrency_key"])
 
     def _complete_runs(
         self, tx: Tx, ops: Sequence[EndSegment], rows: Sequence[Row], now: float
@@ -898,12 +943,15 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
     def _reap_worker(self, tx: Tx, worker_id: str, now: float, ended: list[str]) -> int:
         if not tx.x("mark_worker_dead", id=worker_id, now=now):
             return 0
-        runs = [r["id"] for r in tx.q("runs_of_worker", id=worker_id)]
+        rows = tx.q("runs_of_worker", id=worker_id)
+        runs = [r["id"] for r in rows]
         if runs:
             self._lock_queues_for(tx, runs)
-        for run_id in runs:
-            if self._worker_lost(tx, run_id, now):
-                ended.append(run_id)
+        for r in rows:
+            if r["status"] == "DEQUEUED":
+                self._dequeued_lost(tx, r["id"], now)
+            elif self._worker_lost(tx, r["id"], now):
+                ended.append(r["id"])
         if runs:
             env = tx.q("slot_of_run", run_id=runs[0])[0]["env"]
             self._notify(tx, env)

@@ -56,11 +56,13 @@ class ClaimsMixin(abc.ABC):
         limit: int,
         now: float,
         locked: Sequence[Row] | None = None,
+        reserve: Mapping[tuple[str, str], int] | None = None,
     ) -> list[Claim]:
         """``claim`` inside the caller's transaction (a commit batch claims this way).
         ``locked``: the queue rows as the transaction locked them, if it did; read again
         only if one has a global limit, whose count this transaction's releases changed
-        since (no other column of the row changes when runs end)."""
+        since (no other column of the row changes when runs end). ``reserve``: see
+        ``Store.apply_and_claim``; reserved runs come last, with status DEQUEUED."""
         if locked is None or any(q["global_limit"] is not None for q in locked):
             queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
         else:
@@ -73,6 +75,8 @@ class ClaimsMixin(abc.ABC):
             rows.extend(
                 self._claim_from_queue(tx, q, serves[q["name"]], limit - len(rows), now, worker_id)
             )
+        if reserve:
+            rows.extend(self._reserve(tx, queues, serves, reserve, now, worker_id))
         if not rows:
             return []
         # Start order: each key's runs in ready order, the keys taking turns, so a big
@@ -83,7 +87,8 @@ class ClaimsMixin(abc.ABC):
         for r in rows:
             k = (r["queue"], r["concurrency_key"])
             ranks[r["id"]] = turn[k] = turn.get(k, -1) + 1
-        rows.sort(key=lambda r: ranks[r["id"]])  # stable: ready order within a turn
+        # Stable: ready order within a turn; reserved runs after every claimed one.
+        rows.sort(key=lambda r: (r["status"] == "DEQUEUED", ranks[r["id"]]))
         replaying = [r["id"] for r in rows if r["lease_epoch"] > 1]
         journals: dict[str, list[Row]] = {}
         logs: dict[str, int] = {}
@@ -115,6 +120,46 @@ class ClaimsMixin(abc.ABC):
                 )
             )
         return claims
+
+    def _reserve(
+        self,
+        tx: Tx,
+        queues: Sequence[Row],
+        serves: Mapping[str, Sequence[str]],
+        reserve: Mapping[tuple[str, str], int],
+        now: float,
+        worker_id: str,
+    ) -> list[Row]:
+        """Claim DEQUEUED the runs ``reserve`` asks for, per key whose slots are full, in
+        queues with a concurrency limit and no rate limit (a hand-over must not start a
+        run the rate window has no room for) that are not paused."""
+        by_name = {q["name"]: q for q in queues}
+        rows: list[Row] = []
+        for (name, ckey), n in sorted(reserve.items()):
+            q = by_name.get(name)
+            if (
+                n <= 0
+                or q is None
+                or q["paused"]
+                or not q["has_queued"]
+                or q["concurrency_limit"] is None
+                or q["rate_limit_count"]
+            ):
+                continue
+            rows.extend(
+                tx.q(
+                    "reserve_ready",
+                    env=q["env"],
+                    queue=name,
+                    ckey=ckey,
+                    now=now,
+                    task_ids=self._list(list(serves[name])),
+                    key_limit=q["concurrency_limit"],
+                    n=n,
+                    worker_id=worker_id,
+                )
+            )
+        return rows
 
     def _claim_from_queue(
         self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float, worker_id: str

@@ -196,6 +196,16 @@ class EndSegment(Op):
     wait_reason: str | None = None
 
 
+@dataclass
+class StartDequeued(Op):
+    """Start a run this worker holds DEQUEUED (claimed without a slot) in the slot a run
+    of the same queue and concurrency key gave back in this batch or an earlier one.
+
+    The worker starts the run's code before this commits; the run's own ops are queued
+    after this one, so the batch that carries them starts it first, and if this op is
+    fenced out (the worker lost its lease) they are too."""
+
+
 @dataclass(frozen=True)
 class TickReport:
     promoted: int = 0
@@ -317,8 +327,9 @@ class Store(abc.ABC):
     def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
         """Commit a batch of operations in one transaction.
 
-        Each op is fenced: it takes effect only if its run is still EXECUTING under this
-        worker and epoch, and the worker's lease is live. Returns, per op, whether it did.
+        Each op is fenced: it takes effect only if its run is still EXECUTING (or
+        DEQUEUED, for ``StartDequeued`` and a hand-back or cancel) under this worker and
+        epoch, and the worker's lease is live. Returns, per op, whether it did.
         """
 
     @abc.abstractmethod
@@ -329,9 +340,15 @@ class Store(abc.ABC):
         env: str,
         serves: Mapping[str, Sequence[str]],
         limit: int,
+        reserve: Mapping[tuple[str, str], int] | None = None,
     ) -> tuple[list[bool], list[Claim]]:
         """``apply(ops)`` then ``claim(limit)`` in the same transaction: the slots the
-        batch gives back are taken again under one commit. ``limit`` 0 claims nothing."""
+        batch gives back are taken again under one commit. ``limit`` 0 claims nothing.
+
+        ``reserve``: (queue, concurrency key) -> how many more runs to claim DEQUEUED,
+        without a slot, for keys whose limit is full: the worker starts one the moment a
+        run of that key ends there (``StartDequeued``). Only queues with a concurrency
+        limit and no rate limit reserve. Claims of reserved runs have status DEQUEUED."""
 
     # -- waitpoints -----------------------------------------------------------------------
     @abc.abstractmethod

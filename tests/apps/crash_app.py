@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import outlast
-from outlast import Retry, step, task
+from outlast import Retry, queue, step, task
 
 # worker_lost re-queues at once; the backoff of other failures is irrelevant here.
 _NO_WAIT = Retry(max_attempts=3, min_delay=0.0, max_delay=0.0, jitter=False)
@@ -100,4 +100,21 @@ async def crash_append(p: dict[str, Any]) -> int:
     note(p["ledger"], run=run.id, attempt=run.attempt)
     if p.get("sleep"):
         await asyncio.sleep(p["sleep"])
+    return int(p.get("n", 0))
+
+
+@task(
+    id="crash-limited",
+    retry=_NO_WAIT,
+    queue=queue("crash-limited", concurrency_limit=2),
+)
+async def crash_limited(p: dict[str, Any]) -> int:
+    """A short run of a queue that allows two at once, so workers hold successors
+    DEQUEUED; ``poison`` kills the worker as soon as the run's code starts."""
+    run = outlast.current_run()
+    note(p["ledger"], run=run.id, ev="begin", attempt=run.attempt)
+    if p.get("poison"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    await asyncio.sleep(p.get("sleep", 0.01))
+    note(p["ledger"], run=run.id, ev="end", attempt=run.attempt)
     return int(p.get("n", 0))

@@ -61,6 +61,7 @@ def compact(value: Any) -> str:
 STATUS_CLASS = {
     "DELAYED": "delayed",
     "QUEUED": "queued",
+    "DEQUEUED": "queued",
     "EXECUTING": "executing",
     "WAITING": "waiting",
     "COMPLETED": "ok",

@@ -97,7 +97,8 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
             candidates.append(run.started_at)
         is_current = n == run.attempt
         if (is_current and run.segment_started_at is not None
-                and run.segment_started_at >= prev_end and run.status != RunStatus.QUEUED):
+                and run.segment_started_at >= prev_end
+                and run.status not in (RunStatus.QUEUED, RunStatus.DEQUEUED)):
             candidates.append(run.segment_started_at)
         if not candidates and fail is None:
             # Not started yet: a retry waiting for its backoff.
@@ -115,7 +116,7 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
             outcome = str(run.status).lower()
             # run.error of a live run is an earlier attempt's (kept across retries).
             err = run.error if run.is_final and run.status != RunStatus.COMPLETED else None
-            if run.status == RunStatus.QUEUED:
+            if run.status in (RunStatus.QUEUED, RunStatus.DEQUEUED):
                 outcome = "handed back"
         else:
             end, outcome, err = prev_end, "unknown", None

@@ -180,7 +180,8 @@ WHERE id = :id AND status = 'alive'
 RETURNING id;
 
 -- name: cancel_requested
-SELECT id FROM runs WHERE worker_id = :id AND status = 'EXECUTING' AND cancel_requested = 1;
+SELECT id FROM runs
+WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') AND cancel_requested = 1;
 
 -- name: stop_worker
 UPDATE workers SET status = 'stopped', stopped_at = :now WHERE id = :id AND status = 'alive';
@@ -200,8 +201,18 @@ SELECT id, lock_key, lock_path, host FROM workers WHERE status = 'alive';
 -- name: mark_worker_dead
 UPDATE workers SET status = 'dead', stopped_at = :now WHERE id = :id AND status = 'alive';
 
+-- A dead worker's runs: those it executed and those it held DEQUEUED.
 -- name: runs_of_worker
-SELECT id FROM runs WHERE worker_id = :id AND status = 'EXECUTING' ORDER BY id;
+SELECT id, status FROM runs
+WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') ORDER BY id;
+
+-- A run its dead worker held DEQUEUED: back to its place in the queue, attempt unspent.
+-- Its code may have started there (a hand-over not yet committed), so it is never held
+-- DEQUEUED again: a run that kills its worker then starts only under a committed claim,
+-- whose loss counts an attempt, and cannot loop.
+-- name: requeue_lost_dequeued
+UPDATE runs SET status = 'QUEUED', worker_id = NULL, no_handover = 1, updated_at = :now
+WHERE id = :run_id AND status = 'DEQUEUED';
 
 -- name: live_task_workers
 SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expires_at >= :now;
@@ -272,6 +283,58 @@ FROM (
     FOR UPDATE SKIP LOCKED) pick
 WHERE r.id = pick.id
 RETURNING r.*;
+
+-- Runs claimed DEQUEUED: taken off the queue for this worker without a slot, only while
+-- the key's slots are exactly full (a key over a lowered limit gets none, so it drains).
+-- name: reserve_ready
+UPDATE runs SET status = 'DEQUEUED', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
+    updated_at = :now, wait_reason = NULL
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
+      AND ready_at <= :now AND available_at <= :now
+      AND task_id IN (SELECT value FROM json_each(:task_ids)) AND no_handover = 0
+      AND (SELECT executing FROM queue_slots s
+           WHERE s.env = :env AND s.queue = :queue AND s.ckey = :ckey) = :key_limit
+    ORDER BY ready_at
+    LIMIT :n)
+RETURNING *;
+
+-- name: reserve_ready [postgres]
+UPDATE runs r SET status = 'DEQUEUED', worker_id = :worker_id,
+    lease_epoch = r.lease_epoch + 1, updated_at = :now, wait_reason = NULL
+FROM (
+    SELECT id FROM runs
+    WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
+      AND ready_at <= :now AND available_at <= :now AND task_id = ANY(:task_ids)
+      AND no_handover = 0
+      AND (SELECT executing FROM queue_slots s
+           WHERE s.env = :env AND s.queue = :queue AND s.ckey = :ckey) = :key_limit
+    ORDER BY ready_at
+    LIMIT :n
+    FOR UPDATE SKIP LOCKED) pick
+WHERE r.id = pick.id
+RETURNING r.*;
+
+-- A DEQUEUED run starts in the slot a run of its key gave back (in the same transaction):
+-- it takes a slot without checking the limit, which the run it succeeds counted under.
+-- name: start_dequeued
+UPDATE runs SET status = 'EXECUTING', holds_slot = 1, segment_started_at = :now,
+    started_at = COALESCE(started_at, :now), updated_at = :now
+WHERE id = :run_id AND status = 'DEQUEUED'
+RETURNING env, queue, concurrency_key;
+
+-- name: take_slot
+UPDATE queue_slots SET executing = executing + 1
+WHERE env = :env AND queue = :queue AND ckey = :ckey;
+
+-- name: take_queue_slot
+UPDATE queues SET executing = executing + 1 WHERE env = :env AND name = :queue;
+
+-- A DEQUEUED run handed back unstarted keeps its place in the queue.
+-- name: release_dequeued
+UPDATE runs SET status = 'QUEUED', worker_id = NULL, updated_at = :now
+WHERE id = :run_id AND status = 'DEQUEUED';
 
 -- name: take_slots
 UPDATE queue_slots SET executing = executing + :n, last_claim_at = :stamp
@@ -381,23 +444,23 @@ FOR UPDATE OF q;
 
 -- Committing a worker's batch ----------------------------------------------------------------
 
--- The fencing read (C4): only runs still EXECUTING under this worker at the epoch it
--- claimed, while the worker's lease is live. On PostgreSQL the rows are locked until
+-- The fencing read (C4): only runs still EXECUTING (or DEQUEUED, held to start) under this
+-- worker at the epoch it claimed, while the worker's lease is live. On PostgreSQL the rows are locked until
 -- commit, so a reaper or canceller cannot slip between this check and the writes.
 -- name: fence
 SELECT r.id, r.lease_epoch, r.env, r.queue, r.concurrency_key, r.holds_slot,
-       r.parent_waitpoint_id
+       r.parent_waitpoint_id, r.status
 FROM runs r
-WHERE r.id IN (SELECT value FROM json_each(:ids)) AND r.status = 'EXECUTING'
+WHERE r.id IN (SELECT value FROM json_each(:ids)) AND r.status IN ('EXECUTING', 'DEQUEUED')
   AND r.worker_id = :worker_id
   AND EXISTS (SELECT 1 FROM workers w WHERE w.id = :worker_id AND w.status = 'alive'
               AND w.lease_expires_at >= :now);
 
 -- name: fence [postgres]
 SELECT r.id, r.lease_epoch, r.env, r.queue, r.concurrency_key, r.holds_slot,
-       r.parent_waitpoint_id
+       r.parent_waitpoint_id, r.status
 FROM runs r
-WHERE r.id = ANY(:ids) AND r.status = 'EXECUTING' AND r.worker_id = :worker_id
+WHERE r.id = ANY(:ids) AND r.status IN ('EXECUTING', 'DEQUEUED') AND r.worker_id = :worker_id
   AND EXISTS (SELECT 1 FROM workers w WHERE w.id = :worker_id AND w.status = 'alive'
               AND w.lease_expires_at >= :now)
 ORDER BY r.id
@@ -723,10 +786,11 @@ RETURNING id, parent_waitpoint_id;
 
 -- name: cancel_executing
 UPDATE runs SET cancel_requested = 1, updated_at = :now
-WHERE id = :id AND status = 'EXECUTING';
+WHERE id = :id AND status IN ('EXECUTING', 'DEQUEUED');
 
 -- name: children_to_cancel
-SELECT id FROM runs WHERE parent_id = :id AND status IN ('QUEUED', 'DELAYED', 'WAITING', 'EXECUTING');
+SELECT id FROM runs
+WHERE parent_id = :id AND status IN ('QUEUED', 'DELAYED', 'WAITING', 'DEQUEUED', 'EXECUTING');
 
 -- Queues -----------------------------------------------------------------------------------
 

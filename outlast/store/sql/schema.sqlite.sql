@@ -43,13 +43,16 @@ CREATE TABLE runs (
     replayed_from TEXT,
     parent_waitpoint_id TEXT,              -- the parent's waitpoint this child completes
     wait_reason TEXT,                      -- JSON: what a WAITING run waits for
-    hooks_due INTEGER NOT NULL DEFAULT 0   -- ended outside a worker; end hooks not yet run
+    hooks_due INTEGER NOT NULL DEFAULT 0,  -- ended outside a worker; end hooks not yet run
+    -- 1 once a worker died holding the run DEQUEUED: only a committed claim starts it
+    -- from then on, so a run that kills its worker cannot loop through hand-overs.
+    no_handover INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX runs_ready ON runs (env, queue, concurrency_key, ready_at) WHERE status = 'QUEUED';
 CREATE INDEX runs_delayed ON runs (delay_until) WHERE status = 'DELAYED';
 CREATE INDEX runs_ttl ON runs (ttl_expires_at)
     WHERE ttl_expires_at IS NOT NULL AND status IN ('QUEUED', 'DELAYED');
-CREATE INDEX runs_executing ON runs (worker_id) WHERE status = 'EXECUTING';
+CREATE INDEX runs_executing ON runs (worker_id) WHERE status IN ('EXECUTING', 'DEQUEUED');
 CREATE UNIQUE INDEX runs_idempotency ON runs (env, task_id, idempotency_key)
     WHERE idempotency_active = 1;
 CREATE INDEX runs_env_id ON runs (env, id);
