@@ -391,11 +391,27 @@ WORKLOADS: dict[str, Callable[[str, argparse.Namespace, c.Results], None]] = {
 # -- versions and settings ------------------------------------------------------------------------
 
 
+def _loop_desc() -> str:
+    """The event loop the workers ran on (``--loop``, default auto), with its version."""
+    choice = os.environ.get("OUTLAST_LOOP") or "auto"
+    try:
+        from outlast._loop import loop_name
+    except ImportError:  # an outlast from before --loop: the standard loop
+        return "asyncio"
+    name = loop_name(choice)
+    if name == "uvloop":
+        from importlib.metadata import version
+
+        return f"uvloop {version('uvloop')}"
+    return name
+
+
 def versions_and_settings(backends: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     versions = {
         "outlast": f"{outlast.__version__}, {SRC_DESC}",
         "Python": sys.version.split()[0],
         "SQLite": sqlite3.sqlite_version,
+        "worker loop": _loop_desc(),
     }
     settings: dict[str, str] = {}
     if "sqlite" in backends:

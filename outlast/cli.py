@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import OutlastError
+from ._loop import loop_name, new_event_loop
 
 log = logging.getLogger("outlast.cli")
 
@@ -129,6 +130,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     from .worker import Worker
 
+    loop_name(args.loop)  # a bad --loop fails before anything is written
     _setup(args)
     store = _store(args, migrate=dev)
     load_app(args.app)
@@ -183,7 +185,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
 
     # Not asyncio.run(): it joins the default executor's threads, so a sync step still
     # running past the grace period would keep the process alive as long as it runs.
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(args.loop)
     try:
         loop.run_until_complete(main())
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -247,6 +249,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from .scheduler import Scheduler
     from .server import create_app
 
+    loop_name(args.loop)
     _setup(args)
     store = _store(args)
 
@@ -265,7 +268,13 @@ def cmd_server(args: argparse.Namespace) -> int:
         server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    asyncio.run(main())
+    loop = new_event_loop(args.loop)
+    try:
+        loop.run_until_complete(main())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
     store.close()
     return 0
 
@@ -661,9 +670,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
+    def loop_flag(p: argparse.ArgumentParser) -> None:
+        _flag(p, "--loop", help="event loop: auto (uvloop where installed), uvloop or "
+              "asyncio", default="auto")
+
     def worker_flags(p: argparse.ArgumentParser) -> None:
         _common(p)
         _app_flag(p)
+        loop_flag(p)
         _flag(p, "--concurrency", help="runs executed at once", default=10, type=int)
         _flag(p, "--prefetch", help="at most this many runs claimed ahead and held ready "
               "while recent runs are short (under 50 ms on average), never more than about "
@@ -695,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "several against one PostgreSQL)")
     _common(p)
     http_flags(p, "0.0.0.0")
+    loop_flag(p)
     _flag(p, "--no-scheduler", help="do not run timers and reapers here", action="store_true")
     p.set_defaults(fn=cmd_server)
 
