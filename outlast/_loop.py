@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from collections.abc import Coroutine
+from typing import Any
 
 from ._errors import ConfigurationError
 
@@ -23,9 +25,10 @@ def loop_name(choice: str) -> str:
         raise ConfigurationError(
             f"loop must be one of {', '.join(CHOICES)}, not {choice!r}", field="loop"
         )
+    installed = importlib.util.find_spec("uvloop") is not None
     if choice == "auto":
-        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    if choice == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        return "uvloop" if installed else "asyncio"
+    if choice == "uvloop" and not installed:
         raise ConfigurationError(
             "loop 'uvloop' was asked for but uvloop is not installed "
             "(pip install uvloop, or --loop asyncio)",
@@ -41,3 +44,19 @@ def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
 
         return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, None], choice: str, *, join_threads: bool) -> None:
+    """Run ``main`` to the end on a new loop of kind ``choice``, then close the loop.
+
+    Not asyncio.run(), which always joins the default executor's threads: a worker must
+    not (``join_threads=False``), since a sync step still running past the shutdown grace
+    would keep the process alive as long as it runs."""
+    loop = new_event_loop(choice)
+    try:
+        loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        if join_threads:
+            loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()  # without join_threads, shuts the executor down without waiting

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import OutlastError
-from ._loop import loop_name, new_event_loop
+from ._loop import loop_name
+from ._loop import run as run_loop
 
 log = logging.getLogger("outlast.cli")
 
@@ -183,14 +184,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
             server.should_exit = True
             await serving
 
-    # Not asyncio.run(): it joins the default executor's threads, so a sync step still
-    # running past the grace period would keep the process alive as long as it runs.
-    loop = new_event_loop(args.loop)
-    try:
-        loop.run_until_complete(main())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    finally:
-        loop.close()  # shuts the executor down without waiting for its threads
+    run_loop(main(), args.loop, join_threads=False)  # see run_loop: sync steps may linger
     store.close()
     _exit_past_task_threads()
     return 0
@@ -268,13 +262,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    loop = new_event_loop(args.loop)
-    try:
-        loop.run_until_complete(main())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.run_until_complete(loop.shutdown_default_executor())
-    finally:
-        loop.close()
+    run_loop(main(), args.loop, join_threads=True)
     store.close()
     return 0
 
