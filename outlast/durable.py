@@ -22,7 +22,6 @@ import contextvars
 import hashlib
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ class RunInfo:
     @property
     def cancel_requested(self) -> bool:
         """True once the run is cancelled: sync tasks should check it and return."""
-        return self._ctx.cancel_flag.is_set()
+        return self._ctx.cancel_requested
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -153,7 +152,9 @@ class RunContext:
         self.busy = 0  # durable calls in progress (steps running, commits in flight)
         self.main_task: asyncio.Task[Any] | None = None
         self.end_reason: str | None = None  # suspend | cancel | timeout | handback | lost
-        self.cancel_flag = threading.Event()
+        # Read from sync steps' threads; a bool is enough (nothing waits on it), and a
+        # threading.Event per run cost a fan-out's hand-over path microseconds.
+        self.cancel_requested = False
         self.segment_started = time.monotonic()
         self._suspend_checks = 0
         self.loop = asyncio.get_running_loop()
@@ -252,7 +253,7 @@ class RunContext:
         if self.end_reason is None:
             self.end_reason = reason
         if reason == "cancel":
-            self.cancel_flag.set()
+            self.cancel_requested = True
         if self.main_task is not None and not self.main_task.done():
             self.main_task.cancel()
 

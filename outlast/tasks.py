@@ -8,6 +8,7 @@ through the default client elsewhere.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import re
@@ -157,8 +158,9 @@ class Task(Generic[P, R]):
     cron: str | None = None
     timezone: str | None = None
 
-    @property
+    @functools.cached_property
     def is_async(self) -> bool:
+        # Cached: asked at every run's start, and inspect's check is not free.
         return inspect.iscoroutinefunction(self.fn)
 
     # -- building runs --------------------------------------------------------------------

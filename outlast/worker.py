@@ -661,8 +661,7 @@ class Worker:
             self._finishing.discard(run.id)
             self.executed += 1
             self._start_ready()
-            if self._slot_freed is not None:
-                self._slot_freed.set()
+            self._slot_signal()
 
     async def _execute_task(self, ctx: RunContext, task: Task[Any, Any]) -> None:
         run = ctx.run
@@ -698,11 +697,19 @@ class Worker:
         committing = self.committer.enqueue(op)
         self._hand_over(run)
         self._start_ready()
-        if self._slot_freed is not None:
-            self._slot_freed.set()
+        self._slot_signal()
         committed = await committing
         if committed:
             await self._after(ctx, task, op, output)
+
+    def _slot_signal(self) -> None:
+        """Tell the claim loop a slot was freed, when that can change what it does: its
+        last claim filled every slot it had (claim again), or it waits with no poll in
+        flight (start one). A dry claim loop already waiting on the poll would wake, find
+        nothing to do and wait again: a fan-out ends a run every couple of milliseconds,
+        and those idle wake-ups took loop turns from the runs handed over."""
+        if self._slot_freed is not None and (not self._dry or self._waiter is None):
+            self._slot_freed.set()
 
     def _hand_over(self, run: Run) -> None:
         """Start the next run held DEQUEUED for the queue and key of ``run``, whose end
@@ -718,6 +725,11 @@ class Worker:
             claim = held.popleft()
             self.committer.submit_nowait(StartDequeued(run_id=claim.run.id, epoch=claim.epoch))
             self._launch(claim)
+            # One run of the key left and one started: no more held than before, so
+            # nothing to trim (its scan of the active runs is per hand-over otherwise).
+            if not held:
+                del self._reserved[k]
+            return
         self._trim_reserved(k)
 
     def _trim_reserved(self, k: tuple[str, str]) -> None:
@@ -742,7 +754,8 @@ class Worker:
         self, ctx: RunContext, task: Task[Any, Any], resumed: bool
     ) -> tuple[str, Any]:
         payload = _serde.validate(ctx.run.payload, task.payload_type, what="payload")
-        await self._hook(task, "resume" if resumed else "start", ctx.run, payload)
+        if task.hooks:
+            await self._hook(task, "resume" if resumed else "start", ctx.run, payload)
         if task.is_async:
             result = await task.fn(payload)
         else:
@@ -809,6 +822,8 @@ class Worker:
     async def _after(
         self, ctx: RunContext, task: Task[Any, Any], op: EndSegment, output: Any
     ) -> None:
+        if not task.hooks:
+            return
         run = ctx.run
         error = _serde.loads(op.error) if op.error else None
         status = {
