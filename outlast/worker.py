@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import contextvars
 import inspect
 import logging
 import os
@@ -666,10 +665,14 @@ class Worker:
     async def _execute_task(self, ctx: RunContext, task: Task[Any, Any]) -> None:
         run = ctx.run
         resumed = any(e.attempt == run.attempt for e in ctx.journal.values())
-        context = contextvars.copy_context()
-        context.run(_current.set, ctx)
-        user = asyncio.create_task(self._attempt(ctx, task, resumed), context=context)
-        ctx.main_task = user
+        # The task's code runs in this asyncio task, not in one of its own: a second task
+        # per attempt was a creation, a context copy and a wake-up more on the loop for
+        # every run, and a fan-out's slots pay each microsecond there about ten times
+        # (bench/README.md#limits). ctx.end cancels this task only while ctx.main_task is
+        # set, that is while the task's code runs, so the commit below is never cancelled.
+        me = asyncio.current_task()
+        assert me is not None
+        token = _current.set(ctx)
         timer = None
         if run.max_duration is not None:
             remaining = max(0.0, run.max_duration - run.exec_seconds)
@@ -677,15 +680,25 @@ class Worker:
         op: EndSegment | None
         output: Any = None
         try:
-            output_text, output = await user
+            if ctx.end_reason is not None:  # ended (cancelled, handed back) before it began
+                raise asyncio.CancelledError
+            ctx.main_task = me
+            output_text, output = await self._attempt(ctx, task, resumed)
             op = EndSegment(run_id=run.id, epoch=ctx.epoch, outcome="completed", output=output_text)
         except asyncio.CancelledError:
+            # The attempt's unwinding ends here, and what it was unwound for is committed
+            # below: this task is not left counted as cancelling, a count asyncio's
+            # structured helpers (timeout, TaskGroup) read in the end hooks run here next.
+            while me.uncancel():
+                pass
             op = self._unwound(ctx)
         except LeaseLost:
             op = None
         except Exception as exc:
             op = self._failed(ctx, task, exc)
         finally:
+            ctx.main_task = None
+            _current.reset(token)
             if timer is not None:
                 timer.cancel()
         if op is None:

@@ -101,6 +101,20 @@ async def broken_failure(p: dict[str, Any]) -> None:
     raise AbortRun("really failed")
 
 
+CANCELLING: list[int] = []
+
+
+async def count_cancelling(event: HookEvent) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    CANCELLING.append(task.cancelling())
+
+
+@task(id="orch-h-slow-count", max_duration=0.2, on_end=count_cancelling)
+async def slow_counted_task(p: dict[str, Any]) -> None:
+    await asyncio.sleep(30)
+
+
 TASKS = {
     t.id: t
     for t in (
@@ -112,6 +126,7 @@ TASKS = {
         lost_task,
         broken_hooks,
         broken_failure,
+        slow_counted_task,
     )
 }
 
@@ -243,6 +258,21 @@ async def test_end_hooks_for_a_timed_out_run(store: Store, client: Client) -> No
         ("complete", "TIMED_OUT"),
         ("end", "TIMED_OUT"),
     ]
+
+
+async def test_an_end_hook_after_a_timeout_runs_in_a_task_not_left_cancelling(
+    store: Store, client: Client
+) -> None:
+    """A timeout unwinds the attempt by cancelling the asyncio task its code runs in; the
+    end hooks run in that task afterwards, and a cancellation left counted there would
+    make asyncio's structured helpers (timeout, TaskGroup) in a hook misjudge theirs."""
+    CANCELLING.clear()
+    handle = await slow_counted_task.trigger({})
+    worker = _worker(store)
+    await worker.run_until_idle()
+    await worker.shutdown()
+    assert client.retrieve(handle.id).status == RunStatus.TIMED_OUT
+    assert CANCELLING == [0]
 
 
 async def test_end_hooks_for_a_run_lost_with_its_worker(
