@@ -240,7 +240,8 @@ class HttpTransport:
         body = {"timeout": timeout, "idempotencyKey": idempotency_key,
                 "idempotencyKeyTTL": idempotency_ttl, "tags": list(tags)}
         out = self.request("POST", "/api/v1/waitpoints/tokens",
-                           json={k: v for k, v in body.items() if v is not None})
+                           json={k: v for k, v in body.items() if v is not None},
+                           idempotent=True)
         return Token(id=out["id"], callback_url=out["url"])
 
     def complete_token(self, token_id: str, data: Any) -> Waitpoint:

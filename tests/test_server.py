@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from outlast import Worker
 from outlast._clock import FakeClock
+from outlast._http import HttpTransport
 from outlast.server import create_app
 from outlast.server.auth import create_key, hash_key
 from outlast.store.base import Store, TaskDef
@@ -460,6 +461,57 @@ async def test_tokens_create_retrieve_list_complete(api: Api) -> None:
           "token_not_found")
     error(await api.dev.post("/api/v1/waitpoints/tokens/waitpoint_nope/complete", json={}),
           404, "token_not_found")
+
+
+async def test_token_request_key_returns_the_first_token(api: Api) -> None:
+    """A create retried with its request key (its first response lost) gets the first
+    token back, not a second pending one. Keys are per environment, and apart from the
+    keys of trigger requests."""
+
+    async def create(c: httpx.AsyncClient, key: str) -> dict[str, Any]:
+        resp = await c.post("/api/v1/waitpoints/tokens", json={"timeout": "1h"},
+                            headers={"Idempotency-Key": key})
+        assert resp.status_code == 200, resp.text
+        return dict(resp.json())
+
+    first = await create(api.dev, "tok-req-1")
+    retry = await create(api.dev, "tok-req-1")
+    assert first["isCached"] is False
+    assert retry == {**first, "isCached": True}
+    other = await create(api.dev, "tok-req-2")
+    assert other["id"] != first["id"]
+    assert await trigger(api.dev, "srv-remote", {"n": 1})  # no request key
+    await api.dev.post("/api/v1/tasks/srv-remote/trigger", json={"payload": {"n": 2}},
+                       headers={"Idempotency-Key": "shared"})
+    assert (await create(api.dev, "shared"))["isCached"] is False
+    assert (await create(api.prod, "tok-req-1"))["id"] != first["id"]
+    listed = (await api.dev.get("/api/v1/waitpoints/tokens")).json()["data"]
+    assert len(listed) == 3
+
+
+def test_http_client_retries_token_creation_under_one_request_key() -> None:
+    """The client's side of the test above: when the first response is lost on its way
+    back, the retry carries the first attempt's request key, which the server answers
+    with the first token."""
+    keys: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/waitpoints/tokens"
+        keys.append(request.headers.get("Idempotency-Key", ""))
+        if len(keys) == 1:
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return httpx.Response(200, json={"id": "waitpoint_1", "isCached": True,
+                                         "url": "http://outlast.test/callback/x"})
+
+    http = HttpTransport("http://outlast.test", "tr_dev_test", retries=2)
+    http._http = httpx.Client(base_url="http://outlast.test",
+                              transport=httpx.MockTransport(server))
+    try:
+        token = http.create_token(3600.0, None, None, [])
+    finally:
+        http.close()
+    assert token.id == "waitpoint_1"
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1]
 
 
 async def test_callback_url_signed_completes_once(api: Api) -> None:

@@ -359,7 +359,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     # -- waitpoint tokens -----------------------------------------------------------------
     @router.post("/api/v1/waitpoints/tokens", tags=["waitpoints"],
                  summary="Create a waitpoint token")
-    def create_token(body: TokenBody, env: Env) -> dict[str, Any]:
+    def create_token(body: TokenBody, env: Env, key: RequestKey) -> dict[str, Any]:
         now = store.now()
         timeout = seconds_from(body.timeout, "timeout", now)
         tags = [body.tags] if isinstance(body.tags, str) else list(body.tags or [])
@@ -373,6 +373,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             idempotency_key=body.idempotencyKey,
             idempotency_ttl=seconds_from(body.idempotencyKeyTTL, "idempotencyKeyTTL", now),
             tags=tags,
+            request_key=key,
         )
         return {"id": wp.id, "isCached": wp.id != token_id, "url": callback_url(store, wp.id)}
 

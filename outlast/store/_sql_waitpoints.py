@@ -35,9 +35,19 @@ class WaitpointsMixin(abc.ABC):
         idempotency_ttl: float | None = None,
         tags: Sequence[str] = (),
         run_id: str | None = None,
+        request_key: str | None = None,
     ) -> Waitpoint:
         now = self.now()
         with self._transaction() as tx:
+            if request_key is not None:
+                # The key and the token commit together: a retry either finds both or
+                # neither. Prefixed, so a key once used to trigger cannot name a token.
+                key = f"token:{request_key}"
+                if tx.q("claim_request_key", env=env, key=key, now=now):
+                    tx.x("set_request_response", env=env, key=key, response=token_id)
+                else:
+                    first = tx.q("request_response", env=env, key=key)[0]["response"]
+                    return _waitpoint(tx.q("get_waitpoint", env=env, id=first)[0])
             if idempotency_key is not None:
                 tx.x("release_waitpoint_key", env=env, idempotency_key=idempotency_key, now=now)
                 found = tx.q("find_waitpoint_by_key", env=env, idempotency_key=idempotency_key)

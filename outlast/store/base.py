@@ -362,7 +362,11 @@ class Store(abc.ABC):
         idempotency_ttl: float | None = None,
         tags: Sequence[str] = (),
         run_id: str | None = None,
-    ) -> Waitpoint: ...
+        request_key: str | None = None,
+    ) -> Waitpoint:
+        """Create a pending token, or return the one an ``idempotency_key`` (the caller's,
+        per environment) or a ``request_key`` (an API request's, so a retry after a lost
+        response gets the first request's token) already made."""
 
     @abc.abstractmethod
     def complete_waitpoint(
