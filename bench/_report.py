@@ -51,9 +51,10 @@ How figures are taken: throughput is counted from the first job's start to the l
 completion (from the systems' own timestamps where they keep them), so process start-up
 is excluded; latencies are trigger→start and trigger→done at idle with one worker
 running, one job at a time; peak RSS is the worker's `VmHWM` from `/proc` (summed over its
-child processes for Celery's prefork pool). Other sessions' test runs shared the machine
-during recorded runs (load average around 3 on 2 cores), so single-process figures can
-move by 2-3{TIMES} between runs; compare within one run. See bench/README.md for the method.
+child processes for Celery's prefork pool). Other sessions' test runs share the machine
+(load averages from about 0.4 to 3 on 2 cores during recorded runs), and figures moved by
+2-3{TIMES} between a quiet and a loaded run; compare within one run. See bench/README.md
+for the method.
 """
 
 
