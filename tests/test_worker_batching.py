@@ -172,6 +172,29 @@ async def test_runs_held_ready_go_back_on_shutdown_with_their_attempt_unspent(
     assert len(STARTED) == 1
 
 
+async def test_a_run_ended_before_its_code_began_never_runs_it(
+    client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    """A cancel can reach a run between its launch and its asyncio task's first step (the
+    beat that delivers it and the launch share the loop): the code must not begin, and
+    the run ends CANCELED."""
+    handle = client.trigger(blocked, 7)
+    worker, _ = workers(blocked, concurrency=1, prefetch=0)
+    await worker.start(background=False)
+    [claim] = await asyncio.to_thread(store.claim, worker.id, "dev", worker._queues_served(), 1)
+    client.cancel(handle.id)  # executing: the request waits for the worker
+    worker._launch(claim)
+    worker.active[handle.id].end("cancel")  # as the beat does, before the task has run
+    for _ in range(200):
+        if not worker.active:
+            break
+        await asyncio.sleep(0.01)
+    await worker.committer.flush()
+    assert STARTED == []
+    assert client.retrieve(handle.id).status == RunStatus.CANCELED
+    await worker.shutdown()
+
+
 async def test_a_run_cancelled_while_held_ready_never_starts(
     client: Client, workers: Callable[..., tuple[Worker, Calls]]
 ) -> None:
