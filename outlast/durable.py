@@ -150,6 +150,8 @@ class RunContext:
         self.visited: set[str] = set()
         self.blocked: dict[str, str] = {}  # journal key -> waitpoint id
         self.busy = 0  # durable calls in progress (steps running, commits in flight)
+        # The asyncio task running the run's code, set only while that code runs: what
+        # end() cancels to unwind it.
         self.main_task: asyncio.Task[Any] | None = None
         self.end_reason: str | None = None  # suspend | cancel | timeout | handback | lost
         # Read from sync steps' threads; a bool is enough (nothing waits on it), and a
