@@ -581,6 +581,16 @@ class Worker:
             if ctx is not None:
                 ctx.end("cancel")
             self._cancel_ready(run_id)
+        if hb.paused_holding:
+            self._hand_back_paused(set(hb.paused_holding))
+
+    def _hand_back_paused(self, queues: set[str]) -> None:
+        """Runs held DEQUEUED in a queue paused since go back to their places in it:
+        held, one would start when its predecessor ends, however long after the pause
+        that is. (One whose predecessor ended before this beat started already.)"""
+        for k in [k for k in self._reserved if k[0] in queues]:
+            for claim in self._reserved.pop(k):
+                self.committer.submit_nowait(_handback(claim))
 
     def _cancel_ready(self, run_id: str) -> None:
         """A run cancelled while held ready (or DEQUEUED) ends here, never having started."""

@@ -374,6 +374,32 @@ async def test_a_dequeued_run_cancelled_never_starts(
     assert 3 not in STARTED
 
 
+async def test_a_paused_queue_gets_its_dequeued_runs_back_at_the_next_beat(
+    client: Client, workers: Callable[..., tuple[Worker, Calls]]
+) -> None:
+    """Held DEQUEUED, run 3 would start when run 1 or 2 ends, however long after a pause
+    that is; the beat after the pause hands it back to its place, attempt unspent, and
+    nothing of the queue starts until it is resumed."""
+    worker, ids = await _hold_dequeued(client, workers)
+    queued_at = client.retrieve(ids[3]).available_at
+    client.pause_queue("batching-pair")
+    await worker.beat()
+    await worker.committer.flush()
+    held = client.retrieve(ids[3])
+    assert held.status == RunStatus.QUEUED and held.worker_id is None
+    assert held.available_at == queued_at and held.attempt == 1
+    assert not worker._reserved
+    GATE["open"].set()
+    await worker.run_until_idle()  # runs 1 and 2 end; the paused queue starts nothing
+    assert [client.retrieve(i).status for i in ids] == [RunStatus.COMPLETED] * 3 + [
+        RunStatus.QUEUED] * 3
+    assert sorted(STARTED) == [0, 1, 2]
+    client.resume_queue("batching-pair")
+    await worker.run_until_idle()
+    assert [client.retrieve(i).status for i in ids] == [RunStatus.COMPLETED] * 6
+    await worker.shutdown()
+
+
 async def test_ops_of_a_dequeued_run_are_refused_until_a_hand_over_starts_it(
     client: Client, store: Store, workers: Callable[..., tuple[Worker, Calls]]
 ) -> None:

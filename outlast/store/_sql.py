@@ -571,8 +571,11 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             alive = bool(
                 tx.q("heartbeat", id=worker_id, now=now, lease_expires_at=now + lease_seconds)
             )
-            cancels = [r["id"] for r in tx.q("cancel_requested", id=worker_id)] if alive else []
-        return Heartbeat(alive=alive, cancel_requested=cancels)
+            if not alive:
+                return Heartbeat(alive=False, cancel_requested=[])
+            cancels = [r["id"] for r in tx.q("cancel_requested", id=worker_id)]
+            paused = [r["name"] for r in tx.q("paused_holding", id=worker_id)]
+        return Heartbeat(alive=True, cancel_requested=cancels, paused_holding=paused)
 
     def stop_worker(self, worker_id: str) -> None:
         with self._transaction() as tx:

@@ -65,6 +65,8 @@ class WorkerInfo:
 class Heartbeat:
     alive: bool
     cancel_requested: list[str]
+    # Paused queues in which the worker holds runs DEQUEUED: it hands those back.
+    paused_holding: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,12 @@ RETURNING id;
 SELECT id FROM runs
 WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') AND cancel_requested = 1;
 
+-- Paused queues in which a worker holds runs DEQUEUED (runs_executing serves the runs).
+-- name: paused_holding
+SELECT DISTINCT r.queue AS name FROM runs r
+JOIN queues q ON q.env = r.env AND q.name = r.queue
+WHERE r.worker_id = :id AND r.status = 'DEQUEUED' AND q.paused = 1;
+
 -- name: stop_worker
 UPDATE workers SET status = 'stopped', stopped_at = :now WHERE id = :id AND status = 'alive';
 
