@@ -131,6 +131,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     from .worker import Worker
 
+    # A SIGTERM before the loop's handler exists (the app importing, migrations running)
+    # would end the process by the default action, exit -15; a deploy stopping a worker
+    # that is still starting gets a clean stop instead, once start-up is done.
+    early: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
     loop_name(args.loop)  # a bad --loop fails before anything is written
     _setup(args)
     store = _store(args, migrate=dev)
@@ -156,6 +161,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if early:
+            stop.set()
         server = None
         if dev and not args.no_server:
             from .server import create_app

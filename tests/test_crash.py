@@ -32,6 +32,7 @@ from outlast.runs import Run, RunStatus
 from outlast.store import open_store
 from outlast.store.base import Store
 
+from .apps.crash_app import crash_hold
 from .conftest import ROOT
 
 APP = "tests.apps.crash_app"
@@ -495,6 +496,26 @@ def test_sigterm_finishes_short_attempts_and_hands_back_long_ones(
             (a.pid, 1),
             (b.pid, 1),
         ]
+
+
+def test_sigterm_while_the_app_imports_stops_the_worker_cleanly(
+    fleet: Fleet, tmp_path: Path, backend: str
+) -> None:
+    """A deploy may stop a worker that is still starting: a SIGTERM while its app imports
+    (before the loop's handler exists) is kept, and the worker stops as soon as it has
+    started, exit 0, claiming nothing; not killed by the default action (-15)."""
+    ledger, gate = tmp_path / "ledger.jsonl", tmp_path / "import-gate"
+    queued = fleet.client.trigger(crash_hold, {"ledger": str(ledger)}).id
+    proc = fleet.spawn(env={"CRASH_APP_IMPORT_GATE": str(gate)})
+    wait_for("the app's import to begin", lambda: Path(f"{gate}.importing").exists(), 15,
+             fleet)
+    os.kill(proc.pid, signal.SIGTERM)
+    gate.touch()
+    assert proc.wait(timeout=20) == 0, fleet.log(proc)
+    assert fleet.run(queued).status == RunStatus.QUEUED
+    assert not begins(ledger, queued, "work")
+    assert all(w["status"] != "alive" for w in fleet.store.list_workers(ENV)
+               if w["pid"] == proc.pid)
 
 
 # -- 6. a stale worker resumes after its lease lapsed: fenced out -----------------------------

@@ -22,6 +22,15 @@ from outlast import Retry, queue, step, task
 _NO_WAIT = Retry(max_attempts=3, min_delay=0.0, max_delay=0.0, jitter=False)
 
 
+# Set by a test: the app's import waits here, as a slow import would, until the file exists.
+_IMPORT_GATE = os.environ.get("CRASH_APP_IMPORT_GATE")
+if _IMPORT_GATE:
+    with open(_IMPORT_GATE + ".importing", "w"):
+        pass
+    while not os.path.exists(_IMPORT_GATE):
+        time.sleep(0.02)
+
+
 def note(ledger: str, **fields: Any) -> None:
     """Append one event line to the ledger (atomic: one O_APPEND write of < PIPE_BUF)."""
     fields.setdefault("pid", os.getpid())
