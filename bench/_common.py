@@ -13,6 +13,7 @@ import platform
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -150,6 +151,18 @@ def fresh_pg_database(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def fresh_database(backend: str, prefix: str) -> Iterator[str]:
+    """An empty database for one repetition: a SQLite file in a temp directory, or a
+    PostgreSQL database (fresh_pg_database); both gone afterwards."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
+            yield f"sqlite:///{tmp}/{prefix}.db"
+    else:
+        with fresh_pg_database(prefix) as url:
+            yield url
 
 
 def pg_settings() -> dict[str, str]:

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,19 +65,9 @@ async def parent(m: int) -> int:
     return sum(1 for r in results if r.ok)
 
 
-@contextlib.contextmanager
-def database(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="outlast-probe-") as tmp:
-            yield f"sqlite:///{tmp}/probe.db"
-    else:
-        with c.fresh_pg_database("outlast_probe") as url:
-            yield url
-
-
 def one(backend: str, m: int, loop: str) -> dict[str, float]:
     _spans.clear()
-    with database(backend) as url:
+    with c.fresh_database(backend, "outlast_probe") as url:
         store = open_store(url)
         store.migrate()
         client = Client(url, env="probe")

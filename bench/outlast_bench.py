@@ -55,13 +55,7 @@ CHUNK = 1000  # batch_trigger size for bulk enqueue and for pre-enqueueing
 @contextlib.contextmanager
 def database(backend: str) -> Iterator[str]:
     """A fresh, migrated database for one repetition."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="outlast-bench-") as tmp:
-            url = f"sqlite:///{tmp}/bench.db"
-            _migrate(url)
-            yield url
-        return
-    with c.fresh_pg_database("outlast_bench") as url:
+    with c.fresh_database(backend, "outlast_bench") as url:
         _migrate(url)
         yield url
 

@@ -18,12 +18,10 @@ With ``--celery`` (Celery's one-by-one figure from the same run_all.py run) it p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +37,6 @@ from outlast.store import open_store
 ENV = "bench"
 
 
-@contextlib.contextmanager
-def database(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="outlast-floor-") as tmp:
-            yield f"sqlite:///{tmp}/floor.db"
-    else:
-        with c.fresh_pg_database("outlast_floor") as url:
-            yield url
-
-
 def per_call_us(n: int, call: Callable[[int], Any]) -> float:
     began = time.perf_counter()
     for i in range(n):
@@ -58,7 +46,7 @@ def per_call_us(n: int, call: Callable[[int], Any]) -> float:
 
 def one(backend: str, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    with database(backend) as url:
+    with c.fresh_database(backend, "outlast_floor") as url:
         store = open_store(url)
         store.migrate()
         store.close()
