@@ -359,9 +359,7 @@ class Worker:
         while self._ready:
             claim = self._ready.popleft()
             self.committer.submit_nowait(_handback(claim))
-        for held in self._reserved.values():
-            while held:
-                self.committer.submit_nowait(_handback(held.popleft()))
+        self._hand_back_held()
         grace = self.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         while self.active and time.monotonic() < deadline:
@@ -582,13 +580,14 @@ class Worker:
                 ctx.end("cancel")
             self._cancel_ready(run_id)
         if hb.paused_holding:
-            self._hand_back_paused(set(hb.paused_holding))
+            # Held, such a run would start when its predecessor ends, however long after
+            # the pause that is. (One whose predecessor ended before this beat started.)
+            self._hand_back_held(set(hb.paused_holding))
 
-    def _hand_back_paused(self, queues: set[str]) -> None:
-        """Runs held DEQUEUED in a queue paused since go back to their places in it:
-        held, one would start when its predecessor ends, however long after the pause
-        that is. (One whose predecessor ended before this beat started already.)"""
-        for k in [k for k in self._reserved if k[0] in queues]:
+    def _hand_back_held(self, queues: set[str] | None = None) -> None:
+        """Runs held DEQUEUED (in ``queues``, or all of them) go back to their places in
+        their queues, attempt unspent."""
+        for k in [k for k in self._reserved if queues is None or k[0] in queues]:
             for claim in self._reserved.pop(k):
                 self.committer.submit_nowait(_handback(claim))
 
