@@ -6,10 +6,12 @@ concurrently running runs into one transaction per flush; task code and callers 
 an outcome only after its transaction committed.
 
 Liveness: the worker holds a life lock (PostgreSQL advisory lock / a file lock beside the
-SQLite file) and a lease on its row, renewed by heartbeats. Its runs carry the lease
-epoch they were claimed under; a commit for a run this worker no longer holds is refused
-(C4). Peers that notice the lock free re-queue its runs at once (C9); the lease is the
-fallback for a worker that is alive but cut off.
+SQLite file) and a lease on its row, renewed by heartbeats from a thread of its own (see
+``_heartbeat``). Its runs carry the lease epoch they were claimed under; a commit for a
+run this worker no longer holds is refused (C4). Peers that notice the lock free re-queue
+its runs at once (C9); the lease is the fallback for a worker that is alive but cut off.
+A worker told it is no longer alive, or whose life lock is gone, stops claiming, drops
+its attempts and registers a new identity before it claims again (C10).
 """
 
 from __future__ import annotations
@@ -38,12 +40,22 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._heartbeat import Beat, HeartbeatThread, beat_once
 from ._ids import new_id
 from ._signals import LeaseLost
 from .durable import RunContext, _current
 from .runs import Run, RunStatus
 from .scheduler import Scheduler
-from .store.base import Claim, EndSegment, LifeLock, Op, StartDequeued, Store, WorkerInfo
+from .store.base import (
+    Claim,
+    EndSegment,
+    Heartbeat,
+    LifeLock,
+    Op,
+    StartDequeued,
+    Store,
+    WorkerInfo,
+)
 from .tasks import REGISTRY, Task
 
 log = logging.getLogger(__name__)
@@ -287,6 +299,15 @@ class Worker:
         self._dry = True  # the last claim found fewer runs than it had room for
         self.claimed_total = 0
         self._scheduler = Scheduler(store)
+        self._heart: HeartbeatThread | None = None
+        # Lost: the current identity is over (declared dead, or its life lock gone); no
+        # claim until a new one is registered. Each loss starts a new generation, so a
+        # claim that was in flight across it is never started.
+        self._lost = False
+        self._generation = 0
+        self._claim_generation = 0
+        self._recovery: asyncio.Task[None] | None = None
+        self._found: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -301,11 +322,20 @@ class Worker:
         await asyncio.to_thread(self.store.check_schema)
         self._started = True
         self._slot_freed = asyncio.Event()
+        self._found = asyncio.Event()
+        self._found.set()
         await asyncio.to_thread(self._register)
         self._committer = Committer(self.store, self.id, claimer=self)
         self.committer.start()
         if background:
-            self._background.append(asyncio.create_task(self._heartbeat_loop()))
+            self._heart = HeartbeatThread(
+                self.store,
+                asyncio.get_running_loop(),
+                self._on_beat,
+                lease_seconds=self.lease_seconds,
+                interval=self.heartbeat_interval,
+            )
+            self._heart.start(self.id, self._lock)
             if self.scheduler:
                 self._background.append(asyncio.create_task(self._scheduler_loop()))
         log.info(
@@ -324,9 +354,24 @@ class Worker:
         self.store.publish_tasks(self.env, defs)
         specs = {t.queue.name: t.queue.spec() for t in self.tasks.values()}
         self.store.declare_queues(self.env, list(specs.values()))
+        self._register_identity()
+
+    def _register_identity(self) -> None:
+        """Take a life lock for ``self.id`` and register the worker row under it; the
+        lock is let go again if the row cannot be written."""
         key = path = None
+        self._lock = None
         if self.use_life_lock:
             self._lock, key, path = self.store.acquire_life_lock(self.id)
+        try:
+            self._register_row(key, path)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            raise
+
+    def _register_row(self, key: int | None, path: str | None) -> None:
         self.store.register_worker(
             WorkerInfo(
                 id=self.id,
@@ -369,6 +414,12 @@ class Worker:
         while self.active:
             await asyncio.sleep(0.01)
         await self.committer.close()
+        if self._heart is not None:
+            await asyncio.to_thread(self._heart.stop)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
         for t in self._background:
             t.cancel()
         for t in self._background:
@@ -405,8 +456,9 @@ class Worker:
 
     # Claims ride on the committer's batches (see Committer): these three are its Claimer.
     def claim_limit(self, ops: Sequence[Op]) -> int:
-        if self._stopping:
+        if self._stopping or self._lost:
             return 0
+        self._claim_generation = self._generation
         ending = {
             op.run_id
             for op in ops
@@ -428,6 +480,9 @@ class Worker:
         run might have started elsewhere."""
         keys, self._reserve_keys = self._reserve_keys, set()
         avg = self._avg_seconds
+        if self._lost:
+            return {}
+        self._claim_generation = self._generation
         if self._stopping or avg is None or avg >= _HAND_OVER_RUN or not keys:
             return {}
         executing = dict.fromkeys(keys, 0)
@@ -444,6 +499,13 @@ class Worker:
         return want
 
     def claimed(self, claims: list[Claim], limit: int) -> None:
+        if self._lost or self._claim_generation != self._generation:
+            # Claimed across a loss of identity: never started (C4). Handed back under
+            # the current identity; if they were taken under the lost one, that is fenced
+            # out and the reaper requeues them (C10).
+            for c in claims:
+                self.committer.submit_nowait(_handback(c))
+            return
         ready = [c for c in claims if c.run.status != RunStatus.DEQUEUED]
         if limit > 0:
             self._dry = len(ready) < limit
@@ -489,11 +551,17 @@ class Worker:
         (a notification or the poll), and after a claim that filled every free slot.
         Runs that end free their slots in the commit that ends them, and the committer
         claims again there; this loop covers the rest."""
-        assert self._slot_freed is not None
+        assert self._slot_freed is not None and self._found is not None
         stop_wait = asyncio.create_task(stop.wait())
         woke = True
         try:
             while not stop.is_set():
+                if self._lost:  # nothing is claimed before a new identity is registered
+                    found = asyncio.create_task(self._found.wait())
+                    await asyncio.wait({stop_wait, found}, return_when=asyncio.FIRST_COMPLETED)
+                    found.cancel()
+                    woke = True
+                    continue
                 free = self._room()
                 if free > 0 and (woke or not self._dry):
                     woke = False
@@ -538,7 +606,7 @@ class Worker:
             # short runs would otherwise spend most of its time on them.
             if time.monotonic() - beat_at >= min(self.heartbeat_interval, self.tick_interval):
                 beat_at = time.monotonic()
-                await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
+                await self.beat()
                 if self.scheduler:
                     await self.tick()
             free = self._room()
@@ -560,20 +628,29 @@ class Worker:
     async def tick(self) -> None:
         await self._scheduler.tick()
 
-    # -- background loops -----------------------------------------------------------------
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception:
-                log.exception("heartbeat failed")
-            await asyncio.sleep(self.heartbeat_interval)
-
+    # -- liveness -------------------------------------------------------------------------
     async def beat(self) -> None:
-        """Renew the lease; act on cancellations of runs this worker holds."""
-        hb = await asyncio.to_thread(self.store.heartbeat, self.id, self.lease_seconds)
-        if not hb.alive:
-            await self._lost_lease()
+        """Beat now (renew the lease, check the life lock) and act on the result; after a
+        loss, return once a new identity is registered. The heartbeat thread does this
+        on its own in a running worker; ``run_until_idle`` and tests call it."""
+        beat = await asyncio.to_thread(
+            beat_once, self.store, self.id, self._lock, self.lease_seconds
+        )
+        self._on_beat(beat)
+        if self._recovery is not None:
+            await asyncio.shield(self._recovery)
+
+    def _on_beat(self, beat: Beat) -> None:
+        """A beat's result, on the loop (the heartbeat thread posts it here)."""
+        if beat.worker_id != self.id or self._lost or self._stopping:
+            return  # a beat of an identity already given up
+        if beat.lost:
+            self._lose_identity(lock_gone=beat.lock_lost)
+        elif beat.heartbeat is not None:
+            self._heard(beat.heartbeat)
+
+    def _heard(self, hb: Heartbeat) -> None:
+        """Act on cancellations of runs this worker holds, and paused queues."""
         for run_id in hb.cancel_requested:
             ctx = self.active.get(run_id)
             if ctx is not None:
@@ -583,6 +660,58 @@ class Worker:
             # Held, such a run would start when its predecessor ends, however long after
             # the pause that is. (One whose predecessor ended before this beat started.)
             self._hand_back_held(set(hb.paused_holding))
+
+    def _lose_identity(self, *, lock_gone: bool) -> None:
+        """Declared dead by a peer (cut off past the lease), or the life lock is gone: stop
+        claiming now, drop every attempt, since none may commit any more (C4), and come
+        back under a new identity (C10)."""
+        log.error(
+            "worker %s lost its %s; abandoning %d runs",
+            self.id,
+            "life lock" if lock_gone else "lease",
+            len(self.active),
+            extra={"worker_id": self.id},
+        )
+        assert self._found is not None
+        self._lost = True
+        self._found.clear()
+        self._generation += 1
+        self._dry = True
+        for ctx in list(self.active.values()):
+            ctx.end("lost")
+        self._ready.clear()  # claimed under the lost identity: nothing of them may commit
+        self._reserved.clear()
+        self._recovery = asyncio.create_task(self._recover(self.id, self._lock, lock_gone))
+
+    async def _recover(self, old_id: str, old_lock: LifeLock | None, lock_gone: bool) -> None:
+        """Register a new identity, retrying while the database is away. A worker whose
+        lock went while its row still says alive first declares itself dead, so its runs
+        are requeued now rather than when its lease lapses."""
+        delay = 0.1
+        while True:
+            try:
+                if lock_gone:
+                    await asyncio.to_thread(self.store.reap_worker, old_id)
+                    lock_gone = False
+                if old_lock is not None:
+                    old_lock.release()
+                    old_lock = None
+                self.id = new_id("worker")
+                await asyncio.to_thread(self._register_identity)
+                break
+            except Exception as exc:
+                log.warning("worker %s cannot register again yet: %s", old_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.committer.worker_id = self.id
+        self._serves_at = -1e9
+        if self._heart is not None:
+            self._heart.serve(self.id, self._lock)
+        log.info("worker %s continues as %s", old_id, self.id, extra={"worker_id": self.id})
+        self._lost = False
+        self._recovery = None
+        assert self._found is not None
+        self._found.set()
 
     def _hand_back_held(self, queues: set[str] | None = None) -> None:
         """Runs held DEQUEUED (in ``queues``, or all of them) go back to their places in
@@ -607,21 +736,6 @@ class Worker:
                         error=_error_json("canceled", "the run was canceled"),
                     )
                 )
-
-    async def _lost_lease(self) -> None:
-        """Declared dead by a peer (cut off past the lease): drop every attempt, since none
-        may commit any more (C4), and come back under a new identity."""
-        log.error("worker %s lost its lease; abandoning %d runs", self.id, len(self.active))
-        for ctx in list(self.active.values()):
-            ctx.end("lost")
-        self._ready.clear()  # claimed under the lost lease: nothing of them may commit
-        self._reserved.clear()
-        if self._lock is not None:
-            self._lock.release()
-        self.id = new_id("worker")
-        self.committer.worker_id = self.id
-        self._serves_at = -1e9
-        await asyncio.to_thread(self._register)
 
     async def _scheduler_loop(self) -> None:
         last_hooks = 0.0

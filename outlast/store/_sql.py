@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,6 +55,8 @@ from .base import (
 )
 
 SCHEMA_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 
 class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, Store):
@@ -468,6 +471,13 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             tx.x("clear_run_waits", run_id=run_id)
             if slot["parent_waitpoint_id"]:
                 self._child_done(tx, slot["parent_waitpoint_id"], now)
+        elif tx.q("held_by_no_live_holder", id=run_id, now=now):
+            # No live worker will hear this cancel (C10): it ends here, the slot its
+            # holder took given back; the holder, should it come back, is fenced (C4).
+            ended.append(run_id)
+            self._lock_queues_for(tx, [run_id])
+            error = _error("canceled", "the run was canceled")
+            self._finish(tx, run_id, RunStatus.CANCELED, now, error=error, hooks_due=True)
         else:
             tx.x("cancel_executing", id=run_id, now=now)
         for child in tx.q("children_to_cancel", id=run_id):
@@ -615,6 +625,9 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         ids = sorted({op.run_id for op in ops})
         claiming = (limit > 0 or bool(reserve)) and bool(serves)
         with self._transaction() as tx:
+            # First, so the worker row is locked before any run or queue row, the order a
+            # reaper marking it dead takes them in.
+            claiming = claiming and self._may_claim(tx, worker_id, now)
             fenced = tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now) if ids else []
             held = {r["id"]: r for r in fenced}
             ok = [
@@ -679,6 +692,13 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
                 else []
             )
         return ok, claims
+
+    def _may_claim(self, tx: Tx, worker_id: str, now: float) -> bool:
+        """A worker gets claims only while alive with its lease current on the database
+        clock (C10): one declared dead, stopped, or cut off past its lease claims
+        nothing, since nothing it does may commit (C4) and a run it took would sit
+        under an identity no reaper looks for."""
+        return bool(tx.q("worker_may_claim", id=worker_id, now=now))
 
     def _start_dequeued(self, tx: Tx, run_id: str, now: float) -> None:
         """Start a run held DEQUEUED in the slot of its key that a run ending in this
@@ -921,6 +941,7 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             requeued = 0
             for worker_id in lapsed:
                 requeued += self._reap_worker(tx, worker_id, now, ended)
+        requeued += self.reap_orphaned_runs(now, ended)
         if promoted or fired or requeued:
             self.wake_local()
         return TickReport(
@@ -959,6 +980,34 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             env = tx.q("slot_of_run", run_id=runs[0])[0]["env"]
             self._notify(tx, env)
         return len(runs)
+
+    def reap_orphaned_runs(self, now: float | None = None, ended: list[str] | None = None) -> int:
+        """Requeue runs EXECUTING or DEQUEUED whose holder is gone, not alive, or past its
+        lease, whatever its row says (C10): a worker marked dead or stopped while it still
+        held runs, or one that claimed after it was reaped. They go the way a reaped
+        worker's runs go (an attempt lost, the slot given back). How many."""
+        now = self.now() if now is None else now
+        ended = [] if ended is None else ended
+        with self._transaction() as tx:
+            rows = tx.q("orphaned_runs", now=now)
+            if not rows:
+                return 0
+            self._lock_queues_for(tx, [r["id"] for r in rows])
+            for r in rows:
+                if r["status"] == "DEQUEUED":
+                    self._dequeued_lost(tx, r["id"], now)
+                elif self._worker_lost(tx, r["id"], now):
+                    ended.append(r["id"])
+            for env in {r["env"] for r in rows}:
+                self._notify(tx, env)
+        log.warning("requeued %d runs held by no live worker", len(rows))
+        return len(rows)
+
+    def reap_worker(self, worker_id: str) -> int:
+        """Declare a worker dead and requeue its runs now (a worker that finds its own life
+        lock gone while its row still says alive does this to itself); how many runs."""
+        with self._transaction() as tx:
+            return self._reap_worker(tx, worker_id, self.now(), [])
 
     def reap_dead_workers(self) -> TickReport:
         with self._transaction() as tx:

@@ -28,6 +28,7 @@ class ClaimsMixin(abc.ABC):
 
     _transaction: Any
     _list: Any
+    _may_claim: Any
     now: Any
 
     # -- claiming -------------------------------------------------------------------------
@@ -45,6 +46,8 @@ class ClaimsMixin(abc.ABC):
             return []
         now = self.now()
         with self._transaction() as tx:
+            if not self._may_claim(tx, worker_id, now):
+                return []
             return self._claim_in(tx, worker_id, env, serves, limit, now)
 
     def _claim_in(

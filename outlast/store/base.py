@@ -391,13 +391,24 @@ class Store(abc.ABC):
     # -- scheduling -----------------------------------------------------------------------
     @abc.abstractmethod
     def tick(self) -> TickReport:
-        """Promote due delayed runs, expire TTLs, fire timers, reap lapsed workers.
+        """Promote due delayed runs, expire TTLs, fire timers, reap lapsed workers and
+        runs held by no live worker (C10).
 
         Safe to run from any number of processes at once."""
 
     @abc.abstractmethod
     def reap_dead_workers(self) -> TickReport:
         """Re-queue the runs of workers whose life lock is free (their process died)."""
+
+    @abc.abstractmethod
+    def reap_orphaned_runs(self, now: float | None = None, ended: list[str] | None = None) -> int:
+        """Re-queue runs EXECUTING or DEQUEUED whose holder is gone, not alive or past its
+        lease on the database clock, whatever its row says (C10); ``tick`` runs it. Ids
+        of runs that ended (out of attempts) are appended to ``ended``. How many."""
+
+    @abc.abstractmethod
+    def reap_worker(self, worker_id: str) -> int:
+        """Declare a worker dead and re-queue its runs now; how many runs."""
 
     # -- wake-ups -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -534,6 +545,9 @@ class Store(abc.ABC):
 
 
 class LifeLock(Protocol):
+    def alive(self) -> bool:
+        """Whether the lock is still held (a worker checks it on every heartbeat)."""
+
     def release(self) -> None: ...
 
 

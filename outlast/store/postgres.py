@@ -121,6 +121,18 @@ class AdvisoryLock:
         self._conn = psycopg.connect(url, autocommit=True)
         self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
 
+    def alive(self) -> bool:
+        """Whether the session holding the lock still lives: a database restart, a
+        terminated backend or a cut connection ends it, and with it the lock, while the
+        worker's row may still say alive. One round trip on an idle connection."""
+        if self._conn.closed or self._conn.broken:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
     def release(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()

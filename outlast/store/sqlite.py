@@ -83,6 +83,14 @@ class LifeLock:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+    def alive(self) -> bool:
+        """Whether the lock file is still the one locked: peers take a missing file for a
+        dead worker."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
+
     def release(self) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.path)

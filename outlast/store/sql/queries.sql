@@ -212,6 +212,42 @@ UPDATE workers SET status = 'dead', stopped_at = :now WHERE id = :id AND status 
 SELECT id, status FROM runs
 WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') ORDER BY id;
 
+-- Runs held by no live holder (C10): EXECUTING or DEQUEUED under a worker that is gone,
+-- not 'alive' (declared dead, stopped) or past its lease on the database clock, whatever
+-- its row says. The reaper requeues them as a lost worker's. Read through the partial
+-- index runs_executing, so it costs the runs in flight, not the table.
+-- name: orphaned_runs
+SELECT r.id, r.status, r.env FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+WHERE r.status IN ('EXECUTING', 'DEQUEUED')
+  AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now)
+ORDER BY r.id LIMIT 1000;
+
+-- Row locks, taken in id order (the order a commit's fence takes them): two reapers
+-- never both count a lost attempt for one run; one busy elsewhere is left for the next
+-- tick, and the status is read again under the lock.
+-- name: orphaned_runs [postgres]
+SELECT r.id, r.status, r.env FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+WHERE r.status IN ('EXECUTING', 'DEQUEUED')
+  AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now)
+ORDER BY r.id LIMIT 1000
+FOR UPDATE OF r SKIP LOCKED;
+
+-- May this worker claim: alive, its lease current on the database clock (C10)? On
+-- PostgreSQL the row is share-locked to the claim's commit, so a reaper marking it dead
+-- waits for the claim and then finds the runs it took among the worker's.
+-- name: worker_may_claim
+SELECT id FROM workers WHERE id = :id AND status = 'alive' AND lease_expires_at >= :now;
+
+-- name: worker_may_claim [postgres]
+SELECT id FROM workers WHERE id = :id AND status = 'alive' AND lease_expires_at >= :now
+FOR SHARE;
+
+-- A run whose holder is gone (not alive or past its lease), for a cancel to finish now.
+-- name: held_by_no_live_holder
+SELECT r.id FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+WHERE r.id = :id AND r.status IN ('EXECUTING', 'DEQUEUED')
+  AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now);
+
 -- A run its dead worker held DEQUEUED: back to its place in the queue, attempt unspent.
 -- Its code may have started there (a hand-over not yet committed), so it is never held
 -- DEQUEUED again: a run that kills its worker then starts only under a committed claim,

@@ -1,0 +1,105 @@
+"""C10 at the store: claims are fenced on a live holder, the reaper requeues runs held by
+no live holder whatever the holder's row says, and a cancel of such a run finishes it.
+
+In-process, fake clock, both backends; each test ends with the invariant check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from outlast import task
+from outlast._clock import FakeClock
+from outlast.client import Client
+from outlast.runs import RunStatus
+from outlast.store.base import Store, WorkerInfo
+
+from .invariant import check_liveness
+
+
+@task(id="fault-held")
+async def held(payload: dict[str, Any]) -> None:
+    return None
+
+
+SERVES = {held.queue.name: [held.id]}
+
+
+def _register(store: Store, worker_id: str, lease: float = 30.0) -> None:
+    store.register_worker(
+        WorkerInfo(id=worker_id, env="dev", host="test", pid=1, concurrency=10,
+                   tasks=[held.id], lease_seconds=lease)
+    )
+
+
+def test_a_worker_marked_dead_gets_no_claims(store: Store, client: Client, db_url: str) -> None:
+    """Defect 2: a worker whose row was marked dead kept claiming under its dead id."""
+    ids = [client.trigger(held, {}).id for _ in range(3)]
+    _register(store, "w_dead")
+    store.reap_worker("w_dead")  # a peer declared it dead; the process lives on
+    assert store.claim("w_dead", "dev", SERVES, 10) == []
+    ok, claims = store.apply_and_claim("w_dead", [], "dev", SERVES, 10)
+    assert claims == []
+    assert {store.get_run("dev", i).status for i in ids} == {RunStatus.QUEUED}  # type: ignore[union-attr]
+    check_liveness(db_url)
+
+
+def test_a_worker_past_its_lease_gets_no_claims(
+    store: Store, client: Client, clock: FakeClock, db_url: str
+) -> None:
+    client.trigger(held, {})
+    _register(store, "w_late", lease=5.0)
+    clock.advance(6)  # no reaper has run: the database clock alone refuses it
+    assert store.claim("w_late", "dev", SERVES, 10) == []
+    store.heartbeat("w_late", 5.0)
+    assert len(store.claim("w_late", "dev", SERVES, 10)) == 1
+    store.stop_worker("w_late")
+    check_liveness(db_url)
+
+
+def test_runs_of_a_worker_no_longer_alive_are_requeued(
+    store: Store, client: Client, db_url: str
+) -> None:
+    """Defects 1-3: runs left EXECUTING under a worker already marked dead or stopped were
+    never reaped (the reaper looked only at workers marked alive)."""
+    ids = [client.trigger(held, {}).id for _ in range(4)]
+    _register(store, "w_gone")
+    claims = store.claim("w_gone", "dev", SERVES, 10)
+    assert len(claims) == 4
+    store.stop_worker("w_gone")  # its row no longer says alive; its runs are still held
+    report = store.tick()
+    runs = store.get_runs("dev", ids)
+    assert [r.status for r in runs] == [RunStatus.QUEUED] * 4, report
+    assert all(r.worker_id is None and r.attempt == 2 for r in runs)
+    assert {r.error["code"] for r in runs if r.error} == {"worker_lost"}
+    # Their slots were given back: a live worker takes all four again.
+    _register(store, "w_next")
+    assert len(store.claim("w_next", "dev", SERVES, 10)) == 4
+    store.stop_worker("w_next")
+    store.tick()
+    check_liveness(db_url)
+
+
+def test_cancel_of_a_run_whose_holder_is_gone_finishes_it(
+    store: Store, client: Client, db_url: str
+) -> None:
+    """Defect 2: `runs cancel` answered "cancel requested" and nothing finished the run."""
+    run_id = client.trigger(held, {}).id
+    _register(store, "w_cut")
+    store.claim("w_cut", "dev", SERVES, 10)
+    store.stop_worker("w_cut")
+    run, ended = store.cancel("dev", run_id)
+    assert run.status == RunStatus.CANCELED and ended == [run_id]
+    assert store.queue_state("dev", held.queue.name, "")["executing"] == 0  # type: ignore[index]
+    check_liveness(db_url)
+
+
+def test_cancel_of_a_run_with_a_live_holder_still_asks_it(
+    store: Store, client: Client, db_url: str
+) -> None:
+    run_id = client.trigger(held, {}).id
+    _register(store, "w_live")
+    (claim,) = store.claim("w_live", "dev", SERVES, 10)
+    run, ended = store.cancel("dev", run_id)
+    assert run.status == RunStatus.EXECUTING and run.cancel_requested and ended == []
+    assert store.heartbeat("w_live", 30.0).cancel_requested == [run_id]
+    check_liveness(db_url)
