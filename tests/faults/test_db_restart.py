@@ -15,7 +15,6 @@ import pytest
 from outlast.runs import RunStatus
 
 from ..apps.fault_app import fault_noop
-
 from .harness import FaultFleet, PrivatePostgres
 from .invariant import check_liveness
 

@@ -37,7 +37,7 @@ def test_a_worker_marked_dead_gets_no_claims(store: Store, client: Client, db_ur
     _register(store, "w_dead")
     store.reap_worker("w_dead")  # a peer declared it dead; the process lives on
     assert store.claim("w_dead", "dev", SERVES, 10) == []
-    ok, claims = store.apply_and_claim("w_dead", [], "dev", SERVES, 10)
+    _ok, claims = store.apply_and_claim("w_dead", [], "dev", SERVES, 10)
     assert claims == []
     assert {store.get_run("dev", i).status for i in ids} == {RunStatus.QUEUED}  # type: ignore[union-attr]
     check_liveness(db_url)
@@ -98,7 +98,7 @@ def test_cancel_of_a_run_with_a_live_holder_still_asks_it(
 ) -> None:
     run_id = client.trigger(held, {}).id
     _register(store, "w_live")
-    (claim,) = store.claim("w_live", "dev", SERVES, 10)
+    (_claim,) = store.claim("w_live", "dev", SERVES, 10)
     run, ended = store.cancel("dev", run_id)
     assert run.status == RunStatus.EXECUTING and run.cancel_requested and ended == []
     assert store.heartbeat("w_live", 30.0).cancel_requested == [run_id]
