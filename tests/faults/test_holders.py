@@ -31,11 +31,15 @@ def _register(store: Store, worker_id: str, lease: float = 30.0) -> None:
     )
 
 
-def test_a_worker_marked_dead_gets_no_claims(store: Store, client: Client, db_url: str) -> None:
+def test_a_worker_marked_dead_gets_no_claims(
+    store: Store, client: Client, clock: FakeClock, db_url: str
+) -> None:
     """Defect 2: a worker whose row was marked dead kept claiming under its dead id."""
     ids = [client.trigger(held, {}).id for _ in range(3)]
-    _register(store, "w_dead")
-    store.reap_worker("w_dead")  # a peer declared it dead; the process lives on
+    _register(store, "w_dead", lease=5.0)
+    clock.advance(6)
+    assert store.tick().reaped_workers == 1  # a peer declared it dead; the process lives on
+    assert not store.heartbeat("w_dead", 5.0).alive
     assert store.claim("w_dead", "dev", SERVES, 10) == []
     _ok, claims = store.apply_and_claim("w_dead", [], "dev", SERVES, 10)
     assert claims == []
