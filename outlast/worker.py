@@ -642,10 +642,11 @@ class Worker:
 
     def _on_beat(self, beat: Beat) -> None:
         """A beat's result, on the loop (the heartbeat thread posts it here)."""
-        if beat.worker_id != self.id or self._lost or self._stopping:
+        if beat.worker_id != self.id or self._lost:
             return  # a beat of an identity already given up
         if beat.lost:
-            self._lose_identity(lock_gone=beat.lock_lost)
+            if not self._stopping:  # a worker shutting down needs no new identity
+                self._lose_identity(lock_gone=beat.lock_lost)
         elif beat.heartbeat is not None:
             self._heard(beat.heartbeat)
 
