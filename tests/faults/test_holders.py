@@ -31,6 +31,13 @@ def _register(store: Store, worker_id: str, lease: float = 30.0) -> None:
     )
 
 
+def _executing(store: Store) -> tuple[int, int]:
+    """The queue's and its key's counts of runs holding a slot."""
+    state = store.queue_state("dev", held.queue.name, "")
+    assert state is not None
+    return int(state["executing"]), int(state["key_executing"])
+
+
 def test_a_worker_marked_dead_gets_no_claims(
     store: Store, client: Client, clock: FakeClock, db_url: str
 ) -> None:
@@ -69,12 +76,14 @@ def test_runs_of_a_worker_no_longer_alive_are_requeued(
     _register(store, "w_gone")
     claims = store.claim("w_gone", "dev", SERVES, 10)
     assert len(claims) == 4
+    assert _executing(store) == (4, 4)
     store.stop_worker("w_gone")  # its row no longer says alive; its runs are still held
     report = store.tick()
     runs = store.get_runs("dev", ids)
     assert [r.status for r in runs] == [RunStatus.QUEUED] * 4, report
     assert all(r.worker_id is None and r.attempt == 2 for r in runs)
     assert {r.error["code"] for r in runs if r.error} == {"worker_lost"}
+    assert _executing(store) == (0, 0)  # the slots came back (C5)
     # Their slots were given back: a live worker takes all four again.
     _register(store, "w_next")
     assert len(store.claim("w_next", "dev", SERVES, 10)) == 4
@@ -93,7 +102,7 @@ def test_cancel_of_a_run_whose_holder_is_gone_finishes_it(
     store.stop_worker("w_cut")
     run, ended = store.cancel("dev", run_id)
     assert run.status == RunStatus.CANCELED and ended == [run_id]
-    assert store.queue_state("dev", held.queue.name, "")["executing"] == 0  # type: ignore[index]
+    assert _executing(store) == (0, 0)
     check_liveness(db_url)
 
 
