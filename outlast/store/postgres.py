@@ -118,7 +118,18 @@ class AdvisoryLock:
     If the process dies, PostgreSQL ends the session and frees the lock."""
 
     def __init__(self, url: str, key: int) -> None:
-        self._conn = psycopg.connect(url, autocommit=True)
+        # TCP keepalives and a user timeout bound how long a check of the lock can hang
+        # on a connection whose peer vanished without a reset (a silent partition): the
+        # heartbeat thread runs the check, and must get on to telling the worker.
+        self._conn = psycopg.connect(
+            url,
+            autocommit=True,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=15000,
+        )
         self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
 
     def alive(self) -> bool:
