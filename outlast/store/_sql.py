@@ -466,6 +466,16 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
 
     def _cancel_tree(self, tx: Tx, run_id: str, now: float, ended: list[str]) -> None:
         slot = tx.q("slot_of_run", run_id=run_id)[0]
+        # Twice at most: a run a reaper requeued after the first look is idle at the next;
+        # a final one matches neither time.
+        for _ in range(2):
+            if self._cancel_one(tx, run_id, slot, now, ended):
+                break
+        for child in tx.q("children_to_cancel", id=run_id):
+            self._cancel_tree(tx, child["id"], now, ended)
+
+    def _cancel_one(self, tx: Tx, run_id: str, slot: Row, now: float, ended: list[str]) -> bool:
+        """Cancel the run itself; False if it changed status under the cancel (look again)."""
         if tx.q("cancel_idle", id=run_id, now=now):
             ended.append(run_id)
             tx.x("clear_run_waits", run_id=run_id)
@@ -478,10 +488,9 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             self._lock_queues_for(tx, [run_id])
             error = _error("canceled", "the run was canceled")
             self._finish(tx, run_id, RunStatus.CANCELED, now, error=error, hooks_due=True)
-        else:
-            tx.x("cancel_executing", id=run_id, now=now)
-        for child in tx.q("children_to_cancel", id=run_id):
-            self._cancel_tree(tx, child["id"], now, ended)
+        elif not tx.x("cancel_executing", id=run_id, now=now):
+            return False  # final already, or requeued by a reaper since the first look
+        return True
 
     # -- queues ---------------------------------------------------------------------------
     def declare_queues(self, env: str, specs: Sequence[QueueSpec]) -> None:

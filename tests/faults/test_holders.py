@@ -5,12 +5,16 @@ In-process, fake clock, both backends; each test ends with the invariant check."
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
+
+import psycopg
 
 from outlast import task
 from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.store._rows import load_queries
 from outlast.store.base import Store, WorkerInfo
 
 from .invariant import check_liveness
@@ -116,3 +120,21 @@ def test_cancel_of_a_run_with_a_live_holder_still_asks_it(
     assert run.status == RunStatus.EXECUTING and run.cancel_requested and ended == []
     assert store.heartbeat("w_live", 30.0).cancel_requested == [run_id]
     check_liveness(db_url)
+
+
+def test_the_orphan_scan_reads_only_the_runs_in_flight(db_url: str) -> None:
+    """The reaper's scan runs every tick: it must go through the partial index over
+    EXECUTING/DEQUEUED runs, never over the whole (mostly finished) table."""
+    sql = load_queries("sqlite" if db_url.startswith("sqlite") else "postgres")["orphaned_runs"]
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+        try:
+            plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, {"now": 0}))
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("SET enable_seqscan = off")  # an empty table: ask what it can use
+            rows = conn.execute(("EXPLAIN " + sql.replace(":now", "0")).encode()).fetchall()
+            plan = " ".join(r[0] for r in rows)
+    assert "runs_executing" in plan, plan

@@ -215,12 +215,13 @@ WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') ORDER BY id;
 -- Runs held by no live holder (C10): EXECUTING or DEQUEUED under a worker that is gone,
 -- not 'alive' (declared dead, stopped) or past its lease on the database clock, whatever
 -- its row says. The reaper requeues them as a lost worker's. Read through the partial
--- index runs_executing, so it costs the runs in flight, not the table.
+-- index runs_executing, so it costs the runs in flight, not the table (no ORDER BY on
+-- SQLite: its planner would walk the whole table in id order instead).
 -- name: orphaned_runs
 SELECT r.id, r.status, r.env FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
 WHERE r.status IN ('EXECUTING', 'DEQUEUED')
   AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now)
-ORDER BY r.id LIMIT 1000;
+LIMIT 1000;
 
 -- Row locks, taken in id order (the order a commit's fence takes them): two reapers
 -- never both count a lost attempt for one run; one busy elsewhere is left for the next
@@ -247,6 +248,13 @@ FOR SHARE;
 SELECT r.id FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
 WHERE r.id = :id AND r.status IN ('EXECUTING', 'DEQUEUED')
   AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now);
+
+-- Locked, so a reaper requeueing it at the same moment waits (or is waited for).
+-- name: held_by_no_live_holder [postgres]
+SELECT r.id FROM runs r LEFT JOIN workers w ON w.id = r.worker_id
+WHERE r.id = :id AND r.status IN ('EXECUTING', 'DEQUEUED')
+  AND (w.id IS NULL OR w.status <> 'alive' OR w.lease_expires_at < :now)
+FOR UPDATE OF r;
 
 -- A run its dead worker held DEQUEUED: back to its place in the queue, attempt unspent.
 -- Its code may have started there (a hand-over not yet committed), so it is never held
