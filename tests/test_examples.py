@@ -572,7 +572,7 @@ def test_the_cli_reference_covers_every_command_and_flag() -> None:
 
 def test_doc_links_and_cited_tests_exist() -> None:
     """Relative links in README.md and docs/ resolve, and every test the docs cite exists."""
-    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
     problems: list[str] = []
     for page in [ROOT / "README.md", *DOCS.glob("**/*.md")]:
         text = page.read_text()
