@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from outlast import Retry, Worker, _schedules, step, task
+from outlast import Retry, Worker, _schedules, queue, step, task
 from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError
 from outlast.client import Client
@@ -373,8 +373,12 @@ def test_an_old_epoch_is_refused_though_its_worker_is_alive_and_holds_the_run(
     store.register_worker(WorkerInfo(id="worker_b", env="dev", host="test", pid=2,
                                      concurrency=1, tasks=[proof_fenced.id],
                                      lease_seconds=30.0))
+    clock.advance(1)
+    other = client.trigger(proof_fenced, None).id  # queued behind it
     (first,) = store.claim("worker_a", "dev", serves, 1)
-    assert store.claim("worker_b", "dev", serves, 1) == []  # one holder at a time
+    assert first.run.id == run_id
+    (taken,) = store.claim("worker_b", "dev", serves, 1)
+    assert taken.run.id == other  # one holder at a time: a's run is not claimed again
     now = clock.now()
     retry = EndSegment(run_id=run_id, epoch=first.epoch, outcome="retry", retry_at=now,
                        error='{"message": "boom"}')
@@ -399,6 +403,45 @@ def test_an_old_epoch_is_refused_though_its_worker_is_alive_and_holds_the_run(
     ]
     run = store.get_run("dev", run_id)
     assert run is not None and run.status == RunStatus.COMPLETED and run.output == "new"
+
+
+# -- C5, C9: a lapsed worker's slot comes back, and its attempt counts -------------------------
+
+
+@task(id="proof-limited", queue=queue("proof-one", concurrency_limit=1),
+      retry=Retry(max_attempts=2, min_delay=0.0, max_delay=0.0, jitter=False))
+async def proof_limited(p: None) -> None:
+    return None
+
+
+def _executing(store: Store) -> int:
+    [q] = [q for q in store.list_queues("dev") if q["name"] == "proof-one"]
+    return int(q["executing"])
+
+
+def test_a_lapsed_workers_slot_comes_back_and_its_attempt_counts(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """C5: the reaper gives a lost holder's slot back, so the queue (limit 1) serves the
+    run again; C9: each lost attempt counts, so a run that keeps losing its worker ends
+    FAILED (worker_lost) after max_attempts instead of looping."""
+    store.declare_queues("dev", [proof_limited.queue.spec()])
+    run_id = client.trigger(proof_limited, None).id
+    serves = {"proof-one": [proof_limited.id]}
+    for attempt, worker_id in ((1, "worker_a"), (2, "worker_b")):
+        store.register_worker(WorkerInfo(id=worker_id, env="dev", host="test", pid=attempt,
+                                         concurrency=1, tasks=[proof_limited.id],
+                                         lease_seconds=30.0))
+        (claim,) = store.claim(worker_id, "dev", serves, 1)
+        assert claim.run.id == run_id and claim.run.attempt == attempt
+        assert _executing(store) == 1
+        clock.advance(31)  # its lease lapses; a peer's reaper finds it
+        report = store.tick()
+        assert (report.reaped_workers, report.requeued_runs) == (1, 1)
+        assert _executing(store) == 0, "the dead holder's slot did not come back"
+    run = store.get_run("dev", run_id)
+    assert run is not None and run.status == RunStatus.FAILED and run.attempt == 2
+    assert run.error is not None and run.error["code"] == "worker_lost"
 
 
 # -- C6: a slow scheduler cannot undo an edit -------------------------------------------------
@@ -437,3 +480,33 @@ def test_a_slow_scheduler_does_not_overwrite_a_schedule_edited_since_it_read_it(
     assert [r.payload["timestamp"] for r in store.list_runs("dev", limit=10)] == [
         "2026-06-01T11:00:00.000Z"
     ]
+
+
+# -- the guarantees page names real tests and every mutation ---------------------------------
+
+
+def test_the_guarantees_page_names_real_tests_and_every_mutation() -> None:
+    """docs/explanation/guarantees.md maps each promise to tests and to the mutations of
+    scripts/mutations; a renamed test or a mutation left off the page fails here."""
+    import re
+    import runpy
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "explanation" / "guarantees.md").read_text()
+    mutations = runpy.run_path(str(root / "scripts" / "mutations"))["MUTATIONS"]
+    current = ""
+    missing = []
+    for token in re.findall(r"`([^`]+)`", page):
+        found = re.fullmatch(r"(tests/[\w/]+\.py)?::(\w+)", token)
+        if found is None:
+            continue
+        current = found.group(1) or current
+        source = (root / current).read_text()
+        if not re.search(rf"def {found.group(2)}\(", source):
+            missing.append(f"{current}::{found.group(2)}")
+    assert missing == [], f"the page names tests that do not exist: {missing}"
+    named = set(re.findall(r"`(c\d+-[a-z0-9-]+)`", page))
+    assert named == {m.name for m in mutations}
+    for m in mutations:  # each under its own guarantee's section
+        section = page.split(f"## {m.guarantee} ")[1].split("\n## ")[0]
+        assert f"`{m.name}`" in section, f"{m.name} is not listed under {m.guarantee}"
