@@ -102,39 +102,48 @@ async def proof_item(p: dict[str, Any]) -> None:
     return None
 
 
-def _poison_inserts(backend: str, db_url: str) -> None:
-    """Make the database itself refuse a run whose payload says ``poison``: a failure
-    inside the batch's transaction, after the items before it were written."""
+def _refuse_inside_the_batch(backend: str, db_url: str, refused: str) -> None:
+    """Make the database itself fail part-way through a batch's transaction: refuse a
+    run whose payload says ``poison`` (the 500th of the batch's runs), or the 500th tag
+    row, which is written after every run of the batch (a later statement)."""
+    if refused == "run":
+        sqlite_when = "NEW.payload LIKE '%poison%'"
+        pg_if = "NEW.payload LIKE '%poison%'"
+    else:
+        sqlite_when = "(SELECT COUNT(*) FROM run_tags) >= 499"
+        pg_if = "(SELECT COUNT(*) FROM run_tags) >= 499"
+    table = "runs" if refused == "run" else "run_tags"
     if backend == "sqlite":
         with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
             conn.execute(
-                "CREATE TRIGGER proof_poison BEFORE INSERT ON runs "
-                "WHEN NEW.payload LIKE '%poison%' "
-                "BEGIN SELECT RAISE(ABORT, 'poison item refused'); END"
+                f"CREATE TRIGGER proof_refuse BEFORE INSERT ON {table} WHEN {sqlite_when} "
+                "BEGIN SELECT RAISE(ABORT, 'item refused by the database'); END"
             )
         return
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "CREATE FUNCTION proof_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF NEW.payload LIKE '%poison%' THEN RAISE EXCEPTION 'poison item refused'; "
+            "CREATE FUNCTION proof_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF {pg_if} THEN RAISE EXCEPTION 'item refused by the database'; "
             "END IF; RETURN NEW; END $$"
         )
         conn.execute(
-            "CREATE TRIGGER proof_poison BEFORE INSERT ON runs "
-            "FOR EACH ROW EXECUTE FUNCTION proof_poison()"
+            f"CREATE TRIGGER proof_refuse BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION proof_refuse()"
         )
 
 
+@pytest.mark.parametrize("refused", ["run", "tag"])
 def test_a_batch_that_fails_inside_its_transaction_writes_nothing(
-    backend: str, db_url: str, store: Store, client: Client
+    backend: str, db_url: str, store: Store, client: Client, refused: str
 ) -> None:
-    """C1: the 500th of 1,000 items is refused by the database mid-insert; none of the
-    499 written before it survives, and the store works on afterwards."""
-    _poison_inserts(backend, db_url)
+    """C1: the database refuses the 500th of 1,000 items mid-insert (its run row, or its
+    tag row after all runs were written); nothing the batch wrote before survives, and
+    the store works on afterwards."""
+    _refuse_inside_the_batch(backend, db_url, refused)
     items: list[dict[str, Any]] = [{"i": i} for i in range(1000)]
-    items[499]["poison"] = True
-    with pytest.raises(Exception, match="poison item refused"):
-        client.batch_trigger(proof_item, items)
+    items[499]["poison"] = refused == "run"
+    with pytest.raises(Exception, match="item refused by the database"):
+        client.batch_trigger(proof_item, items, tags=["batch"])
     assert store.count_runs("dev") == {}
     assert store.list_runs("dev", limit=10) == []
 
