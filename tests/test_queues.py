@@ -584,15 +584,17 @@ async def test_batch_trigger_of_50000_in_one_call_soak(store: Store, client: Cli
     await worker.shutdown(grace=0)
 
 
-@pytest.mark.soak
-@_SOAK
-async def test_a_50000_backlog_does_not_starve_another_tenant_soak(
-    store: Store, client: Client
+@pytest.mark.parametrize(
+    "backlog", [10_000, pytest.param(50_000, marks=[pytest.mark.soak, _SOAK])]
+)
+async def test_a_large_backlog_does_not_starve_another_tenant(
+    store: Store, client: Client, backlog: int
 ) -> None:
-    await tenant_job.batch_trigger([{}] * 50_000, concurrency_key="tenant-a")
+    """The fairness claim at scale: 10,000 by default, the documented 50,000 with -m soak."""
+    await tenant_job.batch_trigger([{}] * backlog, concurrency_key="tenant-a")
     b = await tenant_job.trigger({}, concurrency_key="tenant-b")
     await _run_until_started(_worker(store, concurrency=2), "tenant-b", timeout=600)
     position = STARTS.index("tenant-b") + 1
-    print(f"fairness: tenant B's single run started {position} behind a 50,000 backlog")
+    print(f"fairness: tenant B's single run started {position} behind a {backlog:,} backlog")
     assert position <= 3
     assert client.retrieve(b.id).status == RunStatus.COMPLETED
