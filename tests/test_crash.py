@@ -422,12 +422,14 @@ def test_a_dead_workers_dequeued_runs_recover_and_a_poison_run_still_fails(
     last_t: dict[int, float] = {}
     for e in lines:
         last_t[e["pid"]] = max(last_t.get(e["pid"], 0.0), e["t"])
-    ends = {(e["run"], e["attempt"]): e["t"] for e in lines if e["ev"] == "end"}
+    # By process too: a run lost while DEQUEUED runs again under the same attempt number
+    # elsewhere, and the killed process's begin must not take the later process's end.
+    ends = {(e["run"], e["attempt"], e["pid"]): e["t"] for e in lines if e["ev"] == "end"}
     edges = []
     for e in lines:
         if e["ev"] == "begin":
             edges.append((e["t"], 1))
-            edges.append((ends.get((e["run"], e["attempt"]), last_t[e["pid"]]), -1))
+            edges.append((ends.get((e["run"], e["attempt"], e["pid"]), last_t[e["pid"]]), -1))
     running = peak = 0
     for _, d in sorted(edges, key=lambda x: (x[0], x[1])):
         running += d
