@@ -165,8 +165,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.request_validation)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
 
+    # On the loop, not in the thread pool: whether the process is up should not queue
+    # behind other requests' work.
     @app.get("/api/v1/health", tags=["health"], summary="The process is up")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
     @app.get("/api/v1/ready", tags=["health"], summary="The database answers")

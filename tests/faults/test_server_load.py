@@ -1,8 +1,9 @@
 """One request must not freeze the server (issue 16, defect 7), on a real `outlast server`.
 
 A 100,000-item streamed batch (`POST /api/v3/batches/{id}/items`, the Trigger.dev SDK v4
-path) and a 100,000-item v1 batch are posted while a probe asks `/api/v1/health` every
-50 ms: health keeps answering (it took 29.7 s on the batch before). An oversize batch
+path) and, on SQLite, a 100,000-item v1 batch are posted while a probe asks
+`/api/v1/health` every 50 ms: health keeps answering (it waited 30 to 95 s for the v3
+batch before). An oversize batch
 body is refused with 413 while it is read, and the server's peak memory stays far below
 the body's size (a 55 MB body used to grow it by 660 MB before a 422). In-process: a
 chunked body over the limit is a 413, and one bad item in the last chunk of a large batch
@@ -14,7 +15,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -53,20 +54,25 @@ def _rss_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
-class HealthProbe(threading.Thread):
-    """Asks /api/v1/health every 50 ms until stopped, keeping each answer's latency."""
+class Probe(threading.Thread):
+    """Makes one request every 50 ms until stopped, keeping each answer's latency."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key: str, trigger: bool) -> None:
         super().__init__(daemon=True)
-        self.url = url
+        self.url, self.key, self.trigger = url, key, trigger
         self.latencies: list[float] = []
         self.done = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=120) as http:
+        with httpx.Client(base_url=self.url, timeout=120,
+                          headers={"Authorization": f"Bearer {self.key}"}) as http:
             while not self.done.is_set():
                 started = time.perf_counter()
-                assert http.get(f"{self.url}/api/v1/health").status_code == 200
+                if self.trigger:
+                    resp = http.post(f"/api/v1/tasks/{ITEM_TASK.id}/trigger", json={})
+                else:
+                    resp = http.get("/api/v1/health")
+                assert resp.status_code == 200, resp.text
                 self.latencies.append(time.perf_counter() - started)
                 self.done.wait(0.05)
 
@@ -74,6 +80,12 @@ class HealthProbe(threading.Thread):
         self.done.set()
         self.join(timeout=130)
         return sorted(self.latencies)
+
+
+def _figures(lat: list[float]) -> tuple[str, float]:
+    p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return (f"{len(lat)} calls, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+            f"max {lat[-1] * 1000:.0f} ms"), p99
 
 
 def _ndjson(n: int) -> Iterator[bytes]:
@@ -90,27 +102,30 @@ def _ndjson(n: int) -> Iterator[bytes]:
         yield b"\n".join(lines) + b"\n"
 
 
-def _while_probed(url: str, label: str, post: callable) -> httpx.Response:  # type: ignore[valid-type]
-    with httpx.Client(timeout=10) as http:  # the probe's own connection is warm first
-        http.get(f"{url}/api/v1/health")
-    probe = HealthProbe(url)
-    probe.start()
+def _while_probed(url: str, key: str, backend: str, label: str,
+                  post: Callable[[], httpx.Response]) -> httpx.Response:
+    probes = [Probe(url, key, trigger=False), Probe(url, key, trigger=True)]
+    for p in probes:
+        p.start()
     time.sleep(0.3)
     started = time.perf_counter()
-    resp: httpx.Response = post()
+    resp = post()
     took = time.perf_counter() - started
     time.sleep(0.3)
-    lat = probe.stop()
-    p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"\n{label}: {took:.1f} s; health during it: {len(lat)} probes, "
-          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
+    (health, health_p99), (triggers, trigger_p99) = (_figures(p.stop()) for p in probes)
+    print(f"\n[{backend}] {label}: {took:.1f} s; meanwhile health: {health}; "
+          f"triggers: {triggers}")
     assert resp.status_code == 200, resp.text[:300]
-    # Generous for a loaded 2-core machine; the batch used to hold health for ~30 s.
-    assert len(lat) >= 5 and p99 < 1.0, f"health p99 {p99:.2f} s during the batch"
+    # Generous for a loaded 2-core machine; the batch used to hold health for 30 to 95 s.
+    assert health_p99 < 1.0, f"health p99 {health_p99:.2f} s during the batch"
+    if backend == "postgres":
+        # SQLite has one writer: a trigger waits for the batch's one transaction to commit.
+        assert trigger_p99 < 1.0, f"trigger p99 {trigger_p99:.2f} s during the batch"
     return resp
 
 
-def test_a_100000_item_batch_does_not_freeze_the_server(fleet: Fleet) -> None:
+@pytest.mark.timeout(600)
+def test_a_100000_item_batch_does_not_freeze_the_server(fleet: Fleet, backend: str) -> None:
     start = fleet.server()
     key = fleet.key()
     url = start()
@@ -124,7 +139,7 @@ def test_a_100000_item_batch_does_not_freeze_the_server(fleet: Fleet) -> None:
             return api.post(f"/api/v3/batches/{batch_id}/items", content=_ndjson(N),
                             headers={"content-type": "application/x-ndjson"})
 
-        resp = _while_probed(url, f"v3 streamed batch of {N:,}", post_v3)
+        resp = _while_probed(url, key, backend, f"v3 streamed batch of {N:,}", post_v3)
         assert resp.json()["itemsAccepted"] == N
 
         body = orjson.dumps({"items": [{"payload": {"i": i}} for i in range(N)]})
@@ -133,8 +148,10 @@ def test_a_100000_item_batch_does_not_freeze_the_server(fleet: Fleet) -> None:
             return api.post(f"/api/v1/tasks/{ITEM_TASK.id}/batch", content=body,
                             headers={"content-type": "application/json"})
 
-        resp = _while_probed(url, f"v1 batch of {N:,} ({len(body) / 1e6:.1f} MB)", post_v1)
-        assert resp.json()["runCount"] == N
+        if backend == "sqlite":  # what holds the loop does not depend on the backend
+            resp = _while_probed(url, key, backend,
+                                 f"v1 batch of {N:,} ({len(body) / 1e6:.1f} MB)", post_v1)
+            assert resp.json()["runCount"] == N
     check_liveness(fleet.db_url)
 
 
@@ -150,14 +167,14 @@ def test_an_oversize_batch_body_is_413_without_the_server_growing(fleet: Fleet) 
                       timeout=120) as api:
         resp = api.post(f"/api/v1/tasks/{ITEM_TASK.id}/batch", content=body,
                         headers={"content-type": "application/json"})
+        peak = _rss_kib(pid, "VmHWM")
+        print(f"\nserver RSS before {before / 1024:.0f} MB, peak after a 55 MB body "
+              f"{peak / 1024:.0f} MB (answered {resp.status_code})")
         assert resp.status_code == 413, resp.text[:300]
         assert resp.json()["code"] == "payload_too_large"
         assert "OUTLAST_MAX_BATCH_BYTES" in resp.json()["error"]
         # The server still answers, and took nothing in.
         assert api.get("/api/v1/runs").json()["data"] == []
-    peak = _rss_kib(pid, "VmHWM")
-    print(f"\nserver RSS before {before / 1024:.0f} MB, peak after a 55 MB body "
-          f"{peak / 1024:.0f} MB")
     assert (peak - before) / 1024 < 40, f"the server grew by {(peak - before) / 1024:.0f} MB"
     check_liveness(fleet.db_url)
 
