@@ -1,6 +1,6 @@
 """The dashboard's login under attack (issue 16, defect 8).
 
-A flood of wrong passwords (about 80/s, unauthenticated) used to sleep half a second each
+A flood of wrong passwords (about 90/s, unauthenticated) used to sleep half a second each
 in the shared thread pool, and the API's median went from 1.7 ms to 500 ms. Now it is
 answered 429 with Retry-After per client address, nothing sleeps, the API keeps its pace
 and a login from another address goes through (a real `outlast server`, the flood's
@@ -12,6 +12,7 @@ printed (run with ``-s``).
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import threading
@@ -77,7 +78,8 @@ def test_a_login_flood_is_refused_with_429_and_the_api_keeps_its_pace(fleet: Fle
     stop = threading.Event()
 
     def flood() -> None:
-        # 48 clients, each trying a password every 0.6 s: about 80 attempts a second.
+        # 120 clients, each trying a password every 1.33 s: about 90 attempts a second,
+        # more than the thread pool's 40 threads got through at half a second each.
         with httpx.Client(base_url=url, timeout=60) as http:
             csrf = _login_form(http, attacker)
             while not stop.is_set():
@@ -86,13 +88,14 @@ def test_a_login_flood_is_refused_with_429_and_the_api_keeps_its_pace(fleet: Fle
                               headers={**FORM, "X-Forwarded-For": attacker})
                 statuses.append(r.status_code)
                 retry_after.append(r.headers.get("retry-after"))
-                stop.wait(max(0.0, 0.6 - (time.monotonic() - started)))
+                stop.wait(max(0.0, 1.33 - (time.monotonic() - started)))
 
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(48)]
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(120)]
+    flood_started = time.monotonic()
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)  # the flood is at full rate
+        time.sleep(2.0)  # the flood is at full rate
         during = _api_latencies(url, key, 4.0)
         # Someone else, from another address, still signs in.
         with httpx.Client(base_url=url, timeout=60) as user:
@@ -103,18 +106,20 @@ def test_a_login_flood_is_refused_with_429_and_the_api_keeps_its_pace(fleet: Fle
         stop.set()
         for t in threads:
             t.join(timeout=60)
+    flooded = time.monotonic() - flood_started
     p50 = statistics.median(during)
     refused = statuses.count(429)
     print(f"\nlogin flood: {len(statuses)} attempts, {statuses.count(401)} checked (401), "
           f"{refused} refused (429); API p50 {quiet * 1000:.1f} ms quiet, "
           f"{p50 * 1000:.1f} ms during the flood ({len(during)} calls)")
+    # Generous for a loaded 2-core machine; the flood used to hold it at 0.5 to 1.5 s.
+    assert p50 < 0.15, f"API p50 {p50 * 1000:.0f} ms during the login flood"
     assert ok.status_code == 303, ok.text[:300]
-    assert statuses.count(401) <= BURST + 2  # the burst, and what refilled meanwhile
+    # The burst, and what refilled while the flood lasted.
+    assert statuses.count(401) <= BURST + math.ceil(flooded / EVERY) + 1
     assert refused > 0.8 * len(statuses)
     assert all(r and int(r) >= 1 for r, s in zip(retry_after, statuses, strict=True)
                if s == 429)
-    # Generous for a loaded 2-core machine; the flood used to hold it at ~500 ms.
-    assert p50 < 0.15, f"API p50 {p50 * 1000:.0f} ms during the login flood"
     check_liveness(fleet.db_url)
 
 
