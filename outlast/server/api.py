@@ -216,7 +216,6 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     def _batch(env: str, raw: bytearray, envelope: type[BaseModel],
                item_model: type[BatchItem], task_id: str | None, key: str | None) -> Response:
         items = batch_items(raw, envelope, item_model)
-        del raw  # the parsed items are what is needed from here on
         runs = [
             _prepare(env, item.task or task_id or "", item.payload, item.options, f"items[{i}]")
             for i, item in enumerate(items)

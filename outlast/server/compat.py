@@ -118,7 +118,6 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
         items: dict[int, dict[str, Any]] = {}
         for line in raw.split(b"\n"):
             _add_item(items, line)
-        del raw
         if len(items) > MAX_BATCH_ITEMS:
             raise ValidationError(f"a batch has at most {MAX_BATCH_ITEMS} items", field="items")
         runs = []
