@@ -198,7 +198,7 @@ def _runs(store: Store) -> int:
 
 
 async def test_a_chunked_batch_over_the_limit_is_413_while_read(
-    api: httpx.AsyncClient, store: Store
+    api: httpx.AsyncClient, store: Store, db_url: str
 ) -> None:
     sent = 0
 
@@ -225,10 +225,11 @@ async def test_a_chunked_batch_over_the_limit_is_413_while_read(
                           headers={"content-type": "application/json"})
     assert resp.status_code == 413, resp.text[:300]
     assert _runs(store) == 0
+    check_liveness(db_url)
 
 
 async def test_a_bad_item_deep_in_a_large_batch_is_named_and_nothing_is_written(
-    api: httpx.AsyncClient, store: Store
+    api: httpx.AsyncClient, store: Store, db_url: str
 ) -> None:
     items: list[dict[str, object]] = [{"payload": {"i": i}} for i in range(2_500)]
     items[2_345] = {"payload": {"i": 1}, "options": {"maxAttempts": 0}}
@@ -255,3 +256,4 @@ async def test_a_bad_item_deep_in_a_large_batch_is_named_and_nothing_is_written(
     resp = await api.post(f"/api/v1/tasks/{ITEM_TASK.id}/batch", json={"items": items[:2_000]})
     assert resp.status_code == 200 and resp.json()["runCount"] == 2_000
     assert _runs(store) == 2_000
+    check_liveness(db_url)
