@@ -8,6 +8,9 @@ from ._errors import ConfigurationError
 
 DEFAULT_ENV = "dev"
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+# A batch body is read whole before its runs are inserted in one transaction, and parsing
+# it takes several times its size in memory: this bounds what one request can hold.
+DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 30 * 24 * 3600.0
 
 
@@ -38,6 +41,10 @@ class Settings:
     @property
     def max_payload_bytes(self) -> int:
         return int(_float("OUTLAST_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES))
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return int(_float("OUTLAST_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES))
 
     @property
     def inplace_sleep_seconds(self) -> float:

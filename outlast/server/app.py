@@ -4,7 +4,7 @@ Stateless: everything lives in the store, so several servers behind a load balan
 against one PostgreSQL behave as one.
 """
 
-import os
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -21,18 +21,20 @@ from ..store.base import Store
 from . import errors
 from .api import build_router
 from .auth import KeyChecker
+from .bodies import batch_limit, too_large_message
 from .compat import JwtHeader, build_compat_router
 from .schedules_api import build_schedules_router
 
 
 class BodyLimit:
     """413 before a large body reaches the app: by Content-Length up front, or by counting a
-    chunked body as it streams in. Batch endpoints get a larger allowance."""
+    chunked body as it streams in. The batch routes get the batch limit, and count a
+    chunked body themselves as they read it (bodies.read_limited), so it is never held
+    here whole first."""
 
-    def __init__(self, app: ASGIApp, limit: int, batch_limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self.batch_limit = batch_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -41,13 +43,17 @@ class BodyLimit:
         path: str = scope["path"]
         # The batch routes only: a task whose id merely contains "batch" gets no more.
         is_batch = path.endswith("/batch") or path.startswith("/api/v3/batches")
-        limit = self.batch_limit if is_batch else self.limit
+        limit = batch_limit() if is_batch else self.limit
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit():
             if int(declared) > limit:
-                await _too_large(send, limit)
+                await _too_large(send, too_large_message(limit) if is_batch else
+                                 f"the request body is over {limit} bytes")
                 return
             # The HTTP server delivers no more than the declared length.
+            await self.app(scope, receive, send)
+            return
+        if _READS_ITS_OWN_BODY.fullmatch(path):
             await self.app(scope, receive, send)
             return
         # No length (chunked): read the body here, counting. Raising from inside the app's
@@ -61,7 +67,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > limit:
-                await _too_large(send, limit)
+                await _too_large(send, f"the request body is over {limit} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -73,6 +79,12 @@ class BodyLimit:
             return pending.pop() if pending else await receive()
 
         await self.app(scope, replay, send)
+
+
+# The routes that read the raw body under the batch limit (bodies.read_limited).
+_READS_ITS_OWN_BODY = re.compile(
+    r"/api/v1/tasks/[^/]+/batch|/api/v2/tasks/batch|/api/v3/batches/[^/]+/items"
+)
 
 
 class NoNul:
@@ -94,9 +106,8 @@ class NoNul:
         await self.app(scope, receive, send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = errors.error_body("payload_too_large", f"the request body is over {limit} bytes")
-    await _error(send, 413, body)
+async def _too_large(send: Send, message: str) -> None:
+    await _error(send, 413, errors.error_body("payload_too_large", message, "body"))
 
 
 async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
@@ -154,8 +165,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.request_validation)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
 
+    # On the loop, not in the thread pool: whether the process is up should not queue
+    # behind other requests' work.
     @app.get("/api/v1/health", tags=["health"], summary="The process is up")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
 
     @app.get("/api/v1/ready", tags=["health"], summary="The database answers")
@@ -181,9 +194,5 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     limit = settings().max_payload_bytes
     app.add_middleware(JwtHeader)
     app.add_middleware(NoNul)
-    app.add_middleware(
-        BodyLimit,
-        limit=limit * 2 + 64 * 1024,
-        batch_limit=int(os.environ.get("OUTLAST_MAX_BATCH_BYTES", 256 * 1024 * 1024)),
-    )
+    app.add_middleware(BodyLimit, limit=limit * 2 + 64 * 1024)
     return app

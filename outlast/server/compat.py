@@ -13,14 +13,16 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ValidationError
 from .._ids import new_id
 from ..store.base import Store
 from ..waitpoints import signature
+from .bodies import MAX_BATCH_ITEMS, json_response, read_limited
 
 _ADDITIONAL_KEY_PREFIXES = ("tr_dev_sk_", "tr_stg_sk_", "tr_prod_sk_", "tr_preview_sk_")
 
@@ -41,7 +43,7 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
 
 
 class BatchCreate(BaseModel):
-    runCount: int = Field(..., gt=0, le=100_000)
+    runCount: int = Field(..., gt=0, le=MAX_BATCH_ITEMS)
     idempotencyKey: str | None = Field(None, max_length=2048)
 
 
@@ -109,26 +111,15 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
         store.remember_request(env, f"v3batch-meta:{batch_id}", meta)
         return {"id": batch_id, "runCount": body.runCount, "isCached": False}
 
-    @router.post("/api/v3/batches/{batch_id}/items",
-                 summary="Stream a batch's items as NDJSON; a resend is deduplicated")
-    async def batch_items(batch_id: str, request: Request, env: Env) -> dict[str, Any]:
-        ctype = request.headers.get("content-type", "")
-        if "ndjson" not in ctype and "json" not in ctype:
-            return JSONResponse(  # type: ignore[return-value]
-                {"error": "send items as application/x-ndjson", "code": "unsupported_media_type"},
-                status_code=415,
-            )
+    def seal_batch(env: str, batch_id: str, raw: bytearray) -> Response:
         meta_raw, known = store.remember_request(env, f"v3batch-meta:{batch_id}", "{}")
         meta = orjson.loads(meta_raw) if known else {}
         batch_key = meta.get("key")
         items: dict[int, dict[str, Any]] = {}
-        buffer = b""
-        async for chunk in request.stream():
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                _add_item(items, line)
-        _add_item(items, buffer)
+        for line in raw.split(b"\n"):
+            _add_item(items, line)
+        if len(items) > MAX_BATCH_ITEMS:
+            raise ValidationError(f"a batch has at most {MAX_BATCH_ITEMS} items", field="items")
         runs = []
         for index in sorted(items):
             item = items[index]
@@ -139,7 +130,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
             runs.append(prepare(env, str(item.get("task") or ""), item.get("payload"), options,
                                 f"items[{index}]"))
         results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
-        return {
+        return json_response({
             "id": batch_id,
             "itemsAccepted": len(results),
             "itemsDeduplicated": len(results) if cached else 0,
@@ -147,7 +138,21 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
             "enqueuedCount": len(results),
             "expectedCount": int(meta.get("runCount") or len(results)),
             "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
-        }
+        })
+
+    @router.post("/api/v3/batches/{batch_id}/items",
+                 summary="Stream a batch's items as NDJSON; a resend is deduplicated")
+    async def batch_items(batch_id: str, request: Request, env: Env) -> Response:
+        ctype = request.headers.get("content-type", "")
+        if "ndjson" not in ctype and "json" not in ctype:
+            return JSONResponse(
+                {"error": "send items as application/x-ndjson", "code": "unsupported_media_type"},
+                status_code=415,
+            )
+        # Read on the loop (under the batch limit), parsed and inserted in a thread: see
+        # bodies.py.
+        raw = await read_limited(request)
+        return await run_in_threadpool(seal_batch, env, batch_id, raw)
 
     @router.post("/api/v1/auth/jwt/claims", summary="Claims for a public access token")
     def claims(env: Env) -> dict[str, Any]:
@@ -156,7 +161,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
     return router
 
 
-def _add_item(items: dict[int, dict[str, Any]], line: bytes) -> None:
+def _add_item(items: dict[int, dict[str, Any]], line: bytes | bytearray) -> None:
     if not line.strip():
         return
     try:

@@ -54,7 +54,7 @@ from .base import (
     WorkerInfo,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 log = logging.getLogger(__name__)
 
@@ -1079,6 +1079,21 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         with self._transaction() as tx:
             tx.x("insert_setting", key=key, value=value)
             return str(tx.q("get_setting", key=key)[0]["value"])
+
+    # -- dashboard sessions ---------------------------------------------------------------
+    def create_dashboard_session(self, id_hash: str, expires_at: float) -> None:
+        now = self.now()
+        with self._transaction() as tx:
+            tx.x("delete_expired_dashboard_sessions", now=now)
+            tx.x("insert_dashboard_session", id_hash=id_hash, now=now, expires_at=expires_at)
+
+    def dashboard_session_alive(self, id_hash: str) -> bool:
+        with self._transaction() as tx:
+            return bool(tx.q("find_dashboard_session", id_hash=id_hash, now=self.now()))
+
+    def end_dashboard_session(self, id_hash: str) -> None:
+        with self._transaction() as tx:
+            tx.x("delete_dashboard_session", id_hash=id_hash)
 
 
 def _step_row(op: StepDone) -> Row:

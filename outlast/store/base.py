@@ -475,6 +475,17 @@ class Store(abc.ABC):
     def set_setting_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless a value exists; return the stored one."""
 
+    # -- dashboard sessions: the SHA-256 of a login's session id, until logout or expiry --
+    @abc.abstractmethod
+    def create_dashboard_session(self, id_hash: str, expires_at: float) -> None:
+        """Keep a login (and forget expired ones)."""
+
+    @abc.abstractmethod
+    def dashboard_session_alive(self, id_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    def end_dashboard_session(self, id_hash: str) -> None: ...
+
     @abc.abstractmethod
     def live_task_ids(self, env: str) -> set[str]:
         """Task ids served by at least one live worker."""

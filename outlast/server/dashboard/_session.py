@@ -1,6 +1,10 @@
 """Dashboard sessions: a signed cookie holding the login, the CSRF token, the selected
-environment and one flash message. Nothing is kept on the server, so any number of
-servers against one database share sessions.
+environment and one flash message.
+
+A login is also kept in the database (``dashboard_sessions``: the SHA-256 of a random
+session id the cookie carries), so a logout ends it for good: a copy of the cookie taken
+before the logout no longer signs anyone in. Any number of servers against one database
+share sessions.
 
 The signing key is derived from a random server secret (kept in the store's settings,
 created once) and the dashboard password: changing the password signs everyone out.
@@ -33,6 +37,7 @@ class Session:
     auth: bool = False
     issued: float = field(default_factory=time.time)
     flash: tuple[str, str] | None = None
+    sid: str | None = None  # the login's id in dashboard_sessions (hashed there)
     dirty: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,6 +45,7 @@ class Session:
             "csrf": self.csrf,
             "env": self.env,
             "auth": self.auth,
+            "sid": self.sid,
             "issued": self.issued,
             "flash": list(self.flash) if self.flash else None,
         }
@@ -62,6 +68,10 @@ class Session:
 def new_session() -> Session:
     """A fresh session, in the server's environment (OUTLAST_ENV, default dev)."""
     return Session(csrf=secrets.token_urlsafe(32), env=settings().env, dirty=True)
+
+
+def _hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 def _b64(data: bytes) -> str:
@@ -121,7 +131,36 @@ class Signer:
             issued=float(data["issued"]),
             flash=(str(flash[0]), str(flash[1])) if isinstance(flash, list) and len(flash) == 2
             else None,
+            sid=str(data["sid"]) if data.get("sid") else None,
         )
+
+    def load(self, cookie: str | None) -> Session:
+        """The cookie's session, signed out if its login has ended on the server (logout,
+        expiry), or a new one."""
+        session = self.loads(cookie)
+        if session is None:
+            return new_session()
+        if session.auth and not (session.sid and self.store.dashboard_session_alive(
+                _hash(session.sid))):
+            session.auth, session.sid = False, None
+            session.csrf = secrets.token_urlsafe(32)
+            session.dirty = True
+        return session
+
+    def sign_in(self, session: Session) -> None:
+        """Start a login: a new session id, kept (hashed) on the server until logout."""
+        session.sid = secrets.token_urlsafe(32)
+        self.store.create_dashboard_session(_hash(session.sid), self.store.now() + MAX_AGE)
+        session.auth = True
+        session.csrf = secrets.token_urlsafe(32)  # a new token for the signed-in session
+        session.dirty = True
+
+    def sign_out(self, session: Session) -> None:
+        if session.sid:
+            self.store.end_dashboard_session(_hash(session.sid))
+        session.auth, session.sid = False, None
+        session.csrf = secrets.token_urlsafe(32)
+        session.dirty = True
 
     def check_password(self, attempt: str) -> bool:
         if not self.password:

@@ -27,7 +27,8 @@ from ... import __version__
 from ..._errors import InvalidState, OutlastError, ValidationError
 from ...store.base import Store
 from . import _fmt
-from ._session import COOKIE, MAX_AGE, Session, Signer, new_session
+from ._session import COOKIE, MAX_AGE, Session, Signer
+from ._throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Dashboard:
         self.require_login = require_login
         self.password = password
         self.signer = Signer(store, password)
+        self.throttle = LoginThrottle()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("outlast.server.dashboard", "templates"),
             autoescape=True,
@@ -156,9 +158,7 @@ class Dashboard:
     async def _handle(self, request: Request, view: View, *, public: bool, api: bool
                       ) -> Response:
         cookie = request.cookies.get(COOKIE)
-        session = await run_in_threadpool(self.signer.loads, cookie)
-        if session is None:
-            session = new_session()
+        session = await run_in_threadpool(self.signer.load, cookie)
         ctx = Ctx(self, request, session)
         response = await self._guarded(ctx, view, public=public, api=api)
         if session.dirty:

@@ -931,6 +931,21 @@ SELECT value FROM settings WHERE key = :key;
 -- name: insert_setting
 INSERT INTO settings (key, value) VALUES (:key, :value) ON CONFLICT DO NOTHING;
 
+-- Dashboard sessions ------------------------------------------------------------------------
+
+-- name: insert_dashboard_session
+INSERT INTO dashboard_sessions (id_hash, created_at, expires_at)
+VALUES (:id_hash, :now, :expires_at);
+
+-- name: find_dashboard_session
+SELECT id_hash FROM dashboard_sessions WHERE id_hash = :id_hash AND expires_at > :now;
+
+-- name: delete_dashboard_session
+DELETE FROM dashboard_sessions WHERE id_hash = :id_hash;
+
+-- name: delete_expired_dashboard_sessions
+DELETE FROM dashboard_sessions WHERE expires_at <= :now;
+
 -- Trigger.dev SDK compatibility -----------------------------------------------------------
 
 -- name: reset_idempotency_key

@@ -208,6 +208,15 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 
+-- Dashboard logins: the SHA-256 of the session id a signed cookie carries. A logout
+-- deletes the row, and a cookie whose row is gone or expired is signed out.
+CREATE TABLE dashboard_sessions (
+    id_hash TEXT PRIMARY KEY,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+
 -- Large payloads uploaded before a trigger (the Trigger.dev SDK offloads packets of
 -- 128 KB or more to a presigned URL, then triggers with the storage path).
 CREATE TABLE packets (
