@@ -42,6 +42,15 @@ def loads(text: str | bytes | None) -> Any:
     return orjson.loads(text)
 
 
+def plain_text(text: str | None) -> str | None:
+    """``text`` as every backend can keep it in a plain-text column (a log or error
+    message). PostgreSQL refuses NUL in text, so NUL is written as the six characters
+    ``\\u0000``, as JSON writes it, and on SQLite too: both backends read back the same."""
+    if text is None or "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\u0000")
+
+
 def to_json(value: Any, tp: Any = Any) -> str:
     """Serialize a value of type ``tp``; a clear SerializationError if it cannot be stored."""
     try:

@@ -1,0 +1,165 @@
+"""Poison input never wedges a worker (issue 16, defect 5).
+
+A NUL byte (or a lone surrogate) in text that task code logs, raises, stores or returns
+once made PostgreSQL refuse the commit batch carrying it; the committer retried that batch
+for ever and every run on the worker stopped with it. Now text in JSON columns keeps its
+NUL (JSON escapes it), plain-text columns (log and error messages) store it escaped as
+the six characters ``\\u0000`` on both backends, and what still cannot be stored (a step
+name with NUL, a lone surrogate) fails only the run that produced it, with the error code
+``unstorable_data``, while the rest of its batch commits.
+
+An in-process worker per phase; the FakeClock never moves, so no lease expires. Each
+phase is bounded: on the old code the first one times out with every run stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from outlast import Retry, Worker, logger, metadata, step, task
+from outlast.client import Client
+from outlast.runs import RunStatus
+from outlast.store.base import Store
+from outlast.tasks import Task
+
+from .invariant import check_liveness
+
+NUL = "bad\u0000byte"
+SURROGATE = "bad\ud800byte"
+ONCE = Retry(max_attempts=1)
+
+
+@task(id="poison-log", retry=ONCE)
+async def log_line(p: dict[str, str]) -> str:
+    logger.info(p["s"])  # a plain-text message
+    logger.info("field", value=p["s"])  # a JSON field
+    return "ok"
+
+
+@task(id="poison-step-error", retry=ONCE)
+async def step_error(p: dict[str, str]) -> str:
+    def boom() -> str:
+        raise ValueError(p["s"])
+
+    return str(await step.run("boom", boom))
+
+
+@task(id="poison-step-output", retry=ONCE)
+async def step_output(p: dict[str, str]) -> str:
+    async def echo() -> str:
+        return p["s"]
+
+    return str(await step.run("echo", echo))
+
+
+@task(id="poison-metadata", retry=ONCE)
+async def set_metadata(p: dict[str, str]) -> str:
+    metadata.set("k", p["s"])
+    return "ok"
+
+
+@task(id="poison-output", retry=ONCE)
+async def output(p: dict[str, str]) -> str:
+    return p["s"]
+
+
+@task(id="poison-task-error", retry=ONCE)
+async def task_error(p: dict[str, str]) -> str:
+    raise ValueError(p["s"])
+
+
+@task(id="poison-step-name", retry=ONCE)
+async def step_name(p: dict[str, str]) -> str:
+    async def one() -> int:
+        return 1
+
+    await step.run(f"fetch {p['s']}", one)
+    return "ok"
+
+
+@task(id="poison-surrogate-log", retry=ONCE)
+async def surrogate_log(p: dict[str, str]) -> str:
+    logger.info(SURROGATE)
+    return "ok"
+
+
+@task(id="poison-neighbour")
+async def neighbour(p: dict[str, int]) -> int:
+    async def double() -> int:
+        return 2 * p["n"]
+
+    logger.info("neighbour", n=p["n"])
+    return int(await step.run("double", double))
+
+
+TASKS: list[Task[Any, Any]] = [
+    log_line, step_error, step_output, set_metadata, output, task_error, step_name,
+    surrogate_log, neighbour,
+]
+
+
+async def _drain(store: Store) -> None:
+    """One fresh worker, run until idle, bounded: a wedged committer fails the test."""
+    w = Worker(store, tasks={t.id: t for t in TASKS}, env="dev", concurrency=20)
+    done = asyncio.create_task(w.run_until_idle(max_seconds=30))
+    finished, _ = await asyncio.wait({done}, timeout=40)
+    assert finished, "the worker wedged: its committer never finished a batch"
+    await done
+    await asyncio.wait_for(w.shutdown(grace=0), 20)
+
+
+async def _trigger_all(n: int) -> dict[str, str]:
+    ids = {t.id: (await t.trigger({"s": NUL})).id for t in TASKS if t is not neighbour}
+    for i in range(n):
+        ids[f"neighbour-{i}"] = (await neighbour.trigger({"n": i})).id
+    return ids
+
+
+def _error(client: Client, run_id: str) -> dict[str, Any]:
+    run = client.retrieve(run_id)
+    assert run.status == RunStatus.FAILED, (run.status, run.error)
+    assert run.error is not None
+    return run.error
+
+
+async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
+    store: Store, client: Client, db_url: str
+) -> None:
+    ids = await _trigger_all(20)
+    await _drain(store)
+
+    for i in range(20):
+        run = client.retrieve(ids[f"neighbour-{i}"])
+        assert run.status == RunStatus.COMPLETED, (run.status, run.error)
+        assert run.output == 2 * i
+
+    # JSON columns keep the NUL; plain-text messages hold it escaped, on both backends.
+    run = client.retrieve(ids["poison-log"])
+    assert run.status == RunStatus.COMPLETED, run.error
+    logs = [(e.message, e.data) for e in store.events(run.id) if e.kind == "log"]
+    assert logs == [("bad\\u0000byte", None), ("field", {"value": NUL})]
+    for tid in ("poison-step-output", "poison-output"):
+        run = client.retrieve(ids[tid])
+        assert (run.status, run.output) == (RunStatus.COMPLETED, NUL), run.error
+    run = client.retrieve(ids["poison-metadata"])
+    assert (run.status, run.metadata) == (RunStatus.COMPLETED, {"k": NUL}), run.error
+    assert _error(client, ids["poison-task-error"])["message"] == NUL
+    assert _error(client, ids["poison-step-error"])["message"] == NUL
+    failed = [e.message for e in store.events(ids["poison-step-error"])
+              if e.kind == "step_failed"]
+    assert failed == ["step 'boom' failed: ValueError: bad\\u0000byte"]
+
+    # What no backend can store fails its own run, with a code that says so.
+    for tid in ("poison-step-name", "poison-surrogate-log"):
+        error = _error(client, ids[tid])
+        assert error["code"] == "unstorable_data", error
+        assert "could not be stored" in error["message"], error
+
+    # A second worker takes new work, poison included, and is not wedged either.
+    again = await _trigger_all(5)
+    await _drain(store)
+    for i in range(5):
+        assert client.retrieve(again[f"neighbour-{i}"]).status == RunStatus.COMPLETED
+    assert _error(client, again["poison-step-name"])["code"] == "unstorable_data"
+    check_liveness(db_url)
