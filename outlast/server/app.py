@@ -153,6 +153,8 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.add_exception_handler(OutlastError, errors.outlast_error)
     app.add_exception_handler(RequestValidationError, errors.request_validation)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    for refused in errors.refused_classes():
+        app.add_exception_handler(refused, errors.refused_value)
 
     @app.get("/api/v1/health", tags=["health"], summary="The process is up")
     def health() -> dict[str, Any]:
