@@ -23,7 +23,10 @@ MAX_NAME_BYTES = 255  # queue names
 MAX_TAG_CHARS = 128
 MAX_TAGS = 10
 MAX_INT = 2**31 - 1  # queue limits: INTEGER columns
-MAX_SECONDS = 100 * 365 * 86400.0  # delays, TTLs, durations, a priority's head start
+# Delays, TTLs, durations, a priority's head start: longer than any wait makes sense,
+# short enough that every moment it yields is a date (a timestamp past year 9999 cannot
+# be written in ISO 8601: a 500 on every later read).
+MAX_SECONDS = 100 * 365 * 86400.0
 MAX_ID = 2**53  # event ids and other cursors: exact in a JSON number
 
 

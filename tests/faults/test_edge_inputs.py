@@ -14,9 +14,14 @@ a 5xx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +37,8 @@ from outlast.server import create_app
 from outlast.server.auth import create_key
 from outlast.store import open_store
 from outlast.store.base import QueueSpec, Store, TaskDef
+
+from ..conftest import ROOT
 
 ANY = TaskDef(id="edge-any", queue="task/edge-any", payload_schema={}, spec={})
 TRIGGER = "/api/v1/tasks/edge-any/trigger"
@@ -255,3 +262,46 @@ def test_no_trigger_is_a_server_error(
     assert resp.status_code < 500, (options, resp.text)
     if resp.status_code >= 400:
         assert resp.json()["code"], resp.text
+
+
+# -- the CLI on a full or read-only disk ---------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: the test fills it, then remounts it read-only. Needs root (mount)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _outlast(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "outlast", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_cli_write_errors_are_one_line_not_a_traceback(small_disk: Path) -> None:
+    url = f"sqlite:///{small_disk}/outlast.db"
+    assert _outlast("migrate", "--database-url", url).returncode == 0
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb") as f:
+        while True:  # until the disk is full
+            f.write(b"\0" * 4096)
+            f.flush()
+    full = _outlast("keys", "create", "--database-url", url, "--env", "dev")
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    read_only = _outlast("keys", "create", "--database-url", url, "--env", "dev")
+    for done, code in ((full, "disk_full_or_failing"), (read_only, "database_read_only")):
+        assert done.returncode == 1, done
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error [{code}]: "), done.stderr
+        assert done.stdout == "", done.stdout
