@@ -264,6 +264,32 @@ def test_no_trigger_is_a_server_error(
         assert resp.json()["code"], resp.text
 
 
+_TOKEN_NAMES = ["timeout", "idempotencyKey", "idempotencyKeyTTL", "tags"]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    token=st.dictionaries(st.sampled_from(_TOKEN_NAMES), _json, max_size=4),
+    items=st.lists(_options_st, min_size=1, max_size=3),
+)
+def test_no_token_or_batch_is_a_server_error(
+    served: Served, token: dict[str, Any], items: list[dict[str, Any]]
+) -> None:
+    try:
+        bodies = [
+            ("/api/v1/waitpoints/tokens", orjson.dumps(token, option=orjson.OPT_NON_STR_KEYS)),
+            ("/api/v1/tasks/edge-any/batch", orjson.dumps(
+                {"items": [{"payload": i, "options": o} for i, o in enumerate(items)]},
+                option=orjson.OPT_NON_STR_KEYS)),
+        ]
+    except orjson.JSONEncodeError:
+        return
+    for path, body in bodies:
+        resp = served.post(path, body, {"content-type": "application/json"})
+        assert resp.status_code < 500, (path, body[:300], resp.text)
+
+
 # -- the CLI on a full or read-only disk ---------------------------------------------------
 
 
