@@ -31,12 +31,13 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from outlast._errors import ValidationError
+from outlast._errors import ConfigurationError, ValidationError
 from outlast.client import Client
 from outlast.server import create_app
 from outlast.server.auth import create_key
 from outlast.store import open_store
 from outlast.store.base import QueueSpec, Store, TaskDef
+from outlast.tasks import Queue
 
 from ..conftest import ROOT
 
@@ -197,6 +198,10 @@ def test_the_python_client_checks_the_same(store: Store) -> None:
     assert caught.value.field == "idempotency_key"
     with pytest.raises(ValidationError):
         client.set_queue_limit("edge-q", 2**40)
+    for limits in ({"concurrency_limit": 2**40}, {"global_limit": True},
+                   {"rate_limit": (2**70, 1.0)}):
+        with pytest.raises(ConfigurationError):
+            Queue("edge-big", **limits)
     assert sum(sum(by.values()) for by in store.count_runs("dev").values()) == 0
     assert store.list_waitpoints("dev") == []
 
