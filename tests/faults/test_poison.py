@@ -15,7 +15,11 @@ phase is bounded: on the old code the first one times out with every run stuck.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
+
+import psycopg
+import pytest
 
 from outlast import Retry, Worker, logger, metadata, step, task
 from outlast.client import Client
@@ -163,3 +167,26 @@ async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
         assert client.retrieve(again[f"neighbour-{i}"]).status == RunStatus.COMPLETED
     assert _error(client, again["poison-step-name"])["code"] == "unstorable_data"
     check_liveness(db_url)
+
+
+async def test_a_lost_connection_is_retried_as_it_was_not_split(
+    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other half of the rule: a batch that fails because the database is unwell
+    (locked, disconnected) is retried whole, and fails no run."""
+    left = [3]
+    real = store.apply_and_claim
+
+    def flaky(worker_id: str, ops: Any, *args: Any, **kwargs: Any) -> Any:
+        if ops and left[0] > 0:
+            left[0] -= 1
+            if backend == "sqlite":
+                raise sqlite3.OperationalError("database is locked")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(worker_id, ops, *args, **kwargs)
+
+    monkeypatch.setattr(store, "apply_and_claim", flaky)
+    ids = [(await neighbour.trigger({"n": i})).id for i in range(5)]
+    await _drain(store)
+    assert left == [0]
+    assert [client.retrieve(i).output for i in ids] == [0, 2, 4, 6, 8]
