@@ -248,23 +248,25 @@ class Committer:
         to the operations at fault: each of those fails its run, the rest commit. A run's
         later operations are then fenced out by its final status, like a lost lease's."""
         if len(ops) == 1:
-            return [await self._poisoned(ops[0])]
+            return [await self._alone(ops[0])]
         half = len(ops) // 2
         ok: list[bool] = []
         for part in (ops[:half], ops[half:]):
+            if len(part) == 1:
+                ok.append(await self._alone(part[0]))
+                continue
             try:
                 ok += (await self._commit(part, 0, {}))[0]
             except _Refused:
                 ok += await self._split(part)
         return ok
 
-    async def _poisoned(self, op: Op) -> bool:
-        """Fail the run of ``op``, which the database refuses to store whatever happens
-        (retrying it would stop every run of this worker behind it, C10). False: ``op``
-        did not commit, and the run's code stops as if its lease were lost."""
+    async def _alone(self, op: Op) -> bool:
+        """Commit ``op`` by itself; if the database refuses that too, fail its run:
+        retrying would stop every run of this worker behind it (C10). False: ``op`` did
+        not commit, and the run's code stops as if its lease were lost."""
         try:
-            await self._commit([op], 0, {})
-            return True  # refused only beside others (a batch conflict): it stands alone
+            return (await self._commit([op], 0, {}))[0][0]
         except _Refused as refused:
             reason = str(refused.cause).encode("ascii", "backslashreplace").decode()
         what = _described(op)
