@@ -88,6 +88,15 @@ async def surrogate_log(p: dict[str, str]) -> str:
     return "ok"
 
 
+@task(id="poison-surrogate-step-name", retry=ONCE)
+async def surrogate_step_name(p: dict[str, str]) -> str:
+    async def one() -> int:
+        return 1
+
+    await step.run(SURROGATE, one)
+    return "ok"
+
+
 @task(id="poison-neighbour")
 async def neighbour(p: dict[str, int]) -> int:
     async def double() -> int:
@@ -99,7 +108,7 @@ async def neighbour(p: dict[str, int]) -> int:
 
 TASKS: list[Task[Any, Any]] = [
     log_line, step_error, step_output, set_metadata, output, task_error, step_name,
-    surrogate_log, neighbour,
+    surrogate_log, surrogate_step_name, neighbour,
 ]
 
 
@@ -154,8 +163,13 @@ async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
               if e.kind == "step_failed"]
     assert failed == ["step 'boom' failed: ValueError: bad\\u0000byte"]
 
+    run = client.retrieve(ids["poison-surrogate-log"])
+    assert run.status == RunStatus.COMPLETED, run.error
+    logs = [e.message for e in store.events(run.id) if e.kind == "log"]
+    assert logs == ["bad\\ud800byte"]
+
     # What no backend can store fails its own run, with a code that says so.
-    for tid in ("poison-step-name", "poison-surrogate-log"):
+    for tid in ("poison-step-name", "poison-surrogate-step-name"):
         error = _error(client, ids[tid])
         assert error["code"] == "unstorable_data", error
         assert "could not be stored" in error["message"], error
