@@ -80,10 +80,10 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
     @router.put("/api/v1/packet-uploads/{env}/{sig}/{filename:path}",
                 summary="Upload a packet to its signed URL (no API key)")
     async def upload(env: str, sig: str, filename: str, request: Request) -> JSONResponse:
+        _limits.text(filename, "filename")  # a packet's key in the database
         if not hmac.compare_digest(sig.encode(), _packet_signature(store, env, filename).encode()):
             return JSONResponse({"error": "invalid upload signature", "code": "unauthorized"},
                                 status_code=401)
-        _limits.text(filename, "filename")
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
         try:
@@ -103,7 +103,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
 
     @router.post("/api/v3/batches", status_code=202, summary="Open a streamed batch")
     def create_batch(body: BatchCreate, env: Env) -> dict[str, Any]:
-        if body.idempotencyKey is not None:
+        if body.idempotencyKey:  # stored in a unique index: its row has a size limit
             _limits.text(body.idempotencyKey, "idempotencyKey")
         batch_id = new_id("batch")
         if body.idempotencyKey:
