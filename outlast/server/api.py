@@ -53,6 +53,18 @@ _WIRE = {
 }
 
 
+def _as_on_the_wire(exc: ValidationError) -> ValidationError:
+    """An option's error (checked in build_run, where every trigger path meets) named as
+    the request spells it: ``concurrency_key`` -> ``options.concurrencyKey``."""
+    if exc.field not in _WIRE:
+        return exc
+    wire = f"options.{_WIRE[exc.field]}"
+    message = exc.message
+    if message.startswith(exc.field):
+        message = wire + message[len(exc.field):]
+    return type(exc)(message, field=wire)
+
+
 class QueueRef(BaseModel):
     name: Text
 
@@ -209,18 +221,11 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             payload, payload_type = resolve_payload(store, env, payload, payload_type)
             return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
         except ValidationError as exc:
-            if exc.field in _WIRE:  # an option, checked where every trigger path meets
-                wire = f"options.{_WIRE[exc.field]}"
-                message = exc.message
-                if message.startswith(exc.field):
-                    message = wire + message[len(exc.field):]
-                exc = type(exc)(message, field=wire)
-                if not where:
-                    raise exc from None
+            err = _as_on_the_wire(exc)
             if not where:
-                raise
-            field = f"{where}.{exc.field}" if exc.field else where
-            raise type(exc)(f"{where}: {exc.message}", field=field) from None
+                raise err from None
+            field = f"{where}.{err.field}" if err.field else where
+            raise type(err)(f"{where}: {err.message}", field=field) from None
 
     def _trigger(env: str, runs: list[NewRun], key: str | None) -> list[TriggerResponse]:
         if key:
