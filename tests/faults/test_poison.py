@@ -18,12 +18,15 @@ import asyncio
 import sqlite3
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from outlast import Retry, Worker, logger, metadata, step, task
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.server import create_app
+from outlast.server.auth import create_key
 from outlast.store.base import Store
 from outlast.tasks import Task
 
@@ -129,6 +132,16 @@ async def _trigger_all(n: int) -> dict[str, str]:
     return ids
 
 
+async def _trigger_over_http(store: Store, task_id: str, payload: Any) -> str:
+    app = create_app(store, dashboard=False)
+    headers = {"Authorization": f"Bearer {create_key(store, 'dev').secret}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://outlast.test", headers=headers) as http:
+        resp = await http.post(f"/api/v1/tasks/{task_id}/trigger", json={"payload": payload})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
 def _error(client: Client, run_id: str) -> dict[str, Any]:
     run = client.retrieve(run_id)
     assert run.status == RunStatus.FAILED, (run.status, run.error)
@@ -140,6 +153,7 @@ async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
     store: Store, client: Client, db_url: str
 ) -> None:
     ids = await _trigger_all(20)
+    ids["over-http"] = await _trigger_over_http(store, "poison-log", {"s": NUL})
     await _drain(store)
 
     for i in range(20):
@@ -148,10 +162,12 @@ async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
         assert run.output == 2 * i
 
     # JSON columns keep the NUL; plain-text messages hold it escaped, on both backends.
-    run = client.retrieve(ids["poison-log"])
-    assert run.status == RunStatus.COMPLETED, run.error
-    logs = [(e.message, e.data) for e in store.events(run.id) if e.kind == "log"]
-    assert logs == [("bad\\u0000byte", None), ("field", {"value": NUL})]
+    for key in ("poison-log", "over-http"):  # the HTTP API takes the NUL in a payload
+        run = client.retrieve(ids[key])
+        assert run.status == RunStatus.COMPLETED, run.error
+        assert run.payload == {"s": NUL}
+        logs = [(e.message, e.data) for e in store.events(run.id) if e.kind == "log"]
+        assert logs == [("bad\\u0000byte", None), ("field", {"value": NUL})]
     for tid in ("poison-step-output", "poison-output"):
         run = client.retrieve(ids[tid])
         assert (run.status, run.output) == (RunStatus.COMPLETED, NUL), run.error
