@@ -200,7 +200,7 @@ async def test_poison_fails_only_its_run_and_never_wedges_a_worker(
 
 
 async def test_a_lost_connection_is_retried_as_it_was_not_split(
-    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, client: Client, db_url: str, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The other half of the rule: a batch that fails because the database is unwell
     (locked, disconnected) is retried whole, and fails no run."""
@@ -220,3 +220,4 @@ async def test_a_lost_connection_is_retried_as_it_was_not_split(
     await _drain(store)
     assert left == [0]
     assert [client.retrieve(i).output for i in ids] == [0, 2, 4, 6, 8]
+    check_liveness(db_url)
