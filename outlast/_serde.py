@@ -42,6 +42,21 @@ def loads(text: str | bytes | None) -> Any:
     return orjson.loads(text)
 
 
+def plain_text(text: str | None) -> str | None:
+    """``text`` as every backend can keep it in a plain-text column (a log or error
+    message). PostgreSQL refuses NUL in text, so NUL is written as the six characters
+    ``\\u0000``, as JSON writes it, and on SQLite too: both backends read back the same.
+    A lone surrogate, which no database can encode, is written as its ``\\udXXX`` escape."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def to_json(value: Any, tp: Any = Any) -> str:
     """Serialize a value of type ``tp``; a clear SerializationError if it cannot be stored."""
     try:

@@ -809,7 +809,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutlastError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
+    except _environment_errors() as exc:
+        # The database or the disk refused (full, read-only, unreachable): the operator's
+        # to fix, so one line saying what, not a traceback through outlast's code.
+        log.debug("command failed", exc_info=True)
+        print(f"error [{_environment_code(exc)}]: {_first_line(exc)}", file=sys.stderr)
+        return 1
     return code
+
+
+def _environment_errors() -> tuple[type[Exception], ...]:
+    import sqlite3
+
+    errors: tuple[type[Exception], ...] = (sqlite3.OperationalError, sqlite3.DatabaseError,
+                                           OSError)
+    if "psycopg" in sys.modules:  # imported by a PostgreSQL store, if one was opened
+        import psycopg
+
+        errors += (psycopg.OperationalError,)
+    return errors
+
+
+def _environment_code(exc: Exception) -> str:
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text:
+        return "database_read_only"
+    if "full" in text or "no space" in text or "disk i/o" in text:
+        return "disk_full_or_failing"
+    return "database_unavailable" if not isinstance(exc, OSError) else "os_error"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

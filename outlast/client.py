@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from . import _serde
+from . import _limits, _serde
 from ._clock import Clock
 from ._config import settings
 from ._errors import ConfigurationError, RunNotFound, UnknownTask, ValidationError
@@ -40,10 +40,12 @@ _MISSING: Any = object()
 _NO_OPTIONS = TriggerOptions()
 
 
-def _seconds(value: timedelta | float | None) -> float | None:
+def _seconds(value: timedelta | float | None, field: str = "timeout") -> float | None:
     if value is None:
         return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return _limits.seconds(
+        value.total_seconds() if isinstance(value, timedelta) else value, field
+    )
 
 
 class Client(ScheduleMethods):
@@ -238,10 +240,13 @@ class Client(ScheduleMethods):
     ) -> Token:
         from .waitpoints import callback_url
 
+        tags = _limits.tags(list(tags))
+        if idempotency_key is not None:
+            _limits.text(idempotency_key, "idempotency_key")
         seconds = _seconds(timeout)
         if self._http is not None:
             return self._http.create_token(
-                seconds, idempotency_key, _seconds(idempotency_key_ttl), tags
+                seconds, idempotency_key, _seconds(idempotency_key_ttl, "idempotency_key_ttl"), tags
             )
         store = self._ready()
         wp = store.create_token(
@@ -249,7 +254,7 @@ class Client(ScheduleMethods):
             new_id("waitpoint"),
             timeout_at=store.now() + seconds if seconds is not None else None,
             idempotency_key=idempotency_key,
-            idempotency_ttl=_seconds(idempotency_key_ttl),
+            idempotency_ttl=_seconds(idempotency_key_ttl, "idempotency_key_ttl"),
             tags=tags,
         )
         return Token(id=wp.id, callback_url=callback_url(store, wp.id), timeout_at=wp.timeout_at)
@@ -297,8 +302,8 @@ class Client(ScheduleMethods):
         return self._ready().update_queue(self.env, name, paused=False)
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        if limit is not None and limit < 0:
-            raise ValidationError("a concurrency limit is >= 0", field="limit")
+        if limit is not None:
+            _limits.integer(limit, "limit")
         if self._http is not None:
             return self._http.set_queue_limit(name, limit)
         return self._ready().update_queue(self.env, name, concurrency_limit=limit)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
-from . import _serde
+from . import _limits, _serde
 from ._errors import ConfigurationError, PayloadTooLarge, ValidationError
 from ._ids import new_id, new_ids
 from .runs import RunHandle, TaskRunResult
@@ -82,11 +82,16 @@ class Queue:
             raise ConfigurationError(f"invalid queue name {self.name!r}", field="queue")
         for name, value in (("concurrency_limit", self.concurrency_limit),
                             ("global_limit", self.global_limit)):
-            if value is not None and value < 0:
-                raise ConfigurationError(f"{name} must be >= 0", field=name)
+            if value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool)
+                and 0 <= value <= _limits.MAX_INT
+            ):
+                raise ConfigurationError(
+                    f"{name} must be an integer from 0 to {_limits.MAX_INT}", field=name
+                )
         if self.rate_limit is not None:
             n, per = self.rate_limit
-            if n < 1 or per <= 0:
+            if not 1 <= n <= _limits.MAX_INT or not 0 < per <= _limits.MAX_SECONDS:
                 raise ConfigurationError(
                     "rate_limit is (starts, per_seconds) with both positive", field="rate_limit"
                 )
@@ -113,10 +118,8 @@ def queue(
 def _seconds(value: timedelta | float | int | None, field_name: str) -> float | None:
     if value is None:
         return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds < 0:
-        raise ValidationError(f"{field_name} must not be negative", field=field_name)
-    return seconds
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return _limits.seconds(seconds, field_name)
 
 
 @dataclass(frozen=True)
@@ -378,20 +381,18 @@ def build_run(
     env: str,
 ) -> NewRun:
     """A NewRun from validated input; raises ValidationError naming the bad option."""
-    tags = list(dict.fromkeys([*default_tags, *options.tags]))
-    if len(tags) > 10:
-        raise ValidationError("at most 10 tags per run", field="tags")
-    for t in tags:
-        if not isinstance(t, str) or not 0 < len(t) <= 128:
-            raise ValidationError("a tag is a string of 1 to 128 characters", field="tags")
+    tags = _limits.tags([*default_tags, *options.tags])
     key = options.idempotency_key
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 512):
-        raise ValidationError(
-            "idempotency_key is a string of 1 to 512 characters", field="idempotency_key"
-        )
-    max_attempts = int(options.max_attempts or default_max_attempts)
-    if max_attempts < 1:
-        raise ValidationError("max_attempts must be at least 1", field="max_attempts")
+    if key is not None:
+        _limits.text(key, "idempotency_key")
+    ckey = options.concurrency_key
+    if ckey:
+        _limits.text(ckey, "concurrency_key")
+    if options.queue:
+        _limits.text(options.queue, "queue", max_bytes=_limits.MAX_NAME_BYTES)
+    max_attempts = _limits.integer(
+        options.max_attempts or default_max_attempts, "max_attempts", low=1, high=1000
+    )
     metadata = _serde.to_json(options.metadata or {})
     if not isinstance(options.metadata or {}, dict):
         raise ValidationError("metadata must be an object", field="metadata")
@@ -400,6 +401,10 @@ def build_run(
         from ._config import settings
 
         ttl = settings().idempotency_ttl
+    # A head start in seconds: a NaN or an infinity would never sort among the others.
+    priority = _limits.number(
+        options.priority or 0.0, "priority", low=0.0, high=_limits.MAX_SECONDS
+    )
     return NewRun(
         id=new_id("run"),
         env=env,
@@ -409,8 +414,8 @@ def build_run(
         max_attempts=max_attempts,
         tags=tags,
         metadata=metadata,
-        priority=float(options.priority or 0.0),
-        concurrency_key=options.concurrency_key or "",
+        priority=priority,
+        concurrency_key=ckey or "",
         idempotency_key=key,
         idempotency_ttl=ttl,
         delay=_seconds(options.delay, "delay") or None,

@@ -51,8 +51,12 @@ from .store.base import (
     EndSegment,
     Heartbeat,
     LifeLock,
+    LogLine,
     Op,
+    SetMetadata,
     StartDequeued,
+    StartWait,
+    StepDone,
     Store,
     WorkerInfo,
 )
@@ -197,6 +201,28 @@ class Committer:
     async def _apply(
         self, ops: list[Op], limit: int, reserve: Mapping[tuple[str, str], int]
     ) -> tuple[list[bool], list[Claim]]:
+        try:
+            return await self._commit(ops, limit, reserve)
+        except _Refused as refused:
+            log.warning(
+                "the database refused a batch of %d operations (%s); finding the ones at fault",
+                len(ops),
+                refused.cause,
+            )
+        ok = await self._split(ops)
+        claims: list[Claim] = []
+        if limit > 0 or reserve:
+            try:
+                _, claims = await self._commit([], limit, reserve)
+            except _Refused:
+                log.exception("a claim was refused on its data; claiming nothing now")
+        return ok, claims
+
+    async def _commit(
+        self, ops: list[Op], limit: int, reserve: Mapping[tuple[str, str], int]
+    ) -> tuple[list[bool], list[Claim]]:
+        """Commit ``ops`` (and claim, with a limit or reservations), retrying while the
+        database is unreachable; _Refused if it refused the batch's data."""
         claimer = self.claimer
 
         def commit() -> tuple[list[bool], list[Claim]]:
@@ -211,13 +237,82 @@ class Committer:
         while True:
             try:
                 return await asyncio.to_thread(commit)
-            except Exception:
+            except Exception as exc:
+                if self.store.refused_data(exc):
+                    raise _Refused(exc) from exc
                 # The database is unreachable or the transaction failed: nothing of this
                 # batch is acknowledged; try the same batch again. Replaying it is safe:
                 # journal writes are upserts and segment ends are fenced by status.
                 log.exception("commit of %d operations failed; retrying", len(ops))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _split(self, ops: list[Op]) -> list[bool]:
+        """Commit a batch the database refused on its data, in halves and in order, down
+        to the operations at fault: each of those fails its run, the rest commit. A run's
+        later operations are then fenced out by its final status, like a lost lease's."""
+        if len(ops) == 1:
+            return [await self._alone(ops[0])]
+        half = len(ops) // 2
+        ok: list[bool] = []
+        for part in (ops[:half], ops[half:]):
+            if len(part) == 1:
+                ok.append(await self._alone(part[0]))
+                continue
+            try:
+                ok += (await self._commit(part, 0, {}))[0]
+            except _Refused:
+                ok += await self._split(part)
+        return ok
+
+    async def _alone(self, op: Op) -> bool:
+        """Commit ``op`` by itself; if the database refuses that too, fail its run:
+        retrying would stop every run of this worker behind it (C10). False: ``op`` did
+        not commit, and the run's code stops as if its lease were lost."""
+        try:
+            return (await self._commit([op], 0, {}))[0][0]
+        except _Refused as refused:
+            reason = str(refused.cause).encode("ascii", "backslashreplace").decode()
+        what = _described(op)
+        log.error(
+            "run %s: the database refused its %s (%s); the run fails",
+            op.run_id,
+            what,
+            reason,
+            extra={"run_id": op.run_id},
+        )
+        end = EndSegment(
+            run_id=op.run_id,
+            epoch=op.epoch,
+            outcome="failed",
+            error=_error_json("unstorable_data", f"the run's {what} could not be stored: {reason}"),
+        )
+        try:
+            await self._commit([end], 0, {})
+        except _Refused:  # pragma: no cover - the failure is ASCII text of ours
+            log.exception("run %s: its failure could not be stored either", op.run_id)
+        return False
+
+
+class _Refused(Exception):
+    """The database refused a batch's data: the same batch would be refused again."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _described(op: Op) -> str:
+    """What ``op`` stores, for an error message (ASCII: it may quote a step name)."""
+    if isinstance(op, StepDone | StartWait):
+        return f"step {op.key!a}"
+    if isinstance(op, LogLine):
+        return "log line"
+    if isinstance(op, SetMetadata):
+        return "metadata"
+    if isinstance(op, EndSegment):
+        return "output" if op.outcome == "completed" else f"end ({op.outcome})"
+    return type(op).__name__
 
 
 @dataclass(frozen=True)

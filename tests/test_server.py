@@ -307,7 +307,8 @@ async def test_422_names_the_field_and_writes_nothing(api: Api) -> None:
         ("/api/v1/tasks/srv-remote/trigger",
          {"payload": {"n": 1}, "options": {"delay": "soon"}}, "options.delay"),
         ("/api/v1/tasks/srv-remote/trigger",
-         {"payload": {"n": 1}, "options": {"tags": [f"t{i}" for i in range(11)]}}, "tags"),
+         {"payload": {"n": 1}, "options": {"tags": [f"t{i}" for i in range(11)]}},
+         "options.tags"),
         ("/api/v1/tasks/srv-remote/trigger", [1, 2], None),
         # A batch names the item; one bad item writes none of the others.
         ("/api/v1/tasks/srv-remote/batch",

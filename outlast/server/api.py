@@ -13,10 +13,10 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from .. import _serde
+from .. import _limits, _serde
 from .._errors import QueueNotFound, RunNotFound, TokenNotFound, ValidationError
 from .._ids import new_id
 from ..client import prepare_run
@@ -35,6 +35,38 @@ from .serialize import event_json, queue_json, related_json, run_json, step_json
 Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not true or false")
+    return value
+
+
+# JSON true is not a number, though pydantic's lax mode reads it as 1 (a ttl of 1 s); NaN
+# and the infinities are not numbers a run can be scheduled or ordered by.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+
+# Trigger options as TriggerOptions names them -> as the wire does, for error fields.
+_WIRE = {
+    "idempotency_key": "idempotencyKey", "idempotency_key_ttl": "idempotencyKeyTTL",
+    "concurrency_key": "concurrencyKey", "max_attempts": "maxAttempts",
+    "max_duration": "maxDuration", "queue": "queue", "tags": "tags", "delay": "delay",
+    "ttl": "ttl", "priority": "priority", "metadata": "metadata",
+}
+
+
+def _as_on_the_wire(exc: ValidationError) -> ValidationError:
+    """An option's error (checked in build_run, where every trigger path meets) named as
+    the request spells it: ``concurrency_key`` -> ``options.concurrencyKey``."""
+    if exc.field not in _WIRE:
+        return exc
+    wire = f"options.{_WIRE[exc.field]}"
+    message = exc.message
+    if message.startswith(exc.field):
+        message = wire + message[len(exc.field):]
+    return type(exc)(message, field=wire)
+
+
 class QueueRef(BaseModel):
     name: Text
 
@@ -46,16 +78,18 @@ class TriggerOptionsBody(BaseModel):
 
     payloadType: Text | None = None
     queue: QueueRef | Text | None = None
-    concurrencyKey: Text | int | None = None
-    delay: str | float | None = Field(None, description="seconds, '10m', or an ISO date")
-    ttl: str | float | None = Field(None, description="seconds or '1h'")
+    concurrencyKey: Text | Integer | None = None
+    delay: str | Number | None = Field(None, description="seconds, '10m', or an ISO date")
+    ttl: str | Number | None = Field(None, description="seconds or '1h'")
     idempotencyKey: Text | None = Field(None, max_length=2048)
-    idempotencyKeyTTL: str | float | None = None
+    idempotencyKeyTTL: str | Number | None = None
     tags: Text | list[Text] | None = None
     metadata: dict[str, Any] | None = None
-    maxAttempts: int | None = Field(None, ge=1, le=100)
-    maxDuration: float | None = Field(None, gt=0, le=MAX_SECONDS)
-    priority: float | None = None
+    maxAttempts: Integer | None = Field(None, ge=1, le=100)
+    maxDuration: Number | None = Field(None, gt=0, le=MAX_SECONDS)
+    priority: Number | None = Field(
+        None, ge=0, le=MAX_SECONDS, description="a head start in seconds"
+    )
 
 
 class TriggerBody(BaseModel):
@@ -103,9 +137,9 @@ class ReplayResponse(BaseModel):
 
 
 class TokenBody(BaseModel):
-    timeout: str | float | None = None
+    timeout: str | Number | None = None
     idempotencyKey: Text | None = Field(None, max_length=2048)
-    idempotencyKeyTTL: str | float | None = None
+    idempotencyKeyTTL: str | Number | None = None
     tags: Text | list[Text] | None = None
 
 
@@ -118,7 +152,7 @@ class PauseBody(BaseModel):
 
 
 class LimitBody(BaseModel):
-    limit: int | None = Field(None, ge=0)
+    limit: Integer | None = Field(None, ge=0, le=_limits.MAX_INT)
 
 
 def _decode_payload(payload: Any, payload_type: str | None) -> Any:
@@ -175,7 +209,10 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         ),
         b: str | None = Header(None, alias="idempotency-key", description="retry-safe request key"),
     ) -> str | None:
-        return a or b
+        key = a or b
+        if key is not None:  # stored in a unique index: its row has a size limit
+            _limits.text(key, "Idempotency-Key")
+        return key
 
     RequestKey = Annotated[str | None, Depends(request_key)]
 
@@ -186,10 +223,11 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             payload, payload_type = resolve_payload(store, env, payload, payload_type)
             return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
         except ValidationError as exc:
+            err = _as_on_the_wire(exc)
             if not where:
-                raise
-            field = f"{where}.{exc.field}" if exc.field else where
-            raise type(exc)(f"{where}: {exc.message}", field=field) from None
+                raise err from None
+            field = f"{where}.{err.field}" if err.field else where
+            raise type(err)(f"{where}: {err.message}", field=field) from None
 
     def _trigger(env: str, runs: list[NewRun], key: str | None) -> list[TriggerResponse]:
         if key:
@@ -349,7 +387,8 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.get("/api/v1/runs/{run_id}/logs", tags=["runs"],
                 summary="A run's logs, attempts and events")
-    def logs(run_id: str, env: Env, after: int = 0) -> dict[str, Any]:
+    def logs(run_id: str, env: Env, after: int = Query(0, ge=0, le=_limits.MAX_ID)
+             ) -> dict[str, Any]:
         _run(env, run_id)
         return {"data": [event_json(e) for e in store.events(run_id, after)]}
 
@@ -370,9 +409,9 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     def create_token(body: TokenBody, env: Env, key: RequestKey) -> dict[str, Any]:
         now = store.now()
         timeout = seconds_from(body.timeout, "timeout", now)
-        tags = [body.tags] if isinstance(body.tags, str) else list(body.tags or [])
-        if len(tags) > 10:
-            raise ValidationError("at most 10 tags", field="tags")
+        tags = _limits.tags([body.tags] if isinstance(body.tags, str) else list(body.tags or []))
+        if body.idempotencyKey is not None:
+            _limits.text(body.idempotencyKey, "idempotencyKey")
         token_id = new_id("waitpoint")
         wp = store.create_token(
             env,

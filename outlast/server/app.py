@@ -164,6 +164,8 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.add_exception_handler(OutlastError, errors.outlast_error)
     app.add_exception_handler(RequestValidationError, errors.request_validation)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    for refused in errors.refused_classes():
+        app.add_exception_handler(refused, errors.refused_value)
 
     # On the loop, not in the thread pool: whether the process is up should not queue
     # behind other requests' work.

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import _limits
 from .._errors import ValidationError
 from .._ids import new_id
 from ..store.base import Store
@@ -35,6 +36,7 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
         return payload, payload_type
     if not isinstance(payload, str):
         raise ValidationError("an application/store payload is a packet path", field="payload")
+    _limits.text(payload, "payload")
     packet = store.get_packet(env, payload)
     if packet is None:
         raise ValidationError(f"no uploaded packet {payload!r}", field="payload")
@@ -61,6 +63,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
     Env = Annotated[str, Depends(env_dependency)]
 
     def upload_urls(request: Request, env: str, filename: str) -> dict[str, str]:
+        _limits.text(filename, "filename")  # a packet's key in the database
         base = str(request.base_url).rstrip("/")
         sig = _packet_signature(store, env, filename)
         return {
@@ -79,6 +82,7 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
     @router.put("/api/v1/packet-uploads/{env}/{sig}/{filename:path}",
                 summary="Upload a packet to its signed URL (no API key)")
     async def upload(env: str, sig: str, filename: str, request: Request) -> JSONResponse:
+        _limits.text(filename, "filename")  # a packet's key in the database
         if not hmac.compare_digest(sig.encode(), _packet_signature(store, env, filename).encode()):
             return JSONResponse({"error": "invalid upload signature", "code": "unauthorized"},
                                 status_code=401)
@@ -94,11 +98,15 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
 
     @router.post("/api/v1/idempotencyKeys/{key}/reset", summary="Release an idempotency key")
     def reset(key: str, body: ResetBody, env: Env) -> dict[str, str]:
+        _limits.text(key, "key")
+        _limits.text(body.taskIdentifier, "taskIdentifier")
         ids = store.reset_idempotency_key(env, body.taskIdentifier, key)
         return {"id": ids[0] if ids else key}
 
     @router.post("/api/v3/batches", status_code=202, summary="Open a streamed batch")
     def create_batch(body: BatchCreate, env: Env) -> dict[str, Any]:
+        if body.idempotencyKey:  # stored in a unique index: its row has a size limit
+            _limits.text(body.idempotencyKey, "idempotencyKey")
         batch_id = new_id("batch")
         if body.idempotencyKey:
             stored, cached = store.remember_request(env, f"v3batch-key:{body.idempotencyKey}",

@@ -8,10 +8,7 @@ import re
 from typing import Any
 
 from .._errors import ValidationError
-
-# Longer than any wait makes sense, short enough that every moment it yields is a date
-# (a timestamp past year 9999 cannot be written in ISO 8601: a 500 on every later read).
-MAX_SECONDS = 100 * 365 * 86400.0
+from .._limits import MAX_SECONDS as MAX_SECONDS
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

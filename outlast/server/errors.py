@@ -141,6 +141,32 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def refused_classes() -> tuple[type[Exception], ...]:
+    """The database drivers' errors that say a value was refused (text it cannot hold, a
+    key too long for its index), not that the database is unwell. Input checks (see
+    outlast/_limits.py) refuse such values first; these answer 422, not 500, for any
+    the checks miss, and the refused transaction wrote nothing."""
+    import sqlite3
+
+    classes: list[type[Exception]] = [sqlite3.DataError, sqlite3.IntegrityError]
+    try:
+        import psycopg
+        from psycopg import errors as pg_errors
+    except ImportError:  # the postgres extra is not installed: SQLite only
+        return tuple(classes)
+    classes += [psycopg.DataError, psycopg.IntegrityError, pg_errors.ProgramLimitExceeded]
+    return tuple(classes)
+
+
+async def refused_value(request: Request, exc: Exception) -> JSONResponse:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return JSONResponse(
+        error_body("validation_error", f"the database refused a value of this request: {reason}"),
+        status_code=422,
+        headers=no_retry(422),
+    )
+
+
 def _allowed(request: Request) -> str:
     """Every method the path answers. Starlette's 405 names only the first route matching
     the path, so /api/v1/waitpoints/tokens (GET and POST) would claim to allow one. Asked

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._errors import RunNotFound, SchemaVersionError
-from .._serde import dumps, loads
+from .._serde import dumps, loads, plain_text
 from ..runs import JournalEntry, Run, RunEvent, RunStatus
 from ._rows import (
     RATE_GUARD,
@@ -862,7 +862,7 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         tx.x(
             "insert_journal",
             run_id=op.run_id,
-            key=op.key,
+            key=_journal_key(op.key),
             kind=op.kind,
             fingerprint=op.fingerprint,
             status=status,
@@ -927,7 +927,7 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
             kind="attempt_failed",
             attempt=attempt,
             level="error",
-            message=err.get("message"),
+            message=plain_text(err.get("message")),
             data=op.error,
         )
 
@@ -1099,7 +1099,7 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
 def _step_row(op: StepDone) -> Row:
     return {
         "run_id": op.run_id,
-        "key": op.key,
+        "key": _journal_key(op.key),
         "kind": op.kind,
         "fingerprint": op.fingerprint,
         "status": "done",
@@ -1111,6 +1111,15 @@ def _step_row(op: StepDone) -> Row:
     }
 
 
+def _journal_key(key: str) -> str:
+    """A step's journal key, which a replay looks up as task code spells it: escaping a
+    NUL would lose the match, and PostgreSQL refuses it raw, so no backend stores one
+    (the committer then fails that run alone: ``unstorable_data``)."""
+    if "\x00" in key:
+        raise ValueError(f"a step name cannot contain NUL: {key!a}")
+    return key
+
+
 def _line_row(op: LogLine) -> Row:
     return {
         "run_id": op.run_id,
@@ -1118,7 +1127,7 @@ def _line_row(op: LogLine) -> Row:
         "kind": op.kind,
         "attempt": op.attempt,
         "level": op.level,
-        "message": op.message,
+        "message": plain_text(op.message),
         "data": op.data,
     }
 

@@ -239,6 +239,13 @@ class Store(abc.ABC):
     def now(self) -> float:
         return self.clock.now()
 
+    def refused_data(self, exc: Exception) -> bool:
+        """Whether ``exc``, raised by a write, says the database refused the data written
+        (text it cannot hold, a value out of range, a key too long for its index) rather
+        than that it could not be reached or was busy. The same write would fail the same
+        way again: the committer splits such a batch instead of retrying it."""
+        return isinstance(exc, ValueError)  # encoding: a lone surrogate in text
+
     # -- triggering and reading -----------------------------------------------------------
     @abc.abstractmethod
     def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:

@@ -30,6 +30,7 @@ from ._sql import SqlStore
 from .base import EndSegment, NewRun, StartWait
 
 _CHANNEL = "outlast_work"
+_REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 # copy_runs columns whose value a trigger row holds under another name.
@@ -217,6 +218,15 @@ class _CopyLayout:
 
 class PostgresStore(SqlStore):
     dialect = "postgres"
+
+    def refused_data(self, exc: Exception) -> bool:
+        # psycopg's own DataError (NUL in text) has no SQLSTATE; the server's data
+        # exceptions (22), integrity violations (23) and program limits (54: an index row
+        # too big) do. Connection loss, shutdown, serialization failures are retried.
+        if isinstance(exc, ValueError | psycopg.DataError | psycopg.IntegrityError):
+            return True
+        state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+        return state is not None and state[:2] in _REFUSED_DATA
 
     def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8) -> None:
         super().__init__()

@@ -101,6 +101,11 @@ class LifeLock:
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
 
+    def refused_data(self, exc: Exception) -> bool:
+        # DataError: a string or blob too big. A full disk, a locked or read-only file are
+        # OperationalError: transient, retried.
+        return isinstance(exc, ValueError | sqlite3.DataError | sqlite3.IntegrityError)
+
     def __init__(self, url: str, clock: Clock | None = None) -> None:
         super().__init__()
         self.url = url
