@@ -14,6 +14,7 @@ it there. The insert stays one transaction: all items or none.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 import orjson
@@ -65,8 +66,13 @@ def batch_items(raw: bytes | bytearray, envelope: type[M], item: type[pydantic.B
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise _invalid([{"type": "json_invalid", "msg": "JSON decode error", "loc": ()}]
-                       ) from None
+        # Python's json also reads NaN and Infinity, as FastAPI does for every other body:
+        # such a number then fails validation naming its field, not the whole body.
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise _invalid([{"type": "json_invalid", "msg": "JSON decode error", "loc": ()}]
+                           ) from None
     items = data.get("items") if isinstance(data, dict) else None
     try:
         # The envelope without its items: every other field, and a missing or mistyped
