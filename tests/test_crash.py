@@ -417,26 +417,93 @@ def test_a_dead_workers_dequeued_runs_recover_and_a_poison_run_still_fails(
         assert r.attempt == 1 + len(fleet.failures(r.id))
 
     lines = read_ledger(ledger)
-    # At most two runs' code at any moment, across processes; an attempt cut short by
-    # a kill ends with the last line its process wrote.
-    last_t: dict[int, float] = {}
-    for e in lines:
-        last_t[e["pid"]] = max(last_t.get(e["pid"], 0.0), e["t"])
-    # By process too: a run lost while DEQUEUED runs again under the same attempt number
-    # elsewhere, and the killed process's begin must not take the later process's end.
-    ends = {(e["run"], e["attempt"], e["pid"]): e["t"] for e in lines if e["ev"] == "end"}
-    edges = []
-    for e in lines:
-        if e["ev"] == "begin":
-            edges.append((e["t"], 1))
-            edges.append((ends.get((e["run"], e["attempt"], e["pid"]), last_t[e["pid"]]), -1))
-    running = peak = 0
-    for _, d in sorted(edges, key=lambda x: (x[0], x[1])):
-        running += d
-        peak = max(peak, running)
+    # An attempt is a begin and an end line in one process; only a kill leaves one open,
+    # and the database saw each such attempt lost with its worker.
+    dead = {pid for pid, _ in fleet.deaths}
+    for e in cut_short(lines):
+        assert e["pid"] in dead, e
+        seen = {(ev.kind, ev.attempt) for ev in fleet.store.events(e["run"])}
+        lost = {("attempt_failed", e["attempt"]), ("dequeued_lost", e["attempt"])}
+        assert e["run"] == bad or lost & seen, (e, seen)
+    peak = peak_executing(lines, bad)
     assert peak <= 2, f"{peak} runs of a limit-2 queue executed at once"
     (q,) = [q for q in fleet.store.list_queues(ENV) if q["name"] == "crash-limited"]
     assert q["executing"] == 0
+
+
+def _attempt(e: dict[str, Any]) -> tuple[str, int, int]:
+    return (e["run"], e["attempt"], e["pid"])
+
+
+def cut_short(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Begin lines of attempts that wrote no end line in their own process."""
+    ended = {_attempt(e) for e in lines if e["ev"] == "end"}
+    return [e for e in lines if e["ev"] == "begin" and _attempt(e) not in ended]
+
+
+def peak_executing(lines: list[dict[str, Any]], poison: str) -> int:
+    """The most attempts executing at any moment, from crash-limited's begin/end lines.
+
+    An attempt is its begin and end in one process: a run lost while DEQUEUED may have
+    begun before its worker died and keeps its attempt number, so the same (run, attempt)
+    can begin again in another process, with an end line that is not the first one's.
+    An attempt with no end in its process was cut short by the poison run, which kills its
+    process right after writing its begin line, with no await between: that line is the
+    process's last, and every attempt open in the process, the poison's too, executed
+    until just after it."""
+    begins = [e for e in lines if e["ev"] == "begin"]
+    keys = [_attempt(e) for e in begins]
+    assert len(set(keys)) == len(keys), "an attempt began twice in one process"
+    ends = {_attempt(e): e["t"] for e in lines if e["ev"] == "end"}
+    kills: dict[int, float | None] = {}
+    for e in lines:  # ledger order is write order: the last line of each pid wins
+        kills[e["pid"]] = e["t"] if e["run"] == poison and e["ev"] == "begin" else None
+    # (time, order, step): at equal times an end line sorts before a begin (a slot handed
+    # over), and a kill after every begin of its moment.
+    edges: list[tuple[float, int, int]] = []
+    for e, key in zip(begins, keys, strict=True):
+        edges.append((e["t"], 1, 1))
+        if key in ends:
+            edges.append((ends[key], 0, -1))
+        else:
+            kill = kills[e["pid"]]
+            assert kill is not None, f"code of {e} was cut short, but not by the poison run"
+            edges.append((kill, 2, -1))
+    running = peak = 0
+    for _, _, step_ in sorted(edges):
+        running += step_
+        peak = max(peak, running)
+    return peak
+
+
+def test_peak_executing_pairs_an_attempt_within_its_process() -> None:
+    """The ledger of a flaky failure: R began from DEQUEUED in pid 1, the poison killed
+    pid 1, R came back with its attempt unspent and ran in pid 2 beside S. Two at most,
+    though pairing R's first begin with its end in pid 2 would make it three."""
+    lines = [
+        {"pid": 1, "run": "R", "attempt": 1, "ev": "begin", "t": 10.00},
+        {"pid": 1, "run": "P", "attempt": 1, "ev": "begin", "t": 10.05},
+        {"pid": 2, "run": "R", "attempt": 1, "ev": "begin", "t": 15.00},
+        {"pid": 2, "run": "S", "attempt": 1, "ev": "begin", "t": 15.01},
+        {"pid": 2, "run": "R", "attempt": 1, "ev": "end", "t": 15.02},
+        {"pid": 2, "run": "S", "attempt": 1, "ev": "end", "t": 15.03},
+    ]
+    assert peak_executing(lines, "P") == 2
+    # The poison counts with what it cuts short: pid 1 ran R and P when X ran too.
+    x = [
+        {"pid": 9, "run": "X", "attempt": 1, "ev": ev, "t": t}
+        for ev, t in (("begin", 10.01), ("end", 10.06))
+    ]
+    assert peak_executing(lines + x, "P") == 3
+    # Three at once is still caught: a third attempt inside R and S's span.
+    third = [
+        {"pid": 3, "run": "T", "attempt": 1, "ev": ev, "t": t}
+        for ev, t in (("begin", 15.015), ("end", 15.025))
+    ]
+    assert peak_executing(lines + third, "P") == 3
+    # So is code left running by a process that was not killed by the poison.
+    with pytest.raises(AssertionError, match="not by the poison"):
+        peak_executing(lines[:1] + lines[2:], "P")
 
 
 # -- 5. SIGTERM: finish short attempts, hand back long ones -----------------------------------
