@@ -56,8 +56,16 @@ class Proxy:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+        # Every connection was aborted by the cut in close(); let their pumps finish and
+        # the aborted transports close before the loop goes, or a transport left to the
+        # garbage collector warns in whichever test runs next.
         self._server.close()
+        pending = asyncio.all_tasks(self._loop)
+        for t in pending:
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
 
     async def _set(self, open_: bool) -> None:
@@ -75,6 +83,10 @@ class Proxy:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if not self._open:  # cut while connecting upstream
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self.connections += 1
         self._writers.update((writer, up_writer))
