@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from outlast import Retry, step, task
+from outlast import Retry, current_run, step, task
 
 # Retried at once, so a test sees the second attempt without waiting for a backoff.
 TWICE = Retry(max_attempts=2, factor=1.0, min_delay=0.0, max_delay=0.0, jitter=False)
@@ -138,13 +138,20 @@ async def spin(p: dict[str, Any]) -> float:
     return time.monotonic() - began
 
 
+# Run id -> monotonic time its sync loop stopped, however it stopped.
+SPUN_UNTIL: dict[str, float] = {}
+
+
 @task(id="hostile-sync-spin", retry=ONCE, max_duration=1.0)
 def sync_spin(p: dict[str, Any]) -> float:
     """A sync task looping in pure Python past its max_duration."""
     began = time.monotonic()
     n = 0
-    while time.monotonic() - began < p["seconds"]:
-        n += 1
+    try:
+        while time.monotonic() - began < p["seconds"]:
+            n += 1
+    finally:
+        SPUN_UNTIL[current_run().id] = time.monotonic()
     return time.monotonic() - began
 
 
