@@ -108,6 +108,13 @@ def hostile_sync_step(p: dict[str, Any]) -> None:
     step.run_sync("bad", misbehave, p["kind"])
 
 
+@task(id="hostile-gather", retry=TWICE)
+async def hostile_gather(p: dict[str, Any]) -> None:
+    """Raises from an asyncio task its code spawned: asyncio lets KeyboardInterrupt and
+    SystemExit out of the event loop from there (only a real worker process contains it)."""
+    await asyncio.gather(amisbehave(p["kind"]))
+
+
 @task(id="hostile-ok")
 async def ok(p: dict[str, Any]) -> Any:
     return p

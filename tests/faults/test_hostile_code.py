@@ -257,7 +257,8 @@ async def test_a_sync_task_blocked_in_c_keeps_its_slot_until_it_returns(
 async def test_a_worker_process_survives_hostile_code_and_cancels_it(
     live: Client, db_url: str
 ) -> None:
-    """`outlast worker` runs tasks raising KeyboardInterrupt, SystemExit and an
+    """`outlast worker` runs tasks raising KeyboardInterrupt, SystemExit (also from an
+    asyncio task their code spawned, which asyncio lets out of the loop) and an
     unprintable exception: each ends FAILED with a readable error, the process lives on
     and completes other runs, and a cancel of a run whose code fights it works."""
     bad = {
@@ -265,6 +266,10 @@ async def test_a_worker_process_survives_hostile_code_and_cancels_it(
         for kind in ("keyboard_interrupt", "system_exit", "unprintable", "cancelled_error")
     }
     sync_bad = await app.hostile_sync.trigger({"kind": "keyboard_interrupt"})
+    spawned = {
+        kind: await app.hostile_gather.trigger({"kind": kind})
+        for kind in ("keyboard_interrupt", "system_exit")
+    }
     swallow = await app.swallow_cancel.trigger({"then": "keyboard_interrupt"})
     proc = spawn_worker(db_url, "tests.apps.hostile_app", concurrency=4)
     try:
@@ -274,6 +279,9 @@ async def test_a_worker_process_survives_hostile_code_and_cancels_it(
         _assert_readable_failure(
             await asyncio.to_thread(live.wait_for_run, sync_bad.id, 60), "keyboard_interrupt"
         )
+        for kind, handle in spawned.items():
+            run = await asyncio.to_thread(live.wait_for_run, handle.id, 60)
+            _assert_readable_failure(run, kind)
         assert proc.poll() is None, "the worker process died"
         good = [await app.ok.trigger({"n": i}) for i in range(5)]
         for h in good:
