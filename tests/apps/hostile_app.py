@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from outlast import Retry, current_run, step, task
+from outlast import HookEvent, Retry, current_run, step, task
 
 # Retried at once, so a test sees the second attempt without waiting for a backoff.
 TWICE = Retry(max_attempts=2, factor=1.0, min_delay=0.0, max_delay=0.0, jitter=False)
@@ -113,6 +113,21 @@ async def hostile_gather(p: dict[str, Any]) -> None:
     """Raises from an asyncio task its code spawned: asyncio lets KeyboardInterrupt and
     SystemExit out of the event loop from there (only a real worker process contains it)."""
     await asyncio.gather(amisbehave(p["kind"]))
+
+
+def _interrupting_hook(event: HookEvent) -> None:
+    HOOKS_CALLED.append(event.name)
+    misbehave("keyboard_interrupt" if event.name == "start" else "system_exit")
+
+
+HOOKS_CALLED: list[str] = []
+
+
+@task(id="hostile-hooks", on_start=_interrupting_hook, on_end=_interrupting_hook)
+async def hostile_hooks(p: dict[str, Any]) -> str:
+    """Its hooks raise KeyboardInterrupt (start) and SystemExit (end): a hook never changes
+    the run's outcome, nor stops the worker."""
+    return "done"
 
 
 @task(id="hostile-ok")

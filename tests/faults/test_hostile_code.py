@@ -123,6 +123,22 @@ async def test_hostile_code_fails_the_attempt_and_the_worker_goes_on(
     check_liveness(db_url)
 
 
+async def test_hooks_raising_keyboard_interrupt_and_system_exit_change_nothing(
+    store: Store, client: Client, db_url: str, workers: Callable[..., Worker]
+) -> None:
+    app.HOOKS_CALLED.clear()
+    handle = await app.hostile_hooks.trigger({})
+    worker = workers(app.hostile_hooks, app.ok)
+    await worker.run_until_idle(max_seconds=30)
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED and run.output == "done", (run.status, run.error)
+    assert app.HOOKS_CALLED == ["start", "end"]
+    after = await app.ok.trigger({"n": 1})
+    await worker.run_until_idle(max_seconds=30)
+    assert client.retrieve(after.id).status == RunStatus.COMPLETED
+    check_liveness(db_url)
+
+
 @pytest.mark.parametrize("then", ["keyboard_interrupt", "unprintable", "cancelled_error", "return"])
 async def test_a_cancel_keeps_its_meaning_whatever_the_code_turns_it_into(
     then: str, store: Store, client: Client, db_url: str
