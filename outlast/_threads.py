@@ -5,8 +5,8 @@ count and try to stop.
 unwound (its ``max_duration`` passed, it was cancelled) the thread runs on unseen, its
 slot is promised to the next run while it still uses a core, and it holds one of the
 default executor's few threads, which the store's calls need too. So each call of a
-run's sync code gets a thread of its own, registered on the run, and when the attempt
-ends while it still runs the worker
+run's sync code is a ``RunThread``, registered on the run with the thread it runs in,
+and when the attempt ends while it still runs the worker
 
 - keeps counting it busy until it returns: the next run does not start in its slot;
 - raises ``Stopped`` in it (``PyThreadState_SetAsyncExc``). That stops pure-Python code
@@ -15,8 +15,9 @@ ends while it still runs the worker
   a long C-extension call): the exception is raised only when control returns to Python
   bytecode, and the thread keeps its slot until then.
 
-A thread per call costs a thread start (tens of microseconds) against a pool's reuse;
-sync code is the slow path already, and the handle is what makes it stoppable.
+The threads are pooled, as an executor's are, but a thread whose call outlived its
+attempt goes back to the pool only when the call returns; the pool starts another
+meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -38,58 +40,69 @@ class Stopped(BaseException):
 
 
 class RunThread:
-    """One call of sync code in a daemon thread of its own: a daemon, since a worker must
-    be able to exit while code it could not stop still runs."""
+    """One call of sync code, in a thread of the pool, that the loop can await, count and
+    try to stop."""
 
     def __init__(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.name = name
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Any] = self.loop.create_future()
         self.returned = False  # read and written on the loop's thread only
         self._context = contextvars.copy_context()  # the run's context, as to_thread does
         self._call = (fn, args, kwargs)
-        self._lock = threading.Lock()  # orders a stop against the thread's return
+        self._lock = threading.Lock()  # orders a stop against the call's start and return
+        self._ident: int | None = None  # the thread running the call, once it started
         self._finished = False
         self._stop_sent = False
         self._on_exit: list[Callable[[], None]] = []
-        self.thread = threading.Thread(target=self._body, name=name, daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        _POOL.submit(self)
 
     def on_exit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on the loop once the thread returned (now if it has)."""
+        """Call ``callback`` on the loop once the call returned (now if it has)."""
         if self.returned:
             callback()
         else:
             self._on_exit.append(callback)
 
     def stop(self) -> bool:
-        """Raise ``Stopped`` in the thread, once; False if it was over or already told.
-        Sent under the lock the thread takes on its way out, so it never lands in a thread
-        that has left the code (see ``_body``)."""
+        """Raise ``Stopped`` in the call's thread, once; a call not started yet never runs.
+        False if it was over or already told. Sent under the lock the thread takes on its
+        way out, so it never lands in a thread that left the call (see ``execute``)."""
         with self._lock:
-            ident = self.thread.ident
-            if self._finished or self._stop_sent or ident is None:
+            if self._finished or self._stop_sent:
                 return False
             self._stop_sent = True
-            return bool(_set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(Stopped)))
+            if self._ident is None:
+                return True
+            return bool(_set_async_exc(ctypes.c_ulong(self._ident), ctypes.py_object(Stopped)))
 
-    def _body(self) -> None:
+    def execute(self) -> None:
+        """Run the call, in a pool thread, and hand its outcome to the loop."""
         fn, args, kwargs = self._call
+        thread = threading.current_thread()
+        pool_name = thread.name
         outcome: tuple[bool, Any] = (False, Stopped())
         try:
             try:
+                with self._lock:
+                    if self._stop_sent:
+                        raise Stopped  # its attempt ended before it started
+                    self._ident = threading.get_ident()
+                thread.name = self.name
                 outcome = (True, self._context.run(fn, *args, **kwargs))
             except BaseException as exc:
                 outcome = (False, exc)
             with self._lock:
                 self._finished = True
-            # A stop sent after the code returned, before the flag was set, is still
-            # pending: clear it (a NULL exception clears) so it cannot fire below.
+            # A stop sent after the call returned, before the flag was set, is still
+            # pending: clear it (a NULL exception clears) so it cannot fire in the pool.
             _set_async_exc(ctypes.c_ulong(threading.get_ident()), None)
         except Stopped:
-            pass  # it fired in the lines above, after the code was done: nothing to stop
+            pass  # it fired in the lines above, after the call was done: nothing to stop
         self._finished = True
+        thread.name = pool_name
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self.loop.call_soon_threadsafe(self._settle, outcome)
 
@@ -108,6 +121,39 @@ class RunThread:
         callbacks, self._on_exit = self._on_exit, []
         for callback in callbacks:
             callback()
+
+
+class _Pool:
+    """Daemon threads, reused: a worker must be able to exit while code it could not stop
+    still runs, and a thread started per call costs more than the call's hand-off to a
+    waiting one. A thread is taken per call and given back when the call returns; no
+    call waits for a busy thread."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep  # idle threads kept; more exit when their call returns
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue[RunThread]] = []
+
+    def submit(self, call: RunThread) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(inbox,), name="outlast-sync", daemon=True
+            ).start()
+        inbox.put(call)
+
+    def _serve(self, inbox: queue.SimpleQueue[RunThread]) -> None:
+        while True:
+            inbox.get().execute()
+            with self._lock:
+                if len(self._idle) >= self.keep:
+                    return
+                self._idle.append(inbox)
+
+
+_POOL = _Pool()
 
 
 async def run_in_thread(
