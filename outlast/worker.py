@@ -651,6 +651,7 @@ class Worker:
             inplace_sleep_seconds=settings().inplace_sleep_seconds,
         )
         self.active[claim.run.id] = ctx
+        self._finishing.discard(claim.run.id)  # its last attempt's, if still committing
         self._watchdog.arm()
         # Keep a reference: the loop holds tasks only weakly.
         running = asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
@@ -673,8 +674,11 @@ class Worker:
             took = time.monotonic() - began
             avg = self._avg_seconds
             self._avg_seconds = took if avg is None else 0.8 * avg + 0.2 * took
-            self.active.pop(run.id, None)
-            self._finishing.discard(run.id)
+            # A run retried at once may be claimed and started again while this attempt's
+            # end hooks still run: the entries are the new attempt's then.
+            if self.active.get(run.id) is ctx:
+                del self.active[run.id]
+                self._finishing.discard(run.id)
             self.executed += 1
             self._start_ready()
             self._slot_signal()
