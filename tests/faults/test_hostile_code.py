@@ -93,9 +93,7 @@ async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> No
         await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize(
-    ("hostile", "kind"), CASES, ids=[f"{t.id}-{k}" for t, k in CASES]
-)
+@pytest.mark.parametrize(("hostile", "kind"), CASES, ids=[f"{t.id}-{k}" for t, k in CASES])
 async def test_hostile_code_fails_the_attempt_and_the_worker_goes_on(
     hostile: Task[Any, Any],
     kind: str,
@@ -207,9 +205,7 @@ def _threads_of(run_id: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if run_id in t.name]
 
 
-async def test_a_sync_task_looping_past_max_duration_is_stopped(
-    live: Client, db_url: str
-) -> None:
+async def test_a_sync_task_looping_past_max_duration_is_stopped(live: Client, db_url: str) -> None:
     """A sync task looping in pure Python for 30 s with a 1 s max_duration: TIMED_OUT, and
     its thread is stopped (an asynchronous exception), not left spinning."""
     handle = await app.sync_spin.trigger({"seconds": 30})
