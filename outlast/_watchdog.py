@@ -17,7 +17,9 @@ the GIL blocks this thread too). A task spawned by the run's code (``create_task
 named in the warning but not timed out: only the run's own task is. The exception is
 sent only while the same task holds the loop in the same blocked stretch; should the loop
 move on in the microseconds between that check and the send, it lands in whatever the
-loop runs next, and the worker hands back a run it lands in (attempt unspent).
+loop runs next: the worker hands back another run it lands in (attempt unspent), and
+commits the timeout of the run it was meant for if it lands in the worker's code after
+that run's code returned.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class Watchdog:
         ctx.end_reason = "timeout"
         # Only while the same task still holds the loop in the same stretch: the
         # exception fires at whatever bytecode the loop's thread runs next.
-        if asyncio.current_task(loop) is task and self._beat == beat:
+        if asyncio.current_task(loop) is task and ctx.main_task is task and self._beat == beat:
             _set_async_exc(ctypes.c_ulong(self._loop_thread), ctypes.py_object(LoopTimeout))
             log.warning(
                 "run %s held the event loop past its max_duration of %s s; interrupting it",

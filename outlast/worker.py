@@ -668,6 +668,14 @@ class Worker:
                 await self.committer.submit(self._failed(ctx, None, err))
                 return
             await self._execute_task(ctx, task)
+        except LoopTimeout:
+            # The watchdog's interruption fired here, in the worker's code, as the run's
+            # code let go of the loop (see _watchdog): the timeout it set is still its end.
+            if run.id not in self._finishing and ctx.end_reason is not None:
+                op = self._unwound(ctx)
+                if op is not None:
+                    self._finishing.add(run.id)
+                    self.committer.submit_nowait(op)
         except Exception:
             log.exception("run %s: executor error", run.id, extra={"run_id": run.id})
         finally:

@@ -283,6 +283,7 @@ async def test_a_worker_process_survives_hostile_code_and_cancels_it(
         for kind in ("keyboard_interrupt", "system_exit")
     }
     swallow = await app.swallow_cancel.trigger({"then": "keyboard_interrupt"})
+    spinning = await app.spin.trigger({"seconds": 20})  # the watchdog, on the CLI's uvloop
     proc = spawn_worker(db_url, "tests.apps.hostile_app", concurrency=4)
     try:
         for kind, handle in bad.items():
@@ -295,6 +296,8 @@ async def test_a_worker_process_survives_hostile_code_and_cancels_it(
             run = await asyncio.to_thread(live.wait_for_run, handle.id, 60)
             _assert_readable_failure(run, kind)
         assert proc.poll() is None, "the worker process died"
+        spun = await asyncio.to_thread(live.wait_for_run, spinning.id, 15)
+        assert spun.status == RunStatus.TIMED_OUT, (spun.status, spun.error)
         good = [await app.ok.trigger({"n": i}) for i in range(5)]
         for h in good:
             done = await asyncio.to_thread(live.wait_for_run, h.id, 60)
