@@ -230,6 +230,27 @@ async def test_a_sync_task_looping_past_max_duration_is_stopped(live: Client, db
     check_liveness(db_url)
 
 
+async def test_a_cancelled_sync_task_is_stopped(store: Store, client: Client, db_url: str) -> None:
+    """A cancel of a sync task looping in pure Python: CANCELED, and its loop stops (it
+    never read ``cancel_requested``)."""
+    handle = await app.sync_spin.trigger({"seconds": 30}, max_duration=600)
+    worker = Worker(
+        store, tasks={app.sync_spin.id: app.sync_spin}, env="dev", heartbeat_interval=0.02
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await _until(lambda: handle.id in worker.active, 30, "the run started")
+        client.cancel(handle.id)
+        await _until(lambda: client.retrieve(handle.id).is_final, 30, "the run ended")
+        await _until(lambda: handle.id in app.SPUN_UNTIL, 10, "the run's code stopped")
+    finally:
+        stop.set()
+        await running
+    assert client.retrieve(handle.id).status == RunStatus.CANCELED
+    check_liveness(db_url)
+
+
 async def test_a_sync_task_blocked_in_c_keeps_its_slot_until_it_returns(
     live: Client, db_url: str
 ) -> None:
