@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Coroutine
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._errors import ConfigurationError
+
+log = logging.getLogger("outlast.worker")
 
 CHOICES = ("auto", "uvloop", "asyncio")
 
@@ -46,15 +49,39 @@ def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(main: Coroutine[Any, Any, None], choice: str, *, join_threads: bool) -> None:
+def run(
+    main: Coroutine[Any, Any, None],
+    choice: str,
+    *,
+    join_threads: bool,
+    contain: Callable[[], bool] | None = None,
+) -> None:
     """Run ``main`` to the end on a new loop of kind ``choice``, then close the loop.
 
     Not asyncio.run(), which always joins the default executor's threads: a worker must
     not (``join_threads=False``), since a sync step still running past the shutdown grace
-    would keep the process alive as long as it runs."""
+    would keep the process alive as long as it runs.
+
+    asyncio lets a KeyboardInterrupt or SystemExit that ends any task out of the loop, to
+    stop the program. When one comes out while ``contain()`` says it was task code's (a
+    worker whose SIGINT and SIGTERM are the loop's handlers, running runs: only code can
+    have raised it, in a task it spawned), the loop goes on; whoever awaited that task got
+    the exception, and the run fails with it."""
     loop = new_event_loop(choice)
     try:
-        loop.run_until_complete(main)
+        done = loop.create_task(main)
+        done.add_done_callback(lambda _: loop.stop())
+        while not done.done():
+            try:
+                loop.run_forever()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                if done.done() or contain is None or not contain():
+                    raise
+                log.error(
+                    "task code raised %s in an asyncio task of its own; the worker goes on",
+                    type(exc).__name__,
+                )
+        done.result()
         loop.run_until_complete(loop.shutdown_asyncgens())
         if join_threads:
             loop.run_until_complete(loop.shutdown_default_executor())

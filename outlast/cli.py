@@ -191,7 +191,9 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
             server.should_exit = True
             await serving
 
-    run_loop(main(), args.loop, join_threads=False)  # see run_loop: sync steps may linger
+    # See run_loop: sync steps may linger, and a KeyboardInterrupt or SystemExit while runs
+    # execute is task code's (SIGINT and SIGTERM are the loop's), not a reason to stop.
+    run_loop(main(), args.loop, join_threads=False, contain=lambda: bool(worker.active))
     store.close()
     _exit_past_task_threads()
     return 0

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _serde
+from . import _outcome, _serde
 from ._errors import NonDeterminismError, OutlastError, TokenTimedOut
 from ._ids import derived_id
 from ._signals import LeaseLost
+from ._threads import RunThread, run_in_thread
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
 from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
 
@@ -154,6 +155,12 @@ class RunContext:
         # end() cancels to unwind it.
         self.main_task: asyncio.Task[Any] | None = None
         self.end_reason: str | None = None  # suspend | cancel | timeout | handback | lost
+        self.deadline: float | None = None  # monotonic time max_duration ends, if any
+        # The run's sync code running in threads (the task's, its sync steps'), and the
+        # asyncio tasks its sync code started on the loop (durable calls from a thread):
+        # what the worker stops, and counts busy, when the attempt ends before they do.
+        self.threads: set[RunThread] = set()
+        self.side_tasks: set[asyncio.Task[Any]] = set()
         # Read from sync steps' threads; a bool is enough (nothing waits on it), and a
         # threading.Event per run cost a fan-out's hand-over path microseconds.
         self.cancel_requested = False
@@ -287,19 +294,23 @@ class _Step:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
                 else:
-                    result = await asyncio.to_thread(fn, *args, **kwargs)
-            except Exception as exc:
-                ctx.committer.submit_nowait(
-                    LogLine(
-                        **ctx.op_base(),
-                        ts=ctx.store.now(),
-                        attempt=ctx.run.attempt,
-                        level="error",
-                        kind="step_failed",
-                        message=f"step {key!r} failed: {type(exc).__name__}: {exc}",
-                        data=_serde.dumps({"step": key, "error": type(exc).__name__}),
+                    result = await run_in_thread(
+                        ctx.threads, f"outlast-{ctx.run.id}-{key}", fn, *args, **kwargs
                     )
-                )
+            except BaseException as exc:
+                if not _platform_unwinding(ctx, exc):
+                    name = _outcome.type_name(exc)
+                    ctx.committer.submit_nowait(
+                        LogLine(
+                            **ctx.op_base(),
+                            ts=ctx.store.now(),
+                            attempt=ctx.run.attempt,
+                            level="error",
+                            kind="step_failed",
+                            message=f"step {key!r} failed: {name}: {_outcome.message(exc)}",
+                            data=_serde.dumps({"step": key, "error": name}),
+                        )
+                    )
                 raise
             finally:
                 _step_key.reset(token)
@@ -337,22 +348,56 @@ class _Step:
         return key
 
 
+def _platform_unwinding(ctx: RunContext, exc: BaseException) -> bool:
+    """True when ``exc`` is the platform unwinding the attempt (a suspend, a cancel, a
+    timeout...), not the code failing: the run's end is set, or this asyncio task was
+    cancelled by someone (a ``CancelledError`` the code raised itself counts no cancel)."""
+    if ctx.end_reason is not None or isinstance(exc, LeaseLost):
+        return True
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
+class _Carried(Exception):
+    """Carries what a durable call raised across the asyncio task it ran in, to the sync
+    thread that made it: a task ending in KeyboardInterrupt or SystemExit re-raises it out
+    of the event loop (stopping the worker), and one ending in CancelledError reads as a
+    cancelled task, not as the code's failure."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(_outcome.type_name(exc))
+        self.exc = exc
+
+
+async def _carrying(coro: Awaitable[T]) -> T:
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit, asyncio.CancelledError) as exc:
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise  # cancelled by the platform: its attempt ended
+        raise _Carried(exc) from None
+
+
 def _from_thread(coro: Awaitable[T]) -> T:
     """Run a durable call on the run's event loop from the sync task's thread."""
     ctx = _require("a durable call")
     context = contextvars.copy_context()  # carries the run context into the loop's task
     result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-    def finish(f: asyncio.Future[T]) -> None:
+    def finish(f: asyncio.Task[T]) -> None:
+        ctx.side_tasks.discard(f)
         if f.cancelled():
             result.cancel()
         elif (exc := f.exception()) is not None:
-            result.set_exception(exc)
+            result.set_exception(exc.exc if isinstance(exc, _Carried) else exc)
         else:
             result.set_result(f.result())
 
     def start() -> None:
-        ctx.loop.create_task(coro, context=context).add_done_callback(finish)  # type: ignore[arg-type]
+        call = ctx.loop.create_task(_carrying(coro), context=context)
+        ctx.side_tasks.add(call)
+        call.add_done_callback(finish)
 
     ctx.loop.call_soon_threadsafe(start)
     return result.result()

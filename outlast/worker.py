@@ -19,18 +19,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import random
 import socket
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import _schedules, _serde
+from . import _outcome, _schedules, _serde
 from ._config import settings
 from ._errors import (
     AbortRun,
@@ -43,6 +43,8 @@ from ._errors import (
 from ._heartbeat import Beat, HeartbeatThread, beat_once
 from ._ids import new_id
 from ._signals import LeaseLost
+from ._threads import RunThread, run_in_thread
+from ._watchdog import LoopTimeout, Watchdog
 from .durable import RunContext, _current
 from .runs import Run, RunStatus
 from .scheduler import Scheduler
@@ -381,6 +383,10 @@ class Worker:
         self.id = new_id("worker")
         self.active: dict[str, RunContext] = {}
         self._running: set[asyncio.Task[None]] = set()
+        # Threads of runs' sync code still running after their attempt ended (a timeout,
+        # a cancel): each keeps its slot until it returns (see _threads and _outlive).
+        self._overrun: set[RunThread] = set()
+        self._watchdog = Watchdog(self.active.values)
         self.executed = 0
         self._lock: LifeLock | None = None
         self._committer: Committer | None = None
@@ -628,8 +634,9 @@ class Worker:
         return self.concurrency + ahead - self._busy() - len(self._ready)
 
     def _busy(self) -> int:
-        """Runs whose code is executing (those only committing their end do not count)."""
-        return len(self.active) - len(self._finishing)
+        """Runs whose code is executing (those only committing their end do not count),
+        and threads of sync code that outlived their attempt."""
+        return len(self.active) - len(self._finishing) + len(self._overrun)
 
     def _start_ready(self) -> None:
         while self._ready and self._busy() < self.concurrency and not self._stopping:
@@ -854,6 +861,8 @@ class Worker:
             inplace_sleep_seconds=settings().inplace_sleep_seconds,
         )
         self.active[claim.run.id] = ctx
+        self._finishing.discard(claim.run.id)  # its last attempt's, if still committing
+        self._watchdog.arm()
         # Keep a reference: the loop holds tasks only weakly.
         running = asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
         self._running.add(running)
@@ -869,14 +878,25 @@ class Worker:
                 await self.committer.submit(self._failed(ctx, None, err))
                 return
             await self._execute_task(ctx, task)
+        except LoopTimeout:
+            # The watchdog's interruption fired here, in the worker's code, as the run's
+            # code let go of the loop (see _watchdog): the timeout it set is still its end.
+            if run.id not in self._finishing and ctx.end_reason is not None:
+                op = self._unwound(ctx)
+                if op is not None:
+                    self._finishing.add(run.id)
+                    self.committer.submit_nowait(op)
         except Exception:
             log.exception("run %s: executor error", run.id, extra={"run_id": run.id})
         finally:
             took = time.monotonic() - began
             avg = self._avg_seconds
             self._avg_seconds = took if avg is None else 0.8 * avg + 0.2 * took
-            self.active.pop(run.id, None)
-            self._finishing.discard(run.id)
+            # A run retried at once may be claimed and started again while this attempt's
+            # end hooks still run: the entries are the new attempt's then.
+            if self.active.get(run.id) is ctx:
+                del self.active[run.id]
+                self._finishing.discard(run.id)
             self.executed += 1
             self._start_ready()
             self._slot_signal()
@@ -895,6 +915,7 @@ class Worker:
         timer = None
         if run.max_duration is not None:
             remaining = max(0.0, run.max_duration - run.exec_seconds)
+            ctx.deadline = time.monotonic() + remaining  # for the watchdog (_watchdog)
             timer = asyncio.get_running_loop().call_later(remaining, ctx.end, "timeout")
         op: EndSegment | None
         output: Any = None
@@ -904,22 +925,28 @@ class Worker:
             ctx.main_task = me
             output_text, output = await self._attempt(ctx, task, resumed)
             op = EndSegment(run_id=run.id, epoch=ctx.epoch, outcome="completed", output=output_text)
-        except asyncio.CancelledError:
-            # The attempt's unwinding ends here, and what it was unwound for is committed
-            # below: this task is not left counted as cancelling, a count asyncio's
-            # structured helpers (timeout, TaskGroup) read in the end hooks run here next.
-            while me.uncancel():
-                pass
-            op = self._unwound(ctx)
-        except LeaseLost:
-            op = None
-        except Exception as exc:
-            op = self._failed(ctx, task, exc)
+        except BaseException as exc:  # whatever the code raised, it ends the attempt here
+            op = self._ended_by(ctx, task, exc)
         finally:
             ctx.main_task = None
             _current.reset(token)
             if timer is not None:
                 timer.cancel()
+        if me.cancelling():
+            # The attempt's unwinding ends here, and what it was unwound for is committed
+            # below. A cancel the code asked for and never awaited would still be pending
+            # and fire at the commit's await: take it now. And this task is not left
+            # counted as cancelling, a count asyncio's structured helpers (timeout,
+            # TaskGroup) read in the end hooks run here next.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+            while me.uncancel():
+                pass
+        if ctx.end_reason is not None and op is not None and op.outcome == "completed":
+            # The code caught the platform's unwinding and returned: the platform's reason
+            # (a cancel, max_duration) still decides the outcome.
+            op = self._unwound(ctx)
+        self._outlive(ctx)
         if op is None:
             log.warning("run %s: lease lost; nothing committed", run.id, extra={"run_id": run.id})
             return
@@ -992,8 +1019,53 @@ class Worker:
         if task.is_async:
             result = await task.fn(payload)
         else:
-            result = await asyncio.to_thread(task.fn, payload)  # copies the run context
+            result = await run_in_thread(ctx.threads, f"outlast-{ctx.run.id}", task.fn, payload)
         return _serde.to_json(result, task.return_type), result
+
+    def _ended_by(
+        self, ctx: RunContext, task: Task[Any, Any], exc: BaseException
+    ) -> EndSegment | None:
+        """What ends an attempt whose code raised ``exc``. The platform's unwinding (a
+        suspend, a cancel, a timeout, a hand-back, a lost lease) is told by the reason it
+        set before unwinding, not by the exception's type: task code may raise a
+        CancelledError of its own, or turn the platform's into anything on its way out.
+        Everything else is the code failing, whatever it raised."""
+        if ctx.end_reason is not None:
+            return self._unwound(ctx)
+        if isinstance(exc, LeaseLost):
+            return None
+        if isinstance(exc, LoopTimeout):
+            # The watchdog's interruption, meant for another run, landed in this one's
+            # code (see _watchdog): not this run's fault, so back to the queue unspent.
+            ctx.end_reason = "handback"
+            return self._unwound(ctx)
+        return self._failed(ctx, task, exc)
+
+    def _outlive(self, ctx: RunContext) -> None:
+        """The attempt is over: stop what it left running. Durable calls its sync code
+        started on the loop are cancelled; threads of its sync code still running are told
+        to stop (``Stopped``, which pure-Python code sees at its next bytecode) and keep
+        their slot until they return, however long that is (a C call, a system call)."""
+        for call in list(ctx.side_tasks):
+            call.cancel()
+        if not ctx.threads:
+            return
+        log.warning(
+            "run %s: %d thread(s) of its sync code still run after its attempt ended; "
+            "stopping them; each keeps a slot until it returns",
+            ctx.run.id,
+            len(ctx.threads),
+            extra={"run_id": ctx.run.id},
+        )
+        for rt in list(ctx.threads):
+            rt.stop()
+            self._overrun.add(rt)
+            rt.on_exit(functools.partial(self._thread_returned, rt))
+
+    def _thread_returned(self, rt: RunThread) -> None:
+        self._overrun.discard(rt)
+        self._start_ready()
+        self._slot_signal()
 
     def _unwound(self, ctx: RunContext) -> EndSegment | None:
         run, reason = ctx.run, ctx.end_reason
@@ -1024,15 +1096,19 @@ class Worker:
             return EndSegment(**base, outcome="handback", exec_seconds=ctx.exec_seconds())
         return None  # lost: nothing may be committed
 
-    def _failed(self, ctx: RunContext, task: Task[Any, Any] | None, exc: Exception) -> EndSegment:
+    def _failed(
+        self, ctx: RunContext, task: Task[Any, Any] | None, exc: BaseException
+    ) -> EndSegment:
         run = ctx.run
         code = exc.code if isinstance(exc, OutlastError) else "task_error"
+        # Never raises, whatever exc is: an error that cannot be written would leave the
+        # run EXECUTING with nothing committed.
         error = _serde.dumps(
             {
                 "code": code,
-                "type": type(exc).__name__,
-                "message": str(exc) or type(exc).__name__,
-                "traceback": "".join(traceback.format_exception(exc)),
+                "type": _outcome.type_name(exc),
+                "message": _outcome.task_message(exc),
+                "traceback": _outcome.formatted_traceback(exc),
             }
         )
         base: dict[str, Any] = {"run_id": run.id, "epoch": ctx.epoch}
@@ -1043,7 +1119,7 @@ class Worker:
                 "run %s attempt %d failed (%s); retrying in %.1f s",
                 run.id,
                 run.attempt,
-                type(exc).__name__,
+                _outcome.type_name(exc),
                 delay,
                 extra={"run_id": run.id},
             )
@@ -1118,8 +1194,12 @@ class Worker:
                 result = hook(event)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:
-                # A hook never changes the run's outcome.
+            except BaseException as exc:
+                me = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling():
+                    raise  # the worker's own cancel (a shutdown), not the hook's doing
+                # A hook never changes the run's outcome, nor stops the worker, whatever it
+                # raises (KeyboardInterrupt, SystemExit included).
                 log.exception("run %s: %s hook failed", run.id, name, extra={"run_id": run.id})
 
 
