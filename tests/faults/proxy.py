@@ -1,32 +1,34 @@
 """A TCP proxy between a worker and PostgreSQL that a test can cut and restore.
 
-It runs its own asyncio loop in a thread. ``cut()`` closes every connection through it
-and refuses new ones (a network partition, as the worker sees it: connections reset,
-connects fail); ``restore()`` accepts again.
+Plain sockets and threads: an accept thread, and two pump threads per connection.
+``cut()`` closes every connection through it and refuses new ones (a network partition,
+as the worker sees it: connections reset, connects fail); ``restore()`` accepts again.
+Every socket it ever opened is in one set and closed by ``close()``, so none is left to
+the garbage collector (which would warn in whichever test runs next).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import socket
+import struct
 import threading
 
 
 class Proxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._mu = threading.Lock()
         self._open = True
+        self._closed = False
+        self._live: set[socket.socket] = set()  # every socket not yet closed
         self.connections = 0
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._threads: list[threading.Thread] = []
 
     def __enter__(self) -> Proxy:
-        self._thread.start()
-        self._ready.wait(10)
+        self._spawn(self._accept)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -36,68 +38,80 @@ class Proxy:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def cut(self) -> None:
-        """Close every connection and refuse new ones."""
-        asyncio.run_coroutine_threadsafe(self._set(False), self._loop).result(10)
+        """Reset every connection and refuse new ones."""
+        with self._mu:
+            self._open = False
+            doomed = list(self._live)
+            self._live.clear()
+        for s in doomed:
+            _reset(s)
 
     def restore(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._set(True), self._loop).result(10)
+        with self._mu:
+            self._open = True
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self.cut()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        with self._mu:
+            self._closed = True
+        self.cut()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
+        self._listener.close()
+        for t in self._threads:
+            t.join(10)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        # Every connection was aborted by the cut in close(); let their pumps finish and
-        # the aborted transports close before the loop goes, or a transport left to the
-        # garbage collector warns in whichever test runs next.
-        self._server.close()
-        pending = asyncio.all_tasks(self._loop)
-        for t in pending:
-            t.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.run_until_complete(self._server.wait_closed())
-        self._loop.run_until_complete(asyncio.sleep(0))
-        self._loop.close()
+    def _spawn(self, target: object, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self._threads.append(t)
+        t.start()
 
-    async def _set(self, open_: bool) -> None:
-        self._open = open_
-        if not open_:
-            for w in list(self._writers):
-                w.transport.abort()  # a reset, not a polite close
-            self._writers.clear()
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:  # the listener was closed
+                return
+            with self._mu:
+                refuse = not self._open or self._closed
+                if not refuse:
+                    self._live.add(down)
+            if refuse:
+                _reset(down)
+                continue
+            try:
+                up = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._drop(down)
+                continue
+            with self._mu:
+                if down not in self._live:  # cut while connecting upstream
+                    up.close()
+                    continue
+                self._live.add(up)
+                self.connections += 1
+            self._spawn(self._pump, down, up)
+            self._spawn(self._pump, up, down)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._open:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        if not self._open:  # cut while connecting upstream
-            writer.transport.abort()
-            up_writer.transport.abort()
-            return
-        self.connections += 1
-        self._writers.update((writer, up_writer))
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        self._drop(src)
+        self._drop(dst)
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
+    def _drop(self, s: socket.socket) -> None:
+        with self._mu:
+            mine = s in self._live
+            self._live.discard(s)
+        if mine:
+            _reset(s)
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        self._writers.discard(writer)
-        self._writers.discard(up_writer)
+
+def _reset(s: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): a cut, not a hang-up. The shutdown first wakes a
+    pump thread blocked reading it, which a close from another thread does not."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        s.shutdown(socket.SHUT_RDWR)
+    s.close()
