@@ -3,11 +3,14 @@
 Define tasks with ``@task``; inside them use ``step.run`` for memoized steps, ``wait``
 for durable pauses, ``logger`` and ``metadata``. Trigger from app code with
 ``await my_task.trigger(payload)`` or a ``Client``.
+
+This module exports what a task author or an app uses. Running workers in-process is
+for tests and tooling: ``from outlast.worker import Worker, HookEvent``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._clock import FakeClock, SystemClock
 from ._errors import (
@@ -28,7 +31,10 @@ from .runs import Run, RunHandle, RunStatus, TaskRunResult
 from .schedules import ScheduledPayload
 from .store.base import Waitpoint
 from .tasks import Queue, Retry, Task, queue, task
-from .worker import HookEvent, Worker
+
+if TYPE_CHECKING:
+    from .worker import HookEvent as HookEvent
+    from .worker import Worker as Worker
 
 __version__ = "0.1.0"
 
@@ -40,12 +46,23 @@ def complete_token(token_id: str, data: Any = None) -> Waitpoint:
     return default_client().complete_token(token_id, data)
 
 
+# Names that moved out of this module and still import from it (from outlast import Worker).
+_MOVED = {"HookEvent": "outlast.worker", "Worker": "outlast.worker"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'outlast' has no attribute {name!r}")
+
+
 __all__ = [
     "AbortRun",
     "AsyncClient",
     "Client",
     "FakeClock",
-    "HookEvent",
     "NonDeterminismError",
     "OutlastError",
     "PayloadTooLarge",
@@ -67,7 +84,6 @@ __all__ = [
     "UnknownTask",
     "ValidationError",
     "WaitResult",
-    "Worker",
     "complete_token",
     "current_run",
     "logger",

@@ -1,8 +1,10 @@
 """One tree of errors. Each has a stable ``code`` that the CLI, API and dashboard show.
 
-The docstring is the default message. Control-flow signals (suspension, lost leases,
-cancellation) are not here: they derive from ``BaseException`` in ``_signals.py`` so
-that a task's ``except Exception:`` never swallows them.
+The docstring is the default message. The control-flow signal of a lost lease is not
+here: it derives from ``BaseException`` in ``_signals.py`` so that a task's
+``except Exception:`` never swallows it. (Suspension, cancellation and timeouts
+set the run context's end reason and unwind task code with asyncio's own
+cancellation, so they need no signal class.)
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class SerializationError(OutlastError):
     code = "serialization_error"
 
 
+# Never raised (the watchdog ends the attempt): its code is the one a TIMED_OUT run's
+# error carries, and docs/reference/statuses.md names it.
 class TaskTimeout(OutlastError):
     """The run exceeded its max_duration."""
 

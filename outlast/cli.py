@@ -534,7 +534,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
 def cmd_schedules(args: argparse.Namespace) -> int:
     """Cron schedules: list, show, create, update, enable, disable, delete; and `next`,
     which prints when an expression fires (no database needed)."""
-    from . import _schedules, cron
+    from . import _schedule_client, cron
 
     if args.schedules_cmd == "next":
         c = cron.parse(args.expression)
@@ -543,7 +543,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                  if args.after else time.time())
         slots = cron.upcoming(c, tz, start, max(1, min(args.n, 1000)))
         if args.json:
-            print(json.dumps([_schedules.iso(t) for t in slots], indent=2))
+            print(json.dumps([_schedule_client.iso(t) for t in slots], indent=2))
             return 0
         print(f"{c.expression} in {tz.key}: {cron.describe(c.expression)}")
         for t in slots:
@@ -557,7 +557,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         rows = client.list_schedules(task=args.task, external_id=args.external_id,
                                      per_page=args.limit)
         if args.json:
-            print(json.dumps([_schedules.schedule_json(s) for s in rows], indent=2))
+            print(json.dumps([_schedule_client.schedule_json(s) for s in rows], indent=2))
             return 0
         print(f"{'ID':32} {'TASK':20} {'TYPE':11} {'CRON':16} {'TIMEZONE':16} "
               f"{'EXTERNAL ID':14} {'NEXT RUN (UTC)':19} ACTIVE")
@@ -582,7 +582,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
         s = client.deactivate_schedule(args.schedule_id)
     elif args.schedules_cmd == "delete":
         s = client.delete_schedule(args.schedule_id)
-        _out(args, _schedules.schedule_json(s), f"deleted {s.id}")
+        _out(args, _schedule_client.schedule_json(s), f"deleted {s.id}")
         return 0
     else:  # show
         s = client.retrieve_schedule(args.schedule_id)
@@ -595,7 +595,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             for f in client.store.schedule_slots(s.id, 10):
                 print(f"  fired     {_when(f['slot'])} UTC -> {f['run_id']}")
             return 0
-    _out(args, _schedules.schedule_json(s), "\n".join(f"{k:9} {v}" for k, v in
+    _out(args, _schedule_client.schedule_json(s), "\n".join(f"{k:9} {v}" for k, v in
                                                       _schedule_lines(s)))
     return 0
 

@@ -1,7 +1,8 @@
-"""The scheduling loops: due delayed runs, TTL expiry, waitpoint timers, reaping dead and
-lapsed workers, forgetting old request keys, firing cron slots. Every statement is safe to
-run from any number of processes at once (conditional updates, row locks, unique keys), so
-every server and worker may run this; there is no leader to elect."""
+"""The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
+off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
+lapsed workers, forgets old request keys, and fires cron slots (``_schedule_firing``).
+Every statement is safe to run from any number of processes at once (conditional updates,
+row locks, unique keys), so there is no leader to elect."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import logging
 import time
 
-from . import _schedules
+from ._schedule_firing import fire_due
 from .store.base import Store, TaskDef
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Scheduler:
         if time.monotonic() - self._defs_at > 10.0:  # task defaults change with deploys
             self._defs_at = time.monotonic()
             self._task_defs.clear()
-        return await asyncio.to_thread(_schedules.fire_due, self.store, defs=self._task_defs)
+        return await asyncio.to_thread(fire_due, self.store, defs=self._task_defs)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

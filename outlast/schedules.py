@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import cron as _cron
-from ._schedules import DECLARATIVE, IMPERATIVE
+from ._schedule_crud import DECLARATIVE, IMPERATIVE
 from .store.base import Schedule
 from .tasks import Task
 

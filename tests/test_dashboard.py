@@ -552,11 +552,11 @@ def test_dev_opens_the_dashboard_only_on_loopback() -> None:
 
 
 async def test_schedules_page_lists_every_schedule(dash: Dash, store: Store) -> None:
-    from outlast import _schedules
+    from outlast import _schedule_crud
 
     r = await dash.get("/schedules")
     assert r.status_code == 200 and "No schedules in this environment" in _text(r)
-    _schedules.create(store, "dev", task="dash-pipeline", cron="0 9 * * MON",
+    _schedule_crud.create(store, "dev", task="dash-pipeline", cron="0 9 * * MON",
                       timezone="Europe/Paris", external_id="org_42")
     page = _text(await dash.get("/schedules"))
     assert "dash-pipeline" in page and "0 9 * * MON" in page

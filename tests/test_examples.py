@@ -549,6 +549,17 @@ def test_the_python_reference_lists_every_public_name() -> None:
     assert missing == [], f"document these in docs/reference/python-api.md: {missing}"
 
 
+def test_names_moved_out_of_the_package_root_still_import_from_it() -> None:
+    import outlast
+    import outlast.worker
+    from outlast import HookEvent, Worker
+
+    assert (Worker, HookEvent) == (outlast.worker.Worker, outlast.worker.HookEvent)
+    assert "Worker" not in outlast.__all__ and "HookEvent" not in outlast.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        outlast.no_such_name  # noqa: B018
+
+
 def test_the_cli_reference_covers_every_command_and_flag() -> None:
     from outlast.cli import build_parser
 

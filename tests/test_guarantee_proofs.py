@@ -26,7 +26,7 @@ import httpx
 import psycopg
 import pytest
 
-from outlast import Retry, Worker, _schedules, queue, step, task
+from outlast import Retry, Worker, _schedule_firing, queue, step, task
 from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError
 from outlast.client import Client
@@ -473,7 +473,7 @@ def test_a_slow_scheduler_does_not_overwrite_a_schedule_edited_since_it_read_it(
     assert s.next_run_at == 1_780_308_600.0  # 10:10
     clock.set(1_780_308_605.0)  # 10:10:05, the slot is due
     [seen] = store.due_schedules(clock.now(), 10)
-    stale = _schedules._prepare_fire(store, seen, clock.now(), {})
+    stale = _schedule_firing._prepare_fire(store, seen, clock.now(), {})
     assert stale.slot == 1_780_308_600 and stale.next_run_at == 1_780_309_200.0  # 10:20
 
     edited = client.update_schedule(s.id, cron="0 * * * *")
@@ -485,7 +485,7 @@ def test_a_slow_scheduler_does_not_overwrite_a_schedule_edited_since_it_read_it(
     assert (after.cron, after.next_run_at) == ("0 * * * *", 1_780_311_600.0)
 
     clock.set(1_780_311_601.0)  # 11:00:01: the edited schedule fires its own slot, once
-    assert _schedules.fire_due(store) == 1
+    assert _schedule_firing.fire_due(store) == 1
     assert [r.payload["timestamp"] for r in store.list_runs("dev", limit=10)] == [
         "2026-06-01T11:00:00.000Z"
     ]

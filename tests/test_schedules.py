@@ -22,8 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from outlast import FakeClock, ScheduledPayload, Worker, _schedules, cli, cron, schedules, task
+from outlast import FakeClock, ScheduledPayload, Worker, cli, cron, schedules, task
 from outlast._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
+from outlast._schedule_firing import fire_due
 from outlast.cli import main as cli_main
 from outlast.client import AsyncClient, Client, set_default_client
 from outlast.runs import Run, RunStatus
@@ -138,11 +139,11 @@ async def test_the_slot_key_refuses_a_second_fire_of_the_same_slot(
     clock.set(at("2026-06-01T10:00:30Z"))
     s = client.create_schedule("cron-every-minute", "*/10 * * * *")
     clock.set(at("2026-06-01T10:10:05Z"))
-    assert _schedules.fire_due(store) == 1
+    assert fire_due(store) == 1
     moved = store.get_schedule("dev", s.id)
     assert moved is not None
     store.save_schedule(dataclasses.replace(moved, next_run_at=at("2026-06-01T10:10:00Z")))
-    assert _schedules.fire_due(store) == 0
+    assert fire_due(store) == 0
     assert fired(store, "cron-every-minute") == ["2026-06-01T10:10:00Z"]
     after = store.get_schedule("dev", s.id)
     assert after is not None and after.next_run_at == at("2026-06-01T10:20:00Z")
@@ -157,12 +158,12 @@ async def test_downtime_fires_only_the_latest_missed_slot_once(
     clock.set(at("2026-06-01T09:59:00Z"))
     s = client.create_schedule("cron-every-minute", "0 * * * *")
     clock.set(at("2026-06-01T10:00:01Z"))
-    assert _schedules.fire_due(store) == 1
+    assert fire_due(store) == 1
     # Every scheduler is down from 10:00 to 15:40: 11:00 … 15:00 were missed.
     clock.set(at("2026-06-01T15:40:00Z"))
     others = [Scheduler(store), Scheduler(store)]
     await asyncio.gather(*(sch.tick() for sch in others))
-    assert _schedules.fire_due(store) == 0
+    assert fire_due(store) == 0
     assert fired(store, "cron-every-minute") == ["2026-06-01T10:00:00Z", "2026-06-01T15:00:00Z"]
     latest = scheduled_runs(store, "cron-every-minute")[-1].payload
     assert latest["lastTimestamp"] == "2026-06-01T10:00:00.000Z"  # the last slot that fired
@@ -179,13 +180,13 @@ async def test_clock_jumps_back_then_forward(
     client.create_schedule("cron-every-minute", "*/15 * * * *")
     for _ in range(16):  # 09:59 -> 10:31, a tick every 2 minutes
         clock.advance(120)
-        _schedules.fire_due(store)
+        fire_due(store)
     clock.advance(-3600)  # 09:31: nothing is due until 10:45
     for _ in range(10):
         clock.advance(60)
-        assert _schedules.fire_due(store) == 0
+        assert fire_due(store) == 0
     clock.advance(7200)  # 11:41: 10:45 … 11:30 missed; the latest fires
-    _schedules.fire_due(store)
+    fire_due(store)
     assert fired(store, "cron-every-minute") == [
         "2026-06-01T10:00:00Z", "2026-06-01T10:15:00Z", "2026-06-01T10:30:00Z",
         "2026-06-01T11:30:00Z",
@@ -196,7 +197,7 @@ async def run_days(store: Store, clock: FakeClock, start: str, days: int) -> Non
     clock.set(at(start))
     for _ in range(days * 24):  # a tick an hour is plenty: the slot fired is computed
         clock.advance(3600)
-        _schedules.fire_due(store)
+        fire_due(store)
 
 
 @pytest.mark.parametrize("season", ["spring", "fall"])
@@ -288,7 +289,7 @@ async def test_per_tenant_schedules_carry_their_external_ids(
     only = client.list_schedules(external_id="org_2")
     assert [s.timezone for s in only] == ["America/New_York"]
     clock.set(at("2026-06-02T06:00:00Z"))  # past 09:00 in Tokyo, Paris and New York
-    assert _schedules.fire_due(store) == 3
+    assert fire_due(store) == 3
     await worker.run_until_idle()
     runs = scheduled_runs(store, "cron-tenant")
     assert {r.output for r in runs} == set(zones)
@@ -336,7 +337,7 @@ async def test_update_activate_deactivate_delete(
     s = client.deactivate_schedule(s.id)
     assert not s.active and s.next_run_at is None
     clock.set(at("2026-06-05T12:00:00Z"))
-    assert _schedules.fire_due(store) == 0
+    assert fire_due(store) == 0
     s = client.activate_schedule(s.id)  # from the next slot after now: no catching up
     assert s.active and s.next_run_at == at("2026-06-06T07:30:00Z")
     assert client.delete_schedule(s.id).id == s.id
@@ -372,7 +373,7 @@ async def test_declarative_schedules_follow_the_code_on_worker_start(
     assert declarative(store) == s
 
     clock.set(at("2026-06-01T07:00:10Z"))
-    assert _schedules.fire_due(store) == 1
+    assert fire_due(store) == 1
     run = scheduled_runs(store, "cron-declared")[0]
     assert run.payload["type"] == "DECLARATIVE" and run.payload["scheduleId"] == s.id
 
@@ -421,9 +422,9 @@ async def test_a_scheduled_run_gets_a_typed_payload(
     s = client.create_schedule("cron-every-minute", "* * * * *", timezone="Asia/Kolkata",
                                external_id="org_7")
     clock.advance(45)
-    _schedules.fire_due(store)
+    fire_due(store)
     clock.advance(60)
-    _schedules.fire_due(store)
+    fire_due(store)
     await worker.run_until_idle()
     runs = scheduled_runs(store, "cron-every-minute")
     assert [r.status for r in runs] == [RunStatus.COMPLETED] * 2

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import _schedules
+from .. import _schedule_client, _schedule_crud
 from .. import cron as _cron
 from ..store.base import Store
 
@@ -43,7 +43,7 @@ class UpdateScheduleBody(BaseModel):
 def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["schedules"])
     Env = Annotated[str, Depends(env_dependency)]
-    as_json = _schedules.schedule_json
+    as_json = _schedule_client.schedule_json
 
     @router.get("/api/v1/schedules", summary="List schedules, oldest first")
     def list_schedules(
@@ -67,7 +67,7 @@ def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.post("/api/v1/schedules", summary="Create a schedule (an upsert by deduplicationKey)")
     def create_schedule(body: CreateScheduleBody, env: Env) -> dict[str, Any]:
-        s, _ = _schedules.create(
+        s, _ = _schedule_crud.create(
             store, env, task=body.task, cron=body.cron, timezone=body.timezone,
             external_id=body.externalId, deduplication_key=body.deduplicationKey,
         )
@@ -75,7 +75,7 @@ def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.get("/api/v1/schedules/{schedule_id}", summary="Retrieve a schedule")
     def retrieve_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
-        return as_json(_schedules.get(store, env, schedule_id))
+        return as_json(_schedule_crud.get(store, env, schedule_id))
 
     @router.put("/api/v1/schedules/{schedule_id}", summary="Update an imperative schedule")
     def update_schedule(schedule_id: str, body: UpdateScheduleBody, env: Env) -> dict[str, Any]:
@@ -83,20 +83,20 @@ def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
                                    "timezone": body.timezone}
         if "externalId" in body.model_fields_set:
             changes["external_id"] = body.externalId
-        return as_json(_schedules.update(store, env, schedule_id, **changes))
+        return as_json(_schedule_crud.update(store, env, schedule_id, **changes))
 
     @router.delete("/api/v1/schedules/{schedule_id}", summary="Delete an imperative schedule")
     def delete_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
-        return as_json(_schedules.delete(store, env, schedule_id))
+        return as_json(_schedule_crud.delete(store, env, schedule_id))
 
     @router.post("/api/v1/schedules/{schedule_id}/activate",
                  summary="Activate: fire from the next slot after now")
     def activate_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
-        return as_json(_schedules.set_active(store, env, schedule_id, True))
+        return as_json(_schedule_crud.set_active(store, env, schedule_id, True))
 
     @router.post("/api/v1/schedules/{schedule_id}/deactivate", summary="Deactivate")
     def deactivate_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
-        return as_json(_schedules.set_active(store, env, schedule_id, False))
+        return as_json(_schedule_crud.set_active(store, env, schedule_id, False))
 
     @router.get("/api/v1/timezones", summary="The IANA time zones a schedule may use")
     def timezones(env: Env, excludeUtc: bool = False) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Store parts for cron schedules: definitions, declarative sync, and firing slots.
 
-The store knows nothing of cron: ``outlast/_schedules.py`` computes every slot and next
-slot, and these methods keep them. Firing is where C6 lives (``fire_schedules``).
+The store knows nothing of cron: ``outlast/_schedule_crud.py`` and ``_schedule_firing.py``
+compute every slot and next slot, and these methods keep them. Firing is where C6 lives
+(``fire_schedules``).
 """
 
 from __future__ import annotations

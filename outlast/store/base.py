@@ -505,7 +505,8 @@ class Store(abc.ABC):
         """Backend hook: the ids among ``alive`` whose life lock is free (they died)."""
         return []
 
-    # -- cron schedules (outlast/_schedules.py computes the slots; the store keeps them) --
+    # -- cron schedules (outlast/_schedule_crud.py and _schedule_firing.py compute the
+    # slots; the store keeps them) --
     @abc.abstractmethod
     def insert_schedule(self, schedule: Schedule) -> bool:
         """Insert; False (and nothing written) if its deduplication key is taken."""
