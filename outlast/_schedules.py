@@ -25,8 +25,9 @@ from . import _serde
 from . import cron as _cron
 from ._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
 from ._ids import new_id
+from ._trigger import REGISTRY, TriggerOptions, build_run
 from .store.base import Schedule, ScheduleFire, Store, TaskDef
-from .tasks import REGISTRY, Task, TriggerOptions, build_run
+from .tasks import Task
 
 if TYPE_CHECKING:
     from ._http import HttpTransport
