@@ -84,7 +84,7 @@ def prepare_run(
     if local is not None:
         return task_run(local, payload, options, env)
     published = _published(store, env, str(task))
-    return _published_run(published, env, _published_payload(published, payload), options)
+    return published_run(published, env, _published_payload(published, payload), options)
 
 
 def prepare_runs(
@@ -105,7 +105,7 @@ def prepare_runs(
     return build_runs(
         payloads,
         lambda payload: _published_payload(published, payload, limit),
-        lambda text: _published_run(published, env, text, options),
+        lambda text: published_run(published, env, text, options),
     )
 
 
@@ -175,9 +175,11 @@ def _published_payload(published: TaskDef, payload: Any, limit: int | None = Non
     return text
 
 
-def _published_run(
+def published_run(
     published: TaskDef, env: str, payload_text: str, options: TriggerOptions
 ) -> NewRun:
+    """A run with the defaults of a task as its workers published it (a validated
+    payload: schedules fire with a payload they made)."""
     spec = published.spec
     return build_run(
         task_id=published.id,
