@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
 from . import _limits, _serde
+from ._config import settings
 from ._errors import ConfigurationError
 from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
 from .runs import RunHandle, TaskRunResult
@@ -157,8 +158,6 @@ class Task(Generic[P, R]):
         value = _serde.validate(payload, self.payload_type, what="payload")
         text = _serde.to_json(value, self.payload_type)
         if limit is None:
-            from ._config import settings
-
             limit = settings().max_payload_bytes
         check_payload_size(text, limit)
         return text
