@@ -19,10 +19,10 @@ import orjson
 
 from . import _errors as e
 from . import _serde
+from ._trigger import TriggerOptions
 from .durable import Token
 from .runs import Run, RunStatus
 from .store.base import Waitpoint
-from .tasks import TriggerOptions
 
 _CODES: dict[str, type[e.OutlastError]] = {
     cls.code: cls

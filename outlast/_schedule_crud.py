@@ -17,8 +17,9 @@ from typing import Any
 from . import cron as _cron
 from ._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
 from ._ids import new_id
+from ._trigger import REGISTRY
 from .store.base import Schedule, Store
-from .tasks import REGISTRY, Task
+from .tasks import Task
 
 DECLARATIVE = "DECLARATIVE"
 IMPERATIVE = "IMPERATIVE"

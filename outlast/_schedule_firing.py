@@ -18,8 +18,8 @@ from typing import Any
 from . import _serde
 from . import cron as _cron
 from ._schedule_client import iso
+from ._trigger import NO_OPTIONS, REGISTRY, published_run
 from .store.base import Schedule, ScheduleFire, Store, TaskDef
-from .tasks import REGISTRY, TriggerOptions, build_run
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +91,9 @@ def _prepare_fire(
 def _run(s: Schedule, payload: str, published: TaskDef | None) -> Any:
     """The slot's run, with the task's defaults as its workers published them (a server
     firing schedules need not import task code)."""
-    local = REGISTRY.get(s.task_id)
-    spec: dict[str, Any] = published.spec if published is not None else {}
-    if published is not None:
-        queue = published.queue
-    elif local is not None:
-        queue, spec = local.queue.name, local.definition().spec
-    else:
-        queue = f"task/{s.task_id}"
-    return build_run(
-        task_id=s.task_id,
-        default_queue=queue,
-        default_tags=spec.get("tags") or (),
-        default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
-        default_max_duration=spec.get("max_duration"),
-        payload_text=payload,
-        options=TriggerOptions(),
-        env=s.env,
-    )
+    if published is None:
+        local = REGISTRY.get(s.task_id)
+        published = local.definition() if local is not None else TaskDef(
+            id=s.task_id, queue=f"task/{s.task_id}", payload_schema={}, spec={}
+        )
+    return published_run(published, s.env, payload, NO_OPTIONS)

@@ -17,27 +17,25 @@ from typing import Any
 from . import _limits, _serde
 from ._clock import Clock
 from ._config import settings
-from ._errors import ConfigurationError, RunNotFound, UnknownTask, ValidationError
+from ._errors import ConfigurationError, RunNotFound, ValidationError
 from ._http import HttpTransport, HttpTrigger
 from ._ids import new_id
 from ._schedules import AsyncScheduleMethods, ScheduleMethods
+
+# TriggerOptions, prepare_run and prepare_runs are re-exported: apps and the bench import
+# them from here.
+from ._trigger import NO_OPTIONS as _NO_OPTIONS
+from ._trigger import REGISTRY, check_options, item_error, prepare_replay
+from ._trigger import TriggerOptions as TriggerOptions
+from ._trigger import prepare_run as prepare_run
+from ._trigger import prepare_runs as prepare_runs
 from .durable import Token
 from .runs import Run, RunHandle
 from .store import open_store
-from .store.base import NewRun, Store, TaskDef, Waitpoint
-from .tasks import (
-    REGISTRY,
-    Task,
-    TriggerOptions,
-    build_run,
-    build_runs,
-    check_payload_size,
-    item_error,
-)
+from .store.base import NewRun, Store, Waitpoint
+from .tasks import Task
 
 _MISSING: Any = object()
-# The options of a trigger given none; TriggerOptions is frozen, so one serves every call.
-_NO_OPTIONS = TriggerOptions()
 
 
 def _seconds(value: timedelta | float | None, field: str = "timeout") -> float | None:
@@ -105,16 +103,7 @@ class Client(ScheduleMethods):
         # imported; the options). The server validates again and applies the task's
         # defaults, which an app that never imported the task does not know.
         text = local.validate_payload(payload) if local is not None else _serde.to_json(payload)
-        build_run(
-            task_id=task_id,
-            default_queue="",
-            default_tags=(),
-            default_max_attempts=1,
-            default_max_duration=None,
-            payload_text=text,
-            options=options,
-            env=self.env,
-        )
+        check_options(options, self.env)
         return HttpTrigger(task_id, text, options)
 
     def _send(self, runs: Sequence[NewRun | HttpTrigger]) -> list[tuple[str, bool]]:
@@ -202,20 +191,10 @@ class Client(ScheduleMethods):
             replayed, task_id = self._http.replay(run_id, payload, payload is not _MISSING)
             return RunHandle(id=replayed, task_id=task_id)
         original = self.retrieve(run_id)
-        new = prepare_run(
-            self._ready(),
-            self.env,
-            original.task_id,
+        new = prepare_replay(
+            self._ready(), self.env, original,
             original.payload if payload is _MISSING else payload,
-            TriggerOptions(
-                tags=original.tags,
-                priority=original.priority,
-                max_attempts=original.max_attempts,
-                concurrency_key=original.concurrency_key,
-                queue=original.queue,
-            ),
         )
-        new.replayed_from = original.id
         result = self._ready().trigger([new])[0]
         return RunHandle(id=result.id, task_id=new.task_id)
 
@@ -307,108 +286,6 @@ class Client(ScheduleMethods):
         if self._http is not None:
             return self._http.set_queue_limit(name, limit)
         return self._ready().update_queue(self.env, name, concurrency_limit=limit)
-
-
-def prepare_run(
-    store: Store, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
-) -> NewRun:
-    """Validate a trigger and build its run; raises before anything is written.
-
-    The payload is checked with the task's type when its code is imported here, and
-    against the JSON schema its workers published otherwise (an app or a server that
-    never imports task code)."""
-    if isinstance(task, Task):
-        return task.new_run(payload, options, env)
-    local = REGISTRY.get(task)
-    if local is not None:
-        return local.new_run(payload, options, env)
-    published = _published(store, env, task)
-    return _published_run(published, env, _published_payload(published, payload), options)
-
-
-def prepare_runs(
-    store: Store,
-    env: str,
-    task: Task[Any, Any] | str,
-    payloads: Iterable[Any],
-    options: TriggerOptions,
-) -> list[NewRun]:
-    """``prepare_run`` for a batch sharing its options: the task is looked up and the
-    options checked once, every payload validated; a bad one is named by its index
-    (``items[i]``) and nothing is written."""
-    if isinstance(task, Task):
-        return task.new_runs(payloads, options, env)
-    local = REGISTRY.get(task)
-    if local is not None:
-        return local.new_runs(payloads, options, env)
-    published = _published(store, env, task)
-    limit = settings().max_payload_bytes
-    return build_runs(
-        payloads,
-        lambda payload: _published_payload(published, payload, limit),
-        lambda text: _published_run(published, env, text, options),
-    )
-
-
-def _published(store: Store, env: str, task_id: str) -> TaskDef:
-    published = store.get_task(env, task_id)
-    if published is None:
-        raise UnknownTask(
-            f"no task {task_id!r} in environment {env!r}: import the module that defines it, "
-            "or start a worker that serves it",
-            field="task_id",
-        )
-    return published
-
-
-def _published_payload(published: TaskDef, payload: Any, limit: int | None = None) -> str:
-    """A payload checked against the JSON schema the task's workers published."""
-    _check_schema(published.payload_schema, payload)
-    text = _serde.to_json(payload)
-    check_payload_size(text, settings().max_payload_bytes if limit is None else limit)
-    return text
-
-
-def _published_run(
-    published: TaskDef, env: str, payload_text: str, options: TriggerOptions
-) -> NewRun:
-    spec = published.spec
-    return build_run(
-        task_id=published.id,
-        default_queue=published.queue,
-        default_tags=spec.get("tags") or (),
-        default_max_attempts=int((spec.get("retry") or {}).get("max_attempts", 3)),
-        default_max_duration=spec.get("max_duration"),
-        payload_text=payload_text,
-        options=options,
-        env=env,
-    )
-
-
-_validators: dict[str, Any] = {}
-
-
-def _check_schema(schema: dict[str, Any], payload: Any) -> None:
-    if not schema:
-        return
-    import jsonschema
-
-    # Building a validator costs milliseconds; a task's schema changes only on deploys.
-    cache_key = _serde.dumps(schema)
-    validator = _validators.get(cache_key)
-    if validator is None:
-        if len(_validators) > 512:
-            _validators.clear()
-        validator = _validators[cache_key] = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
-    if error is not None:
-        path = list(error.absolute_path)
-        if error.validator == "required" and isinstance(error.instance, dict):
-            # Name the missing property, as pydantic does ("payload.sku", not "payload").
-            path += [k for k in error.validator_value if k not in error.instance][:1]
-        where = ".".join(str(p) for p in path)
-        field = f"payload.{where}" if where else "payload"
-        raise ValidationError(f"{field}: {error.message}", field=field)
 
 
 def _output_type(task: Task[Any, Any] | str) -> Any:

@@ -33,11 +33,12 @@ from ._errors import NonDeterminismError, OutlastError, TokenTimedOut
 from ._ids import derived_id
 from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
+from ._trigger import TriggerOptions, task_run
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
 from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
 
 if TYPE_CHECKING:
-    from .tasks import Task, TriggerOptions
+    from .tasks import Task
 
 T = TypeVar("T")
 log = logging.getLogger("outlast.task")
@@ -641,7 +642,7 @@ def _child_runs(
 ) -> list[NewRun]:
     runs = []
     for p in payloads:
-        r = task.new_run(p, options, ctx.run.env)
+        r = task_run(task, p, options, ctx.run.env)
         r.parent_id = ctx.run.id
         r.root_id = ctx.run.root_id or ctx.run.id
         r.depth = ctx.run.depth + 1

@@ -19,8 +19,9 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
 from . import _limits, _serde
-from ._errors import ConfigurationError, PayloadTooLarge, ValidationError
-from ._ids import new_id, new_ids
+from ._config import settings
+from ._errors import ConfigurationError
+from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
 from .runs import RunHandle, TaskRunResult
 from .store.base import NewRun, QueueSpec, TaskDef
 
@@ -122,27 +123,9 @@ def _seconds(value: timedelta | float | int | None, field_name: str) -> float | 
     return _limits.seconds(seconds, field_name)
 
 
-@dataclass(frozen=True)
-class TriggerOptions:
-    idempotency_key: str | None = None
-    idempotency_key_ttl: timedelta | float | None = None
-    delay: timedelta | float | None = None
-    ttl: timedelta | float | None = None
-    tags: Sequence[str] = ()
-    priority: float = 0.0
-    metadata: dict[str, Any] | None = None
-    max_attempts: int | None = None
-    concurrency_key: str | None = None
-    queue: str | None = None
-    max_duration: timedelta | float | None = None
-
-
 def kebab(name: str) -> str:
     name = re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", name)
     return re.sub(r"[_\s]+", "-", name).strip("-").lower()
-
-
-REGISTRY: dict[str, Task[Any, Any]] = {}
 
 
 @dataclass(eq=False)
@@ -175,44 +158,17 @@ class Task(Generic[P, R]):
         value = _serde.validate(payload, self.payload_type, what="payload")
         text = _serde.to_json(value, self.payload_type)
         if limit is None:
-            from ._config import settings
-
             limit = settings().max_payload_bytes
         check_payload_size(text, limit)
         return text
 
     def new_run(self, payload: Any, options: TriggerOptions, env: str) -> NewRun:
-        return build_run(
-            task_id=self.id,
-            default_queue=self.queue.name,
-            default_tags=self.tags,
-            default_max_attempts=self.retry.max_attempts,
-            default_max_duration=self.max_duration,
-            payload_text=self.validate_payload(payload),
-            options=options,
-            env=env,
-        )
+        return task_run(self, payload, options, env)
 
     def new_runs(self, payloads: Iterable[Any], options: TriggerOptions, env: str) -> list[NewRun]:
         """Runs for many payloads with the same options, each payload validated; a bad one
         raises a ValidationError naming its index (``items[i]``)."""
-        from ._config import settings
-
-        limit = settings().max_payload_bytes
-        return build_runs(
-            payloads,
-            lambda payload: self.validate_payload(payload, limit),
-            lambda text: build_run(
-                task_id=self.id,
-                default_queue=self.queue.name,
-                default_tags=self.tags,
-                default_max_attempts=self.retry.max_attempts,
-                default_max_duration=self.max_duration,
-                payload_text=text,
-                options=options,
-                env=env,
-            ),
-        )
+        return task_runs(self, payloads, options, env)
 
     def definition(self) -> TaskDef:
         return TaskDef(
@@ -315,113 +271,6 @@ class Task(Generic[P, R]):
 
 
 HOOK_EVENTS = frozenset({"start", "success", "failure", "complete", "wait", "resume", "end"})
-
-
-def item_error(exc: ValidationError, index: int) -> ValidationError:
-    """``exc`` about one item of a batch, named by its index: ``items[3].payload.n``."""
-    field = f"items[{index}].{exc.field}" if exc.field else f"items[{index}]"
-    return type(exc)(f"items[{index}]: {exc.message}", field=field)
-
-
-def check_payload_size(text: str, limit: int) -> None:
-    """Raise PayloadTooLarge if ``text`` is over ``limit`` bytes of UTF-8."""
-    # A character is at most 4 bytes: most payloads are far below the limit, and then
-    # need no encoding to prove it.
-    if len(text) * 4 > limit and len(text.encode()) > limit:
-        raise PayloadTooLarge(
-            f"payload is {len(text.encode())} bytes, over the limit of {limit} bytes",
-            field="payload",
-            limit=limit,
-        )
-
-
-def build_runs(
-    payloads: Iterable[Any],
-    validate: Callable[[Any], str],
-    build: Callable[[str], NewRun],
-) -> list[NewRun]:
-    """The runs of a batch: ``validate`` turns each payload into its JSON text, ``build``
-    makes the first run (checking the options, as for a single trigger) and the others
-    are copies of it with their own id and payload, since a batch shares its options. A
-    ValidationError names the item's index (``items[3].payload.n``)."""
-    texts: list[str] = []
-    first: NewRun | None = None
-    for i, payload in enumerate(payloads):
-        try:
-            texts.append(validate(payload))
-            if first is None:
-                first = build(texts[0])
-        except ValidationError as exc:
-            raise item_error(exc, i) from None
-    if first is None:
-        return []
-    runs = [first]
-    fields = first.__dict__
-    for run_id, text in zip(new_ids("run", len(texts) - 1), texts[1:], strict=True):
-        # A shallow copy, a quarter of copy.copy's time (NewRun is a plain dataclass: its
-        # fields are its __dict__).
-        run = object.__new__(NewRun)
-        run.__dict__.update(fields)
-        run.id = run_id
-        run.payload = text
-        run.tags = list(first.tags)  # a list per run, as build_run gives
-        runs.append(run)
-    return runs
-
-
-def build_run(
-    *,
-    task_id: str,
-    default_queue: str,
-    default_tags: Sequence[str],
-    default_max_attempts: int,
-    default_max_duration: float | None,
-    payload_text: str,
-    options: TriggerOptions,
-    env: str,
-) -> NewRun:
-    """A NewRun from validated input; raises ValidationError naming the bad option."""
-    tags = _limits.tags([*default_tags, *options.tags])
-    key = options.idempotency_key
-    if key is not None:
-        _limits.text(key, "idempotency_key")
-    ckey = options.concurrency_key
-    if ckey:
-        _limits.text(ckey, "concurrency_key")
-    if options.queue:
-        _limits.text(options.queue, "queue", max_bytes=_limits.MAX_NAME_BYTES)
-    max_attempts = _limits.integer(
-        options.max_attempts or default_max_attempts, "max_attempts", low=1, high=1000
-    )
-    metadata = _serde.to_json(options.metadata or {})
-    if not isinstance(options.metadata or {}, dict):
-        raise ValidationError("metadata must be an object", field="metadata")
-    ttl = _seconds(options.idempotency_key_ttl, "idempotency_key_ttl")
-    if ttl is None and key is not None:
-        from ._config import settings
-
-        ttl = settings().idempotency_ttl
-    # A head start in seconds: a NaN or an infinity would never sort among the others.
-    priority = _limits.number(
-        options.priority or 0.0, "priority", low=0.0, high=_limits.MAX_SECONDS
-    )
-    return NewRun(
-        id=new_id("run"),
-        env=env,
-        task_id=task_id,
-        queue=options.queue or default_queue,
-        payload=payload_text,
-        max_attempts=max_attempts,
-        tags=tags,
-        metadata=metadata,
-        priority=priority,
-        concurrency_key=ckey or "",
-        idempotency_key=key,
-        idempotency_ttl=ttl,
-        delay=_seconds(options.delay, "delay") or None,
-        ttl=_seconds(options.ttl, "ttl") or None,
-        max_duration=_seconds(options.max_duration, "max_duration") or default_max_duration,
-    )
 
 
 def _payload_and_return(fn: Callable[..., Any]) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+import pydantic
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -19,14 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from .. import _limits, _serde
 from .._errors import QueueNotFound, RunNotFound, TokenNotFound, ValidationError
 from .._ids import new_id
-from ..client import prepare_run
+from .._trigger import TriggerOptions, prepare_replay, prepare_run
 from ..explain import why
 from ..runs import Run
 from ..store.base import NewRun, Store
-from ..tasks import TriggerOptions
 from ..waitpoints import callback_url, verify
 from .bodies import MAX_BATCH_ITEMS, batch_items, documented_body, json_response, read_limited
-from .compat import resolve_payload
 from .durations import MAX_SECONDS, seconds_from
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
 
@@ -199,6 +198,44 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
     )
 
 
+def prepare_request(store: Store, env: str, task_id: str, payload: Any,
+                    options: TriggerOptionsBody | dict[str, Any] | None, where: str = "") -> NewRun:
+    """A trigger as the Trigger.dev SDK sends it (options in its names, as a body model or
+    the raw dict of a streamed batch item; a payload by ``payloadType``) built into a
+    validated run; ``where`` (``items[3]``) prefixes the fields of a batch item's errors."""
+    if isinstance(options, dict):
+        try:
+            options = TriggerOptionsBody.model_validate(options)
+        except pydantic.ValidationError as exc:
+            raise _serde.validation_error(exc, f"{where}.options") from None
+    try:
+        opts, payload_type = _options(options, store.now())
+        payload, payload_type = resolve_payload(store, env, payload, payload_type)
+        return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
+    except ValidationError as exc:
+        err = _as_on_the_wire(exc)
+        if not where:
+            raise err from None
+        field = f"{where}.{err.field}" if err.field else where
+        raise type(err)(f"{where}: {err.message}", field=field) from None
+
+
+def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | None
+                    ) -> tuple[Any, str | None]:
+    """An ``application/store`` payload names a packet uploaded before the trigger: load
+    it and return it with its own content type."""
+    if payload_type != "application/store":
+        return payload, payload_type
+    if not isinstance(payload, str):
+        raise ValidationError("an application/store payload is a packet path", field="payload")
+    _limits.text(payload, "payload")
+    packet = store.get_packet(env, payload)
+    if packet is None:
+        raise ValidationError(f"no uploaded packet {payload!r}", field="payload")
+    content_type, data = packet
+    return data, content_type.split(";")[0].strip()
+
+
 def build_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter()
     Env = Annotated[str, Depends(env_dependency)]
@@ -215,19 +252,6 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         return key
 
     RequestKey = Annotated[str | None, Depends(request_key)]
-
-    def _prepare(env: str, task_id: str, payload: Any, options: TriggerOptionsBody | None,
-                 where: str = "") -> NewRun:
-        try:
-            opts, payload_type = _options(options, store.now())
-            payload, payload_type = resolve_payload(store, env, payload, payload_type)
-            return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
-        except ValidationError as exc:
-            err = _as_on_the_wire(exc)
-            if not where:
-                raise err from None
-            field = f"{where}.{err.field}" if err.field else where
-            raise type(err)(f"{where}: {err.message}", field=field) from None
 
     def _trigger(env: str, runs: list[NewRun], key: str | None) -> list[TriggerResponse]:
         if key:
@@ -246,7 +270,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     @router.post("/api/v1/tasks/{task_id}/trigger", response_model=TriggerResponse,
                  tags=["runs"], summary="Trigger a run of a task")
     def trigger(task_id: str, body: TriggerBody, env: Env, key: RequestKey) -> TriggerResponse:
-        new = _prepare(env, task_id, body.payload, body.options)
+        new = prepare_request(store, env, task_id, body.payload, body.options)
         return _trigger(env, [new], key)[0]
 
     # The batch routes read the raw request: FastAPI would parse and validate a body of
@@ -255,7 +279,8 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
                item_model: type[BatchItem], task_id: str | None, key: str | None) -> Response:
         items = batch_items(raw, envelope, item_model)
         runs = [
-            _prepare(env, item.task or task_id or "", item.payload, item.options, f"items[{i}]")
+            prepare_request(store, env, item.task or task_id or "", item.payload, item.options,
+                            f"items[{i}]")
             for i, item in enumerate(items)
         ]
         out = _trigger(env, runs, key)
@@ -362,20 +387,8 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         original = _run(env, run_id)
         # "payload": null is a new payload (null); no "payload" key keeps the original.
         new_payload = body is not None and "payload" in body.model_fields_set
-        new = prepare_run(
-            store,
-            env,
-            original.task_id,
-            body.payload if body is not None and new_payload else original.payload,
-            TriggerOptions(
-                tags=original.tags,
-                priority=original.priority,
-                max_attempts=original.max_attempts,
-                concurrency_key=original.concurrency_key,
-                queue=original.queue,
-            ),
-        )
-        new.replayed_from = original.id
+        new = prepare_replay(store, env, original,
+                             body.payload if body is not None and new_payload else original.payload)
         # With a request key, a retried replay returns the first one's run (C1).
         return ReplayResponse(id=_trigger(env, [new], key)[0].id,
                               taskIdentifier=original.task_id, replayedFrom=original.id)
@@ -499,7 +512,6 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         store.update_queue(env, name, concurrency_limit=body.limit)
         return queue_json(_queue(env, name))
 
-    router.prepare = _prepare  # type: ignore[attr-defined]  # reused by the compat routes
     return router
 
 

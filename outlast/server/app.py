@@ -117,23 +117,6 @@ async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def _compat_prepare(api: Any) -> Any:
-    """The API's trigger preparation, taking options as the SDK's raw dict."""
-    import pydantic
-
-    from .._serde import validation_error
-    from .api import TriggerOptionsBody
-
-    def prepare(env: str, task_id: str, payload: Any, options: dict[str, Any], where: str) -> Any:
-        try:
-            body = TriggerOptionsBody.model_validate(options or {})
-        except pydantic.ValidationError as exc:
-            raise validation_error(exc, f"{where}.options") from None
-        return api.prepare(env, task_id, payload, body, where)
-
-    return prepare
-
-
 def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app = FastAPI(
         title="outlast",
@@ -184,7 +167,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
-    app.include_router(build_compat_router(store, env_of, _compat_prepare(api)),
+    app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:
         try:

@@ -23,25 +23,10 @@ from .._errors import ValidationError
 from .._ids import new_id
 from ..store.base import Store
 from ..waitpoints import signature
+from .api import prepare_request
 from .bodies import MAX_BATCH_ITEMS, json_response, read_limited
 
 _ADDITIONAL_KEY_PREFIXES = ("tr_dev_sk_", "tr_stg_sk_", "tr_prod_sk_", "tr_preview_sk_")
-
-
-def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | None
-                    ) -> tuple[Any, str | None]:
-    """An ``application/store`` payload names a packet uploaded before the trigger: load
-    it and return it with its own content type."""
-    if payload_type != "application/store":
-        return payload, payload_type
-    if not isinstance(payload, str):
-        raise ValidationError("an application/store payload is a packet path", field="payload")
-    _limits.text(payload, "payload")
-    packet = store.get_packet(env, payload)
-    if packet is None:
-        raise ValidationError(f"no uploaded packet {payload!r}", field="payload")
-    content_type, data = packet
-    return data, content_type.split(";")[0].strip()
 
 
 class BatchCreate(BaseModel):
@@ -57,8 +42,7 @@ def _packet_signature(store: Store, env: str, path: str) -> str:
     return signature(store, f"packet\x1f{env}\x1f{path}")
 
 
-def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIRouter:
-    """``prepare(env, task_id, payload, options_dict, where)`` builds a validated NewRun."""
+def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["trigger.dev compatibility"])
     Env = Annotated[str, Depends(env_dependency)]
 
@@ -135,8 +119,8 @@ def build_compat_router(store: Store, env_dependency: Any, prepare: Any) -> APIR
             if batch_key and not options.get("idempotencyKey"):
                 options["idempotencyKey"] = hashlib.sha256(f"{batch_key}-{index}".encode()
                                                            ).hexdigest()
-            runs.append(prepare(env, str(item.get("task") or ""), item.get("payload"), options,
-                                f"items[{index}]"))
+            runs.append(prepare_request(store, env, str(item.get("task") or ""),
+                                        item.get("payload"), options, f"items[{index}]"))
         results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
         return json_response({
             "id": batch_id,

@@ -18,9 +18,8 @@ from starlette.responses import Response
 
 from ... import _serde
 from ..._errors import OutlastError, QueueNotFound, UnknownTask, ValidationError
-from ...client import prepare_run
+from ..._trigger import TriggerOptions, prepare_replay, prepare_run
 from ...runs import FINAL_STATUSES, Run
-from ...tasks import TriggerOptions
 from . import views
 from ._filters import STATUSES, RunFilter
 from ._web import Ctx
@@ -39,13 +38,6 @@ def _json(text: str, name: str) -> Any:
             f"{name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             field=name,
         ) from None
-
-
-def _replay_options(run: Run) -> TriggerOptions:
-    return TriggerOptions(
-        tags=run.tags, priority=run.priority, max_attempts=run.max_attempts,
-        concurrency_key=run.concurrency_key, queue=run.queue,
-    )
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -73,11 +65,9 @@ def replay(ctx: Ctx) -> Response:
     text = ctx.field("payload")
     try:
         payload = _json(text, "payload") if "payload" in ctx.form else original.payload
-        new = prepare_run(ctx.store, ctx.env, original.task_id, payload,
-                          _replay_options(original))
+        new = prepare_replay(ctx.store, ctx.env, original, payload)
     except (ValidationError, UnknownTask) as exc:
         return views.run_page(ctx, replay_text=text, replay_error=exc.message, status=422)
-    new.replayed_from = original.id
     result = ctx.store.trigger([new])[0]
     return ctx.redirect(f"/runs/{result.id}", ("ok", f"Replayed {run_id} as {result.id}."))
 
@@ -136,11 +126,10 @@ def bulk(ctx: Ctx) -> Response:
     skipped: list[str] = []
     for run in runs:
         try:
-            new = prepare_run(ctx.store, ctx.env, run.task_id, run.payload, _replay_options(run))
+            new = prepare_replay(ctx.store, ctx.env, run, run.payload)
         except OutlastError as exc:
             skipped.append(f"{run.id}: {exc.message}")
             continue
-        new.replayed_from = run.id
         new_runs.append(new)
     if new_runs:
         ctx.store.trigger(new_runs)
