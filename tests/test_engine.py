@@ -453,11 +453,6 @@ async def test_code_that_disagrees_with_the_journal_fails_the_run(
     assert LEDGER == {"a": 1}  # nothing ran against the wrong journal
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17: C8's new-work check lets parallel branches 8 loop turns, a count; a "
-    "branch that awaits longer before its recorded call is taken for a code change",
-)
 async def test_a_branch_slow_to_reach_its_recorded_call_still_replays(
     client: Client, clock: FakeClock, workers: Callable[..., Worker]
 ) -> None:
