@@ -43,6 +43,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("outlast.task")
 
+_NEW_WORK_BACKSTOP = 10.0  # seconds new work waits for other branches, at most (C8)
+
+
+def _loop_can_run(me: asyncio.Task[Any] | None) -> bool:
+    """Whether a task on the loop other than ``me`` can run now, without anything from
+    outside the loop: one not started yet, one yielding a turn (``asyncio.sleep(0)``), one
+    whose awaited future is done. What a task awaits is asyncio's ``_fut_waiter`` (the C
+    and the Python ``Task`` have it; uvloop runs asyncio's); a task without one counts as
+    waiting, which only makes the C8 check below decide sooner."""
+    for t in asyncio.all_tasks():
+        if t is me or not hasattr(t, "_fut_waiter"):
+            continue
+        waiter = t._fut_waiter
+        if waiter is None or waiter.done():
+            return True
+    return False
+
 
 class Committer(Protocol):
     async def submit(self, op: Op) -> bool: ...
@@ -200,10 +217,21 @@ class RunContext:
         """C8: new work must not start while recorded keys remain unreached."""
         if len(self.visited) >= len(self.journal):
             return
-        for _ in range(8):  # let parallel branches reach their recorded calls first
+        # Parallel branches of the run may still be on their way to their recorded calls,
+        # taking as many loop turns as their awaited calls take. So wait, a turn at a
+        # time, for as long as anything on the loop can run; new work with recorded keys
+        # unreached once nothing can (every task waits on something outside the loop:
+        # a thread, I/O, a timer) is a code change. Nothing can run over two turns in a
+        # row: a plain future's callbacks (gather's) wake the task awaiting it a turn late.
+        # The backstop is for a task elsewhere yielding forever (a busy poll).
+        me = asyncio.current_task()
+        idle = 0
+        backstop = time.monotonic() + _NEW_WORK_BACKSTOP
+        while idle < 2 and time.monotonic() < backstop:
             await asyncio.sleep(0)
             if len(self.visited) >= len(self.journal):
                 return
+            idle = 0 if _loop_can_run(me) else idle + 1
         missing = sorted(set(self.journal) - self.visited)
         raise NonDeterminismError(
             f"the code asked for new work {key!r} before reaching recorded "

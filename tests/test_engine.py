@@ -358,6 +358,31 @@ async def nd_new_first(payload: dict[str, Any]) -> str:
     return "done"
 
 
+@task(id="eng-nd-slow-new-first")
+async def nd_slow_new_first(payload: dict[str, Any]) -> str:
+    for _ in range(50):  # an awaited call that takes many loop turns
+        await asyncio.sleep(0)
+    await step.run("setup", step_b)  # then new work before the recorded 'a' and 'sleep'
+    await step.run("a", step_a, 1)
+    await wait.sleep(3600)
+    return "done"
+
+
+@task(id="eng-nd-slow-branch")
+async def nd_slow_branch(payload: dict[str, Any]) -> str:
+    async def recorded() -> None:
+        for _ in range(50):  # an awaited call that takes many loop turns
+            await asyncio.sleep(0)
+        await step.run("a", step_a, 1)
+        await wait.sleep(3600)
+
+    async def new() -> None:
+        await step.run("setup", step_b)
+
+    await asyncio.gather(recorded(), new())
+    return "done"
+
+
 @task(id="eng-nd-args")
 async def nd_other_args(payload: dict[str, Any]) -> str:
     await step.run("a", step_a, 2)  # recorded with 1
@@ -401,9 +426,10 @@ async def test_durable_sleep_resumes_without_rerunning_steps(
     [
         (nd_other_kind, ["'sleep'", "recorded a sleep", "asks for a step"]),
         (nd_new_first, ["'setup'", "'a'", "'sleep'"]),
+        (nd_slow_new_first, ["'setup'", "'a'", "'sleep'"]),
         (nd_other_args, ["'a'", "other arguments"]),
     ],
-    ids=["other-kind", "new-work-first", "other-args"],
+    ids=["other-kind", "new-work-first", "slow-new-work-first", "other-args"],
 )
 async def test_code_that_disagrees_with_the_journal_fails_the_run(
     client: Client,
@@ -425,6 +451,20 @@ async def test_code_that_disagrees_with_the_journal_fails_the_run(
     for name in names:
         assert name in run.error["message"]
     assert LEDGER == {"a": 1}  # nothing ran against the wrong journal
+
+
+async def test_a_branch_slow_to_reach_its_recorded_call_still_replays(
+    client: Client, clock: FakeClock, workers: Callable[..., Worker]
+) -> None:
+    # The same code with the 50 turns taken out replays: whether a run replays must not
+    # depend on how many loop turns an awaited call takes.
+    run_id = await _suspend_at_sleep(client, clock, workers)
+    swapped = dataclasses.replace(nd_slow_branch, id=nd_original.id, queue=nd_original.queue)
+    assert await workers(swapped).run_until_idle() == 1
+    run = client.retrieve(run_id)
+    assert run.error is None
+    assert run.status == RunStatus.COMPLETED
+    assert LEDGER == {"a": 1, "b": 1}
 
 
 # -- max_duration ------------------------------------------------------------------------------
