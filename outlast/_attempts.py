@@ -24,6 +24,7 @@ from ._errors import (
     NonDeterminismError,
     OutlastError,
     SerializationError,
+    TaskTimeout,
     UnknownTask,
     ValidationError,
 )
@@ -227,7 +228,7 @@ class Attempts(WorkerBase):
                 **base,
                 outcome="timed_out",
                 error=_error_json(
-                    "max_duration_exceeded",
+                    TaskTimeout.code,
                     f"the run exceeded its max_duration of {run.max_duration} s",
                 ),
             )

@@ -81,8 +81,9 @@ class SerializationError(OutlastError):
     code = "serialization_error"
 
 
-# Never raised (the watchdog ends the attempt): its code is the one a TIMED_OUT run's
-# error carries, and docs/reference/statuses.md names it.
+# Never raised (a timeout ends the attempt by cancelling it, or by the watchdog's
+# interrupt): its code is the one a TIMED_OUT run's error carries (the worker writes it
+# from here), and docs/reference/statuses.md names it.
 class TaskTimeout(OutlastError):
     """The run exceeded its max_duration."""
 

@@ -20,7 +20,7 @@ from ._config import settings
 from ._errors import ConfigurationError, RunNotFound, ValidationError
 from ._http import HttpTransport, HttpTrigger
 from ._ids import new_id
-from ._schedules import AsyncScheduleMethods, ScheduleMethods
+from ._schedule_client import AsyncScheduleMethods, ScheduleMethods
 
 # TriggerOptions, prepare_run and prepare_runs are re-exported: apps and the bench import
 # them from here.

@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _schedules
+from . import _schedule_crud
 from ._attempts import Attempts
 from ._claiming import Claiming, _handback
 from ._committer import Claimer, Committer
@@ -168,7 +168,7 @@ class Worker(Claiming, Attempts, Hooks):
 
     def _register(self) -> None:
         # First, so a bad cron= stops the start before anything is written.
-        _schedules.sync_declarative(self.store, self.env, self.tasks)
+        _schedule_crud.sync_declarative(self.store, self.env, self.tasks)
         defs = [t.definition() for t in self.tasks.values()]
         self.store.publish_tasks(self.env, defs)
         specs = {t.queue.name: t.queue.spec() for t in self.tasks.values()}
