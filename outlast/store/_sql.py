@@ -634,10 +634,12 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
         ids = sorted({op.run_id for op in ops})
         claiming = (limit > 0 or bool(reserve)) and bool(serves)
         with self._transaction() as tx:
-            # First, so the worker row is locked before any run or queue row, the order a
-            # reaper marking it dead takes them in.
-            claiming = claiming and self._may_claim(tx, worker_id, now)
             fenced = tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now) if ids else []
+            # A fence that found a run has already read the worker alive with its lease
+            # current, in this transaction, so only a batch that fenced nothing pays for the
+            # check (a round trip on the hot path). Should a reaper mark the worker dead
+            # while this claim commits, the runs it took are requeued by the orphan scan.
+            claiming = claiming and (bool(fenced) or self._may_claim(tx, worker_id, now))
             held = {r["id"]: r for r in fenced}
             ok = [
                 op.run_id in held and held[op.run_id]["lease_epoch"] == op.epoch for op in ops

@@ -233,7 +233,8 @@ WHERE r.status IN ('EXECUTING', 'DEQUEUED')
 ORDER BY r.id LIMIT 1000
 FOR UPDATE OF r SKIP LOCKED;
 
--- May this worker claim: alive, its lease current on the database clock (C10)? On
+-- May this worker claim: alive, its lease current on the database clock (C10)? Asked
+-- by a claim whose batch fenced no run (a fence that found one read the same). On
 -- PostgreSQL the row is share-locked to the claim's commit, so a reaper marking it dead
 -- waits for the claim and then finds the runs it took among the worker's.
 -- name: worker_may_claim
