@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from outlast._clock import FakeClock
 from outlast.client import Client, set_default_client
 from outlast.store import open_store
 from outlast.store.base import Store
+from outlast.tasks import Task
+from outlast.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
@@ -123,6 +125,21 @@ def client(store: Store) -> Iterator[Client]:
     set_default_client(c)
     yield c
     set_default_client(None)
+
+
+@pytest.fixture
+async def workers(store: Store) -> AsyncIterator[Callable[..., Worker]]:
+    """In-process workers serving exactly the given tasks; shut down after the test."""
+    made: list[Worker] = []
+
+    def make(*tasks: Task[Any, Any], **options: Any) -> Worker:
+        w = Worker(store, tasks={t.id: t for t in tasks}, env="dev", **options)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        await w.shutdown(grace=0)
 
 
 def spawn_worker(

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,21 +41,6 @@ def _fresh_ledger() -> None:
     LEDGER.clear()
     SEEN.clear()
     GATES.clear()
-
-
-@pytest.fixture
-async def workers(store: Store) -> AsyncIterator[Callable[..., Worker]]:
-    """Workers serving exactly the given tasks; shut down after the test."""
-    made: list[Worker] = []
-
-    def make(*tasks: Task[Any, Any], **options: Any) -> Worker:
-        w = Worker(store, tasks={t.id: t for t in tasks}, env="dev", **options)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        await w.shutdown(grace=0)
 
 
 def attempt_failures(store: Store, run_id: str) -> list[int | None]:

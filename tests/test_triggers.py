@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +27,7 @@ from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunHandle, RunStatus
 from outlast.store.base import Store
-from outlast.tasks import Task, TriggerOptions
+from outlast.tasks import TriggerOptions
 
 LEDGER: Counter[str] = Counter()
 
@@ -35,20 +35,6 @@ LEDGER: Counter[str] = Counter()
 @pytest.fixture(autouse=True)
 def _fresh_ledger() -> None:
     LEDGER.clear()
-
-
-@pytest.fixture
-async def workers(store: Store) -> AsyncIterator[Callable[..., Worker]]:
-    made: list[Worker] = []
-
-    def make(*tasks: Task[Any, Any], **options: Any) -> Worker:
-        w = Worker(store, tasks={t.id: t for t in tasks}, env="dev", **options)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        await w.shutdown(grace=0)
 
 
 def total_runs(store: Store) -> int:

@@ -19,7 +19,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -46,20 +46,6 @@ CASES = [
     for kind in app.KINDS
     if kind not in app.ASYNC_ONLY or t in (app.hostile_async, app.hostile_step)
 ]
-
-
-@pytest.fixture
-async def workers(store: Store) -> AsyncIterator[Callable[..., Worker]]:
-    made: list[Worker] = []
-
-    def make(*tasks: Task[Any, Any], **options: Any) -> Worker:
-        w = Worker(store, tasks={t.id: t for t in tasks}, env="dev", **options)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        await w.shutdown(grace=0)
 
 
 @pytest.fixture
