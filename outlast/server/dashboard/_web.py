@@ -223,10 +223,9 @@ class Dashboard:
     def envs(self, current: str) -> list[str]:
         """Environments to offer: those the store has seen, plus dev and the current one.
         (A read of four small tables, cheap enough for every page.)"""
-        known = getattr(self.store, "known_envs", None)
         names: list[str] = []
         try:
-            names = list(known()) if known is not None else []
+            names = self.store.known_envs()
         except Exception:  # a page must render even if this read fails
             log.exception("could not list environments")
         return sorted({*names, "dev", current})
