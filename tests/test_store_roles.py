@@ -4,14 +4,17 @@ beyond the interface (a store with no other attributes serves every page in full
 
 from __future__ import annotations
 
+import ast
 import html
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import outlast.store
 from outlast.client import Client
 from outlast.server import create_app
 from outlast.server.dashboard import mount
@@ -124,3 +127,33 @@ async def test_the_dashboard_needs_nothing_beyond_the_interface(
         assert "acme" in queues and "globex" in queues  # queued_by_key
         for path in ("/workers", "/waitpoints", "/schedules"):
             await page(path)
+
+
+# The modules below the store, which it may import: pure data and utilities.
+BELOW_THE_STORE = {"outlast.runs", "outlast._serde", "outlast._errors", "outlast._clock",
+                   "outlast._ids"}
+
+
+def test_the_store_imports_nothing_above_it() -> None:
+    """At module top level or inside functions alike."""
+    root = Path(outlast.store.__file__).parent
+    above: list[str] = []
+    for path in sorted(root.glob("*.py")):
+        package = "outlast.store"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    module = f"{base}.{node.module}" if node.module else base
+                    names = [module] if node.module else [f"{base}.{a.name}" for a in node.names]
+                else:
+                    names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                inside = name == "outlast.store" or name.startswith("outlast.store.")
+                if name.startswith("outlast") and not inside and name not in BELOW_THE_STORE:
+                    above.append(f"{path.name}: {name}")
+    assert above == []
