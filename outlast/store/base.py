@@ -1,10 +1,11 @@
 """The storage seam: the only interface the runtime uses to reach the database.
 
 ``Store`` is the union of role interfaces, one per kind of caller, so each caller names
-the slice it uses: ``WorkerStore`` (the worker), ``ApiStore`` (the HTTP API and the
-client), ``SchedulerStore`` (the tick and cron), ``AccessStore`` (keys, settings, logins),
-``DashboardReads`` (the dashboard's summaries), over ``RunReads``, ``RunWrites``,
-``TaskDefs``, ``Settings`` and ``StoreBase``. Each method is declared once, in its role.
+the slice it uses: ``WorkerStore`` (the worker), ``ApiStore`` (the HTTP API),
+``DashboardStore`` (the dashboard; its summaries are ``DashboardReads``),
+``SchedulerStore`` (the tick and cron), ``AccessStore`` (keys and logins), over
+``RunReads``, ``RunWrites``, ``TaskDefs``, ``Settings`` and ``StoreBase``. Each method is
+declared once, in its role; ``open_store`` returns the whole ``Store``.
 
 One implementation per backend (``sqlite.py``, ``postgres.py``) over shared SQL logic in
 the ``_sql*.py`` parts. Every method is synchronous and runs in one transaction; async
@@ -451,7 +452,12 @@ class DashboardReads(StoreBase):
         """Queued runs per concurrency key ('' for runs without one), largest first."""
 
 
-class Store(WorkerStore, ApiStore, SchedulerStore, AccessStore, DashboardReads):
+class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
+    """What the dashboard needs: what the API does, schedules, and its summaries; never
+    a worker's calls or the tick."""
+
+
+class Store(WorkerStore, DashboardStore, SchedulerStore):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""
 
@@ -467,6 +473,7 @@ ROLES: tuple[type[StoreBase], ...] = (
     SchedulerStore,
     AccessStore,
     DashboardReads,
+    DashboardStore,
 )
 
 __all__ = [
@@ -477,6 +484,7 @@ __all__ = [
     "ApiStore",
     "Claim",
     "DashboardReads",
+    "DashboardStore",
     "EndSegment",
     "Heartbeat",
     "LifeLock",
