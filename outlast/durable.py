@@ -35,7 +35,7 @@ from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
-from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, WorkerStore
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -153,7 +153,7 @@ class RunContext:
         self,
         claim: Claim,
         committer: Committer,
-        store: Store,
+        store: WorkerStore,
         *,
         inplace_sleep_seconds: float = 1.0,
     ) -> None:
