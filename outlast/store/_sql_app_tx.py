@@ -9,7 +9,7 @@ never for a run that was rolled back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from .._errors import ConfigurationError
 from ._rows import Row
+from ._sql_core import SqlCore
 from .base import NewRun, TriggerResult
 
 
@@ -37,18 +38,17 @@ class _AppTx:
         with self.conn.cursor() as cur:
             return cur.execute(self.queries[name], params).rowcount
 
-    def many(self, name: str, rows: Sequence[Row]) -> None:
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
                 cur.executemany(self.queries[name], rows)
 
+    def script(self, sql: str) -> None:
+        self.conn.execute(sql.encode())
 
-class AppTransactionMixin:
-    """Mixed into PostgresStore; relies on its ``q``, ``_insert_runs`` and ``now``."""
 
-    q: dict[str, str]
-    _insert_runs: Any
-    now: Any
+class AppTransactionMixin(SqlCore):
+    """Mixed into PostgresStore (SQLite's store keeps ``Store``'s refusal)."""
 
     def trigger_in(self, connection: Any, runs: Sequence[NewRun]) -> list[TriggerResult]:
         if not isinstance(connection, psycopg.Connection):
@@ -73,4 +73,4 @@ class AppTransactionMixin:
             )
         # Not added to the store's known queue rows (SqlStore.trigger does after its
         # commit): this transaction may yet roll back the rows it ensured.
-        return list(self._insert_runs(_AppTx(connection, self.q), runs, self.now()))
+        return self._insert_runs(_AppTx(connection, self.q), runs, self.now())
