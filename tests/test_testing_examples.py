@@ -8,6 +8,7 @@ names a PostgreSQL server.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -118,3 +119,15 @@ async def test_digest_fans_out_one_email_per_user_and_retries_the_503s(
     assert all(c.status == RunStatus.COMPLETED for c in children)
     assert any(c.attempts > 1 for c in children), "the fake provider answers some 503s"
     assert len(fake_services.sent_emails("Your digest for 2026-W01")) == 40
+
+
+def test_the_testing_guide_shows_these_tests_as_they_are() -> None:
+    """docs/how-to/testing.md's test functions are this module's, character for character."""
+    guide = (Path(__file__).parent.parent / "docs" / "how-to" / "testing.md").read_text()
+    source = Path(__file__).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    shown = [b for b in blocks if b.startswith("async def test_")]
+    assert len(shown) >= 4
+    for block in shown:
+        for function in re.split(r"\n\n\n", block.strip()):
+            assert function in source, f"the guide's test is not in this module:\n{function}"
