@@ -163,3 +163,21 @@ def test_the_plugin_loads_from_its_entry_point(pytester: pytest.Pytester, backen
         args.append(f"--outlast-database-url={PG_ADMIN_URL}")
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=1)
+
+
+async def test_a_stubbed_child_gives_the_parent_its_result(outlast_env: OutlastEnv) -> None:
+    outlast_env.stub(child, 99)
+    run = await outlast_env.run(parent, {"n": 20})
+    assert run.output == 100
+    [kid] = run.children
+    assert kid.output == 99 and kid.steps == []  # the real body (its "double" step) never ran
+
+
+async def test_a_child_stubbed_to_fail_fails_the_parents_wait(outlast_env: OutlastEnv) -> None:
+    outlast_env.stub(child, error=ValueError("no doubling today"))
+    run = await outlast_env.run(parent, {"n": 1})
+    [kid] = run.children
+    assert kid.status == RunStatus.FAILED and kid.attempts == 3  # retried per its policy
+    assert run.status == RunStatus.FAILED  # unwrap() raised in the parent
+    with pytest.raises(ValueError, match="exactly one"):
+        outlast_env.stub(child)

@@ -10,7 +10,8 @@ moves the clock and fires whatever became due. Nothing sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..store.base import Store, Waitpoint
 from ..tasks import REGISTRY, Task
 from ..worker import Worker
 from ._run import TestRun, step_name
+
+_UNSET: Any = object()
 
 # Rounds of "drive, skip to the next retry" before a drive gives up: a task whose retries
 # never end would otherwise hang the test rather than fail it.
@@ -186,6 +189,36 @@ class OutlastEnv:
             if error is None:
                 error = RuntimeError(f"injected failure of step {step!r} (outlast.testing)")
             self._faults.setdefault(step, []).append(error)
+
+    # -- stubs ----------------------------------------------------------------------------
+    def stub(
+        self,
+        task: Task[Any, Any],
+        result: Any = _UNSET,
+        *,
+        error: BaseException | None = None,
+        fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Run ``task``'s runs with a stand-in body: one returning ``result``, raising
+        ``error``, or ``fn(payload)``. Its runs are still real runs (triggered, journaled,
+        retried per the task's policy), so a parent's ``trigger_and_wait`` on it gets the
+        stand-in's result: test a parent without its children's side effects."""
+        if sum(x is not None and x is not _UNSET for x in (result, error, fn)) != 1:
+            raise ValueError("stub: give exactly one of result, error= or fn=")
+
+        async def stand_in(payload: Any) -> Any:
+            if fn is not None:
+                out = fn(payload)
+                return await out if hasattr(out, "__await__") else out
+            if error is not None:
+                raise error
+            return result
+
+        tasks = dict(self.tasks)
+        tasks[task.id] = dataclasses.replace(task, fn=stand_in)
+        self.tasks = tasks
+        if self._worker is not None:
+            self._worker.tasks = tasks
 
     def _before_step(self, run: Run, key: str) -> BaseException | None:
         order = self.step_order.setdefault(run.id, [])
