@@ -25,6 +25,7 @@ from django.db import connections, transaction
 from django.test import Client as DjangoClient
 
 from outlast import ValidationError
+from outlast._errors import ConfigurationError
 from outlast.client import Client
 from outlast.contrib.django import trigger
 from outlast.contrib.django._trigger import reset_client
@@ -166,3 +167,22 @@ def test_the_dashboard_is_served_to_staff_only(runs: Client) -> None:
     assert http.get("/jobs/dashboard-static/app.css").status_code == 200
     home = http.get("/jobs/")
     assert home.status_code in (302, 303, 307) and home["Location"].startswith("/jobs/runs")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_in_transaction_mode_outside_a_transaction_writes_at_once(
+    runs: Client, settings: Any
+) -> None:
+    settings.OUTLAST = {**settings.OUTLAST, "TRIGGER": "in_transaction"}
+    pending = trigger(ship, {"number": "n-1"})  # Django autocommits here
+    assert pending.committed
+    assert runs.retrieve(pending.id).payload == {"number": "n-1"}
+
+
+def test_unknown_settings_keys_are_named(settings: Any) -> None:
+    settings.OUTLAST = {"ENVIRONMENT": "prod"}
+    with pytest.raises(ConfigurationError, match="ENVIRONMENT"):
+        trigger(ship, {"number": "x"})
+    settings.OUTLAST = {"TRIGGER": "eventually"}
+    with pytest.raises(ConfigurationError, match="TRIGGER"):
+        trigger(ship, {"number": "x"})

@@ -72,7 +72,8 @@ def trigger(
     - ``on_commit`` (default): validated now (a bad payload raises here), written when
       the current transaction commits, never if it rolls back; at once outside one;
     - ``in_transaction``: written in the transaction itself, through Django's connection
-      (PostgreSQL, outlast's tables in the same database): the outbox with no outbox;
+      (PostgreSQL, outlast's tables in the same database): the outbox with no outbox; at
+      once outside a transaction;
     - ``now``: written at once, whatever the transaction does later.
     """
     opts = options()
@@ -83,6 +84,9 @@ def trigger(
     if mode == "in_transaction":
         from django.db import connections
 
+        if not connections[alias].in_atomic_block:
+            # Autocommit: the write would commit on its own anyway, as "now" does.
+            return trigger(task, payload, mode="now", using=alias, **kwargs)
         handle = c.trigger(task, payload, options=options_, connection=connections[alias])
         return PendingRun(id=handle.id, task_id=handle.task_id, handle=handle)
     if mode == "now":
