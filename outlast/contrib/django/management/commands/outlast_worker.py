@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ..._commands_bridge import run
+from ...._commands import run_command as run
 from ...conf import database_url, options
 
 
