@@ -95,7 +95,12 @@ async def test_a_commit_makes_the_run_visible_and_wakes_an_idle_worker(
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        await asyncio.sleep(1.0)  # let it start, find nothing and wait on LISTEN
+        # Let it start, find nothing and wait on LISTEN (its listener connection exists).
+        started = time.monotonic()
+        while getattr(store, "_listener", None) is None:
+            assert time.monotonic() - started < 30, "the worker never waited for work"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the LISTEN itself follows the connection
         with psycopg.connect(pg_url) as conn:
             conn.execute("INSERT INTO orders VALUES ('o3')")
             handle = pg_client.trigger(ship, {"order": "o3"}, connection=conn)
