@@ -10,6 +10,7 @@ dashboard is served inside the project to staff only.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from django.contrib.auth.models import User
@@ -186,3 +188,19 @@ def test_unknown_settings_keys_are_named(settings: Any) -> None:
     settings.OUTLAST = {"TRIGGER": "eventually"}
     with pytest.raises(ConfigurationError, match="TRIGGER"):
         trigger(ship, {"number": "x"})
+
+
+@pytest.mark.django_db
+def test_a_dashboard_form_posts_through_django(runs: Client) -> None:
+    run_id = runs.trigger("django-ship", {"number": "f-1"}).id
+    http = DjangoClient()
+    http.force_login(User.objects.create_user("cy", is_staff=True))
+    page = http.get(f"/jobs/runs/{run_id}").content.decode()
+    assert f'action="/jobs/runs/{run_id}/replay"' in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf is not None
+    # As a browser sends the dashboard's forms: URL-encoded.
+    answer = http.post(f"/jobs/runs/{run_id}/replay", urlencode({"csrf": csrf.group(1)}),
+                       content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 303 and answer["Location"].startswith("/jobs/runs/")
+    assert [r.id for r in runs.list_runs() if r.replayed_from == run_id] != []

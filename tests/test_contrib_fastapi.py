@@ -5,6 +5,7 @@ dashboard answers under the app's path, behind the app's own auth, with its link
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,3 +108,20 @@ async def test_the_dependency_says_when_the_lifespan_is_missing() -> None:
                                  ) as http:
         with pytest.raises(Exception, match="lifespan"):
             await http.get("/x")
+
+
+async def test_a_dashboard_form_posts_through_the_mount(db_url: str) -> None:
+    app, outlast = make_app(db_url)
+    staff = {"x-user": "staff"}
+    async with serving(app) as http:
+        run_id = (await http.post("/greet/di")).json()["run_id"]
+        page = (await http.get(f"/admin/jobs/runs/{run_id}", headers=staff)).text
+        assert f'action="/admin/jobs/runs/{run_id}/replay"' in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        answer = await http.post(f"/admin/jobs/runs/{run_id}/replay", headers=staff,
+                                 data={"csrf": csrf.group(1)}, follow_redirects=False)
+        assert answer.status_code == 303
+        assert answer.headers["location"].startswith("/admin/jobs/runs/")
+        replays = [r for r in await outlast.client.list_runs() if r.replayed_from == run_id]
+        assert len(replays) == 1

@@ -53,6 +53,11 @@ def dashboard(request: HttpRequest, path: str = "") -> HttpResponse:
     answer = async_to_sync(_forward)(_app_for(prefix), request, "/" + path)
     response = HttpResponse(answer.content, status=answer.status_code)
     for name, value in answer.headers.multi_items():
-        if name.lower() not in _SKIP and name.lower() != "content-encoding":
+        lower = name.lower()
+        if lower == "set-cookie":
+            # Through Django's cookie jar: a response may set several, and Django sends
+            # (and its test client reads) cookies from there, not from raw headers.
+            response.cookies.load(value)
+        elif lower not in _SKIP and lower != "content-encoding":
             response.headers[name] = value
     return response
