@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from outlast import step, task
 from outlast._errors import ConfigurationError
-from outlast.client import Client
+from outlast.client import AsyncClient, Client
 from outlast.runs import RunStatus
 from outlast.store import open_store
 from outlast.worker import Worker
@@ -176,3 +176,13 @@ def test_an_http_client_says_it_needs_the_database(pg_url: str) -> None:
             client.trigger(ship, {"order": "x"}, connection=conn)
     finally:
         client.close()
+
+
+async def test_the_async_client_passes_the_connection_through(pg_url: str, pg_client: Client
+                                                              ) -> None:
+    jobs = AsyncClient(pg_client)
+    with psycopg.connect(pg_url) as conn:
+        handle = await jobs.trigger(ship, {"order": "a1"}, connection=conn)
+        assert run_count(pg_client) == 0
+        conn.commit()
+    assert (await jobs.retrieve(handle.id)).status == RunStatus.QUEUED
