@@ -167,6 +167,7 @@ def test_the_dashboard_is_served_to_staff_only(runs: Client) -> None:
     assert "django-ship" in text
     assert 'href="/jobs/runs' in text and 'href="/runs' not in text
     assert http.get("/jobs/dashboard-static/app.css").status_code == 200
+    assert http.get("/jobs/api/v1/health").status_code == 404  # the API is outlast server's
     home = http.get("/jobs/")
     assert home.status_code in (302, 303, 307) and home["Location"].startswith("/jobs/runs")
 

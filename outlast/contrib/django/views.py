@@ -49,6 +49,11 @@ async def _forward(app: Any, request: HttpRequest, path: str) -> httpx.Response:
 @csrf_exempt
 @staff_member_required
 def dashboard(request: HttpRequest, path: str = "") -> HttpResponse:
+    if path.startswith("api/"):
+        # Answers are relayed whole, and the API's run event stream never ends while its
+        # run lives: programs reach the API on an `outlast server`, not through here.
+        return HttpResponse("outlast's HTTP API is served by `outlast server`, not here",
+                            status=404, content_type="text/plain")
     prefix = request.path[: len(request.path) - len(path)].rstrip("/")
     answer = async_to_sync(_forward)(_app_for(prefix), request, "/" + path)
     response = HttpResponse(answer.content, status=answer.status_code)
