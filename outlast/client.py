@@ -118,10 +118,17 @@ class Client(ScheduleMethods):
         payload: Any = None,
         *,
         options: TriggerOptions | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> RunHandle[Any]:
-        """Start a run; returns once the run is committed (C1)."""
+        """Start a run; returns once the run is committed (C1). With ``connection`` (the
+        app's PostgreSQL connection, see ``_app_tx``), the run is written in the app's open
+        transaction instead and commits or rolls back with it."""
         opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
+        if connection is not None:
+            from ._app_tx import trigger_in
+
+            return trigger_in(self, task, payload, opts, connection)
         if self._http is None:
             # The store's path without _new_run and _send's batch plumbing: apps trigger
             # one run at a time, in a loop, and wait for each commit.

@@ -302,6 +302,12 @@ class RunContext:
 # -- step -----------------------------------------------------------------------------------
 
 
+# Where tests inject a step's failure (``outlast.testing``'s ``fail_next``): called with
+# the run and the step's journal key before the step's body runs; an exception it returns
+# is raised in place of the body, so it is logged and retried as the body's own would be.
+step_fault: Callable[[Run, str], BaseException | None] | None = None
+
+
 class _Step:
     async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` once for this run: memoized under ``name`` (plus occurrence).
@@ -320,6 +326,9 @@ class _Step:
             started = ctx.store.now()
             token = _step_key.set(f"{ctx.run.id}:{key}")
             try:
+                fault = step_fault(ctx.run, key) if step_fault is not None else None
+                if fault is not None:
+                    raise fault
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
                 else:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._app_tx_base import AppTransactionStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -457,7 +458,7 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
     a worker's calls or the tick."""
 
 
-class Store(WorkerStore, DashboardStore, SchedulerStore):
+class Store(WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""
 
