@@ -765,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "replay":
             q.add_argument("--payload", help="a new JSON payload")
     p.set_defaults(fn=cmd_runs)
+    from ._cli_bulk import add_runs_commands
+
+    add_runs_commands(rs)
 
     p = sub.add_parser("tokens", help="waitpoint tokens")
     ts = p.add_subparsers(dest="tokens_cmd", required=True)

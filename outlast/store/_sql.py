@@ -31,6 +31,7 @@ from ._rows import (
     schema_sql,
 )
 from ._sql_api import ApiMixin
+from ._sql_bulk import BulkMixin
 from ._sql_claims import ClaimsMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
@@ -54,12 +55,13 @@ from .base import (
     WorkerInfo,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 log = logging.getLogger(__name__)
 
 
-class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, Store):
+class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, BulkMixin,
+               Store):
     dialect: str
 
     def __init__(self) -> None:
