@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ._errors import BulkActionNotFound, OutlastError, ValidationError
 from ._ids import new_id
@@ -69,6 +68,7 @@ def make_filter(
     queue: str | None = None,
     created_from: float | str | _dt.datetime | None = None,
     created_to: float | str | _dt.datetime | None = None,
+    search: str | None = None,
     version: str | None = None,
 ) -> BulkFilter:
     """A validated filter. A cancel covers only runs that have not ended: with no status
@@ -100,6 +100,7 @@ def make_filter(
         queue=queue or None,
         created_from=_when(created_from, "created_from"),
         created_to=_when(created_to, "created_to"),
+        search=search or None,
         version=version or None,
     )
 
@@ -194,12 +195,3 @@ def describe(bulk: BulkAction) -> str:
     return (f"{bulk.action} {bulk.id}:{state} {bulk.processed:,}/{bulk.total:,} runs "
             f"({', '.join(parts)})")
 
-
-def filter_kwargs(data: dict[str, Any]) -> dict[str, Any]:
-    """make_filter's keyword arguments from a JSON filter (HTTP body, CLI)."""
-    allowed = {"task", "status", "tag", "queue", "created_from", "created_to", "version"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValidationError(f"filter: unknown field {unknown[0]!r} (one of "
-                              f"{', '.join(sorted(allowed))})", field=f"filter.{unknown[0]}")
-    return dict(data)

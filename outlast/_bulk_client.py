@@ -39,12 +39,12 @@ class BulkMethods:
     def bulk_count(
         self, action: str, *, task: str | None = None, status: str | Sequence[str] | None = None,
         tag: str | None = None, queue: str | None = None, created_from: Time = None,
-        created_to: Time = None, version: str | None = None,
+        created_to: Time = None, search: str | None = None, version: str | None = None,
     ) -> int:
         """The dry run: how many runs a bulk ``action`` with this filter would cover now."""
         f = _bulk.make_filter(action, task=task, status=status, tag=tag, queue=queue,
                               created_from=created_from, created_to=created_to,
-                              version=version)
+                              search=search, version=version)
         if self._http is not None:
             out = self._http.request("POST", "/api/v1/bulk-actions", json={
                 "action": action, "filter": _wire_filter(f), "dry_run": True})

@@ -32,6 +32,7 @@ class BulkFilterBody(BaseModel):
     queue: str | None = Field(None, max_length=128)
     created_from: float | str | None = Field(None, description="epoch seconds or ISO 8601")
     created_to: float | str | None = Field(None, description="epoch seconds or ISO 8601")
+    search: str | None = Field(None, max_length=512, description="a run id or idempotency key")
     version: str | None = Field(None, max_length=128,
                                 description="code version (once runs carry versions)")
 

@@ -36,6 +36,7 @@ class BulkFilter:
     queue: str | None = None
     created_from: float | None = None  # epoch seconds, inclusive
     created_to: float | None = None
+    search: str | None = None  # a run id or idempotency key (the dashboard's search box)
     version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -51,6 +52,7 @@ class BulkFilter:
             queue=data.get("queue"),
             created_from=data.get("created_from"),
             created_to=data.get("created_to"),
+            search=data.get("search"),
             version=data.get("version"),
         )
 
@@ -103,6 +105,10 @@ class BulkStore(abc.ABC):
     @abc.abstractmethod
     def count_bulk_matches(self, env: str, f: BulkFilter) -> int:
         """How many runs match now (the dry-run count)."""
+
+    @abc.abstractmethod
+    def bulk_sample(self, env: str, f: BulkFilter, limit: int) -> list[Run]:
+        """The newest matching runs (what a confirmation shows)."""
 
     @abc.abstractmethod
     def create_bulk_action(self, env: str, bulk_id: str, action: str, f: BulkFilter

@@ -45,6 +45,9 @@ def filter_sql(env: str, f: BulkFilter) -> tuple[list[str], dict[str, Any]]:
     if f.created_to is not None:
         where.append("r.created_at <= :created_to")
         params["created_to"] = f.created_to
+    if f.search:
+        where.append("(r.id = :search OR r.idempotency_key = :search)")
+        params["search"] = f.search
     return where, params
 
 
@@ -89,6 +92,14 @@ class BulkMixin(BulkStore):
             rows = self._raw(tx, f"SELECT COUNT(*) AS n FROM runs r WHERE {' AND '.join(where)}",
                              params)
         return int(rows[0]["n"])
+
+    def bulk_sample(self, env: str, f: BulkFilter, limit: int) -> list[Run]:
+        where, params = filter_sql(env, f)
+        params["limit"] = max(1, min(limit, 1000))
+        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
+        with self._transaction() as tx:
+            rows = self._raw(tx, sql, params)
+        return [run_from_row(r) for r in rows]
 
     def create_bulk_action(self, env: str, bulk_id: str, action: str, f: BulkFilter
                            ) -> BulkAction:
