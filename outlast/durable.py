@@ -23,7 +23,7 @@ import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -550,11 +550,25 @@ class _Wait:
         idempotency_key: str | None = None,
         idempotency_key_ttl: timedelta | float | None = None,
         tags: Sequence[str] = (),
+        buttons: Mapping[str, Any] | None = None,
     ) -> Token:
         """A token that a callback, a human or app code completes; wait on it with
-        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token)."""
+        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token).
+
+        ``buttons`` (inside a task) are the dashboard's completion buttons, ``{label:
+        data}``, e.g. ``{"Approve": {"ok": True}, "Reject": {"ok": False}}``: each
+        completes the token with its data. The default is Approve ``{"approved": true}``
+        and Reject ``{"approved": false}``."""
+        from ._token_buttons import buttons_json
+
+        shown = buttons_json(buttons)
         ctx = _current.get()
         if ctx is None:
+            if shown is not None:
+                from ._errors import ValidationError
+
+                raise ValidationError("buttons= is for tokens created inside a task",
+                                      field="buttons")
             from .client import default_async_client
 
             return await default_async_client().create_token(
@@ -584,6 +598,7 @@ class _Wait:
                 idempotency_ttl=ttl,
                 tags=tags,
                 run_id=ctx.run.id,
+                buttons=shown,
             )
             from .waitpoints import callback_url
 

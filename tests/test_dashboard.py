@@ -14,8 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from outlast import Worker
+from outlast import Worker, wait
 from outlast._clock import FakeClock
+from outlast._errors import ValidationError
 from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.server import create_app
@@ -180,6 +181,9 @@ async def test_attempts_show_failed_attempt_then_success(
     assert "first attempt fails" in page
     assert "Attempt 1" in page and "Attempt 2" in page
     assert "COMPLETED" in page
+    # Attempt 1's error is under Attempts, its traceback collapsed; no run-level Error box.
+    assert 'id="run-error"' not in page
+    assert '<details id="attempt-1-trace">' in page
 
 
 # -- the runs list --------------------------------------------------------------------------
@@ -347,6 +351,28 @@ async def test_approve_a_token_resumes_the_waiting_run(
     assert "first completion wins" in _text(await dash.get("/waitpoints"))
     completed = _text(await dash.get("/waitpoints?show=completed"))
     assert token in completed and '{"approved": true}' in completed
+
+
+async def test_token_buttons_show_and_send_what_the_task_set(
+    dash: Dash, client: Client, worker: Worker
+) -> None:
+    default = client.trigger("dash-approval", {"order": "R-1"})
+    custom = client.trigger("dash-shipping", {})
+    await worker.run_until_idle()
+    page = (await dash.get("/waitpoints")).text
+    # Each button says what it sends: the default ones, and the task's own.
+    assert 'Approve <code class="button-data">{&#34;approved&#34;: true}</code>' in page
+    assert 'Ship it <code class="button-data">{&#34;ok&#34;: true}</code>' in page
+    token = client.retrieve(custom.id).metadata["token"]
+    r = await dash.post("/waitpoints/complete", {"id": token, "preset": "Ship it"})
+    assert r.status_code == 303
+    await worker.run_until_idle()
+    assert client.retrieve(custom.id).output == "shipped"
+    other = client.retrieve(default.id).metadata["token"]
+    r = await dash.post("/waitpoints/complete", {"id": other, "preset": "Ship it"})
+    assert r.status_code == 422  # not one of this token's buttons
+    with pytest.raises(ValidationError):
+        await wait.create_token(buttons={"": {}})
 
 
 async def test_test_page_validates_against_the_task_and_its_published_schema(

@@ -126,6 +126,7 @@ class Waitpoint:
     created_at: float
     completed_at: float | None
     waiting_runs: list[str] = field(default_factory=list)
+    buttons: dict[str, Any] | None = None  # the dashboard's {label: data}; None: default
 
 
 # -- operations a worker commits, fenced by (run id, lease epoch) -------------------------
@@ -373,6 +374,7 @@ class Store(BulkStore, abc.ABC):
         tags: Sequence[str] = (),
         run_id: str | None = None,
         request_key: str | None = None,
+        buttons: str | None = None,
     ) -> Waitpoint:
         """Create a pending token, or return the one an ``idempotency_key`` (the caller's,
         per environment) or a ``request_key`` (an API request's, so a retry after a lost

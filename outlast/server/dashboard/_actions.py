@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ... import _bulk, _serde
+from ... import _bulk, _serde, _token_buttons
 from ..._errors import QueueNotFound, UnknownTask, ValidationError
 from ..._trigger import TriggerOptions, prepare_replay, prepare_run
 from ...store._bulk_base import BulkAction, BulkFilter
@@ -27,7 +27,6 @@ from ._web import Ctx
 # A dashboard request's share of a bulk action; a larger set goes on from its cursor.
 BULK_SECONDS = 10.0
 _ENV_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
-PRESETS = {"approve": {"approved": True}, "reject": {"approved": False}}
 
 
 def _json(text: str, name: str) -> Any:
@@ -170,8 +169,16 @@ def complete_token(ctx: Ctx) -> Response:
     token_id = ctx.field("id")
     preset = ctx.field("preset")
     back = views.safe_next(ctx.field("next") or "/waitpoints")
-    data = PRESETS[preset] if preset in PRESETS else _json(ctx.field("data"), "data")
     before = ctx.store.get_waitpoint(ctx.env, token_id)
+    # A button sends the data the token's task set for it (shown next to it), or the
+    # default Approve/Reject; "approve"/"reject" are the default buttons' older names.
+    buttons = {k.lower(): v for k, v in _token_buttons.of(before).items()}
+    if preset.lower() in buttons:
+        data = buttons[preset.lower()]
+    elif preset:
+        raise ValidationError(f"token {token_id} has no button {preset!r}", field="preset")
+    else:
+        data = _json(ctx.field("data"), "data")
     wp, done = ctx.store.complete_waitpoint(ctx.env, token_id, _serde.to_json(data))
     if done:
         n = len(before.waiting_runs) if before is not None else 0

@@ -1098,3 +1098,8 @@ WHERE env = :env AND id = :id;
 -- name: finish_bulk_action
 UPDATE bulk_actions SET status = :status, updated_at = :now, finished_at = :now
 WHERE env = :env AND id = :id AND status = 'running';
+
+-- Token buttons (see migrations/0004) ---------------------------------------------------
+
+-- name: set_waitpoint_buttons
+UPDATE waitpoints SET buttons = :buttons WHERE env = :env AND id = :id;

@@ -287,3 +287,6 @@ CREATE TABLE bulk_actions (
     finished_at DOUBLE PRECISION
 );
 CREATE INDEX bulk_actions_env ON bulk_actions (env, id);
+
+-- A token's completion buttons in the dashboard (see migrations/0004_bulk_actions).
+ALTER TABLE waitpoints ADD COLUMN buttons TEXT;

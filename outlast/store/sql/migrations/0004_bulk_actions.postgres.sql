@@ -22,3 +22,8 @@ CREATE TABLE bulk_actions (
     finished_at DOUBLE PRECISION
 );
 CREATE INDEX bulk_actions_env ON bulk_actions (env, id);
+
+-- A token's completion buttons in the dashboard, JSON {label: data} (NULL: the default
+-- Approve {"approved": true} / Reject {"approved": false}), set by the task that created
+-- it (wait.create_token(buttons=...)) so each button sends what the task checks.
+ALTER TABLE waitpoints ADD COLUMN buttons TEXT;
