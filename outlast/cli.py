@@ -184,7 +184,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         if dev:
             secret = _dev_key(store, args.env)
             print(
-                f"outlast dev: {len(REGISTRY)} tasks ({', '.join(sorted(REGISTRY))}) on "
+                f"outlast dev: {len(REGISTRY)} task{'s' if len(REGISTRY) != 1 else ''} "
+                f"({', '.join(sorted(REGISTRY))}) on "
                 f"{store.safe_url}, env {args.env!r}\n"
                 + (f"  API + dashboard: http://{args.host}:{args.port}/  "
                    f"(OpenAPI: /api/v1/openapi.json)\n"
