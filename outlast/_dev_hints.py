@@ -120,3 +120,27 @@ def choose_port(host: str, port: int, *, dev: bool) -> int | None:
     print(f"error: port {port} on {host} is taken (another outlast dev or server?); "
           "stop it or pick another port with --port N (or OUTLAST_PORT=N)", file=sys.stderr)
     return None
+
+
+def write_pid_file(directory: str = ".outlast") -> str:
+    """Record this ``outlast dev`` process's id in ``.outlast/dev.pid``, so that a
+    tutorial can kill exactly this one (``kill -9 $(cat .outlast/dev.pid)``), not every
+    process whose command line says ``outlast dev``."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "dev.pid")
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return path
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove the pid file if it is still this process's (a later dev may own it now)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            if int(f.read().strip()) != os.getpid():
+                return
+        os.unlink(path)

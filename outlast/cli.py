@@ -23,7 +23,7 @@ from typing import Any
 
 from . import _serde
 from ._cli_format import attempt_lines, fit, quiet_broken_pipe, result_text, run_error_lines
-from ._dev_hints import choose_port, suggest_trigger
+from ._dev_hints import choose_port, remove_pid_file, suggest_trigger, write_pid_file
 from ._errors import OutlastError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -182,6 +182,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
             server = _uvicorn_server(create_app(store), args.host, args.port)
             serving = asyncio.create_task(server.serve())
         if dev:
+            pid_file = write_pid_file()
             secret = _dev_key(store, args.env)
             print(
                 f"outlast dev: {len(REGISTRY)} task{'s' if len(REGISTRY) != 1 else ''} "
@@ -199,6 +200,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         if server is not None:
             server.should_exit = True
             await serving
+        if dev:
+            remove_pid_file(pid_file)
 
     # See run_loop: sync steps may linger, and a KeyboardInterrupt or SystemExit while runs
     # execute is task code's (SIGINT and SIGTERM are the loop's), not a reason to stop.
