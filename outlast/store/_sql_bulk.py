@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from .._errors import BulkActionNotFound, ValidationError
 from ..runs import FINAL_STATUSES, Run
-from ._bulk_base import BulkAction, BulkBatch, BulkFilter, BulkStore
+from ._bulk_base import BulkAction, BulkBatch, BulkFilter
 from ._rows import Row, Tx, run_from_row
+from ._sql_core import SqlCore
 
 
 def filter_sql(env: str, f: BulkFilter) -> tuple[list[str], dict[str, Any]]:
@@ -72,19 +72,12 @@ def bulk_from_row(row: Row) -> BulkAction:
     )
 
 
-class BulkMixin(BulkStore):
-    """Mixed into SqlStore; relies on its ``_transaction``, ``_raw``, ``_insert_runs``,
-    ``_cancel_tree``, ``_ensured``, ``now`` and ``wake_local``."""
-
-    _transaction: Any
-    _insert_runs: Any
-    _cancel_tree: Any
-    _ensured: set[tuple[str, str, str]]
-    now: Any
-    wake_local: Any
+class BulkMixin(SqlCore):
+    """The bulk action part of the SQL store (see ``_bulk_base.py``)."""
 
     @abc.abstractmethod
-    def _raw(self, tx: Tx, sql: str, params: Mapping[str, Any]) -> list[Row]: ...
+    def _cancel_tree(self, tx: Tx, run_id: str, now: float, ended: list[str]) -> None:
+        """Cancel a run and its waiting children (``SqlStore``'s, shared with cancel)."""
 
     def count_bulk_matches(self, env: str, f: BulkFilter) -> int:
         where, params = filter_sql(env, f)
