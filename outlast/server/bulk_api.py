@@ -56,7 +56,10 @@ def build_bulk_router(store: Store, env_dependency: Any) -> APIRouter:
     Env = Annotated[str, Depends(env_dependency)]
 
     @router.post("/api/v1/bulk-actions", summary="Start a bulk cancel or replay, or count "
-                 "its runs (dry_run)")
+                 "its runs (dry_run)", status_code=201,
+                 responses={201: {"description": "The bulk action, recorded; run it with "
+                                  "POST …/run"},
+                            200: {"description": "dry_run: {action, count}"}})
     def create(body: CreateBulkBody, env: Env) -> JSONResponse:
         given = body.filter.model_dump(exclude_none=True) if body.filter else {}
         f = _bulk.make_filter(body.action, **given)
