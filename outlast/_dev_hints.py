@@ -144,3 +144,13 @@ def remove_pid_file(path: str) -> None:
             if int(f.read().strip()) != os.getpid():
                 return
         os.unlink(path)
+
+
+def settle_dev_port(args: Any) -> bool:
+    """``outlast dev``: move ``args.port`` to a free one if it is taken (False: none)."""
+    if args.no_server:
+        return True
+    port = choose_port(args.host, args.port, dev=True)
+    if port is not None:
+        args.port = port
+    return port is not None

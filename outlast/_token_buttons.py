@@ -15,10 +15,14 @@ MAX_BUTTONS = 6
 MAX_LABEL = 40
 
 
-def buttons_json(buttons: Mapping[str, Any] | None) -> str | None:
-    """Validated ``buttons`` as JSON text for the store (None: the default)."""
+def buttons_json(buttons: Mapping[str, Any] | None, *, in_task: bool = True) -> str | None:
+    """Validated ``buttons`` as JSON text for the store (None: the default). They are set
+    by the task that creates the token, e.g. ``{"Approve": {"ok": True}, "Reject": {"ok":
+    False}}``."""
     if buttons is None:
         return None
+    if not in_task:
+        raise ValidationError("buttons= is for tokens created inside a task", field="buttons")
     if not isinstance(buttons, Mapping) or not 1 <= len(buttons) <= MAX_BUTTONS:
         raise ValidationError(f"buttons is a mapping of 1 to {MAX_BUTTONS} labels to data",
                               field="buttons")

@@ -23,7 +23,13 @@ from typing import Any
 
 from . import _serde
 from ._cli_format import attempt_lines, fit, quiet_broken_pipe, result_text, run_error_lines
-from ._dev_hints import choose_port, remove_pid_file, suggest_trigger, write_pid_file
+from ._dev_hints import (
+    choose_port,
+    remove_pid_file,
+    settle_dev_port,
+    suggest_trigger,
+    write_pid_file,
+)
 from ._errors import OutlastError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -140,11 +146,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     early: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
     loop_name(args.loop)  # a bad --loop fails before anything is written
-    if dev and not args.no_server:
-        port = choose_port(args.host, args.port, dev=True)
-        if port is None:
-            return 2
-        args.port = port
+    if dev and not settle_dev_port(args):
+        return 2
     _setup(args)
     store = _store(args, migrate=dev)
     load_app(args.app)

@@ -554,21 +554,12 @@ class _Wait:
     ) -> Token:
         """A token that a callback, a human or app code completes; wait on it with
         ``wait.for_token``. Inside a task it is journaled (a replay gets the same token).
-
-        ``buttons`` (inside a task) are the dashboard's completion buttons, ``{label:
-        data}``, e.g. ``{"Approve": {"ok": True}, "Reject": {"ok": False}}``: each
-        completes the token with its data. The default is Approve ``{"approved": true}``
-        and Reject ``{"approved": false}``."""
+        ``buttons``: the dashboard's ``{label: data}`` for it (``_token_buttons.py``)."""
         from ._token_buttons import buttons_json
 
-        shown = buttons_json(buttons)
         ctx = _current.get()
+        shown = buttons_json(buttons, in_task=ctx is not None)
         if ctx is None:
-            if shown is not None:
-                from ._errors import ValidationError
-
-                raise ValidationError("buttons= is for tokens created inside a task",
-                                      field="buttons")
             from .client import default_async_client
 
             return await default_async_client().create_token(

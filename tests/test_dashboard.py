@@ -371,8 +371,12 @@ async def test_token_buttons_show_and_send_what_the_task_set(
     other = client.retrieve(default.id).metadata["token"]
     r = await dash.post("/waitpoints/complete", {"id": other, "preset": "Ship it"})
     assert r.status_code == 422  # not one of this token's buttons
-    with pytest.raises(ValidationError):
-        await wait.create_token(buttons={"": {}})
+    from outlast._token_buttons import buttons_json
+
+    with pytest.raises(ValidationError, match="label"):
+        buttons_json({"": {}})
+    with pytest.raises(ValidationError, match="inside a task"):
+        await wait.create_token(buttons={"Ok": {}})
 
 
 async def test_test_page_validates_against_the_task_and_its_published_schema(
