@@ -265,6 +265,27 @@ async def test_bulk_cancel_and_replay_the_filtered_set(
     assert "Cancel 0 runs?" in nothing.text and "No runs match" in nothing.text
 
 
+async def test_bulk_goes_on_from_where_a_request_stopped(
+    dash: Dash, client: Client, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outlast import _bulk
+    from outlast.server.dashboard import _actions
+
+    client.batch_trigger("dash-child", list(range(30)), tags=["slow"])
+    monkeypatch.setattr(_actions, "BULK_SECONDS", 0.0)  # one batch per request
+    monkeypatch.setattr(_bulk, "DEFAULT_BATCH", 20)
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "slow", "confirm": "1"})
+    assert r.status_code == 303
+    bulk = store.list_bulk_actions("dev")[0]
+    assert (bulk.status, bulk.processed) == ("running", 20)
+    assert f"outlast runs bulk resume {bulk.id}" in _text(await dash.get("/runs?tag=slow"))
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "slow", "confirm": "1",
+                                       "bulk": bulk.id})
+    assert r.status_code == 303
+    assert store.list_bulk_actions("dev")[0].succeeded == 30
+    assert client.bulk_count("cancel", tag="slow") == 0
+
+
 async def test_bulk_is_not_capped_at_1000(dash: Dash, client: Client) -> None:
     client.batch_trigger("dash-child", list(range(1100)), tags=["many"])
     r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "many"})
