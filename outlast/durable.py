@@ -23,7 +23,7 @@ import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -559,10 +559,15 @@ class _Wait:
         idempotency_key: str | None = None,
         idempotency_key_ttl: timedelta | float | None = None,
         tags: Sequence[str] = (),
+        buttons: Mapping[str, Any] | None = None,
     ) -> Token:
         """A token that a callback, a human or app code completes; wait on it with
-        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token)."""
+        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token).
+        ``buttons``: the dashboard's ``{label: data}`` for it (``_token_buttons.py``)."""
+        from ._token_buttons import buttons_json
+
         ctx = _current.get()
+        shown = buttons_json(buttons, in_task=ctx is not None)
         if ctx is None:
             from .client import default_async_client
 
@@ -593,6 +598,7 @@ class _Wait:
                 idempotency_ttl=ttl,
                 tags=tags,
                 run_id=ctx.run.id,
+                buttons=shown,
             )
             from .waitpoints import callback_url
 

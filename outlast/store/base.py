@@ -22,6 +22,7 @@ from typing import Literal
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
 from ._app_tx_base import AppTransactionStore
+from ._bulk_base import BulkStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -210,6 +211,7 @@ class RunWrites(StoreBase):
         tags: Sequence[str] = (),
         run_id: str | None = None,
         request_key: str | None = None,
+        buttons: str | None = None,
     ) -> Waitpoint:
         """Create a pending token, or return the one an ``idempotency_key`` (the caller's,
         per environment) or a ``request_key`` (an API request's, so a retry after a lost
@@ -341,9 +343,10 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore):
-    """What the HTTP API needs: reading and changing runs, building them against
-    published task definitions, and signing waitpoint callback URLs with its settings."""
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore):
+    """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
+    building them against published task definitions, and signing waitpoint callback URLs
+    with its settings."""
 
 
 class ScheduleStore(TaskDefs):
