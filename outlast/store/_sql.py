@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._errors import RunNotFound, SchemaVersionError
+from .._errors import RunNotFound
 from .._serde import dumps, loads, plain_text
 from ..runs import JournalEntry, Run, RunEvent, RunStatus
 from ._rows import (
@@ -26,13 +26,13 @@ from ._rows import (
     _journal_entry,
     _task_def,
     load_queries,
-    migrations,
+    migrations,  # noqa: F401 - tests import the migration list from here
     run_from_row,
-    schema_sql,
 )
 from ._sql_api import ApiMixin
 from ._sql_claims import ClaimsMixin
 from ._sql_schedules import SchedulesMixin
+from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
 from ._sql_waitpoints import WaitpointsMixin
 from .base import (
@@ -54,12 +54,13 @@ from .base import (
     WorkerInfo,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 log = logging.getLogger(__name__)
 
 
-class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, Store):
+class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixin, SchemaMixin,
+               Store):
     dialect: str
 
     def __init__(self) -> None:
@@ -78,58 +79,12 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
     def _notify(self, tx: Tx, env: str) -> None:
         """Announce ready work to other processes (inside the transaction)."""
 
-    # -- schema ---------------------------------------------------------------------------
-    def _current_version(self, tx: Tx) -> int | None:
-        try:
-            rows = tx.q("schema_version")
-        except Exception:
-            return None
-        return int(rows[0]["version"]) if rows else None
-
+    # -- schema (migrate, check_schema: _sql_schema.SchemaMixin) ---------------------------
     @abc.abstractmethod
     def _schema_exists(self) -> bool: ...
 
-    def migrate(self) -> int:
-        with self._transaction() as tx:
-            self._lock_for_migration(tx)
-            if not self._schema_exists():
-                tx.script(schema_sql(self.dialect))
-                tx.x("insert_schema_version", version=SCHEMA_VERSION)
-                return SCHEMA_VERSION
-            version = self._current_version(tx) or 0
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database schema is version {version}, newer than this outlast "
-                    f"({SCHEMA_VERSION}); upgrade outlast"
-                )
-            for number, sql in migrations(self.dialect):
-                if number > version:
-                    tx.script(sql)
-                    tx.x("set_schema_version", version=number)
-                    version = number
-            return version
-
     def _lock_for_migration(self, tx: Tx) -> None:
         """Serialize concurrent migrations (PostgreSQL takes an advisory lock)."""
-
-    def check_schema(self) -> None:
-        version = None
-        if self._schema_exists():
-            with self._transaction() as tx:
-                version = self._current_version(tx)
-        if version is not None and version > SCHEMA_VERSION:
-            # Migrating cannot help here: the code is older than the database.
-            raise SchemaVersionError(
-                f"the database has schema version {version}, newer than this outlast "
-                f"(version {SCHEMA_VERSION}); upgrade outlast: pip install -U outlast "
-                f"(database: {self.safe_url})"
-            )
-        if version != SCHEMA_VERSION:
-            found = "no outlast schema" if version is None else f"schema version {version}"
-            raise SchemaVersionError(
-                f"the database has {found}; this outlast needs version {SCHEMA_VERSION}. "
-                f"Run `outlast migrate` (database: {self.safe_url})"
-            )
 
     @property
     def safe_url(self) -> str:
@@ -583,6 +538,8 @@ class SqlStore(ClaimsMixin, WaitpointsMixin, StatsMixin, ApiMixin, SchedulesMixi
                 now=now,
                 lease_expires_at=now + info.lease_seconds,
             )
+            # Its release, for `outlast migrate --check` and contract steps.
+            self._insert_process(tx, info.id, "worker", info.env)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()

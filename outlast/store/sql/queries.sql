@@ -1062,3 +1062,49 @@ ORDER BY slot DESC LIMIT :limit;
 
 -- name: prune_schedule_slots
 DELETE FROM schedule_slots WHERE fired_at < :before;
+
+-- Schema upgrades: expand then contract --------------------------------------------------
+
+-- name: applied_migrations
+SELECT name, number, kind FROM outlast_migrations ORDER BY number, name;
+
+-- name: record_migration
+INSERT INTO outlast_migrations (name, number, kind, applied_at, release)
+VALUES (:name, :number, :kind, :now, :release)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: register_process
+INSERT INTO processes (id, kind, env, host, pid, release, schema_version, migrations,
+                       started_at, seen_at)
+VALUES (:id, :kind, :env, :host, :pid, :release, :schema_version, :migrations, :now, :now);
+
+-- name: touch_process
+UPDATE processes SET seen_at = :now WHERE id = :id AND stopped_at IS NULL;
+
+-- name: stop_process
+UPDATE processes SET stopped_at = :now WHERE id = :id AND stopped_at IS NULL;
+
+-- Live processes with the release they run: a worker by its row in workers (alive, lease
+-- current on the database clock), any other kind by a recent seen_at.
+-- name: live_processes
+SELECT p.id, p.kind, p.env, p.host, p.pid, p.release, p.schema_version, p.migrations,
+       p.started_at, p.seen_at
+FROM processes p LEFT JOIN workers w ON w.id = p.id
+WHERE p.stopped_at IS NULL
+  AND ((p.kind = 'worker' AND w.status = 'alive' AND w.lease_expires_at >= :now)
+       OR (p.kind <> 'worker' AND p.seen_at >= :since))
+ORDER BY p.kind, p.started_at;
+
+-- Live workers of a release from before processes registered (no row in processes): their
+-- release is unknown, so they hold back every contract step.
+-- name: live_unregistered_workers
+SELECT w.id, w.env, w.host, w.pid, w.started_at FROM workers w
+LEFT JOIN processes p ON p.id = w.id
+WHERE w.status = 'alive' AND w.lease_expires_at >= :now AND p.id IS NULL
+ORDER BY w.started_at;
+
+-- name: table_exists
+SELECT name FROM sqlite_master WHERE type = 'table' AND name = :name;
+
+-- name: table_exists [postgres]
+SELECT :name AS name WHERE to_regclass(:name) IS NOT NULL;

@@ -265,3 +265,27 @@ CREATE TABLE schedule_slots (
     PRIMARY KEY (schedule_id, slot)
 );
 CREATE INDEX schedule_slots_fired ON schedule_slots (fired_at);
+
+-- Expand-then-contract upgrades: migrations applied, by name and kind; processes and the
+-- release and migrations they run (migrations/0004_expand_contract).
+CREATE TABLE outlast_migrations (
+    name TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    kind TEXT NOT NULL,                    -- expand | contract
+    applied_at REAL NOT NULL,
+    release TEXT NOT NULL                  -- the outlast release that applied it
+);
+CREATE TABLE processes (
+    id TEXT PRIMARY KEY,                   -- a worker's id, or server_<random>
+    kind TEXT NOT NULL,                    -- worker | server
+    env TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    release TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    migrations TEXT NOT NULL,              -- JSON list of the migration names its code knows
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,                   -- servers: refreshed while they run
+    stopped_at REAL
+);
+CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
