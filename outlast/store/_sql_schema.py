@@ -9,10 +9,10 @@ migrations only, or behind it by contract migrations only.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import socket
-from typing import Any
 
 from .._errors import SchemaVersionError
 from .._serde import dumps, loads
@@ -28,6 +28,7 @@ from ._schema_base import (
     migration_files,
     release,
 )
+from ._sql_core import SqlCore
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,18 @@ def _code_version() -> int:
     return SCHEMA_VERSION
 
 
-class SchemaMixin(SchemaOps):
-    """Mixed into SqlStore; relies on its ``_transaction``, ``_schema_exists``,
-    ``_lock_for_migration``, ``dialect``, ``safe_url`` and ``now``."""
+class SchemaMixin(SqlCore, SchemaOps):
+    """A part of SqlStore: the schema and the processes registry."""
 
-    dialect: str
-    safe_url: Any
-    _transaction: Any
-    _schema_exists: Any
-    _lock_for_migration: Any
-    now: Any
+    @abc.abstractmethod
+    def _schema_exists(self) -> bool: ...
+
+    def _lock_for_migration(self, tx: Tx) -> None:
+        """Serialize concurrent migrations (PostgreSQL takes an advisory lock)."""
+
+    @property
+    @abc.abstractmethod
+    def safe_url(self) -> str: ...
 
     # -- reading --------------------------------------------------------------------------
     def _has_table(self, tx: Tx, name: str) -> bool:
