@@ -244,7 +244,7 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from ._presence import announce
+    from ._presence import announce, dashboard_guard
     from .scheduler import Scheduler
     from .server import create_app
 
@@ -262,7 +262,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         tasks = [serving]
         if not args.no_scheduler:
             tasks.append(asyncio.create_task(Scheduler(store).run(stop)))
-        tasks.append(asyncio.create_task(announce(store, "server", args.env, stop)))
+        tasks.append(asyncio.create_task(announce(
+            store, "server", args.env, stop, listen=f"{args.host}:{args.port}",
+            dashboard=dashboard_guard())))
         print(f"outlast server on http://{args.host}:{args.port} ({store.safe_url})", flush=True)
         await stop.wait()
         server.should_exit = True

@@ -77,6 +77,8 @@ class ProcessRow:
     schema_version: int | None
     migrations: frozenset[str] | None  # names its code knows; None: unknown
     started_at: float
+    listen: str | None = None  # a server's host:port
+    dashboard: str | None = None  # a server's dashboard guard: password | open | locked
 
     def knows(self, migration: str) -> bool:
         return self.migrations is not None and migration in self.migrations
@@ -126,7 +128,7 @@ class SchemaStatus:
             "processes": [
                 {"id": p.id, "kind": p.kind, "env": p.env, "host": p.host, "pid": p.pid,
                  "release": p.release, "schema_version": p.schema_version,
-                 "started_at": p.started_at}
+                 "started_at": p.started_at, "listen": p.listen, "dashboard": p.dashboard}
                 for p in self.processes
             ],
         }
@@ -141,7 +143,8 @@ class SchemaOps:
         """What is applied, what this code would apply, who runs which release."""
 
     @abc.abstractmethod
-    def register_process(self, process_id: str, kind: str, env: str) -> None:
+    def register_process(self, process_id: str, kind: str, env: str, *,
+                         listen: str | None = None, dashboard: str | None = None) -> None:
         """Record a (non-worker) process and the release it runs; workers are recorded
         by ``register_worker``."""
 

@@ -40,7 +40,7 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 

@@ -13,6 +13,7 @@ import abc
 import logging
 import os
 import socket
+from typing import Any
 
 from .._errors import SchemaVersionError
 from .._serde import dumps, loads
@@ -90,6 +91,8 @@ class SchemaMixin(SqlCore, SchemaOps):
                 id=r["id"], kind=r["kind"], env=r["env"], host=r["host"], pid=int(r["pid"]),
                 release=r["release"], schema_version=int(r["schema_version"]),
                 migrations=frozenset(loads(r["migrations"])), started_at=r["started_at"],
+                # Absent until this release's expand migration is applied.
+                listen=_col(r, "listen"), dashboard=_col(r, "dashboard"),
             )
             for r in tx.q("live_processes", now=now, since=now - SEEN_STALE)
         ]
@@ -183,17 +186,19 @@ class SchemaMixin(SqlCore, SchemaOps):
             )
 
     # -- processes ------------------------------------------------------------------------
-    def _insert_process(self, tx: Tx, process_id: str, kind: str, env: str) -> None:
+    def _insert_process(self, tx: Tx, process_id: str, kind: str, env: str,
+                        listen: str | None = None, dashboard: str | None = None) -> None:
         if not self._has_table(tx, "processes"):
             return  # a schema awaiting `outlast migrate`; check_schema said so already
         tx.x("register_process", id=process_id, kind=kind, env=env, host=socket.gethostname(),
              pid=os.getpid(), release=release(), schema_version=_code_version(),
              migrations=dumps(sorted(m.name for m in migration_files(self.dialect))),
-             now=self.now())
+             now=self.now(), listen=listen, dashboard=dashboard)
 
-    def register_process(self, process_id: str, kind: str, env: str) -> None:
+    def register_process(self, process_id: str, kind: str, env: str, *,
+                         listen: str | None = None, dashboard: str | None = None) -> None:
         with self._transaction() as tx:
-            self._insert_process(tx, process_id, kind, env)
+            self._insert_process(tx, process_id, kind, env, listen, dashboard)
 
     def touch_process(self, process_id: str) -> None:
         with self._transaction() as tx:
@@ -202,6 +207,10 @@ class SchemaMixin(SqlCore, SchemaOps):
     def stop_process(self, process_id: str) -> None:
         with self._transaction() as tx:
             tx.x("stop_process", id=process_id, now=self.now())
+
+
+def _col(row: Any, name: str) -> Any:
+    return row[name] if name in row.keys() else None  # noqa: SIM118 - sqlite3.Row
 
 
 def _unknown(status: SchemaStatus) -> str:

@@ -1075,8 +1075,9 @@ ON CONFLICT (name) DO NOTHING;
 
 -- name: register_process
 INSERT INTO processes (id, kind, env, host, pid, release, schema_version, migrations,
-                       started_at, seen_at)
-VALUES (:id, :kind, :env, :host, :pid, :release, :schema_version, :migrations, :now, :now);
+                       started_at, seen_at, listen, dashboard)
+VALUES (:id, :kind, :env, :host, :pid, :release, :schema_version, :migrations, :now, :now,
+        :listen, :dashboard);
 
 -- name: touch_process
 UPDATE processes SET seen_at = :now WHERE id = :id AND stopped_at IS NULL;
@@ -1087,8 +1088,7 @@ UPDATE processes SET stopped_at = :now WHERE id = :id AND stopped_at IS NULL;
 -- Live processes with the release they run: a worker by its row in workers (alive, lease
 -- current on the database clock), any other kind by a recent seen_at.
 -- name: live_processes
-SELECT p.id, p.kind, p.env, p.host, p.pid, p.release, p.schema_version, p.migrations,
-       p.started_at, p.seen_at
+SELECT p.*
 FROM processes p LEFT JOIN workers w ON w.id = p.id
 WHERE p.stopped_at IS NULL
   AND ((p.kind = 'worker' AND w.status = 'alive' AND w.lease_expires_at >= :now)

@@ -286,6 +286,8 @@ CREATE TABLE processes (
     migrations TEXT NOT NULL,              -- JSON list of the migration names its code knows
     started_at REAL NOT NULL,
     seen_at REAL NOT NULL,                   -- servers: refreshed while they run
-    stopped_at REAL
+    stopped_at REAL,
+    listen TEXT,                           -- a server's host:port (0005_process_endpoints)
+    dashboard TEXT                         -- password | open | locked
 );
 CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
