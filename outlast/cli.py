@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _cli_migrate
+from . import _cli_doctor, _cli_migrate
 from ._errors import OutlastError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -728,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
 
     _cli_migrate.add_commands(sub)
+    _cli_doctor.add_commands(sub)
 
     p = sub.add_parser("trigger", help="start a run")
     _common(p)

@@ -27,6 +27,7 @@ from ._rows import (
 )
 from ._sql_api import ApiMixin
 from ._sql_commit import CommitMixin
+from ._sql_doctor import DoctorMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
@@ -46,7 +47,7 @@ SCHEMA_VERSION = 5
 
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
-    SchemaMixin,
+    SchemaMixin, DoctorMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 
