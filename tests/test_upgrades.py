@@ -18,6 +18,7 @@ import json
 import pytest
 
 from outlast import cli
+from outlast._clock import FakeClock
 from outlast._errors import SchemaVersionError
 from outlast._presence import announce
 from outlast.store import Store, _sql_schema, open_store
@@ -148,3 +149,16 @@ async def test_a_server_registers_its_release_while_it_runs(store: Store) -> Non
     await task
     assert [p for p in store.schema_status().processes if p.kind == "server"] == []
 
+
+
+def test_process_rows_of_processes_gone_a_week_are_pruned_live_workers_kept(
+    store: Store, clock: FakeClock,
+) -> None:
+    _worker(store, "w_long_lived")
+    store.register_process("server_gone", "server", "dev")
+    store.stop_process("server_gone")
+    clock.advance(8 * 86400)
+    store.heartbeat("w_long_lived", 30.0)
+    store.register_process("server_new", "server", "dev")
+    ids = {r[0] for r in raw(store.url, "SELECT id FROM processes")}
+    assert ids == {"w_long_lived", "server_new"}

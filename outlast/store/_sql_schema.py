@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # refreshes its row every SEEN_EVERY seconds.
 SEEN_EVERY = 15.0
 SEEN_STALE = 60.0
+PROCESS_HISTORY = 7 * 86400.0
 
 
 def _code_version() -> int:
@@ -190,6 +191,8 @@ class SchemaMixin(SqlCore, SchemaOps):
                         listen: str | None = None, dashboard: str | None = None) -> None:
         if not self._has_table(tx, "processes"):
             return  # a schema awaiting `outlast migrate`; check_schema said so already
+        # One row per start: those gone a week are only history.
+        tx.x("prune_processes", before=self.now() - PROCESS_HISTORY)
         tx.x("register_process", id=process_id, kind=kind, env=env, host=socket.gethostname(),
              pid=os.getpid(), release=release(), schema_version=_code_version(),
              migrations=dumps(sorted(m.name for m in migration_files(self.dialect))),

@@ -1148,3 +1148,8 @@ GROUP BY q.name ORDER BY q.name;
 SELECT task_id, COUNT(*) AS queued, MIN(created_at) AS oldest FROM runs
 WHERE env = :env AND status = 'QUEUED'
 GROUP BY task_id ORDER BY task_id;
+
+-- Rows of processes long gone: not seen for :before and not a live worker's.
+-- name: prune_processes
+DELETE FROM processes WHERE seen_at < :before
+  AND id NOT IN (SELECT id FROM workers WHERE status = 'alive');
