@@ -32,6 +32,12 @@ def _open(url: str) -> tuple[Any, str | None]:
 
     store: Any = None
     try:
+        if url.startswith("sqlite:"):
+            from .store.sqlite import _path_from_url
+
+            path = _path_from_url(url)
+            if not path.exists():  # opening would create it: doctor only reads
+                return None, f"no SQLite database at {path} (`outlast migrate` creates it)"
         if url.startswith(("postgresql:", "postgres:")):
             import psycopg
 

@@ -268,7 +268,9 @@ def _filesystem(path: Path, mounts: str) -> str | None:
 def _sqlite_filesystem(ctx: Context) -> list[Finding]:
     if not ctx.sqlite:
         return []
-    path = Path(ctx.url.removeprefix("sqlite:///")).resolve()
+    from .store.sqlite import _path_from_url
+
+    path = _path_from_url(ctx.url).resolve()
     if ctx.mounts is None:
         try:
             mounts = Path("/proc/mounts").read_text()

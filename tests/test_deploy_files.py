@@ -134,8 +134,7 @@ def test_compose_runs_postgres_migrate_server_and_two_workers_in_a_health_gated_
             "migrate": {"condition": "service_completed_successfully"}}, name
     assert "pgdata" in compose["volumes"]
     assert any(v.startswith("pgdata:") for v in s["postgres"]["volumes"])
-    build = s["migrate"]["build"]
-    assert (DEPLOY / build["context"] / build["dockerfile"]).exists()
+    assert (DEPLOY / s["migrate"]["build"]["context"] / "Dockerfile").exists()
 
 
 def test_compose_commands_parse_and_use_apps_paths_and_variables_that_exist(
@@ -146,9 +145,13 @@ def test_compose_commands_parse_and_use_apps_paths_and_variables_that_exist(
         if name == "postgres":
             continue
         args = _parses([_defaults(a) for a in svc["command"]])
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
         if getattr(args, "app", None):
+            # The app is mounted into /app, the image's working directory.
             module = args.app.replace(".", "/") + ".py"
-            assert (DEPLOY / "example" / module).exists(), f"{name}: --app {args.app}"
+            assert (DEPLOY / mounts["/app"] / module).exists(), f"{name}: --app {args.app}"
+        for source in mounts.values():
+            assert (DEPLOY / source).exists(), f"{name}: mounts {source}"
         for var in svc["environment"]:
             assert var in known, f"{name}: {var} is read by nothing"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,6 +86,16 @@ def test_an_unreachable_database_is_a_problem(capsys: pytest.CaptureFixture[str]
     out = json.loads(capsys.readouterr().out)
     assert out["findings"][0]["check"] == "database"
     assert "OUTLAST_DATABASE_URL" in out["findings"][0]["fix"]
+
+
+def test_a_missing_sqlite_file_is_a_problem_and_doctor_does_not_create_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "nowhere" / "outlast.db"
+    assert cli.main(["doctor", "--json", "--database-url", f"sqlite:///{path}"]) == 1
+    [f] = json.loads(capsys.readouterr().out)["findings"]
+    assert f["check"] == "database" and "outlast migrate" in f["message"]
+    assert not path.parent.exists()
 
 
 def test_a_schema_that_is_not_current_is_a_problem(

@@ -15,6 +15,7 @@ the names its own code knows. Numbers only order the files.
 from __future__ import annotations
 
 import abc
+import functools
 import re
 from dataclasses import dataclass, field
 from importlib import metadata, resources
@@ -44,6 +45,12 @@ class Migration:
 
 def migration_files(dialect: str) -> list[Migration]:
     """This code's migrations after version 1, in the order they apply."""
+    return list(_read_migrations(dialect))
+
+
+@functools.cache
+def _read_migrations(dialect: str) -> tuple[Migration, ...]:
+    """Read once per process: every schema check compares against them."""
     folder = resources.files("outlast.store").joinpath("sql/migrations")
     found: list[Migration] = []
     if folder.is_dir():
@@ -54,7 +61,7 @@ def migration_files(dialect: str) -> list[Migration]:
                 marked = re.search(r"^-- outlast: (expand|contract)\s*$", sql, flags=re.M)
                 kind = marked.group(1) if marked else EXPAND
                 found.append(Migration(int(m.group(1)), m.group(2), kind, sql))
-    return sorted(found, key=lambda m: (m.number, m.name))
+    return tuple(sorted(found, key=lambda m: (m.number, m.name)))
 
 
 class ContractBlocked(SchemaVersionError):
