@@ -100,6 +100,13 @@ def test_dockerfile_is_multi_stage_non_root_with_outlast_entrypoint_and_a_health
     assert any(getattr(r, "path", None) == "/api/v1/health" for r in routes)
 
 
+def _sent_to_docker(path: str) -> bool:
+    """Whether .dockerignore (an allow list after `*`) lets ``path`` into the context."""
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    return any(path == a or path.startswith(a + "/") for a in allowed)
+
+
 def test_dockerfiles_copy_only_paths_that_exist_and_set_only_known_variables() -> None:
     known = _known_env()
     for dockerfile in (ROOT / "Dockerfile", DEPLOY / "example" / "Dockerfile"):
@@ -108,6 +115,7 @@ def test_dockerfiles_copy_only_paths_that_exist_and_set_only_known_variables() -
                 parts = [p for p in shlex.split(arg) if not p.startswith("--")]
                 for src in parts[:-1]:
                     assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}"
+                    assert _sent_to_docker(src.rstrip("/")), f"{src} is in .dockerignore"
             if word == "ENV":
                 for name in re.findall(r"(OUTLAST_\w+)=", arg):
                     assert name in known, f"{dockerfile.name}: ENV {name} is read by nothing"
