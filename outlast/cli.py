@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _serde
+from . import _cli_doctor, _cli_migrate, _serde
 from ._cli_format import attempt_lines, fit, quiet_broken_pipe, result_text, run_error_lines
 from ._dev_hints import (
     choose_port,
@@ -129,12 +129,6 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 # -- commands ---------------------------------------------------------------------------------
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    store = _store(args, migrate=True)
-    print(f"schema is at version {store.migrate()} ({store.safe_url})")
-    return 0
 
 
 def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
@@ -264,6 +258,7 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from ._presence import announce, dashboard_guard
     from .scheduler import Scheduler
     from .server import create_app
 
@@ -283,6 +278,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         tasks = [serving]
         if not args.no_scheduler:
             tasks.append(asyncio.create_task(Scheduler(store).run(stop)))
+        tasks.append(asyncio.create_task(announce(
+            store, "server", args.env, stop, listen=f"{args.host}:{args.port}",
+            dashboard=dashboard_guard())))
         print(f"outlast server on http://{args.host}:{args.port} ({store.safe_url})", flush=True)
         await stop.wait()
         server.should_exit = True
@@ -740,9 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker_flags(p)
     p.set_defaults(fn=cmd_worker)
 
-    p = sub.add_parser("migrate", help="create or upgrade the database schema")
-    _common(p)
-    p.set_defaults(fn=cmd_migrate)
+    _cli_migrate.add_commands(sub)
+    _cli_doctor.add_commands(sub)
 
     p = sub.add_parser("trigger", help="start a run")
     _common(p)
