@@ -19,6 +19,7 @@ from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
 from ._errors import ConfigurationError, RunNotFound, ValidationError
+from ._events_client import AsyncEventMethods, EventMethods
 from ._http import HttpTransport, HttpTrigger
 from ._ids import new_id
 from ._schedule_client import AsyncScheduleMethods, ScheduleMethods
@@ -47,7 +48,7 @@ def _seconds(value: timedelta | float | None, field: str = "timeout") -> float |
     )
 
 
-class Client(ScheduleMethods, BulkMethods):
+class Client(ScheduleMethods, BulkMethods, EventMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -303,7 +304,7 @@ def _output_type(task: Task[Any, Any] | str) -> Any:
     return local.return_type if local is not None else Any
 
 
-class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods):
+class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncEventMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable."""
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
+from ._events_base import EventStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -462,7 +463,7 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
     a worker's calls or the tick."""
 
 
-class Store(WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore):
+class Store(WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, EventStore):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""
 

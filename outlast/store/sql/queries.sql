@@ -1194,3 +1194,101 @@ GROUP BY task_id ORDER BY task_id;
 -- name: prune_processes
 DELETE FROM processes WHERE seen_at < :before
   AND id NOT IN (SELECT id FROM workers WHERE status = 'alive');
+
+-- Events ----------------------------------------------------------------------------------
+-- (outlast/store/_sql_events.py; the model is in _events_base.py)
+
+-- Taken first in a publish (names in order) and by a wait registering on the name: the
+-- row lock orders the two, so an event either sees the wait or the wait sees the event.
+-- name: ev_lock_name
+INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
+
+-- name: ev_subscribers
+SELECT * FROM tasks WHERE env = :env ORDER BY id;
+
+-- An id past its deduplication window stops deduplicating (its row stays in the log).
+-- name: ev_release_key
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND id = :id AND dedup_active = 1 AND dedup_until <= :now;
+
+-- name: ev_insert
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq;
+
+-- The runs the first publish of a still-deduplicating id created (a retry's answer).
+-- name: ev_first_runs
+SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
+WHERE e.env = :env AND e.id = :id AND e.dedup_active = 1 AND d.replay = 0
+  AND d.run_id IS NOT NULL
+ORDER BY d.task_id;
+
+-- At most one fan-out delivery per (event, task): a retained replay that runs twice, or
+-- beside a publish, inserts nothing the second time (and then creates no run).
+-- name: ev_insert_delivery
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING
+RETURNING event_seq;
+
+-- name: ev_insert_replay
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 1, :run_id, :outcome, :reason, :now);
+
+-- name: ev_unfinished_runs
+SELECT id, payload FROM runs
+WHERE env = :env AND task_id = :task_id
+  AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+ORDER BY id;
+
+-- name: ev_waits
+SELECT w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr FROM event_waits w
+JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = :name AND p.status = 'pending'
+ORDER BY w.created_at, w.waitpoint_id;
+
+-- name: ev_insert_wait
+INSERT INTO event_waits (waitpoint_id, env, name, match_path, match_value, expr, created_at)
+VALUES (:waitpoint_id, :env, :name, :match_path, :match_value, :expr, :now)
+ON CONFLICT (waitpoint_id) DO NOTHING;
+
+-- name: ev_since
+SELECT * FROM events WHERE env = :env AND name = :name AND created_at >= :since
+ORDER BY seq LIMIT 1000;
+
+-- name: ev_list
+SELECT * FROM events WHERE env = :env AND (CAST(:name AS TEXT) IS NULL OR name = :name)
+ORDER BY seq DESC LIMIT :limit;
+
+-- name: ev_get
+SELECT * FROM events WHERE env = :env AND id = :id ORDER BY seq DESC LIMIT 1;
+
+-- name: ev_deliveries
+SELECT * FROM event_deliveries
+WHERE event_seq IN (SELECT value FROM json_each(:seqs))
+ORDER BY event_seq, created_at, task_id;
+
+-- name: ev_deliveries [postgres]
+SELECT * FROM event_deliveries WHERE event_seq = ANY(CAST(:seqs AS bigint[]))
+ORDER BY event_seq, created_at, task_id;
+
+-- Retained events a task has had no fan-out delivery of, oldest first, a page at a time.
+-- name: ev_retained
+SELECT * FROM events e
+WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+ORDER BY e.seq LIMIT 500;
+
+-- name: ev_prune_deliveries
+DELETE FROM event_deliveries
+WHERE event_seq IN (SELECT seq FROM events WHERE expires_at <= :now);
+
+-- name: ev_prune
+DELETE FROM events WHERE expires_at <= :now;
+
+-- name: ev_prune_waits
+DELETE FROM event_waits
+WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');

@@ -1,0 +1,333 @@
+"""Events: publishing, subscriptions and the planner the store consults.
+
+``publish`` validates events at the edge and hands them to the store, which fans each one
+out in a single transaction (``store/_events_base.py``). Who subscribes is read from the
+task definitions workers published (``spec["events"]``, built by ``subscription_spec``
+from ``@task(on=..., if_=..., cancel_on=..., replay=...)``), so an app or a server that
+never imported task code fans out the same way a worker would.
+
+Filters and matches are CEL (``celpy``, from the ``cel-python`` package), evaluated where
+the event is accepted, over ``event`` = ``{"id", "name", "data", "ts"}``. Expressions are
+compiled when a task is defined (a bad one fails the import, naming the field) and cached
+by text wherever they are evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _limits, _serde
+from ._config import _float, settings
+from ._errors import ConfigurationError, ValidationError
+from ._ids import new_id
+from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
+from .store._events_base import (
+    EventPlanner,
+    EventRecord,
+    EventWait,
+    Fanout,
+    NewEvent,
+    PublishResult,
+)
+from .store.base import Store, TaskDef
+
+DEFAULT_DEDUP_SECONDS = 24 * 3600.0
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+_NAME = re.compile(r"[A-Za-z0-9][\w.:/-]{0,127}")
+_PATTERN = re.compile(r"[A-Za-z0-9*][\w.:/*-]{0,127}")
+REPLAY_CHOICES = ("new", "retained")
+
+
+def dedup_seconds() -> float:
+    """How long an event id deduplicates (OUTLAST_EVENT_DEDUP_SECONDS, default 24 h)."""
+    return _float("OUTLAST_EVENT_DEDUP_SECONDS", DEFAULT_DEDUP_SECONDS)
+
+
+def retention_seconds() -> float:
+    """How long events stay in the log (OUTLAST_EVENT_RETENTION_SECONDS, default 7 days);
+    never shorter than the deduplication window."""
+    return max(_float("OUTLAST_EVENT_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS),
+               dedup_seconds())
+
+
+# -- CEL ------------------------------------------------------------------------------------
+
+_programs: dict[str, Any] = {}
+
+
+def compile_expr(expr: str, field: str) -> Any:
+    """A compiled CEL program (cached by text); a bad expression is a ConfigurationError
+    naming ``field``."""
+    program = _programs.get(expr)
+    if program is not None:
+        return program
+    import celpy
+
+    env = celpy.Environment()
+    try:
+        program = env.program(env.compile(expr))
+    except Exception as exc:  # celpy raises its own parse errors, with a caret diagram
+        raise ConfigurationError(f"{field}: invalid CEL expression {expr!r}: {exc}",
+                                 field=field) from None
+    if len(_programs) > 1024:
+        _programs.clear()
+    _programs[expr] = program
+    return program
+
+
+def evaluate(expr: str, event: dict[str, Any]) -> bool:
+    """Whether ``expr`` is true for ``event``; raises ValueError saying why it could not
+    be evaluated (a missing field, a type mismatch)."""
+    from celpy import celtypes
+    from celpy.adapter import json_to_cel
+    from celpy.evaluation import CELEvalError
+
+    program = compile_expr(expr, "if_")
+    try:
+        result = program.evaluate({"event": json_to_cel(event)})
+    except CELEvalError as exc:
+        raise ValueError(str(exc.args[0] if exc.args else exc)) from None
+    if not isinstance(result, celtypes.BoolType):
+        raise ValueError(f"the expression gave {type(result).__name__}, not a bool")
+    return bool(result)
+
+
+# -- names, paths, patterns -----------------------------------------------------------------
+
+
+def check_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(
+            f"{field}: an event name is 1-128 letters, digits and . _ : / - "
+            f"(starting with a letter or digit), not {name!r}", field=field)
+    return name
+
+
+def check_pattern(pattern: Any, field: str = "on") -> str:
+    if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+        raise ConfigurationError(f"{field}: invalid event name or pattern {pattern!r}",
+                                 field=field)
+    return pattern
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """``user.*`` matches ``user.signup`` and ``user.a.b``; ``*`` matches every name."""
+    if "*" not in pattern:
+        return pattern == name
+    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), name) is not None
+
+
+def check_path(path: Any, field: str = "match") -> str:
+    if not isinstance(path, str) or not re.fullmatch(r"data(\.[\w-]+)+", path):
+        raise ConfigurationError(
+            f"{field}: a match is a path into the event's data such as 'data.user_id', "
+            f"not {path!r}", field=field)
+    return path
+
+
+_ABSENT: Any = object()
+
+
+def value_at(value: Any, parts: Iterable[str]) -> Any:
+    """The value at a dotted path (list indices as digits); ``_ABSENT`` if there is none."""
+    for part in parts:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _ABSENT
+    return value
+
+
+# -- subscriptions (@task) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelOn:
+    """Cancel the task's unfinished runs when an event named ``event`` arrives whose value
+    at ``match`` (``data.user_id``) equals the run's payload there (``payload.user_id``);
+    ``if_`` (CEL over ``event``) narrows which events count."""
+
+    event: str
+    match: str | None = None
+    if_: str | None = None
+
+    def __post_init__(self) -> None:
+        check_pattern(self.event, "cancel_on.event")
+        if self.match is not None:
+            check_path(self.match, "cancel_on.match")
+        if self.if_ is not None:
+            compile_expr(self.if_, "cancel_on.if_")
+        if self.match is None and self.if_ is None:
+            raise ConfigurationError(
+                "cancel_on: give match= (or if_=), or every run of the task would be "
+                "cancelled by any such event", field="cancel_on")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "match": self.match, "if": self.if_}
+
+
+def subscription_spec(
+    on: str | Sequence[str] | None,
+    if_: str | None,
+    cancel_on: Sequence[CancelOn],
+    replay: str,
+) -> dict[str, Any] | None:
+    """The ``events`` part of a task's published spec; None when it has none. Checks
+    everything now, so a bad subscription fails at import naming its field."""
+    names = [on] if isinstance(on, str) else list(on or ())
+    for n in names:
+        check_pattern(n, "on")
+    if if_ is not None:
+        if not names:
+            raise ConfigurationError("if_ filters events: give on= too", field="if_")
+        compile_expr(if_, "if_")
+    if replay not in REPLAY_CHOICES:
+        raise ConfigurationError(f"replay must be one of {REPLAY_CHOICES}, not {replay!r}",
+                                 field="replay")
+    for c in cancel_on:
+        if not isinstance(c, CancelOn):
+            raise ConfigurationError("cancel_on takes CancelOn(...) items", field="cancel_on")
+    if not names and not cancel_on:
+        return None
+    return {"on": names, "if": if_, "replay": replay,
+            "cancel_on": [c.to_dict() for c in cancel_on]}
+
+
+# -- the planner ----------------------------------------------------------------------------
+
+
+class Planner(EventPlanner):
+    """Decides, inside the store's publish transaction, what an event does."""
+
+    def __init__(self, env: str) -> None:
+        self.env = env
+
+    def fan_out(
+        self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
+    ) -> list[Fanout]:
+        out: list[Fanout] = []
+        envelope = event.envelope()
+        for td in subscribers:
+            spec = td.spec.get("events") or {}
+            if not any(name_matches(p, event.name) for p in spec.get("on") or ()):
+                continue
+            expr = spec.get("if")
+            if expr:
+                try:
+                    matched = evaluate(expr, envelope)
+                except (ValueError, ConfigurationError) as exc:
+                    out.append(Fanout(td.id, "filtered", reason=f"if_ failed: {exc}"))
+                    continue
+                if not matched:
+                    out.append(Fanout(td.id, "filtered", reason=f"if_ is false: {expr}"))
+                    continue
+            out.append(self._run(td, event))
+        return out
+
+    def _run(self, td: TaskDef, event: EventRecord) -> Fanout:
+        # The run is created even when the data does not fit the task's payload type:
+        # the event is never lost, and the run fails at its start with the validation
+        # error (not retried), which the delivery's reason also names.
+        reason = None
+        try:
+            _check_schema(td.payload_schema, event.data)
+        except ValidationError as exc:
+            reason = f"payload does not match the task's type: {exc.message}"
+        options = TriggerOptions(metadata={"event": {"id": event.id, "name": event.name}})
+        run = published_run(td, self.env, _serde.dumps(event.data), options)
+        return Fanout(td.id, "run", run=run, reason=reason)
+
+    def cancel_matches(
+        self, event: EventRecord, subscribers: Sequence[TaskDef]
+    ) -> list[tuple[str, str, Any]]:
+        out: list[tuple[str, str, Any]] = []
+        envelope = event.envelope()
+        for td in subscribers:
+            for c in (td.spec.get("events") or {}).get("cancel_on") or ():
+                if not name_matches(c["event"], event.name):
+                    continue
+                if c.get("if"):
+                    try:
+                        if not evaluate(c["if"], envelope):
+                            continue
+                    except (ValueError, ConfigurationError):
+                        continue
+                path = c.get("match")
+                if path is None:
+                    out.append((td.id, "", None))  # every unfinished run (if_ only)
+                    continue
+                value = value_at(envelope, path.split("."))
+                if value is not _ABSENT and value is not None:
+                    out.append((td.id, path, value))
+        return out
+
+    def payload_at(self, payload_text: str, path: str) -> Any:
+        if not path:
+            return None
+        found = value_at(_serde.loads(payload_text), path.split(".")[1:])
+        return None if found is _ABSENT else found
+
+    def wait_matches(self, event: EventRecord, wait: EventWait) -> bool:
+        envelope = event.envelope()
+        if wait.expr:
+            try:
+                return evaluate(wait.expr, envelope)
+            except (ValueError, ConfigurationError):
+                return False
+        if wait.match_path is None:
+            return True
+        found = value_at(envelope, wait.match_path.split("."))
+        return found is not _ABSENT and found == _serde.loads(wait.match_value)
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+
+def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "") -> NewEvent:
+    """Validate one event at the edge; nothing is written if this raises."""
+    prefix = f"{field}." if field else ""
+    check_name(name, f"{prefix}name")
+    if event_id is None:
+        event_id = new_id("evt")
+    elif not isinstance(event_id, str) or not event_id:
+        raise ValidationError(f"{prefix}id must be a non-empty string", field=f"{prefix}id")
+    else:
+        _limits.text(event_id, f"{prefix}id")
+    text = _serde.to_json(data)
+    check_payload_size(text, settings().max_payload_bytes)
+    return NewEvent(id=event_id, name=name, data=text, dedup_seconds=dedup_seconds(),
+                    retention_seconds=retention_seconds())
+
+
+def publish(store: Store, env: str, events: Sequence[NewEvent]) -> list[PublishResult]:
+    """Publish validated events through the store (one transaction)."""
+    if not events:
+        return []
+    return store.publish_events(env, events, Planner(env))
+
+
+def deliver_retained(store: Store, env: str, task_ids: Iterable[str]) -> int:
+    """At worker start: the retained history for subscribers that asked for it."""
+    return sum(store.deliver_retained(env, t, Planner(env)) for t in task_ids)
+
+
+def retained_subscribers(definitions: Iterable[TaskDef]) -> list[str]:
+    return [d.id for d in definitions
+            if (d.spec.get("events") or {}).get("replay") == "retained"]
+
+
+def event_json(record: EventRecord) -> dict[str, Any]:
+    """An event as the HTTP API and the CLI show it."""
+    return {
+        **record.envelope(),
+        "deliveries": [
+            {"task_id": d.task_id, "outcome": d.outcome, "run_id": d.run_id,
+             "reason": d.reason, "replay": d.replay}
+            for d in record.deliveries
+        ],
+    }
