@@ -777,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ._cli_bulk import add_runs_commands
 
     add_runs_commands(rs)
+    from ._cli_events import add_commands as add_events_commands
+
+    add_events_commands(sub)
 
     p = sub.add_parser("tokens", help="waitpoint tokens")
     ts = p.add_subparsers(dest="tokens_cmd", required=True)

@@ -9,9 +9,16 @@ deduplicates: a retried publish never runs anyone twice.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -20,7 +27,10 @@ from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.store import open_store
 from outlast.store.base import Store
+from tests.apps import events_app
+from tests.conftest import ROOT
 
 HOOKS: list[tuple[str, str, str | None]] = []
 
@@ -307,3 +317,71 @@ def test_replay_delivers_an_event_again_on_purpose(store: Store, client: Client)
     assert len(client.list_runs(task_id="ev-welcome")) == 2
     everyone = client.replay_event("evt_r")
     assert sorted(d["outcome"] for d in everyone) == ["filtered", "run", "run"]
+
+
+def test_a_server_killed_between_commit_and_answer_loses_and_duplicates_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL of a real `outlast server` after the publish committed and before it
+    answered: the client saw no answer; its retry (same event ids) on a fresh server is
+    answered as duplicates with the first runs, and each subscriber has one run per event."""
+    from tests.test_server_e2e import Fleet, free_port, wait_for
+
+    fleet = Fleet(db_url, tmp_path)
+    try:
+        fleet.cli("migrate")
+        key = fleet.key()
+        store = open_store(db_url)
+        store.publish_tasks("dev", [t.definition() for t in events_app.TASKS.values()])
+        marker = tmp_path / "published"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        stalling = subprocess.Popen(
+            [sys.executable, "-m", "tests.apps.events_app", "server", "--database-url", db_url,
+             "--host", "127.0.0.1", "--port", str(port), "--no-scheduler"],
+            cwd=ROOT, env={**fleet.env, "OUTLAST_TEST_PUBLISHED": str(marker)},
+        )
+        fleet.procs.append(stalling)
+
+        def answers(base: str) -> bool:
+            try:
+                return httpx.get(f"{base}/api/v1/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for("the stalling server", lambda: answers(url))
+        body = {"events": [{"name": "crash.signup", "data": {"n": i}, "id": f"crash_{i}"}
+                           for i in range(50)]}
+        headers = {"Authorization": f"Bearer {key}"}
+        outcome: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                outcome["answer"] = httpx.post(f"{url}/api/v1/events", json=body,
+                                               headers=headers, timeout=60)
+            except httpx.TransportError as exc:
+                outcome["error"] = exc
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        wait_for("the publish to commit", marker.exists)
+        stalling.send_signal(signal.SIGKILL)
+        stalling.wait()
+        sender.join()
+        assert "error" in outcome and "answer" not in outcome  # killed before answering
+        first = {e.id: e for e in store.list_events("dev", limit=1000)}
+        assert len(first) == 50  # committed: nothing lost
+
+        url2 = fleet.server()()
+        retry = httpx.post(f"{url2}/api/v1/events", json=body, headers=headers, timeout=60)
+        assert retry.status_code == 200, retry.text
+        answered = retry.json()["events"]
+        assert all(e["duplicate"] for e in answered)
+        for e in answered:
+            made = {d.run_id for d in first[e["id"]].deliveries if d.run_id}
+            assert set(e["run_ids"]) == made and len(made) == 2
+        runs = Client(store=store, env="dev").list_runs(limit=1000)
+        assert Counter(r.task_id for r in runs) == {"ev-crash-a": 50, "ev-crash-b": 50}
+        store.close()
+    finally:
+        fleet.stop()
