@@ -385,3 +385,63 @@ def test_a_server_killed_between_commit_and_answer_loses_and_duplicates_nothing(
         store.close()
     finally:
         fleet.stop()
+
+
+def test_wait_for_event_survives_a_worker_kill_and_restart(db_url: str) -> None:
+    """The run parks in a worker process; the worker is SIGKILLed; the event arrives with
+    no worker alive; a new worker resumes the run with it."""
+    from tests.conftest import spawn_worker
+    from tests.test_server_e2e import wait_for
+
+    store = open_store(db_url)  # the real clock: the workers' processes use it too
+    client = Client(store=store, env="dev")
+    store.publish_tasks("dev", [events_app.crash_waiter.definition()])
+    run_id = client.trigger(events_app.crash_waiter, {"inv": "inv_k"}).id
+    first = spawn_worker(db_url, "tests.apps.events_app", concurrency=2)
+    try:
+        wait_for("the run to park",
+                 lambda: client.retrieve(run_id).status == RunStatus.WAITING)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        client.publish("crash.paid", {"invoice_id": "inv_other"})
+        client.publish("crash.paid", {"invoice_id": "inv_k", "amount": 9}, id="paid_k")
+        second = spawn_worker(db_url, "tests.apps.events_app", concurrency=2)
+        try:
+            wait_for("the run to finish", lambda: client.retrieve(run_id).is_final)
+        finally:
+            second.send_signal(signal.SIGKILL)
+            second.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    run = client.retrieve(run_id)
+    store.close()
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output["event"]["id"] == "paid_k"
+    assert run.output["event"]["data"]["amount"] == 9
+
+
+async def test_the_dashboard_events_page_shows_runs_created_and_why_not(
+    store: Store, client: Client
+) -> None:
+    import html
+
+    from tests.test_dashboard import _app, _client
+
+    _publish_definitions(store, *SUBSCRIBERS)
+    result = client.publish("user.signup", {"user_id": 7, "plan": "free"}, id="evt_dash")
+    client.publish("order.placed", {"n": 1}, id="evt_other")
+    dash = await _client(_app(store, require_login=False))
+    try:
+        r = await dash.get("/events")
+        page = html.unescape(r.text)
+        assert r.status_code == 200
+        assert "evt_dash" in page and "evt_other" in page
+        for run_id in result.run_ids:
+            assert f'/runs/{run_id}"' in page
+        assert "ev-pro-only" in page and "if_ is false: event.data.plan == 'pro'" in page
+        page = html.unescape((await dash.get("/events?name=order.placed")).text)
+        assert "evt_other" in page and "evt_dash" not in page
+    finally:
+        await dash.http.aclose()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from outlast import task
+from outlast import task, wait
 
 
 @task(id="ev-crash-a", on=["crash.*"])
@@ -31,7 +32,14 @@ async def crash_filtered(payload: dict[str, Any]) -> None:
     return None
 
 
-TASKS = {t.id: t for t in (crash_a, crash_b, crash_filtered)}
+@task(id="ev-crash-waiter")
+async def crash_waiter(payload: dict[str, Any]) -> dict[str, Any]:
+    got = await wait.for_event("crash.paid", match="data.invoice_id", value=payload["inv"],
+                               timeout=timedelta(days=7))
+    return {"ok": got.ok, "event": got.output}
+
+
+TASKS = {t.id: t for t in (crash_a, crash_b, crash_filtered, crash_waiter)}
 
 
 def _stall_after_commit() -> None:

@@ -62,6 +62,7 @@ NAV = [
     ("waitpoints", "Waitpoints", "/waitpoints"),
     ("workers", "Workers", "/workers"),
     ("schedules", "Schedules", "/schedules"),
+    ("events", "Events", "/events"),
     ("test", "Test", "/test"),
 ]
 
