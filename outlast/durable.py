@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from . import _outcome, _serde
 from ._errors import NonDeterminismError, OutlastError, TokenTimedOut
 from ._ids import derived_id
+from ._quiet import until_quiet
 from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
@@ -43,22 +44,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("outlast.task")
 
-_NEW_WORK_BACKSTOP = 10.0  # seconds new work waits for other branches, at most (C8)
-
-
-def _loop_can_run(me: asyncio.Task[Any] | None) -> bool:
-    """Whether a task on the loop other than ``me`` can run now, without anything from
-    outside the loop: one not started yet, one yielding a turn (``asyncio.sleep(0)``), one
-    whose awaited future is done. What a task awaits is asyncio's ``_fut_waiter`` (the C
-    and the Python ``Task`` have it; uvloop runs asyncio's); a task without one counts as
-    waiting, which only makes the C8 check below decide sooner."""
-    for t in asyncio.all_tasks():
-        if t is me or not hasattr(t, "_fut_waiter"):
-            continue
-        waiter = t._fut_waiter
-        if waiter is None or waiter.done():
-            return True
-    return False
+# Seconds new work waits for the loop to go quiet, at most (C8): raising too soon would
+# fail a run whose branch was still on its way to its recorded call.
+_NEW_WORK_BACKSTOP = 10.0
+# Seconds a run with every branch blocked waits for the loop to go quiet before it
+# suspends, at most: suspending under a branch about to start a step only costs a replay.
+_SUSPEND_BACKSTOP = 1.0
 
 
 class Committer(Protocol):
@@ -183,7 +174,7 @@ class RunContext:
         # threading.Event per run cost a fan-out's hand-over path microseconds.
         self.cancel_requested = False
         self.segment_started = time.monotonic()
-        self._suspend_checks = 0
+        self._suspender: asyncio.Task[None] | None = None  # waiting to suspend the run
         self.loop = asyncio.get_running_loop()
         self.logs_recorded = claim.logs_recorded
         self.logs_emitted = 0
@@ -218,20 +209,12 @@ class RunContext:
         if len(self.visited) >= len(self.journal):
             return
         # Parallel branches of the run may still be on their way to their recorded calls,
-        # taking as many loop turns as their awaited calls take. So wait, a turn at a
-        # time, for as long as anything on the loop can run; new work with recorded keys
-        # unreached once nothing can (every task waits on something outside the loop:
-        # a thread, I/O, a timer) is a code change. Nothing can run over two turns in a
-        # row: a plain future's callbacks (gather's) wake the task awaiting it a turn late.
-        # The backstop is for a task elsewhere yielding forever (a busy poll).
-        me = asyncio.current_task()
-        idle = 0
-        backstop = time.monotonic() + _NEW_WORK_BACKSTOP
-        while idle < 2 and time.monotonic() < backstop:
-            await asyncio.sleep(0)
-            if len(self.visited) >= len(self.journal):
-                return
-            idle = 0 if _loop_can_run(me) else idle + 1
+        # taking as many loop turns as their awaited calls take: wait until they reach
+        # them, or until nothing on the loop can run (every task waits on something
+        # outside it: a thread, I/O, a timer), when new work with recorded keys still
+        # unreached is a code change (see _quiet).
+        if await until_quiet(lambda: not self.replaying, _NEW_WORK_BACKSTOP):
+            return
         missing = sorted(set(self.journal) - self.visited)
         raise NonDeterminismError(
             f"the code asked for new work {key!r} before reaching recorded "
@@ -271,20 +254,23 @@ class RunContext:
             self.busy += 1
 
     def maybe_suspend(self) -> None:
-        if self.blocked and self.busy <= 0 and self.end_reason is None:
-            self._suspend_checks = 0
-            asyncio.get_running_loop().call_soon(self._suspend_check)
+        if self._suspender is None and not self._moved_on():
+            # (held here: the loop holds tasks only weakly)
+            self._suspender = self.loop.create_task(self._suspend_when_quiet())
 
-    def _suspend_check(self) -> None:
-        # Hold off a few loop turns: a sibling branch scheduled in the same turn may be
-        # about to start a step, and suspending under it would only cost a replay.
-        if not self.blocked or self.busy > 0 or self.end_reason is not None:
-            return
-        self._suspend_checks += 1
-        if self._suspend_checks < 3:
-            asyncio.get_running_loop().call_soon(self._suspend_check)
-            return
-        self.end(reason="suspend")
+    def _moved_on(self) -> bool:
+        return not self.blocked or self.busy > 0 or self.end_reason is not None
+
+    async def _suspend_when_quiet(self) -> None:
+        # Every branch is blocked, but a sibling scheduled meanwhile may be about to start
+        # a step: suspending under it would only cost a replay. So suspend once the loop
+        # is quiet (see _quiet), unless a branch got busy again first.
+        try:
+            await until_quiet(self._moved_on, _SUSPEND_BACKSTOP)
+        finally:
+            self._suspender = None
+        if not self._moved_on():
+            self.end(reason="suspend")
 
     def end(self, reason: str) -> None:
         """Unwind the attempt for ``reason`` (suspend, cancel, timeout, handback, lost)."""
