@@ -236,6 +236,8 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
     return data, content_type.split(";")[0].strip()
 
 
+# Over 60 lines: the routes are closures over the store and the environment dependency,
+# registered here in the order the OpenAPI document lists them; each is a few lines.
 def build_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter()
     Env = Annotated[str, Depends(env_dependency)]

@@ -42,6 +42,8 @@ def _packet_signature(store: Store, env: str, path: str) -> str:
     return signature(store, f"packet\x1f{env}\x1f{path}")
 
 
+# Over 60 lines: the routes are closures over the store and the environment dependency,
+# registered here in the order the OpenAPI document lists them; each is a few lines.
 def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["trigger.dev compatibility"])
     Env = Annotated[str, Depends(env_dependency)]
