@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .cli import _client, _common, _setup
+from ._cli_common import _client, _common, _setup
 
 
 def add_commands(sub: Any) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 from . import _events, _serde
 from ._errors import ConfigurationError, OutlastError
 from ._ids import derived_id
-from .durable import WaitResult, _require, _wait_result, fingerprint
+from ._run_context import _require, fingerprint
+from ._waits import WaitResult, _wait_result
 from .store._events_base import EventStore, EventWait
-from .store.base import StartWait
 
 
 def _seconds(value: timedelta | float | int, field: str) -> float:
@@ -58,14 +58,9 @@ async def for_event(
 ) -> WaitResult:
     ctx = _require("wait.for_event()")
     path, value_json = _spec(name, match, value, if_)
-    ctx.busy += 1
-    try:
-        key = ctx.key_for("for_event")
-        fp = fingerprint(name, path, value_json, if_)
-        waitpoint_id = derived_id("waitpoint", ctx.run.id, key)
-        entry = ctx.lookup(key, "event", fp)
-        if entry is None:
-            await ctx.before_new_work(key)
+    async with ctx.call("for_event", "event", fingerprint(name, path, value_json, if_)) as call:
+        waitpoint_id = derived_id("waitpoint", ctx.run.id, call.key)
+        if call.entry is None:
             store = ctx.store
             if not isinstance(store, EventStore):  # pragma: no cover - every Store is one
                 raise OutlastError("this store keeps no events")
@@ -79,25 +74,12 @@ async def for_event(
                 since=now - _seconds(since, "since") if since is not None else None,
                 planner=_events.Planner(ctx.run.env),
             )
-            await ctx.commit(
-                StartWait(
-                    **ctx.op_base(),
-                    key=key,
-                    kind="event",
-                    fingerprint=fp,
-                    attempt=ctx.run.attempt,
-                    started_at=now,
-                    waitpoint_id=waitpoint_id,
-                )
-            )
+            await ctx.commit(call.start_wait(now, waitpoint_id=waitpoint_id))
             if wp.status != "pending":
                 return _wait_result(wp.status, wp.output, wp.is_error)
         else:
             state = ctx.waitpoints.get(waitpoint_id)
             if state is not None and state.status != "pending":
                 return _wait_result(state.status, _serde.loads(state.output), state.is_error)
-        await ctx.block(key, waitpoint_id)
+        await ctx.block(call.key, waitpoint_id)
         raise AssertionError("unreachable")  # pragma: no cover
-    finally:
-        ctx.busy -= 1
-        ctx.maybe_suspend()
