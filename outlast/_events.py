@@ -14,6 +14,7 @@ by text wherever they are evaluated.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from .store._events_base import (
     NewEvent,
     PublishResult,
 )
-from .store.base import Store, TaskDef
+from .store.base import NewRun, Store, TaskDef
 
 DEFAULT_DEDUP_SECONDS = 24 * 3600.0
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
@@ -117,7 +118,12 @@ def name_matches(pattern: str, name: str) -> bool:
     """``user.*`` matches ``user.signup`` and ``user.a.b``; ``*`` matches every name."""
     if "*" not in pattern:
         return pattern == name
-    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), name) is not None
+    return _glob(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(p) for p in pattern.split("*")))
 
 
 def check_path(path: Any, field: str = "match") -> str:
@@ -206,6 +212,7 @@ class Planner(EventPlanner):
 
     def __init__(self, env: str) -> None:
         self.env = env
+        self._templates: dict[str, tuple[float, NewRun]] = {}
 
     def fan_out(
         self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
@@ -238,9 +245,23 @@ class Planner(EventPlanner):
             _check_schema(td.payload_schema, event.data)
         except ValidationError as exc:
             reason = f"payload does not match the task's type: {exc.message}"
-        options = TriggerOptions(metadata={"event": {"id": event.id, "name": event.name}})
-        run = published_run(td, self.env, _serde.dumps(event.data), options)
+        run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
+        run.__dict__.update(self._template(td).__dict__)
+        run.id = new_id("run")
+        run.payload = event.data_json if event.data_json is not None else _serde.dumps(
+            event.data)
+        run.metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
+        run.tags = list(run.tags)
         return Fanout(td.id, "run", run=run, reason=reason)
+
+    def _template(self, td: TaskDef) -> NewRun:
+        """A blank run to copy: the task's published defaults, checked once per planner
+        (a batch) and definition, as ``_trigger.build_runs`` does for a batch trigger."""
+        cached = self._templates.get(td.id)
+        if cached is None or cached[0] != td.updated_at:
+            blank = published_run(td, self.env, "null", TriggerOptions())
+            cached = self._templates[td.id] = (td.updated_at, blank)
+        return cached[1]
 
     def cancel_matches(
         self, event: EventRecord, subscribers: Sequence[TaskDef]
@@ -288,8 +309,10 @@ class Planner(EventPlanner):
 # -- publishing -----------------------------------------------------------------------------
 
 
-def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "") -> NewEvent:
-    """Validate one event at the edge; nothing is written if this raises."""
+def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "",
+              windows: tuple[float, float] | None = None) -> NewEvent:
+    """Validate one event at the edge; nothing is written if this raises. ``windows`` is
+    (dedup, retention) seconds, read from the settings when None (a batch reads them once)."""
     prefix = f"{field}." if field else ""
     check_name(name, f"{prefix}name")
     if event_id is None:
@@ -300,8 +323,9 @@ def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "") ->
         _limits.text(event_id, f"{prefix}id")
     text = _serde.to_json(data)
     check_payload_size(text, settings().max_payload_bytes)
-    return NewEvent(id=event_id, name=name, data=text, dedup_seconds=dedup_seconds(),
-                    retention_seconds=retention_seconds())
+    dedup, retention = windows or (dedup_seconds(), retention_seconds())
+    return NewEvent(id=event_id, name=name, data=text, dedup_seconds=dedup,
+                    retention_seconds=retention)
 
 
 def publish(store: Store, env: str, events: Sequence[NewEvent]) -> list[PublishResult]:

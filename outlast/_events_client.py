@@ -37,8 +37,10 @@ class EventMethods:
 
     def publish_many(self, events: Sequence[dict[str, Any]]) -> list[PublishResult]:
         """Publish a batch (``{"name", "data", "id"}`` each) in one transaction."""
+        windows = (_events.dedup_seconds(), _events.retention_seconds())
         items = [_events.new_event(e.get("name"), e.get("data"), e.get("id"),
-                                   field=f"events[{i}]") for i, e in enumerate(events)]
+                                   field=f"events[{i}]", windows=windows)
+                 for i, e in enumerate(events)]
         if self._http is not None:
             # Every event carries an id (generated here when not given), so a retry of
             # this request after a lost answer deduplicates instead of publishing twice.

@@ -61,10 +61,11 @@ def _items(body: PublishBody, key: str | None) -> list[NewEvent]:
         given = [(body.name, body.data, body.id)]
         prefix = ""
     out = []
+    windows = (_events.dedup_seconds(), _events.retention_seconds())
     for i, (name, data, event_id) in enumerate(given):
         if event_id is None and key is not None:
             event_id = f"req:{key}" if not prefix else f"req:{key}:{i}"
-        out.append(_events.new_event(name, data, event_id,
+        out.append(_events.new_event(name, data, event_id, windows=windows,
                                      field=f"{prefix}[{i}]" if prefix else ""))
     return out
 

@@ -72,6 +72,7 @@ class EventRecord:
     data: Any
     created_at: float
     deliveries: list[Delivery] = field(default_factory=list)
+    data_json: str | None = None  # ``data`` as published, when at hand (saves a dump)
 
     def envelope(self) -> dict[str, Any]:
         """The event as filters and waits see it (``event.name``, ``event.data``, ...)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import EventNotFound
@@ -46,6 +47,20 @@ def _delivery(row: Row) -> Delivery:
     )
 
 
+@dataclass
+class _Batch:
+    """What one publish transaction has planned and not yet written, and what it knows."""
+
+    env: str
+    subscribers: list[TaskDef]
+    now: float
+    runs: list[NewRun] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
+    waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
+    woke: bool = False
+
+
 class EventsMixin(SqlCore):
     """The events part of the SQL store (see ``_events_base.py``)."""
 
@@ -58,61 +73,101 @@ class EventsMixin(SqlCore):
         self, env: str, events: Sequence[NewEvent], planner: EventPlanner
     ) -> list[PublishResult]:
         now = self.now()
-        results: list[PublishResult] = []
-        woke = False
         with self._transaction() as tx:
             # Name locks first, in order: a concurrent publish of the same names cannot
             # deadlock with this one, and a wait registering on a name is ordered with it.
             for name in sorted({e.name for e in events}):
                 tx.x("ev_lock_name", env=env, name=name, now=now)
-            subscribers = [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
-            for e in events:
-                result, created = self._publish_one(tx, env, e, subscribers, planner, now)
-                results.append(result)
-                woke = woke or created
-            if woke:
+            batch = _Batch(env, [_task_def(r) for r in tx.q("ev_subscribers", env=env)], now)
+            seqs = self._insert_events(tx, batch, events)
+            results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
+                       for e in events]
+            self._flush(tx, batch)
+            if batch.woke:
                 self._notify(tx, env)
-        if woke:
+        if batch.woke:
             self.wake_local()
         return results
 
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
+                       ) -> dict[str, int]:
+        """Insert the events whose id is not deduplicating (the first of a batch's repeats);
+        their sequence numbers by id. A few statements per batch, not per event."""
+        env, now = batch.env, batch.now
+        ids = self._list(list({e.id for e in events}))
+        tx.x("ev_release_keys", env=env, ids=ids, now=now)
+        taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
+        fresh: dict[str, NewEvent] = {}
+        for e in events:
+            if e.id not in taken and e.id not in fresh:
+                fresh[e.id] = e
+        if not fresh:
+            return {}
+        tx.many("ev_insert_many", [
+            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
+             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
+            for e in fresh.values()
+        ])
+        rows = tx.q("ev_active", env=env, ids=self._list(list(fresh)))
+        return {r["id"]: int(r["seq"]) for r in rows}
+
     def _publish_one(
-        self,
-        tx: Tx,
-        env: str,
-        e: NewEvent,
-        subscribers: list[TaskDef],
-        planner: EventPlanner,
-        now: float,
-    ) -> tuple[PublishResult, bool]:
-        tx.x("ev_release_key", env=env, id=e.id, now=now)
-        rows = tx.q(
-            "ev_insert", env=env, id=e.id, name=e.name, data=e.data, now=now,
-            dedup_until=now + e.dedup_seconds, expires_at=now + e.retention_seconds,
-        )
-        if not rows:  # the same id within its window: this publish is its retry
-            first = [r["run_id"] for r in tx.q("ev_first_runs", env=env, id=e.id)]
-            return PublishResult(e.id, True, first), False
-        record = EventRecord(
-            seq=int(rows[0]["seq"]), id=e.id, env=env, name=e.name, data=loads(e.data),
-            created_at=now,
-        )
-        run_ids = self._fan_out(tx, record, planner.fan_out(record, subscribers, replay=False),
-                                now, replay=False)
-        ended: list[str] = []
-        for task_id, path, value in planner.cancel_matches(record, subscribers):
-            for r in tx.q("ev_unfinished_runs", env=env, task_id=task_id):
-                if planner.payload_at(r["payload"], path) == value:
-                    self._cancel_tree(tx, r["id"], now, ended)
-        resumed = False
-        for w in tx.q("ev_waits", env=env, name=e.name):
-            wait = EventWait(w["waitpoint_id"], w["name"], w["match_path"],
-                             w["match_value"], w["expr"])
+        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner
+    ) -> PublishResult:
+        env, now = batch.env, batch.now
+        if seq is None:  # a duplicate: a retry, or a repeat within the batch
+            first = batch.created.get(e.id)
+            if first is None:
+                first = [r["run_id"] for r in tx.q("ev_first_runs", env=env, id=e.id)]
+            return PublishResult(e.id, True, first)
+        record = EventRecord(seq=seq, id=e.id, env=env, name=e.name, data=loads(e.data),
+                             created_at=now, data_json=e.data)
+        run_ids = []
+        for f in planner.fan_out(record, batch.subscribers, replay=False):
+            batch.deliveries.append({
+                "seq": seq, "task_id": f.task_id, "run_id": f.run.id if f.run else None,
+                "outcome": f.outcome, "reason": f.reason, "now": now,
+            })
+            if f.run is not None:
+                batch.runs.append(f.run)
+                run_ids.append(f.run.id)
+        batch.created[e.id] = run_ids
+        cancels = planner.cancel_matches(record, batch.subscribers)
+        if cancels:
+            self._flush(tx, batch)  # runs this batch created may be among those cancelled
+            ended: list[str] = []
+            for task_id, path, value in cancels:
+                for r in tx.q("ev_unfinished_runs", env=env, task_id=task_id):
+                    if planner.payload_at(r["payload"], path) == value:
+                        self._cancel_tree(tx, r["id"], now, ended)
+        self._resume_waits(tx, batch, record, planner)
+        return PublishResult(e.id, False, run_ids)
+
+    def _resume_waits(self, tx: Tx, batch: _Batch, record: EventRecord,
+                      planner: EventPlanner) -> None:
+        waits = batch.waits.get(record.name)
+        if waits is None:
+            waits = batch.waits[record.name] = [
+                EventWait(w["waitpoint_id"], w["name"], w["match_path"], w["match_value"],
+                          w["expr"])
+                for w in tx.q("ev_waits", env=batch.env, name=record.name)
+            ]
+        for wait in list(waits):
             if planner.wait_matches(record, wait):
-                resumed = self._complete(
-                    tx, wait.waitpoint_id, "completed", dumps(record.envelope()), False, now
-                ) or resumed
-        return PublishResult(e.id, False, run_ids), bool(run_ids) or resumed
+                waits.remove(wait)  # completes once, with the first matching event
+                if self._complete(tx, wait.waitpoint_id, "completed",
+                                  dumps(record.envelope()), False, batch.now):
+                    batch.woke = True
+
+    def _flush(self, tx: Tx, batch: _Batch) -> None:
+        """Write the deliveries and runs the batch has planned so far."""
+        if batch.deliveries:
+            tx.many("ev_insert_deliveries", batch.deliveries)
+            batch.deliveries = []
+        if batch.runs:
+            self._insert_runs(tx, batch.runs, batch.now)
+            batch.runs = []
+            batch.woke = True
 
     def _fan_out(
         self, tx: Tx, record: EventRecord, plan: list[Fanout], now: float, *, replay: bool

@@ -1207,17 +1207,6 @@ ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
 -- name: ev_subscribers
 SELECT * FROM tasks WHERE env = :env ORDER BY id;
 
--- An id past its deduplication window stops deduplicating (its row stays in the log).
--- name: ev_release_key
-UPDATE events SET dedup_active = 0
-WHERE env = :env AND id = :id AND dedup_active = 1 AND dedup_until <= :now;
-
--- name: ev_insert
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
-ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
-RETURNING seq;
-
 -- The runs the first publish of a still-deduplicating id created (a retry's answer).
 -- name: ev_first_runs
 SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
@@ -1292,3 +1281,33 @@ DELETE FROM events WHERE expires_at <= :now;
 -- name: ev_prune_waits
 DELETE FROM event_waits
 WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
+
+-- A fan-out's deliveries, many at a time (a freshly inserted event has none yet).
+-- name: ev_insert_deliveries
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- An id past its deduplication window stops deduplicating (its row stays in the log).
+-- name: ev_release_keys
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_release_keys [postgres]
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
+
+-- The events of these ids still deduplicating (at most one per id: events_dedup).
+-- name: ev_active
+SELECT seq, id FROM events
+WHERE env = :env AND dedup_active = 1 AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_active [postgres]
+SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:ids);
+
+-- Fresh events of a batch (ev_active found none of their ids). A concurrent publish of
+-- the same id makes this fail on events_dedup and roll back: its retry is a duplicate.
+-- name: ev_insert_many
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
