@@ -3,11 +3,11 @@
     .venv/bin/python bench/events_bench.py [--events N] [--reps R] [--backend sqlite|postgres|both]
 
 Per repetition and backend (each on a fresh database, 3 subscribed tasks published):
-  bulk trigger   batch_trigger of 3×N runs in chunks of 1,000 (the reference runs/s)
+  bulk trigger   batch_trigger of 3xN runs in chunks of 1,000 (the reference runs/s)
   bulk publish   publish_many of N events in batches of 1,000/3 events, 3 subscribers each:
-                 runs created per second (target: ≥ 0.8× bulk trigger's runs/s)
+                 runs created per second (target: >= 0.8x bulk trigger's runs/s)
   single         median latency of Client.trigger and of Client.publish (one event, one
-                 subscriber), interleaved one for one (target: publish ≤ 1.5× trigger)
+                 subscriber), interleaved one for one (target: publish <= 1.5x trigger)
 Prints medians; writes nothing under bench/results/.
 """
 
@@ -62,7 +62,8 @@ async def plain(payload: Any) -> None: ...
 def _client(url: str) -> Client:
     store = open_store(url)
     store.migrate()
-    store.publish_tasks(ENV, [t.definition() for t in (sub_a, sub_b, sub_c, sub_one, sub_filtered, plain)])
+    subscribers = (sub_a, sub_b, sub_c, sub_one, sub_filtered, plain)
+    store.publish_tasks(ENV, [t.definition() for t in subscribers])
     client = Client(store=store, env=ENV)
     client.trigger(plain, -1)  # warm-up: schema check, connections, queue rows
     client.publish("bench.one", -1)
@@ -132,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         lt = statistics.median(x[0] for x in lat)
         lp = statistics.median(x[1] for x in lat)
         print(f"{backend}: bulk trigger {t:,.0f} runs/s; bulk publish {pb:,.0f} runs/s "
-              f"({args.events:,} events × 3 subscribers) = {pb / t:.2f}× trigger; "
-              f"single trigger {lt:.2f} ms, single publish {lp:.2f} ms = {lp / lt:.2f}×")
+              f"({args.events:,} events x 3 subscribers) = {pb / t:.2f}x trigger; "
+              f"single trigger {lt:.2f} ms, single publish {lp:.2f} ms = {lp / lt:.2f}x")
     return 0
 
 

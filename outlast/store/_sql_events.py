@@ -95,21 +95,26 @@ class EventsMixin(SqlCore):
         their sequence numbers by id. A few statements per batch, not per event."""
         env, now = batch.env, batch.now
         ids = self._list(list({e.id for e in events}))
-        tx.x("ev_release_keys", env=env, ids=ids, now=now)
         taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=self._list(list(taken)), now=now)
+            taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
         fresh: dict[str, NewEvent] = {}
         for e in events:
             if e.id not in taken and e.id not in fresh:
                 fresh[e.id] = e
-        if not fresh:
-            return {}
-        tx.many("ev_insert_many", [
+        rows: list[dict[str, Any]] = [
             {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
              "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
             for e in fresh.values()
-        ])
-        rows = tx.q("ev_active", env=env, ids=self._list(list(fresh)))
-        return {r["id"]: int(r["seq"]) for r in rows}
+        ]
+        if len(rows) == 1:  # one round trip for the common single publish
+            return {str(rows[0]["id"]): int(tx.q("ev_insert_one", **rows[0])[0]["seq"])}
+        if not rows:
+            return {}
+        tx.many("ev_insert_many", rows)
+        found = tx.q("ev_active", env=env, ids=self._list(list(fresh)))
+        return {r["id"]: int(r["seq"]) for r in found}
 
     def _publish_one(
         self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner

@@ -1311,3 +1311,8 @@ SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:i
 -- name: ev_insert_many
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
 VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
+
+-- name: ev_insert_one
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+RETURNING seq;
