@@ -37,6 +37,7 @@ _CODES: dict[str, type[e.OutlastError]] = {
         e.QueueNotFound,
         e.ScheduleNotFound,
         e.BulkActionNotFound,
+        e.EventNotFound,
     )
 }
 

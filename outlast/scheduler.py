@@ -12,6 +12,7 @@ import logging
 import time
 
 from ._schedule_firing import fire_due
+from .store._events_base import EventStore
 from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class Scheduler:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
+            if isinstance(self.store, EventStore):  # the event log's retention
+                await asyncio.to_thread(self.store.prune_events)
         await self.fire_schedules()
 
     async def fire_schedules(self) -> int:

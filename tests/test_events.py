@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from outlast import CancelOn, HookEvent, Worker, task, wait
 from outlast._clock import FakeClock
-from outlast._errors import ConfigurationError
+from outlast._errors import ConfigurationError, EventNotFound
 from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store import open_store
@@ -382,6 +382,19 @@ def test_a_server_killed_between_commit_and_answer_loses_and_duplicates_nothing(
             assert set(e["run_ids"]) == made and len(made) == 2
         runs = Client(store=store, env="dev").list_runs(limit=1000)
         assert Counter(r.task_id for r in runs) == {"ev-crash-a": 50, "ev-crash-b": 50}
+
+        # The HTTP client: publish (its generated id makes its own retries safe), read
+        # the log, replay; an unknown event is EventNotFound, as over the database.
+        app = Client(api_url=url2, secret_key=key, env="dev")
+        one = app.publish("crash.signup", {"n": 1})
+        assert not one.duplicate and len(one.run_ids) == 2
+        [logged] = app.list_events(name="crash.signup", limit=1)
+        assert logged["id"] == one.id
+        assert {d["outcome"] for d in logged["deliveries"]} == {"run", "filtered"}
+        assert len(app.replay_event(one.id, task="ev-crash-b")) == 1
+        with pytest.raises(EventNotFound):
+            app.replay_event("evt_nope")
+        app.close()
         store.close()
     finally:
         fleet.stop()
@@ -445,3 +458,19 @@ async def test_the_dashboard_events_page_shows_runs_created_and_why_not(
         assert "evt_other" in page and "evt_dash" not in page
     finally:
         await dash.http.aclose()
+
+
+def test_events_leave_the_log_after_their_retention(
+    store: Store, client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _publish_definitions(store, welcome)
+    monkeypatch.setenv("OUTLAST_EVENT_DEDUP_SECONDS", "10")
+    monkeypatch.setenv("OUTLAST_EVENT_RETENTION_SECONDS", "100")
+    client.publish("user.signup", {"user_id": 1}, id="old")
+    clock.advance(50)
+    client.publish("user.signup", {"user_id": 2}, id="young")
+    clock.advance(51)
+    assert store.prune_events() == 1
+    assert [e["id"] for e in client.list_events()] == ["young"]
+    with pytest.raises(EventNotFound):
+        client.replay_event("old")
