@@ -22,7 +22,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
-from outlast import CancelOn, HookEvent, Worker, task, wait
+from outlast import CancelOn, HookEvent, Worker, explain, task, wait
 from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError, EventNotFound
 from outlast.client import Client
@@ -210,6 +210,8 @@ async def test_wait_for_event_parks_and_resumes_with_the_matching_event(
     assert worker.active == {}
     assert {client.retrieve(h.id).status for h in (first, second, other)} == {
         RunStatus.WAITING}
+    assert "waiting on event invoice.paid (waitpoint" in explain.why(
+        store, client.retrieve(first.id))
 
     client.publish("invoice.paid", {"invoice_id": "inv_9"})  # no one waits for this one
     client.publish("invoice.paid", {"invoice_id": "inv_1", "amount": 5}, id="pay_1")

@@ -212,7 +212,7 @@ class EventsMixin(SqlCore):
             tx.x(
                 "insert_waitpoint", id=wait.waitpoint_id, env=env, kind="event", run_id=run_id,
                 timeout_at=timeout_at, idempotency_key=None, idempotency_expires_at=None,
-                tags="[]", pending_children=0, now=now,
+                tags=dumps([f"event:{wait.name}"]), pending_children=0, now=now,
             )
             tx.x(
                 "ev_insert_wait", waitpoint_id=wait.waitpoint_id, env=env, name=wait.name,
