@@ -58,6 +58,7 @@ class _Batch:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
     waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
+    ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
     woke: bool = False
 
 
@@ -83,8 +84,9 @@ class EventsMixin(SqlCore):
             results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
                        for e in events]
             self._flush(tx, batch)
-            if batch.woke:
-                self._notify(tx, env)
+            # No NOTIFY of its own: inserting runs and completing waits announce them.
+        # Committed: the queue and slot rows of these runs exist from now on (see trigger).
+        self._ensured.update(batch.ensured)
         if batch.woke:
             self.wake_local()
         return results
@@ -94,27 +96,41 @@ class EventsMixin(SqlCore):
         """Insert the events whose id is not deduplicating (the first of a batch's repeats);
         their sequence numbers by id. A few statements per batch, not per event."""
         env, now = batch.env, batch.now
+        rows: list[dict[str, Any]] = [
+            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
+             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
+            for e in events
+        ]
+        if len(rows) == 1:
+            # The common single publish: one statement, unless its id is taken (a retry,
+            # or an id past its window: released here, then inserted).
+            found = tx.q("ev_insert_one", **rows[0])
+            if not found:
+                tx.x("ev_release_keys", env=env, ids=self._list([rows[0]["id"]]), now=now)
+                found = tx.q("ev_insert_one", **rows[0])
+            return {str(rows[0]["id"]): int(found[0]["seq"])} if found else {}
         ids = self._list(list({e.id for e in events}))
         taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
         if taken:  # a retry, or an id past its window (released here, then reused)
             tx.x("ev_release_keys", env=env, ids=self._list(list(taken)), now=now)
             taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
-        fresh: dict[str, NewEvent] = {}
-        for e in events:
-            if e.id not in taken and e.id not in fresh:
-                fresh[e.id] = e
-        rows: list[dict[str, Any]] = [
-            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
-             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
-            for e in fresh.values()
-        ]
-        if len(rows) == 1:  # one round trip for the common single publish
-            return {str(rows[0]["id"]): int(tx.q("ev_insert_one", **rows[0])[0]["seq"])}
-        if not rows:
-            return {}
+        fresh: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["id"] not in taken and row["id"] not in fresh:
+                fresh[row["id"]] = row
+        return self._insert_event_rows(tx, list(fresh.values())) if fresh else {}
+
+    def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert fresh events; their sequence numbers by id. A backend hook: PostgreSQL
+        sends them in one statement (``_sql_events_pg``)."""
         tx.many("ev_insert_many", rows)
-        found = tx.q("ev_active", env=env, ids=self._list(list(fresh)))
+        found = tx.q("ev_active", env=rows[0]["env"], ids=self._list([r["id"] for r in rows]))
         return {r["id"]: int(r["seq"]) for r in found}
+
+    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        """Insert fan-out delivery rows (at most one per event and task). A backend hook,
+        like ``_insert_event_rows``."""
+        tx.many("ev_insert_deliveries", rows)
 
     def _publish_one(
         self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner
@@ -167,10 +183,11 @@ class EventsMixin(SqlCore):
     def _flush(self, tx: Tx, batch: _Batch) -> None:
         """Write the deliveries and runs the batch has planned so far."""
         if batch.deliveries:
-            tx.many("ev_insert_deliveries", batch.deliveries)
+            self._insert_deliveries(tx, batch.deliveries)
             batch.deliveries = []
         if batch.runs:
             self._insert_runs(tx, batch.runs, batch.now)
+            batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
             batch.runs = []
             batch.woke = True
 

@@ -1315,4 +1315,25 @@ VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
 -- name: ev_insert_one
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
 VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq;
+
+-- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
+-- row, which costs no round trips there), their sequence numbers returned.
+-- name: ev_insert_unnest [postgres]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+FROM unnest(CAST(:env AS text[]), CAST(:id AS text[]), CAST(:name AS text[]),
+            CAST(:data AS text[]), CAST(:now AS double precision[]),
+            CAST(:dedup_until AS double precision[]),
+            CAST(:expires_at AS double precision[]))
+     AS e(env, id, name, data, now, dedup_until, expires_at)
+RETURNING seq, id;
+
+-- name: ev_insert_deliveries_unnest [postgres]
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
+                     CAST(:replay AS integer[]), CAST(:run_id AS text[]),
+                     CAST(:outcome AS text[]), CAST(:reason AS text[]),
+                     CAST(:now AS double precision[]))
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
