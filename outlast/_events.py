@@ -23,7 +23,7 @@ from typing import Any
 from . import _limits, _serde
 from ._config import _float, settings
 from ._errors import ConfigurationError, ValidationError
-from ._ids import new_id
+from ._ids import new_id, new_ids
 from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
 from .store._events_base import (
     EventPlanner,
@@ -213,15 +213,23 @@ class Planner(EventPlanner):
     def __init__(self, env: str) -> None:
         self.env = env
         self._templates: dict[str, tuple[float, NewRun]] = {}
+        self._subscribes: dict[tuple[str, float, str], bool] = {}  # (task, version, name)
+        self._ids: list[str] = []
 
     def fan_out(
         self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
     ) -> list[Fanout]:
         out: list[Fanout] = []
         envelope = event.envelope()
+        shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
         for td in subscribers:
+            key = (td.id, td.updated_at, event.name)
+            hit = self._subscribes.get(key)
             spec = td.spec.get("events") or {}
-            if not any(name_matches(p, event.name) for p in spec.get("on") or ()):
+            if hit is None:
+                hit = self._subscribes[key] = any(
+                    name_matches(p, event.name) for p in spec.get("on") or ())
+            if not hit:
                 continue
             expr = spec.get("if")
             if expr:
@@ -233,10 +241,14 @@ class Planner(EventPlanner):
                 if not matched:
                     out.append(Fanout(td.id, "filtered", reason=f"if_ is false: {expr}"))
                     continue
-            out.append(self._run(td, event))
+            if shared is None:
+                data = event.data_json
+                shared = (data if data is not None else _serde.dumps(event.data),
+                          _serde.dumps({"event": {"id": event.id, "name": event.name}}))
+            out.append(self._run(td, event, *shared))
         return out
 
-    def _run(self, td: TaskDef, event: EventRecord) -> Fanout:
+    def _run(self, td: TaskDef, event: EventRecord, payload: str, metadata: str) -> Fanout:
         # The run is created even when the data does not fit the task's payload type:
         # the event is never lost, and the run fails at its start with the validation
         # error (not retried), which the delivery's reason also names.
@@ -247,10 +259,11 @@ class Planner(EventPlanner):
             reason = f"payload does not match the task's type: {exc.message}"
         run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
         run.__dict__.update(self._template(td).__dict__)
-        run.id = new_id("run")
-        run.payload = event.data_json if event.data_json is not None else _serde.dumps(
-            event.data)
-        run.metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
+        if not self._ids:
+            self._ids = new_ids("run", 256)  # a batch's ids at once (see new_ids)
+        run.id = self._ids.pop()
+        run.payload = payload
+        run.metadata = metadata
         run.tags = list(run.tags)
         return Fanout(td.id, "run", run=run, reason=reason)
 

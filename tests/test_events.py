@@ -476,3 +476,18 @@ def test_events_leave_the_log_after_their_retention(
     assert [e["id"] for e in client.list_events()] == ["young"]
     with pytest.raises(EventNotFound):
         client.replay_event("old")
+
+
+async def test_the_async_client_and_the_module_level_publish(
+    store: Store, client: Client
+) -> None:
+    import outlast
+    from outlast.client import AsyncClient
+
+    _publish_definitions(store, welcome)
+    first = await AsyncClient(client).publish("user.signup", {"user_id": 1}, id="a1")
+    assert len(first.run_ids) == 1
+    again = outlast.publish("user.signup", {"user_id": 1}, id="a1")  # the default client
+    assert again.duplicate and again.run_ids == first.run_ids
+    [logged] = await AsyncClient(client).list_events(name="user.signup")
+    assert logged["deliveries"][0]["run_id"] == first.run_ids[0]
