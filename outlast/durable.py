@@ -34,8 +34,11 @@ from ._ids import derived_id
 from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
+from .client import default_async_client
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
 from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
+from .waitpoints import Token as Token
+from .waitpoints import callback_url
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -436,15 +439,6 @@ def _from_thread(coro: Awaitable[T]) -> T:
 
 
 @dataclass(frozen=True)
-class Token:
-    """A waitpoint token: complete it by id, or by POSTing to ``callback_url``."""
-
-    id: str
-    callback_url: str
-    timeout_at: float | None = None
-
-
-@dataclass(frozen=True)
 class WaitResult:
     ok: bool
     output: Any = None
@@ -555,8 +549,6 @@ class _Wait:
         ``wait.for_token``. Inside a task it is journaled (a replay gets the same token)."""
         ctx = _current.get()
         if ctx is None:
-            from .client import default_async_client
-
             return await default_async_client().create_token(
                 timeout=timeout,
                 idempotency_key=idempotency_key,
@@ -585,8 +577,6 @@ class _Wait:
                 tags=tags,
                 run_id=ctx.run.id,
             )
-            from .waitpoints import callback_url
-
             token = Token(
                 id=wp.id,
                 callback_url=await asyncio.to_thread(callback_url, ctx.store, wp.id),
