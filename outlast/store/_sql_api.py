@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import abc
 import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from .._serde import dumps, loads
+from ._sql_core import SqlCore
 from .base import NewRun, TriggerResult
 
 
-class ApiMixin(abc.ABC):
+class ApiMixin(SqlCore):
     """Mixed into SqlStore; relies on its ``_transaction``, ``_insert_runs`` and ``now``."""
-
-    _transaction: Any
-    _insert_runs: Any
-    now: Any
-    wake_local: Any
 
     # -- secret keys ----------------------------------------------------------------------
     def create_api_key(self, key_id: str, env: str, prefix: str, key_hash: str) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import abc
 import itertools
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .._serde import dumps, loads
 from ._rows import (
@@ -17,19 +15,15 @@ from ._rows import (
     _journal_entry,
     run_from_row,
 )
+from ._sql_core import SqlCore
 from .base import (
     Claim,
     WaitpointState,
 )
 
 
-class ClaimsMixin(abc.ABC):
+class ClaimsMixin(SqlCore):
     """Mixed into SqlStore; relies on its ``_transaction``, ``_list`` and ``now``."""
-
-    _transaction: Any
-    _list: Any
-    _may_claim: Any
-    now: Any
 
     # -- claiming -------------------------------------------------------------------------
     def claim(

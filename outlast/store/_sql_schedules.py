@@ -7,10 +7,10 @@ compute every slot and next slot, and these methods keep them. Firing is where C
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Sequence
 from typing import Any
 
+from ._sql_core import SqlCore
 from .base import Schedule, ScheduleFire
 
 Row = dict[str, Any]
@@ -35,14 +35,9 @@ def schedule_from_row(row: Row) -> Schedule:
     )
 
 
-class SchedulesMixin(abc.ABC):
+class SchedulesMixin(SqlCore):
     """Mixed into SqlStore; relies on its ``_transaction``, ``_insert_runs``, ``now`` and
     ``wake_local``."""
-
-    _transaction: Any
-    _insert_runs: Any
-    now: Any
-    wake_local: Any
 
     def insert_schedule(self, schedule: Schedule) -> bool:
         with self._transaction() as tx:

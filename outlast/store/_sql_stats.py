@@ -1,15 +1,13 @@
 """Store reads for the dashboard: environments, duration percentiles, per-key queue depth.
 
-Read-only and off the hot path. Kept apart from ``_sql.py`` (the runtime's logic); the
+Read-only and off the hot path. Kept apart from the runtime's parts; the
 queries are plain SQL that both dialects accept, bound through the backend's ``_raw``.
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Any
-
 from ..runs import Run
+from ._sql_core import SqlCore
 
 # Every environment the database has seen. Queues are ensured on every trigger and
 # tasks, workers and keys carry their env, so these small tables cover every env that
@@ -69,11 +67,8 @@ LIMIT :limit
 """
 
 
-class StatsMixin(abc.ABC):
+class StatsMixin(SqlCore):
     """Mixed into SqlStore; relies on its ``_transaction`` and ``_raw``."""
-
-    _transaction: Any
-    _raw: Any
 
     def known_envs(self) -> list[str]:
         """Environment names seen in queues, tasks, workers and secret keys."""

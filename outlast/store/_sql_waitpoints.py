@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Sequence
-from typing import Any
 
 from .._errors import InvalidState, TokenNotFound, TokenTimedOut
 from .._serde import dumps
 from ._rows import (
     _waitpoint,
 )
+from ._sql_core import SqlCore
 from .base import (
     Waitpoint,
 )
 
 
-class WaitpointsMixin(abc.ABC):
+class WaitpointsMixin(SqlCore):
     """Mixed into SqlStore; relies on its ``_transaction``, ``_complete`` and ``now``."""
-
-    _transaction: Any
-    _complete: Any
-    now: Any
-    wake_local: Any
 
     # -- waitpoints -----------------------------------------------------------------------
     def create_token(

@@ -1,8 +1,8 @@
 """The storage seam: the only interface the runtime uses to reach the database.
 
 One implementation per backend (``sqlite.py``, ``postgres.py``) over shared SQL logic in
-``_sql.py``. Every method is synchronous and runs in one transaction; async callers hop
-to a thread. Nothing here knows about tasks' Python code.
+the ``_sql*.py`` parts. Every method is synchronous and runs in one transaction; async
+callers hop to a thread. Nothing here knows about tasks' Python code.
 """
 
 from __future__ import annotations
