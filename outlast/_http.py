@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -266,23 +267,26 @@ class AsyncHttpTransport(_HttpBase):
     def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
                  retries: int = 3, env: str = "") -> None:
         super().__init__(api_url, secret_key, timeout=timeout, retries=retries, env=env)
-        self._http: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # A session's connections belong to the loop that opened them: a process-wide
+        # client used from a second loop (another asyncio.run, a thread with its own
+        # loop) gets a session there; a loop's session goes with the loop.
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                  httpx.AsyncClient] = weakref.WeakKeyDictionary()
 
     def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if self._http is None or self._loop is not loop:
-            # A session's connections belong to the loop that opened them: a process-wide
-            # client used from a second loop (another asyncio.run) opens a session there.
-            self._http, self._loop = httpx.AsyncClient(
+        session = self._sessions.get(loop)
+        if session is None:
+            session = self._sessions[loop] = httpx.AsyncClient(
                 base_url=self.api_url, headers=self._headers, timeout=self._timeout
-            ), loop
-        return self._http
+            )
+        return session
 
     async def close(self) -> None:
-        if self._http is not None and self._loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        self._http = self._loop = None
+        """Close this loop's session."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.aclose()
 
     async def request(self, req: Request) -> Any:
         content, headers = _encode(req.json, req.idempotent)

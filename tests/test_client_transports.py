@@ -143,11 +143,10 @@ async def over_http(store: Store) -> AsyncIterator[AsyncClient]:
     jobs = AsyncClient(api_url="http://outlast.test", secret_key=secret, env="dev")
     transport = jobs._transport
     assert isinstance(transport, AsyncHttpTransport)
-    transport._http = httpx.AsyncClient(
+    transport._sessions[asyncio.get_running_loop()] = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(store, dashboard=False)),
         base_url="http://outlast.test", headers={"Authorization": f"Bearer {secret}"},
     )
-    transport._loop = asyncio.get_running_loop()
     yield jobs
     await jobs.close()
 
@@ -160,8 +159,8 @@ async def test_async_client_over_http_does_not_use_the_sync_client(
 
 
 async def test_an_async_http_client_used_from_a_second_loop_opens_a_session_there() -> None:
-    """A process-wide client outlives an ``asyncio.run``: the next loop gets its own
-    session instead of connections bound to a closed loop."""
+    """A process-wide client outlives an ``asyncio.run``: another loop gets its own
+    session instead of connections bound to a loop that may be closed."""
     transport = AsyncHttpTransport("http://outlast.test", "tr_dev_x")
     first = transport._client()
     assert transport._client() is first
@@ -174,8 +173,9 @@ async def test_an_async_http_client_used_from_a_second_loop_opens_a_session_ther
 
     second = await asyncio.to_thread(other_loop)
     assert second is not first
-    assert transport._client() is not second  # back on this loop: a session for it
+    assert transport._client() is first  # back on this loop: its own session
     await transport.close()
+    assert first.is_closed and not transport._sessions.get(asyncio.get_running_loop())
 
 
 # -- the sync client's blocking handles ----------------------------------------------------
