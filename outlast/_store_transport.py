@@ -119,13 +119,13 @@ class StoreTransport:
 
     # -- queues -----------------------------------------------------------------------------
     def list_queues(self) -> list[dict[str, Any]]:
-        return self._ready().list_queues(self.env)
+        return [dict(q) for q in self._ready().list_queues(self.env)]
 
     def pause_queue(self, name: str, paused: bool) -> dict[str, Any]:
-        return self._ready().update_queue(self.env, name, paused=paused)
+        return dict(self._ready().update_queue(self.env, name, paused=paused))
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        return self._ready().update_queue(self.env, name, concurrency_limit=limit)
+        return dict(self._ready().update_queue(self.env, name, concurrency_limit=limit))
 
     # -- schedules --------------------------------------------------------------------------
     def create_schedule(self, task: Task[Any, Any] | str, cron: str, timezone: str | None,

@@ -36,7 +36,7 @@ from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
 from .client import default_async_client
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
-from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, WorkerStore
 from .waitpoints import Token as Token
 from .waitpoints import callback_url
 
@@ -156,7 +156,7 @@ class RunContext:
         self,
         claim: Claim,
         committer: Committer,
-        store: Store,
+        store: WorkerStore,
         *,
         inplace_sleep_seconds: float = 1.0,
     ) -> None:

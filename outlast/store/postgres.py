@@ -218,6 +218,7 @@ class _CopyLayout:
 
 class PostgresStore(SqlStore):
     dialect = "postgres"
+    backend = "postgres"
 
     def refused_data(self, exc: Exception) -> bool:
         # psycopg's own DataError (NUL in text) has no SQLSTATE; the server's data
