@@ -19,6 +19,8 @@ import orjson
 
 from . import _errors as e
 from . import _serde
+from ._app_tx import OVER_HTTP
+from ._bulk_client import HttpBulk
 from ._http_calls import (
     HttpTrigger,
     Plan,
@@ -61,6 +63,7 @@ _CODES: dict[str, type[e.OutlastError]] = {
         e.InvalidState,
         e.QueueNotFound,
         e.ScheduleNotFound,
+        e.BulkActionNotFound,
     )
 }
 
@@ -167,7 +170,7 @@ class _HttpBase:
         return items
 
 
-class HttpTransport(HttpSchedules, _HttpBase):
+class HttpTransport(HttpSchedules, HttpBulk, _HttpBase):
     """``Transport`` over HTTP, on a blocking httpx session."""
 
     def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
@@ -219,6 +222,10 @@ class HttpTransport(HttpSchedules, _HttpBase):
     def trigger(self, task: Task[Any, Any] | str, payload: Any,
                 options: TriggerOptions) -> Triggered:
         return self._run(trigger_plan([self._new(task, payload, options)]))[0]
+
+    def trigger_in(self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions,
+                   connection: Any) -> Triggered:
+        raise e.ConfigurationError(OVER_HTTP, field="connection")
 
     def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                       options: TriggerOptions) -> list[Triggered]:
@@ -311,6 +318,10 @@ class AsyncHttpTransport(_HttpBase):
     async def trigger(self, task: Task[Any, Any] | str, payload: Any,
                       options: TriggerOptions) -> Triggered:
         return (await self._run(trigger_plan([self._new(task, payload, options)])))[0]
+
+    async def trigger_in(self, task: Task[Any, Any] | str, payload: Any,
+                         options: TriggerOptions, connection: Any) -> Triggered:
+        raise e.ConfigurationError(OVER_HTTP, field="connection")
 
     async def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                             options: TriggerOptions) -> list[Triggered]:

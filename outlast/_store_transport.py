@@ -12,11 +12,12 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import _schedule_crud, _serde
+from . import _app_tx, _bulk, _schedule_crud, _serde
 from ._errors import RunNotFound, TokenNotFound
 from ._ids import new_id
 from ._trigger import TriggerOptions, prepare_replay, prepare_run, prepare_runs
 from .runs import Run
+from .store._bulk_base import BulkAction, BulkFilter
 from .store.base import Schedule, Store, Waitpoint
 from .waitpoints import Token, callback_url
 
@@ -62,6 +63,10 @@ class StoreTransport:
         store = self._ready()
         result = store.trigger([prepare_run(store, self.env, task, payload, options)])[0]
         return result.id, result.is_cached
+
+    def trigger_in(self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions,
+                   connection: Any) -> Triggered:
+        return _app_tx.trigger_in(self._ready(), self.env, task, payload, options, connection)
 
     def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                       options: TriggerOptions) -> list[Triggered]:
@@ -158,6 +163,26 @@ class StoreTransport:
     def delete_schedule(self, schedule_id: str) -> Schedule:
         return _schedule_crud.delete(self._ready(), self.env, schedule_id)
 
+    # -- bulk actions -----------------------------------------------------------------------
+    def bulk_count(self, action: str, f: BulkFilter) -> int:
+        return _bulk.count(self._ready(), self.env, f)
+
+    def start_bulk(self, action: str, f: BulkFilter) -> BulkAction:
+        return _bulk.start(self._ready(), self.env, action, f)
+
+    def run_bulk(self, bulk_id: str, size: int,
+                 on_progress: _bulk.Progress | None) -> BulkAction:
+        return _bulk.run(self._ready(), self.env, bulk_id, size=size, on_progress=on_progress)
+
+    def get_bulk(self, bulk_id: str) -> BulkAction:
+        return _bulk.get(self._ready(), self.env, bulk_id)
+
+    def list_bulk(self, limit: int) -> list[BulkAction]:
+        return self._ready().list_bulk_actions(self.env, limit)
+
+    def abort_bulk(self, bulk_id: str) -> BulkAction:
+        return _bulk.abort(self._ready(), self.env, bulk_id)
+
 
 class AsyncStoreTransport:
     """``AsyncTransport`` over a store: each call is ``StoreTransport``'s in a worker
@@ -178,6 +203,10 @@ class AsyncStoreTransport:
     async def trigger(self, task: Task[Any, Any] | str, payload: Any,
                       options: TriggerOptions) -> Triggered:
         return await self._off_loop(self.sync.trigger, task, payload, options)
+
+    async def trigger_in(self, task: Task[Any, Any] | str, payload: Any,
+                         options: TriggerOptions, connection: Any) -> Triggered:
+        return await self._off_loop(self.sync.trigger_in, task, payload, options, connection)
 
     async def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                             options: TriggerOptions) -> list[Triggered]:

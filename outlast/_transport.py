@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from ._bulk import Progress
     from ._trigger import TriggerOptions
     from .runs import Run
+    from .store._bulk_base import BulkAction, BulkFilter
     from .store.base import Schedule, Store, Waitpoint
     from .tasks import Task
     from .waitpoints import Token
@@ -43,6 +45,12 @@ class Transport(Protocol):
 
     def trigger(self, task: Task[Any, Any] | str, payload: Any,
                 options: TriggerOptions) -> Triggered: ...
+
+    def trigger_in(self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions,
+                   connection: Any) -> Triggered:
+        """Write the run through the app's database connection, in its transaction
+        (``_app_tx``); ConfigurationError over HTTP."""
+        ...
 
     def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                       options: TriggerOptions) -> list[Triggered]: ...
@@ -92,15 +100,34 @@ class Transport(Protocol):
 
     def delete_schedule(self, schedule_id: str) -> Schedule: ...
 
+    # -- bulk actions ---------------------------------------------------------------------
+    def bulk_count(self, action: str, f: BulkFilter) -> int: ...
+
+    def start_bulk(self, action: str, f: BulkFilter) -> BulkAction: ...
+
+    def run_bulk(self, bulk_id: str, size: int, on_progress: Progress | None) -> BulkAction:
+        """Run a bulk action to its end, from its last committed batch."""
+        ...
+
+    def get_bulk(self, bulk_id: str) -> BulkAction: ...
+
+    def list_bulk(self, limit: int) -> list[BulkAction]: ...
+
+    def abort_bulk(self, bulk_id: str) -> BulkAction: ...
+
 
 class AsyncTransport(Protocol):
     """The asyncio calls (``AsyncClient``): the run, token and queue calls of
-    ``Transport``, awaitable. Schedule calls stay on ``Transport`` (see ``AsyncClient``)."""
+    ``Transport``, awaitable. Schedule and bulk calls stay on ``Transport`` (admin calls:
+    ``AsyncClient`` runs the sync client's in a thread)."""
 
     async def close(self) -> None: ...
 
     async def trigger(self, task: Task[Any, Any] | str, payload: Any,
                       options: TriggerOptions) -> Triggered: ...
+
+    async def trigger_in(self, task: Task[Any, Any] | str, payload: Any,
+                         options: TriggerOptions, connection: Any) -> Triggered: ...
 
     async def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
                             options: TriggerOptions) -> list[Triggered]: ...

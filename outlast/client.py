@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import _limits, runs
+from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
 from ._http import HttpTransport
@@ -95,7 +96,7 @@ def _transport(
     return StoreTransport(store or open_store(database_url, clock), env)
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, BulkMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -142,10 +143,15 @@ class Client(ScheduleMethods):
         payload: Any = None,
         *,
         options: TriggerOptions | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> SyncRunHandle[Any]:
-        """Start a run; returns once the run is committed (C1)."""
-        started = self._transport.trigger(task, payload, _options(options, kwargs))
+        """Start a run; returns once the run is committed (C1). With ``connection`` (the
+        app's PostgreSQL connection, see ``_app_tx``), the run is written in the app's open
+        transaction instead and commits or rolls back with it."""
+        opts = _options(options, kwargs)
+        started = (self._transport.trigger(task, payload, opts) if connection is None
+                   else self._transport.trigger_in(task, payload, opts, connection))
         return self._handle(task, started, _output_type(task))
 
     def batch_trigger(
@@ -225,7 +231,7 @@ class Client(ScheduleMethods):
         return self._transport.set_queue_limit(name, _queue_limit(limit))
 
 
-class AsyncClient(AsyncScheduleMethods):
+class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable, on the async twin of
     the client's transport (an asyncio HTTP session; over the database, the store's calls
     off the loop)."""
@@ -248,9 +254,12 @@ class AsyncClient(AsyncScheduleMethods):
         payload: Any = None,
         *,
         options: TriggerOptions | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> RunHandle[Any]:
-        started = await self._transport.trigger(task, payload, _options(options, kwargs))
+        opts = _options(options, kwargs)
+        started = await (self._transport.trigger(task, payload, opts) if connection is None
+                         else self._transport.trigger_in(task, payload, opts, connection))
         return self._handle(task, started, _output_type(task))
 
     async def batch_trigger(

@@ -56,7 +56,7 @@ def test_each_transport_answers_every_call_of_its_protocol(
     implementation: type, protocol: type
 ) -> None:
     calls = _calls(protocol)
-    assert len(calls) == (14 if protocol is AsyncTransport else 23)
+    assert len(calls) == (15 if protocol is AsyncTransport else 30)
     for name, declared in calls.items():
         found = inspect.getattr_static(implementation, name, None)
         assert found is not None, f"{implementation.__name__} lacks {name}"

@@ -28,6 +28,7 @@ from ._rows import (
     schema_sql,
 )
 from ._sql_api import ApiMixin
+from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
@@ -44,12 +45,13 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 
 class SqlStore(
-    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin
+    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    BulkMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

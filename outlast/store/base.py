@@ -21,6 +21,8 @@ from typing import Literal
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._app_tx_base import AppTransactionStore
+from ._bulk_base import BulkStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -209,6 +211,7 @@ class RunWrites(StoreBase):
         tags: Sequence[str] = (),
         run_id: str | None = None,
         request_key: str | None = None,
+        buttons: str | None = None,
     ) -> Waitpoint:
         """Create a pending token, or return the one an ``idempotency_key`` (the caller's,
         per environment) or a ``request_key`` (an API request's, so a retry after a lost
@@ -340,9 +343,10 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore):
-    """What the HTTP API needs: reading and changing runs, building them against
-    published task definitions, and signing waitpoint callback URLs with its settings."""
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore):
+    """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
+    building them against published task definitions, and signing waitpoint callback URLs
+    with its settings."""
 
 
 class ScheduleStore(TaskDefs):
@@ -457,7 +461,7 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
     a worker's calls or the tick."""
 
 
-class Store(WorkerStore, DashboardStore, SchedulerStore):
+class Store(WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""
 

@@ -1062,3 +1062,44 @@ ORDER BY slot DESC LIMIT :limit;
 
 -- name: prune_schedule_slots
 DELETE FROM schedule_slots WHERE fired_at < :before;
+
+-- Bulk actions ---------------------------------------------------------------------------
+-- (see _sql_bulk.py; the filter's clauses are built there, one bound parameter each)
+
+-- The newest run of the environment: a bulk action's set ends here.
+-- name: newest_run_id
+SELECT MAX(id) AS id FROM runs WHERE env = :env;
+
+-- name: insert_bulk_action
+INSERT INTO bulk_actions (id, env, action, filter, bound_id, cursor, status, total,
+                          created_at, updated_at)
+VALUES (:id, :env, :action, :filter, :bound_id, '', 'running', :total, :now, :now);
+
+-- name: get_bulk_action
+SELECT * FROM bulk_actions WHERE env = :env AND id = :id;
+
+-- name: list_bulk_actions
+SELECT * FROM bulk_actions WHERE env = :env ORDER BY id DESC LIMIT :limit;
+
+-- Compare and set on the cursor: only the runner that read this cursor commits the next
+-- batch, in the same transaction as the batch's cancels or replays (exactly once).
+-- name: advance_bulk_action
+UPDATE bulk_actions
+SET cursor = :cursor, processed = processed + :covered, updated_at = :now
+WHERE env = :env AND id = :id AND cursor = :expected AND status = 'running'
+RETURNING id;
+
+-- name: count_bulk_batch
+UPDATE bulk_actions
+SET succeeded = succeeded + :succeeded, requested = requested + :requested,
+    skipped = skipped + :skipped, last_error = COALESCE(:last_error, last_error)
+WHERE env = :env AND id = :id;
+
+-- name: finish_bulk_action
+UPDATE bulk_actions SET status = :status, updated_at = :now, finished_at = :now
+WHERE env = :env AND id = :id AND status = 'running';
+
+-- Token buttons (see migrations/0004) ---------------------------------------------------
+
+-- name: set_waitpoint_buttons
+UPDATE waitpoints SET buttons = :buttons WHERE env = :env AND id = :id;

@@ -265,3 +265,28 @@ CREATE TABLE schedule_slots (
     PRIMARY KEY (schedule_id, slot)
 );
 CREATE INDEX schedule_slots_fired ON schedule_slots (fired_at);
+
+-- Bulk actions (see migrations/0004_bulk_actions): cancel or replay every run matching a
+-- filter, in batches; the cursor moves in the same transaction as each batch.
+CREATE TABLE bulk_actions (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    action TEXT NOT NULL,                  -- cancel | replay
+    filter TEXT NOT NULL,                  -- JSON: task, status, tag, queue, created_from/to
+    bound_id TEXT NOT NULL,                -- runs with id <= bound_id ('' when there were none)
+    cursor TEXT NOT NULL DEFAULT '',       -- the last run id a committed batch covered
+    status TEXT NOT NULL,                  -- running | completed | aborted
+    total INTEGER NOT NULL,                -- runs matching when it was created
+    processed INTEGER NOT NULL DEFAULT 0,  -- runs the committed batches covered
+    succeeded INTEGER NOT NULL DEFAULT 0,  -- canceled or replayed
+    requested INTEGER NOT NULL DEFAULT 0,  -- cancel: executing, asked to stop
+    skipped INTEGER NOT NULL DEFAULT 0,    -- already ended (cancel), or could not be replayed
+    last_error TEXT,                       -- why the latest run was skipped
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX bulk_actions_env ON bulk_actions (env, id);
+
+-- A token's completion buttons in the dashboard (see migrations/0004_bulk_actions).
+ALTER TABLE waitpoints ADD COLUMN buttons TEXT;
