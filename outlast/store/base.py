@@ -65,8 +65,9 @@ class StoreBase(abc.ABC):
     backend: Literal["sqlite", "postgres"]
 
     @abc.abstractmethod
-    def migrate(self) -> int:
-        """Bring the schema to the current version; return it."""
+    def migrate(self, *, contract: bool = False) -> int:
+        """Bring the schema to the current version (a contract migration only if no live
+        process predates it; ``contract``: raise if one waits); return the version."""
 
     @abc.abstractmethod
     def check_schema(self) -> None:

@@ -290,3 +290,29 @@ CREATE INDEX bulk_actions_env ON bulk_actions (env, id);
 
 -- A token's completion buttons in the dashboard (see migrations/0004_bulk_actions).
 ALTER TABLE waitpoints ADD COLUMN buttons TEXT;
+
+-- Expand-then-contract upgrades: migrations applied, by name and kind; processes and the
+-- release and migrations they run (migrations/0004_expand_contract).
+CREATE TABLE outlast_migrations (
+    name TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    kind TEXT NOT NULL,                    -- expand | contract
+    applied_at DOUBLE PRECISION NOT NULL,
+    release TEXT NOT NULL                  -- the outlast release that applied it
+);
+CREATE TABLE processes (
+    id TEXT PRIMARY KEY,                   -- a worker's id, or server_<random>
+    kind TEXT NOT NULL,                    -- worker | server
+    env TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    release TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    migrations TEXT NOT NULL,              -- JSON list of the migration names its code knows
+    started_at DOUBLE PRECISION NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL,                   -- servers: refreshed while they run
+    stopped_at DOUBLE PRECISION,
+    listen TEXT,                           -- a server's host:port (0005_process_endpoints)
+    dashboard TEXT                         -- password | open | locked
+);
+CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
