@@ -28,7 +28,7 @@ from ._errors import (
 from ._events import CancelOn
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
-from .runs import Run, RunHandle, RunStatus, TaskRunResult
+from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
 from .schedules import ScheduledPayload
 from .store._events_base import PublishResult
 from .store.base import Waitpoint
@@ -88,6 +88,7 @@ __all__ = [
     "RunNotFound",
     "RunStatus",
     "ScheduledPayload",
+    "SyncRunHandle",
     "SystemClock",
     "Task",
     "TaskRunResult",
