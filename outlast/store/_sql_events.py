@@ -75,11 +75,8 @@ class EventsMixin(SqlCore):
     ) -> list[PublishResult]:
         now = self.now()
         with self._transaction() as tx:
-            # Name locks first, in order: a concurrent publish of the same names cannot
-            # deadlock with this one, and a wait registering on a name is ordered with it.
-            for name in sorted({e.name for e in events}):
-                tx.x("ev_lock_name", env=env, name=name, now=now)
-            batch = _Batch(env, [_task_def(r) for r in tx.q("ev_subscribers", env=env)], now)
+            names = sorted({e.name for e in events})
+            batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
             seqs = self._insert_events(tx, batch, events)
             results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
                        for e in events]
@@ -90,6 +87,15 @@ class EventsMixin(SqlCore):
         if batch.woke:
             self.wake_local()
         return results
+
+    def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
+                              ) -> list[TaskDef]:
+        """Lock the event names, then read the subscribers. Locks first, in name order: a
+        concurrent publish of the same names cannot deadlock with this one, and a wait
+        registering on a name is ordered with it. A backend hook (``_sql_events_pg``)."""
+        for name in names:
+            tx.x("ev_lock_name", env=env, name=name, now=now)
+        return [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
 
     def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
                        ) -> dict[str, int]:

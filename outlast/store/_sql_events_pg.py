@@ -1,13 +1,15 @@
-"""PostgreSQL's hooks for the events part: a batch's events and deliveries in one
-statement each (``unnest`` over column arrays), where SQLite inserts row by row at no
-round-trip cost. Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
+"""PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
+batch's events and deliveries go in one statement each (``unnest`` over column arrays);
+a publish of one name locks it and reads the subscribers in one. Mixed into
+``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._rows import Tx
+from ._rows import Tx, _task_def
 from ._sql_events import EventsMixin
+from ._types import TaskDef
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -15,6 +17,13 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 class PgEventsMixin(EventsMixin):
+    def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
+                              ) -> list[TaskDef]:
+        if len(names) != 1:
+            return super()._lock_and_subscribers(tx, env, names, now)
+        rows = tx.q("ev_lock_and_subscribers", env=env, name=names[0], now=now)
+        return [_task_def(r) for r in rows]
+
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
         found = tx.q("ev_insert_unnest", **_columns(rows))
         return {r["id"]: int(r["seq"]) for r in found}

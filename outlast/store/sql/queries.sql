@@ -1337,3 +1337,14 @@ SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
                      CAST(:outcome AS text[]), CAST(:reason AS text[]),
                      CAST(:now AS double precision[]))
 ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- PostgreSQL, a publish of one name: its lock and the subscribers in one round trip. The
+-- subscribers may be read from a snapshot taken before the lock was granted (harmless:
+-- definitions change with deploys); the waits are read by a later statement, after it.
+-- name: ev_lock_and_subscribers [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at
+    RETURNING 1 AS one
+)
+SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
