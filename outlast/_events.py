@@ -2,7 +2,7 @@
 
 ``publish`` validates events at the edge and hands them to the store, which fans each one
 out in a single transaction (``store/_events_base.py``). Who subscribes is read from the
-task definitions workers published (``spec["events"]``, built by ``subscription_spec``
+task definitions workers published (``spec["events"]``, a ``Subscription`` built
 from ``@task(on=..., if_=..., cancel_on=..., replay=...)``), so an app or a server that
 never imported task code fans out the same way a worker would.
 
@@ -177,31 +177,63 @@ class CancelOn:
         return {"event": self.event, "match": self.match, "if": self.if_}
 
 
-def subscription_spec(
-    on: str | Sequence[str] | None,
-    if_: str | None,
-    cancel_on: Sequence[CancelOn],
-    replay: str,
-) -> dict[str, Any] | None:
-    """The ``events`` part of a task's published spec; None when it has none. Checks
-    everything now, so a bad subscription fails at import naming its field."""
-    names = [on] if isinstance(on, str) else list(on or ())
-    for n in names:
-        check_pattern(n, "on")
-    if if_ is not None:
-        if not names:
-            raise ConfigurationError("if_ filters events: give on= too", field="if_")
-        compile_expr(if_, "if_")
-    if replay not in REPLAY_CHOICES:
-        raise ConfigurationError(f"replay must be one of {REPLAY_CHOICES}, not {replay!r}",
-                                 field="replay")
-    for c in cancel_on:
-        if not isinstance(c, CancelOn):
-            raise ConfigurationError("cancel_on takes CancelOn(...) items", field="cancel_on")
-    if not names and not cancel_on:
-        return None
-    return {"on": names, "if": if_, "replay": replay,
-            "cancel_on": [c.to_dict() for c in cancel_on]}
+@dataclass(frozen=True)
+class Subscription:
+    """What a task does with events: the names and patterns it runs on, its filter, where
+    a new subscriber starts, and what cancels its runs. Published as ``spec["events"]``
+    (``to_spec``), read back by any publisher (``from_spec``). Debounce and batch (issue 20,
+    part 5) are meant to join as fields here and as outcomes of the planner."""
+
+    on: tuple[str, ...] = ()
+    if_: str | None = None
+    replay: str = "new"
+    cancel_on: tuple[CancelOn, ...] = ()
+
+    @classmethod
+    def build(cls, on: str | Sequence[str] | None, if_: str | None,
+              cancel_on: Sequence[CancelOn], replay: str) -> Subscription | None:
+        """From ``@task``'s arguments, every one checked now (a bad one fails the import
+        naming its field); None when the task has nothing to do with events."""
+        names = (on,) if isinstance(on, str) else tuple(on or ())
+        for n in names:
+            check_pattern(n, "on")
+        if if_ is not None:
+            if not names:
+                raise ConfigurationError("if_ filters events: give on= too", field="if_")
+            compile_expr(if_, "if_")
+        if replay not in REPLAY_CHOICES:
+            raise ConfigurationError(
+                f"replay must be one of {REPLAY_CHOICES}, not {replay!r}", field="replay")
+        for c in cancel_on:
+            if not isinstance(c, CancelOn):
+                raise ConfigurationError("cancel_on takes CancelOn(...) items",
+                                         field="cancel_on")
+        if not names and not cancel_on:
+            return None
+        return cls(names, if_, replay, tuple(cancel_on))
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"on": list(self.on), "if": self.if_, "replay": self.replay,
+                "cancel_on": [c.to_dict() for c in self.cancel_on]}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Subscription:
+        """A published subscription (no events: an empty one). Not checked again: the
+        worker that published it checked it, and a filter that cannot be compiled
+        counts as not matching, with the reason in the event's log."""
+        spec = spec or {}
+        cancels = []
+        for c in spec.get("cancel_on") or ():
+            cancel = object.__new__(CancelOn)  # no __post_init__: see above
+            object.__setattr__(cancel, "event", c["event"])
+            object.__setattr__(cancel, "match", c.get("match"))
+            object.__setattr__(cancel, "if_", c.get("if"))
+            cancels.append(cancel)
+        return cls(tuple(spec.get("on") or ()), spec.get("if"), spec.get("replay") or "new",
+                   tuple(cancels))
+
+    def runs_on(self, name: str) -> bool:
+        return any(name_matches(p, name) for p in self.on)
 
 
 # -- the planner ----------------------------------------------------------------------------
@@ -214,6 +246,7 @@ class Planner(EventPlanner):
         self.env = env
         self._templates: dict[str, tuple[float, NewRun]] = {}
         self._subscribes: dict[tuple[str, float, str], bool] = {}  # (task, version, name)
+        self._subscriptions: dict[str, tuple[float, Subscription]] = {}
         self._ids: list[str] = []
 
     def fan_out(
@@ -223,15 +256,14 @@ class Planner(EventPlanner):
         envelope = event.envelope()
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
         for td in subscribers:
+            sub = self.subscription(td)
             key = (td.id, td.updated_at, event.name)
             hit = self._subscribes.get(key)
-            spec = td.spec.get("events") or {}
             if hit is None:
-                hit = self._subscribes[key] = any(
-                    name_matches(p, event.name) for p in spec.get("on") or ())
+                hit = self._subscribes[key] = sub.runs_on(event.name)
             if not hit:
                 continue
-            expr = spec.get("if")
+            expr = sub.if_
             if expr:
                 try:
                     matched = evaluate(expr, envelope)
@@ -267,6 +299,13 @@ class Planner(EventPlanner):
         run.tags = list(run.tags)
         return Fanout(td.id, "run", run=run, reason=reason)
 
+    def subscription(self, td: TaskDef) -> Subscription:
+        cached = self._subscriptions.get(td.id)
+        if cached is None or cached[0] != td.updated_at:
+            cached = (td.updated_at, Subscription.from_spec(td.spec.get("events")))
+            self._subscriptions[td.id] = cached
+        return cached[1]
+
     def _template(self, td: TaskDef) -> NewRun:
         """A blank run to copy: the task's published defaults, checked once per planner
         (a batch) and definition, as ``_trigger.build_runs`` does for a batch trigger."""
@@ -282,16 +321,16 @@ class Planner(EventPlanner):
         out: list[tuple[str, str, Any]] = []
         envelope = event.envelope()
         for td in subscribers:
-            for c in (td.spec.get("events") or {}).get("cancel_on") or ():
-                if not name_matches(c["event"], event.name):
+            for c in self.subscription(td).cancel_on:
+                if not name_matches(c.event, event.name):
                     continue
-                if c.get("if"):
+                if c.if_:
                     try:
-                        if not evaluate(c["if"], envelope):
+                        if not evaluate(c.if_, envelope):
                             continue
                     except (ValueError, ConfigurationError):
                         continue
-                path = c.get("match")
+                path = c.match
                 if path is None:
                     out.append((td.id, "", None))  # every unfinished run (if_ only)
                     continue
@@ -355,7 +394,7 @@ def deliver_retained(store: Store, env: str, task_ids: Iterable[str]) -> int:
 
 def retained_subscribers(definitions: Iterable[TaskDef]) -> list[str]:
     return [d.id for d in definitions
-            if (d.spec.get("events") or {}).get("replay") == "retained"]
+            if Subscription.from_spec(d.spec.get("events")).replay == "retained"]
 
 
 def event_json(record: EventRecord) -> dict[str, Any]:

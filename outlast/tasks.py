@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar, overload
 from . import _limits, _serde, durable
 from ._config import settings
 from ._errors import ConfigurationError
-from ._events import CancelOn, subscription_spec
+from ._events import CancelOn, Subscription
 from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
 from .client import default_async_client
 from .runs import RunHandle, TaskRunResult
@@ -145,8 +145,8 @@ class Task(Generic[P, R]):
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     cron: str | None = None
     timezone: str | None = None
-    # What events it subscribes to and cancels on (``_events.subscription_spec``).
-    events: dict[str, Any] | None = None
+    # What events it runs on and is cancelled by (``_events.Subscription``).
+    events: Subscription | None = None
 
     @functools.cached_property
     def is_async(self) -> bool:
@@ -185,7 +185,7 @@ class Task(Generic[P, R]):
                 "tags": list(self.tags),
                 "cron": self.cron,
                 "timezone": self.timezone,
-                **({"events": self.events} if self.events else {}),
+                **({"events": self.events.to_spec()} if self.events else {}),
                 "queue": {
                     "concurrency_limit": self.queue.concurrency_limit,
                     "rate_limit": self.queue.rate_limit,
@@ -348,7 +348,7 @@ def _make_task(
 
         _cron.validate(cron or "* * * * *")
         _cron.zone(timezone)
-    events = subscription_spec(on, if_, list(cancel_on), replay)
+    events = Subscription.build(on, if_, list(cancel_on), replay)
     payload_type, return_type = _payload_and_return(fn)
     t: Task[Any, Any] = Task(
         fn=fn,
