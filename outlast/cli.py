@@ -155,6 +155,10 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         shutdown_grace=args.shutdown_grace,
         life_lock=not args.no_life_lock,
     )
+    if args.metrics_port:
+        from . import _metrics
+
+        _metrics.serve(args.metrics_port, store)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -686,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
               default=30.0, type=float)
         _flag(p, "--no-scheduler", help="do not run timers and reapers here",
               action="store_true")
+        _flag(p, "--metrics-port", help="serve Prometheus /metrics on this port (needs "
+              "outlast[metrics])", default=None, type=int)
         _flag(p, "--no-life-lock", help="hold no life lock (advisory / file lock): peers "
               "then notice this worker's death only when its lease lapses (for tests)",
               action="store_true")

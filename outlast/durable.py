@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _outcome, _serde
+from . import _observe, _outcome, _serde
 from ._errors import NonDeterminismError, OutlastError, TokenTimedOut
 from ._ids import derived_id
 from ._signals import LeaseLost
@@ -315,10 +315,13 @@ class _Step:
             rtype = _serde.return_type(fn)
             entry = ctx.lookup(key, "step", fingerprint(args, kwargs))
             if entry is not None:
+                if _observe.OBSERVERS:
+                    _observe.step_cached(ctx, key, entry)
                 return _serde.from_json(entry.output, rtype)
             await ctx.before_new_work(key)
             started = ctx.store.now()
             token = _step_key.set(f"{ctx.run.id}:{key}")
+            seen = _observe.step_started(ctx, key) if _observe.OBSERVERS else None
             try:
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
@@ -327,6 +330,8 @@ class _Step:
                         ctx.threads, f"outlast-{ctx.run.id}-{key}", fn, *args, **kwargs
                     )
             except BaseException as exc:
+                if seen is not None:
+                    seen.end(exc)
                 if not _platform_unwinding(ctx, exc):
                     name = _outcome.type_name(exc)
                     ctx.committer.submit_nowait(
@@ -343,6 +348,8 @@ class _Step:
                 raise
             finally:
                 _step_key.reset(token)
+            if seen is not None:
+                seen.end(None)
             output = _serde.to_json(result, rtype)
             await ctx.commit(
                 StepDone(

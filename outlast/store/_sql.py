@@ -29,6 +29,7 @@ from ._rows import (
 )
 from ._sql_api import ApiMixin
 from ._sql_commit import CommitMixin
+from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
@@ -41,12 +42,13 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 
 class SqlStore(
-    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin
+    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    ObservabilityMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 
@@ -114,6 +116,7 @@ class SqlStore(
         if (
             one is not None
             and one.idempotency_key is None
+            and one.trace_context is None  # its trace row goes in the same transaction
             and (one.env, one.queue, one.concurrency_key) in self._ensured
             and self._insert_alone(one, now)
         ):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._observability_base import ObservabilityStore
 
 
 @dataclass
@@ -40,6 +41,8 @@ class NewRun:
     depth: int = 0
     replayed_from: str | None = None
     parent_waitpoint_id: str | None = None
+    # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ class TickReport:
     ended: list[str] = field(default_factory=list)  # runs that reached a final status
 
 
-class Store(abc.ABC):
+class Store(ObservabilityStore, abc.ABC):
     """The database behind outlast. One instance per process; thread-safe."""
 
     url: str
@@ -422,7 +425,7 @@ class Store(abc.ABC):
     def wait_for_work(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds, returning early when new work may be ready."""
 
-    def wake_local(self) -> None:  # noqa: B027 - optional hook
+    def wake_local(self) -> None:  # an optional hook: a no-op unless the backend has one
         """Wake this process's waiters (work was created in-process)."""
 
     @abc.abstractmethod

@@ -1,0 +1,176 @@
+"""OpenTelemetry traces in process, on both backends: one trace from the caller's span
+through the trigger, the attempts (a failed one, a retried one), steps executed and
+replayed, a parked sleep, a child run, to the run's outcome; task logs as OTel log
+records with the trace and span ids. (tests/test_observability_e2e.py exports over
+OTLP from real worker processes, one of them killed.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from outlast import Retry, _observe, _tracing, instrument, logger, step, task, wait
+from outlast._clock import FakeClock
+from outlast.client import Client
+from outlast.runs import RunStatus
+
+STATE: dict[str, int] = {}
+
+
+@task(id="tr-child", retry=Retry(max_attempts=1))
+async def child(p: dict[str, Any]) -> int:
+    return int(p["n"]) * 2
+
+
+@task(id="tr-parent", retry=Retry(max_attempts=3, min_delay=5.0, max_delay=5.0, jitter=False),
+      tags=["team:a"])
+async def parent(p: dict[str, Any]) -> int:
+    a = await step.run("a", lambda: 1)
+
+    async def b() -> int:
+        STATE["b"] = STATE.get("b", 0) + 1
+        if STATE["b"] == 1:
+            raise RuntimeError("flaky b")
+        logger.info("b done", tries=STATE["b"])
+        return 2
+
+    got = await step.run("b", b)
+    await wait.sleep(60)
+    r = await child.trigger_and_wait({"n": a + got})
+    return int(r.output)
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[InMemorySpanExporter, TracerProvider, InMemoryLogRecordExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    logs = InMemoryLogRecordExporter()
+    log_provider = LoggerProvider()
+    log_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    STATE.clear()
+    instrument(tracer_provider=provider, logger_provider=log_provider)
+    yield exporter, provider, logs
+    _tracing.uninstrument()
+    assert not _observe.OBSERVERS
+
+
+def _by_name(spans: list[ReadableSpan], prefix: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+def _parent_id(s: ReadableSpan) -> int | None:
+    return s.parent.span_id if s.parent is not None else None
+
+
+async def test_one_trace_from_the_callers_span_to_the_outcome(
+    store: Any, clock: FakeClock, workers: Any, spans: Any
+) -> None:
+    exporter, provider, logs = spans
+    client = Client(store=store, env="dev")
+    with provider.get_tracer("app").start_as_current_span("POST /signup") as caller:
+        handle = client.trigger(parent, {})
+    worker = workers(parent, child)
+    await worker.run_until_idle()  # attempt 1 fails in b: retry in 5 s
+    clock.advance(6)
+    await worker.run_until_idle()  # attempt 2: a replayed, b executed, parked on the sleep
+    clock.advance(61)
+    await worker.run_until_idle()  # resumed: the child runs, the parent completes
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.COMPLETED, run.error
+    done = list(exporter.get_finished_spans())
+
+    trace_id = caller.get_span_context().trace_id
+    assert {s.context.trace_id for s in done} == {trace_id}, "one trace"
+    ids = {s.context.span_id: s for s in done}
+    root = [s for s in done if s.parent is None]
+    assert [s.name for s in root] == ["POST /signup"]
+
+    triggers = _by_name(done, "trigger tr-parent")
+    assert len(triggers) == 1 and _parent_id(triggers[0]) == caller.get_span_context().span_id
+    trig = triggers[0].context.span_id
+    attempts = _by_name(done, "attempt tr-parent")
+    # attempt 1; attempt 2 up to the sleep; after it, up to the child; to the end
+    assert [a.attributes["outlast.outcome"] for a in attempts] == [
+        "retry", "suspend", "suspend", "completed"]
+    assert all(_parent_id(a) == trig for a in attempts)
+    first = attempts[0]
+    assert first.attributes["outlast.run.id"] == handle.id
+    assert first.attributes["outlast.task.id"] == "tr-parent"
+    assert first.attributes["messaging.destination.name"] == "task/tr-parent"
+    assert first.attributes["outlast.tags"] == ("team:a",)
+    assert first.attributes["outlast.retry.delay_s"] == pytest.approx(5.0, abs=0.5)
+    assert [e.name for e in first.events] == ["exception", "retry"]
+    assert first.status.status_code.name == "ERROR"
+
+    steps = _by_name(done, "step ")
+    by_attempt = {}
+    for s in steps:
+        owner = ids[_parent_id(s)]  # type: ignore[index]
+        by_attempt.setdefault(attempts.index(owner), []).append(
+            (s.name, s.attributes["outlast.step.cached"]))
+    assert by_attempt[0] == [("step a", False), ("step b", False)]
+    assert by_attempt[1] == [("step a", True), ("step b", False)]
+    assert by_attempt[2] == [("step a", True), ("step b", True)]
+    failed_b = [s for s in steps if s.name == "step b" and s.status.status_code.name == "ERROR"]
+    assert len(failed_b) == 1 and failed_b[0].events[0].attributes["exception.type"] == (
+        "RuntimeError")
+
+    sleeps = _by_name(done, "wait sleep")
+    assert len(sleeps) == 1 and _parent_id(sleeps[0]) == trig
+    assert sleeps[0].attributes["outlast.wait.seconds"] == pytest.approx(60, abs=2)
+    assert len(_by_name(done, "wait children")) == 1
+    assert len(_by_name(done, "retry tr-parent")) == 1
+
+    # The child's life hangs under the parent attempt that triggered it.
+    child_trigger = _by_name(done, "trigger tr-child")
+    assert len(child_trigger) == 1 and _parent_id(child_trigger[0]) == (
+        attempts[2].context.span_id)
+    child_attempt = _by_name(done, "attempt tr-child")
+    assert _parent_id(child_attempt[0]) == child_trigger[0].context.span_id
+
+    run_spans = _by_name(done, "run tr-parent")
+    assert len(run_spans) == 1 and run_spans[0].attributes["outlast.outcome"] == "completed"
+
+    # logger.info in step b (attempt 2): an OTel log record in b's span, with the run id.
+    records = [r.log_record for r in logs.get_finished_logs()]
+    said = [r for r in records if r.body == "b done"]
+    assert len(said) == 1
+    executed_b = [s for s in steps if s.name == "step b" and s.status.status_code.name != "ERROR"
+                  and not s.attributes["outlast.step.cached"]]
+    assert said[0].span_id == executed_b[0].context.span_id
+    assert said[0].trace_id == trace_id
+    assert said[0].attributes["run_id"] == handle.id
+
+
+async def test_failure_recorded_on_the_run_span(
+    store: Any, workers: Any, spans: Any
+) -> None:
+    exporter, _, _ = spans
+
+    @task(id="tr-doomed", retry=Retry(max_attempts=1))
+    async def doomed(p: Any) -> None:
+        raise ValueError("no such plan")
+
+    client = Client(store=store, env="dev")
+    handle = client.trigger(doomed, None)
+    await workers(doomed).run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.FAILED
+    (run_span,) = _by_name(list(exporter.get_finished_spans()), "run tr-doomed")
+    assert run_span.status.status_code.name == "ERROR"
+    assert run_span.attributes["outlast.outcome"] == "failed"
+    assert run_span.events[0].attributes["exception.message"] == "no such plan"
+
+
+def test_off_by_default_and_no_trace_row(store: Any) -> None:
+    """Without instrument() nothing observes: a trigger writes no trace context."""
+    assert not _observe.OBSERVERS
+    handle = Client(store=store, env="dev").trigger(child, {"n": 1})
+    assert store.trace_contexts("dev", [handle.id]) == {}
