@@ -202,6 +202,15 @@ def enable(store: Store | None = None) -> CollectorRegistry:
         return _registry
 
 
+def disable() -> None:
+    """Stop counting and forget the registry (tests; a process that changes stores)."""
+    global _registry
+    with _lock:
+        _observe.remove(MetricsObserver)
+        _registry = None
+        _stores.clear()
+
+
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The Prometheus text of ``registry`` and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
