@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from . import _errors as e
-from . import _serde
+from . import _observe, _serde
 from ._trigger import TriggerOptions
 from .durable import Token
 from .runs import Run, RunStatus
@@ -162,6 +162,8 @@ class HttpTransport:
         if json is not None:
             content = orjson.dumps(json)
             headers["Content-Type"] = "application/json"
+        if _observe.OBSERVERS:  # the caller's trace context, for the trigger's span
+            _observe.inject(headers)
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:

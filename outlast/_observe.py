@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -57,6 +57,17 @@ class Observer:
 
     def workers_reaped(self, n: int) -> None:
         """A reaper in this process declared ``n`` dead workers."""
+
+    def inject(self, headers: dict[str, str]) -> None:
+        """An HTTP request to an outlast server is about to go: add trace headers."""
+
+    def extract(self, headers: Mapping[str, str]) -> Any:
+        """A request arrived at the server: make its trace context current; returns what
+        ``detach`` gets once the request is done."""
+        return None
+
+    def detach(self, token: Any) -> None:
+        """The request that ``extract`` made current is done."""
 
 
 OBSERVERS: list[Observer] = []
@@ -132,6 +143,23 @@ def lease_lost(runs: int) -> None:
 
 def workers_reaped(n: int) -> None:
     _safe("workers_reaped", n)
+
+
+def inject(headers: dict[str, str]) -> None:
+    _safe("inject", headers)
+
+
+def extract(headers: Mapping[str, str]) -> list[Any]:
+    return _safe("extract", headers)
+
+
+def detach(tokens: list[Any]) -> None:
+    for o, token in zip(list(OBSERVERS), tokens, strict=False):
+        if token is not None:
+            try:
+                o.detach(token)
+            except Exception:
+                log.exception("observer %s failed at detach", type(o).__name__)
 
 
 # -- turning tracing on (outlast._tracing needs outlast[otel]) --------------------------------

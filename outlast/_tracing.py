@@ -141,6 +141,18 @@ class TracingObserver(_observe.Observer):
         run.trace_context = carrier.get("traceparent")
         span.end()
 
+    # -- over HTTP (the client's requests, the server's handling of them) ----------------
+    def inject(self, headers: dict[str, str]) -> None:
+        _PROPAGATOR.inject(headers)
+
+    def extract(self, headers: Mapping[str, str]) -> Any:
+        if "traceparent" not in headers:
+            return None
+        return otel_context.attach(_PROPAGATOR.extract(headers))
+
+    def detach(self, token: Any) -> None:
+        otel_context.detach(token)
+
     # -- attempts -------------------------------------------------------------------------
     async def _parent(self, ctx: RunContext) -> otel_context.Context | None:
         run = ctx.run

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
@@ -18,8 +19,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from outlast import Retry, _observe, _tracing, instrument, logger, step, task, wait
 from outlast._clock import FakeClock
+from outlast._http import HttpTransport
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.server import create_app
+from outlast.server.auth import create_key
 
 STATE: dict[str, int] = {}
 
@@ -174,3 +178,45 @@ def test_off_by_default_and_no_trace_row(store: Any) -> None:
     assert not any(isinstance(o, _tracing.TracingObserver) for o in _observe.OBSERVERS)
     handle = Client(store=store, env="dev").trigger(child, {"n": 1})
     assert store.trace_contexts("dev", [handle.id]) == {}
+
+
+async def test_a_trigger_over_http_continues_the_callers_trace(store: Any, spans: Any) -> None:
+    """The HTTP client sends the caller's traceparent; the server opens the trigger span
+    under it, and stores the run's context in the same trace."""
+    exporter, provider, _ = spans
+    store.publish_tasks("dev", [child.definition()])
+    key = create_key(store, "dev").secret
+    app = create_app(store, dashboard=False)
+    with provider.get_tracer("app").start_as_current_span("POST /checkout") as caller:
+        headers: dict[str, str] = {"Authorization": f"Bearer {key}"}
+        _observe.inject(headers)  # what HttpTransport.request adds to every request
+    # Outside the caller's span here: the trace travels in the headers only, as it does
+    # between processes.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://outlast.test", headers=headers) as c:
+        resp = await c.post("/api/v1/tasks/tr-child/trigger", json={"payload": {"n": 1}})
+    assert resp.status_code == 200, resp.text
+    run_id = resp.json()["id"]
+    (trig,) = _by_name(list(exporter.get_finished_spans()), "trigger tr-child")
+    ctx = caller.get_span_context()
+    assert trig.context.trace_id == ctx.trace_id and _parent_id(trig) == ctx.span_id
+    stored = store.trace_contexts("dev", [run_id])[run_id]
+    assert stored.split("-")[1] == format(ctx.trace_id, "032x")
+
+
+def test_the_http_client_sends_the_callers_traceparent(spans: Any) -> None:
+    _, provider, _ = spans
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    transport = HttpTransport("http://outlast.test", "sk_test")
+    transport._http = httpx.Client(transport=httpx.MockTransport(answer),
+                                   base_url="http://outlast.test")
+    with provider.get_tracer("app").start_as_current_span("job") as caller:
+        transport.request("GET", "/api/v1/health")
+    transport.close()
+    trace_id = format(caller.get_span_context().trace_id, "032x")
+    assert seen[0].headers["traceparent"].split("-")[1] == trace_id

@@ -25,6 +25,7 @@ from .bodies import batch_limit, too_large_message
 from .compat import JwtHeader, build_compat_router
 from .metrics_api import build_metrics_router
 from .schedules_api import build_schedules_router
+from .trace_context import TraceContext
 
 
 class BodyLimit:
@@ -181,5 +182,6 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     limit = settings().max_payload_bytes
     app.add_middleware(JwtHeader)
     app.add_middleware(NoNul)
+    app.add_middleware(TraceContext)
     app.add_middleware(BodyLimit, limit=limit * 2 + 64 * 1024)
     return app
