@@ -58,6 +58,9 @@ class Observer:
     def workers_reaped(self, n: int) -> None:
         """A reaper in this process declared ``n`` dead workers."""
 
+    def flush(self) -> None:
+        """The worker is stopping: export what is buffered (blocking; run off the loop)."""
+
     def inject(self, headers: dict[str, str]) -> None:
         """An HTTP request to an outlast server is about to go: add trace headers."""
 
@@ -143,6 +146,10 @@ def lease_lost(runs: int) -> None:
 
 def workers_reaped(n: int) -> None:
     _safe("workers_reaped", n)
+
+
+def flush() -> None:
+    _safe("flush")
 
 
 def inject(headers: dict[str, str]) -> None:

@@ -119,6 +119,7 @@ class TracingObserver(_observe.Observer):
     def __init__(self, tracer_provider: Any = None) -> None:
         from . import __version__
 
+        self.provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = trace.get_tracer("outlast", __version__, tracer_provider=tracer_provider)
         self._parents: collections.OrderedDict[str, otel_context.Context | None] = (
             collections.OrderedDict()
@@ -140,6 +141,12 @@ class TracingObserver(_observe.Observer):
         _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         run.trace_context = carrier.get("traceparent")
         span.end()
+
+    def flush(self) -> None:
+        for provider in (self.provider, _log_provider):
+            force = getattr(provider, "force_flush", None)
+            if force is not None:
+                force(5_000)  # milliseconds: a worker's shutdown waits this long at most
 
     # -- over HTTP (the client's requests, the server's handling of them) ----------------
     def inject(self, headers: dict[str, str]) -> None:
@@ -367,6 +374,7 @@ class TaskLogHandler(logging.Handler):
 
 
 _handler: logging.Handler | None = None
+_log_provider: Any = None
 _set_level = False  # instrument() set outlast.task's level; uninstrument() unsets it
 
 
@@ -375,7 +383,7 @@ def instrument(tracer_provider: Any = None, logger_provider: Any = None) -> None
 
     Without arguments: the global providers the app set, else SDK ones exporting over
     OTLP/HTTP as the standard OTEL_* variables say."""
-    global _handler
+    global _handler, _log_provider, _set_level
     _observe.remove(TracingObserver)
     _observe.add(TracingObserver(tracer_provider or _provider_from_env()))
     if logger_provider is None and _observe.env_wants("logs"):
@@ -385,17 +393,18 @@ def instrument(tracer_provider: Any = None, logger_provider: Any = None) -> None
         if _handler is not None:
             task_log.removeHandler(_handler)
         _handler = TaskLogHandler(logger_provider)
+        _log_provider = logger_provider
         task_log.addHandler(_handler)
         if task_log.level == logging.NOTSET:
-            global _set_level
             _set_level = True
             task_log.setLevel(logging.INFO)  # else the root's WARNING would drop info lines
 
 
 def uninstrument() -> None:
-    global _handler
+    """Stop tracing runs in this process (tests)."""
+    global _handler, _log_provider, _set_level
     _observe.remove(TracingObserver)
-    global _set_level
+    _log_provider = None
     task_log = logging.getLogger("outlast.task")
     if _handler is not None:
         task_log.removeHandler(_handler)
@@ -403,13 +412,3 @@ def uninstrument() -> None:
     if _set_level:
         task_log.setLevel(logging.NOTSET)
         _set_level = False
-
-
-def flush() -> None:
-    """Export what is buffered (a worker shutting down)."""
-    for provider in (trace.get_tracer_provider(),):
-        force = getattr(provider, "force_flush", None)
-        if force is not None:
-            force()
-    if _handler is not None:
-        _handler.flush()

@@ -233,6 +233,8 @@ class Worker(Claiming, Attempts, Hooks):
         while self.active:
             await asyncio.sleep(0.01)
         await self.committer.close()
+        if _observe.OBSERVERS:  # spans of the last attempts, before the process exits
+            await asyncio.to_thread(_observe.flush)
         if self._heart is not None:
             await asyncio.to_thread(self._heart.stop)
         if self._recovery is not None:
