@@ -314,9 +314,9 @@ class _Step:
             key = ctx.key_for(name)
             rtype = _serde.return_type(fn)
             entry = ctx.lookup(key, "step", fingerprint(args, kwargs))
+            if entry is not None and _observe.OBSERVERS:
+                _observe.step_cached(ctx, key, entry)
             if entry is not None:
-                if _observe.OBSERVERS:
-                    _observe.step_cached(ctx, key, entry)
                 return _serde.from_json(entry.output, rtype)
             await ctx.before_new_work(key)
             started = ctx.store.now()
