@@ -106,6 +106,8 @@ def claimed(claims: Sequence[Claim], now: float) -> None:
 
 async def attempt_started(ctx: RunContext, resumed: bool) -> None:
     for o in list(OBSERVERS):
+        if type(o).attempt_started is Observer.attempt_started:
+            continue  # a coroutine per run for nothing (metrics do not need this point)
         try:
             await o.attempt_started(ctx, resumed)
         except Exception:
