@@ -21,6 +21,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _cli_doctor, _cli_migrate, _serde
+from ._cli_format import attempt_lines, fit, quiet_broken_pipe, result_text, run_error_lines
+from ._dev_hints import (
+    choose_port,
+    remove_pid_file,
+    settle_dev_port,
+    suggest_trigger,
+    write_pid_file,
+)
 from ._errors import OutlastError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -122,12 +131,6 @@ def _client(args: argparse.Namespace) -> Any:
 # -- commands ---------------------------------------------------------------------------------
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    store = _store(args, migrate=True)
-    print(f"schema is at version {store.migrate()} ({store.safe_url})")
-    return 0
-
-
 def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     from .worker import Worker
 
@@ -137,6 +140,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     early: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
     loop_name(args.loop)  # a bad --loop fails before anything is written
+    if dev and not settle_dev_port(args):
+        return 2
     _setup(args)
     store = _store(args, migrate=dev)
     load_app(args.app)
@@ -178,15 +183,17 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
             server = _uvicorn_server(create_app(store), args.host, args.port)
             serving = asyncio.create_task(server.serve())
         if dev:
+            pid_file = write_pid_file()
             secret = _dev_key(store, args.env)
             print(
-                f"outlast dev: {len(REGISTRY)} tasks ({', '.join(sorted(REGISTRY))}) on "
+                f"outlast dev: {len(REGISTRY)} task{'s' if len(REGISTRY) != 1 else ''} "
+                f"({', '.join(sorted(REGISTRY))}) on "
                 f"{store.safe_url}, env {args.env!r}\n"
                 + (f"  API + dashboard: http://{args.host}:{args.port}/  "
                    f"(OpenAPI: /api/v1/openapi.json)\n"
                    f"  secret key:  export OUTLAST_SECRET_KEY={secret}\n"
                    if server is not None else "")
-                + f"  trigger one:  outlast trigger {_example_task()} --payload '{{}}'\n"
+                + f"  trigger one:  {suggest_trigger(REGISTRY)}\n"
                 "  watch runs:   outlast runs list",
                 flush=True,
             )
@@ -194,6 +201,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         if server is not None:
             server.should_exit = True
             await serving
+        if dev:
+            remove_pid_file(pid_file)
 
     # See run_loop: sync steps may linger, and a KeyboardInterrupt or SystemExit while runs
     # execute is task code's (SIGINT and SIGTERM are the loop's), not a reason to stop.
@@ -253,10 +262,13 @@ def _uvicorn_server(app: Any, host: str, port: int) -> Any:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from ._presence import announce, dashboard_guard
     from .scheduler import Scheduler
     from .server import create_app
 
     loop_name(args.loop)
+    if choose_port(args.host, args.port, dev=False) is None:
+        return 2
     _setup(args)
     store = _store(args)
 
@@ -270,6 +282,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         tasks = [serving]
         if not args.no_scheduler:
             tasks.append(asyncio.create_task(Scheduler(store).run(stop)))
+        tasks.append(asyncio.create_task(announce(
+            store, "server", args.env, stop, listen=f"{args.host}:{args.port}",
+            dashboard=dashboard_guard())))
         print(f"outlast server on http://{args.host}:{args.port} ({store.safe_url})", flush=True)
         await stop.wait()
         server.should_exit = True
@@ -301,14 +316,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
             return 1
         print(f"revoked {args.key_id}")
     return 0
-
-
-def _example_task() -> str:
-    """A task to suggest triggering by hand: one not fired by a schedule, if any."""
-    from .tasks import REGISTRY
-
-    manual = sorted(t for t, task in REGISTRY.items() if task.cron is None)
-    return (manual or sorted(REGISTRY))[0]
 
 
 def _dev_key(store: Any, env: str) -> str:
@@ -392,7 +399,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         _out(args, {"id": handle.id, "is_cached": handle.is_cached}, handle.id)
         return 0
     run = client.wait_for_run(handle.id, timeout=args.timeout)
-    _out(args, run.to_dict(), f"{run.id} {run.status}\n{json.dumps(run.output or run.error)}")
+    _out(args, run.to_dict(), f"{run.id} {run.status}\n{result_text(run)}")
     return 0 if str(run.status) == "COMPLETED" else 1
 
 
@@ -475,13 +482,14 @@ def _show_run(args: argparse.Namespace, client: Any) -> int:
         print(f"metadata  {json.dumps(run.metadata)}")
     if run.output is not None:
         print(f"output    {json.dumps(run.output)}")
-    if run.error:
-        print(f"error     {run.error.get('code')}: {run.error.get('message')}")
+    tried = attempt_lines(run, journal, events)
+    for line in run_error_lines(run) + (["attempts", *tried] if tried else []):
+        print(line)
     if journal:
         print("steps")
         for j in journal:
             took = f"{(j.finished_at - j.started_at):.3f}s" if j.finished_at else "…"
-            print(f"  {j.key:32} {j.kind:12} {j.status:8} attempt {j.attempt} {took}")
+            print(f"  {fit(j.key, 32)} {j.kind:12} {j.status:8} attempt {j.attempt} {took}")
     if events:
         print("events")
         for e in events:
@@ -494,8 +502,10 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.tokens_cmd == "complete":
         data = json.loads(args.data) if args.data else None
-        wp = client.complete_token(args.token_id, data)
-        _out(args, wp.__dict__, f"{wp.id} {wp.status}")
+        wp, done = client.store.complete_waitpoint(args.env, args.token_id,
+                                                   _serde.to_json(data))
+        _out(args, wp.__dict__, f"{wp.id} {wp.status}" if done else
+             f"{wp.id} was already {wp.status}: nothing changed (the first completion wins)")
     elif args.tokens_cmd == "create":
         token = client.create_token(args.timeout)
         _out(args, token.__dict__, f"{token.id}\n{token.callback_url}")
@@ -734,9 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker_flags(p)
     p.set_defaults(fn=cmd_worker)
 
-    p = sub.add_parser("migrate", help="create or upgrade the database schema")
-    _common(p)
-    p.set_defaults(fn=cmd_migrate)
+    _cli_migrate.add_commands(sub)
+    _cli_doctor.add_commands(sub)
 
     p = sub.add_parser("trigger", help="start a run")
     _common(p)
@@ -771,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "replay":
             q.add_argument("--payload", help="a new JSON payload")
     p.set_defaults(fn=cmd_runs)
+    from ._cli_bulk import add_runs_commands
+
+    add_runs_commands(rs)
 
     p = sub.add_parser("tokens", help="waitpoint tokens")
     ts = p.add_subparsers(dest="tokens_cmd", required=True)
@@ -814,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.fn(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except OutlastError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -35,7 +35,7 @@ from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
-from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, WorkerStore
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -153,7 +153,7 @@ class RunContext:
         self,
         claim: Claim,
         committer: Committer,
-        store: Store,
+        store: WorkerStore,
         *,
         inplace_sleep_seconds: float = 1.0,
     ) -> None:
@@ -302,6 +302,12 @@ class RunContext:
 # -- step -----------------------------------------------------------------------------------
 
 
+# Where tests inject a step's failure (``outlast.testing``'s ``fail_next``): called with
+# the run and the step's journal key before the step's body runs; an exception it returns
+# is raised in place of the body, so it is logged and retried as the body's own would be.
+step_fault: Callable[[Run, str], BaseException | None] | None = None
+
+
 class _Step:
     async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` once for this run: memoized under ``name`` (plus occurrence).
@@ -323,6 +329,9 @@ class _Step:
             token = _step_key.set(f"{ctx.run.id}:{key}")
             seen = _observe.step_started(ctx, key) if _observe.OBSERVERS else None
             try:
+                fault = step_fault(ctx.run, key) if step_fault is not None else None
+                if fault is not None:
+                    raise fault
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
                 else:
@@ -557,10 +566,15 @@ class _Wait:
         idempotency_key: str | None = None,
         idempotency_key_ttl: timedelta | float | None = None,
         tags: Sequence[str] = (),
+        buttons: Mapping[str, Any] | None = None,
     ) -> Token:
         """A token that a callback, a human or app code completes; wait on it with
-        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token)."""
+        ``wait.for_token``. Inside a task it is journaled (a replay gets the same token).
+        ``buttons``: the dashboard's ``{label: data}`` for it (``_token_buttons.py``)."""
+        from ._token_buttons import buttons_json
+
         ctx = _current.get()
+        shown = buttons_json(buttons, in_task=ctx is not None)
         if ctx is None:
             from .client import default_async_client
 
@@ -591,6 +605,7 @@ class _Wait:
                 idempotency_ttl=ttl,
                 tags=tags,
                 run_id=ctx.run.id,
+                buttons=shown,
             )
             from .waitpoints import callback_url
 

@@ -18,7 +18,17 @@ class QueueGauge:
     limit: int | None  # the queue's cap: global_limit, else concurrency_limit
 
 
+class RunTraces(abc.ABC):
+    """A worker's part: the trace context its runs were triggered under."""
+
+    @abc.abstractmethod
+    def trace_contexts(self, env: str, run_ids: Sequence[str]) -> dict[str, str]:
+        """The traceparent each of these runs was triggered under, for those that have one."""
+
+
 class ObservabilityStore(abc.ABC):
+    """What ``/metrics`` reads at each scrape."""
+
     @abc.abstractmethod
     def queue_gauges(self) -> list[QueueGauge]:
         """Every environment's queues: depth, oldest ready run, executing vs limit."""
@@ -26,7 +36,3 @@ class ObservabilityStore(abc.ABC):
     @abc.abstractmethod
     def live_workers(self) -> dict[tuple[str, str], int]:
         """Live workers per (environment, version); version is '' until workers have one."""
-
-    @abc.abstractmethod
-    def trace_contexts(self, env: str, run_ids: Sequence[str]) -> dict[str, str]:
-        """The traceparent each of these runs was triggered under, for those that have one."""
