@@ -56,6 +56,7 @@ class Attempts(WorkerBase):
         running = asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
         self._running.add(running)
         running.add_done_callback(self._running.discard)
+        self.committer.started(running)
 
     async def _execute(self, ctx: RunContext) -> None:
         run = ctx.run
@@ -90,6 +91,8 @@ class Attempts(WorkerBase):
             self._start_ready()
             self._slot_signal()
 
+    # over 60 lines: one attempt from its start to its commit, in order, with the two
+    # observation points around it (tracing's attempt span opens and closes in this task).
     async def _execute_task(self, ctx: RunContext, task: Task[Any, Any]) -> None:
         run = ctx.run
         resumed = any(e.attempt == run.attempt for e in ctx.journal.values())
