@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from . import _events, _serde
+from ._http_calls import Plan, Request
 from .store._events_base import NewEvent, PublishResult
 from .store.base import Store
 
 if TYPE_CHECKING:
-    from ._transport import Transport
+    from ._store_transport import StoreTransport
+    from ._transport import AsyncTransport, Transport
+
+R = TypeVar("R")
 
 
 def _result(d: dict[str, Any]) -> PublishResult:
@@ -26,6 +30,14 @@ def _result(d: dict[str, Any]) -> PublishResult:
 
 def _delivery_json(d: Any) -> dict[str, Any]:
     return {"task_id": d.task_id, "outcome": d.outcome, "run_id": d.run_id, "reason": d.reason}
+
+
+def _new_events(events: Sequence[dict[str, Any]]) -> list[NewEvent]:
+    """Events checked at the edge, whatever the transport (nothing is sent if one is bad)."""
+    windows = (_events.dedup_seconds(), _events.retention_seconds())
+    return [_events.new_event(e.get("name"), e.get("data"), e.get("id"),
+                              field=f"events[{i}]", windows=windows)
+            for i, e in enumerate(events)]
 
 
 class StoreEvents:
@@ -48,28 +60,71 @@ class StoreEvents:
         return [_delivery_json(d) for d in found]
 
 
+def publish_plan(items: Sequence[NewEvent]) -> Plan[list[PublishResult]]:
+    out = yield Request("POST", "/api/v1/events", {"events": [
+        {"name": e.name, "data": _serde.loads(e.data), "id": e.id} for e in items]})
+    return [_result(r) for r in out["events"]]
+
+
+def list_events_plan(name: str | None, limit: int) -> Plan[list[dict[str, Any]]]:
+    params: dict[str, Any] = {"limit": limit}
+    if name:
+        params["name"] = name
+    out = yield Request("GET", "/api/v1/events", params=params)
+    return list(out["data"])
+
+
+def replay_event_plan(event_id: str, task: str | None) -> Plan[list[dict[str, Any]]]:
+    out = yield Request("POST", f"/api/v1/events/{quote(event_id, safe='')}/replay",
+                        {"task": task} if task else {})
+    return list(out["deliveries"])
+
+
 class HttpEvents:
     """The event calls of ``HttpTransport``, to ``server/events_api.py``."""
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None, idempotent: bool = False) -> Any:
+    def _run(self, plan: Plan[R]) -> R:
         raise NotImplementedError
 
     def publish_events(self, items: Sequence[NewEvent]) -> list[PublishResult]:
-        out = self.request("POST", "/api/v1/events", json={"events": [
-            {"name": e.name, "data": _serde.loads(e.data), "id": e.id} for e in items]})
-        return [_result(r) for r in out["events"]]
+        return self._run(publish_plan(items))
 
     def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": limit}
-        if name:
-            params["name"] = name
-        return list(self.request("GET", "/api/v1/events", params=params)["data"])
+        return self._run(list_events_plan(name, limit))
 
     def replay_event(self, event_id: str, task: str | None) -> list[dict[str, Any]]:
-        path = f"/api/v1/events/{quote(event_id, safe='')}/replay"
-        return list(self.request("POST", path, json={"task": task} if task else {})[
-            "deliveries"])
+        return self._run(replay_event_plan(event_id, task))
+
+
+class AsyncHttpEvents:
+    """The event calls of ``AsyncHttpTransport``: the same plans, awaited."""
+
+    async def _run(self, plan: Plan[R]) -> R:
+        raise NotImplementedError
+
+    async def publish_events(self, items: Sequence[NewEvent]) -> list[PublishResult]:
+        return await self._run(publish_plan(items))
+
+    async def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._run(list_events_plan(name, limit))
+
+    async def replay_event(self, event_id: str, task: str | None) -> list[dict[str, Any]]:
+        return await self._run(replay_event_plan(event_id, task))
+
+
+class AsyncStoreEvents:
+    """The event calls of ``AsyncStoreTransport``: ``StoreEvents``' off the loop."""
+
+    sync: StoreTransport
+
+    async def publish_events(self, items: Sequence[NewEvent]) -> list[PublishResult]:
+        return await asyncio.to_thread(self.sync.publish_events, items)
+
+    async def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync.list_events, name, limit)
+
+    async def replay_event(self, event_id: str, task: str | None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.sync.replay_event, event_id, task)
 
 
 class EventMethods:
@@ -85,10 +140,7 @@ class EventMethods:
 
     def publish_many(self, events: Sequence[dict[str, Any]]) -> list[PublishResult]:
         """Publish a batch (``{"name", "data", "id"}`` each) in one transaction."""
-        windows = (_events.dedup_seconds(), _events.retention_seconds())
-        items = [_events.new_event(e.get("name"), e.get("data"), e.get("id"),
-                                   field=f"events[{i}]", windows=windows)
-                 for i, e in enumerate(events)]
+        items = _new_events(events)
         return self._transport.publish_events(items) if items else []
 
     def list_events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -102,28 +154,22 @@ class EventMethods:
 
 
 class AsyncEventMethods:
-    """``AsyncClient``'s event calls: ``EventMethods`` of its sync client in a thread."""
+    """``AsyncClient``'s event calls, on its async transport."""
 
-    sync: EventMethods
-
-    async def _in_thread(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+    _transport: AsyncTransport
 
     async def publish(self, name: str, data: Any = None, *, id: str | None = None
                       ) -> PublishResult:
-        result: PublishResult = await self._in_thread("publish", name, data, id=id)
-        return result
+        return (await self.publish_many([{"name": name, "data": data, "id": id}]))[0]
 
     async def publish_many(self, events: Sequence[dict[str, Any]]) -> list[PublishResult]:
-        results: list[PublishResult] = await self._in_thread("publish_many", events)
-        return results
+        items = _new_events(events)
+        return await self._transport.publish_events(items) if items else []
 
     async def list_events(self, name: str | None = None, limit: int = 100
                           ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = await self._in_thread("list_events", name, limit)
-        return found
+        return await self._transport.list_events(name, limit)
 
     async def replay_event(self, event_id: str, task: str | None = None
                            ) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = await self._in_thread("replay_event", event_id, task)
-        return found
+        return await self._transport.replay_event(event_id, task)

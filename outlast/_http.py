@@ -21,7 +21,7 @@ from . import _errors as e
 from . import _observe, _serde
 from ._app_tx import OVER_HTTP
 from ._bulk_client import HttpBulk
-from ._events_client import HttpEvents
+from ._events_client import AsyncHttpEvents, HttpEvents
 from ._http_calls import (
     HttpTrigger,
     Plan,
@@ -271,7 +271,7 @@ class HttpTransport(HttpSchedules, HttpBulk, HttpEvents, _HttpBase):
         return self._run(queue_limit_plan(name, limit))
 
 
-class AsyncHttpTransport(_HttpBase):
+class AsyncHttpTransport(AsyncHttpEvents, _HttpBase):
     """``AsyncTransport`` over HTTP, on an asyncio httpx session: the same plans as
     ``HttpTransport``; a request awaits its answer and its back-off on the loop."""
 

@@ -396,7 +396,17 @@ def test_a_server_killed_between_commit_and_answer_loses_and_duplicates_nothing(
         assert len(app.replay_event(one.id, task="ev-crash-b")) == 1
         with pytest.raises(EventNotFound):
             app.replay_event("evt_nope")
-        app.close()
+
+        async def publish_async() -> Any:  # the async client's own HTTP session
+            from outlast.client import AsyncClient
+
+            aclient = AsyncClient(app)
+            try:
+                return await aclient.publish("crash.signup", {"n": 2}, id="async-1")
+            finally:
+                await aclient.close()
+
+        assert len(asyncio.run(publish_async()).run_ids) == 2
         store.close()
     finally:
         fleet.stop()
