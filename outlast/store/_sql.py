@@ -27,8 +27,10 @@ from ._rows import (
     run_from_row,
     schema_sql,
 )
+from ._sql_alerts import AlertsMixin
 from ._sql_api import ApiMixin
 from ._sql_commit import CommitMixin
+from ._sql_errors import ErrorsMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
@@ -44,12 +46,13 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 
 class SqlStore(
-    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin
+    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    AlertsMixin, ErrorsMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._alerts_base import AlertStore, ErrorStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -340,9 +341,10 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore):
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, AlertStore, ErrorStore):
     """What the HTTP API needs: reading and changing runs, building them against
-    published task definitions, and signing waitpoint callback URLs with its settings."""
+    published task definitions, and signing waitpoint callback URLs with its settings;
+    alert rules and error groups."""
 
 
 class ScheduleStore(TaskDefs):
@@ -401,7 +403,7 @@ class ScheduleStore(TaskDefs):
         """The latest fired slots: slot, run_id, fired_at; newest first."""
 
 
-class SchedulerStore(ScheduleStore):
+class SchedulerStore(ScheduleStore, AlertStore):
     """What the scheduler loop needs: the tick, reaping, firing schedules, forgetting old
     request keys and fired slots."""
 
