@@ -65,5 +65,9 @@ class Scheduler:
                 log.exception("scheduler tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Let alerts being posted finish (a post logs its own failure)."""
         if self._sending is not None:
-            await self._sending  # a post in flight finishes (it logs its own failure)
+            await self._sending
