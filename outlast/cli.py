@@ -387,7 +387,9 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     if not args.wait:
         _out(args, {"id": handle.id, "is_cached": handle.is_cached}, handle.id)
         return 0
-    run = client.wait_for_run(handle.id, timeout=args.timeout)
+    from ._cli_progress import watch_run  # live status, step and progress on stderr
+
+    run = watch_run(client, handle.id, timeout=args.timeout, journal=client.store.journal)
     _out(args, run.to_dict(), f"{run.id} {run.status}\n{json.dumps(run.output or run.error)}")
     return 0 if str(run.status) == "COMPLETED" else 1
 
@@ -797,10 +799,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("limit", help="a number, or 'none' to remove the limit")
     p.set_defaults(fn=cmd_queues)
     _schedules_parser(sub)
+    from . import _cli_alerts
+
+    _cli_alerts.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, inside the try (also after --help)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and point stdout at devnull so
+        # the interpreter's own flush at exit finds nothing to complain about.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("OUTLAST_LOG_LEVEL", "INFO").upper(),
@@ -808,6 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.fn(args)
+    except BrokenPipeError:
+        raise  # not an environment error: main() ends quietly
     except OutlastError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
