@@ -251,7 +251,10 @@ class AlertsMixin(SqlCore):
     # -- the tick's scans ------------------------------------------------------------------
     def scan_failures(self, limit: int = 500, lag: float = 10.0) -> ScanReport:
         with self._transaction() as tx:
-            watermark = float(tx.q("lock_failure_scan")[0]["watermark"])
+            locked = tx.q("lock_failure_scan")
+            if not locked:
+                return ScanReport()  # another scheduler is scanning
+            watermark = float(locked[0]["watermark"])
             rows = tx.q("new_failures", since=watermark - lag, limit=limit)
             if not rows:
                 return ScanReport()

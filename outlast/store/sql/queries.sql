@@ -1160,6 +1160,10 @@ WHERE delivery_id = :id ORDER BY n;
 -- name: lock_failure_scan
 UPDATE failure_scan SET watermark = watermark WHERE id = 1 RETURNING watermark;
 
+-- Another scheduler scanning now holds it: skip this tick rather than queue behind it.
+-- name: lock_failure_scan [postgres]
+SELECT watermark FROM failure_scan WHERE id = 1 FOR UPDATE SKIP LOCKED;
+
 -- name: set_failure_watermark
 UPDATE failure_scan SET watermark = :watermark WHERE id = 1;
 
