@@ -23,7 +23,7 @@ from ._alerts_base import (
     DueDelivery,
     ScanReport,
 )
-from ._fingerprint import fingerprint
+from ._fingerprint import Fingerprint, fingerprint
 from ._rows import Row, Tx
 from ._sql_core import SqlCore
 
@@ -258,48 +258,68 @@ class AlertsMixin(SqlCore):
             rows = tx.q("new_failures", since=watermark - lag, limit=limit)
             if not rows:
                 return ScanReport()
-            alerts = 0
-            for r in rows:
-                alerts += self._group_failure(tx, r)
+            alerts = self._group_failures(tx, rows)
             tx.x("set_failure_watermark", watermark=max(watermark, rows[-1]["finished_at"]))
         return ScanReport(failures=len(rows), alerts=alerts)
 
-    def _group_failure(self, tx: Tx, run: Row) -> int:
-        fp = fingerprint(run["error"], run["status"])
-        key = {"env": run["env"], "fingerprint": fp.key}
-        at = run["finished_at"]
-        tx.x("insert_error_occurrence", run_id=run["id"], task_id=run["task_id"], at=at, **key)
-        found = tx.q("get_error_group_status", **key)
-        if not found:
-            tx.x(
-                "insert_error_group",
-                exc_type=fp.exc_type,
-                message=fp.message,
-                frame=fp.frame,
-                n=1,
-                first_seen=at,
-                last_seen=at,
-                sample_run_id=run["id"],
-                **key,
-            )
-        else:
-            tx.x("grow_error_group", n=1, last_seen=at, sample_run_id=run["id"], **key)
-            if found[0]["status"] == "ignored":
-                return 0  # an ignored group sends no alerts
-        event = "run.timed_out" if run["status"] == "TIMED_OUT" else "run.failed"
-        error = loads(run["error"]) if run["error"] else {}
-        data = {
-            "run_id": run["id"],
-            "task_id": run["task_id"],
-            "queue": run["queue"],
-            "status": run["status"],
-            "error": {
-                "type": fp.exc_type,
-                "message": (error.get("message") if isinstance(error, dict) else None),
-            },
-            "fingerprint": fp.key,
-        }
-        return self._raise(tx, run["env"], event, data, run["task_id"], run["queue"], self.now())
+    def _group_failures(self, tx: Tx, rows: list[Row]) -> int:
+        """Count a batch of failed runs into their groups (a statement per group, not per
+        run) and queue their alerts; return how many alerts were queued."""
+        prints = [fingerprint(r["error"], r["status"]) for r in rows]
+        tx.many("insert_error_occurrence", [
+            {"run_id": r["id"], "env": r["env"], "fingerprint": fp.key,
+             "task_id": r["task_id"], "at": r["finished_at"]}
+            for r, fp in zip(rows, prints, strict=True)
+        ])
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (r, fp) in enumerate(zip(rows, prints, strict=True)):
+            groups.setdefault((r["env"], fp.key), []).append(i)
+        ignored: set[tuple[str, str]] = set()
+        for (env, key), members in groups.items():
+            first, last = rows[members[0]], rows[members[-1]]  # rows are in finished_at order
+            found = tx.q("get_error_group_status", env=env, fingerprint=key)
+            common = {"env": env, "fingerprint": key, "n": len(members),
+                      "last_seen": last["finished_at"], "sample_run_id": last["id"]}
+            if not found:
+                fp = prints[members[0]]
+                tx.x("insert_error_group", exc_type=fp.exc_type, message=fp.message,
+                     frame=fp.frame, first_seen=first["finished_at"], **common)
+            else:
+                tx.x("grow_error_group", **common)
+                if found[0]["status"] == "ignored":
+                    ignored.add((env, key))  # an ignored group sends no alerts
+        return self._failure_alerts(tx, rows, prints, ignored)
+
+    def _failure_alerts(
+        self, tx: Tx, rows: list[Row], prints: list[Fingerprint], ignored: set[tuple[str, str]]
+    ) -> int:
+        alerts = 0
+        has_rules: dict[tuple[str, str, str, str], bool] = {}
+        now = self.now()
+        for r, fp in zip(rows, prints, strict=True):
+            if (r["env"], fp.key) in ignored:
+                continue
+            event = "run.timed_out" if r["status"] == "TIMED_OUT" else "run.failed"
+            key = (r["env"], event, r["task_id"], r["queue"])
+            if key not in has_rules:  # most failures match no rule: one look per kind
+                has_rules[key] = bool(tx.q("matching_alert_rules", env=r["env"], event=event,
+                                           task_id=r["task_id"], queue=r["queue"]))
+            if not has_rules[key]:
+                continue
+            error = loads(r["error"]) if r["error"] else {}
+            data = {
+                "run_id": r["id"],
+                "task_id": r["task_id"],
+                "queue": r["queue"],
+                "status": r["status"],
+                "error": {
+                    "type": fp.exc_type,
+                    "message": error.get("message") if isinstance(error, dict) else None,
+                },
+                "fingerprint": fp.key,
+            }
+            alerts += self._raise(tx, r["env"], event, data, r["task_id"], r["queue"], now)
+        return alerts
 
     def check_alert_conditions(self) -> int:
         now = self.now()
