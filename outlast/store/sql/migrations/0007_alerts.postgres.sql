@@ -1,4 +1,4 @@
--- Version 4: alerts and the errors page.
+-- Version 7: alerts and the errors page.
 -- An alert rule: which event (run.failed, run.timed_out, queue.backlog, no_worker, or a
 -- kind another feature raises) in which environment, filtered by task and queue, goes to
 -- which webhook. The signing secret is shown once at creation and never returned again;
@@ -9,12 +9,12 @@ CREATE TABLE alert_rules (
     event TEXT NOT NULL,
     task_id TEXT,
     queue TEXT,
-    older_than REAL,
+    older_than DOUBLE PRECISION,
     webhook_url TEXT NOT NULL,
     format TEXT NOT NULL,                  -- json | slack
     secret TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    window_start REAL NOT NULL DEFAULT 0,  -- the storm limit's current window
+    created_at DOUBLE PRECISION NOT NULL,
+    window_start DOUBLE PRECISION NOT NULL DEFAULT 0,  -- the storm limit's current window
     window_sent INTEGER NOT NULL DEFAULT 0,            -- deliveries queued in it
     firing TEXT NOT NULL DEFAULT '[]'      -- JSON: conditions (queue, task) now firing
 );
@@ -30,10 +30,10 @@ CREATE TABLE alert_deliveries (
     payload TEXT NOT NULL,                 -- JSON, rendered per the rule's format at send time
     status TEXT NOT NULL,                  -- pending | delivered | failed
     attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_at REAL NOT NULL,
-    claimed_until REAL NOT NULL DEFAULT 0,
-    delivered_at REAL,
+    created_at DOUBLE PRECISION NOT NULL,
+    next_at DOUBLE PRECISION NOT NULL,
+    claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    delivered_at DOUBLE PRECISION,
     summary_of INTEGER NOT NULL DEFAULT 0  -- a storm summary: how many events it stands for
 );
 CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE status = 'pending';
@@ -42,10 +42,10 @@ CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, created_at);
 CREATE TABLE alert_attempts (
     delivery_id TEXT NOT NULL,
     n INTEGER NOT NULL,
-    at REAL NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
     status_code INTEGER,
     error TEXT,
-    duration REAL NOT NULL,
+    duration DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (delivery_id, n)
 );
 
@@ -59,10 +59,10 @@ CREATE TABLE error_groups (
     frame TEXT NOT NULL,                   -- the top frame in task code, '' if unknown
     status TEXT NOT NULL,                  -- open | resolved | ignored
     count INTEGER NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,
     sample_run_id TEXT NOT NULL,
-    resolved_at REAL,
+    resolved_at DOUBLE PRECISION,
     reopened INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (env, fingerprint)
 );
@@ -75,7 +75,7 @@ CREATE TABLE error_occurrences (
     env TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     task_id TEXT NOT NULL,
-    at REAL NOT NULL
+    at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX error_occurrences_group ON error_occurrences (env, fingerprint, at);
 
@@ -83,7 +83,7 @@ CREATE INDEX error_occurrences_group ON error_occurrences (env, fingerprint, at)
 -- run's finished_at is its transaction's clock and commits land out of that order.
 CREATE TABLE failure_scan (
     id INTEGER PRIMARY KEY,
-    watermark REAL NOT NULL
+    watermark DOUBLE PRECISION NOT NULL
 );
 INSERT INTO failure_scan (id, watermark) VALUES (1, 0);
 
