@@ -179,10 +179,21 @@ class Progress:
             self._task = self._bar.add_task(self.label, total=self.total)
         return self
 
+    @property
+    def drawing(self) -> bool:
+        """Whether a bar is on screen (stderr is a terminal)."""
+        return self._bar is not None
+
     def advance(self, n: int = 1) -> None:
-        self.done += n
+        self.update(self.done + n)
+
+    def update(self, done: int, total: int | None = None) -> None:
+        """Set how many are done (and the total, once it is known)."""
+        self.done = done
+        if total is not None:
+            self.total = total
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
+            self._bar.update(self._task, completed=self.done, total=self.total)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

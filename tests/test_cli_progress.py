@@ -143,3 +143,25 @@ def test_piping_into_head_never_prints_a_traceback(
                           capture_output=True, text=True, timeout=60)
     assert done.stderr == "", done.stderr
     assert "rc=141" in done.stdout or "rc=0" in done.stdout
+
+
+def test_bulk_cancel_in_a_terminal_draws_a_bar(
+    tmux: Callable[..., str], sqlite_url: str
+) -> None:
+    from outlast.client import Client
+
+    import tests.apps.progress_app  # noqa: F401 - the task, to trigger it here
+
+    client = Client(database_url=sqlite_url, env="dev")
+    client.batch_trigger("progress-demo", [{"release": "/nonexistent"}] * 1500)
+    client.close()
+    command = (
+        f"cd {ROOT} && export PYTHONPATH={ROOT} OUTLAST_DATABASE_URL={sqlite_url} "
+        f"OUTLAST_LOG_LEVEL=WARNING && {sys.executable} -m outlast runs bulk cancel "
+        f"--task progress-demo --batch-size 100; echo ex''it=$?"
+    )
+    tmux("send-keys", "-t", "t", command, "Enter")
+    seen = _until(lambda: tmux("capture-pane", "-p", "-t", "t"), lambda s: "exit=" in s, 60)
+    assert "exit=0" in seen
+    assert "━" in seen and "100%" in seen  # one bar, drawn in place
+    assert "1,500/1,500" not in seen.split("resume with")[-1]  # not a line per batch
