@@ -148,9 +148,8 @@ def test_piping_into_head_never_prints_a_traceback(
 def test_bulk_cancel_in_a_terminal_draws_a_bar(
     tmux: Callable[..., str], sqlite_url: str
 ) -> None:
-    from outlast.client import Client
-
     import tests.apps.progress_app  # noqa: F401 - the task, to trigger it here
+    from outlast.client import Client
 
     client = Client(database_url=sqlite_url, env="dev")
     client.batch_trigger("progress-demo", [{"release": "/nonexistent"}] * 1500)
