@@ -24,9 +24,10 @@ from outlast._alerts import BACKOFF, Sender, create_rule, register_event
 from outlast._clock import FakeClock
 from outlast._errors import ValidationError
 from outlast.client import Client
+from outlast.store import open_store
 from outlast.store.base import Store
 from tests.alert_receiver import Receiver
-from tests.conftest import ROOT
+from tests.conftest import ROOT, spawn_worker
 
 
 @task(id="alert-fails", retry=Retry(max_attempts=1))
@@ -223,3 +224,28 @@ def test_other_features_raise_their_own_kinds(store: Store, clock: FakeClock) ->
     assert d.payload["data"] == {"task_id": "t", "factor": 9}
     with pytest.raises(ValidationError, match="webhook"):
         create_rule(store, clock, "dev", event="run.failed", webhook_url="ftp://x")
+
+
+def test_a_worker_process_groups_the_failure_and_delivers_its_alert(
+    db_url: str, receiver: Receiver
+) -> None:
+    """End to end: the scheduler loop of a real `outlast worker` scans, groups and posts."""
+    from tests.apps.alerts_app import fails as e2e_fails
+
+    store = open_store(db_url)  # the real clock, as the worker's
+    rule, secret = create_rule(store, store.clock, "dev", event="run.failed",
+                               webhook_url=receiver.url)
+    client = Client(store=store, env="dev")
+    run = client.trigger(e2e_fails, {"ledger": 7})
+    proc = spawn_worker(db_url, "tests.apps.alerts_app")
+    try:
+        assert receiver.arrived.wait(60), "no alert arrived"
+        got = receiver.received[0]
+        event = Webhook(secret).verify(got.body, got.headers)
+        assert event["data"]["run_id"] == run.id
+        [group] = store.list_error_groups("dev")
+        assert group.message == "ledger <n> unreachable" and group.count == 1
+    finally:
+        proc.kill()
+        proc.wait(10)
+        store.close()
