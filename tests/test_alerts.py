@@ -233,8 +233,8 @@ def test_a_worker_process_groups_the_failure_and_delivers_its_alert(
     from tests.apps.alerts_app import fails as e2e_fails
 
     store = open_store(db_url)  # the real clock, as the worker's
-    rule, secret = create_rule(store, store.clock, "dev", event="run.failed",
-                               webhook_url=receiver.url)
+    _, secret = create_rule(store, store.clock, "dev", event="run.failed",
+                            webhook_url=receiver.url)
     client = Client(store=store, env="dev")
     run = client.trigger(e2e_fails, {"ledger": 7})
     proc = spawn_worker(db_url, "tests.apps.alerts_app")
