@@ -165,11 +165,20 @@ class Sender:
 
     def send_due(self, limit: int = 20) -> int:
         """Post every due delivery once; return how many were delivered."""
+        # One claim per post: a lease covers one post's timeout, however slow the ones
+        # before it were.
+        due = self.store.due_deliveries(limit=1, lease=self.lease)
+        if not due:
+            return 0  # the usual tick: no HTTP client made
         http = self.http or httpx.Client(timeout=POST_TIMEOUT)
+        delivered = 0
         try:
-            delivered = 0
-            for d in self.store.due_deliveries(limit=limit, lease=self.lease):
-                delivered += self._send(http, d)
+            for i in range(limit):
+                if i:
+                    due = self.store.due_deliveries(limit=1, lease=self.lease)
+                if not due:
+                    break
+                delivered += self._send(http, due[0])
             return delivered
         finally:
             if self.http is None:
