@@ -240,6 +240,7 @@ class AlertLoop:
         self.scan_every = scan_every
         self.conditions_every = conditions_every
         self._scanned = self._checked = 0.0
+        self._pruned = time.monotonic()  # not at start: processes restart often
 
     def scan(self) -> None:
         now = time.monotonic()
@@ -250,3 +251,6 @@ class AlertLoop:
         if now - self._checked >= self.conditions_every:
             self._checked = now
             self.store.check_alert_conditions()
+        if now - self._pruned >= 3600.0:
+            self._pruned = now
+            self.store.prune_alerts()

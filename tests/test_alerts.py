@@ -249,3 +249,20 @@ def test_a_worker_process_groups_the_failure_and_delivers_its_alert(
         proc.kill()
         proc.wait(10)
         store.close()
+
+
+def test_old_deliveries_and_occurrences_are_pruned(
+    store: Store, clock: FakeClock, client: Client
+) -> None:
+    register_event("usage.spike")
+    rule, _ = create_rule(store, clock, "dev", event="usage.spike",
+                          webhook_url="http://127.0.0.1:9/")
+    store.raise_alert("dev", "usage.spike", {"n": 1})
+    Sender(store, clock).send_due()  # nobody listens: pending, retried later
+    store.raise_alert("dev", "usage.spike", {"n": 2})
+    [d2, d1] = store.list_alert_deliveries("dev", rule.id)
+    store.record_alert_attempt(d2.id, status_code=200, error=None, duration=0.1,
+                               retry_at=None)
+    clock.advance(31 * 86400)
+    assert store.prune_alerts() == 1  # the delivered one
+    assert [d.id for d in store.list_alert_deliveries("dev", rule.id)] == [d1.id]

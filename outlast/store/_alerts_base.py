@@ -145,6 +145,11 @@ class AlertStore(abc.ABC):
         """Group runs that failed since the last scan and queue their alerts."""
 
     @abc.abstractmethod
+    def prune_alerts(self, older_than: float = 30 * 86400.0) -> int:
+        """Forget deliveries sent or given up and failure occurrences older than this
+        (error groups keep their totals); return how many rows went."""
+
+    @abc.abstractmethod
     def check_alert_conditions(self) -> int:
         """Raise queue.backlog and no_worker alerts whose condition began; return how many."""
 

@@ -321,6 +321,13 @@ class AlertsMixin(SqlCore):
             alerts += self._raise(tx, r["env"], event, data, r["task_id"], r["queue"], now)
         return alerts
 
+    def prune_alerts(self, older_than: float = 30 * 86400.0) -> int:
+        before = self.now() - older_than
+        with self._transaction() as tx:
+            tx.x("prune_alert_attempts", before=before)
+            gone = tx.x("prune_alert_deliveries", before=before)
+            return gone + tx.x("prune_error_occurrences", before=before)
+
     def check_alert_conditions(self) -> int:
         now = self.now()
         raised = 0

@@ -1387,3 +1387,15 @@ WHERE env = :env AND status = 'QUEUED' GROUP BY task_id, queue;
 
 -- name: alive_worker_tasks
 SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expires_at > :now;
+
+-- Sent or given-up deliveries and failure occurrences past the retention: groups keep
+-- their totals; the scan never looks back further than its lag.
+-- name: prune_alert_attempts
+DELETE FROM alert_attempts WHERE delivery_id IN (
+    SELECT id FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before);
+
+-- name: prune_alert_deliveries
+DELETE FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before;
+
+-- name: prune_error_occurrences
+DELETE FROM error_occurrences WHERE at < :before;
