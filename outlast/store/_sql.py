@@ -18,6 +18,7 @@ from .._serde import dumps, loads
 from ..runs import Run, RunStatus
 from ._rows import (
     RATE_GUARD,
+    SCHEMA_VERSION,  # noqa: F401 - imported from here by tests and tools
     Row,
     Tx,
     _error,
@@ -46,9 +47,6 @@ from .base import (
     TaskDef,
     TriggerResult,
 )
-
-SCHEMA_VERSION = 7
-
 
 
 class SqlStore(
