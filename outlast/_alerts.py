@@ -239,8 +239,17 @@ class AlertLoop:
         self.sender = Sender(store, clock)
         self.scan_every = scan_every
         self.conditions_every = conditions_every
-        self._scanned = self._checked = 0.0
+        self._scanned = self._checked = self._sent = 0.0
         self._pruned = time.monotonic()  # not at start: processes restart often
+
+    def send_due_now(self, every: float = 1.0) -> bool:
+        """Whether the scheduler should look for due deliveries now (about once a
+        second: an alert a second late is on time, and an idle tick stays free)."""
+        now = time.monotonic()
+        if now - self._sent < every:
+            return False
+        self._sent = now
+        return True
 
     def scan(self) -> None:
         now = time.monotonic()

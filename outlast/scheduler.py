@@ -41,7 +41,7 @@ class Scheduler:
             await asyncio.to_thread(self.alerts.scan)
         except Exception:
             log.exception("alerts scan failed")
-        if self._sending is None or self._sending.done():
+        if (self._sending is None or self._sending.done()) and self.alerts.send_due_now():
             self._sending = asyncio.ensure_future(asyncio.to_thread(self._send_alerts))
 
     def _send_alerts(self) -> None:
