@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _observe
 from ._clock import FakeClock, SystemClock
 from ._errors import (
     AbortRun,
@@ -25,6 +26,7 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._observe import instrument
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
 from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
@@ -87,6 +89,7 @@ __all__ = [
     "WaitResult",
     "complete_token",
     "current_run",
+    "instrument",
     "logger",
     "metadata",
     "queue",
@@ -94,3 +97,7 @@ __all__ = [
     "task",
     "wait",
 ]
+
+
+# The standard OTEL_* variables turn tracing on in any process that imports outlast.
+_observe.from_environment()

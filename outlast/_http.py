@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from . import _errors as e
-from . import _serde
+from . import _observe, _serde
 from ._app_tx import OVER_HTTP
 from ._bulk_client import HttpBulk
 from ._http_calls import (
@@ -108,6 +108,8 @@ async def _outcome(pending: Awaitable[httpx.Response]) -> httpx.Response | httpx
 
 def _encode(body: Any, idempotent: bool) -> tuple[bytes | None, dict[str, str]]:
     headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotent else {}
+    if _observe.OBSERVERS:  # the caller's trace context, for the trigger's span
+        _observe.inject(headers)
     if body is None:
         return None, headers
     headers["Content-Type"] = "application/json"

@@ -32,6 +32,7 @@ from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
+from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
@@ -52,6 +53,7 @@ from .base import (
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
     AlertsMixin, ErrorsMixin,
+    ObservabilityMixin,
     BulkMixin,
     SchemaMixin, DoctorMixin,
 ):
@@ -69,6 +71,7 @@ class SqlStore(
         if (
             one is not None
             and one.idempotency_key is None
+            and one.trace_context is None  # its trace row goes in the same transaction
             and (one.env, one.queue, one.concurrency_key) in self._ensured
             and self._insert_alone(one, now)
         ):

@@ -317,7 +317,17 @@ CREATE TABLE processes (
 );
 CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
 
--- Version 7: alerts and the errors page.
+-- Version 8: the trace context a run was triggered under (W3C traceparent), written only
+-- when tracing is on (outlast[otel]), so every worker that takes the run up (after a
+-- crash, a retry or a long wait) continues the caller's trace. A table of its own: the
+-- hot runs row and its inserts stay as they were when tracing is off.
+CREATE TABLE run_traces (
+    run_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    traceparent TEXT NOT NULL
+);
+
+-- Version 9: alerts and the errors page.
 -- An alert rule: which event (run.failed, run.timed_out, queue.backlog, no_worker, or a
 -- kind another feature raises) in which environment, filtered by task and queue, goes to
 -- which webhook. The signing secret is shown once at creation and never returned again;
