@@ -1,4 +1,4 @@
--- Version 9: alerts and the errors page.
+-- Version 7: alerts and the errors page.
 -- An alert rule: which event (run.failed, run.timed_out, queue.backlog, no_worker, or a
 -- kind another feature raises) in which environment, filtered by task and queue, goes to
 -- which webhook. The signing secret is shown once at creation and never returned again;
