@@ -260,7 +260,7 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _live, events_view  # they call back into the pages above
+    from . import _actions, _alerts_view, _live, events_view  # they call back into the pages above
 
     r = dash.route
     return [
@@ -290,5 +290,6 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/dashboard-api/queues", _live.queues, api=True),
         r("/dashboard-api/waitpoints", _live.waitpoints, api=True),
         r("/dashboard-api/workers", _live.workers, api=True),
+        *_alerts_view.routes(dash),
     ]
 
