@@ -110,11 +110,12 @@ class EventsMixin(SqlCore):
         if len(rows) == 1:
             # The common single publish: one statement, unless its id is taken (a retry,
             # or an id past its window: released here, then inserted).
-            found = tx.q("ev_insert_one", **rows[0])
-            if not found:
+            seq = self._insert_one(tx, batch, rows[0], events[0].name)
+            if seq is None:
                 tx.x("ev_release_keys", env=env, ids=self._list([rows[0]["id"]]), now=now)
                 found = tx.q("ev_insert_one", **rows[0])
-            return {str(rows[0]["id"]): int(found[0]["seq"])} if found else {}
+                seq = int(found[0]["seq"]) if found else None
+            return {str(rows[0]["id"]): seq} if seq is not None else {}
         ids = self._list(list({e.id for e in events}))
         taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
         if taken:  # a retry, or an id past its window (released here, then reused)
@@ -125,6 +126,13 @@ class EventsMixin(SqlCore):
             if row["id"] not in taken and row["id"] not in fresh:
                 fresh[row["id"]] = row
         return self._insert_event_rows(tx, list(fresh.values())) if fresh else {}
+
+    def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
+                    ) -> int | None:
+        """Insert one event; its sequence number, None if its id is taken. A backend hook:
+        PostgreSQL reads the waits for its name in the same statement."""
+        found = tx.q("ev_insert_one", **row)
+        return int(found[0]["seq"]) if found else None
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Insert fresh events; their sequence numbers by id. A backend hook: PostgreSQL

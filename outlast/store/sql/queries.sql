@@ -1582,3 +1582,21 @@ WITH locked AS (
     RETURNING 1 AS one
 )
 SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
+
+-- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
+-- waits for its name in one round trip. It runs after the name's lock was granted, so
+-- its snapshot holds every wait registered before (see ev_lock_name).
+-- name: ev_insert_one_and_waits [postgres]
+WITH ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at)
+    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq
+)
+SELECT ins.seq, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr
+FROM ins LEFT JOIN (
+    SELECT ew.* FROM event_waits ew JOIN waitpoints p ON p.id = ew.waitpoint_id
+    WHERE ew.env = :env AND ew.name = :event_name AND p.status = 'pending'
+) w ON true
+ORDER BY w.created_at, w.waitpoint_id;
