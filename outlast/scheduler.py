@@ -15,6 +15,7 @@ import time
 from . import _observe
 from ._alerts import AlertLoop
 from ._schedule_firing import fire_due
+from .store._events_base import EventStore
 from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Scheduler:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
+            if isinstance(self.store, EventStore):  # the event log's retention
+                await asyncio.to_thread(self.store.prune_events)
         await self.fire_schedules()
         try:  # alerts and error groups: their failure must not stop the timers above
             await asyncio.to_thread(self.alerts.scan)

@@ -32,6 +32,7 @@ from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
+from ._sql_events import EventsMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
@@ -54,7 +55,7 @@ class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
     AlertsMixin, ErrorsMixin,
     ObservabilityMixin,
-    BulkMixin,
+    BulkMixin, EventsMixin,
     SchemaMixin, DoctorMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""

@@ -24,6 +24,7 @@ from ..runs import JournalEntry, Run, RunEvent
 from ._alerts_base import AlertStore, ErrorStore
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
+from ._events_base import EventStore
 from ._observability_base import ObservabilityStore, RunTraces
 from ._types import (
     ApiKeyMatch,
@@ -465,7 +466,8 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
 
 
 class Store(
-    WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore
+    WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore,
+    EventStore,
 ):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""

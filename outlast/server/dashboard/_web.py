@@ -64,6 +64,7 @@ NAV = [
     ("schedules", "Schedules", "/schedules"),
     ("errors", "Errors", "/errors"),
     ("alerts", "Alerts", "/alerts"),
+    ("events", "Events", "/events"),
     ("test", "Test", "/test"),
 ]
 

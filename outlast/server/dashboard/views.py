@@ -260,7 +260,7 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _alerts_view, _live  # they call back into the pages above
+    from . import _actions, _alerts_view, _live, events_view  # they call back into the pages above
 
     r = dash.route
     return [
@@ -280,6 +280,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/test", test_page),
         r("/test", _actions.test_trigger, methods=("POST",)),
         r("/schedules", schedules_page),
+        r("/events", events_view.events_page),
         r("/login", login_page, public=True),
         r("/login", _actions.login, methods=("POST",), public=True),
         r("/logout", _actions.logout, methods=("POST",), public=True),

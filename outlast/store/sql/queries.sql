@@ -1428,3 +1428,175 @@ DELETE FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before;
 
 -- name: prune_error_occurrences
 DELETE FROM error_occurrences WHERE at < :before;
+
+-- Events ----------------------------------------------------------------------------------
+-- (outlast/store/_sql_events.py; the model is in _events_base.py)
+
+-- Taken first in a publish (names in order) and by a wait registering on the name: the
+-- row lock orders the two, so an event either sees the wait or the wait sees the event.
+-- name: ev_lock_name
+INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
+
+-- name: ev_subscribers
+SELECT * FROM tasks WHERE env = :env ORDER BY id;
+
+-- The runs the first publish of a still-deduplicating id created (a retry's answer).
+-- name: ev_first_runs
+SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
+WHERE e.env = :env AND e.id = :id AND e.dedup_active = 1 AND d.replay = 0
+  AND d.run_id IS NOT NULL
+ORDER BY d.task_id;
+
+-- At most one fan-out delivery per (event, task): a retained replay that runs twice, or
+-- beside a publish, inserts nothing the second time (and then creates no run).
+-- name: ev_insert_delivery
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING
+RETURNING event_seq;
+
+-- name: ev_insert_replay
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 1, :run_id, :outcome, :reason, :now);
+
+-- name: ev_unfinished_runs
+SELECT id, payload FROM runs
+WHERE env = :env AND task_id = :task_id
+  AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+ORDER BY id;
+
+-- name: ev_waits
+SELECT w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr FROM event_waits w
+JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = :name AND p.status = 'pending'
+ORDER BY w.created_at, w.waitpoint_id;
+
+-- name: ev_insert_wait
+INSERT INTO event_waits (waitpoint_id, env, name, match_path, match_value, expr, created_at)
+VALUES (:waitpoint_id, :env, :name, :match_path, :match_value, :expr, :now)
+ON CONFLICT (waitpoint_id) DO NOTHING;
+
+-- name: ev_since
+SELECT * FROM events WHERE env = :env AND name = :name AND created_at >= :since
+ORDER BY seq LIMIT 1000;
+
+-- name: ev_list
+SELECT * FROM events WHERE env = :env AND (CAST(:name AS TEXT) IS NULL OR name = :name)
+ORDER BY seq DESC LIMIT :limit;
+
+-- name: ev_get
+SELECT * FROM events WHERE env = :env AND id = :id ORDER BY seq DESC LIMIT 1;
+
+-- name: ev_deliveries
+SELECT * FROM event_deliveries
+WHERE event_seq IN (SELECT value FROM json_each(:seqs))
+ORDER BY event_seq, created_at, task_id;
+
+-- name: ev_deliveries [postgres]
+SELECT * FROM event_deliveries WHERE event_seq = ANY(CAST(:seqs AS bigint[]))
+ORDER BY event_seq, created_at, task_id;
+
+-- Retained events a task has had no fan-out delivery of, oldest first, a page at a time.
+-- name: ev_retained
+SELECT * FROM events e
+WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+ORDER BY e.seq LIMIT 500;
+
+-- name: ev_prune_deliveries
+DELETE FROM event_deliveries
+WHERE event_seq IN (SELECT seq FROM events WHERE expires_at <= :now);
+
+-- name: ev_prune
+DELETE FROM events WHERE expires_at <= :now;
+
+-- name: ev_prune_waits
+DELETE FROM event_waits
+WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
+
+-- A fan-out's deliveries, many at a time (a freshly inserted event has none yet).
+-- name: ev_insert_deliveries
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- An id past its deduplication window stops deduplicating (its row stays in the log).
+-- name: ev_release_keys
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_release_keys [postgres]
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
+
+-- The events of these ids still deduplicating (at most one per id: events_dedup).
+-- name: ev_active
+SELECT seq, id FROM events
+WHERE env = :env AND dedup_active = 1 AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_active [postgres]
+SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:ids);
+
+-- Fresh events of a batch (ev_active found none of their ids). A concurrent publish of
+-- the same id makes this fail on events_dedup and roll back: its retry is a duplicate.
+-- name: ev_insert_many
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
+
+-- name: ev_insert_one
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq;
+
+-- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
+-- row, which costs no round trips there), their sequence numbers returned.
+-- name: ev_insert_unnest [postgres]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+FROM unnest(CAST(:env AS text[]), CAST(:id AS text[]), CAST(:name AS text[]),
+            CAST(:data AS text[]), CAST(:now AS double precision[]),
+            CAST(:dedup_until AS double precision[]),
+            CAST(:expires_at AS double precision[]))
+     AS e(env, id, name, data, now, dedup_until, expires_at)
+RETURNING seq, id;
+
+-- name: ev_insert_deliveries_unnest [postgres]
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
+                     CAST(:replay AS integer[]), CAST(:run_id AS text[]),
+                     CAST(:outcome AS text[]), CAST(:reason AS text[]),
+                     CAST(:now AS double precision[]))
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- PostgreSQL, a publish of one name: its lock and the subscribers in one round trip. The
+-- subscribers may be read from a snapshot taken before the lock was granted (harmless:
+-- definitions change with deploys); the waits are read by a later statement, after it.
+-- name: ev_lock_and_subscribers [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at
+    RETURNING 1 AS one
+)
+SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
+
+-- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
+-- waits for its name in one round trip. It runs after the name's lock was granted, so
+-- its snapshot holds every wait registered before (see ev_lock_name).
+-- name: ev_insert_one_and_waits [postgres]
+WITH ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at)
+    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq
+)
+SELECT ins.seq, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr
+FROM ins LEFT JOIN (
+    SELECT ew.* FROM event_waits ew JOIN waitpoints p ON p.id = ew.waitpoint_id
+    WHERE ew.env = :env AND ew.name = :event_name AND p.status = 'pending'
+) w ON true
+ORDER BY w.created_at, w.waitpoint_id;
