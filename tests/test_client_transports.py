@@ -56,7 +56,8 @@ def test_each_transport_answers_every_call_of_its_protocol(
     implementation: type, protocol: type
 ) -> None:
     calls = _calls(protocol)
-    assert len(calls) == (15 if protocol is AsyncTransport else 30)
+    # The protocol was read (not an empty class): the calls every client makes are there.
+    assert {"trigger", "retrieve", "cancel", "replay"} <= set(calls), sorted(calls)
     for name, declared in calls.items():
         found = inspect.getattr_static(implementation, name, None)
         assert found is not None, f"{implementation.__name__} lacks {name}"
