@@ -1,6 +1,7 @@
 """The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
 off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
-lapsed workers, forgets old request keys, and fires cron slots (``_schedule_firing``).
+lapsed workers, forgets old request keys, fires cron slots (``_schedule_firing``) and
+folds finished runs into usage rollups.
 Every statement is safe to run from any number of processes at once (conditional updates,
 row locks, unique keys), so there is no leader to elect."""
 
@@ -15,6 +16,7 @@ from ._schedule_firing import fire_due
 from .store.base import Store, TaskDef
 
 log = logging.getLogger(__name__)
+USAGE_INTERVAL = 10.0  # seconds between folds of finished runs into usage rollups
 
 
 class Scheduler:
@@ -24,6 +26,7 @@ class Scheduler:
         self._last_cleanup = 0.0
         self._task_defs: dict[tuple[str, str], TaskDef | None] = {}
         self._defs_at = 0.0
+        self._usage_at = 0.0
 
     async def tick(self) -> None:
         await asyncio.to_thread(self.store.tick)
@@ -33,6 +36,9 @@ class Scheduler:
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
         await self.fire_schedules()
+        if time.monotonic() - self._usage_at > USAGE_INTERVAL:  # usage rollups: _sql_usage.py
+            self._usage_at = time.monotonic()
+            await asyncio.to_thread(self.store.aggregate_usage)
 
     async def fire_schedules(self) -> int:
         """Fire due cron slots; each fires once however many schedulers run (C6)."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._usage_base import UsageStore
 
 
 @dataclass
@@ -218,7 +219,7 @@ class TickReport:
     ended: list[str] = field(default_factory=list)  # runs that reached a final status
 
 
-class Store(abc.ABC):
+class Store(UsageStore):
     """The database behind outlast. One instance per process; thread-safe."""
 
     url: str
@@ -422,7 +423,7 @@ class Store(abc.ABC):
     def wait_for_work(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds, returning early when new work may be ready."""
 
-    def wake_local(self) -> None:  # noqa: B027 - optional hook
+    def wake_local(self) -> None:
         """Wake this process's waiters (work was created in-process)."""
 
     @abc.abstractmethod
