@@ -15,7 +15,16 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from . import _serde
-from .store.base import Claim, EndSegment, LogLine, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import (
+    Claim,
+    EndSegment,
+    LogLine,
+    Op,
+    SetMetadata,
+    StartWait,
+    StepDone,
+    WorkerStore,
+)
 
 log = logging.getLogger("outlast.worker")
 
@@ -48,7 +57,7 @@ class Committer:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerStore,
         worker_id: str,
         *,
         max_batch: int = 1000,

@@ -118,10 +118,17 @@ class Client(ScheduleMethods):
         payload: Any = None,
         *,
         options: TriggerOptions | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> RunHandle[Any]:
-        """Start a run; returns once the run is committed (C1)."""
+        """Start a run; returns once the run is committed (C1). With ``connection`` (the
+        app's PostgreSQL connection, see ``_app_tx``), the run is written in the app's open
+        transaction instead and commits or rolls back with it."""
         opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
+        if connection is not None:
+            from ._app_tx import trigger_in
+
+            return trigger_in(self, task, payload, opts, connection)
         if self._http is None:
             # The store's path without _new_run and _send's batch plumbing: apps trigger
             # one run at a time, in a loop, and wait for each commit.
@@ -268,24 +275,24 @@ class Client(ScheduleMethods):
     def list_queues(self) -> list[dict[str, Any]]:
         if self._http is not None:
             return self._http.list_queues()
-        return self._ready().list_queues(self.env)
+        return [dict(q) for q in self._ready().list_queues(self.env)]
 
     def pause_queue(self, name: str) -> dict[str, Any]:
         if self._http is not None:
             return self._http.pause_queue(name, True)
-        return self._ready().update_queue(self.env, name, paused=True)
+        return dict(self._ready().update_queue(self.env, name, paused=True))
 
     def resume_queue(self, name: str) -> dict[str, Any]:
         if self._http is not None:
             return self._http.pause_queue(name, False)
-        return self._ready().update_queue(self.env, name, paused=False)
+        return dict(self._ready().update_queue(self.env, name, paused=False))
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
         if limit is not None:
             _limits.integer(limit, "limit")
         if self._http is not None:
             return self._http.set_queue_limit(name, limit)
-        return self._ready().update_queue(self.env, name, concurrency_limit=limit)
+        return dict(self._ready().update_queue(self.env, name, concurrency_limit=limit))
 
 
 def _output_type(task: Task[Any, Any] | str) -> Any:

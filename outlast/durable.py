@@ -35,7 +35,7 @@ from ._signals import LeaseLost
 from ._threads import RunThread, run_in_thread
 from ._trigger import TriggerOptions, task_run
 from .runs import JournalEntry, Run, RunHandle, RunStatus, TaskRunResult
-from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import Claim, LogLine, NewRun, Op, SetMetadata, StartWait, StepDone, WorkerStore
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -153,7 +153,7 @@ class RunContext:
         self,
         claim: Claim,
         committer: Committer,
-        store: Store,
+        store: WorkerStore,
         *,
         inplace_sleep_seconds: float = 1.0,
     ) -> None:
@@ -302,6 +302,12 @@ class RunContext:
 # -- step -----------------------------------------------------------------------------------
 
 
+# Where tests inject a step's failure (``outlast.testing``'s ``fail_next``): called with
+# the run and the step's journal key before the step's body runs; an exception it returns
+# is raised in place of the body, so it is logged and retried as the body's own would be.
+step_fault: Callable[[Run, str], BaseException | None] | None = None
+
+
 class _Step:
     async def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` once for this run: memoized under ``name`` (plus occurrence).
@@ -320,6 +326,9 @@ class _Step:
             started = ctx.store.now()
             token = _step_key.set(f"{ctx.run.id}:{key}")
             try:
+                fault = step_fault(ctx.run, key) if step_fault is not None else None
+                if fault is not None:
+                    raise fault
                 if inspect.iscoroutinefunction(fn):
                     result = await fn(*args, **kwargs)
                 else:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
 
 from .runs import Run, RunStatus
-from .store.base import Store
+from .store.base import QueueState, RunReads
 
 
 def _at(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def why(store: Store, run: Run) -> str:
+def why(store: RunReads, run: Run) -> str:
     """A plain explanation of what the run is doing or waiting for."""
     now = store.now()
     s = run.status
@@ -48,7 +47,7 @@ def why(store: Store, run: Run) -> str:
     return "queued and ready: waiting for a free worker slot"
 
 
-def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
+def _queue_reasons(run: Run, q: QueueState | None, now: float) -> list[str]:
     if q is None:
         return []
     out = []
@@ -67,15 +66,16 @@ def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
         out.append(
             f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)"
         )
-    if q.get("rate_free_at") is not None:
+    free_at = q["rate_free_at"]
+    if free_at is not None:
         out.append(
             f"queue {name!r} is rate limited ({q['rate_limit_count']} per "
-            f"{q['rate_limit_period']:g} s) until {_at(q['rate_free_at'])}"
+            f"{q['rate_limit_period']:g} s) until {_at(free_at)}"
         )
     return out
 
 
-def _waiting(store: Store, run: Run, now: float) -> str:
+def _waiting(store: RunReads, run: Run, now: float) -> str:
     reason = run.wait_reason or {}
     parts = []
     for wp_id in reason.get("waitpoints", []):

@@ -13,14 +13,15 @@ import logging
 import time
 
 from ._schedule_firing import fire_due
-from .store.base import Store, TaskDef
+from .store._usage_base import UsageStore
+from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
 USAGE_INTERVAL = 10.0  # seconds between folds of finished runs into usage rollups
 
 
 class Scheduler:
-    def __init__(self, store: Store, *, interval: float = 0.25) -> None:
+    def __init__(self, store: SchedulerStore, *, interval: float = 0.25) -> None:
         self.store = store
         self.interval = interval
         self._last_cleanup = 0.0
@@ -36,7 +37,8 @@ class Scheduler:
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
         await self.fire_schedules()
-        if time.monotonic() - self._usage_at > USAGE_INTERVAL:  # usage rollups: _sql_usage.py
+        due = time.monotonic() - self._usage_at > USAGE_INTERVAL
+        if due and isinstance(self.store, UsageStore):  # usage rollups: store/_sql_usage.py
             self._usage_at = time.monotonic()
             await asyncio.to_thread(self.store.aggregate_usage)
 

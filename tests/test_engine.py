@@ -27,6 +27,7 @@ from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store.base import EndSegment, LogLine, SetMetadata, StepDone, Store, WorkerInfo
 from outlast.tasks import Task
+from outlast.testing import OutlastEnv
 
 # What task code did, counted outside the platform: the ground truth for "ran once".
 LEDGER: Counter[str] = Counter()
@@ -81,20 +82,19 @@ async def signup(payload: dict[str, int]) -> dict[str, Any]:
     return {"charge": charge, "account": account, "sent": sent}
 
 
-async def test_multi_step_run_completes_each_step_once(
-    store: Store, client: Client, workers: Callable[..., Worker]
-) -> None:
-    handle = await signup.trigger({"amount": 42})
-    assert await workers(signup).run_until_idle() == 1
+@pytest.mark.outlast(tasks=[signup])
+async def test_multi_step_run_completes_each_step_once(outlast_env: OutlastEnv) -> None:
+    run = await outlast_env.run(signup, {"amount": 42})
+    assert outlast_env.worker.executed == 1
 
-    run = client.retrieve(handle.id)
     assert run.status == RunStatus.COMPLETED
-    assert run.attempt == 1
+    assert run.attempts == 1
     assert run.output == {"charge": "ch_42", "account": "acct_for_ch_42", "sent": True}
     assert LEDGER == {"charge": 1, "provision": 1, "email": 1}
-    journal = store.journal(handle.id)
+    journal = run.journal
     assert sorted(e.key for e in journal) == ["charge", "email", "provision"]
     assert {e.status for e in journal} == {"done"}
+    assert run.steps == ["charge", "provision", "email"]
 
 
 # -- retries on the platform's clock ----------------------------------------------------------
@@ -159,23 +159,20 @@ async def abort_task(payload: dict[str, int]) -> str:
     return "unreachable"
 
 
-async def test_abort_run_stops_retries(
-    store: Store, client: Client, clock: FakeClock, workers: Callable[..., Worker]
-) -> None:
-    handle = await abort_task.trigger({"amount": 5})
-    worker = workers(abort_task)
-    assert await worker.run_until_idle() == 1
-    clock.advance(3600)
-    assert await worker.run_until_idle() == 0
+@pytest.mark.outlast(tasks=[abort_task])
+async def test_abort_run_stops_retries(outlast_env: OutlastEnv) -> None:
+    run = await outlast_env.run(abort_task, {"amount": 5})
+    assert outlast_env.worker.executed == 1
+    await outlast_env.advance(3600)
+    assert outlast_env.worker.executed == 1
 
-    run = client.retrieve(handle.id)
     assert run.status == RunStatus.FAILED
-    assert run.attempt == 1
+    assert run.attempts == 1
     assert run.error is not None
     assert run.error["code"] == "aborted"
     assert run.error["message"] == "card declined"
     assert LEDGER == {"charge": 1}
-    assert attempt_failures(store, handle.id) == [1]
+    assert attempt_failures(outlast_env.store, run.id) == [1]
 
 
 @task(id="eng-always-fails", retry=Retry(max_attempts=3, factor=2.0, min_delay=1.0, jitter=False))

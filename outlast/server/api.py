@@ -23,7 +23,7 @@ from .._ids import new_id
 from .._trigger import TriggerOptions, prepare_replay, prepare_run
 from ..explain import why
 from ..runs import Run
-from ..store.base import NewRun, Store
+from ..store.base import ApiStore, NewRun, QueueListing
 from ..waitpoints import callback_url, verify
 from .bodies import MAX_BATCH_ITEMS, batch_items, documented_body, json_response, read_limited
 from .durations import MAX_SECONDS, seconds_from
@@ -198,7 +198,7 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
     )
 
 
-def prepare_request(store: Store, env: str, task_id: str, payload: Any,
+def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
                     options: TriggerOptionsBody | dict[str, Any] | None, where: str = "") -> NewRun:
     """A trigger as the Trigger.dev SDK sends it (options in its names, as a body model or
     the raw dict of a streamed batch item; a payload by ``payloadType``) built into a
@@ -220,7 +220,7 @@ def prepare_request(store: Store, env: str, task_id: str, payload: Any,
         raise type(err)(f"{where}: {err.message}", field=field) from None
 
 
-def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | None
+def resolve_payload(store: ApiStore, env: str, payload: Any, payload_type: str | None
                     ) -> tuple[Any, str | None]:
     """An ``application/store`` payload names a packet uploaded before the trigger: load
     it and return it with its own content type."""
@@ -236,7 +236,7 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
     return data, content_type.split(";")[0].strip()
 
 
-def build_router(store: Store, env_dependency: Any) -> APIRouter:
+def build_router(store: ApiStore, env_dependency: Any) -> APIRouter:
     router = APIRouter()
     Env = Annotated[str, Depends(env_dependency)]
 
@@ -488,7 +488,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     def list_queues(env: Env) -> dict[str, Any]:
         return {"data": [queue_json(q) for q in store.list_queues(env)]}
 
-    def _queue(env: str, name: str) -> dict[str, Any]:
+    def _queue(env: str, name: str) -> QueueListing:
         for q in store.list_queues(env):
             if q["name"] == name:
                 return q
@@ -515,7 +515,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     return router
 
 
-async def _event_stream(store: Store, env: str, run_id: str) -> AsyncIterator[bytes]:
+async def _event_stream(store: ApiStore, env: str, run_id: str) -> AsyncIterator[bytes]:
     """Poll the store and turn changes into SSE frames, in order, until the run ends."""
 
     def frame(event: str, data: Any) -> bytes:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import _limits
 from .._errors import ValidationError
 from .._ids import new_id
-from ..store.base import Store
+from ..store.base import ApiStore
 from ..waitpoints import signature
 from .api import prepare_request
 from .bodies import MAX_BATCH_ITEMS, json_response, read_limited
@@ -38,11 +38,11 @@ class ResetBody(BaseModel):
     taskIdentifier: str
 
 
-def _packet_signature(store: Store, env: str, path: str) -> str:
+def _packet_signature(store: ApiStore, env: str, path: str) -> str:
     return signature(store, f"packet\x1f{env}\x1f{path}")
 
 
-def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
+def build_compat_router(store: ApiStore, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["trigger.dev compatibility"])
     Env = Annotated[str, Depends(env_dependency)]
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import _schedule_client, _schedule_crud
 from .. import cron as _cron
-from ..store.base import Store
+from ..store.base import ScheduleStore
 
 
 class CreateScheduleBody(BaseModel):
@@ -40,7 +40,7 @@ class UpdateScheduleBody(BaseModel):
     externalId: str | None = Field(None, max_length=512)
 
 
-def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
+def build_schedules_router(store: ScheduleStore, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["schedules"])
     Env = Annotated[str, Depends(env_dependency)]
     as_json = _schedule_client.schedule_json

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..runs import JournalEntry, Run, RunEvent, RunStatus
-from ..store.base import Waitpoint
+from ..store.base import QueueListing, Waitpoint
 from .durations import iso
 
 _FAILED = {RunStatus.FAILED, RunStatus.EXPIRED, RunStatus.TIMED_OUT}
@@ -158,7 +158,7 @@ def token_json(wp: Waitpoint, url: str | None = None) -> dict[str, Any]:
     )
 
 
-def queue_json(q: dict[str, Any]) -> dict[str, Any]:
+def queue_json(q: QueueListing) -> dict[str, Any]:
     return _clean(
         {
             "name": q["name"],

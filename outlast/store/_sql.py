@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._errors import RunNotFound, SchemaVersionError
 from .._serde import dumps, loads
@@ -37,7 +37,10 @@ from ._sql_waitpoints import WaitpointsMixin
 from ._sql_workers import WorkersMixin
 from .base import (
     NewRun,
+    QueueListing,
+    QueueRow,
     QueueSpec,
+    QueueState,
     TaskDef,
     TriggerResult,
 )
@@ -195,7 +198,7 @@ class SqlStore(
         *,
         paused: bool | None = None,
         concurrency_limit: int | bool | None = False,
-    ) -> dict[str, Any]:
+    ) -> QueueRow:
         now = self.now()
         sets = ["updated_at = :now"]
         params: dict[str, Any] = {"env": env, "name": name, "now": now}
@@ -214,11 +217,11 @@ class SqlStore(
             if paused is False:
                 self._notify(tx, env)
         self.wake_local()
-        return dict(row)
+        return cast(QueueRow, dict(row))
 
-    def list_queues(self, env: str) -> list[dict[str, Any]]:
+    def list_queues(self, env: str) -> list[QueueListing]:
         with self._transaction() as tx:
-            rows = [dict(r) for r in tx.q("list_queues", env=env)]
+            rows = [cast(QueueListing, dict(r)) for r in tx.q("list_queues", env=env)]
             for r in rows:
                 r["keys"] = {
                     k["ckey"]: int(k["executing"])
@@ -226,7 +229,7 @@ class SqlStore(
                 }
         return rows
 
-    def queue_state(self, env: str, queue: str, ckey: str) -> dict[str, Any] | None:
+    def queue_state(self, env: str, queue: str, ckey: str) -> QueueState | None:
         with self._transaction() as tx:
             rows = tx.q("queue_state", env=env, queue=queue, ckey=ckey)
         if not rows:
@@ -241,7 +244,7 @@ class SqlStore(
             live = sorted(t for t in state["rate_window"] if t > self.now() - span)
             if len(live) >= count:
                 state["rate_free_at"] = live[len(live) - count] + span
-        return state
+        return cast(QueueState, state)
 
     # -- task definitions -----------------------------------------------------------------
     def publish_tasks(self, env: str, tasks: Sequence[TaskDef]) -> None:

@@ -49,6 +49,10 @@ class SqlCore(Store):
     def _notify(self, tx: Tx, env: str) -> None:
         """Announce ready work to other processes (inside the transaction)."""
 
+    def dead_workers(self, alive: Sequence[Row]) -> list[str]:
+        """The ids among ``alive`` (rows of workers) whose life lock is free: they died."""
+        return []
+
     def _run_row(self, r: NewRun, now: float) -> Row:
         available = now + (r.delay or 0.0)
         return {

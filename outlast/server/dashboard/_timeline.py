@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...runs import JournalEntry, Run, RunEvent, RunStatus
-from ...store.base import Store
+from ...store.base import RunReads
 from ._fmt import duration, when
 
 MAX_CHILDREN = 100
@@ -61,7 +61,7 @@ class Timeline:
     live: bool = False
 
 
-def all_events(store: Store, run_id: str, cap: int = 5000) -> list[RunEvent]:
+def all_events(store: RunReads, run_id: str, cap: int = 5000) -> list[RunEvent]:
     """The run's events in order (the store pages them by 1,000)."""
     out: list[RunEvent] = []
     after = 0
@@ -125,7 +125,7 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
     return out
 
 
-def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunEvent],
+def build(store: RunReads, run: Run, journal: list[JournalEntry], events: list[RunEvent],
           children: list[Run], now: float) -> Timeline:
     t0 = run.created_at
     rows: list[Row] = []
