@@ -797,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("limit", help="a number, or 'none' to remove the limit")
     p.set_defaults(fn=cmd_queues)
     _schedules_parser(sub)
+    from . import _cli_usage  # usage and advise
+
+    _cli_usage.add_commands(sub)
     return parser
 
 
