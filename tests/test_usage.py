@@ -6,6 +6,8 @@ explained (a missing idempotency key, a retry storm; steady load flags nothing).
 from __future__ import annotations
 
 import json
+import signal
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,8 +20,11 @@ from outlast._usage import find_spikes, usage_report
 from outlast.cli import main
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.store import open_store
 from outlast.store._usage_base import DAY
 from outlast.store.base import Store
+from tests.apps import usage_app  # noqa: F401 - registers usage-killed
+from tests.conftest import spawn_worker
 
 CLOCK: dict[str, FakeClock] = {}
 FAIL: dict[str, int] = {}  # run payload tag -> attempts still to fail
@@ -267,3 +272,53 @@ async def test_a_retry_storm_is_flagged_as_such(
     assert (spike.task_id, spike.metric) == ("usage-flaky", "run-minutes")
     assert spike.kinds == ["retry_storm"]
     assert "4.0 attempts per run (against 1.0 before), mostly `ConnectionError`" in spike.causes[0]
+
+
+def test_a_killed_attempt_is_billed_once_and_the_rollups_stay_exact(db_url: str) -> None:
+    """A real worker is SIGKILLed mid-step; another reaps it and runs the retry. The lost
+    attempt's time counts (up to its reaping) once, and the rollups, folded by the
+    workers' schedulers and again here, agree with the run to the last digit."""
+    store = open_store(db_url)  # the real clock: real processes
+    client = Client(store=store, env="dev")
+    try:
+        handle = client.trigger("usage-killed", {"first": 60.0, "then": 0.5})
+        first = spawn_worker(db_url, "tests.apps.usage_app")
+        try:
+            _wait_for(lambda: client.retrieve(handle.id).status == RunStatus.EXECUTING)
+            time.sleep(1.5)  # inside the step's first attempt
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        second = spawn_worker(db_url, "tests.apps.usage_app")
+        try:
+            _wait_for(lambda: client.retrieve(handle.id).is_final, timeout=60)
+        finally:
+            second.send_signal(signal.SIGKILL)
+            second.wait()
+        run = client.retrieve(handle.id)
+        assert (run.status, run.attempt) == (RunStatus.COMPLETED, 2), run.error
+        assert run.started_at is not None and run.finished_at is not None
+        with store._transaction() as tx:  # type: ignore[attr-defined]
+            (row,) = store._raw(  # type: ignore[attr-defined]
+                tx, "SELECT active_seconds FROM runs WHERE id = :id", {"id": handle.id}
+            )
+        active = float(row["active_seconds"])
+        # 1.5 s or more before the kill, 0.5 s after; never more than the run's wall time
+        # (attempts do not overlap), so nothing was counted twice.
+        assert 2.0 <= active <= run.finished_at - run.started_at
+        store.aggregate_usage(grace=0.0)
+        assert store.aggregate_usage(grace=0.0) == 0
+        (day,) = store.usage_days("dev", run.created_at - 1)
+        assert (day.runs, day.attempts, day.retried, day.recovered) == (1, 2, 1, 1)
+        assert day.active_seconds == pytest.approx(active, abs=1e-9)
+    finally:
+        store.close()
+
+
+def _wait_for(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
