@@ -14,7 +14,7 @@ from typing import Any
 
 from ._usage import total
 from .store._usage_base import UsageDay, percentile
-from .store.base import Store
+from .store.base import DashboardStore
 
 REQUEST_WALL = 10.0  # seconds: what fits in a web request
 SERVERLESS_WALL = 300.0  # seconds: what fits in a serverless function
@@ -58,7 +58,7 @@ def fmt_seconds(s: float) -> str:
 
 
 def advise(
-    store: Store,
+    store: DashboardStore,
     env: str,
     *,
     since: float,

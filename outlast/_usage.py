@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ._errors import ValidationError
 from .store._usage_base import DAY, UsageDay, percentile
-from .store.base import Store
+from .store.base import DashboardStore
 
 By = Literal["day", "week"]
 PRICE_ENV = "OUTLAST_PRICE_PER_RUN_MINUTE"
@@ -28,8 +28,8 @@ _UNITS = {"m": 60.0, "h": 3600.0, "d": DAY, "w": 7 * DAY}
 
 def parse_since(text: str, field_name: str = "since") -> float:
     """``30d``, ``12h``, ``2w``, ``90m`` as seconds; a clear error naming the field."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", text or "")
-    if m is None or float(m.group(1)) <= 0:
+    m = re.fullmatch(r"\s*(\d{1,6}(?:\.\d{1,6})?)\s*([mhdw])\s*", text or "")
+    if m is None or not 0 < float(m.group(1)) * _UNITS[m.group(2)] <= 100 * 365 * DAY:
         raise ValidationError(
             f"{field_name} must be a positive span such as 30d, 12h, 2w or 90m, not {text!r}",
             field=field_name,
@@ -37,7 +37,9 @@ def parse_since(text: str, field_name: str = "since") -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def price_per_run_minute(store: Store | None = None, explicit: float | None = None) -> float | None:
+def price_per_run_minute(
+    store: DashboardStore | None = None, explicit: float | None = None
+) -> float | None:
     """The operator's price: ``explicit`` (a flag), else OUTLAST_PRICE_PER_RUN_MINUTE,
     else the ``usage.price_per_run_minute`` setting in the store; None when unset."""
     if explicit is not None:
@@ -122,7 +124,7 @@ class Spike:
 
 
 def find_spikes(
-    store: Store,
+    store: DashboardStore,
     env: str,
     *,
     now: float | None = None,
@@ -161,7 +163,7 @@ def find_spikes(
 
 
 def _explain(
-    store: Store,
+    store: DashboardStore,
     env: str,
     spike: Spike,
     now_t: UsageDay,
@@ -203,7 +205,7 @@ def _explain(
 
 
 def usage_report(
-    store: Store,
+    store: DashboardStore,
     env: str,
     *,
     since: float,

@@ -13,7 +13,7 @@ import logging
 import time
 
 from ._schedule_firing import fire_due
-from .store._usage_base import UsageStore
+from .store._usage_base import UsageRollups
 from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Scheduler:
             await asyncio.to_thread(self.store.prune_schedule_slots)
         await self.fire_schedules()
         due = time.monotonic() - self._usage_at > USAGE_INTERVAL
-        if due and isinstance(self.store, UsageStore):  # usage rollups: store/_sql_usage.py
+        if due and isinstance(self.store, UsageRollups):  # usage rollups: store/_sql_usage.py
             self._usage_at = time.monotonic()
             await asyncio.to_thread(self.store.aggregate_usage)
 

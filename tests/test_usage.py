@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from outlast import Retry, queue, step, task, wait
@@ -20,6 +21,9 @@ from outlast._usage import find_spikes, usage_report
 from outlast.cli import main
 from outlast.client import Client
 from outlast.runs import RunStatus
+from outlast.server import create_app
+from outlast.server.auth import create_key
+from outlast.server.dashboard import mount
 from outlast.store import open_store
 from outlast.store._usage_base import DAY
 from outlast.store.base import Store
@@ -322,3 +326,40 @@ def _wait_for(cond: Any, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+async def test_usage_and_advice_over_http_and_on_the_dashboard(
+    store: Store, client: Client, clock: FakeClock, workers: Any, monkeypatch: Any
+) -> None:
+    clock.set(1_800_000_000.0 // DAY * DAY + 3600)
+    week = [[(steady, {"n": d * 10 + i}) for i in range(2)] for d in range(7)]
+    await _days_of(store, client, clock, workers, week)
+    for _ in range(10):
+        await steady.trigger({"same": 1})
+    await export.trigger({})
+    await _drain(workers, store, client, clock)
+    monkeypatch.setenv("OUTLAST_PRICE_PER_RUN_MINUTE", "0.5")
+    app = create_app(store, dashboard=False)
+    mount(app, store, require_login=False)
+    key = create_key(store, "dev").secret
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://outlast.test",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as http:
+        resp = await http.get("/api/v1/usage", params={"since": "30d"})
+        assert resp.status_code == 200, resp.text
+        usage = resp.json()
+        by_task = {t["task_id"]: t for t in usage["tasks"]}
+        assert by_task["usage-steady"]["runs"] == 24
+        assert by_task["usage-export"]["run_minutes"] == pytest.approx(15.0)
+        assert by_task["usage-export"]["cost"] == pytest.approx(7.5)  # 15 min at 0.5
+        assert [s["task_id"] for s in usage["spikes"]] == ["usage-steady"]
+        bad = await http.get("/api/v1/usage", params={"since": "lots"})
+        assert bad.status_code == 422 and "since" in bad.text
+        advice = (await http.get("/api/v1/advise", params={"minRuns": 1})).json()["data"]
+        assert {a["task_id"]: a["tripped"] for a in advice}["usage-export"] == [1]
+        page = (await http.get("/usage")).text
+        assert "<svg" in page and "usage-steady" in page and 'id="spike-usage-steady"' in page
+        assert "missing idempotency key" in page
+        page = (await http.get("/advice", params={"min_runs": 1})).text
+        assert 'id="advice-usage-export"' in page and "needs outlast: 1 (p95 " in page

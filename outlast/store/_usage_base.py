@@ -1,6 +1,6 @@
 """Usage rollups as the store hands them out: one ``UsageDay`` per (env, task, UTC day),
-the duration histograms that let percentiles span any number of days, and the role a
-store plays for usage (``UsageStore``).
+the duration histograms that let percentiles span any number of days, and the roles a
+store plays for usage (``UsageStore`` to read, ``UsageRollups`` to fold).
 
 Data only, no I/O: the SQL part is ``_sql_usage.py``; reports, spikes and advice are
 ``outlast/_usage.py`` and ``outlast/_advise.py``.
@@ -108,14 +108,18 @@ class SpikeEvidence:
     schedule_fires_before: int  # in the same length of time just before it
 
 
-class UsageStore(abc.ABC):
-    """The store's role for usage: fold finished runs into rollups, read them back."""
+class UsageRollups(abc.ABC):
+    """The scheduler's part in usage: fold finished runs into the daily rollups."""
 
     @abc.abstractmethod
     def aggregate_usage(self, *, limit: int = 5000, grace: float = 60.0) -> int:
         """Fold up to ``limit`` runs finished more than ``grace`` seconds ago (and not
         folded yet) into the daily rollups, and sample concurrency and queue limits;
         returns the runs folded. Safe from any number of processes: each run once."""
+
+
+class UsageStore(abc.ABC):
+    """What usage reports, spikes and advice read (the dashboard's, the API's, the CLI's)."""
 
     @abc.abstractmethod
     def usage_days(self, env: str, since: float, task_id: str | None = None) -> list[UsageDay]:

@@ -62,6 +62,8 @@ NAV = [
     ("waitpoints", "Waitpoints", "/waitpoints"),
     ("workers", "Workers", "/workers"),
     ("schedules", "Schedules", "/schedules"),
+    ("usage", "Usage", "/usage"),
+    ("advice", "Advice", "/advice"),
     ("test", "Test", "/test"),
 ]
 
