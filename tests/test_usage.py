@@ -363,3 +363,23 @@ async def test_usage_and_advice_over_http_and_on_the_dashboard(
         assert "missing idempotency key" in page
         page = (await http.get("/advice", params={"min_runs": 1})).text
         assert 'id="advice-usage-export"' in page and "needs outlast: 1 (p95 " in page
+
+
+async def test_time_a_queue_sits_at_its_limit_is_sampled_for_condition_4(
+    store: Store, client: Client, clock: FakeClock, workers: Any
+) -> None:
+    worker = workers(child)
+    await worker.start(background=False)  # declares the queue's limit of 1
+    for i in range(2):
+        await child.trigger({"i": i})
+    store.aggregate_usage()  # the first sample: nothing to count yet
+    with store._transaction() as tx:  # type: ignore[attr-defined]  # one run holds the slot
+        store._raw(tx, "UPDATE queue_slots SET executing = 1 WHERE queue = 'usage-limited'", {})  # type: ignore[attr-defined]
+    clock.advance(30)
+    store.aggregate_usage()
+    clock.advance(30)
+    store.aggregate_usage()
+    assert store.queue_saturation("dev", clock.now() - DAY) == {"usage-limited": 60.0}
+    (a,) = advise(store, "dev", since=DAY, task_id="usage-child", min_runs=1)
+    c4 = a.conditions[3]
+    assert c4.tripped and "usage-limited 1 min" in c4.evidence

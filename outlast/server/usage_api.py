@@ -12,6 +12,7 @@ from .._usage import parse_since, price_per_run_minute, usage_report
 from ..store.base import Store
 
 _SINCE = Query("30d", max_length=16, description="how far back: 30d, 12h, 2w, 90m")
+_TASK = Query(None, max_length=128, pattern="^[^\\x00]*$", description="one task id")
 
 
 def build_usage_router(store: Store, env_dependency: Any) -> APIRouter:
@@ -22,7 +23,7 @@ def build_usage_router(store: Store, env_dependency: Any) -> APIRouter:
     def get_usage(
         env: Env,
         since: str = _SINCE,
-        task: str | None = Query(None, max_length=128),
+        task: str | None = _TASK,
         by: str = Query("day", pattern="^(day|week)$"),
     ) -> dict[str, Any]:
         return usage_report(
@@ -34,7 +35,7 @@ def build_usage_router(store: Store, env_dependency: Any) -> APIRouter:
     def get_advice(
         env: Env,
         since: str = _SINCE,
-        task: str | None = Query(None, max_length=128),
+        task: str | None = _TASK,
         requestWall: float = Query(REQUEST_WALL, gt=0, le=1e9),
         serverlessWall: float = Query(SERVERLESS_WALL, gt=0, le=1e9),
         minRuns: int = Query(MIN_RUNS, ge=1, le=1_000_000_000),

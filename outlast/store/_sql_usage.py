@@ -179,7 +179,8 @@ class UsageMixin(SqlCore):
 
 def _fold_run(d: UsageDay, r: Row, journal: Iterable[Row], children: Iterable[Row]) -> None:
     status = str(r["status"])
-    attempts = int(r["attempt"])
+    # A run that never started (expired, cancelled while queued) made no attempt.
+    attempts = int(r["attempt"]) if r["started_at"] is not None else 0
     active = float(r["active_seconds"] or 0.0)
     d.runs += 1
     d.completed += status == "COMPLETED"

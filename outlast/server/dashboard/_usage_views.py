@@ -30,8 +30,8 @@ def _since(ctx: Ctx) -> tuple[str, float]:
 def usage_page(ctx: Ctx) -> Response:
     since_text, since = _since(ctx)
     by: By = "week" if ctx.arg("by") == "week" else "day"
-    report = usage_report(ctx.store, ctx.env, since=since, task_id=ctx.arg("task") or None,
-                          by=by, price=price_per_run_minute(ctx.store))
+    report = usage_report(ctx.store, ctx.env, since=since, task_id=_task(ctx), by=by,
+                          price=price_per_run_minute(ctx.store))
     top = [t["task_id"] for t in report["tasks"][:_TOP]]
     periods = sorted({s["period"] for s in report["series"]})
     labels = [time.strftime("%m-%d", time.gmtime(p)) for p in periods]
@@ -56,10 +56,13 @@ def advice_page(ctx: Ctx) -> Response:
     since_text, since = _since(ctx)
     raw = ctx.arg("min_runs")
     min_runs = int(raw) if raw.isdigit() and int(raw) > 0 else MIN_RUNS
-    found = advise(ctx.store, ctx.env, since=since, task_id=ctx.arg("task") or None,
-                   min_runs=min_runs)
+    found = advise(ctx.store, ctx.env, since=since, task_id=_task(ctx), min_runs=min_runs)
     return ctx.render("advice.html", active="advice", advice=found, spans=SPANS,
                       since=since_text)
+
+
+def _task(ctx: Ctx) -> str | None:
+    return ctx.arg("task").replace("\x00", "") or None  # no database stores a NUL
 
 
 def _minutes(v: float) -> str:
