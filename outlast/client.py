@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import _limits, _serde
+from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
 from ._errors import ConfigurationError, RunNotFound, ValidationError
@@ -46,7 +47,7 @@ def _seconds(value: timedelta | float | None, field: str = "timeout") -> float |
     )
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, BulkMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -302,7 +303,7 @@ def _output_type(task: Task[Any, Any] | str) -> Any:
     return local.return_type if local is not None else Any
 
 
-class AsyncClient(AsyncScheduleMethods):
+class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable."""
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:

@@ -53,6 +53,10 @@ class SqlCore(Store):
         """The ids among ``alive`` (rows of workers) whose life lock is free: they died."""
         return []
 
+    @abc.abstractmethod
+    def _insert_process(self, tx: Tx, process_id: str, kind: str, env: str) -> None:
+        """Record a process and the release it runs (``_sql_schema.SchemaMixin``)."""
+
     def _run_row(self, r: NewRun, now: float) -> Row:
         available = now + (r.delay or 0.0)
         return {

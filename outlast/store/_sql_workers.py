@@ -42,6 +42,8 @@ class WorkersMixin(SqlCore):
                 now=now,
                 lease_expires_at=now + info.lease_seconds,
             )
+            # Its release, for `outlast migrate --check` and contract steps.
+            self._insert_process(tx, info.id, "worker", info.env)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()

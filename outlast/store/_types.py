@@ -122,6 +122,7 @@ class Waitpoint:
     created_at: float
     completed_at: float | None
     waiting_runs: list[str] = field(default_factory=list)
+    buttons: dict[str, Any] | None = None  # the dashboard's {label: data}; None: default
 
 
 # -- operations a worker commits, fenced by (run id, lease epoch) -------------------------

@@ -22,6 +22,7 @@ from typing import Literal
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
 from ._app_tx_base import AppTransactionStore
+from ._bulk_base import BulkStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -65,8 +66,9 @@ class StoreBase(abc.ABC):
     backend: Literal["sqlite", "postgres"]
 
     @abc.abstractmethod
-    def migrate(self) -> int:
-        """Bring the schema to the current version; return it."""
+    def migrate(self, *, contract: bool = False) -> int:
+        """Bring the schema to the current version (a contract migration only if no live
+        process predates it; ``contract``: raise if one waits); return the version."""
 
     @abc.abstractmethod
     def check_schema(self) -> None:
@@ -211,6 +213,7 @@ class RunWrites(StoreBase):
         tags: Sequence[str] = (),
         run_id: str | None = None,
         request_key: str | None = None,
+        buttons: str | None = None,
     ) -> Waitpoint:
         """Create a pending token, or return the one an ``idempotency_key`` (the caller's,
         per environment) or a ``request_key`` (an API request's, so a retry after a lost
@@ -342,9 +345,10 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore):
-    """What the HTTP API needs: reading and changing runs, building them against
-    published task definitions, and signing waitpoint callback URLs with its settings."""
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore):
+    """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
+    building them against published task definitions, and signing waitpoint callback URLs
+    with its settings."""
 
 
 class ScheduleStore(TaskDefs):

@@ -1,4 +1,4 @@
--- Version 4: honest usage. Each run keeps the time it executed (over all its attempts,
+-- Version 9: honest usage. Each run keeps the time it executed (over all its attempts,
 -- without queued time or parked waits), the time it sat queued and the time it was
 -- parked; the ending statements add to them in the transaction that ends a segment.
 -- Finished runs are folded into per task, per environment, per day rollups by the
