@@ -1237,13 +1237,13 @@ SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FO
 UPDATE usage_state SET finished_at = :finished_at, run_id = :run_id, sampled_at = :sampled_at
 WHERE name = 'rollup';
 
--- Finished runs after a position, in (finished_at, id) order (the runs_finished index),
--- up to :upto (older than any commit still in flight) and :limit rows.
+-- Finished runs after a position, in (finished_at, id) order (the runs_finished index:
+-- the plain range on finished_at is what lets the planner use it), up to :upto (older than any commit still in flight) and :limit rows.
 -- name: usage_finished_runs
 SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
        active_seconds, queued_seconds, waited_seconds
 FROM runs
-WHERE finished_at IS NOT NULL AND finished_at < :upto
+WHERE finished_at IS NOT NULL AND finished_at >= :after_at AND finished_at < :upto
   AND (finished_at > :after_at OR (finished_at = :after_at AND id > :after_id))
 ORDER BY finished_at, id
 LIMIT :limit;
@@ -1254,7 +1254,7 @@ LIMIT :limit;
 SELECT j.run_id, j.kind, COUNT(*) AS n,
        SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
 FROM runs r JOIN journal j ON j.run_id = r.id
-WHERE r.finished_at IS NOT NULL
+WHERE r.finished_at IS NOT NULL AND r.finished_at BETWEEN :after_at AND :last_at
   AND (r.finished_at > :after_at OR (r.finished_at = :after_at AND r.id > :after_id))
   AND (r.finished_at < :last_at OR (r.finished_at = :last_at AND r.id <= :last_id))
 GROUP BY j.run_id, j.kind;
@@ -1262,7 +1262,7 @@ GROUP BY j.run_id, j.kind;
 -- name: usage_finished_children
 SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
 FROM runs r JOIN runs c ON c.parent_id = r.id
-WHERE r.finished_at IS NOT NULL
+WHERE r.finished_at IS NOT NULL AND r.finished_at BETWEEN :after_at AND :last_at
   AND (r.finished_at > :after_at OR (r.finished_at = :after_at AND r.id > :after_id))
   AND (r.finished_at < :last_at OR (r.finished_at = :last_at AND r.id <= :last_id))
 GROUP BY c.parent_id, c.task_id;
