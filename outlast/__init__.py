@@ -27,7 +27,7 @@ from ._errors import (
 )
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
-from .runs import Run, RunHandle, RunStatus, TaskRunResult
+from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
 from .schedules import ScheduledPayload
 from .store.base import Waitpoint
 from .tasks import Queue, Retry, Task, queue, task
@@ -75,6 +75,7 @@ __all__ = [
     "RunNotFound",
     "RunStatus",
     "ScheduledPayload",
+    "SyncRunHandle",
     "SystemClock",
     "Task",
     "TaskRunResult",

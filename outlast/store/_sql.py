@@ -18,6 +18,7 @@ from .._serde import dumps, loads
 from ..runs import Run, RunStatus
 from ._rows import (
     RATE_GUARD,
+    SCHEMA_VERSION,  # noqa: F401 - imported from here by tests and tools
     Row,
     Tx,
     _error,
@@ -45,9 +46,6 @@ from .base import (
     TaskDef,
     TriggerResult,
 )
-
-SCHEMA_VERSION = 9
-
 
 
 class SqlStore(
