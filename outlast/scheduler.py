@@ -1,7 +1,7 @@
 """The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
 off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
 lapsed workers, forgets old request keys, fires cron slots (``_schedule_firing``), groups
-failures and sends alerts (``_alerts``).
+failures and sends alerts (``_alerts``), and folds finished runs into usage rollups.
 Every statement is safe to run from any number of processes at once (conditional updates,
 row locks, unique keys), so there is no leader to elect."""
 
@@ -16,9 +16,11 @@ from . import _observe
 from ._alerts import AlertLoop
 from ._schedule_firing import fire_due
 from .store._events_base import EventStore
+from .store._usage_base import UsageRollups
 from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
+USAGE_INTERVAL = 10.0  # seconds between folds of finished runs into usage rollups
 
 
 class Scheduler:
@@ -30,6 +32,7 @@ class Scheduler:
         self._defs_at = 0.0
         self.alerts = AlertLoop(store, store.clock)
         self._sending: asyncio.Future[None] | None = None
+        self._usage_at = 0.0
 
     async def tick(self) -> None:
         ticked = await asyncio.to_thread(self.store.tick)
@@ -43,6 +46,10 @@ class Scheduler:
             if isinstance(self.store, EventStore):  # the event log's retention
                 await asyncio.to_thread(self.store.prune_events)
         await self.fire_schedules()
+        due = time.monotonic() - self._usage_at > USAGE_INTERVAL
+        if due and isinstance(self.store, UsageRollups):  # usage rollups: store/_sql_usage.py
+            self._usage_at = time.monotonic()
+            await asyncio.to_thread(self.store.aggregate_usage)
         try:  # alerts and error groups: their failure must not stop the timers above
             await asyncio.to_thread(self.alerts.scan)
         except Exception:

@@ -30,6 +30,7 @@ from .events_api import build_events_router
 from .metrics_api import build_metrics_router
 from .schedules_api import build_schedules_router
 from .trace_context import TraceContext
+from .usage_api import build_usage_router
 
 
 class BodyLimit:
@@ -185,6 +186,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_events_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_usage_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:

@@ -38,6 +38,7 @@ from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
+from ._sql_usage import UsageMixin
 from ._sql_waitpoints import WaitpointsMixin
 from ._sql_workers import WorkersMixin
 from .base import (
@@ -57,6 +58,7 @@ class SqlStore(
     ObservabilityMixin,
     BulkMixin, EventsMixin,
     SchemaMixin, DoctorMixin,
+    UsageMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

@@ -56,6 +56,7 @@ from ._types import (
     WorkerInfo,
     WorkerRow,
 )
+from ._usage_base import UsageRollups, UsageStore
 
 
 class StoreBase(abc.ABC):
@@ -460,14 +461,14 @@ class DashboardReads(StoreBase):
         """Queued runs per concurrency key ('' for runs without one), largest first."""
 
 
-class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
+class DashboardStore(ApiStore, ScheduleStore, DashboardReads, UsageStore):
     """What the dashboard needs: what the API does, schedules, and its summaries; never
     a worker's calls or the tick."""
 
 
 class Store(
     WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore,
-    EventStore,
+    EventStore, UsageRollups,
 ):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""

@@ -65,6 +65,8 @@ NAV = [
     ("errors", "Errors", "/errors"),
     ("alerts", "Alerts", "/alerts"),
     ("events", "Events", "/events"),
+    ("usage", "Usage", "/usage"),
+    ("advice", "Advice", "/advice"),
     ("test", "Test", "/test"),
 ]
 

@@ -260,7 +260,7 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _alerts_view, _live, events_view  # they call back into the pages above
+    from . import _actions, _alerts_view, _live, _usage_views, events_view  # they call back
 
     r = dash.route
     return [
@@ -291,5 +291,6 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/dashboard-api/waitpoints", _live.waitpoints, api=True),
         r("/dashboard-api/workers", _live.workers, api=True),
         *_alerts_view.routes(dash),
+        *_usage_views.routes_for(r),
     ]
 

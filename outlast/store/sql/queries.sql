@@ -310,7 +310,7 @@ LIMIT 1000;
 -- name: claim_ready
 UPDATE runs SET status = 'EXECUTING', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
     segment_started_at = :now, started_at = COALESCE(started_at, :now), updated_at = :now,
-    holds_slot = 1, wait_reason = NULL
+    holds_slot = 1, wait_reason = NULL, queued_seconds = queued_seconds + :now - available_at
 WHERE id IN (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
@@ -324,7 +324,7 @@ RETURNING *;
 UPDATE runs r SET status = 'EXECUTING', worker_id = :worker_id,
     lease_epoch = r.lease_epoch + 1, segment_started_at = :now,
     started_at = COALESCE(r.started_at, :now), updated_at = :now, holds_slot = 1,
-    wait_reason = NULL
+    wait_reason = NULL, queued_seconds = r.queued_seconds + :now - r.available_at
 FROM (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
@@ -371,7 +371,8 @@ RETURNING r.*;
 -- it takes a slot without checking the limit, which the run it succeeds counted under.
 -- name: start_dequeued
 UPDATE runs SET status = 'EXECUTING', holds_slot = 1, segment_started_at = :now,
-    started_at = COALESCE(started_at, :now), updated_at = :now
+    started_at = COALESCE(started_at, :now), updated_at = :now,
+    queued_seconds = queued_seconds + :now - available_at
 WHERE id = :run_id AND status = 'DEQUEUED'
 RETURNING env, queue, concurrency_key;
 
@@ -427,7 +428,9 @@ WHERE env = :env AND name = :queue;
 
 -- name: complete_run
 UPDATE runs SET status = 'COMPLETED', output = :output, finished_at = :now,
-    updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0
+    updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0,
+    active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+        THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
 
 -- A commit batch's completed runs in one statement (SQLite runs complete_run per row, in
@@ -453,7 +456,8 @@ gs AS (
 done AS (
     UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
-        hooks_due = 0
+        hooks_due = 0, active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
+            THEN :now - runs.segment_started_at ELSE 0 END
     FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
     WHERE runs.id = u.id),
 w AS (DELETE FROM run_waits WHERE run_id = ANY(:ids)),
@@ -553,24 +557,29 @@ UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :run_id;
 -- name: end_run
 UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
-    hooks_due = :hooks_due
+    hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+        THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id
 RETURNING id;
 
 -- name: retry_run
 UPDATE runs SET status = 'QUEUED', attempt = attempt + 1, error = :error,
     available_at = :retry_at, ready_at = :retry_at - priority, updated_at = :now,
-    worker_id = NULL, holds_slot = 0, exec_seconds = 0
+    worker_id = NULL, holds_slot = 0, exec_seconds = 0, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+        THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
 
 -- name: handback_run
 UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
-    updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = :exec_seconds
+    updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = :exec_seconds,
+    active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+        THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
 
 -- name: suspend_run
 UPDATE runs SET status = 'WAITING', updated_at = :now, worker_id = NULL, holds_slot = 0,
-    exec_seconds = :exec_seconds, wait_reason = :wait_reason
+    exec_seconds = :exec_seconds, wait_reason = :wait_reason, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+        THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
 
 -- A commit batch's wait registrations (StartWait without children) in one statement: each
@@ -659,11 +668,15 @@ waits AS (
 cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM ready)),
 parked AS (
     UPDATE runs SET status = 'WAITING', updated_at = :now, worker_id = NULL, holds_slot = 0,
-        exec_seconds = s.exec_seconds, wait_reason = s.wait_reason
+        exec_seconds = s.exec_seconds, wait_reason = s.wait_reason,
+        active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
+            THEN :now - runs.segment_started_at ELSE 0 END
     FROM s WHERE runs.id = s.id AND s.id NOT IN (SELECT id FROM ready)),
 handed AS (
     UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
-        updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = s.exec_seconds
+        updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = s.exec_seconds,
+        active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
+            THEN :now - runs.segment_started_at ELSE 0 END
     FROM s WHERE runs.id = s.id AND s.id IN (SELECT id FROM ready)
     RETURNING runs.env),
 woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM handed) h)
@@ -750,7 +763,8 @@ ON CONFLICT DO NOTHING;
 -- A waiting run whose waitpoint completed goes back to the queue and replays.
 -- name: resume_runs
 UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
-    updated_at = :now, wait_reason = NULL
+    updated_at = :now, wait_reason = NULL,
+    waited_seconds = waited_seconds + CASE WHEN updated_at < :now THEN :now - updated_at ELSE 0 END
 WHERE status = 'WAITING' AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = :id)
 RETURNING id;
 
@@ -805,7 +819,9 @@ entries AS (
     WHERE j.run_id = e.run_id AND j.waitpoint_id = e.waitpoint_id AND j.status = 'waiting'),
 resumed AS (
     UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
-        updated_at = :now, wait_reason = NULL
+        updated_at = :now, wait_reason = NULL,
+        waited_seconds = runs.waited_seconds
+            + CASE WHEN runs.updated_at < :now THEN :now - runs.updated_at ELSE 0 END
     WHERE runs.status = 'WAITING' AND runs.id IN (SELECT run_id FROM waits)
     RETURNING runs.id, runs.env),
 cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM resumed)),
@@ -1600,3 +1616,138 @@ FROM ins LEFT JOIN (
     WHERE ew.env = :env AND ew.name = :event_name AND p.status = 'pending'
 ) w ON true
 ORDER BY w.created_at, w.waitpoint_id;
+
+-- Usage ---------------------------------------------------------------------------------------
+
+-- The rollup's position: runs finished before (finished_at, run_id) are in usage_daily.
+-- name: usage_state_ensure
+INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: usage_state_lock
+SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+
+-- Locked: schedulers in several processes fold each finished run once.
+-- name: usage_state_lock [postgres]
+SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR UPDATE;
+
+-- A reader shares the lock, so the rollup cannot move between its reads of the rollups
+-- and of the runs finished after them (a run would be counted twice or not at all).
+-- name: usage_state_read
+SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+
+-- name: usage_state_read [postgres]
+SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR SHARE;
+
+-- name: usage_state_set
+UPDATE usage_state SET finished_at = :finished_at, run_id = :run_id, sampled_at = :sampled_at
+WHERE name = 'rollup';
+
+-- Finished runs after a position, in (finished_at, id) order (the runs_finished index:
+-- the plain range on finished_at is what lets the planner use it), up to :upto (older than any commit still in flight) and :limit rows.
+-- name: usage_finished_runs
+SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
+       active_seconds, queued_seconds, waited_seconds
+FROM runs
+WHERE finished_at IS NOT NULL AND finished_at >= :after_at AND finished_at < :upto
+  AND (finished_at > :after_at OR (finished_at = :after_at AND id > :after_id))
+ORDER BY finished_at, id
+LIMIT :limit;
+
+-- The journal of the same runs (lower, upper]: entries per kind, and the steps finished
+-- in an earlier attempt than the run's last one (a retry replayed them).
+-- name: usage_finished_journal
+SELECT j.run_id, j.kind, COUNT(*) AS n,
+       SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
+FROM runs r JOIN journal j ON j.run_id = r.id
+WHERE r.finished_at IS NOT NULL AND r.finished_at BETWEEN :after_at AND :last_at
+  AND (r.finished_at > :after_at OR (r.finished_at = :after_at AND r.id > :after_id))
+  AND (r.finished_at < :last_at OR (r.finished_at = :last_at AND r.id <= :last_id))
+GROUP BY j.run_id, j.kind;
+
+-- name: usage_finished_children
+SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
+FROM runs r JOIN runs c ON c.parent_id = r.id
+WHERE r.finished_at IS NOT NULL AND r.finished_at BETWEEN :after_at AND :last_at
+  AND (r.finished_at > :after_at OR (r.finished_at = :after_at AND r.id > :after_id))
+  AND (r.finished_at < :last_at OR (r.finished_at = :last_at AND r.id <= :last_id))
+GROUP BY c.parent_id, c.task_id;
+
+-- name: usage_daily_get
+SELECT * FROM usage_daily WHERE env = :env AND task_id = :task_id AND day = :day;
+
+-- name: usage_daily_put
+INSERT INTO usage_daily (env, task_id, day, runs, completed, failed, attempts, retried,
+                         recovered, active_seconds, queued_seconds, waited_seconds,
+                         max_active, max_duration, peak_concurrency, child_runs,
+                         steps_executed, steps_replayed, durations, actives, waits, children)
+VALUES (:env, :task_id, :day, :runs, :completed, :failed, :attempts, :retried, :recovered,
+        :active_seconds, :queued_seconds, :waited_seconds, :max_active, :max_duration,
+        :peak_concurrency, :child_runs, :steps_executed, :steps_replayed, :durations,
+        :actives, :waits, :children)
+ON CONFLICT (env, task_id, day) DO UPDATE SET
+    runs = excluded.runs, completed = excluded.completed, failed = excluded.failed,
+    attempts = excluded.attempts, retried = excluded.retried, recovered = excluded.recovered,
+    active_seconds = excluded.active_seconds, queued_seconds = excluded.queued_seconds,
+    waited_seconds = excluded.waited_seconds, max_active = excluded.max_active,
+    max_duration = excluded.max_duration, peak_concurrency = excluded.peak_concurrency,
+    child_runs = excluded.child_runs, steps_executed = excluded.steps_executed,
+    steps_replayed = excluded.steps_replayed, durations = excluded.durations,
+    actives = excluded.actives, waits = excluded.waits, children = excluded.children;
+
+-- name: usage_daily_range
+SELECT * FROM usage_daily
+WHERE env = :env AND day >= :since_day AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+ORDER BY day, task_id;
+
+-- Runs executing now, per task: a sample of concurrency (the partial index runs_executing).
+-- name: usage_executing
+SELECT env, task_id, COUNT(*) AS n FROM runs WHERE status = 'EXECUTING' GROUP BY env, task_id;
+
+-- Queues with a limit and a ready run: candidates for "sat at its limit" (judged in Python).
+-- name: usage_limited_queues
+SELECT q.env, q.name, q.concurrency_limit, q.global_limit, q.rate_limit_count,
+       q.rate_limit_period, q.rate_window, q.executing,
+       (SELECT MAX(s.executing) FROM queue_slots s
+        WHERE s.env = q.env AND s.queue = q.name) AS top_key
+FROM queues q
+WHERE (q.concurrency_limit IS NOT NULL OR q.global_limit IS NOT NULL
+       OR q.rate_limit_count IS NOT NULL)
+  AND EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
+              AND r.status = 'QUEUED' AND r.available_at <= :now);
+
+-- name: usage_queue_add
+INSERT INTO usage_queue_daily (env, queue, day, saturated_seconds)
+VALUES (:env, :queue, :day, :seconds)
+ON CONFLICT (env, queue, day) DO UPDATE SET
+    saturated_seconds = usage_queue_daily.saturated_seconds + excluded.saturated_seconds;
+
+-- name: usage_queue_range
+SELECT queue, SUM(saturated_seconds) AS seconds FROM usage_queue_daily
+WHERE env = :env AND day >= :since_day GROUP BY queue;
+
+-- Evidence for a spike, from the runs of one task created in [since, until).
+-- name: usage_payload_repeats
+SELECT COUNT(*) AS runs,
+       SUM(CASE WHEN idempotency_key IS NULL THEN 1 ELSE 0 END) AS no_key,
+       COUNT(DISTINCT CASE WHEN idempotency_key IS NULL THEN payload END) AS distinct_no_key
+FROM runs WHERE env = :env AND task_id = :task_id AND created_at >= :since
+  AND created_at < :until;
+
+-- name: usage_key_shares
+SELECT concurrency_key AS ckey, COUNT(*) AS n FROM runs
+WHERE env = :env AND task_id = :task_id AND created_at >= :since AND created_at < :until
+GROUP BY concurrency_key ORDER BY n DESC LIMIT 5;
+
+-- name: usage_failed_attempts
+SELECT e.data FROM runs r JOIN run_events e ON e.run_id = r.id
+WHERE r.env = :env AND r.task_id = :task_id AND r.created_at >= :since
+  AND r.created_at < :until AND e.kind = 'attempt_failed'
+LIMIT 2000;
+
+-- name: usage_schedule_fires
+SELECT COUNT(*) AS n FROM schedule_slots s JOIN schedules c ON c.id = s.schedule_id
+WHERE c.env = :env AND c.task_id = :task_id AND s.fired_at >= :since AND s.fired_at < :until;
+
+-- name: usage_scheduled_tasks
+SELECT DISTINCT task_id FROM schedules WHERE env = :env AND active = 1;
