@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _cli_doctor, _cli_migrate, _serde
+from . import _cli_doctor, _cli_migrate, _cli_retention, _serde
 from ._cli_format import attempt_lines, fit, quiet_broken_pipe, result_text, run_error_lines
 from ._dev_hints import (
     choose_port,
@@ -144,6 +144,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         return 2
     _setup(args)
     store = _store(args, migrate=dev)
+    if dev:  # finished runs kept 7 days unless a policy says otherwise (docs: retention)
+        _cli_retention.ensure_dev_policy(store, args.env)
     load_app(args.app)
     from .tasks import REGISTRY
 
@@ -740,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cli_migrate.add_commands(sub)
     _cli_doctor.add_commands(sub)
+    _cli_retention.add_commands(sub)
 
     p = sub.add_parser("trigger", help="start a run")
     _common(p)

@@ -1,6 +1,7 @@
 """The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
 off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
-lapsed workers, forgets old request keys, and fires cron slots (``_schedule_firing``).
+lapsed workers, forgets old request keys, fires cron slots (``_schedule_firing``) and
+prunes finished runs past their retention, a bounded batch at a time (``_retention``).
 Every statement is safe to run from any number of processes at once (conditional updates,
 row locks, unique keys), so there is no leader to elect."""
 
@@ -11,6 +12,7 @@ import contextlib
 import logging
 import time
 
+from ._retention import Pruner
 from ._schedule_firing import fire_due
 from .store.base import SchedulerStore, TaskDef
 
@@ -24,6 +26,7 @@ class Scheduler:
         self._last_cleanup = 0.0
         self._task_defs: dict[tuple[str, str], TaskDef | None] = {}
         self._defs_at = 0.0
+        self.pruner = Pruner(store)
 
     async def tick(self) -> None:
         await asyncio.to_thread(self.store.tick)
@@ -33,6 +36,7 @@ class Scheduler:
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
         await self.fire_schedules()
+        await asyncio.to_thread(self.pruner.step)
 
     async def fire_schedules(self) -> int:
         """Fire due cron slots; each fires once however many schedulers run (C6)."""

@@ -24,6 +24,7 @@ from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
+from .retention_api import build_retention_router
 from .schedules_api import build_schedules_router
 
 
@@ -169,6 +170,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_retention_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:

@@ -30,6 +30,7 @@ from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_reading import ReadingMixin
+from ._sql_retention import RetentionMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
@@ -45,13 +46,13 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 12
 
 
 
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
-    BulkMixin,
+    BulkMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""

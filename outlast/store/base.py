@@ -23,6 +23,7 @@ from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
+from ._retention_base import RetentionStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -406,9 +407,9 @@ class ScheduleStore(TaskDefs):
         """The latest fired slots: slot, run_id, fired_at; newest first."""
 
 
-class SchedulerStore(ScheduleStore):
+class SchedulerStore(ScheduleStore, RetentionStore):
     """What the scheduler loop needs: the tick, reaping, firing schedules, forgetting old
-    request keys and fired slots."""
+    request keys and fired slots, pruning finished runs (``RetentionStore``)."""
 
     @abc.abstractmethod
     def tick(self) -> TickReport:
