@@ -91,8 +91,10 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
             SELECT (jsonb_populate_record(NULL::runs, to_jsonb(t) || jsonb_build_object(
                 'id', %(prefix)s || lpad(g::text, 16, '0'),
                 'payload', g::text,
-                'created_at', %(then)s::float8 + g * 0.05, 'updated_at', %(then)s::float8 + g * 0.05 + 0.01,
-                'available_at', %(then)s::float8 + g * 0.05, 'ready_at', %(then)s::float8 + g * 0.05,
+                'created_at', %(then)s::float8 + g * 0.05,
+                'updated_at', %(then)s::float8 + g * 0.05 + 0.01,
+                'available_at', %(then)s::float8 + g * 0.05,
+                'ready_at', %(then)s::float8 + g * 0.05,
                 'started_at', %(then)s::float8 + g * 0.05 + 0.002,
                 'finished_at', %(then)s::float8 + g * 0.05 + 0.004))).*
             FROM runs t, generate_series(%(lo)s::int, %(hi)s::int) g WHERE t.id = %(template)s
@@ -102,14 +104,16 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
             INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data)
             SELECT %(prefix)s || lpad(g::text, 16, '0'), %(then)s::float8 + g * 0.05, e.kind,
                    e.attempt, e.level, e.message, e.data
-            FROM run_events e, generate_series(%(lo)s::int, %(hi)s::int) g WHERE e.run_id = %(template)s
+            FROM run_events e, generate_series(%(lo)s::int, %(hi)s::int) g
+            WHERE e.run_id = %(template)s
         """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
               "template": template})
         _sql(url, """
             INSERT INTO journal
             SELECT (jsonb_populate_record(NULL::journal, to_jsonb(j) || jsonb_build_object(
                 'run_id', %(prefix)s || lpad(g::text, 16, '0')))).*
-            FROM journal j, generate_series(%(lo)s::int, %(hi)s::int) g WHERE j.run_id = %(template)s
+            FROM journal j, generate_series(%(lo)s::int, %(hi)s::int) g
+            WHERE j.run_id = %(template)s
         """, {"prefix": prefix, "lo": start + 1, "hi": start + count, "template": template})
     print(f"  made {n:,} finished runs in {time.monotonic() - t0:.0f} s", flush=True)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ValidationError
-from .store._retention_base import PruneRule
+from .store._retention_base import PruneRule, RetentionStore
 from .store.base import SchedulerStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class EffectivePolicy:
                 "tasks": dict(self.tasks)}
 
 
-def effective_policy(store: SchedulerStore, env: str, default_days: float | None = DEFAULT_DAYS
+def effective_policy(store: RetentionStore, env: str, default_days: float | None = DEFAULT_DAYS
                      ) -> EffectivePolicy:
     policies = store.retention_policies(env)
     own = [p for p in policies if p.task_id is None]
@@ -139,7 +139,7 @@ def prune(store: SchedulerStore, *, default_days: float | None = DEFAULT_DAYS,
     return report
 
 
-def ensure_dev_policy(store: SchedulerStore, env: str) -> None:
+def ensure_dev_policy(store: RetentionStore, env: str) -> None:
     """``outlast dev`` keeps finished runs DEV_DAYS unless the environment has a policy."""
     if not any(p.task_id is None for p in store.retention_policies(env)):
         store.set_retention_policy(env, None, DEV_DAYS)

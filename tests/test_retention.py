@@ -283,3 +283,23 @@ def test_cli_retention_and_prune_dry_run(tmp_path: Path) -> None:
     done = json.loads(cli("prune", "--json").stdout)
     assert done["runs"] == 3
     assert json.loads(cli("prune", "--dry-run", "--json").stdout)["runs"] == 0
+
+
+async def test_the_dashboard_tasks_page_shows_the_policy(store: Store) -> None:
+    import re
+
+    from tests.test_dashboard import _app, _client, _text
+
+    d = await _client(_app(store, require_login=False))
+
+    async def page_text() -> str:
+        return re.sub(r"<[^>]+>", "", _text(await d.get("/tasks")))
+
+    try:
+        assert "kept 30 days (the default)" in await page_text()
+        store.set_retention_policy("dev", None, 14)
+        store.set_retention_policy("dev", "ret-a", None)
+        page = await page_text()
+        assert "kept 14 days after" in page and "ret-a for ever" in page
+    finally:
+        await d.http.aclose()

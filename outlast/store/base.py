@@ -458,7 +458,7 @@ class DashboardReads(StoreBase):
         """Queued runs per concurrency key ('' for runs without one), largest first."""
 
 
-class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
+class DashboardStore(ApiStore, ScheduleStore, DashboardReads, RetentionStore):
     """What the dashboard needs: what the API does, schedules, and its summaries; never
     a worker's calls or the tick."""
 
