@@ -9,13 +9,13 @@ import json
 import sys
 from typing import Any
 
-from ._retention import BATCH, DEFAULT_DAYS, DEV_DAYS, ensure_dev_policy
+from ._retention import BATCH, DEFAULT_DAYS, DEV_DAYS
 
-__all__ = ["add_commands", "ensure_dev_policy"]
+__all__ = ["add_commands"]
 
 
 def add_commands(sub: Any) -> None:
-    from .cli import _common
+    from ._cli_common import _common
 
     p = sub.add_parser("retention", help="how long finished runs are kept (per environment, "
                        "per task)")
@@ -52,9 +52,9 @@ def _days(days: float | None) -> str:
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
+    from ._cli_common import _setup, _store
     from ._errors import ValidationError
     from ._retention import check_days, effective_policy
-    from .cli import _setup, _store
 
     _setup(args)
     store = _store(args)
@@ -90,8 +90,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from ._cli_common import _setup, _store
     from ._retention import prune
-    from .cli import _setup, _store
 
     if args.batch_size < 1:
         print("error: --batch-size must be at least 1", file=sys.stderr)

@@ -5,6 +5,7 @@ against one PostgreSQL behave as one.
 """
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -119,18 +120,9 @@ async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
-    app = FastAPI(
-        title="outlast",
-        version=__version__,
-        description="Durable background jobs: trigger runs, follow them, complete waitpoints.",
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
-    )
-    app.state.store = store
+def _env_dependency(store: Store) -> Callable[..., str]:
+    """The dependency that reads the request's secret key: its environment, or a 401."""
     checker = KeyChecker(store)
-
     bearer = HTTPBearer(auto_error=False, description="A secret key: `outlast keys create`")
 
     def env_of(
@@ -146,12 +138,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             )
         return env
 
-    app.add_exception_handler(OutlastError, errors.outlast_error)
-    app.add_exception_handler(RequestValidationError, errors.request_validation)
-    app.add_exception_handler(StarletteHTTPException, errors.http_error)
-    for refused in errors.refused_classes():
-        app.add_exception_handler(refused, errors.refused_value)
+    return env_of
 
+
+def _add_health(app: FastAPI, store: Store) -> None:
     # On the loop, not in the thread pool: whether the process is up should not queue
     # behind other requests' work.
     @app.get("/api/v1/health", tags=["health"], summary="The process is up")
@@ -166,6 +156,25 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": True})
 
+
+def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
+    app = FastAPI(
+        title="outlast",
+        version=__version__,
+        description="Durable background jobs: trigger runs, follow them, complete waitpoints.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.store = store
+    env_of = _env_dependency(store)
+    app.add_exception_handler(OutlastError, errors.outlast_error)
+    app.add_exception_handler(RequestValidationError, errors.request_validation)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    for refused in errors.refused_classes():
+        app.add_exception_handler(refused, errors.refused_value)
+
+    _add_health(app, store)
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)

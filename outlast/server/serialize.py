@@ -23,16 +23,7 @@ def run_json(
     run: Run, *, why: str | None = None, related: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     s = run.status
-    error = None
-    if run.error:
-        error = _clean(
-            {
-                "message": str(run.error.get("message") or run.error.get("code") or "error"),
-                "name": run.error.get("type"),
-                "stackTrace": run.error.get("traceback"),
-                "code": run.error.get("code"),
-            }
-        )
+    error = _error_json(run.error) if run.error else None
     duration = run.duration
     return _clean(
         {
@@ -81,6 +72,17 @@ def run_json(
             "maxDuration": run.max_duration,
             "ttlExpiresAt": iso(run.ttl_expires_at),
             "why": why,
+        }
+    )
+
+
+def _error_json(error: dict[str, Any]) -> dict[str, Any]:
+    return _clean(
+        {
+            "message": str(error.get("message") or error.get("code") or "error"),
+            "name": error.get("type"),
+            "stackTrace": error.get("traceback"),
+            "code": error.get("code"),
         }
     )
 

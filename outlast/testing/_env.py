@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from .. import durable
+from .. import _steps
 from .._clock import FakeClock
 from ..client import Client, TriggerOptions, set_default_client
 from ..durable import Token
@@ -78,14 +78,14 @@ class OutlastEnv:
         """Make this env's client the one ``task.trigger()`` uses, and route step faults
         (``fail_next``) through it."""
         set_default_client(self.client)
-        self._previous_fault = durable.step_fault
-        durable.step_fault = self._before_step
+        self._previous_fault = _steps.step_fault
+        _steps.step_fault = self._before_step
 
     async def close(self) -> None:
         if self._worker is not None:
             await self._worker.shutdown(grace=0)
             self._worker = None
-        durable.step_fault = self._previous_fault
+        _steps.step_fault = self._previous_fault
         set_default_client(None)
 
     @property
