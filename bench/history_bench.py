@@ -87,6 +87,7 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
     for start in range(0, n, chunk):
         count = min(chunk, n - start)
         _sql(url, """
+            WITH t AS MATERIALIZED (SELECT * FROM runs WHERE id = %(template)s)
             INSERT INTO runs
             SELECT (jsonb_populate_record(NULL::runs, to_jsonb(t) || jsonb_build_object(
                 'id', %(prefix)s || lpad(g::text, 16, '0'),
@@ -97,24 +98,25 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
                 'ready_at', %(then)s::float8 + g * 0.05,
                 'started_at', %(then)s::float8 + g * 0.05 + 0.002,
                 'finished_at', %(then)s::float8 + g * 0.05 + 0.004))).*
-            FROM runs t, generate_series(%(lo)s::int, %(hi)s::int) g WHERE t.id = %(template)s
+            FROM t, generate_series(%(lo)s::int, %(hi)s::int) g
         """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
               "template": template})
         _sql(url, """
+            WITH e AS MATERIALIZED (SELECT * FROM run_events WHERE run_id = %(template)s)
             INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data)
             SELECT %(prefix)s || lpad(g::text, 16, '0'), %(then)s::float8 + g * 0.05, e.kind,
                    e.attempt, e.level, e.message, e.data
-            FROM run_events e, generate_series(%(lo)s::int, %(hi)s::int) g
-            WHERE e.run_id = %(template)s
+            FROM e, generate_series(%(lo)s::int, %(hi)s::int) g
         """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
               "template": template})
         _sql(url, """
+            WITH j AS MATERIALIZED (SELECT * FROM journal WHERE run_id = %(template)s)
             INSERT INTO journal
             SELECT (jsonb_populate_record(NULL::journal, to_jsonb(j) || jsonb_build_object(
                 'run_id', %(prefix)s || lpad(g::text, 16, '0')))).*
-            FROM journal j, generate_series(%(lo)s::int, %(hi)s::int) g
-            WHERE j.run_id = %(template)s
+            FROM j, generate_series(%(lo)s::int, %(hi)s::int) g
         """, {"prefix": prefix, "lo": start + 1, "hi": start + count, "template": template})
+        print(f"  {start + count:,} runs", flush=True)
     print(f"  made {n:,} finished runs in {time.monotonic() - t0:.0f} s", flush=True)
 
 
