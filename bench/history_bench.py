@@ -73,7 +73,8 @@ def _template(url: str) -> str:
 
 def make_history(url: str, n: int, age_days: float = 40.0) -> None:
     """n copies of a finished no-op run (and its events), finished age_days ago and
-    spread over a day, with ids older than any new run's."""
+    spread over a day, with ids older than any new run's. (LATERAL: ``(f(x)).*`` would
+    call f once per column.)"""
     started = time.monotonic()
     template = _template(url)
     print(f"  template run drained ({time.monotonic() - started:.0f} s)", flush=True)
@@ -89,7 +90,8 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
         _sql(url, """
             WITH t AS MATERIALIZED (SELECT * FROM runs WHERE id = %(template)s)
             INSERT INTO runs
-            SELECT (jsonb_populate_record(NULL::runs, to_jsonb(t) || jsonb_build_object(
+            SELECT r.* FROM t, generate_series(%(lo)s::int, %(hi)s::int) g,
+            LATERAL jsonb_populate_record(NULL::runs, to_jsonb(t) || jsonb_build_object(
                 'id', %(prefix)s || lpad(g::text, 16, '0'),
                 'payload', g::text,
                 'created_at', %(then)s::float8 + g * 0.05,
@@ -97,8 +99,7 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
                 'available_at', %(then)s::float8 + g * 0.05,
                 'ready_at', %(then)s::float8 + g * 0.05,
                 'started_at', %(then)s::float8 + g * 0.05 + 0.002,
-                'finished_at', %(then)s::float8 + g * 0.05 + 0.004))).*
-            FROM t, generate_series(%(lo)s::int, %(hi)s::int) g
+                'finished_at', %(then)s::float8 + g * 0.05 + 0.004)) r
         """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
               "template": template})
         _sql(url, """
@@ -112,9 +113,9 @@ def make_history(url: str, n: int, age_days: float = 40.0) -> None:
         _sql(url, """
             WITH j AS MATERIALIZED (SELECT * FROM journal WHERE run_id = %(template)s)
             INSERT INTO journal
-            SELECT (jsonb_populate_record(NULL::journal, to_jsonb(j) || jsonb_build_object(
-                'run_id', %(prefix)s || lpad(g::text, 16, '0')))).*
-            FROM j, generate_series(%(lo)s::int, %(hi)s::int) g
+            SELECT r.* FROM j, generate_series(%(lo)s::int, %(hi)s::int) g,
+            LATERAL jsonb_populate_record(NULL::journal, to_jsonb(j) || jsonb_build_object(
+                'run_id', %(prefix)s || lpad(g::text, 16, '0'))) r
         """, {"prefix": prefix, "lo": start + 1, "hi": start + count, "template": template})
         print(f"  {start + count:,} runs", flush=True)
     print(f"  made {n:,} finished runs in {time.monotonic() - t0:.0f} s", flush=True)
@@ -329,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wal-runs", type=int, default=5_000, help="runs per WAL figure")
     p.add_argument("--only", default="history,prune,wal", help="history, prune, wal")
     p.add_argument("--no-report", action="store_true", help="do not rebuild RESULTS.md")
+    p.add_argument("--out", default="history.json", help="results file in bench/results/")
     p.add_argument("--src", default="worktree", help="outlast to measure (see outlast_bench)")
     args = p.parse_args(argv)
     args.only_list = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -341,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  *(sys.argv[1:] if argv is None else argv)])
     versions, settings = ob.versions_and_settings([BACKEND])
     res = c.Results("outlast", command, c.now_iso(), versions, settings)
-    path = c.RESULTS_DIR / "history.json"
+    path = c.RESULTS_DIR / args.out
     if "history" in args.only_list:
         bench_history(args, res)
         res.save(path)
