@@ -46,13 +46,15 @@ def _candidates_sql(rule: PruneRule, status: str | None = None) -> tuple[str, di
         "r.id < :bound",
         "r.finished_at < :cutoff",
         # A finished run stays while a child runs, or while its parent or root does
-        # (the tree is whole until its root has finished).
-        f"NOT EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = r.id "
-        f"AND c.status NOT IN ({_FINAL}))",
-        f"NOT EXISTS (SELECT 1 FROM runs p WHERE p.id = r.parent_id "
-        f"AND p.status NOT IN ({_FINAL}))",
-        f"NOT EXISTS (SELECT 1 FROM runs p WHERE p.id = r.root_id "
-        f"AND p.status NOT IN ({_FINAL}))",
+        # (the tree is whole until its root has finished; a pruned one counts as
+        # finished). Scalar subqueries, not NOT EXISTS: PostgreSQL would plan those as
+        # anti-joins, a scan of all of runs per batch; these are index lookups per row.
+        f"COALESCE((SELECT 1 FROM runs c WHERE c.parent_id = r.id "
+        f"AND c.status NOT IN ({_FINAL}) LIMIT 1), 0) = 0",
+        f"(r.parent_id IS NULL OR COALESCE((SELECT p.status FROM runs p "
+        f"WHERE p.id = r.parent_id), 'COMPLETED') IN ({_FINAL}))",
+        f"(r.root_id IS NULL OR COALESCE((SELECT p.status FROM runs p "
+        f"WHERE p.id = r.root_id), 'COMPLETED') IN ({_FINAL}))",
     ]
     if rule.task_id is not None:
         where.append("r.task_id = :task_id")
@@ -108,6 +110,10 @@ class RetentionMixin(SqlCore):
         # scheduler prunes) take disjoint batches.
         lock = " FOR UPDATE OF r SKIP LOCKED" if self.dialect == "postgres" else ""
         with self._transaction() as tx:
+            if self.dialect == "postgres":
+                # The planner prices the per-row subqueries high enough to JIT-compile a
+                # 10 ms batch for a second; this transaction only (pooler-safe).
+                self._raw(tx, "SET LOCAL jit = off", {})
             rows: list[Row] = []
             # One final status at a time, in id order: a range scan of runs_env_status
             # (env, status, id) from the oldest, never a scan of the table, so a batch
