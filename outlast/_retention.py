@@ -4,7 +4,8 @@ A finished run is kept for a number of days after it finished: the task's overri
 it has one, else the environment's policy, else the default (30 days; ``outlast dev``
 sets its environment's policy to 7 days when none is set). ``days`` None keeps runs for
 ever. The store deletes a run with its journal, events, tags, waits and the waitpoints
-it created (``store/_retention_base.py``); usage rollups are separate tables and stay.
+it created and its trace context (``store/_retention_base.py``); usage rollups are
+separate tables and stay.
 
 The scheduler prunes a bounded batch at a time inside a small time budget per tick, so
 pruning a backlog of millions takes many short transactions, never one long one; with

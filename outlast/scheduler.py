@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 
+from . import _observe
 from ._retention import Pruner
 from ._schedule_firing import fire_due
 from .store.base import SchedulerStore, TaskDef
@@ -29,8 +30,10 @@ class Scheduler:
         self.pruner = Pruner(store)
 
     async def tick(self) -> None:
-        await asyncio.to_thread(self.store.tick)
-        await asyncio.to_thread(self.store.reap_dead_workers)
+        ticked = await asyncio.to_thread(self.store.tick)
+        reaped = await asyncio.to_thread(self.store.reap_dead_workers)
+        if _observe.OBSERVERS:
+            _observe.workers_reaped(ticked.reaped_workers + reaped.reaped_workers)
         if time.monotonic() - self._last_cleanup > 600:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)

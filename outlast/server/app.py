@@ -25,8 +25,10 @@ from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
+from .metrics_api import build_metrics_router
 from .retention_api import build_retention_router
 from .schedules_api import build_schedules_router
+from .trace_context import TraceContext
 
 
 class BodyLimit:
@@ -178,6 +180,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_retention_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
@@ -192,5 +195,6 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     limit = settings().max_payload_bytes
     app.add_middleware(JwtHeader)
     app.add_middleware(NoNul)
+    app.add_middleware(TraceContext)
     app.add_middleware(BodyLimit, limit=limit * 2 + 64 * 1024)
     return app

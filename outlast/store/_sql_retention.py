@@ -131,6 +131,7 @@ class RetentionMixin(SqlCore):
             listed = self._list(ids)
             tx.x("prune_journal", ids=listed)
             tx.x("prune_run_events", ids=listed)
+            tx.x("prune_run_traces", ids=listed)
             tx.x("prune_run_waits", ids=listed)
             tx.x("prune_waitpoints", ids=listed)
             tx.many("prune_run_tag", [

@@ -37,6 +37,8 @@ class NewRun:
     depth: int = 0
     replayed_from: str | None = None
     parent_waitpoint_id: str | None = None
+    # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
