@@ -303,3 +303,13 @@ async def test_the_dashboard_tasks_page_shows_the_policy(store: Store) -> None:
         assert "kept 14 days after" in page and "ret-a for ever" in page
     finally:
         await d.http.aclose()
+
+
+def test_dev_keeps_seven_days_unless_a_policy_is_set(store: Store) -> None:
+    from outlast._retention import DEV_DAYS, effective_policy, ensure_dev_policy
+
+    ensure_dev_policy(store, "dev")
+    assert effective_policy(store, "dev").days == DEV_DAYS == 7
+    store.set_retention_policy("dev", None, 60)
+    ensure_dev_policy(store, "dev")
+    assert effective_policy(store, "dev").days == 60
