@@ -253,6 +253,7 @@ class Worker(Claiming, Attempts, Hooks):
         if self._waiter is not None:
             with contextlib.suppress(Exception):
                 await self._waiter
+        await self._scheduler.aclose()
         await asyncio.to_thread(self.store.stop_worker, self.id)
         if self._lock is not None:
             self._lock.release()

@@ -313,3 +313,26 @@ def test_dev_keeps_seven_days_unless_a_policy_is_set(store: Store) -> None:
     store.set_retention_policy("dev", None, 60)
     ensure_dev_policy(store, "dev")
     assert effective_policy(store, "dev").days == 60
+
+
+@task(id="ret-fails")
+async def fails(p: dict[str, Any]) -> None:
+    from outlast import AbortRun
+
+    raise AbortRun("refused")
+
+
+async def test_a_pruned_failed_run_leaves_the_errors_memory_but_not_its_group(
+        store: Store, client: Client, clock: FakeClock,
+        workers: Callable[..., Worker]) -> None:
+    worker = workers(fails)
+    handle = client.trigger(fails, {})
+    await worker.run_until_idle()
+    assert client.retrieve(handle.id).status == RunStatus.FAILED
+    clock.advance(60)  # past the scan's lag
+    store.scan_failures()  # what the scheduler's alert loop runs every few seconds
+    assert _count(store, "error_occurrences", "run_id", [handle.id]) == 1
+    clock.advance(31 * DAY)
+    assert prune(store).runs == 1
+    assert _count(store, "error_occurrences", "run_id", [handle.id]) == 0
+    assert _count(store, "error_groups", "sample_run_id", [handle.id]) == 1

@@ -20,6 +20,7 @@ from .._config import settings
 from .._errors import OutlastError
 from ..store.base import Store
 from . import errors
+from .alerts_api import build_alerts_router
 from .api import build_router
 from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
@@ -180,6 +181,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_alerts_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_retention_router(store, env_of), responses=errors.RESPONSES)

@@ -21,6 +21,7 @@ from typing import Literal
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._alerts_base import AlertStore, ErrorStore
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
 from ._observability_base import ObservabilityStore, RunTraces
@@ -346,10 +347,10 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore):
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, AlertStore, ErrorStore):
     """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
     building them against published task definitions, and signing waitpoint callback URLs
-    with its settings."""
+    with its settings; alert rules and error groups."""
 
 
 class ScheduleStore(TaskDefs):
@@ -408,7 +409,7 @@ class ScheduleStore(TaskDefs):
         """The latest fired slots: slot, run_id, fired_at; newest first."""
 
 
-class SchedulerStore(ScheduleStore, RetentionStore):
+class SchedulerStore(ScheduleStore, AlertStore, RetentionStore):
     """What the scheduler loop needs: the tick, reaping, firing schedules, forgetting old
     request keys and fired slots, pruning finished runs (``RetentionStore``)."""
 

@@ -62,6 +62,8 @@ NAV = [
     ("waitpoints", "Waitpoints", "/waitpoints"),
     ("workers", "Workers", "/workers"),
     ("schedules", "Schedules", "/schedules"),
+    ("errors", "Errors", "/errors"),
+    ("alerts", "Alerts", "/alerts"),
     ("test", "Test", "/test"),
 ]
 

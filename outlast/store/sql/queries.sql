@@ -1224,6 +1224,211 @@ FROM queues q LEFT JOIN (
 SELECT env, COUNT(*) AS n FROM workers
 WHERE status = 'alive' AND lease_expires_at >= :now GROUP BY env;
 
+-- Alerts and errors ----------------------------------------------------------------------
+
+-- name: insert_alert_rule
+INSERT INTO alert_rules (id, env, event, task_id, queue, older_than, webhook_url, format,
+                         secret, created_at)
+VALUES (:id, :env, :event, :task_id, :queue, :older_than, :webhook_url, :format, :secret,
+        :created_at);
+
+-- Never the secret: it was shown once, at creation.
+-- name: list_alert_rules
+SELECT id, env, event, task_id, queue, older_than, webhook_url, format, created_at
+FROM alert_rules WHERE env = :env ORDER BY created_at, id;
+
+-- name: delete_alert_rule
+DELETE FROM alert_rules WHERE env = :env AND id = :id;
+
+-- name: delete_rule_deliveries
+DELETE FROM alert_deliveries WHERE rule_id = :id AND status = 'pending';
+
+-- The rules an event goes to, locked: the storm counters change in this transaction.
+-- name: matching_alert_rules
+SELECT id, window_start, window_sent FROM alert_rules
+WHERE env = :env AND event = :event
+  AND (task_id IS NULL OR task_id = :task_id)
+  AND (queue IS NULL OR queue = :queue)
+ORDER BY id;
+
+-- name: matching_alert_rules [postgres]
+SELECT id, window_start, window_sent FROM alert_rules
+WHERE env = :env AND event = :event
+  AND (task_id IS NULL OR task_id = :task_id)
+  AND (queue IS NULL OR queue = :queue)
+ORDER BY id
+FOR UPDATE;
+
+-- name: set_alert_window
+UPDATE alert_rules SET window_start = :window_start, window_sent = :window_sent
+WHERE id = :id;
+
+-- name: insert_alert_delivery
+INSERT INTO alert_deliveries (id, env, rule_id, event, payload, status, created_at, next_at,
+                              summary_of)
+VALUES (:id, :env, :rule_id, :event, :payload, 'pending', :now, :next_at, :summary_of);
+
+-- The storm summary of a rule's current window not yet sent, if one was started.
+-- name: open_alert_summary
+SELECT id, payload, summary_of FROM alert_deliveries
+WHERE rule_id = :rule_id AND summary_of > 0 AND status = 'pending' AND attempts = 0
+  AND claimed_until < :now AND created_at >= :window_start;
+
+-- name: grow_alert_summary
+UPDATE alert_deliveries SET payload = :payload, summary_of = :summary_of
+WHERE id = :id AND attempts = 0;
+
+-- name: due_alert_deliveries
+SELECT d.id FROM alert_deliveries d
+WHERE d.status = 'pending' AND d.next_at <= :now AND d.claimed_until < :now
+ORDER BY d.next_at LIMIT :limit;
+
+-- Claim one for a lease; a concurrent sender's claim of the same row updates nothing.
+-- name: claim_alert_delivery
+UPDATE alert_deliveries SET claimed_until = :until
+WHERE id = :id AND status = 'pending' AND claimed_until < :now
+RETURNING id, rule_id, event, payload, attempts;
+
+-- name: alert_rule_target
+SELECT webhook_url, format, secret FROM alert_rules WHERE id = :id;
+
+-- name: finish_alert_attempt
+UPDATE alert_deliveries
+SET attempts = attempts + 1, status = :status, next_at = :next_at, claimed_until = 0,
+    delivered_at = :delivered_at
+WHERE id = :id AND status = 'pending'
+RETURNING attempts;
+
+-- name: insert_alert_attempt
+INSERT INTO alert_attempts (delivery_id, n, at, status_code, error, duration)
+VALUES (:delivery_id, :n, :at, :status_code, :error, :duration);
+
+-- name: list_alert_deliveries
+SELECT * FROM alert_deliveries
+WHERE env = :env AND (:rule_id IS NULL OR rule_id = :rule_id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: list_alert_deliveries [postgres]
+SELECT * FROM alert_deliveries
+WHERE env = :env AND (CAST(:rule_id AS TEXT) IS NULL OR rule_id = :rule_id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: alert_attempts
+SELECT n, at, status_code, error, duration FROM alert_attempts
+WHERE delivery_id = :id ORDER BY n;
+
+-- The scan's watermark, locked: two schedulers never count the same failure twice.
+-- name: lock_failure_scan
+UPDATE failure_scan SET watermark = watermark WHERE id = 1 RETURNING watermark;
+
+-- Another scheduler scanning now holds it: skip this tick rather than queue behind it.
+-- name: lock_failure_scan [postgres]
+SELECT watermark FROM failure_scan WHERE id = 1 FOR UPDATE SKIP LOCKED;
+
+-- name: set_failure_watermark
+UPDATE failure_scan SET watermark = :watermark WHERE id = 1;
+
+-- Failed runs not yet grouped, from a short lag behind the watermark (partial index
+-- runs_failed; the anti-join is a primary-key probe per run in the lag window).
+-- name: new_failures
+SELECT r.id, r.env, r.task_id, r.queue, r.status, r.error, r.finished_at FROM runs r
+WHERE r.status IN ('FAILED', 'TIMED_OUT') AND r.finished_at > :since
+  AND NOT EXISTS (SELECT 1 FROM error_occurrences o WHERE o.run_id = r.id)
+ORDER BY r.finished_at LIMIT :limit;
+
+-- name: insert_error_occurrence
+INSERT INTO error_occurrences (run_id, env, fingerprint, task_id, at)
+VALUES (:run_id, :env, :fingerprint, :task_id, :at);
+
+-- name: get_error_group_status
+SELECT status FROM error_groups WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: insert_error_group
+INSERT INTO error_groups (env, fingerprint, exc_type, message, frame, status, count,
+                          first_seen, last_seen, sample_run_id)
+VALUES (:env, :fingerprint, :exc_type, :message, :frame, 'open', :n, :first_seen,
+        :last_seen, :sample_run_id);
+
+-- A resolved group that recurs reopens; an ignored one stays ignored.
+-- name: grow_error_group
+UPDATE error_groups
+SET count = count + :n, last_seen = :last_seen, sample_run_id = :sample_run_id,
+    reopened = reopened + CASE WHEN status = 'resolved' THEN 1 ELSE 0 END,
+    resolved_at = CASE WHEN status = 'resolved' THEN NULL ELSE resolved_at END,
+    status = CASE WHEN status = 'resolved' THEN 'open' ELSE status END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: list_error_groups
+SELECT * FROM error_groups
+WHERE env = :env AND (:status IS NULL OR status = :status)
+ORDER BY last_seen DESC LIMIT :limit;
+
+-- name: list_error_groups [postgres]
+SELECT * FROM error_groups
+WHERE env = :env AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+ORDER BY last_seen DESC LIMIT :limit;
+
+-- name: get_error_group
+SELECT * FROM error_groups WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: error_group_tasks
+SELECT task_id, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint GROUP BY task_id ORDER BY n DESC;
+
+-- Failures per bucket of :bucket seconds; bucket k starts at k * :bucket.
+-- name: error_group_histogram
+SELECT CAST(at / :bucket AS INTEGER) AS k, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint
+GROUP BY CAST(at / :bucket AS INTEGER) ORDER BY k;
+
+-- name: error_group_histogram [postgres]
+SELECT CAST(FLOOR(at / :bucket) AS BIGINT) AS k, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint
+GROUP BY CAST(FLOOR(at / :bucket) AS BIGINT) ORDER BY k;
+
+-- name: set_error_group_status
+UPDATE error_groups
+SET status = :status, resolved_at = CASE WHEN :status = 'resolved' THEN :now ELSE NULL END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: set_error_group_status [postgres]
+UPDATE error_groups
+SET status = :status,
+    resolved_at = CASE WHEN CAST(:status AS TEXT) = 'resolved' THEN :now ELSE NULL END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- The rules watching conditions (backlog, no worker), locked for their firing sets.
+-- name: condition_alert_rules
+SELECT id, env, event, task_id, queue, older_than, firing FROM alert_rules
+WHERE event IN ('queue.backlog', 'no_worker') ORDER BY id;
+
+-- name: condition_alert_rules [postgres]
+SELECT id, env, event, task_id, queue, older_than, firing FROM alert_rules
+WHERE event IN ('queue.backlog', 'no_worker') ORDER BY id FOR UPDATE;
+
+-- name: set_alert_firing
+UPDATE alert_rules SET firing = :firing WHERE id = :id;
+
+-- Queued runs per (task, queue) with the oldest one's time: the partial index on QUEUED.
+-- name: queued_backlog
+SELECT task_id, queue, MIN(available_at) AS oldest, COUNT(*) AS n FROM runs
+WHERE env = :env AND status = 'QUEUED' GROUP BY task_id, queue;
+
+-- name: alive_worker_tasks
+SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expires_at > :now;
+
+-- Sent or given-up deliveries and failure occurrences past the retention: groups keep
+-- their totals; the scan never looks back further than its lag.
+-- name: prune_alert_attempts
+DELETE FROM alert_attempts WHERE delivery_id IN (
+    SELECT id FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before);
+
+-- name: prune_alert_deliveries
+DELETE FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before;
+
+-- name: prune_error_occurrences
+DELETE FROM error_occurrences WHERE at < :before;
+
 -- Retention ------------------------------------------------------------------------------
 -- (see outlast/_retention.py and _sql_retention.py: the candidate SELECT is built there,
 -- one clause per rule; these statements delete one batch of chosen runs in one short
@@ -1294,3 +1499,11 @@ DELETE FROM run_traces WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: prune_run_traces [postgres]
 DELETE FROM run_traces WHERE run_id = ANY(:ids);
+
+-- A pruned failed run's entry in the errors page's memory (its group and counts stay;
+-- the scan reads far ahead of any retention, so the run is never counted again).
+-- name: prune_error_occurrences
+DELETE FROM error_occurrences WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_error_occurrences [postgres]
+DELETE FROM error_occurrences WHERE run_id = ANY(:ids);
