@@ -36,6 +36,22 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "timers_all_s": ("Timers due at once", "due→all completed"),
     "timers_p50_s": ("Timers due at once", "due→median completed"),
     "recovery_s": ("Recovery after SIGKILL", "kill→re-claim p50"),
+    # bench/history_bench.py
+    "history_drain_empty": ("History (PostgreSQL)", "drain, empty database"),
+    "history_drain_full": ("History (PostgreSQL)", "drain, with history"),
+    "history_ratio": ("History (PostgreSQL)", "with history / empty, per alternating pair"),
+    "history_bytes_per_run": ("History (PostgreSQL)", "bytes per finished no-op run"),
+    "prune_rate": ("Pruning (PostgreSQL)", "prune rate"),
+    "prune_start_quiet_p50": ("Pruning (PostgreSQL)", "trigger→start p50, no prune"),
+    "prune_start_quiet_p99": ("Pruning (PostgreSQL)", "trigger→start p99, no prune"),
+    "prune_start_pruning_p50": ("Pruning (PostgreSQL)", "trigger→start p50, during a prune"),
+    "prune_start_pruning_p99": ("Pruning (PostgreSQL)", "trigger→start p99, during a prune"),
+    "wal_bytes_noop": ("Writes and WAL per run (PostgreSQL)", "WAL bytes per no-op run"),
+    "wal_records_noop": ("Writes and WAL per run (PostgreSQL)", "WAL records per no-op run"),
+    "rows_written_noop": ("Writes and WAL per run (PostgreSQL)", "rows written per no-op run"),
+    "wal_bytes_steps": ("Writes and WAL per run (PostgreSQL)", "WAL bytes per 3-step run"),
+    "wal_records_steps": ("Writes and WAL per run (PostgreSQL)", "WAL records per 3-step run"),
+    "rows_written_steps": ("Writes and WAL per run (PostgreSQL)", "rows written per 3-step run"),
 }
 
 INTRO = f"""\

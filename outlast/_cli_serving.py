@@ -27,6 +27,7 @@ from ._dev_hints import (
 )
 from ._loop import loop_name
 from ._loop import run as run_loop
+from ._retention import ensure_dev_policy
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -47,6 +48,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         return 2
     _setup(args)
     store = _store(args, migrate=dev)
+    if dev:  # finished runs kept 7 days unless a policy says otherwise (docs: retention)
+        ensure_dev_policy(store, args.env)
     load_app(args.app)
     from .tasks import REGISTRY
 

@@ -136,3 +136,9 @@ class BulkActionNotFound(OutlastError):
     """No bulk action has this id."""
 
     code = "bulk_action_not_found"
+
+
+class RetentionPolicyNotFound(OutlastError):
+    """No retention policy is set for this task."""
+
+    code = "retention_policy_not_found"

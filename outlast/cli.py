@@ -14,7 +14,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _cli_alerts, _cli_events, _cli_runs, _cli_schedules, _cli_serving, _cli_usage
+from . import (
+    _cli_alerts,
+    _cli_events,
+    _cli_retention,
+    _cli_runs,
+    _cli_schedules,
+    _cli_serving,
+    _cli_usage,
+)
 from ._cli_common import (
     _app_flag,
     _client,
@@ -64,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_alerts.add_commands(sub)
     _cli_events.add_commands(sub)
     _cli_usage.add_commands(sub)
+    _cli_retention.add_commands(sub)
     return parser
 
 

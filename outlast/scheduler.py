@@ -1,7 +1,8 @@
 """The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
 off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
 lapsed workers, forgets old request keys, fires cron slots (``_schedule_firing``), groups
-failures and sends alerts (``_alerts``), and folds finished runs into usage rollups.
+failures and sends alerts (``_alerts``), folds finished runs into usage rollups, and
+prunes finished runs past their retention, a bounded batch at a time (``_retention``).
 Every statement is safe to run from any number of processes at once (conditional updates,
 row locks, unique keys), so there is no leader to elect."""
 
@@ -14,6 +15,7 @@ import time
 
 from . import _observe
 from ._alerts import AlertLoop
+from ._retention import Pruner
 from ._schedule_firing import fire_due
 from .store._events_base import EventStore
 from .store._usage_base import UsageRollups
@@ -33,6 +35,7 @@ class Scheduler:
         self.alerts = AlertLoop(store, store.clock)
         self._sending: asyncio.Future[None] | None = None
         self._usage_at = 0.0
+        self.pruner = Pruner(store)
 
     async def tick(self) -> None:
         ticked = await asyncio.to_thread(self.store.tick)
@@ -50,6 +53,10 @@ class Scheduler:
         if due and isinstance(self.store, UsageRollups):  # usage rollups: store/_sql_usage.py
             self._usage_at = time.monotonic()
             await asyncio.to_thread(self.store.aggregate_usage)
+        try:  # retention: a failed prune must not stop alerts (it is retried next pass)
+            await asyncio.to_thread(self.pruner.step)
+        except Exception:
+            log.exception("pruning finished runs failed")
         try:  # alerts and error groups: their failure must not stop the timers above
             await asyncio.to_thread(self.alerts.scan)
         except Exception:

@@ -28,6 +28,7 @@ from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
 from .events_api import build_events_router
 from .metrics_api import build_metrics_router
+from .retention_api import build_retention_router
 from .schedules_api import build_schedules_router
 from .trace_context import TraceContext
 from .usage_api import build_usage_router
@@ -187,6 +188,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_events_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_usage_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_retention_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:

@@ -29,7 +29,9 @@ def open_store(url: str | None = None, clock: Clock | None = None) -> Store:
             raise ConfigurationError(
                 "PostgreSQL needs the postgres extra: pip install 'outlast[postgres]'"
             ) from exc
-        return PostgresStore(url, clock)
+        # Session features (worker life locks, LISTEN) behind a pooler: _pg_session.
+        return PostgresStore(url, clock,
+                             direct_url=os.environ.get("OUTLAST_DATABASE_DIRECT_URL") or None)
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://…",
         field="OUTLAST_DATABASE_URL",

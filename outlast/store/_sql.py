@@ -35,6 +35,7 @@ from ._sql_errors import ErrorsMixin
 from ._sql_events import EventsMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
+from ._sql_retention import RetentionMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
@@ -56,7 +57,7 @@ class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
     AlertsMixin, ErrorsMixin,
     ObservabilityMixin,
-    BulkMixin, EventsMixin,
+    BulkMixin, EventsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
 ):

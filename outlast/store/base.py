@@ -26,6 +26,7 @@ from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
 from ._events_base import EventStore
 from ._observability_base import ObservabilityStore, RunTraces
+from ._retention_base import RetentionStore
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -410,9 +411,9 @@ class ScheduleStore(TaskDefs):
         """The latest fired slots: slot, run_id, fired_at; newest first."""
 
 
-class SchedulerStore(ScheduleStore, AlertStore):
+class SchedulerStore(ScheduleStore, AlertStore, RetentionStore):
     """What the scheduler loop needs: the tick, reaping, firing schedules, forgetting old
-    request keys and fired slots."""
+    request keys and fired slots, pruning finished runs (``RetentionStore``)."""
 
     @abc.abstractmethod
     def tick(self) -> TickReport:
@@ -461,7 +462,7 @@ class DashboardReads(StoreBase):
         """Queued runs per concurrency key ('' for runs without one), largest first."""
 
 
-class DashboardStore(ApiStore, ScheduleStore, DashboardReads, UsageStore):
+class DashboardStore(ApiStore, ScheduleStore, DashboardReads, UsageStore, RetentionStore):
     """What the dashboard needs: what the API does, schedules, and its summaries; never
     a worker's calls or the tick."""
 

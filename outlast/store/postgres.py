@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import operator
 import random
 import re
@@ -25,11 +26,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
+from .._errors import ConfigurationError
+from ._pg_session import DIRECT_URL_SETTING, configure_pooled, session_connection
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
 from ._sql_events_pg import PgEventsMixin
 from .base import EndSegment, NewRun, StartWait
+
+log = logging.getLogger(__name__)
 
 _CHANNEL = "outlast_work"
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
@@ -120,13 +125,14 @@ class AdvisoryLock:
 
     If the process dies, PostgreSQL ends the session and frees the lock."""
 
-    def __init__(self, url: str, key: int) -> None:
+    def __init__(self, url: str, key: int, direct_url: str | None = None) -> None:
         # TCP keepalives and a user timeout bound how long a check of the lock can hang
         # on a connection whose peer vanished without a reset (a silent partition): the
         # heartbeat thread runs the check, and must get on to telling the worker.
-        self._conn = psycopg.connect(
+        self._conn = session_connection(
             url,
-            autocommit=True,
+            direct_url,
+            "a worker's life lock",
             keepalives=1,
             keepalives_idle=5,
             keepalives_interval=2,
@@ -231,11 +237,16 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
         return state is not None and state[:2] in _REFUSED_DATA
 
-    def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8) -> None:
+    def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8,
+                 direct_url: str | None = None) -> None:
         super().__init__()
         self.q = {name: to_psycopg(sql) for name, sql in self.q.items()}
         self.q["notify"] = f"SELECT pg_notify('{_CHANNEL}', %(env)s)"
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        # Session features (life locks, LISTEN) go here when set: see _pg_session.
+        self.direct_url = (direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
+                           if direct_url else None)
+        self._polling_warned = False
         # Connections stay in autocommit: a statement outside a transaction is its own
         # (_insert_alone's one round trip; a lone read saves psycopg's BEGIN and the
         # pool's COMMIT, two round trips), and _transaction's conn.transaction() sends
@@ -246,6 +257,7 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
             min_size=1,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True},
+            configure=configure_pooled,
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)
@@ -430,10 +442,19 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
             return
         try:
             if self._listener is None or self._listener.closed:
-                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener = session_connection(self.url, self.direct_url,
+                                                    "LISTEN/NOTIFY wake-ups")
                 self._listener.execute(f"LISTEN {_CHANNEL}")
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 break
+        except ConfigurationError:
+            # Behind a pooler with no direct URL: wake-ups come from polling alone (a
+            # server; a worker refuses to start without its life lock).
+            if not self._polling_warned:
+                self._polling_warned = True
+                log.warning("no LISTEN behind a connection pooler: set %s for prompt "
+                            "wake-ups; polling meanwhile", DIRECT_URL_SETTING)
+            self._wake.wait(timeout)
         except psycopg.Error:
             # LISTEN lost (restart, PgBouncer in transaction mode): fall back to polling.
             if self._listener is not None:
@@ -446,7 +467,7 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     # -- worker life locks ----------------------------------------------------------------
     def acquire_life_lock(self, worker_id: str) -> tuple[AdvisoryLock, int | None, str | None]:
         key = random.getrandbits(62) | 1
-        return AdvisoryLock(self.url, key), key, None
+        return AdvisoryLock(self.url, key, self.direct_url), key, None
 
     def dead_workers(self, alive: Sequence[dict[str, Any]]) -> list[str]:
         with self._pool.connection() as conn:

@@ -9,6 +9,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute
 
 from ... import explain
+from ..._retention import effective_policy
 from ...runs import Run, RunStatus
 from ...store.base import TaskDef, Waitpoint
 from ._filters import PAGE_SIZE, RANGES, STATUSES, RunFilter
@@ -138,7 +139,8 @@ def tasks_page(ctx: Ctx) -> Response:
             "total": sum(c.values()),
             "stats": stats.get(task_id),
         })
-    return ctx.render("tasks.html", active="tasks", rows=rows)
+    retention = effective_policy(store, ctx.env)
+    return ctx.render("tasks.html", active="tasks", rows=rows, retention=retention)
 
 
 # -- queues ---------------------------------------------------------------------------------

@@ -1751,3 +1751,82 @@ WHERE c.env = :env AND c.task_id = :task_id AND s.fired_at >= :since AND s.fired
 
 -- name: usage_scheduled_tasks
 SELECT DISTINCT task_id FROM schedules WHERE env = :env AND active = 1;
+
+-- Retention ------------------------------------------------------------------------------
+-- (see outlast/_retention.py and _sql_retention.py: the candidate SELECT is built there,
+-- one clause per rule; these statements delete one batch of chosen runs in one short
+-- transaction, children tables first. Nothing here touches a run that is not final.)
+
+-- name: retention_policies
+SELECT env, task_id, days, updated_at FROM retention_policies WHERE env = :env
+ORDER BY task_id;
+
+-- name: set_retention_policy
+INSERT INTO retention_policies (env, task_id, days, updated_at)
+VALUES (:env, :task_id, :days, :now)
+ON CONFLICT (env, task_id) DO UPDATE SET days = excluded.days, updated_at = excluded.updated_at;
+
+-- name: delete_retention_policy
+DELETE FROM retention_policies WHERE env = :env AND task_id = :task_id;
+
+-- Every environment that has runs has a queue row (triggers ensure it).
+-- name: retention_envs
+SELECT DISTINCT env FROM queues
+UNION SELECT DISTINCT env FROM retention_policies;
+
+-- name: prune_journal
+DELETE FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_journal [postgres]
+DELETE FROM journal WHERE run_id = ANY(:ids);
+
+-- name: prune_run_events
+DELETE FROM run_events WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_run_events [postgres]
+DELETE FROM run_events WHERE run_id = ANY(:ids);
+
+-- name: prune_run_waits
+DELETE FROM run_waits WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_run_waits [postgres]
+DELETE FROM run_waits WHERE run_id = ANY(:ids);
+
+-- The waitpoints the pruned runs created, unless a run still waits on one (a token handed
+-- to another run).
+-- name: prune_waitpoints
+DELETE FROM waitpoints
+WHERE run_id IN (SELECT value FROM json_each(:ids))
+  AND NOT EXISTS (SELECT 1 FROM run_waits w WHERE w.waitpoint_id = waitpoints.id);
+
+-- name: prune_waitpoints [postgres]
+DELETE FROM waitpoints
+WHERE run_id = ANY(:ids)
+  AND NOT EXISTS (SELECT 1 FROM run_waits w WHERE w.waitpoint_id = waitpoints.id);
+
+-- name: prune_run_tag
+DELETE FROM run_tags WHERE env = :env AND tag = :tag AND run_id = :run_id;
+
+-- name: prune_runs
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_runs [postgres]
+DELETE FROM runs WHERE id = ANY(:ids);
+
+-- Ended bulk actions past the environment's retention.
+-- name: prune_bulk_actions
+DELETE FROM bulk_actions WHERE env = :env AND status <> 'running' AND finished_at < :before;
+
+-- name: prune_run_traces
+DELETE FROM run_traces WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_run_traces [postgres]
+DELETE FROM run_traces WHERE run_id = ANY(:ids);
+
+-- A pruned failed run's entry in the errors page's memory (its group and counts stay;
+-- the scan reads far ahead of any retention, so the run is never counted again).
+-- name: prune_error_occurrences
+DELETE FROM error_occurrences WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_error_occurrences [postgres]
+DELETE FROM error_occurrences WHERE run_id = ANY(:ids);

@@ -534,3 +534,14 @@ CREATE TABLE usage_state (
     sampled_at REAL NOT NULL
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
+
+-- Retention: how long finished runs are kept, per environment (task_id '') and per task
+-- (migrations/0012_retention). days NULL keeps them for ever.
+CREATE TABLE retention_policies (
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,                 -- '' for the environment's policy
+    days REAL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (env, task_id)
+);
+CREATE INDEX waitpoints_run ON waitpoints (run_id) WHERE run_id IS NOT NULL;
