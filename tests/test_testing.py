@@ -49,7 +49,20 @@ async def parent(payload: dict[str, int]) -> int:
     return int(result.unwrap()) + 1
 
 
-pytestmark = pytest.mark.outlast(tasks=[steps_task, sleeper, child, parent])
+@task(id="tt-on-signup", on=["tt.signup"])
+async def on_signup(payload: dict[str, Any]) -> str:
+    return str(await step.run("greet", record, f"hello {payload['user']}"))
+
+
+@task(id="tt-await-paid")
+async def await_paid(payload: dict[str, Any]) -> Any:
+    got = await wait.for_event("tt.paid", match="data.invoice", value=payload["invoice"],
+                               timeout=timedelta(days=1))
+    return got.output["data"] if got.ok else "timed out"
+
+
+pytestmark = pytest.mark.outlast(
+    tasks=[steps_task, sleeper, child, parent, on_signup, await_paid])
 
 
 @pytest.fixture(autouse=True)
@@ -181,3 +194,18 @@ async def test_a_child_stubbed_to_fail_fails_the_parents_wait(outlast_env: Outla
     assert run.status == RunStatus.FAILED  # unwrap() raised in the parent
     with pytest.raises(ValueError, match="exactly one"):
         outlast_env.stub(child)
+
+
+async def test_publish_runs_subscribers_and_wakes_waiters(outlast_env: OutlastEnv) -> None:
+    waiting = await outlast_env.run(await_paid, {"invoice": "inv-1"})
+    assert waiting.status == RunStatus.WAITING
+
+    created = await outlast_env.publish("tt.signup", {"user": "ada"})
+    assert [r.status for r in created] == [RunStatus.COMPLETED]
+    assert created[0].output == "hello ada"
+
+    assert await outlast_env.publish("tt.paid", {"invoice": "inv-2"}) == []
+    assert outlast_env.retrieve(waiting.id).status == RunStatus.WAITING  # not its invoice
+    await outlast_env.publish("tt.paid", {"invoice": "inv-1", "amount": 3})
+    assert outlast_env.retrieve(waiting.id).status == RunStatus.COMPLETED
+    assert outlast_env.retrieve(waiting.id).output == {"invoice": "inv-1", "amount": 3}

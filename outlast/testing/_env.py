@@ -171,6 +171,16 @@ class OutlastEnv:
         await self.drive()
         return wp
 
+    async def publish(self, name: str, data: Any = None, *, id: str | None = None
+                      ) -> list[TestRun]:
+        """Publish an event and drive what it wakes: the runs it creates for subscribed
+        tasks (returned, one per matching subscriber), the runs waiting for it
+        (``wait.for_event``) and the cancellations it asks for (``cancel_on``)."""
+        await self.run_until_idle()  # the worker has published its tasks' subscriptions
+        result = self.client.publish(name, data, id=id)
+        await self.drive()
+        return [TestRun(self, run_id) for run_id in result.run_ids]
+
     def retrieve(self, run_id: str) -> Run:
         return self.client.retrieve(run_id)
 
