@@ -89,6 +89,9 @@ class TriggerOptionsBody(BaseModel):
     priority: Number | None = Field(
         None, ge=0, le=MAX_SECONDS, description="a head start in seconds"
     )
+    lockToVersion: Text | None = Field(
+        None, description="lock the run to this task code version (the SDK's `version`)"
+    )
 
 
 class TriggerBody(BaseModel):
@@ -193,6 +196,7 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
             concurrency_key=str(body.concurrencyKey) if body.concurrencyKey is not None else None,
             queue=queue,
             max_duration=body.maxDuration,
+            version=body.lockToVersion,
         ),
         body.payloadType,
     )

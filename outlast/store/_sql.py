@@ -32,6 +32,7 @@ from ._sql_commit import CommitMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_stats import StatsMixin
+from ._sql_versions import VersionsMixin
 from ._sql_waitpoints import WaitpointsMixin
 from ._sql_workers import WorkersMixin
 from .base import (
@@ -41,12 +42,13 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 
 class SqlStore(
-    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin
+    CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    VersionsMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

@@ -40,7 +40,12 @@ class WorkersMixin(SqlCore):
                 lock_path=info.lock_path,
                 now=now,
                 lease_expires_at=now + info.lease_seconds,
+                version=info.version,
+                draining=1 if info.draining else 0,
             )
+            if info.version and not info.draining:
+                # A draining worker never makes its version newer (C11: it takes no new run).
+                tx.x("register_version", env=info.env, version=info.version, now=now)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._versions_base import VersionScope, VersionStore
 
 
 @dataclass
@@ -40,6 +41,7 @@ class NewRun:
     depth: int = 0
     replayed_from: str | None = None
     parent_waitpoint_id: str | None = None
+    version: str | None = None  # locked from the start (pinned, or a waited-on child's)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class WorkerInfo:
     lease_seconds: float
     lock_key: int | None = None
     lock_path: str | None = None
+    version: str = ""  # the task code version it serves (C11)
+    draining: bool = False  # serves only runs locked to its version
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ class TickReport:
     ended: list[str] = field(default_factory=list)  # runs that reached a final status
 
 
-class Store(abc.ABC):
+class Store(VersionStore, abc.ABC):
     """The database behind outlast. One instance per process; thread-safe."""
 
     url: str
@@ -327,10 +331,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+        self,
+        worker_id: str,
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+        scope: VersionScope | None = None,
     ) -> list[Claim]:
         """Take up to ``limit`` ready runs (queue -> task ids served) under the worker's
-        lease, honouring queue limits."""
+        lease, honouring queue limits; only those ``scope`` allows, if given (C11)."""
 
     @abc.abstractmethod
     def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
@@ -350,6 +359,7 @@ class Store(abc.ABC):
         serves: Mapping[str, Sequence[str]],
         limit: int,
         reserve: Mapping[tuple[str, str], int] | None = None,
+        scope: VersionScope | None = None,
     ) -> tuple[list[bool], list[Claim]]:
         """``apply(ops)`` then ``claim(limit)`` in the same transaction: the slots the
         batch gives back are taken again under one commit. ``limit`` 0 claims nothing.
@@ -422,7 +432,7 @@ class Store(abc.ABC):
     def wait_for_work(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds, returning early when new work may be ready."""
 
-    def wake_local(self) -> None:  # noqa: B027 - optional hook
+    def wake_local(self) -> None:
         """Wake this process's waiters (work was created in-process)."""
 
     @abc.abstractmethod
