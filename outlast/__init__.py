@@ -25,6 +25,7 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._patches import patched
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
 from .runs import Run, RunHandle, RunStatus, TaskRunResult
@@ -88,6 +89,7 @@ __all__ = [
     "current_run",
     "logger",
     "metadata",
+    "patched",
     "queue",
     "step",
     "task",

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _cli_versions
 from ._errors import OutlastError
 from ._loop import loop_name
 from ._loop import run as run_loop
@@ -154,6 +155,8 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         scheduler=not args.no_scheduler,
         shutdown_grace=args.shutdown_grace,
         life_lock=not args.no_life_lock,
+        version=args.version,
+        drain=args.drain,
     )
 
     async def main() -> None:
@@ -407,6 +410,8 @@ def _when(ts: float | None) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     _setup(args)
+    if args.runs_cmd == "migrate":
+        return _cli_versions.cmd_runs_migrate(args)
     client = _client(args)
     if args.runs_cmd == "list":
         runs = client.list_runs(
@@ -689,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
         _flag(p, "--no-life-lock", help="hold no life lock (advisory / file lock): peers "
               "then notice this worker's death only when its lease lapses (for tests)",
               action="store_true")
+        _flag(p, "--version", help="the task code version served; default: a digest of "
+              "the source of the modules defining the app's tasks")
 
     def http_flags(p: argparse.ArgumentParser, host: str) -> None:
         _flag(p, "--host", help="address to listen on", default=host)
@@ -700,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     http_flags(p, "127.0.0.1")
     _flag(p, "--no-reload", help="do not restart on code changes", action="store_true")
     _flag(p, "--no-server", help="no HTTP API or dashboard", action="store_true")
-    p.set_defaults(fn=cmd_dev)
+    p.set_defaults(fn=cmd_dev, drain=False)
 
     p = sub.add_parser("server", help="HTTP API, dashboard and scheduler (stateless; run "
                        "several against one PostgreSQL)")
@@ -725,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("worker", help="claim and execute runs")
+    _flag(p, "--drain", help="serve only runs locked to this version, claim no new run, "
+          "exit 0 once none is unfinished", action="store_true")
     worker_flags(p)
     p.set_defaults(fn=cmd_worker)
 
@@ -764,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", action="store_true")
         if name == "replay":
             q.add_argument("--payload", help="a new JSON payload")
+    _cli_versions.add_runs_migrate(rs)
     p.set_defaults(fn=cmd_runs)
 
     p = sub.add_parser("tokens", help="waitpoint tokens")
@@ -797,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("limit", help="a number, or 'none' to remove the limit")
     p.set_defaults(fn=cmd_queues)
     _schedules_parser(sub)
+    _cli_versions.add_commands(sub)
     return parser
 
 

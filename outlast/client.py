@@ -29,6 +29,7 @@ from ._trigger import REGISTRY, check_options, item_error, prepare_replay
 from ._trigger import TriggerOptions as TriggerOptions
 from ._trigger import prepare_run as prepare_run
 from ._trigger import prepare_runs as prepare_runs
+from ._version_client import AsyncVersionMethods, VersionMethods
 from .durable import Token
 from .runs import Run, RunHandle
 from .store import open_store
@@ -46,7 +47,7 @@ def _seconds(value: timedelta | float | None, field: str = "timeout") -> float |
     )
 
 
-class Client(ScheduleMethods):
+class Client(ScheduleMethods, VersionMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -295,7 +296,7 @@ def _output_type(task: Task[Any, Any] | str) -> Any:
     return local.return_type if local is not None else Any
 
 
-class AsyncClient(AsyncScheduleMethods):
+class AsyncClient(AsyncScheduleMethods, AsyncVersionMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable."""
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:

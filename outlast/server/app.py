@@ -24,6 +24,7 @@ from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
 from .compat import JwtHeader, build_compat_router
 from .schedules_api import build_schedules_router
+from .versions_api import build_versions_router
 
 
 class BodyLimit:
@@ -167,6 +168,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_versions_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:
