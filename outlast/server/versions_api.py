@@ -1,8 +1,6 @@
 """Versions over HTTP (C11): /api/v1/versions to list them, promote one (a rollback),
 and migrate unfinished runs from one version to another."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
