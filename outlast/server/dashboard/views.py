@@ -269,7 +269,7 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _live  # they call back into the pages above
+    from . import _actions, _live, _versions_view  # they call back into the pages above
 
     r = dash.route
     return [
@@ -298,5 +298,6 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/dashboard-api/queues", _live.queues, api=True),
         r("/dashboard-api/waitpoints", _live.waitpoints, api=True),
         r("/dashboard-api/workers", _live.workers, api=True),
+        *_versions_view.routes(dash),
     ]
 
