@@ -276,3 +276,26 @@ def test_a_worker_version_defaults_to_a_digest_of_its_tasks_source(store: Store)
     assert one.version == two.version and one.version.startswith("src-")
     assert Worker(store, tasks={"ver-quick": quick}, env="dev", version="2026.12.04-1").version \
         == "2026.12.04-1"
+
+
+async def test_the_cli_lists_versions_promotes_and_migrates(
+    db_url: str, store: Store, client: Client, workers: Workers, capsys: Any
+) -> None:
+    from outlast.cli import main
+
+    _reset()
+    v1 = workers(sleepy, version="v1")
+    h = client.trigger(sleepy, {})
+    await v1.run_until_idle()
+    await v1.shutdown(grace=0)
+    await workers(sleepy, version="v2").start(background=False)
+    db = ["--database-url", db_url, "--env", "dev"]
+    assert main(["versions", "list", *db]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "current" in lines["v2"] and "WAITING 1" in lines["v1"]
+    assert main(["versions", "promote", "v1", *db]) == 0
+    assert store.pinned_version("dev") == "v1"
+    assert main(["runs", "migrate", "--from", "v1", "--to", "v2", *db]) == 0
+    assert "1 unfinished runs locked to v1 now locked to v2" in capsys.readouterr().out
+    assert client.retrieve(h.id).version == "v2"
+    assert main(["versions", "promote", "bad version", *db]) == 2
