@@ -463,6 +463,7 @@ def _show_run(args: argparse.Namespace, client: Any) -> int:
     print(f"run       {run.id}\ntask      {run.task_id}  (queue {run.queue})")
     print(f"status    {run.status}  attempt {run.attempt}/{run.max_attempts}")
     print(f"why       {explanation}")
+    print(f"version   {run.version or '(not locked yet)'}")
     print(f"created   {_when(run.created_at)}  started {_when(run.started_at)}  "
           f"finished {_when(run.finished_at)}")
     if run.tags:
