@@ -174,6 +174,13 @@ async def test_promote_back_to_v1_sends_new_runs_to_v1(
     rows = {r["version"]: r for r in client.list_versions()}
     assert rows["v1"]["current"] and rows["v1"]["pinned"] and rows["v1"]["live_workers"] == 1
     assert rows["v2"]["retirable"] and not rows["v2"]["current"]
+    v3 = workers(quick, version="v3")  # a deploy after the rollback: current again
+    await v3.start(background=False)
+    assert store.pinned_version("dev") is None
+    h3 = client.trigger(quick, {})
+    await v1.run_until_idle()
+    await v3.run_until_idle()
+    assert client.retrieve(h3.id).version == "v3"
 
 
 async def test_versions_list_counts_the_runs_locked_to_each_and_retirable(

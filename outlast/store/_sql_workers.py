@@ -45,7 +45,10 @@ class WorkersMixin(SqlCore):
             )
             if info.version and not info.draining:
                 # A draining worker never makes its version newer (C11: it takes no new run).
-                tx.x("register_version", env=info.env, version=info.version, now=now)
+                if tx.q("register_version", env=info.env, version=info.version, now=now):
+                    # A version deployed for the first time is current, as a deploy after
+                    # a rollback (promote) expects: the pin gives way to it.
+                    tx.x("unpin_version", env=info.env)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()

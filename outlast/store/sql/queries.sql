@@ -1080,7 +1080,8 @@ DELETE FROM schedule_slots WHERE fired_at < :before;
 -- not make it newer again).
 -- name: register_version
 INSERT INTO versions (env, version, registered_at) VALUES (:env, :version, :now)
-ON CONFLICT DO NOTHING;
+ON CONFLICT DO NOTHING
+RETURNING version;
 
 -- name: registered_versions
 SELECT version, registered_at FROM versions WHERE env = :env;
