@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import outlast
 from outlast import FakeClock, RunStatus, step, task, wait
 from outlast.client import Client
@@ -306,3 +308,23 @@ async def test_the_cli_lists_versions_promotes_and_migrates(
     assert "1 unfinished runs locked to v1 now locked to v2" in capsys.readouterr().out
     assert client.retrieve(h.id).version == "v2"
     assert main(["versions", "promote", "bad version", *db]) == 2
+
+
+@task(id="ver-patch-sync")
+def patchy_sync(payload: dict[str, Any]) -> bool:
+    step.run_sync("a", _note, "a")
+    first = outlast.patched("sync-change")
+    assert outlast.patched("sync-change") is first  # the same answer within the attempt
+    return first
+
+
+async def test_patched_in_a_sync_task_and_outside_a_task(
+    store: Store, client: Client, workers: Workers
+) -> None:
+    h = client.trigger(patchy_sync, {})
+    await workers(patchy_sync).run_until_idle()
+    assert client.retrieve(h.id).output is True
+    assert [(e.key, e.output) for e in store.journal(h.id) if e.kind == "patch"] == [
+        ("patch:sync-change", "true")]
+    with pytest.raises(outlast.OutlastError, match="inside a running task"):
+        outlast.patched("x")
