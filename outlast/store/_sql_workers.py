@@ -43,12 +43,12 @@ class WorkersMixin(SqlCore):
                 version=info.version,
                 draining=1 if info.draining else 0,
             )
-            if info.version and not info.draining:
-                # A draining worker never makes its version newer (C11: it takes no new run).
-                if tx.q("register_version", env=info.env, version=info.version, now=now):
-                    # A version deployed for the first time is current, as a deploy after
-                    # a rollback (promote) expects: the pin gives way to it.
-                    tx.x("unpin_version", env=info.env)
+            # A draining worker never makes its version newer (C11: it takes no new run).
+            # A version deployed for the first time is current, as a deploy after a
+            # rollback (promote) expects: the pin gives way to it.
+            serving = info.version and not info.draining
+            if serving and tx.q("register_version", env=info.env, version=info.version, now=now):
+                tx.x("unpin_version", env=info.env)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()
