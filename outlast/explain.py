@@ -30,8 +30,7 @@ def why(store: Store, run: Run) -> str:
     if s == RunStatus.DELAYED:
         return f"delayed until {_at(run.delay_until or run.available_at)}"
     if s == RunStatus.WAITING:
-        version = version_reason(store, run)
-        return _waiting(store, run, now) + (f"; {version}" if version else "")
+        return _waiting(store, run, now)
     # QUEUED
     if run.available_at > now:
         if run.attempt > 1:
