@@ -56,6 +56,7 @@ class Attempts(WorkerBase):
         running = asyncio.create_task(self._execute(ctx), name=f"outlast-run-{claim.run.id}")
         self._running.add(running)
         running.add_done_callback(self._running.discard)
+        self.committer.started(running)
 
     async def _execute(self, ctx: RunContext) -> None:
         run = ctx.run

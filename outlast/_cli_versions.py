@@ -9,7 +9,7 @@ from typing import Any
 
 def add_commands(sub: Any) -> None:
     """The ``versions`` group."""
-    from .cli import _common
+    from ._cli_common import _common
 
     p = sub.add_parser("versions", help="task code versions: list, promote (rollback)")
     vs = p.add_subparsers(dest="versions_cmd", required=True)
@@ -25,7 +25,7 @@ def add_commands(sub: Any) -> None:
 
 def add_runs_migrate(rs: Any) -> None:
     """``runs migrate``, under the ``runs`` group."""
-    from .cli import _common
+    from ._cli_common import _common
 
     q = rs.add_parser("migrate", help="re-lock unfinished runs of one version to another")
     _common(q)
@@ -35,7 +35,7 @@ def add_runs_migrate(rs: Any) -> None:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from .cli import _client, _setup, _when
+    from ._cli_common import _client, _setup, _when
 
     _setup(args)
     client = _client(args)
@@ -64,7 +64,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_migrate(args: argparse.Namespace) -> int:
-    from .cli import _client
+    from ._cli_common import _client
 
     n = _client(args).migrate_runs(args.from_version, args.to_version, args.task)
     which = f" of task {args.task!r}" if args.task else ""

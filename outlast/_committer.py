@@ -11,16 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import _serde
+from ._quiet import can_run
 from .store._versions_base import VersionScope
-from .store.base import Claim, EndSegment, LogLine, Op, SetMetadata, StartWait, StepDone, Store
+from .store.base import (
+    Claim,
+    EndSegment,
+    LogLine,
+    Op,
+    SetMetadata,
+    StartWait,
+    StepDone,
+    WorkerStore,
+)
 
 log = logging.getLogger("outlast.worker")
 
-_SETTLE_TURNS = 6
+# Seconds a flush waits, at most, for the runs it woke to take their steps: a run whose
+# code keeps yielding (a busy poll) does not hold every other run's commit back.
+_SETTLE_BACKSTOP = 0.002
 
 
 class Claimer(Protocol):
@@ -52,7 +65,7 @@ class Committer:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerStore,
         worker_id: str,
         *,
         max_batch: int = 1000,
@@ -63,6 +76,10 @@ class Committer:
         self.max_batch = max_batch
         self.claimer = claimer
         self._items: list[tuple[Op, asyncio.Future[bool] | None]] = []
+        # The asyncio tasks waiting on each future in _items, and the tasks the last flush
+        # woke or that just started a run: the next flush lets these take their steps first.
+        self._waiting: dict[asyncio.Future[bool], asyncio.Task[Any]] = {}
+        self._movers: list[asyncio.Task[Any]] = []
         self._claim_waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -82,8 +99,15 @@ class Committer:
     def enqueue(self, op: Op) -> asyncio.Future[bool]:
         """Queue ``op`` now; the future says whether it committed (False: fenced out)."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting[fut] = task
         self._add(op, fut)
         return fut
+
+    def started(self, task: asyncio.Task[Any]) -> None:
+        """``task`` just started a run: the next flush lets it reach its first operation."""
+        self._movers.append(task)
 
     def submit_nowait(self, op: Op) -> None:
         """Queue ``op`` (a log line, a metadata change) without waiting for it."""
@@ -118,13 +142,7 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                # Let runs that are ready to go on the loop (just claimed, or just told
-                # their end committed) take their steps first: their ops join this batch
-                # and the slots they leave are claimed in it, instead of waiting a flush.
-                # A run takes a few loop turns from start to its end op; a few yields cost
-                # microseconds against a flush's milliseconds.
-                for _ in range(_SETTLE_TURNS):
-                    await asyncio.sleep(0)
+                await self._settle()
                 if not self._items and not self._claim_waiters:
                     break
                 batch = self._items[: self.max_batch]
@@ -142,8 +160,12 @@ class Committer:
                 self.batches += 1
                 self.ops += len(batch)
                 for (_, fut), good in zip(batch, ok, strict=True):
-                    if fut is not None and not fut.done():
-                        fut.set_result(good)
+                    if fut is not None:
+                        task = self._waiting.pop(fut, None)
+                        if not fut.done():
+                            fut.set_result(good)
+                            if task is not None:
+                                self._movers.append(task)
                 if self.claimer is not None and (limit > 0 or reserve):
                     self.claimer.claimed(claims, limit)
                 for w in waiters:
@@ -151,6 +173,24 @@ class Committer:
                         w.set_result(None)
             if not self._items and not self._claim_waiters:
                 self._idle.set()
+
+    async def _settle(self) -> None:
+        """Let runs that are ready to go on the loop take their steps first: those this
+        committer woke (told their operation committed) and those just started. Their next
+        operations join this batch, and the slots they leave are claimed in it, instead of
+        waiting a flush. Yields until each has gone as far as it can (it finished, or awaits
+        something not done yet: its next commit, a thread, I/O), not a number of turns."""
+        deadline: float | None = None
+        while True:
+            await asyncio.sleep(0)
+            self._movers = [t for t in self._movers if can_run(t)]
+            if not self._movers:
+                return
+            if deadline is None:
+                deadline = time.monotonic() + _SETTLE_BACKSTOP
+            elif time.monotonic() >= deadline:
+                self._movers.clear()
+                return
 
     async def _apply(
         self, ops: list[Op], limit: int, reserve: Mapping[tuple[str, str], int]

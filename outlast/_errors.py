@@ -124,3 +124,9 @@ class ScheduleNotFound(OutlastError):
     """No schedule has this id."""
 
     code = "schedule_not_found"
+
+
+class BulkActionNotFound(OutlastError):
+    """No bulk action has this id."""
+
+    code = "bulk_action_not_found"

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .store.base import Heartbeat, LifeLock, Store
+from .store.base import Heartbeat, LifeLock, WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ class Beat:
         return self.lock_lost or (self.heartbeat is not None and not self.heartbeat.alive)
 
 
-def beat_once(store: Store, worker_id: str, lock: LifeLock | None, lease_seconds: float) -> Beat:
+def beat_once(
+    store: WorkerStore, worker_id: str, lock: LifeLock | None, lease_seconds: float
+) -> Beat:
     """Check the life lock, then renew the lease; blocking (call it off the loop). A lost
     lock renews nothing: the identity is over, and its runs are to be reaped."""
     if lock is not None and not lock.alive():
@@ -56,7 +58,7 @@ class HeartbeatThread:
 
     def __init__(
         self,
-        store: Store,
+        store: WorkerStore,
         loop: asyncio.AbstractEventLoop,
         on_beat: Callable[[Beat], None],
         *,

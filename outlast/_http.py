@@ -36,6 +36,7 @@ _CODES: dict[str, type[e.OutlastError]] = {
         e.InvalidState,
         e.QueueNotFound,
         e.ScheduleNotFound,
+        e.BulkActionNotFound,
     )
 }
 

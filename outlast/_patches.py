@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 
 from . import _serde
-from .durable import _require
+from ._run_context import _require
 from .runs import JournalEntry
 from .store.base import StepDone
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import cron as _cron
 from ._schedule_crud import UNSET, create, delete, get, set_active, task_id_of, update
-from .store.base import Schedule, Store
+from .store.base import Schedule, ScheduleStore
 from .tasks import Task
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class ScheduleMethods:
     env: str
     _http: HttpTransport | None
 
-    def _ready(self) -> Store:
+    def _ready(self) -> ScheduleStore:
         raise NotImplementedError
 
     def create_schedule(

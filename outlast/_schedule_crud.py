@@ -18,7 +18,7 @@ from . import cron as _cron
 from ._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
 from ._ids import new_id
 from ._trigger import REGISTRY
-from .store.base import Schedule, Store
+from .store.base import Schedule, ScheduleStore
 from .tasks import Task
 
 DECLARATIVE = "DECLARATIVE"
@@ -39,7 +39,7 @@ def task_id_of(task: Task[Any, Any] | str) -> str:
     return task.id if isinstance(task, Task) else str(task)
 
 
-def _check_task(store: Store, env: str, task_id: str) -> None:
+def _check_task(store: ScheduleStore, env: str, task_id: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.:-]{0,127}", task_id):
         raise ValidationError(f"task {task_id!r} is not a task id", field="task")
     if task_id not in REGISTRY and store.get_task(env, task_id) is None:
@@ -60,7 +60,7 @@ def first_slot(expression: str, timezone: str | None, now: float) -> tuple[str, 
 # -- defining schedules (the database side of Client's methods, the API and the CLI) ---------
 
 
-def get(store: Store, env: str, schedule_id: str) -> Schedule:
+def get(store: ScheduleStore, env: str, schedule_id: str) -> Schedule:
     s = store.get_schedule(env, schedule_id)
     if s is None:
         raise ScheduleNotFound(f"no schedule {schedule_id!r} in environment {env!r}",
@@ -69,7 +69,7 @@ def get(store: Store, env: str, schedule_id: str) -> Schedule:
 
 
 def create(
-    store: Store,
+    store: ScheduleStore,
     env: str,
     *,
     task: Task[Any, Any] | str,
@@ -112,7 +112,7 @@ def create(
 
 
 def update(
-    store: Store,
+    store: ScheduleStore,
     env: str,
     schedule_id: str,
     *,
@@ -154,7 +154,7 @@ def update(
     return saved
 
 
-def set_active(store: Store, env: str, schedule_id: str, active: bool) -> Schedule:
+def set_active(store: ScheduleStore, env: str, schedule_id: str, active: bool) -> Schedule:
     """Activate (from the next slot after now: no catching up) or deactivate."""
     s = get(store, env, schedule_id)
     if s.active == active:
@@ -166,7 +166,7 @@ def set_active(store: Store, env: str, schedule_id: str, active: bool) -> Schedu
     return saved
 
 
-def delete(store: Store, env: str, schedule_id: str) -> Schedule:
+def delete(store: ScheduleStore, env: str, schedule_id: str) -> Schedule:
     s = get(store, env, schedule_id)
     if s.type == DECLARATIVE:
         raise InvalidState(
@@ -178,7 +178,7 @@ def delete(store: Store, env: str, schedule_id: str) -> Schedule:
     return s
 
 
-def sync_declarative(store: Store, env: str, tasks: Mapping[str, Task[Any, Any]]) -> None:
+def sync_declarative(store: ScheduleStore, env: str, tasks: Mapping[str, Task[Any, Any]]) -> None:
     """At worker start: create or update the schedule of each task with ``cron=``, and
     deactivate those of served tasks that no longer have one. A bad cron stops the start
     with an error naming the task and the field."""

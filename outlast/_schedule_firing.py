@@ -19,7 +19,7 @@ from . import _serde
 from . import cron as _cron
 from ._schedule_client import iso
 from ._trigger import NO_OPTIONS, REGISTRY, published_run
-from .store.base import Schedule, ScheduleFire, Store, TaskDef
+from .store.base import Schedule, ScheduleFire, ScheduleStore, TaskDef
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ UPCOMING = 5  # upcoming slots passed to each run
 
 
 def fire_due(
-    store: Store,
+    store: ScheduleStore,
     *,
     limit: int = 500,
     rounds: int = 10,
@@ -49,7 +49,7 @@ def fire_due(
 
 
 def _fire(
-    store: Store, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
+    store: ScheduleStore, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
 ) -> ScheduleFire | None:
     try:
         return _prepare_fire(store, s, now, defs)
@@ -60,7 +60,7 @@ def _fire(
 
 
 def _prepare_fire(
-    store: Store, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
+    store: ScheduleStore, s: Schedule, now: float, defs: dict[tuple[str, str], TaskDef | None]
 ) -> ScheduleFire:
     assert s.next_run_at is not None
     c = _cron.parse(s.cron)

@@ -21,7 +21,7 @@ from ._config import settings
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
 from ._versions import check_version
-from .store.base import NewRun, Store, TaskDef
+from .store.base import NewRun, TaskDef, TaskDefs
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -66,7 +66,7 @@ def replay_options(run: Run) -> TriggerOptions:
     )
 
 
-def prepare_replay(store: Store, env: str, original: Run, payload: Any) -> NewRun:
+def prepare_replay(store: TaskDefs, env: str, original: Run, payload: Any) -> NewRun:
     """A new run of ``original``'s task with ``payload``, linked by ``replayed_from``."""
     new = prepare_run(store, env, original.task_id, payload, replay_options(original))
     new.replayed_from = original.id
@@ -77,7 +77,7 @@ def prepare_replay(store: Store, env: str, original: Run, payload: Any) -> NewRu
 
 
 def prepare_run(
-    store: Store, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
+    store: TaskDefs, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
 ) -> NewRun:
     """Validate a trigger and build its run; raises before anything is written.
 
@@ -92,7 +92,7 @@ def prepare_run(
 
 
 def prepare_runs(
-    store: Store,
+    store: TaskDefs,
     env: str,
     task: Task[Any, Any] | str,
     payloads: Iterable[Any],
@@ -160,7 +160,7 @@ def _task_run(task: Task[Any, Any], payload_text: str, options: TriggerOptions, 
     )
 
 
-def _published(store: Store, env: str, task_id: str) -> TaskDef:
+def _published(store: TaskDefs, env: str, task_id: str) -> TaskDef:
     published = store.get_task(env, task_id)
     if published is None:
         raise UnknownTask(

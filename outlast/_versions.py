@@ -19,8 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._errors import ValidationError
-from .store._versions_base import LiveWorker, VersionInfo
-from .store.base import Store
+from .store._versions_base import LiveWorker, VersionInfo, VersionStore
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$")
 
@@ -99,7 +98,7 @@ def current_version(
     return max(pool.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
-def version_table(store: Store, env: str) -> list[VersionInfo]:
+def version_table(store: VersionStore, env: str) -> list[VersionInfo]:
     """Every version known in ``env``: registered, with live workers, or with runs locked
     to it; newest first."""
     live = store.live_workers(env)
@@ -143,14 +142,14 @@ def version_json(info: VersionInfo) -> dict[str, Any]:
     }
 
 
-def promote(store: Store, env: str, version: str) -> None:
+def promote(store: VersionStore, env: str, version: str) -> None:
     """Pin ``version`` as the environment's current one: new runs go to it (rollback)."""
     check_version(version)
     store.pin_version(env, version)
 
 
 def migrate(
-    store: Store, env: str, from_version: str, to_version: str, task_id: str | None = None
+    store: VersionStore, env: str, from_version: str, to_version: str, task_id: str | None = None
 ) -> int:
     """Re-lock the unfinished runs of ``from_version`` to ``to_version``; how many. Their
     journals replay on the new code; one it cannot replay fails loud (C8)."""

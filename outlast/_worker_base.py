@@ -19,12 +19,12 @@ from ._threads import RunThread
 from ._watchdog import Watchdog
 from .durable import RunContext
 from .runs import Run
-from .store.base import Claim, EndSegment, Store
+from .store.base import Claim, EndSegment, WorkerStore
 from .tasks import Task
 
 
 class WorkerBase:
-    store: Store
+    store: WorkerStore
     tasks: Mapping[str, Task[Any, Any]]
     env: str
     id: str

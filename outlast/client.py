@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import _limits, _serde
+from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
 from ._errors import ConfigurationError, RunNotFound, ValidationError
@@ -47,7 +48,7 @@ def _seconds(value: timedelta | float | None, field: str = "timeout") -> float |
     )
 
 
-class Client(ScheduleMethods, VersionMethods):
+class Client(ScheduleMethods, BulkMethods, VersionMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -119,10 +120,17 @@ class Client(ScheduleMethods, VersionMethods):
         payload: Any = None,
         *,
         options: TriggerOptions | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> RunHandle[Any]:
-        """Start a run; returns once the run is committed (C1)."""
+        """Start a run; returns once the run is committed (C1). With ``connection`` (the
+        app's PostgreSQL connection, see ``_app_tx``), the run is written in the app's open
+        transaction instead and commits or rolls back with it."""
         opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
+        if connection is not None:
+            from ._app_tx import trigger_in
+
+            return trigger_in(self, task, payload, opts, connection)
         if self._http is None:
             # The store's path without _new_run and _send's batch plumbing: apps trigger
             # one run at a time, in a loop, and wait for each commit.
@@ -269,24 +277,24 @@ class Client(ScheduleMethods, VersionMethods):
     def list_queues(self) -> list[dict[str, Any]]:
         if self._http is not None:
             return self._http.list_queues()
-        return self._ready().list_queues(self.env)
+        return [dict(q) for q in self._ready().list_queues(self.env)]
 
     def pause_queue(self, name: str) -> dict[str, Any]:
         if self._http is not None:
             return self._http.pause_queue(name, True)
-        return self._ready().update_queue(self.env, name, paused=True)
+        return dict(self._ready().update_queue(self.env, name, paused=True))
 
     def resume_queue(self, name: str) -> dict[str, Any]:
         if self._http is not None:
             return self._http.pause_queue(name, False)
-        return self._ready().update_queue(self.env, name, paused=False)
+        return dict(self._ready().update_queue(self.env, name, paused=False))
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
         if limit is not None:
             _limits.integer(limit, "limit")
         if self._http is not None:
             return self._http.set_queue_limit(name, limit)
-        return self._ready().update_queue(self.env, name, concurrency_limit=limit)
+        return dict(self._ready().update_queue(self.env, name, concurrency_limit=limit))
 
 
 def _output_type(task: Task[Any, Any] | str) -> Any:
@@ -296,7 +304,7 @@ def _output_type(task: Task[Any, Any] | str) -> Any:
     return local.return_type if local is not None else Any
 
 
-class AsyncClient(AsyncScheduleMethods, AsyncVersionMethods):
+class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncVersionMethods):
     """The asyncio twin of ``Client``: the same methods, awaitable."""
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
 
 from .runs import Run, RunStatus
-from .store.base import Store
+from .store._versions_base import VersionStore
+from .store.base import QueueState, RunReads
 
 
 def _at(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def why(store: Store, run: Run) -> str:
+def why(store: RunReads, run: Run) -> str:
     """A plain explanation of what the run is doing or waiting for."""
     now = store.now()
     s = run.status
@@ -41,7 +41,7 @@ def why(store: Store, run: Run) -> str:
         return f"queued, not claimable before {_at(run.available_at)}"
     state = store.queue_state(run.env, run.queue, run.concurrency_key or "")
     reasons = _queue_reasons(run, state, now)
-    version = version_reason(store, run)
+    version = version_reason(store, run) if isinstance(store, VersionStore) else None
     if version:
         reasons.append(version)
     elif run.task_id not in store.live_task_ids(run.env):
@@ -51,7 +51,7 @@ def why(store: Store, run: Run) -> str:
     return "queued and ready: waiting for a free worker slot"
 
 
-def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
+def _queue_reasons(run: Run, q: QueueState | None, now: float) -> list[str]:
     if q is None:
         return []
     out = []
@@ -70,15 +70,16 @@ def _queue_reasons(run: Run, q: dict[str, Any] | None, now: float) -> list[str]:
         out.append(
             f"queue {name!r} is at its global limit ({q['executing']} of {glimit} executing)"
         )
-    if q.get("rate_free_at") is not None:
+    free_at = q["rate_free_at"]
+    if free_at is not None:
         out.append(
             f"queue {name!r} is rate limited ({q['rate_limit_count']} per "
-            f"{q['rate_limit_period']:g} s) until {_at(q['rate_free_at'])}"
+            f"{q['rate_limit_period']:g} s) until {_at(free_at)}"
         )
     return out
 
 
-def _waiting(store: Store, run: Run, now: float) -> str:
+def _waiting(store: RunReads, run: Run, now: float) -> str:
     reason = run.wait_reason or {}
     parts = []
     for wp_id in reason.get("waitpoints", []):
@@ -95,7 +96,7 @@ def _waiting(store: Store, run: Run, now: float) -> str:
     return "waiting on " + (", ".join(parts) if parts else "its waitpoints")
 
 
-def version_reason(store: Store, run: Run) -> str | None:
+def version_reason(store: VersionStore, run: Run) -> str | None:
     """Why no worker may take the run for its version (C11), if that is why: locked to a
     version with no live worker serving its task, or unlocked while the environment is
     pinned to such a version."""

@@ -12,13 +12,13 @@ import logging
 import time
 
 from ._schedule_firing import fire_due
-from .store.base import Store, TaskDef
+from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, store: Store, *, interval: float = 0.25) -> None:
+    def __init__(self, store: SchedulerStore, *, interval: float = 0.25) -> None:
         self.store = store
         self.interval = interval
         self._last_cleanup = 0.0

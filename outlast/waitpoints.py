@@ -12,13 +12,13 @@ import os
 import secrets
 from hashlib import sha256
 
-from .store.base import Store
+from .store.base import Settings
 
 _SECRET_SETTING = "callback_secret"
 _secrets: dict[int, bytes] = {}
 
 
-def _secret(store: Store) -> bytes:
+def _secret(store: Settings) -> bytes:
     cached = _secrets.get(id(store))
     if cached is None:
         value = store.get_setting(_SECRET_SETTING)
@@ -28,11 +28,11 @@ def _secret(store: Store) -> bytes:
     return cached
 
 
-def signature(store: Store, token_id: str) -> str:
+def signature(store: Settings, token_id: str) -> str:
     return hmac.new(_secret(store), token_id.encode(), sha256).hexdigest()
 
 
-def verify(store: Store, token_id: str, candidate: str) -> bool:
+def verify(store: Settings, token_id: str, candidate: str) -> bool:
     """Constant-time check of a callback URL's signature."""
     # Bytes, not str: compare_digest refuses non-ASCII strings (a TypeError, a 500).
     return hmac.compare_digest(signature(store, token_id).encode(), candidate.encode())
@@ -46,6 +46,6 @@ def public_url() -> str:
     ).rstrip("/")
 
 
-def callback_url(store: Store, token_id: str) -> str:
+def callback_url(store: Settings, token_id: str) -> str:
     sig = signature(store, token_id)
     return f"{public_url()}/api/v1/waitpoints/tokens/{token_id}/callback/{sig}"

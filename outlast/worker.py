@@ -60,6 +60,10 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
     """Runs tasks. ``await Worker(store).run()`` until stopped; tests use
     ``run_until_idle()`` with a fake clock instead of sleeping."""
 
+    # Every role: besides its own (``WorkerStore``, all its parts need), a worker syncs
+    # declarative schedules and runs the scheduler loop.
+    store: Store
+
     def __init__(
         self,
         store: Store,
@@ -100,7 +104,7 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         self._avg_seconds: float | None = None
         self.lease_seconds = lease_seconds
         self.heartbeat_interval = heartbeat_interval
-        is_pg = type(store).__name__.startswith("Postgres")
+        is_pg = store.backend == "postgres"
         self.poll_interval = poll_interval or (0.5 if is_pg else 0.05)
         self.scheduler = scheduler
         self.tick_interval = tick_interval

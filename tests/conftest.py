@@ -171,3 +171,15 @@ def spawn_worker(
         cwd=ROOT,
         env=full_env,
     )
+
+
+# outlast.testing's fixtures (the pytest plugin) on this suite's databases: a test that
+# uses outlast_env runs on SQLite and on PostgreSQL, with the suite's clock.
+@pytest.fixture
+def outlast_database_url(db_url: str) -> str:
+    return db_url
+
+
+@pytest.fixture
+def outlast_clock(clock: FakeClock) -> FakeClock:
+    return clock

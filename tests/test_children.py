@@ -24,6 +24,7 @@ from outlast.client import Client, set_default_client
 from outlast.runs import RunStatus
 from outlast.store import open_store
 from outlast.store.base import Store
+from outlast.testing import OutlastEnv
 from tests.apps import orchestration_app as app
 from tests.conftest import spawn_worker
 
@@ -138,12 +139,10 @@ def _worker(store: Store, **kw: Any) -> Worker:
     return Worker(store, tasks=TASKS, **kw)
 
 
-async def test_trigger_and_wait_results_and_lineage(store: Store, client: Client) -> None:
-    handle = await top.trigger({})
-    worker = _worker(store)
-    await worker.run_until_idle()
-    await worker.shutdown()
-    run = client.retrieve(handle.id)
+@pytest.mark.outlast(tasks=TASKS)
+async def test_trigger_and_wait_results_and_lineage(outlast_env: OutlastEnv) -> None:
+    handle = await outlast_env.run(top, {})
+    run = handle.run
     assert run.status == RunStatus.COMPLETED, run.error
     out = run.output
     assert out["ok"][0] is True and out["ok"][2] is None
@@ -156,7 +155,7 @@ async def test_trigger_and_wait_results_and_lineage(store: Store, client: Client
         "depth": 2,
     }
     assert (run.parent_id, run.root_id, run.depth) == (None, None, 0)
-    children = client.list_runs(parent_id=handle.id)
+    children = outlast_env.client.list_runs(parent_id=handle.id)
     assert len(children) == 3
     assert {(c.parent_id, c.root_id, c.depth) for c in children} == {(handle.id, handle.id, 1)}
 
@@ -181,20 +180,15 @@ async def test_batch_trigger_and_wait_returns_results_in_input_order(
     assert [r.payload["n"] for r in finished] == [4, 3, 2, 1, 0]
 
 
-async def test_trigger_inside_a_task_is_not_repeated_on_replay(
-    store: Store, client: Client, clock: FakeClock
-) -> None:
-    handle = await fire.trigger({})
-    worker = _worker(store)
-    await worker.run_until_idle()
-    assert client.retrieve(handle.id).status == RunStatus.WAITING
-    clock.advance(3601)
-    await worker.run_until_idle()
-    await worker.shutdown()
-    run = client.retrieve(handle.id)
+@pytest.mark.outlast(tasks=TASKS)
+async def test_trigger_inside_a_task_is_not_repeated_on_replay(outlast_env: OutlastEnv) -> None:
+    handle = await outlast_env.run(fire, {})
+    assert handle.status == RunStatus.WAITING
+    await outlast_env.advance(3601)
+    run = handle.run
     assert run.status == RunStatus.COMPLETED, run.error
     assert CALLS["fire-body"] == 2  # the body replayed…
-    children = client.list_runs(parent_id=handle.id)
+    children = outlast_env.client.list_runs(parent_id=handle.id)
     assert len(children) == 3  # …but triggered once
     assert sorted(run.output) == sorted(c.id for c in children)
     assert {c.status for c in children} == {RunStatus.COMPLETED}

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from outlast import Worker
+from outlast import Worker, wait
 from outlast._clock import FakeClock
+from outlast._errors import ValidationError
 from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.server import create_app
@@ -180,6 +181,9 @@ async def test_attempts_show_failed_attempt_then_success(
     assert "first attempt fails" in page
     assert "Attempt 1" in page and "Attempt 2" in page
     assert "COMPLETED" in page
+    # Attempt 1's error is under Attempts, its traceback collapsed; no run-level Error box.
+    assert 'id="run-error"' not in page
+    assert '<details id="attempt-1-trace">' in page
 
 
 # -- the runs list --------------------------------------------------------------------------
@@ -237,29 +241,59 @@ async def test_bulk_cancel_and_replay_the_filtered_set(
 
     r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "batch"})
     assert r.status_code == 200 and "Cancel 5 runs?" in r.text
-    ids = re.search(r'name="ids" value="([^"]+)"', r.text)
-    assert ids is not None and set(ids.group(1).split()) == set(held)
+    assert all(i in r.text for i in held)  # the sample
     assert all(client.retrieve(i).status == RunStatus.QUEUED for i in held)  # not yet
 
-    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "batch", "confirm": "1",
-                                       "ids": ids.group(1)})
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "batch", "confirm": "1"})
     assert r.status_code == 303 and r.headers["location"] == "/runs?tag=batch"
     assert all(client.retrieve(i).status == RunStatus.CANCELED for i in held)
     assert client.retrieve(other).status == RunStatus.QUEUED
     assert "Canceled 5 runs." in _text(await dash.get("/runs?tag=batch"))
 
     r = await dash.post("/runs/bulk", {"action": "replay", "tag": "batch"})
-    ids = re.search(r'name="ids" value="([^"]+)"', r.text)
-    assert ids is not None
-    r = await dash.post("/runs/bulk", {"action": "replay", "tag": "batch", "confirm": "1",
-                                       "ids": ids.group(1)})
+    assert "Replay 5 runs?" in r.text
+    r = await dash.post("/runs/bulk", {"action": "replay", "tag": "batch", "confirm": "1"})
     assert r.status_code == 303
     replays = [x for x in client.list_runs(tag="batch") if x.replayed_from]
     assert sorted(x.replayed_from or "" for x in replays) == sorted(held)
     assert all(x.status == RunStatus.QUEUED for x in replays)
+    # The same path as the API and CLI: a bulk action, recorded with its counts.
+    assert [(b.action, b.succeeded) for b in store.list_bulk_actions("dev")] == [
+        ("replay", 5), ("cancel", 5)]
 
     nothing = await dash.post("/runs/bulk", {"action": "cancel", "status": "COMPLETED"})
     assert "Cancel 0 runs?" in nothing.text and "No runs match" in nothing.text
+
+
+async def test_bulk_goes_on_from_where_a_request_stopped(
+    dash: Dash, client: Client, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outlast import _bulk
+    from outlast.server.dashboard import _actions
+
+    client.batch_trigger("dash-child", list(range(30)), tags=["slow"])
+    monkeypatch.setattr(_actions, "BULK_SECONDS", 0.0)  # one batch per request
+    monkeypatch.setattr(_bulk, "DEFAULT_BATCH", 20)
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "slow", "confirm": "1"})
+    assert r.status_code == 303
+    bulk = store.list_bulk_actions("dev")[0]
+    assert (bulk.status, bulk.processed) == ("running", 20)
+    assert f"outlast runs bulk resume {bulk.id}" in _text(await dash.get("/runs?tag=slow"))
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "slow", "confirm": "1",
+                                       "bulk": bulk.id})
+    assert r.status_code == 303
+    assert store.list_bulk_actions("dev")[0].succeeded == 30
+    assert client.bulk_count("cancel", tag="slow") == 0
+
+
+async def test_bulk_is_not_capped_at_1000(dash: Dash, client: Client) -> None:
+    client.batch_trigger("dash-child", list(range(1100)), tags=["many"])
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "many"})
+    assert "Cancel 1100 runs?" in r.text
+    r = await dash.post("/runs/bulk", {"action": "cancel", "tag": "many", "confirm": "1"})
+    assert r.status_code == 303
+    assert client.bulk_count("cancel", tag="many") == 0
+    assert "Canceled 1100 runs." in _text(await dash.get("/runs?tag=many"))
 
 
 # -- actions --------------------------------------------------------------------------------
@@ -338,6 +372,32 @@ async def test_approve_a_token_resumes_the_waiting_run(
     assert "first completion wins" in _text(await dash.get("/waitpoints"))
     completed = _text(await dash.get("/waitpoints?show=completed"))
     assert token in completed and '{"approved": true}' in completed
+
+
+async def test_token_buttons_show_and_send_what_the_task_set(
+    dash: Dash, client: Client, worker: Worker
+) -> None:
+    default = client.trigger("dash-approval", {"order": "R-1"})
+    custom = client.trigger("dash-shipping", {})
+    await worker.run_until_idle()
+    page = (await dash.get("/waitpoints")).text
+    # Each button says what it sends: the default ones, and the task's own.
+    assert 'Approve <code class="button-data">{&#34;approved&#34;: true}</code>' in page
+    assert 'Ship it <code class="button-data">{&#34;ok&#34;: true}</code>' in page
+    token = client.retrieve(custom.id).metadata["token"]
+    r = await dash.post("/waitpoints/complete", {"id": token, "preset": "Ship it"})
+    assert r.status_code == 303
+    await worker.run_until_idle()
+    assert client.retrieve(custom.id).output == "shipped"
+    other = client.retrieve(default.id).metadata["token"]
+    r = await dash.post("/waitpoints/complete", {"id": other, "preset": "Ship it"})
+    assert r.status_code == 422  # not one of this token's buttons
+    from outlast._token_buttons import buttons_json
+
+    with pytest.raises(ValidationError, match="label"):
+        buttons_json({"": {}})
+    with pytest.raises(ValidationError, match="inside a task"):
+        await wait.create_token(buttons={"Ok": {}})
 
 
 async def test_test_page_validates_against_the_task_and_its_published_schema(

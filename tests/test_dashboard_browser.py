@@ -173,7 +173,7 @@ def test_approve_a_pending_token_and_the_run_resumes(page: Any) -> None:
     expect(card).to_have_count(1)
     expect(card).to_contain_text("order:A-7")
     page.screenshot(path=SHOTS / "waitpoints.png", full_page=True)
-    card.locator('button[value="approve"]').click()
+    card.locator('button[value="Approve"]').click()  # the default buttons' labels
     expect(page.locator(".flash")).to_contain_text("1 waiting run resume")
 
     page.goto(f"/runs/{run_id}")

@@ -27,6 +27,7 @@ from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store.base import EndSegment, LogLine, SetMetadata, StepDone, Store, WorkerInfo
 from outlast.tasks import Task
+from outlast.testing import OutlastEnv
 
 # What task code did, counted outside the platform: the ground truth for "ran once".
 LEDGER: Counter[str] = Counter()
@@ -81,20 +82,19 @@ async def signup(payload: dict[str, int]) -> dict[str, Any]:
     return {"charge": charge, "account": account, "sent": sent}
 
 
-async def test_multi_step_run_completes_each_step_once(
-    store: Store, client: Client, workers: Callable[..., Worker]
-) -> None:
-    handle = await signup.trigger({"amount": 42})
-    assert await workers(signup).run_until_idle() == 1
+@pytest.mark.outlast(tasks=[signup])
+async def test_multi_step_run_completes_each_step_once(outlast_env: OutlastEnv) -> None:
+    run = await outlast_env.run(signup, {"amount": 42})
+    assert outlast_env.worker.executed == 1
 
-    run = client.retrieve(handle.id)
     assert run.status == RunStatus.COMPLETED
-    assert run.attempt == 1
+    assert run.attempts == 1
     assert run.output == {"charge": "ch_42", "account": "acct_for_ch_42", "sent": True}
     assert LEDGER == {"charge": 1, "provision": 1, "email": 1}
-    journal = store.journal(handle.id)
+    journal = run.journal
     assert sorted(e.key for e in journal) == ["charge", "email", "provision"]
     assert {e.status for e in journal} == {"done"}
+    assert run.steps == ["charge", "provision", "email"]
 
 
 # -- retries on the platform's clock ----------------------------------------------------------
@@ -159,23 +159,20 @@ async def abort_task(payload: dict[str, int]) -> str:
     return "unreachable"
 
 
-async def test_abort_run_stops_retries(
-    store: Store, client: Client, clock: FakeClock, workers: Callable[..., Worker]
-) -> None:
-    handle = await abort_task.trigger({"amount": 5})
-    worker = workers(abort_task)
-    assert await worker.run_until_idle() == 1
-    clock.advance(3600)
-    assert await worker.run_until_idle() == 0
+@pytest.mark.outlast(tasks=[abort_task])
+async def test_abort_run_stops_retries(outlast_env: OutlastEnv) -> None:
+    run = await outlast_env.run(abort_task, {"amount": 5})
+    assert outlast_env.worker.executed == 1
+    await outlast_env.advance(3600)
+    assert outlast_env.worker.executed == 1
 
-    run = client.retrieve(handle.id)
     assert run.status == RunStatus.FAILED
-    assert run.attempt == 1
+    assert run.attempts == 1
     assert run.error is not None
     assert run.error["code"] == "aborted"
     assert run.error["message"] == "card declined"
     assert LEDGER == {"charge": 1}
-    assert attempt_failures(store, handle.id) == [1]
+    assert attempt_failures(outlast_env.store, run.id) == [1]
 
 
 @task(id="eng-always-fails", retry=Retry(max_attempts=3, factor=2.0, min_delay=1.0, jitter=False))
@@ -353,6 +350,17 @@ async def nd_slow_new_first(payload: dict[str, Any]) -> str:
     return "done"
 
 
+@task(id="eng-nd-thread-new-first")
+async def nd_thread_new_first(payload: dict[str, Any]) -> str:
+    await asyncio.to_thread(time.sleep, 0.05)  # an awaited thread call
+    for _ in range(50):  # and an awaited call that takes many loop turns
+        await asyncio.sleep(0)
+    await step.run("setup", step_b)  # then new work before the recorded 'a' and 'sleep'
+    await step.run("a", step_a, 1)
+    await wait.sleep(3600)
+    return "done"
+
+
 @task(id="eng-nd-slow-branch")
 async def nd_slow_branch(payload: dict[str, Any]) -> str:
     async def recorded() -> None:
@@ -412,9 +420,11 @@ async def test_durable_sleep_resumes_without_rerunning_steps(
         (nd_other_kind, ["'sleep'", "recorded a sleep", "asks for a step"]),
         (nd_new_first, ["'setup'", "'a'", "'sleep'"]),
         (nd_slow_new_first, ["'setup'", "'a'", "'sleep'"]),
+        (nd_thread_new_first, ["'setup'", "'a'", "'sleep'"]),
         (nd_other_args, ["'a'", "other arguments"]),
     ],
-    ids=["other-kind", "new-work-first", "slow-new-work-first", "other-args"],
+    ids=["other-kind", "new-work-first", "slow-new-work-first", "thread-new-work-first",
+         "other-args"],
 )
 async def test_code_that_disagrees_with_the_journal_fails_the_run(
     client: Client,
@@ -450,6 +460,37 @@ async def test_a_branch_slow_to_reach_its_recorded_call_still_replays(
     assert run.error is None
     assert run.status == RunStatus.COMPLETED
     assert LEDGER == {"a": 1, "b": 1}
+
+
+@task(id="eng-slow-sibling-of-a-wait")
+async def slow_sibling_of_a_wait(payload: dict[str, Any]) -> str:
+    async def slow_step() -> None:
+        await wait.sleep(10)
+        for _ in range(50):  # an awaited call that takes many loop turns
+            await asyncio.sleep(0)
+        await step.run("b", step_b)
+
+    await asyncio.gather(wait.sleep(3600), slow_step())
+    return "done"
+
+
+async def test_a_run_suspends_only_once_a_slow_sibling_branch_has_reached_its_step(
+    store: Store, client: Client, clock: FakeClock, workers: Callable[..., Worker]
+) -> None:
+    # On the resume after 10 s, one branch blocks at once on the hour's recorded sleep
+    # while its sibling is still on its way to a step: the run suspends once the loop is
+    # quiet, not after a count of turns that would cut the sibling off and leave its step
+    # for after the hour.
+    handle = await slow_sibling_of_a_wait.trigger({})
+    worker = workers(slow_sibling_of_a_wait)
+    assert await worker.run_until_idle() == 1
+    assert client.retrieve(handle.id).status == RunStatus.WAITING
+    clock.advance(11)
+    assert await worker.run_until_idle() == 1
+    run = client.retrieve(handle.id)
+    assert run.status == RunStatus.WAITING
+    assert LEDGER == {"b": 1}
+    assert sorted(e.key for e in store.journal(handle.id)) == ["b", "sleep", "sleep#2"]
 
 
 # -- max_duration ------------------------------------------------------------------------------

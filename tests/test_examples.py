@@ -523,7 +523,7 @@ async def test_the_tutorial_code_works(
             "close": client.trigger("close-day", {"day": "2025-11-28", "orders": 3}).id,
         }
         approval = await drive(worker, client, clock, run_ids["approval"], until=WAITING)
-        client.complete_token(approval.metadata["token"], {"ok": True})
+        client.complete_token(approval.metadata["token"], {"approved": True})
         runs = {name: await drive(worker, client, clock, run_id, tick=5.0)
                 for name, run_id in run_ids.items()}
     finally:

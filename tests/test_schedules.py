@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from outlast import FakeClock, ScheduledPayload, Worker, cli, cron, schedules, task
+from outlast import FakeClock, ScheduledPayload, Worker, _cli_schedules, cron, schedules, task
 from outlast._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
 from outlast._schedule_firing import fire_due
 from outlast.cli import main as cli_main
@@ -608,7 +608,9 @@ async def test_cli_schedules(
     monkeypatch.setenv("OUTLAST_DATABASE_URL", db_url)
     monkeypatch.setenv("OUTLAST_ENV", "dev")
     # The commands' own parsing and printing, over the test's store (no store per call).
-    monkeypatch.setattr(cli, "_client", lambda args: Client(store=store, env=args.env))
+    monkeypatch.setattr(
+        _cli_schedules, "_client", lambda args: Client(store=store, env=args.env)
+    )
     flags = ["--database-url", db_url, "--env", "dev"]
 
     def run(*argv: str) -> str:

@@ -652,7 +652,7 @@ async def test_batch_of_50000_items_in_one_request(api: Api) -> None:
     out = resp.json()
     assert out["runCount"] == n and len({r["id"] for r in out["runs"]}) == n
     assert api.runs() == n
-    print(f"\n[{type(api.store).__name__}] batch of {n:,} items ({len(body) / 1e6:.1f} MB): "
+    print(f"\n[{api.store.backend}] batch of {n:,} items ({len(body) / 1e6:.1f} MB): "
           f"{took:.2f} s, {n / took:,.0f} runs/s")
     assert took < 60
 

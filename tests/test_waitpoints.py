@@ -567,7 +567,7 @@ def test_a_token_completed_while_its_run_suspends_still_resumes_it(
     transaction: whichever commits first, the run ends up queued to replay, never parked
     on a waitpoint that is already complete (C7). PostgreSQL only: SQLite's writers take
     turns on the file lock, so the two cannot overlap there."""
-    if type(store).__name__ != "PostgresStore":
+    if store.backend != "postgres":
         pytest.skip("a race between two PostgreSQL transactions")
     import psycopg
 

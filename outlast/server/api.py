@@ -23,7 +23,7 @@ from .._ids import new_id
 from .._trigger import TriggerOptions, prepare_replay, prepare_run
 from ..explain import why
 from ..runs import Run
-from ..store.base import NewRun, Store
+from ..store.base import ApiStore, NewRun, QueueListing
 from ..waitpoints import callback_url, verify
 from .bodies import MAX_BATCH_ITEMS, batch_items, documented_body, json_response, read_limited
 from .durations import MAX_SECONDS, seconds_from
@@ -202,7 +202,7 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
     )
 
 
-def prepare_request(store: Store, env: str, task_id: str, payload: Any,
+def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
                     options: TriggerOptionsBody | dict[str, Any] | None, where: str = "") -> NewRun:
     """A trigger as the Trigger.dev SDK sends it (options in its names, as a body model or
     the raw dict of a streamed batch item; a payload by ``payloadType``) built into a
@@ -224,7 +224,7 @@ def prepare_request(store: Store, env: str, task_id: str, payload: Any,
         raise type(err)(f"{where}: {err.message}", field=field) from None
 
 
-def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | None
+def resolve_payload(store: ApiStore, env: str, payload: Any, payload_type: str | None
                     ) -> tuple[Any, str | None]:
     """An ``application/store`` payload names a packet uploaded before the trigger: load
     it and return it with its own content type."""
@@ -240,42 +240,99 @@ def resolve_payload(store: Store, env: str, payload: Any, payload_type: str | No
     return data, content_type.split(";")[0].strip()
 
 
-def build_router(store: Store, env_dependency: Any) -> APIRouter:
+def _request_key(
+    a: str | None = Header(
+        None, alias="x-trigger-request-idempotency-key", include_in_schema=False
+    ),
+    b: str | None = Header(None, alias="idempotency-key", description="retry-safe request key"),
+) -> str | None:
+    key = a or b
+    if key is not None:  # stored in a unique index: its row has a size limit
+        _limits.text(key, "Idempotency-Key")
+    return key
+
+
+RequestKey = Annotated[str | None, Depends(_request_key)]
+
+
+def _triggered(store: ApiStore, env: str, runs: list[NewRun], key: str | None
+               ) -> list[TriggerResponse]:
+    if key:
+        results, _ = store.trigger_once(env, key, runs)
+    else:
+        results = store.trigger(runs)
+    return [TriggerResponse(id=r.id, isCached=r.is_cached) for r in results]
+
+
+def _get_run(store: ApiStore, env: str, run_id: str) -> Run:
+    run = store.get_run(env, run_id)
+    if run is None:
+        raise RunNotFound(f"no run {run_id!r}", field="run_id")
+    return run
+
+
+def _run_detail(store: ApiStore, env: str, run_id: str) -> dict[str, Any]:
+    run = _get_run(store, env, run_id)
+    related: dict[str, Any] = {}
+    if run.parent_id:
+        parent = store.get_run(env, run.parent_id)
+        if parent is not None:
+            related["parent"] = related_json(parent)
+    if run.root_id and run.root_id != run.parent_id:
+        root = store.get_run(env, run.root_id)
+        if root is not None:
+            related["root"] = related_json(root)
+    children = store.list_runs(env, parent_id=run.id, limit=1000)
+    if children:
+        related["children"] = [related_json(c) for c in children]
+    return run_json(run, why=why(store, run), related=related)
+
+
+def _complete_by_callback(store: ApiStore, token_id: str, signature: str, raw: bytes
+                          ) -> JSONResponse:
+    """A token completed from its callback URL: the signed URL is the credential."""
+    env = None
+    if len(signature) == 64 and verify(store, token_id, signature):
+        env = store.waitpoint_env(token_id)
+    if env is None:
+        raise HTTPException(401, "invalid callback signature")
+    # The body is the output: JSON as its value, any other text as a string (a
+    # form post or a plain-text webhook), nothing as {}.
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        data = raw.decode("utf-8", errors="replace")
+    store.complete_waitpoint(env, token_id, _serde.to_json(data))
+    return JSONResponse({"success": True})
+
+
+def _queue_state(store: ApiStore, env: str, name: str) -> QueueListing:
+    for q in store.list_queues(env):
+        if q["name"] == name:
+            return q
+    raise QueueNotFound(f"no queue {name!r}", field="name")
+
+
+def build_router(store: ApiStore, env_dependency: Any) -> APIRouter:
+    """The API's routes, in the order the OpenAPI document lists them."""
     router = APIRouter()
+    _trigger_routes(router, store, env_dependency)
+    _run_reading_routes(router, store, env_dependency)
+    _run_action_routes(router, store, env_dependency)
+    _token_routes(router, store, env_dependency)
+    _queue_routes(router, store, env_dependency)
+    return router
+
+
+def _trigger_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Triggering: one run, a batch of one task, a batch of several."""
     Env = Annotated[str, Depends(env_dependency)]
 
-    def request_key(
-        a: str | None = Header(
-            None, alias="x-trigger-request-idempotency-key", include_in_schema=False
-        ),
-        b: str | None = Header(None, alias="idempotency-key", description="retry-safe request key"),
-    ) -> str | None:
-        key = a or b
-        if key is not None:  # stored in a unique index: its row has a size limit
-            _limits.text(key, "Idempotency-Key")
-        return key
-
-    RequestKey = Annotated[str | None, Depends(request_key)]
-
-    def _trigger(env: str, runs: list[NewRun], key: str | None) -> list[TriggerResponse]:
-        if key:
-            results, _ = store.trigger_once(env, key, runs)
-        else:
-            results = store.trigger(runs)
-        return [TriggerResponse(id=r.id, isCached=r.is_cached) for r in results]
-
-    def _run(env: str, run_id: str) -> Run:
-        run = store.get_run(env, run_id)
-        if run is None:
-            raise RunNotFound(f"no run {run_id!r}", field="run_id")
-        return run
-
-    # -- triggering -----------------------------------------------------------------------
     @router.post("/api/v1/tasks/{task_id}/trigger", response_model=TriggerResponse,
                  tags=["runs"], summary="Trigger a run of a task")
     def trigger(task_id: str, body: TriggerBody, env: Env, key: RequestKey) -> TriggerResponse:
         new = prepare_request(store, env, task_id, body.payload, body.options)
-        return _trigger(env, [new], key)[0]
+        return _triggered(store, env, [new], key)[0]
 
     # The batch routes read the raw request: FastAPI would parse and validate a body of
     # 100,000 items on the event loop (see bodies.py). The body models stay documented.
@@ -287,7 +344,7 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
                             f"items[{i}]")
             for i, item in enumerate(items)
         ]
-        out = _trigger(env, runs, key)
+        out = _triggered(store, env, runs, key)
         return json_response(BatchResponse(id=new_id("batch"), runCount=len(out), runs=out))
 
     @router.post("/api/v1/tasks/{task_id}/batch", response_model=BatchResponse, tags=["runs"],
@@ -304,30 +361,18 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
         raw = await read_limited(request)
         return await run_in_threadpool(_batch, env, raw, BatchManyBody, BatchManyItem, None, key)
 
-    # -- runs -----------------------------------------------------------------------------
-    def _detail(env: str, run_id: str) -> dict[str, Any]:
-        run = _run(env, run_id)
-        related: dict[str, Any] = {}
-        if run.parent_id:
-            parent = store.get_run(env, run.parent_id)
-            if parent is not None:
-                related["parent"] = related_json(parent)
-        if run.root_id and run.root_id != run.parent_id:
-            root = store.get_run(env, run.root_id)
-            if root is not None:
-                related["root"] = related_json(root)
-        children = store.list_runs(env, parent_id=run.id, limit=1000)
-        if children:
-            related["children"] = [related_json(c) for c in children]
-        return run_json(run, why=why(store, run), related=related)
+
+def _run_reading_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Retrieving and listing runs."""
+    Env = Annotated[str, Depends(env_dependency)]
 
     @router.get("/api/v1/runs/{run_id}", tags=["runs"], summary="Retrieve a run")
     def retrieve(run_id: str, env: Env) -> dict[str, Any]:
-        return _detail(env, run_id)
+        return _run_detail(store, env, run_id)
 
     @router.get("/api/v3/runs/{run_id}", tags=["runs"], summary="Retrieve a run (SDK path)")
     def retrieve_v3(run_id: str, env: Env) -> dict[str, Any]:
-        return _detail(env, run_id)
+        return _run_detail(store, env, run_id)
 
     @router.get("/api/v1/runs", tags=["runs"], summary="List runs, newest first")
     def list_runs(
@@ -372,6 +417,11 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
             "pagination": {"next": page[-1].id} if more and page else {},
         }
 
+
+def _run_action_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Cancelling and replaying a run; its journal, logs and live events."""
+    Env = Annotated[str, Depends(env_dependency)]
+
     @router.post("/api/v1/runs/{run_id}/cancel", tags=["runs"], summary="Cancel a run")
     def cancel(run_id: str, env: Env) -> dict[str, Any]:
         try:
@@ -388,39 +438,43 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
                  summary="Start a new run with the same (or a new) payload")
     def replay(run_id: str, env: Env, key: RequestKey, body: ReplayBody | None = None
                ) -> ReplayResponse:
-        original = _run(env, run_id)
+        original = _get_run(store, env, run_id)
         # "payload": null is a new payload (null); no "payload" key keeps the original.
         new_payload = body is not None and "payload" in body.model_fields_set
         new = prepare_replay(store, env, original,
                              body.payload if body is not None and new_payload else original.payload)
         # With a request key, a retried replay returns the first one's run (C1).
-        return ReplayResponse(id=_trigger(env, [new], key)[0].id,
+        return ReplayResponse(id=_triggered(store, env, [new], key)[0].id,
                               taskIdentifier=original.task_id, replayedFrom=original.id)
 
     @router.get("/api/v1/runs/{run_id}/steps", tags=["runs"], summary="A run's journal")
     def steps(run_id: str, env: Env) -> dict[str, Any]:
-        _run(env, run_id)
+        _get_run(store, env, run_id)
         return {"data": [step_json(j) for j in store.journal(run_id)]}
 
     @router.get("/api/v1/runs/{run_id}/logs", tags=["runs"],
                 summary="A run's logs, attempts and events")
     def logs(run_id: str, env: Env, after: int = Query(0, ge=0, le=_limits.MAX_ID)
              ) -> dict[str, Any]:
-        _run(env, run_id)
+        _get_run(store, env, run_id)
         return {"data": [event_json(e) for e in store.events(run_id, after)]}
 
     @router.get("/api/v1/runs/{run_id}/events", tags=["runs"],
                 summary="Server-Sent Events: status, step, log, metadata, end",
                 response_class=StreamingResponse)
     async def events(run_id: str, env: Env) -> StreamingResponse:
-        await asyncio.to_thread(_run, env, run_id)
+        await asyncio.to_thread(_get_run, store, env, run_id)
         return StreamingResponse(
             _event_stream(store, env, run_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    # -- waitpoint tokens -----------------------------------------------------------------
+
+def _token_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Waitpoint tokens: create, list, retrieve, complete (also from the callback URL)."""
+    Env = Annotated[str, Depends(env_dependency)]
+
     @router.post("/api/v1/waitpoints/tokens", tags=["waitpoints"],
                  summary="Create a waitpoint token")
     def create_token(body: TokenBody, env: Env, key: RequestKey) -> dict[str, Any]:
@@ -470,56 +524,37 @@ def build_router(store: Store, env_dependency: Any) -> APIRouter:
     async def callback(token_id: str, signature: str, request: Request) -> JSONResponse:
         raw = await request.body()
 
-        def work() -> JSONResponse:
-            env = None
-            if len(signature) == 64 and verify(store, token_id, signature):
-                env = store.waitpoint_env(token_id)
-            if env is None:
-                raise HTTPException(401, "invalid callback signature")
-            # The body is the output: JSON as its value, any other text as a string (a
-            # form post or a plain-text webhook), nothing as {}.
-            try:
-                data = orjson.loads(raw) if raw.strip() else {}
-            except orjson.JSONDecodeError:
-                data = raw.decode("utf-8", errors="replace")
-            store.complete_waitpoint(env, token_id, _serde.to_json(data))
-            return JSONResponse({"success": True})
+        return await asyncio.to_thread(_complete_by_callback, store, token_id, signature, raw)
 
-        return await asyncio.to_thread(work)
 
-    # -- queues ---------------------------------------------------------------------------
+def _queue_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Queues: list, state, pause and resume, concurrency limit."""
+    Env = Annotated[str, Depends(env_dependency)]
+
     @router.get("/api/v1/queues", tags=["queues"], summary="List queues")
     def list_queues(env: Env) -> dict[str, Any]:
         return {"data": [queue_json(q) for q in store.list_queues(env)]}
 
-    def _queue(env: str, name: str) -> dict[str, Any]:
-        for q in store.list_queues(env):
-            if q["name"] == name:
-                return q
-        raise QueueNotFound(f"no queue {name!r}", field="name")
-
     @router.get("/api/v1/queues/{name:path}/state", tags=["queues"], summary="Retrieve a queue")
     def get_queue(name: str, env: Env) -> dict[str, Any]:
-        return queue_json(_queue(env, name))
+        return queue_json(_queue_state(store, env, name))
 
     @router.post("/api/v1/queues/{name:path}/pause", tags=["queues"],
                  summary="Pause or resume a queue ({action: pause|resume})")
     def pause_queue(name: str, body: PauseBody, env: Env) -> dict[str, Any]:
-        _queue(env, name)
+        _queue_state(store, env, name)
         store.update_queue(env, name, paused=body.action == "pause")
-        return queue_json(_queue(env, name))
+        return queue_json(_queue_state(store, env, name))
 
     @router.post("/api/v1/queues/{name:path}/concurrency", tags=["queues"],
                  summary="Set the concurrency limit (null removes it)")
     def set_limit(name: str, body: LimitBody, env: Env) -> dict[str, Any]:
-        _queue(env, name)
+        _queue_state(store, env, name)
         store.update_queue(env, name, concurrency_limit=body.limit)
-        return queue_json(_queue(env, name))
-
-    return router
+        return queue_json(_queue_state(store, env, name))
 
 
-async def _event_stream(store: Store, env: str, run_id: str) -> AsyncIterator[bytes]:
+async def _event_stream(store: ApiStore, env: str, run_id: str) -> AsyncIterator[bytes]:
     """Poll the store and turn changes into SSE frames, in order, until the run ends."""
 
     def frame(event: str, data: Any) -> bytes:

@@ -5,6 +5,7 @@ against one PostgreSQL behave as one.
 """
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -22,6 +23,7 @@ from . import errors
 from .api import build_router
 from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
+from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
 from .schedules_api import build_schedules_router
 from .versions_api import build_versions_router
@@ -118,18 +120,9 @@ async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
-    app = FastAPI(
-        title="outlast",
-        version=__version__,
-        description="Durable background jobs: trigger runs, follow them, complete waitpoints.",
-        openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
-        redoc_url=None,
-    )
-    app.state.store = store
+def _env_dependency(store: Store) -> Callable[..., str]:
+    """The dependency that reads the request's secret key: its environment, or a 401."""
     checker = KeyChecker(store)
-
     bearer = HTTPBearer(auto_error=False, description="A secret key: `outlast keys create`")
 
     def env_of(
@@ -145,12 +138,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             )
         return env
 
-    app.add_exception_handler(OutlastError, errors.outlast_error)
-    app.add_exception_handler(RequestValidationError, errors.request_validation)
-    app.add_exception_handler(StarletteHTTPException, errors.http_error)
-    for refused in errors.refused_classes():
-        app.add_exception_handler(refused, errors.refused_value)
+    return env_of
 
+
+def _add_health(app: FastAPI, store: Store) -> None:
     # On the loop, not in the thread pool: whether the process is up should not queue
     # behind other requests' work.
     @app.get("/api/v1/health", tags=["health"], summary="The process is up")
@@ -165,10 +156,30 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": True})
 
+
+def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
+    app = FastAPI(
+        title="outlast",
+        version=__version__,
+        description="Durable background jobs: trigger runs, follow them, complete waitpoints.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.store = store
+    env_of = _env_dependency(store)
+    app.add_exception_handler(OutlastError, errors.outlast_error)
+    app.add_exception_handler(RequestValidationError, errors.request_validation)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    for refused in errors.refused_classes():
+        app.add_exception_handler(refused, errors.refused_value)
+
+    _add_health(app, store)
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_versions_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:

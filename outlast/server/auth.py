@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .._errors import ValidationError
 from .._ids import new_id
-from ..store.base import Store
+from ..store.base import AccessStore
 
 KEY_PREFIX = "ol_sk_"
 
@@ -34,7 +34,7 @@ TRIGGER_ENVS = ("dev", "stg", "prod", "preview")
 _ALNUM = string.ascii_letters + string.digits
 
 
-def create_key(store: Store, env: str, *, trigger_shape: bool = False) -> NewKey:
+def create_key(store: AccessStore, env: str, *, trigger_shape: bool = False) -> NewKey:
     """A new secret key for ``env``. ``trigger_shape`` makes it look like a Trigger.dev
     key (``tr_<env>_sk_<24 alphanumerics>``) for apps that validate the shape; the SDK
     then expects ``x-trigger-jwt`` from the server, which outlast always sends."""
@@ -58,7 +58,7 @@ class KeyChecker:
     """Resolves a bearer secret to its environment. Results are cached for a couple of
     seconds, so a revoked key stops working within that time on every server."""
 
-    def __init__(self, store: Store, ttl: float = 2.0) -> None:
+    def __init__(self, store: AccessStore, ttl: float = 2.0) -> None:
         self.store = store
         self.ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import _limits
 from .._errors import ValidationError
 from .._ids import new_id
-from ..store.base import Store
+from ..store.base import ApiStore
 from ..waitpoints import signature
 from .api import prepare_request
 from .bodies import MAX_BATCH_ITEMS, json_response, read_limited
@@ -38,30 +38,29 @@ class ResetBody(BaseModel):
     taskIdentifier: str
 
 
-def _packet_signature(store: Store, env: str, path: str) -> str:
+def _packet_signature(store: ApiStore, env: str, path: str) -> str:
     return signature(store, f"packet\x1f{env}\x1f{path}")
 
 
-def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
+def build_compat_router(store: ApiStore, env_dependency: Any) -> APIRouter:
+    """The Trigger.dev SDK's routes that outlast's own API has no twin for."""
     router = APIRouter(tags=["trigger.dev compatibility"])
-    Env = Annotated[str, Depends(env_dependency)]
+    _packet_routes(router, store, env_dependency)
+    _batch_routes(router, store, env_dependency)
+    return router
 
-    def upload_urls(request: Request, env: str, filename: str) -> dict[str, str]:
-        _limits.text(filename, "filename")  # a packet's key in the database
-        base = str(request.base_url).rstrip("/")
-        sig = _packet_signature(store, env, filename)
-        return {
-            "presignedUrl": f"{base}/api/v1/packet-uploads/{env}/{sig}/{filename}",
-            "storagePath": filename,
-        }
+
+def _packet_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Large payloads: where to upload one (a signed URL), and the upload itself."""
+    Env = Annotated[str, Depends(env_dependency)]
 
     @router.put("/api/v2/packets/{filename:path}", summary="Where to upload a large payload")
     def packet_url(filename: str, request: Request, env: Env) -> dict[str, str]:
-        return upload_urls(request, env, filename)
+        return _upload_urls(store, request, env, filename)
 
     @router.put("/api/v1/packets/{filename:path}", summary="Where to upload (SDK 4.0 path)")
     def packet_url_v1(filename: str, request: Request, env: Env) -> dict[str, str]:
-        return upload_urls(request, env, filename)
+        return _upload_urls(store, request, env, filename)
 
     @router.put("/api/v1/packet-uploads/{env}/{sig}/{filename:path}",
                 summary="Upload a packet to its signed URL (no API key)")
@@ -79,6 +78,11 @@ def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
                                 status_code=422)
         store.put_packet(env, filename, content_type, text)
         return JSONResponse({"ok": True})
+
+
+def _batch_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
+    """Idempotency key reset, streamed batches (open, then send items), token claims."""
+    Env = Annotated[str, Depends(env_dependency)]
 
     @router.post("/api/v1/idempotencyKeys/{key}/reset", summary="Release an idempotency key")
     def reset(key: str, body: ResetBody, env: Env) -> dict[str, str]:
@@ -103,35 +107,6 @@ def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
         store.remember_request(env, f"v3batch-meta:{batch_id}", meta)
         return {"id": batch_id, "runCount": body.runCount, "isCached": False}
 
-    def seal_batch(env: str, batch_id: str, raw: bytearray) -> Response:
-        meta_raw, known = store.remember_request(env, f"v3batch-meta:{batch_id}", "{}")
-        meta = orjson.loads(meta_raw) if known else {}
-        batch_key = meta.get("key")
-        items: dict[int, dict[str, Any]] = {}
-        for line in raw.split(b"\n"):
-            _add_item(items, line)
-        if len(items) > MAX_BATCH_ITEMS:
-            raise ValidationError(f"a batch has at most {MAX_BATCH_ITEMS} items", field="items")
-        runs = []
-        for index in sorted(items):
-            item = items[index]
-            options = dict(item.get("options") or {})
-            if batch_key and not options.get("idempotencyKey"):
-                options["idempotencyKey"] = hashlib.sha256(f"{batch_key}-{index}".encode()
-                                                           ).hexdigest()
-            runs.append(prepare_request(store, env, str(item.get("task") or ""),
-                                        item.get("payload"), options, f"items[{index}]"))
-        results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
-        return json_response({
-            "id": batch_id,
-            "itemsAccepted": len(results),
-            "itemsDeduplicated": len(results) if cached else 0,
-            "sealed": True,
-            "enqueuedCount": len(results),
-            "expectedCount": int(meta.get("runCount") or len(results)),
-            "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
-        })
-
     @router.post("/api/v3/batches/{batch_id}/items",
                  summary="Stream a batch's items as NDJSON; a resend is deduplicated")
     async def batch_items(batch_id: str, request: Request, env: Env) -> Response:
@@ -144,13 +119,52 @@ def build_compat_router(store: Store, env_dependency: Any) -> APIRouter:
         # Read on the loop (under the batch limit), parsed and inserted in a thread: see
         # bodies.py.
         raw = await read_limited(request)
-        return await run_in_threadpool(seal_batch, env, batch_id, raw)
+        return await run_in_threadpool(_seal_batch, store, env, batch_id, raw)
 
     @router.post("/api/v1/auth/jwt/claims", summary="Claims for a public access token")
     def claims(env: Env) -> dict[str, Any]:
         return {"sub": env, "pub": True}
 
-    return router
+
+def _upload_urls(store: ApiStore, request: Request, env: str, filename: str) -> dict[str, str]:
+    _limits.text(filename, "filename")  # a packet's key in the database
+    base = str(request.base_url).rstrip("/")
+    sig = _packet_signature(store, env, filename)
+    return {
+        "presignedUrl": f"{base}/api/v1/packet-uploads/{env}/{sig}/{filename}",
+        "storagePath": filename,
+    }
+
+
+def _seal_batch(store: ApiStore, env: str, batch_id: str, raw: bytearray) -> Response:
+    """A streamed batch's items, triggered once (a resend answers the same runs)."""
+    meta_raw, known = store.remember_request(env, f"v3batch-meta:{batch_id}", "{}")
+    meta = orjson.loads(meta_raw) if known else {}
+    batch_key = meta.get("key")
+    items: dict[int, dict[str, Any]] = {}
+    for line in raw.split(b"\n"):
+        _add_item(items, line)
+    if len(items) > MAX_BATCH_ITEMS:
+        raise ValidationError(f"a batch has at most {MAX_BATCH_ITEMS} items", field="items")
+    runs = []
+    for index in sorted(items):
+        item = items[index]
+        options = dict(item.get("options") or {})
+        if batch_key and not options.get("idempotencyKey"):
+            options["idempotencyKey"] = hashlib.sha256(f"{batch_key}-{index}".encode()
+                                                       ).hexdigest()
+        runs.append(prepare_request(store, env, str(item.get("task") or ""),
+                                    item.get("payload"), options, f"items[{index}]"))
+    results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
+    return json_response({
+        "id": batch_id,
+        "itemsAccepted": len(results),
+        "itemsDeduplicated": len(results) if cached else 0,
+        "sealed": True,
+        "enqueuedCount": len(results),
+        "expectedCount": int(meta.get("runCount") or len(results)),
+        "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
+    })
 
 
 def _add_item(items: dict[int, dict[str, Any]], line: bytes | bytearray) -> None:

@@ -23,6 +23,7 @@ STATUS = {
     e.TokenNotFound: 404,
     e.QueueNotFound: 404,
     e.ScheduleNotFound: 404,
+    e.BulkActionNotFound: 404,
     e.TokenTimedOut: 409,
     e.InvalidState: 409,
     e.SchemaVersionError: 503,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import _schedule_client, _schedule_crud
 from .. import cron as _cron
-from ..store.base import Store
+from ..store.base import ScheduleStore
 
 
 class CreateScheduleBody(BaseModel):
@@ -40,8 +40,15 @@ class UpdateScheduleBody(BaseModel):
     externalId: str | None = Field(None, max_length=512)
 
 
-def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
+def build_schedules_router(store: ScheduleStore, env_dependency: Any) -> APIRouter:
     router = APIRouter(tags=["schedules"])
+    _schedule_routes(router, store, env_dependency)
+    _activation_routes(router, store, env_dependency)
+    return router
+
+
+def _schedule_routes(router: APIRouter, store: ScheduleStore, env_dependency: Any) -> None:
+    """List, create, retrieve, update and delete schedules."""
     Env = Annotated[str, Depends(env_dependency)]
     as_json = _schedule_client.schedule_json
 
@@ -89,6 +96,12 @@ def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
     def delete_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
         return as_json(_schedule_crud.delete(store, env, schedule_id))
 
+
+def _activation_routes(router: APIRouter, store: ScheduleStore, env_dependency: Any) -> None:
+    """Activate and deactivate a schedule; the time zones a schedule may use."""
+    Env = Annotated[str, Depends(env_dependency)]
+    as_json = _schedule_client.schedule_json
+
     @router.post("/api/v1/schedules/{schedule_id}/activate",
                  summary="Activate: fire from the next slot after now")
     def activate_schedule(schedule_id: str, env: Env) -> dict[str, Any]:
@@ -106,5 +119,3 @@ def build_schedules_router(store: Store, env_dependency: Any) -> APIRouter:
         else:
             names = [n for n in names if n != "UTC"]
         return {"timezones": names}
-
-    return router

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..runs import JournalEntry, Run, RunEvent, RunStatus
-from ..store.base import Waitpoint
+from ..store.base import QueueListing, Waitpoint
 from .durations import iso
 
 _FAILED = {RunStatus.FAILED, RunStatus.EXPIRED, RunStatus.TIMED_OUT}
@@ -23,16 +23,7 @@ def run_json(
     run: Run, *, why: str | None = None, related: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     s = run.status
-    error = None
-    if run.error:
-        error = _clean(
-            {
-                "message": str(run.error.get("message") or run.error.get("code") or "error"),
-                "name": run.error.get("type"),
-                "stackTrace": run.error.get("traceback"),
-                "code": run.error.get("code"),
-            }
-        )
+    error = _error_json(run.error) if run.error else None
     duration = run.duration
     return _clean(
         {
@@ -82,6 +73,17 @@ def run_json(
             "maxDuration": run.max_duration,
             "ttlExpiresAt": iso(run.ttl_expires_at),
             "why": why,
+        }
+    )
+
+
+def _error_json(error: dict[str, Any]) -> dict[str, Any]:
+    return _clean(
+        {
+            "message": str(error.get("message") or error.get("code") or "error"),
+            "name": error.get("type"),
+            "stackTrace": error.get("traceback"),
+            "code": error.get("code"),
         }
     )
 
@@ -159,7 +161,7 @@ def token_json(wp: Waitpoint, url: str | None = None) -> dict[str, Any]:
     )
 
 
-def queue_json(q: dict[str, Any]) -> dict[str, Any]:
+def queue_json(q: QueueListing) -> dict[str, Any]:
     return _clean(
         {
             "name": q["name"],

@@ -146,6 +146,7 @@ def _waitpoint(row: Row, waiting: list[str] | None = None) -> Waitpoint:
         created_at=row["created_at"],
         completed_at=row["completed_at"],
         waiting_runs=waiting or [],
+        buttons=loads(row["buttons"]) if row.get("buttons") else None,
     )
 
 

@@ -9,12 +9,11 @@ claims, commits, waitpoints, reading, workers and the tick, stats, the API, sche
 
 from __future__ import annotations
 
-import abc
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from .._errors import RunNotFound, SchemaVersionError
+from .._errors import RunNotFound
 from .._serde import dumps, loads
 from ..runs import Run, RunStatus
 from ._rows import (
@@ -23,88 +22,43 @@ from ._rows import (
     Tx,
     _error,
     _task_def,
-    migrations,
+    migrations,  # noqa: F401 - tests import the migration list from here
     run_from_row,
-    schema_sql,
 )
 from ._sql_api import ApiMixin
+from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
+from ._sql_doctor import DoctorMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
+from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
 from ._sql_versions import VersionsMixin
 from ._sql_waitpoints import WaitpointsMixin
 from ._sql_workers import WorkersMixin
 from .base import (
     NewRun,
+    QueueListing,
+    QueueRow,
     QueueSpec,
+    QueueState,
     TaskDef,
     TriggerResult,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 7
 
 
 
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    BulkMixin,
+    SchemaMixin, DoctorMixin,
     VersionsMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 
-    # -- schema ---------------------------------------------------------------------------
-    def _current_version(self, tx: Tx) -> int | None:
-        try:
-            rows = tx.q("schema_version")
-        except Exception:
-            return None
-        return int(rows[0]["version"]) if rows else None
-
-    @abc.abstractmethod
-    def _schema_exists(self) -> bool: ...
-
-    def migrate(self) -> int:
-        with self._transaction() as tx:
-            self._lock_for_migration(tx)
-            if not self._schema_exists():
-                tx.script(schema_sql(self.dialect))
-                tx.x("insert_schema_version", version=SCHEMA_VERSION)
-                return SCHEMA_VERSION
-            version = self._current_version(tx) or 0
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database schema is version {version}, newer than this outlast "
-                    f"({SCHEMA_VERSION}); upgrade outlast"
-                )
-            for number, sql in migrations(self.dialect):
-                if number > version:
-                    tx.script(sql)
-                    tx.x("set_schema_version", version=number)
-                    version = number
-            return version
-
-    def _lock_for_migration(self, tx: Tx) -> None:
-        """Serialize concurrent migrations (PostgreSQL takes an advisory lock)."""
-
-    def check_schema(self) -> None:
-        version = None
-        if self._schema_exists():
-            with self._transaction() as tx:
-                version = self._current_version(tx)
-        if version is not None and version > SCHEMA_VERSION:
-            # Migrating cannot help here: the code is older than the database.
-            raise SchemaVersionError(
-                f"the database has schema version {version}, newer than this outlast "
-                f"(version {SCHEMA_VERSION}); upgrade outlast: pip install -U outlast "
-                f"(database: {self.safe_url})"
-            )
-        if version != SCHEMA_VERSION:
-            found = "no outlast schema" if version is None else f"schema version {version}"
-            raise SchemaVersionError(
-                f"the database has {found}; this outlast needs version {SCHEMA_VERSION}. "
-                f"Run `outlast migrate` (database: {self.safe_url})"
-            )
-
+    # -- schema: migrate and check_schema are _sql_schema.SchemaMixin's ----------------
     @property
     def safe_url(self) -> str:
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.url)
@@ -195,7 +149,7 @@ class SqlStore(
         *,
         paused: bool | None = None,
         concurrency_limit: int | bool | None = False,
-    ) -> dict[str, Any]:
+    ) -> QueueRow:
         now = self.now()
         sets = ["updated_at = :now"]
         params: dict[str, Any] = {"env": env, "name": name, "now": now}
@@ -214,11 +168,11 @@ class SqlStore(
             if paused is False:
                 self._notify(tx, env)
         self.wake_local()
-        return dict(row)
+        return cast(QueueRow, dict(row))
 
-    def list_queues(self, env: str) -> list[dict[str, Any]]:
+    def list_queues(self, env: str) -> list[QueueListing]:
         with self._transaction() as tx:
-            rows = [dict(r) for r in tx.q("list_queues", env=env)]
+            rows = [cast(QueueListing, dict(r)) for r in tx.q("list_queues", env=env)]
             for r in rows:
                 r["keys"] = {
                     k["ckey"]: int(k["executing"])
@@ -226,7 +180,7 @@ class SqlStore(
                 }
         return rows
 
-    def queue_state(self, env: str, queue: str, ckey: str) -> dict[str, Any] | None:
+    def queue_state(self, env: str, queue: str, ckey: str) -> QueueState | None:
         with self._transaction() as tx:
             rows = tx.q("queue_state", env=env, queue=queue, ckey=ckey)
         if not rows:
@@ -241,7 +195,7 @@ class SqlStore(
             live = sorted(t for t in state["rate_window"] if t > self.now() - span)
             if len(live) >= count:
                 state["rate_free_at"] = live[len(live) - count] + span
-        return state
+        return cast(QueueState, state)
 
     # -- task definitions -----------------------------------------------------------------
     def publish_tasks(self, env: str, tasks: Sequence[TaskDef]) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
 from .._serde import dumps, loads
 from ._sql_core import SqlCore
-from .base import NewRun, TriggerResult
+from .base import ApiKeyMatch, ApiKeyRow, NewRun, TriggerResult
 
 
 class ApiMixin(SqlCore):
@@ -20,14 +20,14 @@ class ApiMixin(SqlCore):
             tx.x("insert_api_key", id=key_id, env=env, prefix=prefix, key_hash=key_hash,
                  now=self.now())
 
-    def find_api_key(self, key_hash: str) -> dict[str, Any] | None:
+    def find_api_key(self, key_hash: str) -> ApiKeyMatch | None:
         with self._transaction() as tx:
             rows = tx.q("find_api_key", key_hash=key_hash)
-        return dict(rows[0]) if rows else None
+        return cast(ApiKeyMatch, dict(rows[0])) if rows else None
 
-    def list_api_keys(self, env: str | None = None) -> list[dict[str, Any]]:
+    def list_api_keys(self, env: str | None = None) -> list[ApiKeyRow]:
         with self._transaction() as tx:
-            return [dict(r) for r in tx.q("list_api_keys", env=env)]
+            return [cast(ApiKeyRow, dict(r)) for r in tx.q("list_api_keys", env=env)]
 
     def revoke_api_key(self, key_id_or_prefix: str) -> int:
         with self._transaction() as tx:

@@ -172,6 +172,8 @@ class ClaimsMixin(SqlCore):
             )
         return rows
 
+    # over 60 lines: the fair-share pass, the round robin and the stamps share one claim's
+    # bookkeeping (taken, counts, served, rooms); split, each would pass all of it around.
     def _claim_from_queue(
         self,
         tx: Tx,

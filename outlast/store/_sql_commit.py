@@ -33,6 +33,8 @@ class CommitMixin(ClaimsMixin):
         ok, _ = self.apply_and_claim(worker_id, ops, "", {}, 0)
         return ok
 
+    # over 60 lines: one transaction's story, fence -> ops -> completions -> claim, kept in
+    # one body so the order a reader checks C4/C5 against is the order on the page.
     def apply_and_claim(
         self,
         worker_id: str,

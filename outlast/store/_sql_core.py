@@ -49,6 +49,14 @@ class SqlCore(Store):
     def _notify(self, tx: Tx, env: str) -> None:
         """Announce ready work to other processes (inside the transaction)."""
 
+    def dead_workers(self, alive: Sequence[Row]) -> list[str]:
+        """The ids among ``alive`` (rows of workers) whose life lock is free: they died."""
+        return []
+
+    @abc.abstractmethod
+    def _insert_process(self, tx: Tx, process_id: str, kind: str, env: str) -> None:
+        """Record a process and the release it runs (``_sql_schema.SchemaMixin``)."""
+
     def _run_row(self, r: NewRun, now: float) -> Row:
         available = now + (r.delay or 0.0)
         return {

@@ -8,10 +8,10 @@ compute every slot and next slot, and these methods keep them. Firing is where C
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ._sql_core import SqlCore
-from .base import Schedule, ScheduleFire
+from .base import Schedule, ScheduleFire, ScheduleSlot
 
 Row = dict[str, Any]
 
@@ -183,9 +183,10 @@ class SchedulesMixin(SqlCore):
             self.wake_local()
         return [out[i] for i in range(len(fires))]
 
-    def schedule_slots(self, schedule_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    def schedule_slots(self, schedule_id: str, limit: int = 50) -> list[ScheduleSlot]:
         with self._transaction() as tx:
-            return [dict(r) for r in tx.q("schedule_slots", id=schedule_id, limit=limit)]
+            rows = tx.q("schedule_slots", id=schedule_id, limit=limit)
+        return [cast(ScheduleSlot, dict(r)) for r in rows]
 
     def prune_schedule_slots(self, older_than: float = 7 * 24 * 3600.0) -> int:
         with self._transaction() as tx:

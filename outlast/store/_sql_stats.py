@@ -7,7 +7,9 @@ queries are plain SQL that both dialects accept, bound through the backend's ``_
 from __future__ import annotations
 
 from ..runs import Run
+from ._rows import run_from_row
 from ._sql_core import SqlCore
+from ._types import TaskDurations
 
 # Every environment the database has seen. Queues are ensured on every trigger and
 # tasks, workers and keys carry their env, so these small tables cover every env that
@@ -76,17 +78,15 @@ class StatsMixin(SqlCore):
             rows = self._raw(tx, KNOWN_ENVS, {})
         return sorted({str(r["env"]) for r in rows})
 
-    def duration_percentiles(self, env: str, since: float) -> dict[str, dict[str, float]]:
+    def duration_percentiles(self, env: str, since: float) -> dict[str, TaskDurations]:
         """Per task: ``count``, ``p50`` and ``p95`` seconds of runs created since
         ``since`` that started and finished."""
         with self._transaction() as tx:
             rows = self._raw(tx, DURATION_PERCENTILES, {"env": env, "since": since})
         return {
-            str(r["task_id"]): {
-                "count": float(r["n"]),
-                "p50": float(r["p50"] or 0.0),
-                "p95": float(r["p95"] or 0.0),
-            }
+            str(r["task_id"]): TaskDurations(
+                count=float(r["n"]), p50=float(r["p50"] or 0.0), p95=float(r["p95"] or 0.0)
+            )
             for r in rows
         }
 
@@ -97,8 +97,6 @@ class StatsMixin(SqlCore):
 
     def child_runs(self, env: str, run_id: str, limit: int = 100) -> list[Run]:
         """The runs ``run_id`` triggered, oldest first."""
-        from ._rows import run_from_row
-
         with self._transaction() as tx:
             rows = self._raw(tx, CHILD_RUNS, {"env": env, "parent_id": run_id, "limit": limit})
         return [run_from_row(r) for r in rows]

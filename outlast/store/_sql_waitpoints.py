@@ -30,6 +30,7 @@ class WaitpointsMixin(SqlCore):
         tags: Sequence[str] = (),
         run_id: str | None = None,
         request_key: str | None = None,
+        buttons: str | None = None,
     ) -> Waitpoint:
         now = self.now()
         with self._transaction() as tx:
@@ -62,6 +63,8 @@ class WaitpointsMixin(SqlCore):
                 pending_children=0,
                 now=now,
             )
+            if buttons is not None:
+                tx.x("set_waitpoint_buttons", env=env, id=token_id, buttons=buttons)
             return _waitpoint(tx.q("get_waitpoint", env=env, id=token_id)[0])
 
     def complete_waitpoint(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import cast
 
 from .._serde import dumps, loads
 from ..runs import Run
@@ -18,6 +18,7 @@ from .base import (
     Heartbeat,
     TickReport,
     WorkerInfo,
+    WorkerRow,
 )
 
 log = logging.getLogger("outlast.store._sql")
@@ -49,6 +50,8 @@ class WorkersMixin(SqlCore):
             serving = info.version and not info.draining
             if serving and tx.q("register_version", env=info.env, version=info.version, now=now):
                 tx.x("unpin_version", env=info.env)
+            # Its release, for `outlast migrate --check` and contract steps.
+            self._insert_process(tx, info.id, "worker", info.env)
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> Heartbeat:
         now = self.now()
@@ -66,12 +69,12 @@ class WorkersMixin(SqlCore):
         with self._transaction() as tx:
             tx.x("stop_worker", id=worker_id, now=self.now())
 
-    def list_workers(self, env: str | None = None) -> list[dict[str, Any]]:
+    def list_workers(self, env: str | None = None) -> list[WorkerRow]:
         with self._transaction() as tx:
             rows = [dict(r) for r in tx.q("list_workers", env=env)]
         for r in rows:
             r["tasks"] = loads(r["tasks"])
-        return rows
+        return cast(list[WorkerRow], rows)
 
     def live_task_ids(self, env: str) -> set[str]:
         """Task ids served by at least one live worker."""

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 from .._clock import Clock
 from ._rows import Row
 from ._sql import SqlStore
+from ._sql_app_tx import AppTransactionMixin
 from .base import EndSegment, NewRun, StartWait
 
 _CHANNEL = "outlast_work"
@@ -216,8 +217,9 @@ class _CopyLayout:
         yield b"".join(pieces)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(AppTransactionMixin, SqlStore):
     dialect = "postgres"
+    backend = "postgres"
 
     def refused_data(self, exc: Exception) -> bool:
         # psycopg's own DataError (NUL in text) has no SQLSTATE; the server's data

@@ -100,6 +100,7 @@ class LifeLock:
 
 class SQLiteStore(SqlStore):
     dialect = "sqlite"
+    backend = "sqlite"
 
     def refused_data(self, exc: Exception) -> bool:
         # DataError: a string or blob too big. A full disk, a locked or read-only file are

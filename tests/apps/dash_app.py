@@ -79,4 +79,15 @@ async def never_runs(p: dict[str, Any]) -> None:
     return None
 
 
-TASKS = {t.id: t for t in (pipeline, approval, child, parent, flaky, boom, never_runs)}
+@task(id="dash-shipping", retry=_NO_WAIT)
+async def shipping(p: dict[str, Any]) -> str:
+    """A token whose dashboard buttons send what this task checks (``ok``)."""
+    token = await wait.create_token(
+        timeout=3600, buttons={"Ship it": {"ok": True}, "Hold": {"ok": False}})
+    metadata.set("token", token.id)
+    result = await wait.for_token(token)
+    return "shipped" if (result.output or {}).get("ok") else "held"
+
+
+TASKS = {t.id: t for t in (pipeline, approval, child, parent, flaky, boom, never_runs,
+                          shipping)}

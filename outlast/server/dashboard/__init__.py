@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from ...store.base import Store
+from ...store.base import DashboardStore
 from ._web import Dashboard
 from .views import routes
 
@@ -31,7 +31,7 @@ def _truthy(value: str | None) -> bool:
 
 def mount(
     app: FastAPI,
-    store: Store,
+    store: DashboardStore,
     *,
     require_login: bool | None = None,
     password: str | None = None,

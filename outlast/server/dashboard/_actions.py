@@ -16,18 +16,17 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ... import _serde
-from ..._errors import OutlastError, QueueNotFound, UnknownTask, ValidationError
+from ... import _bulk, _serde, _token_buttons
+from ..._errors import QueueNotFound, UnknownTask, ValidationError
 from ..._trigger import TriggerOptions, prepare_replay, prepare_run
-from ...runs import FINAL_STATUSES, Run
+from ...store._bulk_base import BulkAction, BulkFilter
 from . import views
-from ._filters import STATUSES, RunFilter
+from ._filters import RunFilter
 from ._web import Ctx
 
-MAX_BULK = 1000
-_CANCELLABLE = [s for s in STATUSES if s not in {str(f) for f in FINAL_STATUSES}]
+# A dashboard request's share of a bulk action; a larger set goes on from its cursor.
+BULK_SECONDS = 10.0
 _ENV_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
-PRESETS = {"approve": {"approved": True}, "reject": {"approved": False}}
 
 
 def _json(text: str, name: str) -> Any:
@@ -75,68 +74,56 @@ def replay(ctx: Ctx) -> Response:
 # -- bulk over the filtered set -------------------------------------------------------------
 
 
-def _matching(ctx: Ctx, f: RunFilter, action: str) -> tuple[list[Run], bool]:
+def _bulk_filter(ctx: Ctx, f: RunFilter, action: str) -> BulkFilter | None:
+    """The filtered set as a bulk filter; None when a cancel's statuses have all ended."""
     kwargs = f.store_kwargs(ctx.store.now())
-    if action == "cancel":
-        wanted = kwargs["status"] or _CANCELLABLE
-        kwargs["status"] = [s for s in wanted if s in _CANCELLABLE]
-        if not kwargs["status"]:
-            return [], False
-    runs = ctx.store.list_runs(ctx.env, **kwargs, limit=MAX_BULK)
-    more = len(runs) == MAX_BULK and bool(
-        ctx.store.list_runs(ctx.env, **kwargs, limit=1, before=runs[-1].id)
-    )
-    return runs, more
+    if action == "cancel" and kwargs["status"] and not set(kwargs["status"]) & set(
+            _bulk.CANCELLABLE):
+        return None
+    return _bulk.make_filter(action, task=kwargs["task_id"], status=kwargs["status"],
+                             tag=kwargs["tag"], queue=kwargs["queue"],
+                             created_from=kwargs["created_from"],
+                             created_to=kwargs["created_to"], search=kwargs["search"])
 
 
 def bulk(ctx: Ctx) -> Response:
-    action = ctx.field("action")
-    if action not in ("cancel", "replay"):
-        raise ValidationError("action is cancel or replay", field="action")
+    """Confirm (the dry-run count and a sample), then act through ``outlast/_bulk.py``:
+    the path the API and CLI take, in batches, with no cap. A request acts for at most
+    ``BULK_SECONDS``; a bigger set goes on with ``outlast runs bulk resume`` or the
+    Continue button, never acting on a run twice."""
+    action = _bulk.check_action(ctx.field("action"))
     f = RunFilter.read(ctx.field, ctx.fields)
     back = "/runs?" + f.query(cursor=False)
+    resume = ctx.field("bulk")
     if ctx.field("confirm") != "1":
-        matching, more = _matching(ctx, f, action)
+        bf = _bulk_filter(ctx, f, action)
+        n = _bulk.count(ctx.store, ctx.env, bf) if bf is not None else 0
+        sample = (ctx.store.bulk_sample(ctx.env, bf, 10) if bf is not None and n else [])
         return ctx.render("bulk_confirm.html", active="runs", action=action, filter=f,
-                          runs=matching, more=more, ids=" ".join(r.id for r in matching),
-                          back=back, limit=MAX_BULK)
-    ids = list(dict.fromkeys(ctx.field("ids").split()))[:MAX_BULK]
-    if action == "cancel":
-        done = requested = 0
-        failed: list[str] = []
-        for run_id in ids:
-            try:
-                run, ended = ctx.store.cancel(ctx.env, run_id)
-            except OutlastError as exc:
-                failed.append(f"{run_id}: {exc.message}")
-                continue
-            if run_id in ended:
-                done += 1
-            elif not run.is_final:
-                requested += 1
-        text = f"Canceled {done} runs" + (
-            f"; cancel requested for {requested} executing" if requested else "")
-        if failed:
-            text += f"; {len(failed)} failed ({failed[0]})"
-        return ctx.redirect(back, ("ok" if not failed else "warn", text + "."))
-    runs: list[Run] = []
-    for i in range(0, len(ids), 500):
-        runs.extend(ctx.store.get_runs(ctx.env, ids[i : i + 500]))
-    new_runs = []
-    skipped: list[str] = []
-    for run in runs:
-        try:
-            new = prepare_replay(ctx.store, ctx.env, run, run.payload)
-        except OutlastError as exc:
-            skipped.append(f"{run.id}: {exc.message}")
-            continue
-        new_runs.append(new)
-    if new_runs:
-        ctx.store.trigger(new_runs)
-    text = f"Replayed {len(new_runs)} runs"
-    if skipped:
-        text += f"; skipped {len(skipped)} ({skipped[0]})"
-    return ctx.redirect(back, ("ok" if not skipped else "warn", text + "."))
+                          count=n, runs=sample, back=back)
+    if resume:
+        bulk_action = _bulk.get(ctx.store, ctx.env, resume)
+    else:
+        bf = _bulk_filter(ctx, f, action)
+        if bf is None:
+            return ctx.redirect(back, ("info", "No runs match."))
+        bulk_action = _bulk.start(ctx.store, ctx.env, action, bf)
+    done = _bulk.run(ctx.store, ctx.env, bulk_action.id, max_seconds=BULK_SECONDS)
+    return ctx.redirect(back, _bulk_message(done))
+
+
+def _bulk_message(b: BulkAction) -> tuple[str, str]:
+    if b.action == "cancel":
+        text = f"Canceled {b.succeeded} runs" + (
+            f"; cancel requested for {b.requested} executing" if b.requested else "")
+    else:
+        text = f"Replayed {b.succeeded} runs"
+    if b.skipped:
+        text += f"; skipped {b.skipped}" + (f" ({b.last_error})" if b.last_error else "")
+    if not b.done:
+        return ("warn", f"{text} so far ({b.processed} of {b.total}): bulk action {b.id} "
+                        f"goes on with `outlast runs bulk resume {b.id}`.")
+    return ("ok" if not b.skipped else "warn", text + ".")
 
 
 # -- queues ---------------------------------------------------------------------------------
@@ -182,8 +169,16 @@ def complete_token(ctx: Ctx) -> Response:
     token_id = ctx.field("id")
     preset = ctx.field("preset")
     back = views.safe_next(ctx.field("next") or "/waitpoints")
-    data = PRESETS[preset] if preset in PRESETS else _json(ctx.field("data"), "data")
     before = ctx.store.get_waitpoint(ctx.env, token_id)
+    # A button sends the data the token's task set for it (shown next to it), or the
+    # default Approve/Reject; "approve"/"reject" are the default buttons' older names.
+    buttons = {k.lower(): v for k, v in _token_buttons.of(before).items()}
+    if preset.lower() in buttons:
+        data = buttons[preset.lower()]
+    elif preset:
+        raise ValidationError(f"token {token_id} has no button {preset!r}", field="preset")
+    else:
+        data = _json(ctx.field("data"), "data")
     wp, done = ctx.store.complete_waitpoint(ctx.env, token_id, _serde.to_json(data))
     if done:
         n = len(before.waiting_runs) if before is not None else 0

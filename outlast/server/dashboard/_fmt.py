@@ -76,7 +76,15 @@ def status_class(status: Any) -> str:
     return STATUS_CLASS.get(str(status), "queued")
 
 
+def token_buttons(token: Any) -> list[tuple[str, str]]:
+    """A token's completion buttons as (label, the JSON each sends)."""
+    from ... import _token_buttons
+
+    return [(label, json.dumps(data)) for label, data in _token_buttons.of(token).items()]
+
+
 FILTERS = {
+    "token_buttons": token_buttons,
     "duration": duration,
     "iso": iso,
     "when": when,

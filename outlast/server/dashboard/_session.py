@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._config import settings
-from ...store.base import Store
+from ...store.base import AccessStore
 
 COOKIE = "outlast_dashboard"
 MAX_AGE = 7 * 24 * 3600
@@ -85,7 +85,7 @@ def _unb64(text: str) -> bytes:
 class Signer:
     """Signs and verifies session cookies (HMAC-SHA256)."""
 
-    def __init__(self, store: Store, password: str | None) -> None:
+    def __init__(self, store: AccessStore, password: str | None) -> None:
         self.store = store
         self.password = password or ""
         self._key: bytes | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...runs import JournalEntry, Run, RunEvent, RunStatus
-from ...store.base import Store
+from ...store.base import RunReads
 from ._fmt import duration, when
 
 MAX_CHILDREN = 100
@@ -61,7 +61,7 @@ class Timeline:
     live: bool = False
 
 
-def all_events(store: Store, run_id: str, cap: int = 5000) -> list[RunEvent]:
+def all_events(store: RunReads, run_id: str, cap: int = 5000) -> list[RunEvent]:
     """The run's events in order (the store pages them by 1,000)."""
     out: list[RunEvent] = []
     after = 0
@@ -125,23 +125,13 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
     return out
 
 
-def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunEvent],
+def build(store: RunReads, run: Run, journal: list[JournalEntry], events: list[RunEvent],
           children: list[Run], now: float) -> Timeline:
     t0 = run.created_at
     rows: list[Row] = []
     live = not run.is_final
 
-    # Before the first attempt: delayed, then queued.
-    pre_end = run.started_at if run.started_at is not None else (None if live else run.finished_at)
-    pre: list[Bar] = []
-    if run.delay_until is not None:
-        pre.append(Bar(t0, run.delay_until, "delayed", f"delayed until {when(run.delay_until)}"))
-        queued_from = run.delay_until
-    else:
-        queued_from = t0
-    if pre_end is None or pre_end > queued_from:
-        pre.append(Bar(queued_from, pre_end, "queued", "waiting in the queue"))
-    rows.append(Row("Queued", "queue", pre, note=duration((pre_end or now) - t0)))
+    rows.append(_queued_row(run, now, live))
 
     for a in attempts(run, journal, events):
         cls = {"failed": "failed", "completed": "ok", "scheduled": "scheduled",
@@ -153,6 +143,50 @@ def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunE
         rows.append(Row(f"Attempt {a['n']}", "attempt", [Bar(a["start"], end, cls, title)],
                         note=f"{a['outcome']} · {duration(span)}"))
 
+    rows += _journal_rows(store, run, journal, now, live)
+    rows += _child_rows(children)
+
+    ticks = [
+        Tick(e.ts, f"log-{e.level or 'info'}", f"{(e.level or 'info').upper()} {e.message or ''}")
+        for e in events if e.kind == "log"
+    ][-MAX_TICKS:]
+
+    t1 = run.finished_at if run.finished_at is not None else now
+    for row in rows:
+        for b in row.bars:
+            t1 = max(t1, b.end if b.end is not None else now, b.start)
+    for t in ticks:
+        t1 = max(t1, t.ts)
+    span = max(t1 - t0, 1e-3)
+    for row in rows:
+        for b in row.bars:
+            end = b.end if b.end is not None else now
+            b.left = _pct(b.start - t0, span)
+            b.width = max(min(_pct(end - b.start, span), 100.0 - b.left), 0.4)
+    for t in ticks:
+        t.left = _pct(t.ts - t0, span)
+    axis = [(i * 25.0, "+" + duration(span * i / 4) if i else "0") for i in range(5)]
+    return Timeline(t0=t0, t1=t1, rows=rows, ticks=ticks, axis=axis, live=live)
+
+
+def _queued_row(run: Run, now: float, live: bool) -> Row:
+    t0 = run.created_at
+    # Before the first attempt: delayed, then queued.
+    pre_end = run.started_at if run.started_at is not None else (None if live else run.finished_at)
+    pre: list[Bar] = []
+    if run.delay_until is not None:
+        pre.append(Bar(t0, run.delay_until, "delayed", f"delayed until {when(run.delay_until)}"))
+        queued_from = run.delay_until
+    else:
+        queued_from = t0
+    if pre_end is None or pre_end > queued_from:
+        pre.append(Bar(queued_from, pre_end, "queued", "waiting in the queue"))
+    return Row("Queued", "queue", pre, note=duration((pre_end or now) - t0))
+
+
+def _journal_rows(store: RunReads, run: Run, journal: list[JournalEntry], now: float,
+                  live: bool) -> list[Row]:
+    rows: list[Row] = []
     wait_lookups = 0
     for j in journal:
         end = j.finished_at
@@ -180,7 +214,11 @@ def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunE
         title = f"{j.kind} {j.key} (attempt {j.attempt}): {duration(span)}"
         rows.append(Row(label, j.kind, [Bar(j.started_at, end, cls, title)],
                         note=f"{note} · {duration(span)}"))
+    return rows
 
+
+def _child_rows(children: list[Run]) -> list[Row]:
+    rows: list[Row] = []
     for c in children[:MAX_CHILDREN]:
         end = c.finished_at if c.is_final else None
         status = str(c.status)
@@ -190,28 +228,7 @@ def build(store: Store, run: Run, journal: list[JournalEntry], events: list[RunE
         rows.append(Row(c.task_id, "child",
                         [Bar(c.created_at, end, cls, f"child {c.id}: {status}", href)],
                         note=status.lower(), href=href, indent=1))
-
-    ticks = [
-        Tick(e.ts, f"log-{e.level or 'info'}", f"{(e.level or 'info').upper()} {e.message or ''}")
-        for e in events if e.kind == "log"
-    ][-MAX_TICKS:]
-
-    t1 = run.finished_at if run.finished_at is not None else now
-    for row in rows:
-        for b in row.bars:
-            t1 = max(t1, b.end if b.end is not None else now, b.start)
-    for t in ticks:
-        t1 = max(t1, t.ts)
-    span = max(t1 - t0, 1e-3)
-    for row in rows:
-        for b in row.bars:
-            end = b.end if b.end is not None else now
-            b.left = _pct(b.start - t0, span)
-            b.width = max(min(_pct(end - b.start, span), 100.0 - b.left), 0.4)
-    for t in ticks:
-        t.left = _pct(t.ts - t0, span)
-    axis = [(i * 25.0, "+" + duration(span * i / 4) if i else "0") for i in range(5)]
-    return Timeline(t0=t0, t1=t1, rows=rows, ticks=ticks, axis=axis, live=live)
+    return rows
 
 
 def _pct(x: float, span: float) -> float:

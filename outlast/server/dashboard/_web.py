@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ... import __version__
 from ..._errors import InvalidState, OutlastError, ValidationError
-from ...store.base import Store
+from ...store.base import DashboardStore
 from . import _fmt
 from ._session import COOKIE, MAX_AGE, Session, Signer
 from ._throttle import LoginThrottle
@@ -85,7 +85,7 @@ class Ctx:
     form: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def store(self) -> Store:
+    def store(self) -> DashboardStore:
         return self.app.store
 
     @property
@@ -133,7 +133,7 @@ class Ctx:
 
 
 class Dashboard:
-    def __init__(self, store: Store, *, require_login: bool, password: str | None) -> None:
+    def __init__(self, store: DashboardStore, *, require_login: bool, password: str | None) -> None:
         self.store = store
         self.require_login = require_login
         self.password = password
@@ -224,10 +224,9 @@ class Dashboard:
     def envs(self, current: str) -> list[str]:
         """Environments to offer: those the store has seen, plus dev and the current one.
         (A read of four small tables, cheap enough for every page.)"""
-        known = getattr(self.store, "known_envs", None)
         names: list[str] = []
         try:
-            names = list(known()) if known is not None else []
+            names = self.store.known_envs()
         except Exception:  # a page must render even if this read fails
             log.exception("could not list environments")
         return sorted({*names, "dev", current})

@@ -64,10 +64,7 @@ def runs_index(ctx: Ctx) -> Response:
     f = run_filter(ctx)
     data = runs_page_data(ctx, f)
     tasks = sorted({t.id for t in ctx.store.list_tasks(ctx.env)} | ({f.task} - {""}))
-    names = getattr(ctx.store, "queue_names", None)
-    known = names(ctx.env) if names is not None else [
-        str(q["name"]) for q in ctx.store.list_queues(ctx.env)]
-    queues = sorted(set(known) | ({f.queue} - {""}))
+    queues = sorted(set(ctx.store.queue_names(ctx.env)) | ({f.queue} - {""}))
     return ctx.render(
         "runs.html", active="runs", statuses=STATUSES, ranges=list(RANGES), tasks=tasks,
         queues=queues, live_url="/dashboard-api/runs?" + f.query(), **data,
@@ -79,9 +76,7 @@ def run_detail_data(ctx: Ctx, run: Run) -> dict[str, Any]:
     now = store.now()
     journal = store.journal(run.id)
     events = all_events(store, run.id)
-    child_runs = getattr(store, "child_runs", None)
-    children = (child_runs(ctx.env, run.id, 100) if child_runs is not None
-                else store.list_runs(ctx.env, parent_id=run.id, limit=100))
+    children = store.child_runs(ctx.env, run.id, 100)
     parent = store.get_run(ctx.env, run.parent_id) if run.parent_id else None
     waiting_tokens = []
     if run.status == RunStatus.WAITING and isinstance(run.wait_reason, dict):
@@ -129,10 +124,7 @@ def tasks_page(ctx: Ctx) -> Response:
     store = ctx.store
     defs = {t.id: t for t in store.list_tasks(ctx.env)}
     counts = store.count_runs(ctx.env)
-    stats_fn = getattr(store, "duration_percentiles", None)
-    stats: dict[str, dict[str, float]] = (
-        stats_fn(ctx.env, store.now() - WEEK) if stats_fn is not None else {}
-    )
+    stats = store.duration_percentiles(ctx.env, store.now() - WEEK)
     ids = sorted(set(defs) | set(counts))
     rows = []
     for task_id in ids:
@@ -154,11 +146,10 @@ def tasks_page(ctx: Ctx) -> Response:
 
 def queues_data(ctx: Ctx) -> dict[str, Any]:
     store = ctx.store
-    by_key = getattr(store, "queued_by_key", None)
     queues = []
     for q in store.list_queues(ctx.env):
-        queued_keys: dict[str, int] = by_key(ctx.env, q["name"]) if by_key is not None else {}
-        executing_keys: dict[str, int] = dict(q.get("keys") or {})
+        queued_keys = store.queued_by_key(ctx.env, q["name"])
+        executing_keys = q["keys"]
         names = sorted(set(queued_keys) | set(executing_keys),
                        key=lambda k: (-(executing_keys.get(k, 0) + queued_keys.get(k, 0)), k))
         keys = [(k, executing_keys.get(k, 0), queued_keys.get(k, 0)) for k in names]

@@ -1073,6 +1073,138 @@ ORDER BY slot DESC LIMIT :limit;
 -- name: prune_schedule_slots
 DELETE FROM schedule_slots WHERE fired_at < :before;
 
+-- Bulk actions ---------------------------------------------------------------------------
+-- (see _sql_bulk.py; the filter's clauses are built there, one bound parameter each)
+
+-- The newest run of the environment: a bulk action's set ends here.
+-- name: newest_run_id
+SELECT MAX(id) AS id FROM runs WHERE env = :env;
+
+-- name: insert_bulk_action
+INSERT INTO bulk_actions (id, env, action, filter, bound_id, cursor, status, total,
+                          created_at, updated_at)
+VALUES (:id, :env, :action, :filter, :bound_id, '', 'running', :total, :now, :now);
+
+-- name: get_bulk_action
+SELECT * FROM bulk_actions WHERE env = :env AND id = :id;
+
+-- name: list_bulk_actions
+SELECT * FROM bulk_actions WHERE env = :env ORDER BY id DESC LIMIT :limit;
+
+-- Compare and set on the cursor: only the runner that read this cursor commits the next
+-- batch, in the same transaction as the batch's cancels or replays (exactly once).
+-- name: advance_bulk_action
+UPDATE bulk_actions
+SET cursor = :cursor, processed = processed + :covered, updated_at = :now
+WHERE env = :env AND id = :id AND cursor = :expected AND status = 'running'
+RETURNING id;
+
+-- name: count_bulk_batch
+UPDATE bulk_actions
+SET succeeded = succeeded + :succeeded, requested = requested + :requested,
+    skipped = skipped + :skipped, last_error = COALESCE(:last_error, last_error)
+WHERE env = :env AND id = :id;
+
+-- name: finish_bulk_action
+UPDATE bulk_actions SET status = :status, updated_at = :now, finished_at = :now
+WHERE env = :env AND id = :id AND status = 'running';
+
+-- Token buttons (see migrations/0004) ---------------------------------------------------
+
+-- name: set_waitpoint_buttons
+UPDATE waitpoints SET buttons = :buttons WHERE env = :env AND id = :id;
+
+-- Schema upgrades: expand then contract --------------------------------------------------
+
+-- name: applied_migrations
+SELECT name, number, kind FROM outlast_migrations ORDER BY number, name;
+
+-- name: record_migration
+INSERT INTO outlast_migrations (name, number, kind, applied_at, release)
+VALUES (:name, :number, :kind, :now, :release)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: register_process
+INSERT INTO processes (id, kind, env, host, pid, release, schema_version, migrations,
+                       started_at, seen_at, listen, dashboard)
+VALUES (:id, :kind, :env, :host, :pid, :release, :schema_version, :migrations, :now, :now,
+        :listen, :dashboard);
+
+-- name: touch_process
+UPDATE processes SET seen_at = :now WHERE id = :id AND stopped_at IS NULL;
+
+-- name: stop_process
+UPDATE processes SET stopped_at = :now WHERE id = :id AND stopped_at IS NULL;
+
+-- Live processes with the release they run: a worker by its row in workers (alive, lease
+-- current on the database clock), any other kind by a recent seen_at.
+-- name: live_processes
+SELECT p.*
+FROM processes p LEFT JOIN workers w ON w.id = p.id
+WHERE p.stopped_at IS NULL
+  AND ((p.kind = 'worker' AND w.status = 'alive' AND w.lease_expires_at >= :now)
+       OR (p.kind <> 'worker' AND p.seen_at >= :since))
+ORDER BY p.kind, p.started_at;
+
+-- Live workers of a release from before processes registered (no row in processes): their
+-- release is unknown, so they hold back every contract step.
+-- name: live_unregistered_workers
+SELECT w.id, w.env, w.host, w.pid, w.started_at FROM workers w
+LEFT JOIN processes p ON p.id = w.id
+WHERE w.status = 'alive' AND w.lease_expires_at >= :now AND p.id IS NULL
+ORDER BY w.started_at;
+
+-- name: table_exists
+SELECT name FROM sqlite_master WHERE type = 'table' AND name = :name;
+
+-- name: table_exists [postgres]
+SELECT :name AS name WHERE to_regclass(:name) IS NOT NULL;
+
+-- Doctor ---------------------------------------------------------------------------------
+
+-- The database's connection limit and use, and its clock (PostgreSQL only).
+-- name: doctor_database
+SELECT NULL AS max_connections, NULL AS reserved, NULL AS connections, NULL AS db_now;
+
+-- name: doctor_database [postgres]
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS reserved,
+       (SELECT COUNT(*) FROM pg_stat_activity) AS connections,
+       extract(epoch FROM clock_timestamp()) AS db_now;
+
+-- Workers still marked alive whose lease lapsed before :before: nothing reaps them.
+-- name: doctor_stale_workers
+SELECT id, host, pid, heartbeat_at, lease_expires_at FROM workers
+WHERE env = :env AND status = 'alive' AND lease_expires_at < :before
+ORDER BY lease_expires_at LIMIT 100;
+
+-- Runs held (EXECUTING or DEQUEUED) by no live holder since before :before: the reaper
+-- should have queued them again (C10) and has not.
+-- name: doctor_stuck_runs
+SELECT r.id, r.task_id, r.status, r.worker_id FROM runs r
+LEFT JOIN workers w ON w.id = r.worker_id
+WHERE r.env = :env AND r.status IN ('EXECUTING', 'DEQUEUED')
+  AND ((w.id IS NULL AND r.updated_at < :before)
+       OR (w.status <> 'alive' AND COALESCE(w.stopped_at, 0) < :before)
+       OR w.lease_expires_at < :before)
+ORDER BY r.id LIMIT 100;
+
+-- name: doctor_paused_backlog
+SELECT q.name, COUNT(r.id) AS queued FROM queues q
+JOIN runs r ON r.env = q.env AND r.queue = q.name AND r.status = 'QUEUED'
+WHERE q.env = :env AND q.paused = 1
+GROUP BY q.name ORDER BY q.name;
+
+-- name: doctor_queued_tasks
+SELECT task_id, COUNT(*) AS queued, MIN(created_at) AS oldest FROM runs
+WHERE env = :env AND status = 'QUEUED'
+GROUP BY task_id ORDER BY task_id;
+
+-- Rows of processes long gone: not seen for :before and not a live worker's.
+-- name: prune_processes
+DELETE FROM processes WHERE seen_at < :before
+  AND id NOT IN (SELECT id FROM workers WHERE status = 'alive');
+
 -- Versions ---------------------------------------------------------------------------------
 
 -- A serving worker's version, the first time it is seen: the newest registered is the

@@ -266,7 +266,58 @@ CREATE TABLE schedule_slots (
 );
 CREATE INDEX schedule_slots_fired ON schedule_slots (fired_at);
 
--- Version 4: task code versions (issue 19). A run locks to the version of the worker
+-- Bulk actions (see migrations/0004_bulk_actions): cancel or replay every run matching a
+-- filter, in batches; the cursor moves in the same transaction as each batch.
+CREATE TABLE bulk_actions (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    action TEXT NOT NULL,                  -- cancel | replay
+    filter TEXT NOT NULL,                  -- JSON: task, status, tag, queue, created_from/to
+    bound_id TEXT NOT NULL,                -- runs with id <= bound_id ('' when there were none)
+    cursor TEXT NOT NULL DEFAULT '',       -- the last run id a committed batch covered
+    status TEXT NOT NULL,                  -- running | completed | aborted
+    total INTEGER NOT NULL,                -- runs matching when it was created
+    processed INTEGER NOT NULL DEFAULT 0,  -- runs the committed batches covered
+    succeeded INTEGER NOT NULL DEFAULT 0,  -- canceled or replayed
+    requested INTEGER NOT NULL DEFAULT 0,  -- cancel: executing, asked to stop
+    skipped INTEGER NOT NULL DEFAULT 0,    -- already ended (cancel), or could not be replayed
+    last_error TEXT,                       -- why the latest run was skipped
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX bulk_actions_env ON bulk_actions (env, id);
+
+-- A token's completion buttons in the dashboard (see migrations/0004_bulk_actions).
+ALTER TABLE waitpoints ADD COLUMN buttons TEXT;
+
+-- Expand-then-contract upgrades: migrations applied, by name and kind; processes and the
+-- release and migrations they run (migrations/0004_expand_contract).
+CREATE TABLE outlast_migrations (
+    name TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    kind TEXT NOT NULL,                    -- expand | contract
+    applied_at REAL NOT NULL,
+    release TEXT NOT NULL                  -- the outlast release that applied it
+);
+CREATE TABLE processes (
+    id TEXT PRIMARY KEY,                   -- a worker's id, or server_<random>
+    kind TEXT NOT NULL,                    -- worker | server
+    env TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    release TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    migrations TEXT NOT NULL,              -- JSON list of the migration names its code knows
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL,                   -- servers: refreshed while they run
+    stopped_at REAL,
+    listen TEXT,                           -- a server's host:port (0005_process_endpoints)
+    dashboard TEXT                         -- password | open | locked
+);
+CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
+
+-- Version 7 (migrations/0007_versions): task code versions (issue 19). A run locks to the version of the worker
 -- that starts its first attempt (or to the one its trigger pinned, or its parent's for
 -- a child it waits on); from then on only workers of that version claim it (C11).
 -- NULL: not locked yet, the environment's current version takes it.

@@ -1,0 +1,2 @@
+"""Framework integrations: ``outlast.contrib.fastapi``, ``.django``, ``.flask``, and
+``.sqlalchemy`` (triggering inside a SQLAlchemy session's transaction)."""
