@@ -28,6 +28,16 @@ class Versioning(WorkerBase):
     _scope: VersionScope
     _drained: asyncio.Event | None
 
+    def _init_versions(self, version: str | None, drain: bool) -> None:
+        """The task code version served: given, or a digest of the app's source."""
+        self.version = (
+            _versions.check_version(version) if version
+            else _versions.default_version(self.tasks.values())
+        )
+        self.draining = drain
+        self._scope = VersionScope(self.version, ())
+        self._drained = None
+
     def claim_scope(self) -> VersionScope | None:
         return self._scope
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _schedule_crud, _versions
+from . import _schedule_crud
 from ._attempts import Attempts
 from ._claiming import Claiming, _handback
 from ._committer import Claimer, Committer
@@ -47,7 +47,6 @@ from ._watchdog import Watchdog
 from ._worker_versions import Versioning
 from .durable import RunContext
 from .scheduler import Scheduler
-from .store._versions_base import VersionScope
 from .store.base import Claim, Heartbeat, LifeLock, Store, WorkerInfo
 from .tasks import REGISTRY, Task
 
@@ -112,13 +111,7 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         self.use_life_lock = life_lock
         self.rng = rng or random.Random()
         self.id = new_id("worker")
-        # The task code version served (C11): given, or a digest of the app's source.
-        self.version = _versions.check_version(version) if version else (
-            _versions.default_version(self.tasks.values())
-        )
-        self.draining = drain
-        self._scope = VersionScope(self.version, ())
-        self._drained: asyncio.Event | None = None
+        self._init_versions(version, drain)
         self.active: dict[str, RunContext] = {}
         self._running: set[asyncio.Task[None]] = set()
         # Threads of runs' sync code still running after their attempt ended (a timeout,

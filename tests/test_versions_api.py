@@ -55,7 +55,7 @@ async def test_the_versions_api_lists_promotes_migrates_and_pins_triggers(
         assert client.retrieve(r.json()["id"]).version == "v9"
         bad = await api.post("/api/v1/tasks/ver-quick/trigger",
                              json={"payload": {}, "options": {"lockToVersion": "no spaces"}})
-        assert bad.status_code == 422 and bad.json()["field"] == "version"
+        assert bad.status_code == 422 and bad.json()["field"] == "options.lockToVersion"
 
         r = await api.post("/api/v1/versions/migrate", json={"from": "v1", "to": "v2"})
         assert r.json()["migrated"] == 1

@@ -50,7 +50,7 @@ _WIRE = {
     "idempotency_key": "idempotencyKey", "idempotency_key_ttl": "idempotencyKeyTTL",
     "concurrency_key": "concurrencyKey", "max_attempts": "maxAttempts",
     "max_duration": "maxDuration", "queue": "queue", "tags": "tags", "delay": "delay",
-    "ttl": "ttl", "priority": "priority", "metadata": "metadata",
+    "ttl": "ttl", "priority": "priority", "metadata": "metadata", "version": "lockToVersion",
 }
 
 
@@ -86,12 +86,8 @@ class TriggerOptionsBody(BaseModel):
     metadata: dict[str, Any] | None = None
     maxAttempts: Integer | None = Field(None, ge=1, le=100)
     maxDuration: Number | None = Field(None, gt=0, le=MAX_SECONDS)
-    priority: Number | None = Field(
-        None, ge=0, le=MAX_SECONDS, description="a head start in seconds"
-    )
-    lockToVersion: Text | None = Field(
-        None, description="lock the run to this task code version (the SDK's `version`)"
-    )
+    priority: Number | None = Field(None, ge=0, le=MAX_SECONDS, description="a head start, s")
+    lockToVersion: Text | None = Field(None, description="a task code version to lock to")
 
 
 class TriggerBody(BaseModel):
