@@ -328,3 +328,16 @@ async def test_patched_in_a_sync_task_and_outside_a_task(
         ("patch:sync-change", "true")]
     with pytest.raises(outlast.OutlastError, match="inside a running task"):
         outlast.patched("x")
+
+
+async def test_bulk_actions_filter_by_the_version_runs_are_locked_to(
+    store: Store, client: Client, workers: Workers
+) -> None:
+    _reset()
+    await workers(sleepy, version="v1").run_until_idle()
+    for _ in range(2):
+        client.trigger(sleepy, {})
+    client.trigger(sleepy, {}, version="v2")
+    await workers(sleepy, version="v1").run_until_idle()
+    assert client.bulk_count("cancel", version="v1") == 2
+    assert client.bulk_count("cancel", version="v2") == 1
