@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _observe
 from ._clock import FakeClock, SystemClock
 from ._errors import (
     AbortRun,
@@ -25,10 +26,11 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._observe import instrument
 from ._patches import patched
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
-from .runs import Run, RunHandle, RunStatus, TaskRunResult
+from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
 from .schedules import ScheduledPayload
 from .store.base import Waitpoint
 from .tasks import Queue, Retry, Task, queue, task
@@ -76,6 +78,7 @@ __all__ = [
     "RunNotFound",
     "RunStatus",
     "ScheduledPayload",
+    "SyncRunHandle",
     "SystemClock",
     "Task",
     "TaskRunResult",
@@ -87,6 +90,7 @@ __all__ = [
     "WaitResult",
     "complete_token",
     "current_run",
+    "instrument",
     "logger",
     "metadata",
     "patched",
@@ -95,3 +99,7 @@ __all__ = [
     "task",
     "wait",
 ]
+
+
+# The standard OTEL_* variables turn tracing on in any process that imports outlast.
+_observe.from_environment()

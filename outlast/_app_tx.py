@@ -1,6 +1,7 @@
 """Triggering inside the application's own database transaction (PostgreSQL).
 
-``Client.trigger(task, payload, connection=conn)`` lands here. ``conn`` is the
+``Client.trigger(task, payload, connection=conn)`` lands here, through the store
+transport (an HTTP client refuses it with ``OVER_HTTP``). ``conn`` is the
 application's psycopg 3 connection, a SQLAlchemy ``Session`` or ``Connection`` over
 psycopg 3, or a Django database connection (``django.db.connection``) on the psycopg 3
 backend; it must point at the database outlast uses. The run is validated and built as
@@ -14,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigurationError
 from ._trigger import TriggerOptions, prepare_run
-from .runs import RunHandle
-from .tasks import Task
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .store.base import Store
+    from .tasks import Task
 
 
 def driver_connection(connection: Any) -> Any:
@@ -41,22 +41,20 @@ def driver_connection(connection: Any) -> Any:
 
 
 def trigger_in(
-    client: Client,
+    store: Store,
+    env: str,
     task: Task[Any, Any] | str,
     payload: Any,
     options: TriggerOptions,
     connection: Any,
-) -> RunHandle[Any]:
-    from .client import _output_type
-
-    if client._http is not None:
-        raise ConfigurationError(
-            "connection= writes the run in your database transaction, so it needs a "
-            "client over the database (database_url=), not one over HTTP",
-            field="connection",
-        )
-    store = client._ready()
-    run = prepare_run(store, client.env, task, payload, options)
+) -> tuple[str, bool]:
+    """The run of a trigger, validated and built as any other, written through the app's
+    ``connection``: its id, and whether an idempotency key returned an existing run."""
+    run = prepare_run(store, env, task, payload, options)
     result = store.trigger_in(driver_connection(connection), [run])[0]
-    return RunHandle(id=result.id, task_id=run.task_id, is_cached=result.is_cached,
-                     _output_type=_output_type(task))
+    return result.id, result.is_cached
+
+
+# An HTTP client cannot write in the app's transaction: it says so in these words.
+OVER_HTTP = ("connection= writes the run in your database transaction, so it needs a "
+             "client over the database (database_url=), not one over HTTP")

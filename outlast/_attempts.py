@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from . import _outcome, _serde
+from . import _observe, _outcome, _serde
 from ._committer import _error_json
 from ._config import settings
 from ._errors import (
@@ -91,6 +91,8 @@ class Attempts(WorkerBase):
             self._start_ready()
             self._slot_signal()
 
+    # over 60 lines: one attempt from its start to its commit, in order, with the two
+    # observation points around it (tracing's attempt span opens and closes in this task).
     async def _execute_task(self, ctx: RunContext, task: Task[Any, Any]) -> None:
         run = ctx.run
         resumed = any(e.attempt == run.attempt for e in ctx.journal.values())
@@ -109,6 +111,9 @@ class Attempts(WorkerBase):
             timer = asyncio.get_running_loop().call_later(remaining, ctx.end, "timeout")
         op: EndSegment | None
         output: Any = None
+        raised: BaseException | None = None
+        if _observe.OBSERVERS:  # the attempt's span becomes current in this task
+            await _observe.attempt_started(ctx, resumed)
         try:
             if ctx.end_reason is not None:  # ended (cancelled, handed back) before it began
                 raise asyncio.CancelledError
@@ -117,6 +122,7 @@ class Attempts(WorkerBase):
             op = EndSegment(run_id=run.id, epoch=ctx.epoch, outcome="completed", output=output_text)
         except BaseException as exc:  # whatever the code raised, it ends the attempt here
             op = self._ended_by(ctx, task, exc)
+            raised = exc
         finally:
             ctx.main_task = None
             _current.reset(token)
@@ -136,6 +142,8 @@ class Attempts(WorkerBase):
             # The code caught the platform's unwinding and returned: the platform's reason
             # (a cancel, max_duration) still decides the outcome.
             op = self._unwound(ctx)
+        if _observe.OBSERVERS:
+            _observe.attempt_ended(ctx, op, raised)
         self._outlive(ctx)
         if op is None:
             log.warning("run %s: lease lost; nothing committed", run.id, extra={"run_id": run.id})

@@ -1,9 +1,11 @@
-"""Bulk actions in ``Client`` and ``AsyncClient``: over the database through ``_bulk``, or
-over HTTP to ``server/bulk_api.py`` (which runs batches for a bounded time per request,
-so the client calls it again until the action is done, reporting progress each time)."""
+"""Bulk actions in ``Client`` and ``AsyncClient``, on the client's transport: over the
+database through ``_bulk`` (``StoreTransport``), or over HTTP to ``server/bulk_api.py``
+(``HttpBulk`` here; the server runs batches for a bounded time per request, so the client
+calls it again until the action is done, reporting progress each time)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,10 +13,9 @@ from urllib.parse import quote
 
 from . import _bulk
 from .store._bulk_base import BulkAction, BulkFilter
-from .store.base import Store
 
 if TYPE_CHECKING:
-    from ._http import HttpTransport
+    from ._transport import Transport
 
 Time = float | str | _dt.datetime | None
 
@@ -27,14 +28,48 @@ def _path(bulk_id: str, action: str = "") -> str:
     return f"/api/v1/bulk-actions/{quote(bulk_id, safe='')}{action}"
 
 
-class BulkMethods:
-    """``Client``'s bulk calls."""
+class HttpBulk:
+    """The bulk calls of ``HttpTransport``, to ``server/bulk_api.py``."""
 
-    env: str
-    _http: HttpTransport | None
-
-    def _ready(self) -> Store:
+    def request(self, method: str, path: str, *, json: Any = None,
+                params: dict[str, Any] | None = None, idempotent: bool = False) -> Any:
         raise NotImplementedError
+
+    def bulk_count(self, action: str, f: BulkFilter) -> int:
+        out = self.request("POST", "/api/v1/bulk-actions", json={
+            "action": action, "filter": _wire_filter(f), "dry_run": True})
+        return int(out["count"])
+
+    def start_bulk(self, action: str, f: BulkFilter) -> BulkAction:
+        return bulk_from_json(self.request("POST", "/api/v1/bulk-actions", json={
+            "action": action, "filter": _wire_filter(f)}))
+
+    def run_bulk(self, bulk_id: str, size: int,
+                 on_progress: _bulk.Progress | None) -> BulkAction:
+        # The server runs batches for a bounded time per request: call until done.
+        while True:
+            bulk = bulk_from_json(self.request(
+                "POST", _path(bulk_id, "/run"), json={"batch_size": size}))
+            if on_progress is not None:
+                on_progress(bulk)
+            if bulk.done:
+                return bulk
+
+    def get_bulk(self, bulk_id: str) -> BulkAction:
+        return bulk_from_json(self.request("GET", _path(bulk_id)))
+
+    def list_bulk(self, limit: int) -> list[BulkAction]:
+        out = self.request("GET", "/api/v1/bulk-actions", params={"limit": limit})
+        return [bulk_from_json(d) for d in out["data"]]
+
+    def abort_bulk(self, bulk_id: str) -> BulkAction:
+        return bulk_from_json(self.request("POST", _path(bulk_id, "/abort")))
+
+
+class BulkMethods:
+    """``Client``'s bulk calls, on its transport."""
+
+    _transport: Transport
 
     def bulk_count(
         self, action: str, *, task: str | None = None, status: str | Sequence[str] | None = None,
@@ -45,11 +80,7 @@ class BulkMethods:
         f = _bulk.make_filter(action, task=task, status=status, tag=tag, queue=queue,
                               created_from=created_from, created_to=created_to,
                               search=search, version=version)
-        if self._http is not None:
-            out = self._http.request("POST", "/api/v1/bulk-actions", json={
-                "action": action, "filter": _wire_filter(f), "dry_run": True})
-            return int(out["count"])
-        return _bulk.count(self._ready(), self.env, f)
+        return self._transport.bulk_count(action, f)
 
     def bulk_cancel(self, *, batch_size: int | None = None,
                     on_progress: _bulk.Progress | None = None, **filters: Any) -> BulkAction:
@@ -68,45 +99,24 @@ class BulkMethods:
     def start_bulk(self, action: str, **filters: Any) -> BulkAction:
         """Record a bulk action over the runs matching now, without acting yet; run it with
         ``resume_bulk``."""
-        f = _bulk.make_filter(action, **filters)
-        if self._http is not None:
-            return bulk_from_json(self._http.request("POST", "/api/v1/bulk-actions", json={
-                "action": action, "filter": _wire_filter(f)}))
-        return _bulk.start(self._ready(), self.env, action, f)
+        return self._transport.start_bulk(action, _bulk.make_filter(action, **filters))
 
     def resume_bulk(self, bulk_id: str, *, batch_size: int | None = None,
                     on_progress: _bulk.Progress | None = None) -> BulkAction:
         """Run a bulk action to the end, from its last committed batch (after a crash, or
         when started elsewhere). Runs already acted on are never acted on again."""
-        size = _bulk.batch_size(batch_size)
-        if self._http is None:
-            return _bulk.run(self._ready(), self.env, bulk_id, size=size,
-                             on_progress=on_progress)
-        while True:
-            bulk = bulk_from_json(self._http.request(
-                "POST", _path(bulk_id, "/run"), json={"batch_size": size}))
-            if on_progress is not None:
-                on_progress(bulk)
-            if bulk.done:
-                return bulk
+        return self._transport.run_bulk(bulk_id, _bulk.batch_size(batch_size), on_progress)
 
     def get_bulk(self, bulk_id: str) -> BulkAction:
-        if self._http is not None:
-            return bulk_from_json(self._http.request("GET", _path(bulk_id)))
-        return _bulk.get(self._ready(), self.env, bulk_id)
+        return self._transport.get_bulk(bulk_id)
 
     def list_bulk(self, limit: int = 20) -> list[BulkAction]:
         """Bulk actions, newest first."""
-        if self._http is not None:
-            out = self._http.request("GET", "/api/v1/bulk-actions", params={"limit": limit})
-            return [bulk_from_json(d) for d in out["data"]]
-        return self._ready().list_bulk_actions(self.env, limit)
+        return self._transport.list_bulk(limit)
 
     def abort_bulk(self, bulk_id: str) -> BulkAction:
         """Stop a running bulk action: the batches committed stay done, no more follow."""
-        if self._http is not None:
-            return bulk_from_json(self._http.request("POST", _path(bulk_id, "/abort")))
-        return _bulk.abort(self._ready(), self.env, bulk_id)
+        return self._transport.abort_bulk(bulk_id)
 
 
 def _wire_filter(f: BulkFilter) -> dict[str, Any]:
@@ -117,11 +127,14 @@ def _wire_filter(f: BulkFilter) -> dict[str, Any]:
 
 
 class AsyncBulkMethods:
-    """``AsyncClient``'s bulk calls: ``BulkMethods`` in a thread (``on_progress`` is then
-    called from that thread)."""
+    """``AsyncClient``'s bulk calls: ``BulkMethods`` of its sync client in a thread
+    (``on_progress`` is then called from that thread). A bulk action is a long loop of
+    batches with a progress callback, an admin's call: it has no async transport."""
+
+    sync: BulkMethods
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
 
     async def bulk_count(self, action: str, **filters: Any) -> int:
         n: int = await self._call("bulk_count", action, **filters)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import _observe
 from ._committer import _error_json
 from ._worker_base import WorkerBase
 from .runs import Run, RunStatus
@@ -99,6 +100,8 @@ class Claiming(WorkerBase):
             for c in claims:
                 self.committer.submit_nowait(_handback(c))
             return
+        if _observe.OBSERVERS:
+            _observe.claimed(claims, self.store.now())
         ready = [c for c in claims if c.run.status != RunStatus.DEQUEUED]
         if limit > 0:
             self._dry = len(ready) < limit

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from . import _bulk
-from .cli import _client, _common, _setup
+from ._cli_common import _client, _common, _setup
 
 _SINCE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

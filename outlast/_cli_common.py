@@ -8,6 +8,7 @@ A command group lives in its own module ``outlast/_cli_<topic>.py`` exposing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import importlib.util
@@ -98,10 +99,23 @@ def _setup(args: argparse.Namespace) -> None:
     os.environ["OUTLAST_ENV"] = args.env
 
 
+# Stores a command opened, closed by ``cli.main`` when the command returns: a PostgreSQL
+# pool left to the garbage collector is closed from whatever thread collects it, which
+# may be one of the pool's own (it cannot join itself).
+_opened: list[Any] = []
+
+
+def close_opened() -> None:
+    while _opened:
+        with contextlib.suppress(Exception):  # closing twice is harmless; so is a failure
+            _opened.pop().close()
+
+
 def _store(args: argparse.Namespace, *, migrate: bool = False) -> Any:
     from .store import open_store
 
     store = open_store(args.database_url)
+    _opened.append(store)
     if migrate:
         store.migrate()
     else:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(sub: Any) -> None:
-    from .cli import _common
+    from ._cli_common import _common
 
     p = sub.add_parser("doctor", help="check the database, schema, clocks, connections, "
                        "workers, stuck runs, paused queues, unserved tasks and exposure; "

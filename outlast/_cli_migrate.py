@@ -19,7 +19,7 @@ EXIT_BLOCKED = 3  # a contract step waits for processes of an older release
 
 
 def add_commands(sub: Any) -> None:
-    from .cli import _common
+    from ._cli_common import _common
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema (expand, "
                        "then contract once no older process is left)")

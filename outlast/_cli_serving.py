@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _cli_doctor, _cli_migrate
 from ._cli_common import _app_flag, _common, _flag, _setup, _store, _when, load_app
@@ -27,6 +27,9 @@ from ._dev_hints import (
 )
 from ._loop import loop_name
 from ._loop import run as run_loop
+
+if TYPE_CHECKING:
+    from .store.base import Store
 
 log = logging.getLogger("outlast.cli")
 
@@ -62,6 +65,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
         version=args.version,
         drain=args.drain,
     )
+    _serve_metrics(args, store)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -307,11 +311,21 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
           default=30.0, type=float)
     _flag(p, "--no-scheduler", help="do not run timers and reapers here",
           action="store_true")
+    _flag(p, "--metrics-port", help="serve Prometheus /metrics on this port (needs "
+          "outlast[metrics])", default=None, type=int)
     _flag(p, "--no-life-lock", help="hold no life lock (advisory / file lock): peers "
           "then notice this worker's death only when its lease lapses (for tests)",
           action="store_true")
     _flag(p, "--version", help="the task code version served; default: a digest of "
           "the source of the modules defining the app's tasks")
+
+
+def _serve_metrics(args: argparse.Namespace, store: Store) -> None:
+    """``--metrics-port``: Prometheus /metrics from a thread of the worker's own."""
+    if args.metrics_port:
+        from . import _metrics
+
+        _metrics.serve(args.metrics_port, store)
 
 
 def _http_flags(p: argparse.ArgumentParser, host: str) -> None:

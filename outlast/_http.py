@@ -1,4 +1,5 @@
-"""The client's HTTP transport: the same calls as the database client, over the API.
+"""The client's HTTP transports: the calls of ``_transport``, over the API of an outlast
+server, blocking (``HttpTransport``) and asyncio (``AsyncHttpTransport``).
 
 Each logical request carries a request idempotency key, reused on retries, so a trigger
 retried after a lost response returns the first run instead of creating a second (C1).
@@ -6,23 +7,49 @@ retried after a lost response returns the first run instead of creating a second
 
 from __future__ import annotations
 
-import datetime as _dt
+import asyncio
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+import weakref
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
 
 from . import _errors as e
-from . import _serde
-from ._trigger import TriggerOptions
-from .durable import Token
-from .runs import Run, RunStatus
-from .store.base import Waitpoint
+from . import _observe, _serde
+from ._app_tx import OVER_HTTP
+from ._bulk_client import HttpBulk
+from ._http_calls import (
+    HttpTrigger,
+    Plan,
+    Request,
+    cancel_plan,
+    complete_token_plan,
+    create_token_plan,
+    get_token_plan,
+    list_queues_plan,
+    list_runs_plan,
+    list_tokens_plan,
+    pause_queue_plan,
+    queue_limit_plan,
+    replay_plan,
+    retrieve_plan,
+    trigger_plan,
+)
+from ._http_calls import run_from_json as run_from_json
+from ._schedule_client import HttpSchedules
+from ._trigger import REGISTRY, TriggerOptions, check_options, item_error
+from .runs import Run
+from .store.base import Store, Waitpoint
+from .waitpoints import Token
+
+if TYPE_CHECKING:
+    from ._transport import Triggered
+    from .tasks import Task
+
+R = TypeVar("R")
 
 _CODES: dict[str, type[e.OutlastError]] = {
     cls.code: cls
@@ -47,101 +74,70 @@ class Unauthorized(e.OutlastError):
     code = "unauthorized"
 
 
-def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+def _backoff(retries: int) -> Iterator[float | None]:
+    """The pause after each failed attempt; None for the last attempt, after which the
+    failure is the caller's."""
+    delay = 0.2
+    for _ in range(retries):
+        yield delay
+        delay *= 3
+    yield None
 
 
-def run_from_json(d: dict[str, Any]) -> Run:
-    err = d.get("error")
-    error = None
-    if err:
-        error = {
-            "code": err.get("code"),
-            "type": err.get("name"),
-            "message": err.get("message"),
-            "traceback": err.get("stackTrace"),
-        }
-    return Run(
-        id=d["id"],
-        env=(d.get("env") or {}).get("name", ""),
-        task_id=d["taskIdentifier"],
-        queue=d.get("queue", ""),
-        status=RunStatus(d["status"]),
-        payload=d.get("payload"),
-        output=d.get("output"),
-        error=error,
-        metadata=d.get("metadata") or {},
-        tags=d.get("tags") or [],
-        attempt=d.get("attempt", d.get("attemptCount", 0)),
-        max_attempts=d.get("maxAttempts", 0),
-        priority=d.get("priority", 0.0),
-        concurrency_key=d.get("concurrencyKey"),
-        idempotency_key=d.get("idempotencyKey"),
-        created_at=_ts(d.get("createdAt")) or 0.0,
-        updated_at=_ts(d.get("updatedAt")) or 0.0,
-        available_at=_ts(d.get("delayedUntil")) or _ts(d.get("createdAt")) or 0.0,
-        delay_until=_ts(d.get("delayedUntil")),
-        ttl_expires_at=_ts(d.get("ttlExpiresAt")),
-        started_at=_ts(d.get("startedAt")),
-        finished_at=_ts(d.get("finishedAt")),
-        max_duration=d.get("maxDuration"),
-        worker_id=d.get("workerId"),
-        parent_id=d.get("parentId"),
-        root_id=d.get("rootId"),
-        depth=d.get("depth", 0),
-        replayed_from=d.get("replayedFrom"),
-        cancel_requested=bool(d.get("cancelRequested")),
-        wait_reason=d.get("why"),
-        version=d.get("lockedToVersion"),
-    )
+_RETRY: Any = object()
 
 
-@dataclass(frozen=True)
-class HttpTrigger:
-    """One run to start over HTTP: the task, its validated payload, the caller's options."""
-
-    task_id: str
-    payload: str  # JSON text
-    options: TriggerOptions
-
-
-def _seconds(value: _dt.timedelta | float | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, _dt.timedelta) else float(value)
+def _settle(outcome: httpx.Response | httpx.TransportError, pause: float | None) -> Any:
+    """An attempt's answer, or _RETRY when it failed in a way worth another (a lost
+    connection, a 5xx, 408 or 429) and attempts are left (``pause`` is not None)."""
+    if isinstance(outcome, httpx.TransportError):
+        if pause is None:
+            raise outcome
+        return _RETRY
+    if pause is not None and (outcome.status_code >= 500 or outcome.status_code in (408, 429)):
+        return _RETRY
+    return _result(outcome)
 
 
-def wire_options(o: TriggerOptions) -> dict[str, Any]:
-    """The options the caller set, in the API's names. Only those: the server fills in the
-    task's own defaults (queue, retries, tags), which the app may not know."""
-    opts: dict[str, Any] = {
-        "queue": {"name": o.queue} if o.queue else None,
-        "tags": list(o.tags) or None,
-        "metadata": o.metadata,
-        "maxAttempts": o.max_attempts,
-        "priority": o.priority or None,
-        "concurrencyKey": o.concurrency_key,
-        "idempotencyKey": o.idempotency_key,
-        "idempotencyKeyTTL": _seconds(o.idempotency_key_ttl),
-        "delay": _seconds(o.delay),
-        "ttl": _seconds(o.ttl),
-        "maxDuration": _seconds(o.max_duration),
-        "lockToVersion": o.version,
-    }
-    return {k: v for k, v in opts.items() if v is not None}
+async def _outcome(pending: Awaitable[httpx.Response]) -> httpx.Response | httpx.TransportError:
+    try:
+        return await pending
+    except httpx.TransportError as exc:
+        return exc
 
 
-def _item(t: HttpTrigger) -> dict[str, Any]:
-    # The payload is already JSON text: embed it as is rather than parse it again.
-    return {"task": t.task_id, "payload": orjson.Fragment(t.payload),
-            "options": wire_options(t.options)}
+def _encode(body: Any, idempotent: bool) -> tuple[bytes | None, dict[str, str]]:
+    headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotent else {}
+    if _observe.OBSERVERS:  # the caller's trace context, for the trigger's span
+        _observe.inject(headers)
+    if body is None:
+        return None, headers
+    headers["Content-Type"] = "application/json"
+    return orjson.dumps(body), headers
 
 
-class HttpTransport:
+def _result(resp: httpx.Response) -> Any:
+    if resp.status_code < 400:
+        return resp.json()
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"error": resp.text}
+    message = str(body.get("error") or resp.reason_phrase)
+    code = str(body.get("code") or "")
+    if resp.status_code == 401:
+        raise Unauthorized(message)
+    cls = _CODES.get(code, e.OutlastError)
+    if issubclass(cls, e.ValidationError):
+        raise cls(message, field=body.get("field"))
+    raise cls(message, status=resp.status_code)
+
+
+class _HttpBase:
+    """What both sessions share: the target, the key, and building triggers."""
+
     def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, env: str = "") -> None:
         if not secret_key:
             raise e.ConfigurationError(
                 "an API URL needs a secret key: pass secret_key= or set OUTLAST_SECRET_KEY",
@@ -149,171 +145,222 @@ class HttpTransport:
             )
         self.api_url = api_url.rstrip("/")
         self.retries = retries
-        self._http = httpx.Client(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {secret_key}"},
-            timeout=timeout,
-        )
+        self.env = env
+        self._secret_key = secret_key
+        self._timeout = timeout
+        self._headers = {"Authorization": f"Bearer {secret_key}"}
+
+    def _new(self, task: Task[Any, Any] | str, payload: Any,
+             options: TriggerOptions) -> HttpTrigger:
+        local = REGISTRY.get(task) if isinstance(task, str) else task
+        task_id = local.id if local is not None else str(task)
+        # Fail fast on what can be checked here (the payload, when the task's code is
+        # imported; the options). The server validates again and applies the task's
+        # defaults, which an app that never imported the task does not know.
+        text = local.validate_payload(payload) if local is not None else _serde.to_json(payload)
+        check_options(options, self.env)
+        return HttpTrigger(task_id, text, options)
+
+    def _batch(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
+               options: TriggerOptions) -> list[HttpTrigger]:
+        items = []
+        for i, payload in enumerate(payloads):
+            try:
+                items.append(self._new(task, payload, options))
+            except e.ValidationError as exc:
+                raise item_error(exc, i) from None
+        return items
+
+
+class HttpTransport(HttpSchedules, HttpBulk, _HttpBase):
+    """``Transport`` over HTTP, on a blocking httpx session."""
+
+    def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
+                 retries: int = 3, env: str = "") -> None:
+        super().__init__(api_url, secret_key, timeout=timeout, retries=retries, env=env)
+        self._http = httpx.Client(base_url=self.api_url, headers=self._headers,
+                                  timeout=timeout)
+
+    @property
+    def store(self) -> Store:
+        raise e.ConfigurationError("this client talks HTTP; it has no database store")
+
+    def check(self) -> None:
+        """Nothing to check before the first call: the server checks its own schema."""
+
+    def asynchronous(self) -> AsyncHttpTransport:
+        return AsyncHttpTransport(self.api_url, self._secret_key, timeout=self._timeout,
+                                  retries=self.retries, env=self.env)
 
     def close(self) -> None:
         self._http.close()
 
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, idempotent: bool = False) -> Any:
-        headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotent else {}
-        content = None
-        if json is not None:
-            content = orjson.dumps(json)
-            headers["Content-Type"] = "application/json"
-        delay = 0.2
-        for attempt in range(self.retries + 1):
+        content, headers = _encode(json, idempotent)
+        for pause in _backoff(self.retries):
             try:
-                resp = self._http.request(method, path, content=content, params=params,
-                                          headers=headers)
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            else:
-                if resp.status_code < 500 and resp.status_code not in (408, 429):
-                    return self._result(resp)
-                if attempt == self.retries:
-                    return self._result(resp)
-            time.sleep(delay)
-            delay *= 3
+                outcome: httpx.Response | httpx.TransportError = self._http.request(
+                    method, path, content=content, params=params, headers=headers
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            if (answer := _settle(outcome, pause)) is not _RETRY:
+                return answer
+            time.sleep(pause or 0)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _result(self, resp: httpx.Response) -> Any:
-        if resp.status_code < 400:
-            return resp.json()
+    def _run(self, plan: Plan[R]) -> R:
         try:
-            body = resp.json()
-        except ValueError:
-            body = {"error": resp.text}
-        message = str(body.get("error") or resp.reason_phrase)
-        code = str(body.get("code") or "")
-        if resp.status_code == 401:
-            raise Unauthorized(message)
-        cls = _CODES.get(code, e.OutlastError)
-        if issubclass(cls, e.ValidationError):
-            raise cls(message, field=body.get("field"))
-        raise cls(message, status=resp.status_code)
+            req = next(plan)
+            while True:
+                req = plan.send(self.request(req.method, req.path, json=req.json,
+                                             params=req.params, idempotent=req.idempotent))
+        except StopIteration as done:
+            value: R = done.value
+            return value
 
     # -- the client's calls ---------------------------------------------------------------
-    def trigger(self, items: Sequence[HttpTrigger]) -> list[tuple[str, bool]]:
-        """One request, whatever the count; retried with the same request key, so a retry
-        after a lost response returns the first runs (C1)."""
-        if len(items) == 1:
-            body = _item(items[0])
-            task = quote(body.pop("task"), safe="")
-            out = self.request("POST", f"/api/v1/tasks/{task}/trigger", json=body,
-                               idempotent=True)
-            return [(out["id"], bool(out.get("isCached")))]
-        out = self.request("POST", "/api/v2/tasks/batch",
-                           json={"items": [_item(t) for t in items]}, idempotent=True)
-        return [(x["id"], bool(x.get("isCached"))) for x in out["runs"]]
+    def trigger(self, task: Task[Any, Any] | str, payload: Any,
+                options: TriggerOptions) -> Triggered:
+        return self._run(trigger_plan([self._new(task, payload, options)]))[0]
+
+    def trigger_in(self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions,
+                   connection: Any) -> Triggered:
+        raise e.ConfigurationError(OVER_HTTP, field="connection")
+
+    def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
+                      options: TriggerOptions) -> list[Triggered]:
+        return self._run(trigger_plan(self._batch(task, payloads, options)))
 
     def retrieve(self, run_id: str) -> Run:
-        return run_from_json(self.request("GET", f"/api/v1/runs/{quote(run_id, safe='')}"))
+        return self._run(retrieve_plan(run_id))
 
     def list_runs(self, **filters: Any) -> list[Run]:
-        params: dict[str, Any] = {}
-        if filters.get("status"):
-            params["status"] = ",".join(str(s) for s in filters["status"])
-        for ours, theirs in (("task_id", "task"), ("tag", "tag"), ("queue", "queue"),
-                             ("search", "search"), ("limit", "limit"), ("before", "cursor"),
-                             ("created_from", "created_from"), ("created_to", "created_to")):
-            if filters.get(ours) is not None:
-                params[theirs] = filters[ours]
-        out = self.request("GET", "/api/v1/runs", params=params)
-        return [run_from_json(d) for d in out["data"]]
+        return self._run(list_runs_plan(filters))
 
     def cancel(self, run_id: str) -> Run:
-        self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/cancel")
-        return self.retrieve(run_id)
+        return self._run(cancel_plan(run_id))
 
     def replay(self, run_id: str, payload: Any, has_payload: bool) -> tuple[str, str]:
         """Start a replay; returns the new run's id and task id."""
-        body = {"payload": _json(payload)} if has_payload else {}
-        out = self.request("POST", f"/api/v1/runs/{quote(run_id, safe='')}/replay", json=body,
-                           idempotent=True)
-        return str(out["id"]), str(out["taskIdentifier"])
+        return self._run(replay_plan(run_id, payload, has_payload))
 
     def create_token(self, timeout: float | None, idempotency_key: str | None,
                      idempotency_ttl: float | None, tags: Sequence[str]) -> Token:
-        body = {"timeout": timeout, "idempotencyKey": idempotency_key,
-                "idempotencyKeyTTL": idempotency_ttl, "tags": list(tags)}
-        out = self.request("POST", "/api/v1/waitpoints/tokens",
-                           json={k: v for k, v in body.items() if v is not None},
-                           idempotent=True)
-        return Token(id=out["id"], callback_url=out["url"])
+        return self._run(create_token_plan(timeout, idempotency_key, idempotency_ttl, tags))
 
     def complete_token(self, token_id: str, data: Any) -> Waitpoint:
-        self.request("POST", f"/api/v1/waitpoints/tokens/{quote(token_id, safe='')}/complete",
-                     json={"data": _json(data)})
-        return self.get_token(token_id)
+        return self._run(complete_token_plan(token_id, data))
 
     def get_token(self, token_id: str) -> Waitpoint:
-        d = self.request("GET", f"/api/v1/waitpoints/tokens/{quote(token_id, safe='')}")
-        return _waitpoint(d)
+        return self._run(get_token_plan(token_id))
 
     def list_tokens(self, status: str | None, limit: int) -> list[Waitpoint]:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        out = self.request("GET", "/api/v1/waitpoints/tokens", params=params)
-        return [_waitpoint(d) for d in out["data"]]
+        return self._run(list_tokens_plan(status, limit))
 
     def list_queues(self) -> list[dict[str, Any]]:
-        return [_queue(q) for q in self.request("GET", "/api/v1/queues")["data"]]
+        return self._run(list_queues_plan())
 
     def pause_queue(self, name: str, paused: bool) -> dict[str, Any]:
-        return _queue(self.request(
-            "POST", f"/api/v1/queues/{quote(name, safe='/')}/pause",
-            json={"action": "pause" if paused else "resume"},
-        ))
+        return self._run(pause_queue_plan(name, paused))
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        return _queue(self.request(
-            "POST", f"/api/v1/queues/{quote(name, safe='/')}/concurrency",
-            json={"limit": limit},
-        ))
+        return self._run(queue_limit_plan(name, limit))
 
 
-def _json(value: Any) -> orjson.Fragment:
-    """A value as the database client would store it (pydantic models, dataclasses…)."""
-    return orjson.Fragment(_serde.to_json(value))
+class AsyncHttpTransport(_HttpBase):
+    """``AsyncTransport`` over HTTP, on an asyncio httpx session: the same plans as
+    ``HttpTransport``; a request awaits its answer and its back-off on the loop."""
 
+    def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
+                 retries: int = 3, env: str = "") -> None:
+        super().__init__(api_url, secret_key, timeout=timeout, retries=retries, env=env)
+        # A session's connections belong to the loop that opened them: a process-wide
+        # client used from a second loop (another asyncio.run, a thread with its own
+        # loop) gets a session there; a loop's session goes with the loop.
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                  httpx.AsyncClient] = weakref.WeakKeyDictionary()
 
-def _queue(d: dict[str, Any]) -> dict[str, Any]:
-    """The API's queue in the keys the database client returns."""
-    rate = d.get("rateLimit") or {}
-    return {
-        "name": d["name"],
-        "queued": d.get("queued", 0),
-        "executing": d.get("running", 0),
-        "concurrency_limit": d.get("concurrencyLimit"),
-        "global_limit": d.get("globalLimit"),
-        "rate_limit_count": rate.get("limit"),
-        "rate_limit_period": rate.get("periodSeconds"),
-        "paused": bool(d.get("paused")),
-        "keys": d.get("keys") or {},
-    }
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None:
+            session = self._sessions[loop] = httpx.AsyncClient(
+                base_url=self.api_url, headers=self._headers, timeout=self._timeout
+            )
+        return session
 
+    async def close(self) -> None:
+        """Close this loop's session."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.aclose()
 
-def _waitpoint(d: dict[str, Any]) -> Waitpoint:
-    status = {"WAITING": "pending", "COMPLETED": "completed", "TIMED_OUT": "timed_out"}
-    return Waitpoint(
-        id=d["id"],
-        env="",
-        kind="token",
-        status=status.get(d.get("status", ""), str(d.get("status", "")).lower()),
-        run_id=None,
-        timeout_at=_ts(d.get("timeoutAt")),
-        output=d.get("output"),
-        is_error=bool(d.get("outputIsError")),
-        idempotency_key=d.get("idempotencyKey"),
-        tags=d.get("tags") or [],
-        created_at=_ts(d.get("createdAt")) or 0.0,
-        completed_at=_ts(d.get("completedAt")),
-        waiting_runs=d.get("waitingRuns") or [],
-    )
+    async def request(self, req: Request) -> Any:
+        content, headers = _encode(req.json, req.idempotent)
+        http = self._client()
+        for pause in _backoff(self.retries):
+            outcome = await _outcome(http.request(req.method, req.path, content=content,
+                                                  params=req.params, headers=headers))
+            if (answer := _settle(outcome, pause)) is not _RETRY:
+                return answer
+            await asyncio.sleep(pause or 0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, plan: Plan[R]) -> R:
+        try:
+            req = next(plan)
+            while True:
+                req = plan.send(await self.request(req))
+        except StopIteration as done:
+            value: R = done.value
+            return value
+
+    async def trigger(self, task: Task[Any, Any] | str, payload: Any,
+                      options: TriggerOptions) -> Triggered:
+        return (await self._run(trigger_plan([self._new(task, payload, options)])))[0]
+
+    async def trigger_in(self, task: Task[Any, Any] | str, payload: Any,
+                         options: TriggerOptions, connection: Any) -> Triggered:
+        raise e.ConfigurationError(OVER_HTTP, field="connection")
+
+    async def batch_trigger(self, task: Task[Any, Any] | str, payloads: Iterable[Any],
+                            options: TriggerOptions) -> list[Triggered]:
+        return await self._run(trigger_plan(self._batch(task, payloads, options)))
+
+    async def retrieve(self, run_id: str) -> Run:
+        return await self._run(retrieve_plan(run_id))
+
+    async def list_runs(self, **filters: Any) -> list[Run]:
+        return await self._run(list_runs_plan(filters))
+
+    async def cancel(self, run_id: str) -> Run:
+        return await self._run(cancel_plan(run_id))
+
+    async def replay(self, run_id: str, payload: Any, has_payload: bool) -> tuple[str, str]:
+        return await self._run(replay_plan(run_id, payload, has_payload))
+
+    async def create_token(self, timeout: float | None, idempotency_key: str | None,
+                           idempotency_ttl: float | None, tags: Sequence[str]) -> Token:
+        return await self._run(
+            create_token_plan(timeout, idempotency_key, idempotency_ttl, tags)
+        )
+
+    async def complete_token(self, token_id: str, data: Any) -> Waitpoint:
+        return await self._run(complete_token_plan(token_id, data))
+
+    async def get_token(self, token_id: str) -> Waitpoint:
+        return await self._run(get_token_plan(token_id))
+
+    async def list_tokens(self, status: str | None, limit: int) -> list[Waitpoint]:
+        return await self._run(list_tokens_plan(status, limit))
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        return await self._run(list_queues_plan())
+
+    async def pause_queue(self, name: str, paused: bool) -> dict[str, Any]:
+        return await self._run(pause_queue_plan(name, paused))
+
+    async def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
+        return await self._run(queue_limit_plan(name, limit))

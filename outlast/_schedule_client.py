@@ -1,20 +1,26 @@
-"""Schedules on the wire and in ``Client``: the Trigger.dev JSON shape of a schedule, and
-the schedule calls mixed into ``Client`` and ``AsyncClient`` (over the database through
-``_schedule_crud``, or over HTTP to ``server/schedules_api.py``).
+"""Schedules on the wire and in ``Client``: the Trigger.dev JSON shape of a schedule, the
+schedule calls mixed into ``Client`` and ``AsyncClient`` (on the client's transport: the
+store's through ``_schedule_crud``, HTTP's through ``HttpSchedules`` here, to
+``server/schedules_api.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from . import cron as _cron
-from ._schedule_crud import UNSET, create, delete, get, set_active, task_id_of, update
-from .store.base import Schedule, ScheduleStore
-from .tasks import Task
+from ._http_calls import Plan, Request, ts
+from ._schedule_crud import UNSET, task_id_of
+from .store.base import Schedule
 
 if TYPE_CHECKING:
-    from ._http import HttpTransport
+    from ._transport import Transport
+    from .tasks import Task
+
+R = TypeVar("R")
 
 
 def iso(ts: float | None) -> str | None:
@@ -22,12 +28,6 @@ def iso(ts: float | None) -> str | None:
         return None
     moment = _dt.datetime.fromtimestamp(ts, _dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def _env_type(env: str) -> str:
@@ -67,28 +67,75 @@ def schedule_from_json(d: dict[str, Any]) -> Schedule:
         external_id=d.get("externalId"),
         deduplication_key=d.get("deduplicationKey"),
         active=bool(d.get("active")),
-        next_run_at=_ts(d.get("nextRun")),
-        last_run_at=_ts(d.get("lastRun")),
+        next_run_at=ts(d.get("nextRun")),
+        last_run_at=ts(d.get("lastRun")),
         last_run_id=d.get("lastRunId"),
-        created_at=_ts(d.get("createdAt")) or 0.0,
-        updated_at=_ts(d.get("updatedAt")) or 0.0,
+        created_at=ts(d.get("createdAt")) or 0.0,
+        updated_at=ts(d.get("updatedAt")) or 0.0,
     )
 
 
 def _path(schedule_id: str, action: str = "") -> str:
-    from urllib.parse import quote
-
     return f"/api/v1/schedules/{quote(schedule_id, safe='')}{action}"
 
 
-class ScheduleMethods:
-    """``Client``'s schedule calls, over the database or over HTTP."""
+def _schedule_plan(method: str, path: str, body: Any = None) -> Plan[Schedule]:
+    return schedule_from_json((yield Request(method, path, body)))
 
-    env: str
-    _http: HttpTransport | None
 
-    def _ready(self) -> ScheduleStore:
+class HttpSchedules:
+    """The schedule calls of ``HttpTransport``, to ``server/schedules_api.py``."""
+
+    def _run(self, plan: Plan[R]) -> R:
         raise NotImplementedError
+
+    def create_schedule(self, task: Task[Any, Any] | str, cron: str, timezone: str | None,
+                        external_id: str | None, deduplication_key: str | None) -> Schedule:
+        body = {"task": task_id_of(task), "cron": cron, "timezone": timezone,
+                "externalId": external_id, "deduplicationKey": deduplication_key}
+        return self._run(_schedule_plan(
+            "POST", "/api/v1/schedules", {k: v for k, v in body.items() if v is not None}
+        ))
+
+    def retrieve_schedule(self, schedule_id: str) -> Schedule:
+        return self._run(_schedule_plan("GET", _path(schedule_id)))
+
+    def list_schedules(self, task_id: str | None, external_id: str | None, type: str | None,
+                       active: bool | None, page: int, per_page: int) -> list[Schedule]:
+        params: dict[str, Any] = {"page": page, "perPage": per_page}
+        for name, value in (("task", task_id), ("externalId", external_id), ("type", type),
+                            ("active", None if active is None else str(active).lower())):
+            if value is not None:
+                params[name] = value
+        return self._run(_list_plan(params))
+
+    def update_schedule(self, schedule_id: str, task: Task[Any, Any] | str | None,
+                        cron: str | None, timezone: str | None, external_id: str | None
+                        ) -> Schedule:
+        body: dict[str, Any] = {"task": None if task is None else task_id_of(task),
+                                "cron": cron, "timezone": timezone}
+        body = {k: v for k, v in body.items() if v is not None}
+        if external_id is not UNSET:
+            body["externalId"] = external_id
+        return self._run(_schedule_plan("PUT", _path(schedule_id), body))
+
+    def set_schedule_active(self, schedule_id: str, active: bool) -> Schedule:
+        action = "/activate" if active else "/deactivate"
+        return self._run(_schedule_plan("POST", _path(schedule_id, action)))
+
+    def delete_schedule(self, schedule_id: str) -> Schedule:
+        return self._run(_schedule_plan("DELETE", _path(schedule_id)))
+
+
+def _list_plan(params: dict[str, Any]) -> Plan[list[Schedule]]:
+    out = yield Request("GET", "/api/v1/schedules", params=params)
+    return [schedule_from_json(d) for d in out["data"]]
+
+
+class ScheduleMethods:
+    """``Client``'s schedule calls, on its transport."""
+
+    _transport: Transport
 
     def create_schedule(
         self,
@@ -101,20 +148,11 @@ class ScheduleMethods:
     ) -> Schedule:
         """Create an imperative schedule; with a ``deduplication_key`` already in use,
         update that schedule instead of adding a second one."""
-        if self._http is not None:
-            body = {"task": task_id_of(task), "cron": cron, "timezone": timezone,
-                    "externalId": external_id, "deduplicationKey": deduplication_key}
-            return schedule_from_json(self._http.request(
-                "POST", "/api/v1/schedules",
-                json={k: v for k, v in body.items() if v is not None},
-            ))
-        return create(self._ready(), self.env, task=task, cron=cron, timezone=timezone,
-                      external_id=external_id, deduplication_key=deduplication_key)[0]
+        return self._transport.create_schedule(task, cron, timezone, external_id,
+                                               deduplication_key)
 
     def retrieve_schedule(self, schedule_id: str) -> Schedule:
-        if self._http is not None:
-            return schedule_from_json(self._http.request("GET", _path(schedule_id)))
-        return get(self._ready(), self.env, schedule_id)
+        return self._transport.retrieve_schedule(schedule_id)
 
     def list_schedules(
         self,
@@ -126,25 +164,9 @@ class ScheduleMethods:
         page: int = 1,
         per_page: int = 100,
     ) -> list[Schedule]:
-        if self._http is not None:
-            params: dict[str, Any] = {"page": page, "perPage": per_page}
-            for name, value in (("task", None if task is None else task_id_of(task)),
-                                ("externalId", external_id), ("type", type),
-                                ("active", None if active is None else str(active).lower())):
-                if value is not None:
-                    params[name] = value
-            out = self._http.request("GET", "/api/v1/schedules", params=params)
-            return [schedule_from_json(d) for d in out["data"]]
-        rows, _ = self._ready().list_schedules(
-            self.env,
-            task_id=None if task is None else task_id_of(task),
-            external_id=external_id,
-            type=type,
-            active=active,
-            limit=per_page,
-            offset=(max(page, 1) - 1) * per_page,
-        )
-        return rows
+        task_id = None if task is None else task_id_of(task)
+        return self._transport.list_schedules(task_id, external_id, type, active, page,
+                                              per_page)
 
     def update_schedule(
         self,
@@ -155,66 +177,54 @@ class ScheduleMethods:
         timezone: str | None = None,
         external_id: str | None = UNSET,
     ) -> Schedule:
-        if self._http is not None:
-            body: dict[str, Any] = {"task": None if task is None else task_id_of(task),
-                                    "cron": cron, "timezone": timezone}
-            body = {k: v for k, v in body.items() if v is not None}
-            if external_id is not UNSET:
-                body["externalId"] = external_id
-            return schedule_from_json(self._http.request("PUT", _path(schedule_id), json=body))
-        return update(self._ready(), self.env, schedule_id, task=task, cron=cron,
-                      timezone=timezone, external_id=external_id)
+        return self._transport.update_schedule(schedule_id, task, cron, timezone, external_id)
 
     def activate_schedule(self, schedule_id: str) -> Schedule:
-        if self._http is not None:
-            return schedule_from_json(
-                self._http.request("POST", _path(schedule_id, "/activate"))
-            )
-        return set_active(self._ready(), self.env, schedule_id, True)
+        return self._transport.set_schedule_active(schedule_id, True)
 
     def deactivate_schedule(self, schedule_id: str) -> Schedule:
-        if self._http is not None:
-            return schedule_from_json(
-                self._http.request("POST", _path(schedule_id, "/deactivate"))
-            )
-        return set_active(self._ready(), self.env, schedule_id, False)
+        return self._transport.set_schedule_active(schedule_id, False)
 
     def delete_schedule(self, schedule_id: str) -> Schedule:
-        if self._http is not None:
-            return schedule_from_json(self._http.request("DELETE", _path(schedule_id)))
-        return delete(self._ready(), self.env, schedule_id)
+        return self._transport.delete_schedule(schedule_id)
 
 
 class AsyncScheduleMethods:
-    """``AsyncClient``'s schedule calls: ``ScheduleMethods`` in a thread."""
+    """``AsyncClient``'s schedule calls: ``ScheduleMethods`` of its sync client, in a
+    thread. Schedules are defined a few times per deploy, not per request, so they have
+    no async transport of their own; an AsyncClient built on a Client reaches the server
+    through that client's session for them.
+    """
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    sync: ScheduleMethods
+
+    async def _schedule_call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
 
     async def create_schedule(self, task: Task[Any, Any] | str, cron: str, **kw: Any) -> Schedule:
-        s: Schedule = await self._call("create_schedule", task, cron, **kw)
+        s: Schedule = await self._schedule_call("create_schedule", task, cron, **kw)
         return s
 
     async def retrieve_schedule(self, schedule_id: str) -> Schedule:
-        s: Schedule = await self._call("retrieve_schedule", schedule_id)
+        s: Schedule = await self._schedule_call("retrieve_schedule", schedule_id)
         return s
 
     async def list_schedules(self, **filters: Any) -> list[Schedule]:
-        out: list[Schedule] = await self._call("list_schedules", **filters)
+        out: list[Schedule] = await self._schedule_call("list_schedules", **filters)
         return out
 
     async def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
-        s: Schedule = await self._call("update_schedule", schedule_id, **changes)
+        s: Schedule = await self._schedule_call("update_schedule", schedule_id, **changes)
         return s
 
     async def activate_schedule(self, schedule_id: str) -> Schedule:
-        s: Schedule = await self._call("activate_schedule", schedule_id)
+        s: Schedule = await self._schedule_call("activate_schedule", schedule_id)
         return s
 
     async def deactivate_schedule(self, schedule_id: str) -> Schedule:
-        s: Schedule = await self._call("deactivate_schedule", schedule_id)
+        s: Schedule = await self._schedule_call("deactivate_schedule", schedule_id)
         return s
 
     async def delete_schedule(self, schedule_id: str) -> Schedule:
-        s: Schedule = await self._call("delete_schedule", schedule_id)
+        s: Schedule = await self._schedule_call("delete_schedule", schedule_id)
         return s

@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cron as _cron
 from ._errors import InvalidState, ScheduleNotFound, UnknownTask, ValidationError
 from ._ids import new_id
 from ._trigger import REGISTRY
 from .store.base import Schedule, ScheduleStore
-from .tasks import Task
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 DECLARATIVE = "DECLARATIVE"
 IMPERATIVE = "IMPERATIVE"
@@ -36,7 +38,7 @@ def _text(value: str | None, field: str) -> str | None:
 
 
 def task_id_of(task: Task[Any, Any] | str) -> str:
-    return task.id if isinstance(task, Task) else str(task)
+    return task if isinstance(task, str) else task.id
 
 
 def _check_task(store: ScheduleStore, env: str, task_id: str) -> None:

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _outcome, _serde
+from . import _observe, _outcome, _serde
 from ._errors import OutlastError
 from ._run_context import RunContext, _require, _step_key, fingerprint
 from ._signals import LeaseLost
@@ -33,11 +33,14 @@ class _Step:
         ctx = _require("step.run()")
         rtype = _serde.return_type(fn)
         async with ctx.call(name, "step", fingerprint(args, kwargs)) as call:
+            if call.entry is not None and _observe.OBSERVERS:
+                _observe.step_cached(ctx, call.key, call.entry)
             if call.entry is not None:
                 return _serde.from_json(call.entry.output, rtype)
             key = call.key
             started = ctx.store.now()
             token = _step_key.set(f"{ctx.run.id}:{key}")
+            seen = _observe.step_started(ctx, key) if _observe.OBSERVERS else None
             try:
                 fault = step_fault(ctx.run, key) if step_fault is not None else None
                 if fault is not None:
@@ -49,11 +52,15 @@ class _Step:
                         ctx.threads, f"outlast-{ctx.run.id}-{key}", fn, *args, **kwargs
                     )
             except BaseException as exc:
+                if seen is not None:
+                    seen.end(exc)
                 if not _platform_unwinding(ctx, exc):
                     _log_step_failed(ctx, key, exc)
                 raise
             finally:
                 _step_key.reset(token)
+            if seen is not None:
+                seen.end(None)
             await ctx.commit(call.step_done(_serde.to_json(result, rtype), started))
             return result
 

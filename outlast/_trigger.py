@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import _limits, _serde
+from . import _limits, _observe, _serde
 from ._config import settings
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
@@ -312,7 +312,7 @@ def build_run(
     priority = _limits.number(
         options.priority or 0.0, "priority", low=0.0, high=_limits.MAX_SECONDS
     )
-    return NewRun(
+    run = NewRun(
         id=new_id("run"),
         env=env,
         task_id=task_id,
@@ -330,6 +330,9 @@ def build_run(
         max_duration=_seconds(options.max_duration, "max_duration") or default_max_duration,
         version=check_version(options.version) if options.version is not None else None,
     )
+    if _observe.OBSERVERS:  # metrics count it; tracing opens its trigger span
+        _observe.triggered(run)
+    return run
 
 
 def _seconds(value: timedelta | float | None, field: str) -> float | None:

@@ -4,39 +4,49 @@ purpose: the rows are the JSON of ``_versions.version_json`` either way."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import _versions
-from .store.base import Store
+from ._http import HttpTransport
 
 if TYPE_CHECKING:
-    from ._http import HttpTransport
+    from ._transport import Transport
 
 
 class VersionMethods:
-    env: str
-    _http: HttpTransport | None
+    """``Client``'s version calls. Admin calls, like bulk's: over HTTP they are plain
+    requests to ``server/versions_api.py``, over the database ``_versions`` on the store."""
 
-    def _ready(self) -> Store:
-        raise NotImplementedError
+    env: str
+    _transport: Transport
+
+    @property
+    def _version_http(self) -> HttpTransport | None:
+        return self._transport if isinstance(self._transport, HttpTransport) else None
+
+    def _version_store(self) -> _versions.VersionStore:
+        self._transport.check()
+        return self._transport.store
 
     def list_versions(self) -> list[dict[str, Any]]:
         """The environment's versions, newest first: live workers, unfinished runs locked
         to each (per status), whether it is current, pinned, retirable."""
-        if self._http is not None:
-            data: list[dict[str, Any]] = self._http.request("GET", "/api/v1/versions")["data"]
+        if (http := self._version_http) is not None:
+            data: list[dict[str, Any]] = http.request("GET", "/api/v1/versions")["data"]
             return data
-        return [_versions.version_json(v) for v in _versions.version_table(self._ready(), self.env)]
+        rows = _versions.version_table(self._version_store(), self.env)
+        return [_versions.version_json(v) for v in rows]
 
     def promote_version(self, version: str) -> dict[str, Any]:
         """Pin ``version`` as current: new runs go to it (a rollback)."""
-        if self._http is not None:
-            out: dict[str, Any] = self._http.request(
+        if (http := self._version_http) is not None:
+            out: dict[str, Any] = http.request(
                 "POST", f"/api/v1/versions/{quote(version, safe='')}/promote"
             )
             return out
-        _versions.promote(self._ready(), self.env, version)
+        _versions.promote(self._version_store(), self.env, version)
         return {"version": version, "current": True, "pinned": True}
 
     def migrate_runs(
@@ -44,16 +54,20 @@ class VersionMethods:
     ) -> int:
         """Re-lock the unfinished runs of ``from_version`` (of ``task_id``) to
         ``to_version``; how many. A journal the new code cannot replay fails (C8)."""
-        if self._http is not None:
+        if (http := self._version_http) is not None:
             body = {"from": from_version, "to": to_version, "task": task_id}
-            out = self._http.request("POST", "/api/v1/versions/migrate", json=body)
+            out = http.request("POST", "/api/v1/versions/migrate", json=body)
             return int(out["migrated"])
-        return _versions.migrate(self._ready(), self.env, from_version, to_version, task_id)
+        return _versions.migrate(self._version_store(), self.env, from_version, to_version, task_id)
 
 
 class AsyncVersionMethods:
+    """``AsyncClient``'s version calls: ``VersionMethods`` of its sync client in a thread."""
+
+    sync: VersionMethods
+
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
 
     async def list_versions(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = await self._call("list_versions")

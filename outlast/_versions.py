@@ -21,6 +21,9 @@ from typing import Any
 from ._errors import ValidationError
 from .store._versions_base import LiveWorker, VersionInfo, VersionStore
 
+__all__ = ["VersionStore", "check_version", "current_for", "current_version", "default_version",
+           "migrate", "promote", "version_json", "version_table"]
+
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,99}$")
 
 
@@ -101,7 +104,7 @@ def current_version(
 def version_table(store: VersionStore, env: str) -> list[VersionInfo]:
     """Every version known in ``env``: registered, with live workers, or with runs locked
     to it; newest first."""
-    live = store.live_workers(env)
+    live = store.version_workers(env)
     registered = store.registered_versions(env)
     pinned = store.pinned_version(env)
     locked = store.locked_runs(env)

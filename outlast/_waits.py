@@ -17,15 +17,9 @@ from . import _serde
 from ._errors import OutlastError, TokenNotFound, TokenTimedOut
 from ._ids import derived_id
 from ._run_context import DurableCall, RunContext, _current, _require
-
-
-@dataclass(frozen=True)
-class Token:
-    """A waitpoint token: complete it by id, or by POSTing to ``callback_url``."""
-
-    id: str
-    callback_url: str
-    timeout_at: float | None = None
+from .client import default_async_client
+from .waitpoints import Token as Token
+from .waitpoints import callback_url
 
 
 @dataclass(frozen=True)
@@ -113,8 +107,6 @@ class _Wait:
         ctx = _current.get()
         shown = buttons_json(buttons, in_task=ctx is not None)
         if ctx is None:
-            from .client import default_async_client
-
             return await default_async_client().create_token(
                 timeout=timeout,
                 idempotency_key=idempotency_key,
@@ -139,8 +131,6 @@ class _Wait:
                 run_id=ctx.run.id,
                 buttons=shown,
             )
-            from .waitpoints import callback_url
-
             token = Token(
                 id=wp.id,
                 callback_url=await asyncio.to_thread(callback_url, ctx.store, wp.id),

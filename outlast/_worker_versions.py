@@ -49,7 +49,7 @@ class Versioning(WorkerBase):
             self._scope = VersionScope(self.version, ())
             left = self.store.locked_runs(self.env, self.version).get(self.version, {})
             return not left
-        live = self.store.live_workers(self.env)
+        live = self.store.version_workers(self.env)
         registered = self.store.registered_versions(self.env)
         pinned = self.store.pinned_version(self.env)
         new = [

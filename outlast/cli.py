@@ -25,6 +25,7 @@ from ._cli_common import (
     _store,
     _when,
     app_modules,
+    close_opened,
     load_app,
 )
 from ._cli_format import quiet_broken_pipe
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("command failed", exc_info=True)
         print(f"error [{_environment_code(exc)}]: {_first_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        close_opened()
     return code
 
 

@@ -1,8 +1,10 @@
 """Clients: trigger and inspect runs from app code.
 
 ``Client`` is synchronous (Django, Flask, scripts) and ``AsyncClient`` its asyncio twin.
-Both talk to the store directly (the app shares the database), or over HTTP to an
-outlast server when ``api_url`` / ``OUTLAST_API_URL`` is set.
+Each holds a transport (``_transport``) and delegates every call to it: the store's, when
+the app shares the database, or HTTP's, to an outlast server when ``api_url`` /
+``OUTLAST_API_URL`` is set. What stays here is the same whatever the target: options from
+keyword arguments, the edge checks of tokens and queues, and the handles a trigger returns.
 """
 
 from __future__ import annotations
@@ -12,30 +14,32 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _limits, _serde
+from . import _limits, runs
 from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
-from ._errors import ConfigurationError, RunNotFound, ValidationError
-from ._http import HttpTransport, HttpTrigger
-from ._ids import new_id
+from ._http import HttpTransport
 from ._schedule_client import AsyncScheduleMethods, ScheduleMethods
+from ._store_transport import StoreTransport
 
 # TriggerOptions, prepare_run and prepare_runs are re-exported: apps and the bench import
 # them from here.
 from ._trigger import NO_OPTIONS as _NO_OPTIONS
-from ._trigger import REGISTRY, check_options, item_error, prepare_replay
+from ._trigger import REGISTRY
 from ._trigger import TriggerOptions as TriggerOptions
 from ._trigger import prepare_run as prepare_run
 from ._trigger import prepare_runs as prepare_runs
 from ._version_client import AsyncVersionMethods, VersionMethods
-from .durable import Token
-from .runs import Run, RunHandle
+from .runs import Run, RunHandle, SyncRunHandle
 from .store import open_store
-from .store.base import NewRun, Store, Waitpoint
-from .tasks import Task
+from .store.base import Store, Waitpoint
+from .waitpoints import Token
+
+if TYPE_CHECKING:
+    from ._transport import AsyncTransport, Transport
+    from .tasks import Task
 
 _MISSING: Any = object()
 
@@ -46,6 +50,51 @@ def _seconds(value: timedelta | float | None, field: str = "timeout") -> float |
     return _limits.seconds(
         value.total_seconds() if isinstance(value, timedelta) else value, field
     )
+
+
+def _options(options: TriggerOptions | None, kwargs: dict[str, Any]) -> TriggerOptions:
+    return options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
+
+
+def _task_id(task: Task[Any, Any] | str) -> str:
+    return task if isinstance(task, str) else task.id
+
+
+def _output_type(task: Task[Any, Any] | str) -> Any:
+    local = REGISTRY.get(task) if isinstance(task, str) else task
+    return local.return_type if local is not None else Any
+
+
+def _token_args(
+    timeout: timedelta | float | None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: timedelta | float | None = None,
+    tags: Sequence[str] = (),
+) -> tuple[float | None, str | None, float | None, list[str]]:
+    """A token's arguments checked at the edge, whatever the transport."""
+    checked_tags = _limits.tags(list(tags))
+    if idempotency_key is not None:
+        _limits.text(idempotency_key, "idempotency_key")
+    return (_seconds(timeout), idempotency_key,
+            _seconds(idempotency_key_ttl, "idempotency_key_ttl"), checked_tags)
+
+
+def _queue_limit(limit: int | None) -> int | None:
+    if limit is not None:
+        _limits.integer(limit, "limit")
+    return limit
+
+
+def _transport(
+    database_url: str | None, store: Store | None, env: str, clock: Clock | None,
+    api_url: str | None, secret_key: str | None,
+) -> Transport:
+    if api_url is None and store is None and database_url is None:
+        api_url = os.environ.get("OUTLAST_API_URL") or None
+    if api_url:
+        key = secret_key or os.environ.get("OUTLAST_SECRET_KEY", "")
+        return HttpTransport(api_url, key, env=env)
+    return StoreTransport(store or open_store(database_url, clock), env)
 
 
 class Client(ScheduleMethods, BulkMethods, VersionMethods):
@@ -63,57 +112,32 @@ class Client(ScheduleMethods, BulkMethods, VersionMethods):
         api_url: str | None = None,
         secret_key: str | None = None,
     ) -> None:
-        if api_url is None and store is None and database_url is None:
-            api_url = os.environ.get("OUTLAST_API_URL") or None
-        self._http: HttpTransport | None = None
-        self._store: Store | None = None
-        if api_url:
-            key = secret_key or os.environ.get("OUTLAST_SECRET_KEY", "")
-            self._http = HttpTransport(api_url, key)
-        else:
-            self._store = store or open_store(database_url, clock)
         self.env = env or settings().env
-        self._checked = False
+        self._transport = _transport(database_url, store, self.env, clock, api_url, secret_key)
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            raise ConfigurationError("this client talks HTTP; it has no database store")
-        return self._store
+        return self._transport.store
+
+    @property
+    def _http(self) -> HttpTransport | None:
+        # The HTTP transport, for tests that swap its session for an in-process app.
+        return self._transport if isinstance(self._transport, HttpTransport) else None
 
     def _ready(self) -> Store:
-        if not self._checked:
-            self.store.check_schema()
-            self._checked = True
+        """The store, its schema checked (ConfigurationError over HTTP)."""
+        self._transport.check()
         return self.store
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-        else:
-            self.store.close()
+        self._transport.close()
+
+    def _handle(self, task: Task[Any, Any] | str, started: tuple[str, bool], out_type: Any
+                ) -> SyncRunHandle[Any]:
+        return SyncRunHandle(id=started[0], task_id=_task_id(task), is_cached=started[1],
+                             _client=self, _output_type=out_type)
 
     # -- triggering -----------------------------------------------------------------------
-    def _new_run(
-        self, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
-    ) -> NewRun | HttpTrigger:
-        if self._http is None:
-            return prepare_run(self._ready(), self.env, task, payload, options)
-        local = task if isinstance(task, Task) else REGISTRY.get(task)
-        task_id = local.id if local is not None else str(task)
-        # Fail fast on what can be checked here (the payload, when the task's code is
-        # imported; the options). The server validates again and applies the task's
-        # defaults, which an app that never imported the task does not know.
-        text = local.validate_payload(payload) if local is not None else _serde.to_json(payload)
-        check_options(options, self.env)
-        return HttpTrigger(task_id, text, options)
-
-    def _send(self, runs: Sequence[NewRun | HttpTrigger]) -> list[tuple[str, bool]]:
-        if self._http is not None:
-            return self._http.trigger([r for r in runs if isinstance(r, HttpTrigger)])
-        new = [r for r in runs if isinstance(r, NewRun)]
-        return [(r.id, r.is_cached) for r in self._ready().trigger(new)]
-
     def trigger(
         self,
         task: Task[Any, Any] | str,
@@ -122,27 +146,14 @@ class Client(ScheduleMethods, BulkMethods, VersionMethods):
         options: TriggerOptions | None = None,
         connection: Any = None,
         **kwargs: Any,
-    ) -> RunHandle[Any]:
+    ) -> SyncRunHandle[Any]:
         """Start a run; returns once the run is committed (C1). With ``connection`` (the
         app's PostgreSQL connection, see ``_app_tx``), the run is written in the app's open
         transaction instead and commits or rolls back with it."""
-        opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
-        if connection is not None:
-            from ._app_tx import trigger_in
-
-            return trigger_in(self, task, payload, opts, connection)
-        if self._http is None:
-            # The store's path without _new_run and _send's batch plumbing: apps trigger
-            # one run at a time, in a loop, and wait for each commit.
-            store = self._ready()
-            run = prepare_run(store, self.env, task, payload, opts)
-            result = store.trigger([run])[0]
-            return RunHandle(id=result.id, task_id=run.task_id, is_cached=result.is_cached,
-                             _output_type=_output_type(task))
-        new = self._new_run(task, payload, opts)
-        run_id, cached = self._send([new])[0]
-        return RunHandle(id=run_id, task_id=new.task_id, is_cached=cached,
-                         _output_type=_output_type(task))
+        opts = _options(options, kwargs)
+        started = (self._transport.trigger(task, payload, opts) if connection is None
+                   else self._transport.trigger_in(task, payload, opts, connection))
+        return self._handle(task, started, _output_type(task))
 
     def batch_trigger(
         self,
@@ -151,61 +162,28 @@ class Client(ScheduleMethods, BulkMethods, VersionMethods):
         *,
         options: TriggerOptions | None = None,
         **kwargs: Any,
-    ) -> list[RunHandle[Any]]:
+    ) -> list[SyncRunHandle[Any]]:
         """Start many runs in one transaction: every payload is validated first, and a bad
         one (named by its index) writes nothing."""
-        opts = options or (TriggerOptions(**kwargs) if kwargs else _NO_OPTIONS)
-        runs: Sequence[NewRun | HttpTrigger]
-        if self._http is None:
-            runs = prepare_runs(self._ready(), self.env, task, payloads, opts)
-        else:
-            triggers = []
-            for i, p in enumerate(payloads):
-                try:
-                    triggers.append(self._new_run(task, p, opts))
-                except ValidationError as exc:
-                    raise item_error(exc, i) from None
-            runs = triggers
-        results = self._send(runs)
+        started = self._transport.batch_trigger(task, payloads, _options(options, kwargs))
         out_type = _output_type(task)
-        return [
-            RunHandle(id=run_id, task_id=n.task_id, is_cached=cached, _output_type=out_type)
-            for (run_id, cached), n in zip(results, runs, strict=True)
-        ]
+        return [self._handle(task, s, out_type) for s in started]
 
     # -- runs -----------------------------------------------------------------------------
     def retrieve(self, run_id: str) -> Run:
-        if self._http is not None:
-            return self._http.retrieve(run_id)
-        run = self._ready().get_run(self.env, run_id)
-        if run is None:
-            raise RunNotFound(f"no run {run_id!r} in environment {self.env!r}", field="run_id")
-        return run
+        return self._transport.retrieve(run_id)
 
     def list_runs(self, **filters: Any) -> list[Run]:
-        if self._http is not None:
-            return self._http.list_runs(**filters)
-        return self._ready().list_runs(self.env, **filters)
+        return self._transport.list_runs(**filters)
 
     def cancel(self, run_id: str) -> Run:
-        if self._http is not None:
-            return self._http.cancel(run_id)
-        run, _ = self._ready().cancel(self.env, run_id)
-        return run
+        return self._transport.cancel(run_id)
 
-    def replay(self, run_id: str, payload: Any = _MISSING) -> RunHandle[Any]:
+    def replay(self, run_id: str, payload: Any = _MISSING) -> SyncRunHandle[Any]:
         """A new run of the same task with the same (or a new) payload, linked to the
         original by ``replayed_from``."""
-        if self._http is not None:
-            replayed, task_id = self._http.replay(run_id, payload, payload is not _MISSING)
-            return RunHandle(id=replayed, task_id=task_id)
-        original = self.retrieve(run_id)
-        new = prepare_replay(
-            self._ready(), self.env, original,
-            original.payload if payload is _MISSING else payload,
-        )
-        result = self._ready().trigger([new])[0]
-        return RunHandle(id=result.id, task_id=new.task_id)
+        replayed, task_id = self._transport.replay(run_id, payload, payload is not _MISSING)
+        return SyncRunHandle(id=replayed, task_id=task_id, _client=self)
 
     def wait_for_run(self, run_id: str, timeout: float | None = None, poll: float = 0.05) -> Run:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -226,126 +204,92 @@ class Client(ScheduleMethods, BulkMethods, VersionMethods):
         idempotency_key_ttl: timedelta | float | None = None,
         tags: Sequence[str] = (),
     ) -> Token:
-        from .waitpoints import callback_url
-
-        tags = _limits.tags(list(tags))
-        if idempotency_key is not None:
-            _limits.text(idempotency_key, "idempotency_key")
-        seconds = _seconds(timeout)
-        if self._http is not None:
-            return self._http.create_token(
-                seconds, idempotency_key, _seconds(idempotency_key_ttl, "idempotency_key_ttl"), tags
-            )
-        store = self._ready()
-        wp = store.create_token(
-            self.env,
-            new_id("waitpoint"),
-            timeout_at=store.now() + seconds if seconds is not None else None,
-            idempotency_key=idempotency_key,
-            idempotency_ttl=_seconds(idempotency_key_ttl, "idempotency_key_ttl"),
-            tags=tags,
+        return self._transport.create_token(
+            *_token_args(timeout, idempotency_key, idempotency_key_ttl, tags)
         )
-        return Token(id=wp.id, callback_url=callback_url(store, wp.id), timeout_at=wp.timeout_at)
 
     def complete_token(self, token_id: str, data: Any = None) -> Waitpoint:
         """Complete a token; the first completion wins, later ones change nothing (C7)."""
-        if self._http is not None:
-            return self._http.complete_token(token_id, data)
-        wp, _ = self._ready().complete_waitpoint(self.env, token_id, _serde.to_json(data))
-        return wp
+        return self._transport.complete_token(token_id, data)
 
     def get_token(self, token_id: str) -> Waitpoint:
-        from ._errors import TokenNotFound
-
-        if self._http is not None:
-            return self._http.get_token(token_id)
-        wp = self._ready().get_waitpoint(self.env, token_id)
-        if wp is None:
-            raise TokenNotFound(f"no waitpoint token {token_id!r}", field="id")
-        return wp
+        return self._transport.get_token(token_id)
 
     def list_tokens(self, status: str | None = None, limit: int = 100) -> list[Waitpoint]:
-        if self._http is not None:
-            return self._http.list_tokens(status, limit)
-        return [
-            w
-            for w in self._ready().list_waitpoints(self.env, status=status, limit=limit)
-            if w.kind == "token"
-        ]
+        return self._transport.list_tokens(status, limit)
 
     # -- queues ---------------------------------------------------------------------------
     def list_queues(self) -> list[dict[str, Any]]:
-        if self._http is not None:
-            return self._http.list_queues()
-        return [dict(q) for q in self._ready().list_queues(self.env)]
+        return self._transport.list_queues()
 
     def pause_queue(self, name: str) -> dict[str, Any]:
-        if self._http is not None:
-            return self._http.pause_queue(name, True)
-        return dict(self._ready().update_queue(self.env, name, paused=True))
+        return self._transport.pause_queue(name, True)
 
     def resume_queue(self, name: str) -> dict[str, Any]:
-        if self._http is not None:
-            return self._http.pause_queue(name, False)
-        return dict(self._ready().update_queue(self.env, name, paused=False))
+        return self._transport.pause_queue(name, False)
 
     def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        if limit is not None:
-            _limits.integer(limit, "limit")
-        if self._http is not None:
-            return self._http.set_queue_limit(name, limit)
-        return dict(self._ready().update_queue(self.env, name, concurrency_limit=limit))
-
-
-def _output_type(task: Task[Any, Any] | str) -> Any:
-    if isinstance(task, Task):
-        return task.return_type
-    local = REGISTRY.get(task)
-    return local.return_type if local is not None else Any
+        return self._transport.set_queue_limit(name, _queue_limit(limit))
 
 
 class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncVersionMethods):
-    """The asyncio twin of ``Client``: the same methods, awaitable."""
+    """The asyncio twin of ``Client``: the same methods, awaitable, on the async twin of
+    the client's transport (an asyncio HTTP session; over the database, the store's calls
+    off the loop)."""
+
+    sync: Client
 
     def __init__(self, client: Client | None = None, **kwargs: Any) -> None:
         self.sync = client or Client(**kwargs)
+        self.env = self.sync.env
+        self._transport: AsyncTransport = self.sync._transport.asynchronous()
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.sync, name), *args, **kwargs)
+    def _handle(self, task: Task[Any, Any] | str, started: tuple[str, bool], out_type: Any
+                ) -> RunHandle[Any]:
+        return RunHandle(id=started[0], task_id=_task_id(task), is_cached=started[1],
+                         _client=self, _output_type=out_type)
 
     async def trigger(
-        self, task: Task[Any, Any] | str, payload: Any = None, **kw: Any
+        self,
+        task: Task[Any, Any] | str,
+        payload: Any = None,
+        *,
+        options: TriggerOptions | None = None,
+        connection: Any = None,
+        **kwargs: Any,
     ) -> RunHandle[Any]:
-        handle: RunHandle[Any] = await self._call("trigger", task, payload, **kw)
-        handle._client = self
-        return handle
+        opts = _options(options, kwargs)
+        started = await (self._transport.trigger(task, payload, opts) if connection is None
+                         else self._transport.trigger_in(task, payload, opts, connection))
+        return self._handle(task, started, _output_type(task))
 
     async def batch_trigger(
-        self, task: Task[Any, Any] | str, payloads: Iterable[Any], **kw: Any
+        self,
+        task: Task[Any, Any] | str,
+        payloads: Iterable[Any],
+        *,
+        options: TriggerOptions | None = None,
+        **kwargs: Any,
     ) -> list[RunHandle[Any]]:
-        handles: list[RunHandle[Any]] = await self._call(
-            "batch_trigger", task, list(payloads), **kw
+        started = await self._transport.batch_trigger(
+            task, list(payloads), _options(options, kwargs)
         )
-        for h in handles:
-            h._client = self
-        return handles
+        out_type = _output_type(task)
+        return [self._handle(task, s, out_type) for s in started]
 
     async def retrieve(self, run_id: str) -> Run:
-        run: Run = await self._call("retrieve", run_id)
-        return run
+        return await self._transport.retrieve(run_id)
 
     async def list_runs(self, **filters: Any) -> list[Run]:
-        runs: list[Run] = await self._call("list_runs", **filters)
-        return runs
+        return await self._transport.list_runs(**filters)
 
     async def cancel(self, run_id: str) -> Run:
-        run: Run = await self._call("cancel", run_id)
-        return run
+        return await self._transport.cancel(run_id)
 
     async def replay(self, run_id: str, payload: Any = _MISSING) -> RunHandle[Any]:
-        handle: RunHandle[Any] = await self._call("replay", run_id, payload)
-        handle._client = self
-        return handle
+        replayed, task_id = await self._transport.replay(run_id, payload,
+                                                         payload is not _MISSING)
+        return RunHandle(id=replayed, task_id=task_id, _client=self)
 
     async def wait_for_run(
         self, run_id: str, timeout: float | None = None, poll: float = 0.05
@@ -360,39 +304,33 @@ class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncVersionMethods):
             await asyncio.sleep(poll)
 
     async def create_token(self, timeout: timedelta | float | None = None, **kw: Any) -> Token:
-        token: Token = await self._call("create_token", timeout, **kw)
-        return token
+        return await self._transport.create_token(*_token_args(timeout, **kw))
 
     async def complete_token(self, token_id: str, data: Any = None) -> Waitpoint:
-        wp: Waitpoint = await self._call("complete_token", token_id, data)
-        return wp
+        return await self._transport.complete_token(token_id, data)
 
     async def get_token(self, token_id: str) -> Waitpoint:
-        wp: Waitpoint = await self._call("get_token", token_id)
-        return wp
+        return await self._transport.get_token(token_id)
 
     async def list_tokens(self, status: str | None = None, limit: int = 100) -> list[Waitpoint]:
-        wps: list[Waitpoint] = await self._call("list_tokens", status, limit)
-        return wps
+        return await self._transport.list_tokens(status, limit)
 
     async def close(self) -> None:
-        await self._call("close")
+        await self._transport.close()
+        # The sync client's close may join a database pool's threads: off the loop.
+        await asyncio.to_thread(self.sync.close)
 
     async def list_queues(self) -> list[dict[str, Any]]:
-        queues: list[dict[str, Any]] = await self._call("list_queues")
-        return queues
+        return await self._transport.list_queues()
 
     async def pause_queue(self, name: str) -> dict[str, Any]:
-        q: dict[str, Any] = await self._call("pause_queue", name)
-        return q
+        return await self._transport.pause_queue(name, True)
 
     async def resume_queue(self, name: str) -> dict[str, Any]:
-        q: dict[str, Any] = await self._call("resume_queue", name)
-        return q
+        return await self._transport.pause_queue(name, False)
 
     async def set_queue_limit(self, name: str, limit: int | None) -> dict[str, Any]:
-        q: dict[str, Any] = await self._call("set_queue_limit", name, limit)
-        return q
+        return await self._transport.set_queue_limit(name, _queue_limit(limit))
 
 
 _defaults: dict[tuple[str, str], AsyncClient] = {}
@@ -424,3 +362,8 @@ def set_default_client(client: Client | None) -> None:
             settings().env,
         )
         _defaults[key] = AsyncClient(client)
+
+
+# A handle made without a client (a child run's, inside a task) waits through the
+# process-wide AsyncClient; runs.py is data and cannot import this module.
+runs.set_default_waiter(default_async_client)

@@ -100,7 +100,7 @@ def version_reason(store: VersionStore, run: Run) -> str | None:
     """Why no worker may take the run for its version (C11), if that is why: locked to a
     version with no live worker serving its task, or unlocked while the environment is
     pinned to such a version."""
-    live = [w for w in store.live_workers(run.env) if run.task_id in w.tasks]
+    live = [w for w in store.version_workers(run.env) if run.task_id in w.tasks]
     if run.version is not None:
         if any(w.version == run.version for w in live):
             return None

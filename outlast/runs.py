@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from ._errors import RunFailedError
-
-if TYPE_CHECKING:
-    from .client import AsyncClient
+from ._errors import ConfigurationError, RunFailedError
+from ._serde import dumps, from_json
 
 T = TypeVar("T")
 
@@ -147,6 +146,48 @@ class TaskRunResult(Generic[T]):
         return self.output  # type: ignore[return-value]
 
 
+class RunWaiter(Protocol):
+    """What an awaitable handle needs from a client (``AsyncClient`` is one): the run now,
+    and the run once it is final."""
+
+    async def retrieve(self, run_id: str) -> Run: ...
+
+    async def wait_for_run(
+        self, run_id: str, timeout: float | None = None, poll: float = 0.05
+    ) -> Run: ...
+
+
+class SyncRunWaiter(Protocol):
+    """What a blocking handle needs from a client (``Client`` is one)."""
+
+    def retrieve(self, run_id: str) -> Run: ...
+
+    def wait_for_run(
+        self, run_id: str, timeout: float | None = None, poll: float = 0.05
+    ) -> Run: ...
+
+
+# The client a handle made without one waits through (a child run's handle inside a task,
+# a handle built by hand): the process-wide AsyncClient. ``outlast.client`` installs it
+# when imported, which ``outlast/__init__.py`` does before any handle can exist; this
+# module is data below the store and the client, so it does not import them.
+_default_waiter: Callable[[], RunWaiter] | None = None
+
+
+def set_default_waiter(factory: Callable[[], RunWaiter]) -> None:
+    global _default_waiter
+    _default_waiter = factory
+
+
+def run_output(run: Run, output_type: Any) -> Any:
+    """A final run's output rebuilt as ``output_type``; RunFailedError if it did not
+    complete."""
+    if run.status != RunStatus.COMPLETED:
+        message = (run.error or {}).get("message", "")
+        raise RunFailedError(f"run {run.id} ended {run.status}: {message}", run_id=run.id)
+    return from_json(dumps(run.output), output_type)
+
+
 @dataclass
 class RunHandle(Generic[T]):
     """What a trigger returns: the run id, and ways to look at the run."""
@@ -154,7 +195,7 @@ class RunHandle(Generic[T]):
     id: str
     task_id: str
     is_cached: bool = False
-    _client: AsyncClient | None = field(default=None, repr=False, compare=False)
+    _client: RunWaiter | None = field(default=None, repr=False, compare=False)
     _output_type: Any = field(default=Any, repr=False, compare=False)
 
     async def retrieve(self) -> Run:
@@ -167,18 +208,38 @@ class RunHandle(Generic[T]):
 
     async def output(self, timeout: float | None = None) -> T:
         """Wait for the run; its output with the task's return type, or RunFailedError."""
-        from ._serde import dumps, from_json
-
-        run = await self.result(timeout)
-        if run.status != RunStatus.COMPLETED:
-            message = (run.error or {}).get("message", "")
-            raise RunFailedError(f"run {run.id} ended {run.status}: {message}", run_id=run.id)
-        value: T = from_json(dumps(run.output), self._output_type)
+        value: T = run_output(await self.result(timeout), self._output_type)
         return value
 
-    def _require_client(self) -> AsyncClient:
+    def _require_client(self) -> RunWaiter:
         if self._client is None:
-            from .client import default_async_client
-
-            self._client = default_async_client()
+            if _default_waiter is None:  # pragma: no cover - outlast/__init__ installs it
+                raise ConfigurationError("no client to wait with: import outlast.client")
+            self._client = _default_waiter()
         return self._client
+
+
+@dataclass
+class SyncRunHandle(Generic[T]):
+    """What the synchronous ``Client`` returns: ``RunHandle``'s fields, and the same
+    methods as blocking calls (a Django view waits with ``handle.result(timeout=30)``)."""
+
+    id: str
+    task_id: str
+    is_cached: bool = False
+    _client: SyncRunWaiter = field(kw_only=True, repr=False, compare=False)
+    _output_type: Any = field(default=Any, repr=False, compare=False)
+
+    def retrieve(self) -> Run:
+        return self._client.retrieve(self.id)
+
+    def result(self, timeout: float | None = None, poll: float = 0.05) -> Run:
+        """Block until the run is final and return it (raises TimeoutError past
+        ``timeout``)."""
+        return self._client.wait_for_run(self.id, timeout, poll)
+
+    def output(self, timeout: float | None = None) -> T:
+        """Block until the run is final; its output with the task's return type, or
+        RunFailedError."""
+        value: T = run_output(self.result(timeout), self._output_type)
+        return value

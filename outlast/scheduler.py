@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 
+from . import _observe
 from ._schedule_firing import fire_due
 from .store.base import SchedulerStore, TaskDef
 
@@ -26,8 +27,10 @@ class Scheduler:
         self._defs_at = 0.0
 
     async def tick(self) -> None:
-        await asyncio.to_thread(self.store.tick)
-        await asyncio.to_thread(self.store.reap_dead_workers)
+        ticked = await asyncio.to_thread(self.store.tick)
+        reaped = await asyncio.to_thread(self.store.reap_dead_workers)
+        if _observe.OBSERVERS:
+            _observe.workers_reaped(ticked.reaped_workers + reaped.reaped_workers)
         if time.monotonic() - self._last_cleanup > 600:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)

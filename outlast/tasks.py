@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, overload
 
-from . import _limits, _serde
+from . import _limits, _serde, durable
 from ._config import settings
 from ._errors import ConfigurationError
 from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
+from .client import default_async_client
 from .runs import RunHandle, TaskRunResult
 from .store.base import NewRun, QueueSpec, TaskDef
 
@@ -213,13 +214,9 @@ class Task(Generic[P, R]):
             idempotency_key, idempotency_key_ttl, delay, ttl, tuple(tags), priority,
             metadata, max_attempts, concurrency_key, queue, max_duration, version,
         )
-        from . import durable
-
         if durable.in_run():
             handles = await durable.trigger_children(self, [payload], options, wait=False)
             return handles[0]
-        from .client import default_async_client
-
         return await default_async_client().trigger(self, payload, options=options)
 
     async def batch_trigger(
@@ -228,18 +225,12 @@ class Task(Generic[P, R]):
         """Start many runs in one transaction (tens of thousands are fine)."""
         opts = TriggerOptions(**options)
         items = list(payloads)
-        from . import durable
-
         if durable.in_run():
             return await durable.trigger_children(self, items, opts, wait=False)
-        from .client import default_async_client
-
         return await default_async_client().batch_trigger(self, items, options=opts)
 
     async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]:
         """Inside a task: start a child run and wait for it without holding a worker."""
-        from . import durable
-
         results: list[TaskRunResult[R]] = await durable.wait_for_children(
             self, [payload], TriggerOptions(**options), batch=False
         )
@@ -249,8 +240,6 @@ class Task(Generic[P, R]):
         self, payloads: Iterable[P], **options: Any
     ) -> list[TaskRunResult[R]]:
         """Inside a task: start child runs and wait for all; results in input order."""
-        from . import durable
-
         return await durable.wait_for_children(
             self, list(payloads), TriggerOptions(**options), batch=True
         )

@@ -1,4 +1,5 @@
-"""Waitpoint tokens seen from outside a run: callback URLs and their signatures.
+"""Waitpoint tokens seen from outside a run: the ``Token`` a caller gets, callback URLs and
+their signatures.
 
 A token's callback URL carries an HMAC of the token id made with a server secret kept in
 the database (not an API key, so keys can rotate without breaking URLs already handed to
@@ -10,9 +11,20 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from dataclasses import dataclass
 from hashlib import sha256
 
 from .store.base import Settings
+
+
+@dataclass(frozen=True)
+class Token:
+    """A waitpoint token: complete it by id, or by POSTing to ``callback_url``."""
+
+    id: str
+    callback_url: str
+    timeout_at: float | None = None
+
 
 _SECRET_SETTING = "callback_secret"
 _secrets: dict[int, bytes] = {}

@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _schedule_crud
+from . import _observe, _schedule_crud
 from ._attempts import Attempts
 from ._claiming import Claiming, _handback
 from ._committer import Claimer, Committer
@@ -256,6 +256,8 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         while self.active:
             await asyncio.sleep(0.01)
         await self.committer.close()
+        if _observe.OBSERVERS:  # spans of the last attempts, before the process exits
+            await asyncio.to_thread(_observe.flush)
         if self._heart is not None:
             await asyncio.to_thread(self._heart.stop)
         if self._recovery is not None:
@@ -357,6 +359,8 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
             extra={"worker_id": self.id},
         )
         assert self._found is not None
+        if _observe.OBSERVERS:
+            _observe.lease_lost(len(self.active))
         self._lost = True
         self._found.clear()
         self._generation += 1

@@ -185,7 +185,7 @@ class Deploy:
         raise AssertionError(f"timed out waiting for {what}")
 
     def registered(self, n: int) -> None:
-        self.wait_for(f"{n} live workers", lambda: len(self.store.live_workers(ENV)) >= n)
+        self.wait_for(f"{n} live workers", lambda: len(self.store.version_workers(ENV)) >= n)
 
     def close(self) -> None:
         for p in self.procs:
@@ -228,7 +228,7 @@ def test_rolling_deploy_finishes_parked_runs_on_their_version(
     v2_flags = ("--version", "2026.12.04-2") if pg else ()
     old = d.start("v1", "--concurrency", "50", *v1_flags, cmd="worker" if pg else "dev")
     d.registered(1)
-    (v1,) = {w.version for w in d.store.live_workers(ENV)}
+    (v1,) = {w.version for w in d.store.version_workers(ENV)}
     sleepers = [h.id for h in d.client.batch_trigger("roll-sleep", [{"seconds": 3}] * n)]
     waiters = [h.id for h in d.client.batch_trigger("roll-token", [{}] * n)]
     ids = sleepers + waiters
@@ -236,8 +236,8 @@ def test_rolling_deploy_finishes_parked_runs_on_their_version(
 
     new = d.start("v2", "--concurrency", "50", *v2_flags, cmd="worker" if pg else "dev")
     d.wait_for("the v2 worker", lambda: any(
-        w.version != v1 for w in d.store.live_workers(ENV)))
-    (v2,) = {w.version for w in d.store.live_workers(ENV)} - {v1}
+        w.version != v1 for w in d.store.version_workers(ENV)))
+    (v2,) = {w.version for w in d.store.version_workers(ENV)} - {v1}
     _stop(old)
     drain = d.start("v1", "--drain", "--concurrency", "50", *v1_flags)
     tokens = d.client.list_tokens(status="pending", limit=1000)
@@ -272,7 +272,7 @@ def test_killing_a_versions_only_worker_leaves_its_runs_waiting_until_it_returns
     d.kill(w1)  # the only worker of v1
     d.start("v2", "--version", "v2")
     d.wait_for("v2 live and v1 gone", lambda: {
-        w.version for w in d.store.live_workers(ENV)} == {"v2"})
+        w.version for w in d.store.version_workers(ENV)} == {"v2"})
     d.wait_for("timers fired", lambda: _statuses(d, ids) == {"QUEUED": 5})
     time.sleep(1.0)  # v2 is live and idle: it must still leave them alone
     runs = d.runs(ids)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..client import Client, default_client
-from ..runs import RunHandle
+from ..runs import SyncRunHandle
 from ..tasks import Task
 
 
@@ -28,7 +28,7 @@ def trigger(
     *,
     client: Client | None = None,
     **options: Any,
-) -> RunHandle[Any]:
+) -> SyncRunHandle[Any]:
     """``Client.trigger`` with ``connection=session``: the run joins the session's
     transaction (a ``Session`` or a ``Connection``)."""
     return (client or default_client()).trigger(task, payload, connection=session, **options)

@@ -25,7 +25,9 @@ from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
+from .metrics_api import build_metrics_router
 from .schedules_api import build_schedules_router
+from .trace_context import TraceContext
 from .versions_api import build_versions_router
 
 
@@ -179,6 +181,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_versions_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
@@ -192,5 +195,6 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     limit = settings().max_payload_bytes
     app.add_middleware(JwtHeader)
     app.add_middleware(NoNul)
+    app.add_middleware(TraceContext)
     app.add_middleware(BodyLimit, limit=limit * 2 + 64 * 1024)
     return app

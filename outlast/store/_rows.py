@@ -73,6 +73,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+# The schema version this code writes: its newest migration's number (1 is the base
+# schema). Derived, not written by hand, so a new migration cannot forget to bump it.
+SCHEMA_VERSION = max((n for n, _ in migrations("sqlite")), default=1)
+
+
 def _b(value: Any) -> bool:
     return bool(value)
 

@@ -18,6 +18,7 @@ from .._serde import dumps, loads
 from ..runs import Run, RunStatus
 from ._rows import (
     RATE_GUARD,
+    SCHEMA_VERSION,  # noqa: F401 - imported from here by tests and tools
     Row,
     Tx,
     _error,
@@ -29,6 +30,7 @@ from ._sql_api import ApiMixin
 from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
+from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
@@ -46,12 +48,10 @@ from .base import (
     TriggerResult,
 )
 
-SCHEMA_VERSION = 7
-
-
 
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    ObservabilityMixin,
     BulkMixin,
     SchemaMixin, DoctorMixin,
     VersionsMixin,
@@ -70,6 +70,7 @@ class SqlStore(
         if (
             one is not None
             and one.idempotency_key is None
+            and one.trace_context is None  # its trace row goes in the same transaction
             and (one.env, one.queue, one.concurrency_key) in self._ensured
             and self._insert_alone(one, now)
         ):

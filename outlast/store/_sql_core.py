@@ -130,6 +130,10 @@ class SqlCore(Store):
         tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]
         if tags:
             self._insert_tags(tx, tags)
+        traced = [{"run_id": r.id, "env": r.env, "traceparent": r.trace_context}
+                  for r in inserted if r.trace_context]
+        if traced:
+            tx.many("insert_run_trace", traced)
         slots = {(r.env, r.queue, r.concurrency_key) for r in inserted} - self._ensured
         queues = {(e, q) for e, q, _ in slots}
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in queues])

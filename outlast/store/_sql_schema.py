@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import SchemaVersionError
 from .._serde import dumps, loads
-from ._rows import Tx, schema_sql
+from ._rows import SCHEMA_VERSION, Tx, schema_sql
 from ._schema_base import (
     CONTRACT,
     EXPAND,
@@ -41,8 +41,6 @@ PROCESS_HISTORY = 7 * 86400.0
 
 
 def _code_version() -> int:
-    from ._sql import SCHEMA_VERSION  # _sql imports this module
-
     return SCHEMA_VERSION
 
 

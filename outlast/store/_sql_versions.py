@@ -9,7 +9,7 @@ from ._versions_base import LiveWorker
 
 
 class VersionsMixin(SqlCore):
-    def live_workers(self, env: str) -> list[LiveWorker]:
+    def version_workers(self, env: str) -> list[LiveWorker]:
         with self._transaction() as tx:
             rows = tx.q("version_live_workers", env=env, now=self.now())
         return [

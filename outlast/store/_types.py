@@ -38,6 +38,8 @@ class NewRun:
     replayed_from: str | None = None
     parent_waitpoint_id: str | None = None
     version: str | None = None  # locked from the start (pinned, or a waited-on child's)
+    # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class VersionStore(abc.ABC):
     """The store's side of versions (one implementation: ``_sql_versions``)."""
 
     @abc.abstractmethod
-    def live_workers(self, env: str) -> list[LiveWorker]:
+    def version_workers(self, env: str) -> list[LiveWorker]:
         """Workers alive with a current lease, on the store's clock."""
 
     @abc.abstractmethod

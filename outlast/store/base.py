@@ -23,6 +23,7 @@ from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
+from ._observability_base import ObservabilityStore, RunTraces
 from ._types import (
     ApiKeyMatch,
     ApiKeyRow,
@@ -255,7 +256,7 @@ class Settings(StoreBase):
         """Store ``value`` unless a value exists; return the stored one."""
 
 
-class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, VersionStore):
+class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces, VersionStore):
     """What a worker needs: its row, lease and life lock, claims and fenced commits, its
     tasks and queues, and the end hooks due (plus reads, and tokens its runs create)."""
 
@@ -469,7 +470,9 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
     a worker's calls or the tick."""
 
 
-class Store(WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore):
+class Store(
+    WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore
+):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""
 

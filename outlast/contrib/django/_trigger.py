@@ -11,7 +11,7 @@ from django.db import transaction
 
 from ..._trigger import TriggerOptions, prepare_run
 from ...client import Client, _output_type, set_default_client
-from ...runs import RunHandle
+from ...runs import SyncRunHandle
 from ...tasks import Task
 from .conf import database_url, options
 
@@ -51,7 +51,7 @@ class PendingRun:
 
     id: str
     task_id: str
-    handle: RunHandle[Any] | None = None
+    handle: SyncRunHandle[Any] | None = None
     rolled_back: bool = field(default=False)
 
     @property
@@ -99,9 +99,9 @@ def trigger(
 
         def write() -> None:
             result = c.store.trigger([run])[0]
-            pending.handle = RunHandle(id=result.id, task_id=run.task_id,
-                                       is_cached=result.is_cached,
-                                       _output_type=_output_type(task))
+            pending.handle = SyncRunHandle(id=result.id, task_id=run.task_id,
+                                           is_cached=result.is_cached, _client=c,
+                                           _output_type=_output_type(task))
     else:
         local = task.id if isinstance(task, Task) else str(task)
         pending = PendingRun(id="", task_id=local)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def versions_page(ctx: Ctx) -> Response:
     rows = _versions.version_table(ctx.store, ctx.env)
-    workers = ctx.store.live_workers(ctx.env)
+    workers = ctx.store.version_workers(ctx.env)
     return ctx.render("versions.html", active="versions", rows=rows, workers=workers)
 
 

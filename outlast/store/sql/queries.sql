@@ -1205,6 +1205,35 @@ GROUP BY task_id ORDER BY task_id;
 DELETE FROM processes WHERE seen_at < :before
   AND id NOT IN (SELECT id FROM workers WHERE status = 'alive');
 
+-- Observability ------------------------------------------------------------------------------
+
+-- name: insert_run_trace
+INSERT INTO run_traces (run_id, env, traceparent) VALUES (:run_id, :env, :traceparent)
+ON CONFLICT DO NOTHING;
+
+-- name: run_traces
+SELECT run_id, traceparent FROM run_traces
+WHERE env = :env AND run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: run_traces [postgres]
+SELECT run_id, traceparent FROM run_traces WHERE env = :env AND run_id = ANY(:ids);
+
+-- Per queue, read at scrape time: its ready runs (the partial index runs_ready covers
+-- them) and the ready time of the oldest, and the slots held against its limit.
+-- name: queue_gauges
+SELECT q.env, q.name, q.executing, q.concurrency_limit, q.global_limit,
+       COALESCE(r.depth, 0) AS depth, r.oldest_ready_at
+FROM queues q LEFT JOIN (
+    SELECT env, queue, COUNT(*) AS depth, MIN(available_at) AS oldest_ready_at
+    FROM runs WHERE status = 'QUEUED' GROUP BY env, queue
+) r ON r.env = q.env AND r.queue = q.name;
+
+-- Live workers per environment. Workers carry no version yet: when they do, group by it
+-- here and in ObservabilityStore.live_workers.
+-- name: live_worker_counts
+SELECT env, COUNT(*) AS n FROM workers
+WHERE status = 'alive' AND lease_expires_at >= :now GROUP BY env;
+
 -- Versions ---------------------------------------------------------------------------------
 
 -- A serving worker's version, the first time it is seen: the newest registered is the

@@ -317,6 +317,15 @@ CREATE TABLE processes (
 );
 CREATE INDEX processes_live ON processes (seen_at) WHERE stopped_at IS NULL;
 
+-- Version 8: the trace context a run was triggered under (W3C traceparent), written only
+-- when tracing is on (outlast[otel]), so every worker that takes the run up (after a
+-- crash, a retry or a long wait) continues the caller's trace. A table of its own: the
+-- hot runs row and its inserts stay as they were when tracing is off.
+CREATE TABLE run_traces (
+    run_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    traceparent TEXT NOT NULL
+
 -- Version 7 (migrations/0007_versions): task code versions (issue 19). A run locks to the version of the worker
 -- that starts its first attempt (or to the one its trigger pinned, or its parent's for
 -- a child it waits on); from then on only workers of that version claim it (C11).
