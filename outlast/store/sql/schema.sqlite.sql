@@ -325,6 +325,7 @@ CREATE TABLE run_traces (
     run_id TEXT PRIMARY KEY,
     env TEXT NOT NULL,
     traceparent TEXT NOT NULL
+);
 
 -- Version 7 (migrations/0007_versions): task code versions (issue 19). A run locks to the version of the worker
 -- that starts its first attempt (or to the one its trigger pinned, or its parent's for
