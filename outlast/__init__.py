@@ -26,12 +26,14 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._events import CancelOn
 from ._observe import instrument
 from ._patches import patched
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
 from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
 from .schedules import ScheduledPayload
+from .store._events_base import PublishResult
 from .store.base import Waitpoint
 from .tasks import Queue, Retry, Task, queue, task
 
@@ -49,6 +51,15 @@ def complete_token(token_id: str, data: Any = None) -> Waitpoint:
     return default_client().complete_token(token_id, data)
 
 
+def publish(name: str, data: Any = None, *, id: str | None = None) -> PublishResult:
+    """Publish an event with the default client: every subscribed task whose filter
+    matches gets one run, created in the event's transaction. The same ``id`` again
+    within its deduplication window (24 h by default) does nothing new."""
+    from .client import default_client
+
+    return default_client().publish(name, data, id=id)
+
+
 # Names that moved out of this module and still import from it (from outlast import Worker).
 _MOVED = {"HookEvent": "outlast.worker", "Worker": "outlast.worker"}
 
@@ -64,11 +75,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AbortRun",
     "AsyncClient",
+    "CancelOn",
     "Client",
     "FakeClock",
     "NonDeterminismError",
     "OutlastError",
     "PayloadTooLarge",
+    "PublishResult",
     "Queue",
     "Retry",
     "Run",
@@ -94,6 +107,7 @@ __all__ = [
     "logger",
     "metadata",
     "patched",
+    "publish",
     "queue",
     "step",
     "task",

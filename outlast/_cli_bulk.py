@@ -112,11 +112,16 @@ def cmd_bulk(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, client: Any, bulk_id: str) -> int:
-    def progress(b: Any) -> None:
-        if not args.json:
-            print(_bulk.describe(b), flush=True)
+    from ._cli_progress import progress as progress_bar  # a bar on stderr, on a terminal
 
-    bulk = client.resume_bulk(bulk_id, batch_size=args.batch_size, on_progress=progress)
+    with progress_bar(None, f"{args.bulk_cmd} {bulk_id}") as bar:
+
+        def progress(b: Any) -> None:
+            bar.update(b.processed, b.total)
+            if not args.json and not (bar.drawing and sys.stdout.isatty()):
+                print(_bulk.describe(b), flush=True)
+
+        bulk = client.resume_bulk(bulk_id, batch_size=args.batch_size, on_progress=progress)
     if args.json:
         print(json.dumps(bulk.to_dict(), indent=2))
     elif bulk.last_error:

@@ -30,7 +30,9 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     if not args.wait:
         _out(args, {"id": handle.id, "is_cached": handle.is_cached}, handle.id)
         return 0
-    run = client.wait_for_run(handle.id, timeout=args.timeout)
+    from ._cli_progress import watch_run  # live status, step and progress on stderr
+
+    run = watch_run(client, handle.id, timeout=args.timeout, journal=client.store.journal)
     _out(args, run.to_dict(), f"{run.id} {run.status}\n{result_text(run)}")
     return 0 if str(run.status) == "COMPLETED" else 1
 

@@ -63,6 +63,12 @@ class RunNotFound(OutlastError):
     code = "run_not_found"
 
 
+class EventNotFound(OutlastError):
+    """No event in the log has this id."""
+
+    code = "event_not_found"
+
+
 class InvalidState(OutlastError):
     """The object is not in a state that allows this."""
 

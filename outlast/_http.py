@@ -21,6 +21,7 @@ from . import _errors as e
 from . import _observe, _serde
 from ._app_tx import OVER_HTTP
 from ._bulk_client import HttpBulk
+from ._events_client import AsyncHttpEvents, HttpEvents
 from ._http_calls import (
     HttpTrigger,
     Plan,
@@ -64,6 +65,7 @@ _CODES: dict[str, type[e.OutlastError]] = {
         e.QueueNotFound,
         e.ScheduleNotFound,
         e.BulkActionNotFound,
+        e.EventNotFound,
     )
 }
 
@@ -172,7 +174,7 @@ class _HttpBase:
         return items
 
 
-class HttpTransport(HttpSchedules, HttpBulk, _HttpBase):
+class HttpTransport(HttpSchedules, HttpBulk, HttpEvents, _HttpBase):
     """``Transport`` over HTTP, on a blocking httpx session."""
 
     def __init__(self, api_url: str, secret_key: str, *, timeout: float = 30.0,
@@ -269,7 +271,7 @@ class HttpTransport(HttpSchedules, HttpBulk, _HttpBase):
         return self._run(queue_limit_plan(name, limit))
 
 
-class AsyncHttpTransport(_HttpBase):
+class AsyncHttpTransport(AsyncHttpEvents, _HttpBase):
     """``AsyncTransport`` over HTTP, on an asyncio httpx session: the same plans as
     ``HttpTransport``; a request awaits its answer and its back-off on the loop."""
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _app_tx, _bulk, _schedule_crud, _serde
 from ._errors import RunNotFound, TokenNotFound
+from ._events_client import AsyncStoreEvents, StoreEvents
 from ._ids import new_id
 from ._trigger import TriggerOptions, prepare_replay, prepare_run, prepare_runs
 from .runs import Run
@@ -29,7 +30,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class StoreTransport:
+class StoreTransport(StoreEvents):
     """``Transport`` over a store: each call is one or two store calls, in this thread."""
 
     def __init__(self, store: Store, env: str) -> None:
@@ -184,7 +185,7 @@ class StoreTransport:
         return _bulk.abort(self._ready(), self.env, bulk_id)
 
 
-class AsyncStoreTransport:
+class AsyncStoreTransport(AsyncStoreEvents):
     """``AsyncTransport`` over a store: each call is ``StoreTransport``'s in a worker
     thread. The store's drivers (sqlite3, psycopg's pool) block, and it has no async path;
     one hop per call (not per store call, nor around the client) keeps the loop free while

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._trigger import TriggerOptions
     from .runs import Run
     from .store._bulk_base import BulkAction, BulkFilter
+    from .store._events_base import NewEvent, PublishResult
     from .store.base import Schedule, Store, Waitpoint
     from .tasks import Task
     from .waitpoints import Token
@@ -115,6 +116,13 @@ class Transport(Protocol):
 
     def abort_bulk(self, bulk_id: str) -> BulkAction: ...
 
+    # -- events (``_events_client``) ------------------------------------------------------
+    def publish_events(self, items: Sequence[NewEvent]) -> list[PublishResult]: ...
+
+    def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    def replay_event(self, event_id: str, task: str | None) -> list[dict[str, Any]]: ...
+
 
 class AsyncTransport(Protocol):
     """The asyncio calls (``AsyncClient``): the run, token and queue calls of
@@ -122,6 +130,12 @@ class AsyncTransport(Protocol):
     ``AsyncClient`` runs the sync client's in a thread)."""
 
     async def close(self) -> None: ...
+
+    async def publish_events(self, items: Sequence[NewEvent]) -> list[PublishResult]: ...
+
+    async def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    async def replay_event(self, event_id: str, task: str | None) -> list[dict[str, Any]]: ...
 
     async def trigger(self, task: Task[Any, Any] | str, payload: Any,
                       options: TriggerOptions) -> Triggered: ...

@@ -139,6 +139,26 @@ class _Wait:
             await ctx.commit(call.step_done(_serde.dumps(token.__dict__), started))
             return token
 
+    async def for_event(
+        self,
+        name: str,
+        *,
+        match: str | None = None,
+        value: Any = None,
+        if_: str | None = None,
+        timeout: timedelta | float | None = None,
+        since: timedelta | float | None = None,
+    ) -> WaitResult:
+        """Wait until an event ``name`` is published whose value at ``match``
+        (``"data.invoice_id"``) equals ``value``, or for which ``if_`` (CEL over
+        ``event``) is true; ``output`` is the event. Only events published after the wait
+        registers count, plus, with ``since``, the newest match published within that
+        long before (``_event_wait.py``). The run is parked meanwhile."""
+        from ._event_wait import for_event
+
+        return await for_event(name, match=match, value=value, if_=if_, timeout=timeout,
+                               since=since)
+
     async def for_token(self, token: Token | str) -> WaitResult:
         """Wait until the token is completed (or times out); the run is parked meanwhile."""
         ctx = _require("wait.for_token()")

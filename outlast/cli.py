@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import _cli_runs, _cli_schedules, _cli_serving, _cli_versions
+from . import _cli_alerts, _cli_events, _cli_runs, _cli_schedules, _cli_serving, _cli_versions
 from ._cli_common import (
     _app_flag,
     _client,
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_serving.add_commands(sub)
     _cli_runs.add_commands(sub)
     _cli_schedules.add_commands(sub)
+    _cli_alerts.add_commands(sub)
+    _cli_events.add_commands(sub)
     _cli_versions.add_commands(sub)
     return parser
 

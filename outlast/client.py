@@ -20,6 +20,7 @@ from . import _limits, runs
 from ._bulk_client import AsyncBulkMethods, BulkMethods
 from ._clock import Clock
 from ._config import settings
+from ._events_client import AsyncEventMethods, EventMethods
 from ._http import HttpTransport
 from ._schedule_client import AsyncScheduleMethods, ScheduleMethods
 from ._store_transport import StoreTransport
@@ -97,7 +98,7 @@ def _transport(
     return StoreTransport(store or open_store(database_url, clock), env)
 
 
-class Client(ScheduleMethods, BulkMethods, VersionMethods):
+class Client(ScheduleMethods, BulkMethods, EventMethods, VersionMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -232,7 +233,9 @@ class Client(ScheduleMethods, BulkMethods, VersionMethods):
         return self._transport.set_queue_limit(name, _queue_limit(limit))
 
 
-class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncVersionMethods):
+class AsyncClient(
+    AsyncScheduleMethods, AsyncBulkMethods, AsyncEventMethods, AsyncVersionMethods
+):
     """The asyncio twin of ``Client``: the same methods, awaitable, on the async twin of
     the client's transport (an asyncio HTTP session; over the database, the store's calls
     off the loop)."""

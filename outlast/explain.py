@@ -91,6 +91,10 @@ def _waiting(store: RunReads, run: Run, now: float) -> str:
         elif wp.kind == "token":
             due = f", times out {_at(wp.timeout_at)}" if wp.timeout_at else ""
             parts.append(f"token {wp.id}{due}")
+        elif wp.kind == "event":  # wait.for_event: its tag names the event
+            names = [t.removeprefix("event:") for t in wp.tags if t.startswith("event:")]
+            due = f", times out {_at(wp.timeout_at)}" if wp.timeout_at else ""
+            parts.append(f"event {', '.join(names) or '?'} (waitpoint {wp.id}){due}")
         else:
             parts.append(f"child runs ({wp.kind}, waitpoint {wp.id})")
     return "waiting on " + (", ".join(parts) if parts else "its waitpoints")

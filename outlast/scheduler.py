@@ -1,6 +1,7 @@
 """The scheduler: the timer loop every server and worker runs (``--no-scheduler`` turns it
 off). It starts due delayed runs, expires TTLs, fires waitpoint timers, reaps dead and
-lapsed workers, forgets old request keys, and fires cron slots (``_schedule_firing``).
+lapsed workers, forgets old request keys, fires cron slots (``_schedule_firing``), groups
+failures and sends alerts (``_alerts``).
 Every statement is safe to run from any number of processes at once (conditional updates,
 row locks, unique keys), so there is no leader to elect."""
 
@@ -12,7 +13,9 @@ import logging
 import time
 
 from . import _observe
+from ._alerts import AlertLoop
 from ._schedule_firing import fire_due
+from .store._events_base import EventStore
 from .store.base import SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ class Scheduler:
         self._last_cleanup = 0.0
         self._task_defs: dict[tuple[str, str], TaskDef | None] = {}
         self._defs_at = 0.0
+        self.alerts = AlertLoop(store, store.clock)
+        self._sending: asyncio.Future[None] | None = None
 
     async def tick(self) -> None:
         ticked = await asyncio.to_thread(self.store.tick)
@@ -35,7 +40,21 @@ class Scheduler:
             self._last_cleanup = time.monotonic()
             await asyncio.to_thread(self.store.forget_old_requests)
             await asyncio.to_thread(self.store.prune_schedule_slots)
+            if isinstance(self.store, EventStore):  # the event log's retention
+                await asyncio.to_thread(self.store.prune_events)
         await self.fire_schedules()
+        try:  # alerts and error groups: their failure must not stop the timers above
+            await asyncio.to_thread(self.alerts.scan)
+        except Exception:
+            log.exception("alerts scan failed")
+        if (self._sending is None or self._sending.done()) and self.alerts.send_due_now():
+            self._sending = asyncio.ensure_future(asyncio.to_thread(self._send_alerts))
+
+    def _send_alerts(self) -> None:
+        try:
+            self.alerts.sender.send_due()
+        except Exception:
+            log.exception("sending alerts failed")
 
     async def fire_schedules(self) -> int:
         """Fire due cron slots; each fires once however many schedulers run (C6)."""
@@ -52,3 +71,9 @@ class Scheduler:
                 log.exception("scheduler tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Let alerts being posted finish (a post logs its own failure)."""
+        if self._sending is not None:
+            await self._sending

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, overload
 from . import _limits, _serde, durable
 from ._config import settings
 from ._errors import ConfigurationError
+from ._events import CancelOn, Subscription
 from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
 from .client import default_async_client
 from .runs import RunHandle, TaskRunResult
@@ -144,6 +145,8 @@ class Task(Generic[P, R]):
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     cron: str | None = None
     timezone: str | None = None
+    # What events it runs on and is cancelled by (``_events.Subscription``).
+    events: Subscription | None = None
 
     @functools.cached_property
     def is_async(self) -> bool:
@@ -182,6 +185,7 @@ class Task(Generic[P, R]):
                 "tags": list(self.tags),
                 "cron": self.cron,
                 "timezone": self.timezone,
+                **({"events": self.events.to_spec()} if self.events else {}),
                 "queue": {
                     "concurrency_limit": self.queue.concurrency_limit,
                     "rate_limit": self.queue.rate_limit,
@@ -294,6 +298,10 @@ def task(
     tags: Sequence[str] = (),
     cron: str | None = None,
     timezone: str | None = None,
+    on: str | Sequence[str] | None = None,
+    if_: str | None = None,
+    cancel_on: Sequence[CancelOn] = (),
+    replay: str = "new",
     on_start: Hook | None = None,
     on_success: Hook | None = None,
     on_failure: Hook | None = None,
@@ -305,8 +313,9 @@ def task(
 
 
 def task(fn: Any = None, /, **kwargs: Any) -> Any:
-    """Declare a task. Options: id, queue, retry, max_duration, tags, cron, timezone and
-    hooks (on_start, on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
+    """Declare a task. Options: id, queue, retry, max_duration, tags, cron, timezone,
+    events (on, if_, cancel_on, replay: see docs/how-to/events.md) and hooks (on_start,
+    on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
     if fn is not None:
         return _make_task(fn, **kwargs)
 
@@ -326,6 +335,10 @@ def _make_task(
     tags: Sequence[str] = (),
     cron: str | None = None,
     timezone: str | None = None,
+    on: str | Sequence[str] | None = None,
+    if_: str | None = None,
+    cancel_on: Sequence[CancelOn] = (),
+    replay: str = "new",
     **hooks: Hook | None,
 ) -> Task[Any, Any]:
     task_id = id or kebab(fn.__name__)
@@ -337,6 +350,7 @@ def _make_task(
 
         _cron.validate(cron or "* * * * *")
         _cron.zone(timezone)
+    events = Subscription.build(on, if_, list(cancel_on), replay)
     payload_type, return_type = _payload_and_return(fn)
     t: Task[Any, Any] = Task(
         fn=fn,
@@ -349,6 +363,7 @@ def _make_task(
         return_type=return_type,
         cron=cron,
         timezone=timezone,
+        events=events,
     )
     for name, hook in hooks.items():
         if hook is None:

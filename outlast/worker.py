@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _observe, _schedule_crud
+from . import _events, _observe, _schedule_crud
 from ._attempts import Attempts
 from ._claiming import Claiming, _handback
 from ._committer import Claimer, Committer
@@ -188,6 +188,8 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         self.store.publish_tasks(self.env, defs)
         specs = {t.queue.name: t.queue.spec() for t in self.tasks.values()}
         self.store.declare_queues(self.env, list(specs.values()))
+        # After the definitions: a replay="retained" subscriber gets the event log once.
+        _events.deliver_retained(self.store, self.env, _events.retained_subscribers(defs))
         self._register_identity()
 
     def _register_identity(self) -> None:
@@ -272,6 +274,7 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         if self._waiter is not None:
             with contextlib.suppress(Exception):
                 await self._waiter
+        await self._scheduler.aclose()
         await asyncio.to_thread(self.store.stop_worker, self.id)
         if self._lock is not None:
             self._lock.release()

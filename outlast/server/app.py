@@ -20,11 +20,13 @@ from .._config import settings
 from .._errors import OutlastError
 from ..store.base import Store
 from . import errors
+from .alerts_api import build_alerts_router
 from .api import build_router
 from .auth import KeyChecker
 from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
+from .events_api import build_events_router
 from .metrics_api import build_metrics_router
 from .schedules_api import build_schedules_router
 from .trace_context import TraceContext
@@ -181,8 +183,10 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_versions_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_alerts_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_events_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),
                        responses={**errors.RESPONSES, 415: errors.UNSUPPORTED_MEDIA_TYPE})
     if dashboard:

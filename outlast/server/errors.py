@@ -24,6 +24,7 @@ STATUS = {
     e.QueueNotFound: 404,
     e.ScheduleNotFound: 404,
     e.BulkActionNotFound: 404,
+    e.EventNotFound: 404,
     e.TokenTimedOut: 409,
     e.InvalidState: 409,
     e.SchemaVersionError: 503,

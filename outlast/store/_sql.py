@@ -26,10 +26,13 @@ from ._rows import (
     migrations,  # noqa: F401 - tests import the migration list from here
     run_from_row,
 )
+from ._sql_alerts import AlertsMixin
 from ._sql_api import ApiMixin
 from ._sql_bulk import BulkMixin
 from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
+from ._sql_errors import ErrorsMixin
+from ._sql_events import EventsMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_schedules import SchedulesMixin
@@ -51,8 +54,9 @@ from .base import (
 
 class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
+    AlertsMixin, ErrorsMixin,
     ObservabilityMixin,
-    BulkMixin,
+    BulkMixin, EventsMixin,
     SchemaMixin, DoctorMixin,
     VersionsMixin,
 ):

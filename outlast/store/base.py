@@ -21,8 +21,10 @@ from typing import Literal
 
 from .._clock import Clock
 from ..runs import JournalEntry, Run, RunEvent
+from ._alerts_base import AlertStore, ErrorStore
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
+from ._events_base import EventStore
 from ._observability_base import ObservabilityStore, RunTraces
 from ._types import (
     ApiKeyMatch,
@@ -352,10 +354,11 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, VersionStore):
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, AlertStore, ErrorStore,
+               VersionStore):
     """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
     building them against published task definitions, and signing waitpoint callback URLs
-    with its settings."""
+    with its settings; alert rules and error groups."""
 
 
 class ScheduleStore(TaskDefs):
@@ -414,7 +417,7 @@ class ScheduleStore(TaskDefs):
         """The latest fired slots: slot, run_id, fired_at; newest first."""
 
 
-class SchedulerStore(ScheduleStore):
+class SchedulerStore(ScheduleStore, AlertStore):
     """What the scheduler loop needs: the tick, reaping, firing schedules, forgetting old
     request keys and fired slots."""
 
@@ -471,7 +474,8 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads):
 
 
 class Store(
-    WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore
+    WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore,
+    EventStore,
 ):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""

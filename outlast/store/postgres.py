@@ -28,6 +28,7 @@ from .._clock import Clock
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
+from ._sql_events_pg import PgEventsMixin
 from .base import EndSegment, NewRun, StartWait
 
 _CHANNEL = "outlast_work"
@@ -217,7 +218,7 @@ class _CopyLayout:
         yield b"".join(pieces)
 
 
-class PostgresStore(AppTransactionMixin, SqlStore):
+class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
 

@@ -63,6 +63,9 @@ NAV = [
     ("workers", "Workers", "/workers"),
     ("versions", "Versions", "/versions"),
     ("schedules", "Schedules", "/schedules"),
+    ("errors", "Errors", "/errors"),
+    ("alerts", "Alerts", "/alerts"),
+    ("events", "Events", "/events"),
     ("test", "Test", "/test"),
 ]
 

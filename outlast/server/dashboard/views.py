@@ -260,7 +260,8 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _live, _versions_view  # they call back into the pages above
+    # they call back into the pages above
+    from . import _actions, _alerts_view, _live, _versions_view, events_view
 
     r = dash.route
     return [
@@ -280,6 +281,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/test", test_page),
         r("/test", _actions.test_trigger, methods=("POST",)),
         r("/schedules", schedules_page),
+        r("/events", events_view.events_page),
         r("/login", login_page, public=True),
         r("/login", _actions.login, methods=("POST",), public=True),
         r("/logout", _actions.logout, methods=("POST",), public=True),
@@ -289,6 +291,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/dashboard-api/queues", _live.queues, api=True),
         r("/dashboard-api/waitpoints", _live.waitpoints, api=True),
         r("/dashboard-api/workers", _live.workers, api=True),
+        *_alerts_view.routes(dash),
         *_versions_view.routes(dash),
     ]
 

@@ -1234,6 +1234,383 @@ FROM queues q LEFT JOIN (
 SELECT env, COUNT(*) AS n FROM workers
 WHERE status = 'alive' AND lease_expires_at >= :now GROUP BY env;
 
+-- Alerts and errors ----------------------------------------------------------------------
+
+-- name: insert_alert_rule
+INSERT INTO alert_rules (id, env, event, task_id, queue, older_than, webhook_url, format,
+                         secret, created_at)
+VALUES (:id, :env, :event, :task_id, :queue, :older_than, :webhook_url, :format, :secret,
+        :created_at);
+
+-- Never the secret: it was shown once, at creation.
+-- name: list_alert_rules
+SELECT id, env, event, task_id, queue, older_than, webhook_url, format, created_at
+FROM alert_rules WHERE env = :env ORDER BY created_at, id;
+
+-- name: delete_alert_rule
+DELETE FROM alert_rules WHERE env = :env AND id = :id;
+
+-- name: delete_rule_deliveries
+DELETE FROM alert_deliveries WHERE rule_id = :id AND status = 'pending';
+
+-- The rules an event goes to, locked: the storm counters change in this transaction.
+-- name: matching_alert_rules
+SELECT id, window_start, window_sent FROM alert_rules
+WHERE env = :env AND event = :event
+  AND (task_id IS NULL OR task_id = :task_id)
+  AND (queue IS NULL OR queue = :queue)
+ORDER BY id;
+
+-- name: matching_alert_rules [postgres]
+SELECT id, window_start, window_sent FROM alert_rules
+WHERE env = :env AND event = :event
+  AND (task_id IS NULL OR task_id = :task_id)
+  AND (queue IS NULL OR queue = :queue)
+ORDER BY id
+FOR UPDATE;
+
+-- name: set_alert_window
+UPDATE alert_rules SET window_start = :window_start, window_sent = :window_sent
+WHERE id = :id;
+
+-- name: insert_alert_delivery
+INSERT INTO alert_deliveries (id, env, rule_id, event, payload, status, created_at, next_at,
+                              summary_of)
+VALUES (:id, :env, :rule_id, :event, :payload, 'pending', :now, :next_at, :summary_of);
+
+-- The storm summary of a rule's current window not yet sent, if one was started.
+-- name: open_alert_summary
+SELECT id, payload, summary_of FROM alert_deliveries
+WHERE rule_id = :rule_id AND summary_of > 0 AND status = 'pending' AND attempts = 0
+  AND claimed_until < :now AND created_at >= :window_start;
+
+-- name: grow_alert_summary
+UPDATE alert_deliveries SET payload = :payload, summary_of = :summary_of
+WHERE id = :id AND attempts = 0;
+
+-- name: due_alert_deliveries
+SELECT d.id FROM alert_deliveries d
+WHERE d.status = 'pending' AND d.next_at <= :now AND d.claimed_until < :now
+ORDER BY d.next_at LIMIT :limit;
+
+-- Claim one for a lease; a concurrent sender's claim of the same row updates nothing.
+-- name: claim_alert_delivery
+UPDATE alert_deliveries SET claimed_until = :until
+WHERE id = :id AND status = 'pending' AND claimed_until < :now
+RETURNING id, rule_id, event, payload, attempts;
+
+-- name: alert_rule_target
+SELECT webhook_url, format, secret FROM alert_rules WHERE id = :id;
+
+-- name: finish_alert_attempt
+UPDATE alert_deliveries
+SET attempts = attempts + 1, status = :status, next_at = :next_at, claimed_until = 0,
+    delivered_at = :delivered_at
+WHERE id = :id AND status = 'pending'
+RETURNING attempts;
+
+-- name: insert_alert_attempt
+INSERT INTO alert_attempts (delivery_id, n, at, status_code, error, duration)
+VALUES (:delivery_id, :n, :at, :status_code, :error, :duration);
+
+-- name: list_alert_deliveries
+SELECT * FROM alert_deliveries
+WHERE env = :env AND (:rule_id IS NULL OR rule_id = :rule_id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: list_alert_deliveries [postgres]
+SELECT * FROM alert_deliveries
+WHERE env = :env AND (CAST(:rule_id AS TEXT) IS NULL OR rule_id = :rule_id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: alert_attempts
+SELECT n, at, status_code, error, duration FROM alert_attempts
+WHERE delivery_id = :id ORDER BY n;
+
+-- The scan's watermark, locked: two schedulers never count the same failure twice.
+-- name: lock_failure_scan
+UPDATE failure_scan SET watermark = watermark WHERE id = 1 RETURNING watermark;
+
+-- Another scheduler scanning now holds it: skip this tick rather than queue behind it.
+-- name: lock_failure_scan [postgres]
+SELECT watermark FROM failure_scan WHERE id = 1 FOR UPDATE SKIP LOCKED;
+
+-- name: set_failure_watermark
+UPDATE failure_scan SET watermark = :watermark WHERE id = 1;
+
+-- Failed runs not yet grouped, from a short lag behind the watermark (partial index
+-- runs_failed; the anti-join is a primary-key probe per run in the lag window).
+-- name: new_failures
+SELECT r.id, r.env, r.task_id, r.queue, r.status, r.error, r.finished_at FROM runs r
+WHERE r.status IN ('FAILED', 'TIMED_OUT') AND r.finished_at > :since
+  AND NOT EXISTS (SELECT 1 FROM error_occurrences o WHERE o.run_id = r.id)
+ORDER BY r.finished_at LIMIT :limit;
+
+-- name: insert_error_occurrence
+INSERT INTO error_occurrences (run_id, env, fingerprint, task_id, at)
+VALUES (:run_id, :env, :fingerprint, :task_id, :at);
+
+-- name: get_error_group_status
+SELECT status FROM error_groups WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: insert_error_group
+INSERT INTO error_groups (env, fingerprint, exc_type, message, frame, status, count,
+                          first_seen, last_seen, sample_run_id)
+VALUES (:env, :fingerprint, :exc_type, :message, :frame, 'open', :n, :first_seen,
+        :last_seen, :sample_run_id);
+
+-- A resolved group that recurs reopens; an ignored one stays ignored.
+-- name: grow_error_group
+UPDATE error_groups
+SET count = count + :n, last_seen = :last_seen, sample_run_id = :sample_run_id,
+    reopened = reopened + CASE WHEN status = 'resolved' THEN 1 ELSE 0 END,
+    resolved_at = CASE WHEN status = 'resolved' THEN NULL ELSE resolved_at END,
+    status = CASE WHEN status = 'resolved' THEN 'open' ELSE status END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: list_error_groups
+SELECT * FROM error_groups
+WHERE env = :env AND (:status IS NULL OR status = :status)
+ORDER BY last_seen DESC LIMIT :limit;
+
+-- name: list_error_groups [postgres]
+SELECT * FROM error_groups
+WHERE env = :env AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+ORDER BY last_seen DESC LIMIT :limit;
+
+-- name: get_error_group
+SELECT * FROM error_groups WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: error_group_tasks
+SELECT task_id, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint GROUP BY task_id ORDER BY n DESC;
+
+-- Failures per bucket of :bucket seconds; bucket k starts at k * :bucket.
+-- name: error_group_histogram
+SELECT CAST(at / :bucket AS INTEGER) AS k, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint
+GROUP BY CAST(at / :bucket AS INTEGER) ORDER BY k;
+
+-- name: error_group_histogram [postgres]
+SELECT CAST(FLOOR(at / :bucket) AS BIGINT) AS k, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint
+GROUP BY CAST(FLOOR(at / :bucket) AS BIGINT) ORDER BY k;
+
+-- name: set_error_group_status
+UPDATE error_groups
+SET status = :status, resolved_at = CASE WHEN :status = 'resolved' THEN :now ELSE NULL END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- name: set_error_group_status [postgres]
+UPDATE error_groups
+SET status = :status,
+    resolved_at = CASE WHEN CAST(:status AS TEXT) = 'resolved' THEN :now ELSE NULL END
+WHERE env = :env AND fingerprint = :fingerprint;
+
+-- The rules watching conditions (backlog, no worker), locked for their firing sets.
+-- name: condition_alert_rules
+SELECT id, env, event, task_id, queue, older_than, firing FROM alert_rules
+WHERE event IN ('queue.backlog', 'no_worker') ORDER BY id;
+
+-- name: condition_alert_rules [postgres]
+SELECT id, env, event, task_id, queue, older_than, firing FROM alert_rules
+WHERE event IN ('queue.backlog', 'no_worker') ORDER BY id FOR UPDATE;
+
+-- name: set_alert_firing
+UPDATE alert_rules SET firing = :firing WHERE id = :id;
+
+-- Queued runs per (task, queue) with the oldest one's time: the partial index on QUEUED.
+-- name: queued_backlog
+SELECT task_id, queue, MIN(available_at) AS oldest, COUNT(*) AS n FROM runs
+WHERE env = :env AND status = 'QUEUED' GROUP BY task_id, queue;
+
+-- name: alive_worker_tasks
+SELECT tasks FROM workers WHERE env = :env AND status = 'alive' AND lease_expires_at > :now;
+
+-- Sent or given-up deliveries and failure occurrences past the retention: groups keep
+-- their totals; the scan never looks back further than its lag.
+-- name: prune_alert_attempts
+DELETE FROM alert_attempts WHERE delivery_id IN (
+    SELECT id FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before);
+
+-- name: prune_alert_deliveries
+DELETE FROM alert_deliveries WHERE status <> 'pending' AND next_at < :before;
+
+-- name: prune_error_occurrences
+DELETE FROM error_occurrences WHERE at < :before;
+
+-- Events ----------------------------------------------------------------------------------
+-- (outlast/store/_sql_events.py; the model is in _events_base.py)
+
+-- Taken first in a publish (names in order) and by a wait registering on the name: the
+-- row lock orders the two, so an event either sees the wait or the wait sees the event.
+-- name: ev_lock_name
+INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
+
+-- name: ev_subscribers
+SELECT * FROM tasks WHERE env = :env ORDER BY id;
+
+-- The runs the first publish of a still-deduplicating id created (a retry's answer).
+-- name: ev_first_runs
+SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
+WHERE e.env = :env AND e.id = :id AND e.dedup_active = 1 AND d.replay = 0
+  AND d.run_id IS NOT NULL
+ORDER BY d.task_id;
+
+-- At most one fan-out delivery per (event, task): a retained replay that runs twice, or
+-- beside a publish, inserts nothing the second time (and then creates no run).
+-- name: ev_insert_delivery
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING
+RETURNING event_seq;
+
+-- name: ev_insert_replay
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 1, :run_id, :outcome, :reason, :now);
+
+-- name: ev_unfinished_runs
+SELECT id, payload FROM runs
+WHERE env = :env AND task_id = :task_id
+  AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+ORDER BY id;
+
+-- name: ev_waits
+SELECT w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr FROM event_waits w
+JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = :name AND p.status = 'pending'
+ORDER BY w.created_at, w.waitpoint_id;
+
+-- name: ev_insert_wait
+INSERT INTO event_waits (waitpoint_id, env, name, match_path, match_value, expr, created_at)
+VALUES (:waitpoint_id, :env, :name, :match_path, :match_value, :expr, :now)
+ON CONFLICT (waitpoint_id) DO NOTHING;
+
+-- name: ev_since
+SELECT * FROM events WHERE env = :env AND name = :name AND created_at >= :since
+ORDER BY seq LIMIT 1000;
+
+-- name: ev_list
+SELECT * FROM events WHERE env = :env AND (CAST(:name AS TEXT) IS NULL OR name = :name)
+ORDER BY seq DESC LIMIT :limit;
+
+-- name: ev_get
+SELECT * FROM events WHERE env = :env AND id = :id ORDER BY seq DESC LIMIT 1;
+
+-- name: ev_deliveries
+SELECT * FROM event_deliveries
+WHERE event_seq IN (SELECT value FROM json_each(:seqs))
+ORDER BY event_seq, created_at, task_id;
+
+-- name: ev_deliveries [postgres]
+SELECT * FROM event_deliveries WHERE event_seq = ANY(CAST(:seqs AS bigint[]))
+ORDER BY event_seq, created_at, task_id;
+
+-- Retained events a task has had no fan-out delivery of, oldest first, a page at a time.
+-- name: ev_retained
+SELECT * FROM events e
+WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+ORDER BY e.seq LIMIT 500;
+
+-- name: ev_prune_deliveries
+DELETE FROM event_deliveries
+WHERE event_seq IN (SELECT seq FROM events WHERE expires_at <= :now);
+
+-- name: ev_prune
+DELETE FROM events WHERE expires_at <= :now;
+
+-- name: ev_prune_waits
+DELETE FROM event_waits
+WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
+
+-- A fan-out's deliveries, many at a time (a freshly inserted event has none yet).
+-- name: ev_insert_deliveries
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- An id past its deduplication window stops deduplicating (its row stays in the log).
+-- name: ev_release_keys
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
+  AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_release_keys [postgres]
+UPDATE events SET dedup_active = 0
+WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
+
+-- The events of these ids still deduplicating (at most one per id: events_dedup).
+-- name: ev_active
+SELECT seq, id FROM events
+WHERE env = :env AND dedup_active = 1 AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: ev_active [postgres]
+SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:ids);
+
+-- Fresh events of a batch (ev_active found none of their ids). A concurrent publish of
+-- the same id makes this fail on events_dedup and roll back: its retry is a duplicate.
+-- name: ev_insert_many
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
+
+-- name: ev_insert_one
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq;
+
+-- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
+-- row, which costs no round trips there), their sequence numbers returned.
+-- name: ev_insert_unnest [postgres]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+FROM unnest(CAST(:env AS text[]), CAST(:id AS text[]), CAST(:name AS text[]),
+            CAST(:data AS text[]), CAST(:now AS double precision[]),
+            CAST(:dedup_until AS double precision[]),
+            CAST(:expires_at AS double precision[]))
+     AS e(env, id, name, data, now, dedup_until, expires_at)
+RETURNING seq, id;
+
+-- name: ev_insert_deliveries_unnest [postgres]
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
+                     CAST(:replay AS integer[]), CAST(:run_id AS text[]),
+                     CAST(:outcome AS text[]), CAST(:reason AS text[]),
+                     CAST(:now AS double precision[]))
+ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
+
+-- PostgreSQL, a publish of one name: its lock and the subscribers in one round trip. The
+-- subscribers may be read from a snapshot taken before the lock was granted (harmless:
+-- definitions change with deploys); the waits are read by a later statement, after it.
+-- name: ev_lock_and_subscribers [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at
+    RETURNING 1 AS one
+)
+SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
+
+-- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
+-- waits for its name in one round trip. It runs after the name's lock was granted, so
+-- its snapshot holds every wait registered before (see ev_lock_name).
+-- name: ev_insert_one_and_waits [postgres]
+WITH ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at)
+    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq
+)
+SELECT ins.seq, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr
+FROM ins LEFT JOIN (
+    SELECT ew.* FROM event_waits ew JOIN waitpoints p ON p.id = ew.waitpoint_id
+    WHERE ew.env = :env AND ew.name = :event_name AND p.status = 'pending'
+) w ON true
+ORDER BY w.created_at, w.waitpoint_id;
+
 -- Versions ---------------------------------------------------------------------------------
 
 -- A serving worker's version, the first time it is seen: the newest registered is the

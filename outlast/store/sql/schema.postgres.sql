@@ -327,7 +327,159 @@ CREATE TABLE run_traces (
     traceparent TEXT NOT NULL
 );
 
--- Version 7 (migrations/0007_versions): task code versions (issue 19). A run locks to the version of the worker
+-- Version 7: alerts and the errors page.
+-- An alert rule: which event (run.failed, run.timed_out, queue.backlog, no_worker, or a
+-- kind another feature raises) in which environment, filtered by task and queue, goes to
+-- which webhook. The signing secret is shown once at creation and never returned again;
+-- it is kept because every delivery is signed with it.
+CREATE TABLE alert_rules (
+    id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    event TEXT NOT NULL,
+    task_id TEXT,
+    queue TEXT,
+    older_than DOUBLE PRECISION,
+    webhook_url TEXT NOT NULL,
+    format TEXT NOT NULL,                  -- json | slack
+    secret TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    window_start DOUBLE PRECISION NOT NULL DEFAULT 0,  -- the storm limit's current window
+    window_sent INTEGER NOT NULL DEFAULT 0,            -- deliveries queued in it
+    firing TEXT NOT NULL DEFAULT '[]'      -- JSON: conditions (queue, task) now firing
+);
+CREATE INDEX alert_rules_env ON alert_rules (env, event);
+
+-- The outbox: one row per message to send, written in the transaction that saw the event.
+-- A sender claims a due row for a short lease, posts it, and records the attempt.
+CREATE TABLE alert_deliveries (
+    id TEXT PRIMARY KEY,                   -- the webhook-id header: receivers dedupe by it
+    env TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,                 -- JSON, rendered per the rule's format at send time
+    status TEXT NOT NULL,                  -- pending | delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    next_at DOUBLE PRECISION NOT NULL,
+    claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+    delivered_at DOUBLE PRECISION,
+    summary_of INTEGER NOT NULL DEFAULT 0  -- a storm summary: how many events it stands for
+);
+CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE status = 'pending';
+CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, created_at);
+
+CREATE TABLE alert_attempts (
+    delivery_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (delivery_id, n)
+);
+
+-- Failures grouped by fingerprint (outlast/_fingerprint.py), kept by a watermark scan in
+-- the scheduler's tick, never by the commit of a failing run.
+CREATE TABLE error_groups (
+    env TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    exc_type TEXT NOT NULL,
+    message TEXT NOT NULL,                 -- with numbers and ids masked
+    frame TEXT NOT NULL,                   -- the top frame in task code, '' if unknown
+    status TEXT NOT NULL,                  -- open | resolved | ignored
+    count INTEGER NOT NULL,
+    first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,
+    sample_run_id TEXT NOT NULL,
+    resolved_at DOUBLE PRECISION,
+    reopened INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (env, fingerprint)
+);
+CREATE INDEX error_groups_seen ON error_groups (env, last_seen);
+
+-- One row per failed run seen: the scan's memory (a run is counted once) and the
+-- source of counts over time and tasks affected.
+CREATE TABLE error_occurrences (
+    run_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX error_occurrences_group ON error_occurrences (env, fingerprint, at);
+
+-- How far the scan has read, by finished_at; it rereads a short lag behind it, since a
+-- run's finished_at is its transaction's clock and commits land out of that order.
+CREATE TABLE failure_scan (
+    id INTEGER PRIMARY KEY,
+    watermark DOUBLE PRECISION NOT NULL
+);
+INSERT INTO failure_scan (id, watermark) VALUES (1, 0);
+
+CREATE INDEX runs_failed ON runs (finished_at) WHERE status IN ('FAILED', 'TIMED_OUT');
+
+-- Events (issue 20): a per-environment log of published events, what each one did to
+-- each subscribed task (a run, filtered out, ...), and the runs parked waiting for one.
+-- An event's id deduplicates while dedup_active = 1 (its window, default 24 h); the row
+-- stays in the log until expires_at (its retention), then the pruner removes it.
+CREATE TABLE events (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    env TEXT NOT NULL,
+    id TEXT NOT NULL,                      -- the publisher's id (or a generated evt_...)
+    name TEXT NOT NULL,
+    data TEXT NOT NULL,                    -- JSON
+    created_at DOUBLE PRECISION NOT NULL,
+    dedup_until DOUBLE PRECISION NOT NULL,
+    dedup_active INTEGER NOT NULL DEFAULT 1,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
+CREATE INDEX events_env_seq ON events (env, seq);
+CREATE INDEX events_env_name ON events (env, name, seq);
+CREATE INDEX events_env_id ON events (env, id, seq);
+CREATE INDEX events_expiry ON events (expires_at);
+
+-- What one event did to one subscriber: outcome run | filtered | invalid | replayed.
+-- Fan-out and retained replay insert at most one non-replay row per (event, task); a
+-- deliberate replay (outlast events replay) adds rows with replay = 1.
+CREATE TABLE event_deliveries (
+    event_seq BIGINT NOT NULL,
+    task_id TEXT NOT NULL,
+    replay INTEGER NOT NULL DEFAULT 0,
+    run_id TEXT,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX event_deliveries_once ON event_deliveries (event_seq, task_id)
+    WHERE replay = 0;
+CREATE INDEX event_deliveries_event ON event_deliveries (event_seq);
+
+-- One row per (env, event name) published: its lock serialises a publish against a
+-- wait.for_event registering on that name, so an event either finds the wait or the
+-- wait finds the event (no gap between the two transactions).
+CREATE TABLE event_names (
+    env TEXT NOT NULL,
+    name TEXT NOT NULL,
+    last_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (env, name)
+);
+
+-- A run waiting for an event (wait.for_event): the waitpoint it is parked on and what
+-- completes it: an event of this name whose value at match_path equals match_value (JSON),
+-- or for which expr (CEL) is true.
+CREATE TABLE event_waits (
+    waitpoint_id TEXT PRIMARY KEY,
+    env TEXT NOT NULL,
+    name TEXT NOT NULL,
+    match_path TEXT,
+    match_value TEXT,
+    expr TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX event_waits_name ON event_waits (env, name);
+
+-- Version 9 (migrations/0009_versions): task code versions (issue 19). A run locks to the version of the worker
 -- that starts its first attempt (or to the one its trigger pinned, or its parent's for
 -- a child it waits on); from then on only workers of that version claim it (C11).
 -- NULL: not locked yet, the environment's current version takes it.

@@ -1,4 +1,4 @@
--- Version 7: task code versions (issue 19). A run locks to the version of the worker
+-- Version 9: task code versions (issue 19). A run locks to the version of the worker
 -- that starts its first attempt (or to the one its trigger pinned, or its parent's for
 -- a child it waits on); from then on only workers of that version claim it (C11).
 -- NULL: not locked yet, the environment's current version takes it.

@@ -1,0 +1,409 @@
+"""Events: publishing, subscriptions and the planner the store consults.
+
+``publish`` validates events at the edge and hands them to the store, which fans each one
+out in a single transaction (``store/_events_base.py``). Who subscribes is read from the
+task definitions workers published (``spec["events"]``, a ``Subscription`` built
+from ``@task(on=..., if_=..., cancel_on=..., replay=...)``), so an app or a server that
+never imported task code fans out the same way a worker would.
+
+Filters and matches are CEL (``celpy``, from the ``cel-python`` package), evaluated where
+the event is accepted, over ``event`` = ``{"id", "name", "data", "ts"}``. Expressions are
+compiled when a task is defined (a bad one fails the import, naming the field) and cached
+by text wherever they are evaluated.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import _limits, _serde
+from ._config import _float, settings
+from ._errors import ConfigurationError, ValidationError
+from ._ids import new_id, new_ids
+from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
+from .store._events_base import (
+    EventPlanner,
+    EventRecord,
+    EventWait,
+    Fanout,
+    NewEvent,
+    PublishResult,
+)
+from .store.base import NewRun, Store, TaskDef
+
+DEFAULT_DEDUP_SECONDS = 24 * 3600.0
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+_NAME = re.compile(r"[A-Za-z0-9][\w.:/-]{0,127}")
+_PATTERN = re.compile(r"[A-Za-z0-9*][\w.:/*-]{0,127}")
+REPLAY_CHOICES = ("new", "retained")
+
+
+def dedup_seconds() -> float:
+    """How long an event id deduplicates (OUTLAST_EVENT_DEDUP_SECONDS, default 24 h)."""
+    return _float("OUTLAST_EVENT_DEDUP_SECONDS", DEFAULT_DEDUP_SECONDS)
+
+
+def retention_seconds() -> float:
+    """How long events stay in the log (OUTLAST_EVENT_RETENTION_SECONDS, default 7 days);
+    never shorter than the deduplication window."""
+    return max(_float("OUTLAST_EVENT_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS),
+               dedup_seconds())
+
+
+# -- CEL ------------------------------------------------------------------------------------
+
+_programs: dict[str, Any] = {}
+
+
+def compile_expr(expr: str, field: str) -> Any:
+    """A compiled CEL program (cached by text); a bad expression is a ConfigurationError
+    naming ``field``."""
+    program = _programs.get(expr)
+    if program is not None:
+        return program
+    import celpy
+
+    env = celpy.Environment()
+    try:
+        program = env.program(env.compile(expr))
+    except Exception as exc:  # celpy raises its own parse errors, with a caret diagram
+        raise ConfigurationError(f"{field}: invalid CEL expression {expr!r}: {exc}",
+                                 field=field) from None
+    if len(_programs) > 1024:
+        _programs.clear()
+    _programs[expr] = program
+    return program
+
+
+def evaluate(expr: str, event: dict[str, Any]) -> bool:
+    """Whether ``expr`` is true for ``event``; raises ValueError saying why it could not
+    be evaluated (a missing field, a type mismatch)."""
+    from celpy import celtypes
+    from celpy.adapter import json_to_cel
+    from celpy.evaluation import CELEvalError
+
+    program = compile_expr(expr, "if_")
+    try:
+        result = program.evaluate({"event": json_to_cel(event)})
+    except CELEvalError as exc:
+        raise ValueError(str(exc.args[0] if exc.args else exc)) from None
+    if not isinstance(result, celtypes.BoolType):
+        raise ValueError(f"the expression gave {type(result).__name__}, not a bool")
+    return bool(result)
+
+
+# -- names, paths, patterns -----------------------------------------------------------------
+
+
+def check_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(
+            f"{field}: an event name is 1-128 letters, digits and . _ : / - "
+            f"(starting with a letter or digit), not {name!r}", field=field)
+    return name
+
+
+def check_pattern(pattern: Any, field: str = "on") -> str:
+    if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+        raise ConfigurationError(f"{field}: invalid event name or pattern {pattern!r}",
+                                 field=field)
+    return pattern
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """``user.*`` matches ``user.signup`` and ``user.a.b``; ``*`` matches every name."""
+    if "*" not in pattern:
+        return pattern == name
+    return _glob(pattern).fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(p) for p in pattern.split("*")))
+
+
+def check_path(path: Any, field: str = "match") -> str:
+    if not isinstance(path, str) or not re.fullmatch(r"data(\.[\w-]+)+", path):
+        raise ConfigurationError(
+            f"{field}: a match is a path into the event's data such as 'data.user_id', "
+            f"not {path!r}", field=field)
+    return path
+
+
+_ABSENT: Any = object()
+
+
+def value_at(value: Any, parts: Iterable[str]) -> Any:
+    """The value at a dotted path (list indices as digits); ``_ABSENT`` if there is none."""
+    for part in parts:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _ABSENT
+    return value
+
+
+# -- subscriptions (@task) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelOn:
+    """Cancel the task's unfinished runs when an event named ``event`` arrives whose value
+    at ``match`` (``data.user_id``) equals the run's payload there (``payload.user_id``);
+    ``if_`` (CEL over ``event``) narrows which events count."""
+
+    event: str
+    match: str | None = None
+    if_: str | None = None
+
+    def __post_init__(self) -> None:
+        check_pattern(self.event, "cancel_on.event")
+        if self.match is not None:
+            check_path(self.match, "cancel_on.match")
+        if self.if_ is not None:
+            compile_expr(self.if_, "cancel_on.if_")
+        if self.match is None and self.if_ is None:
+            raise ConfigurationError(
+                "cancel_on: give match= (or if_=), or every run of the task would be "
+                "cancelled by any such event", field="cancel_on")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "match": self.match, "if": self.if_}
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a task does with events: the names and patterns it runs on, its filter, where
+    a new subscriber starts, and what cancels its runs. Published as ``spec["events"]``
+    (``to_spec``), read back by any publisher (``from_spec``). Debounce and batch (issue 20,
+    part 5) are meant to join as fields here and as outcomes of the planner."""
+
+    on: tuple[str, ...] = ()
+    if_: str | None = None
+    replay: str = "new"
+    cancel_on: tuple[CancelOn, ...] = ()
+
+    @classmethod
+    def build(cls, on: str | Sequence[str] | None, if_: str | None,
+              cancel_on: Sequence[CancelOn], replay: str) -> Subscription | None:
+        """From ``@task``'s arguments, every one checked now (a bad one fails the import
+        naming its field); None when the task has nothing to do with events."""
+        names = (on,) if isinstance(on, str) else tuple(on or ())
+        for n in names:
+            check_pattern(n, "on")
+        if if_ is not None:
+            if not names:
+                raise ConfigurationError("if_ filters events: give on= too", field="if_")
+            compile_expr(if_, "if_")
+        if replay not in REPLAY_CHOICES:
+            raise ConfigurationError(
+                f"replay must be one of {REPLAY_CHOICES}, not {replay!r}", field="replay")
+        for c in cancel_on:
+            if not isinstance(c, CancelOn):
+                raise ConfigurationError("cancel_on takes CancelOn(...) items",
+                                         field="cancel_on")
+        if not names and not cancel_on:
+            return None
+        return cls(names, if_, replay, tuple(cancel_on))
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"on": list(self.on), "if": self.if_, "replay": self.replay,
+                "cancel_on": [c.to_dict() for c in self.cancel_on]}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Subscription:
+        """A published subscription (no events: an empty one). Not checked again: the
+        worker that published it checked it, and a filter that cannot be compiled
+        counts as not matching, with the reason in the event's log."""
+        spec = spec or {}
+        cancels = []
+        for c in spec.get("cancel_on") or ():
+            cancel = object.__new__(CancelOn)  # no __post_init__: see above
+            object.__setattr__(cancel, "event", c["event"])
+            object.__setattr__(cancel, "match", c.get("match"))
+            object.__setattr__(cancel, "if_", c.get("if"))
+            cancels.append(cancel)
+        return cls(tuple(spec.get("on") or ()), spec.get("if"), spec.get("replay") or "new",
+                   tuple(cancels))
+
+    def runs_on(self, name: str) -> bool:
+        return any(name_matches(p, name) for p in self.on)
+
+
+# -- the planner ----------------------------------------------------------------------------
+
+
+class Planner(EventPlanner):
+    """Decides, inside the store's publish transaction, what an event does."""
+
+    def __init__(self, env: str) -> None:
+        self.env = env
+        self._templates: dict[str, tuple[float, NewRun]] = {}
+        self._subscribes: dict[tuple[str, float, str], bool] = {}  # (task, version, name)
+        self._subscriptions: dict[str, tuple[float, Subscription]] = {}
+        self._ids: list[str] = []
+
+    def fan_out(
+        self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
+    ) -> list[Fanout]:
+        out: list[Fanout] = []
+        envelope = event.envelope()
+        shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
+        for td in subscribers:
+            sub = self.subscription(td)
+            key = (td.id, td.updated_at, event.name)
+            hit = self._subscribes.get(key)
+            if hit is None:
+                hit = self._subscribes[key] = sub.runs_on(event.name)
+            if not hit:
+                continue
+            expr = sub.if_
+            if expr:
+                try:
+                    matched = evaluate(expr, envelope)
+                except (ValueError, ConfigurationError) as exc:
+                    out.append(Fanout(td.id, "filtered", reason=f"if_ failed: {exc}"))
+                    continue
+                if not matched:
+                    out.append(Fanout(td.id, "filtered", reason=f"if_ is false: {expr}"))
+                    continue
+            if shared is None:
+                data = event.data_json
+                shared = (data if data is not None else _serde.dumps(event.data),
+                          _serde.dumps({"event": {"id": event.id, "name": event.name}}))
+            out.append(self._run(td, event, *shared))
+        return out
+
+    def _run(self, td: TaskDef, event: EventRecord, payload: str, metadata: str) -> Fanout:
+        # The run is created even when the data does not fit the task's payload type:
+        # the event is never lost, and the run fails at its start with the validation
+        # error (not retried), which the delivery's reason also names.
+        reason = None
+        try:
+            _check_schema(td.payload_schema, event.data)
+        except ValidationError as exc:
+            reason = f"payload does not match the task's type: {exc.message}"
+        run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
+        run.__dict__.update(self._template(td).__dict__)
+        if not self._ids:
+            self._ids = new_ids("run", 256)  # a batch's ids at once (see new_ids)
+        run.id = self._ids.pop()
+        run.payload = payload
+        run.metadata = metadata
+        run.tags = list(run.tags)
+        return Fanout(td.id, "run", run=run, reason=reason)
+
+    def subscription(self, td: TaskDef) -> Subscription:
+        cached = self._subscriptions.get(td.id)
+        if cached is None or cached[0] != td.updated_at:
+            cached = (td.updated_at, Subscription.from_spec(td.spec.get("events")))
+            self._subscriptions[td.id] = cached
+        return cached[1]
+
+    def _template(self, td: TaskDef) -> NewRun:
+        """A blank run to copy: the task's published defaults, checked once per planner
+        (a batch) and definition, as ``_trigger.build_runs`` does for a batch trigger."""
+        cached = self._templates.get(td.id)
+        if cached is None or cached[0] != td.updated_at:
+            blank = published_run(td, self.env, "null", TriggerOptions())
+            cached = self._templates[td.id] = (td.updated_at, blank)
+        return cached[1]
+
+    def cancel_matches(
+        self, event: EventRecord, subscribers: Sequence[TaskDef]
+    ) -> list[tuple[str, str, Any]]:
+        out: list[tuple[str, str, Any]] = []
+        envelope = event.envelope()
+        for td in subscribers:
+            for c in self.subscription(td).cancel_on:
+                if not name_matches(c.event, event.name):
+                    continue
+                if c.if_:
+                    try:
+                        if not evaluate(c.if_, envelope):
+                            continue
+                    except (ValueError, ConfigurationError):
+                        continue
+                path = c.match
+                if path is None:
+                    out.append((td.id, "", None))  # every unfinished run (if_ only)
+                    continue
+                value = value_at(envelope, path.split("."))
+                if value is not _ABSENT and value is not None:
+                    out.append((td.id, path, value))
+        return out
+
+    def payload_at(self, payload_text: str, path: str) -> Any:
+        if not path:
+            return None
+        found = value_at(_serde.loads(payload_text), path.split(".")[1:])
+        return None if found is _ABSENT else found
+
+    def wait_matches(self, event: EventRecord, wait: EventWait) -> bool:
+        envelope = event.envelope()
+        if wait.expr:
+            try:
+                return evaluate(wait.expr, envelope)
+            except (ValueError, ConfigurationError):
+                return False
+        if wait.match_path is None:
+            return True
+        found = value_at(envelope, wait.match_path.split("."))
+        return found is not _ABSENT and found == _serde.loads(wait.match_value)
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+
+def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "",
+              windows: tuple[float, float] | None = None) -> NewEvent:
+    """Validate one event at the edge; nothing is written if this raises. ``windows`` is
+    (dedup, retention) seconds, read from the settings when None (a batch reads them once)."""
+    prefix = f"{field}." if field else ""
+    check_name(name, f"{prefix}name")
+    if event_id is None:
+        event_id = new_id("evt")
+    elif not isinstance(event_id, str) or not event_id:
+        raise ValidationError(f"{prefix}id must be a non-empty string", field=f"{prefix}id")
+    else:
+        _limits.text(event_id, f"{prefix}id")
+    text = _serde.to_json(data)
+    check_payload_size(text, settings().max_payload_bytes)
+    dedup, retention = windows or (dedup_seconds(), retention_seconds())
+    return NewEvent(id=event_id, name=name, data=text, dedup_seconds=dedup,
+                    retention_seconds=retention)
+
+
+def publish(store: Store, env: str, events: Sequence[NewEvent]) -> list[PublishResult]:
+    """Publish validated events through the store (one transaction)."""
+    if not events:
+        return []
+    return store.publish_events(env, events, Planner(env))
+
+
+def deliver_retained(store: Store, env: str, task_ids: Iterable[str]) -> int:
+    """At worker start: the retained history for subscribers that asked for it."""
+    return sum(store.deliver_retained(env, t, Planner(env)) for t in task_ids)
+
+
+def retained_subscribers(definitions: Iterable[TaskDef]) -> list[str]:
+    return [d.id for d in definitions
+            if Subscription.from_spec(d.spec.get("events")).replay == "retained"]
+
+
+def event_json(record: EventRecord) -> dict[str, Any]:
+    """An event as the HTTP API and the CLI show it."""
+    return {
+        **record.envelope(),
+        "deliveries": [
+            {"task_id": d.task_id, "outcome": d.outcome, "run_id": d.run_id,
+             "reason": d.reason, "replay": d.replay}
+            for d in record.deliveries
+        ],
+    }

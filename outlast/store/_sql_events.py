@@ -1,0 +1,342 @@
+"""Store part for events: the log, atomic fan-out, cancel-on and event waits (see
+``_events_base.py`` for the model; ``outlast/_events.py`` is the planner)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import EventNotFound
+from .._serde import dumps, loads
+from ._events_base import (
+    Delivery,
+    EventPlanner,
+    EventRecord,
+    EventWait,
+    Fanout,
+    NewEvent,
+    PublishResult,
+)
+from ._rows import Row, Tx, _task_def, _waitpoint
+from ._sql_core import SqlCore
+from ._types import NewRun, TaskDef, Waitpoint
+
+
+def _event(row: Row, deliveries: list[Delivery] | None = None) -> EventRecord:
+    return EventRecord(
+        seq=int(row["seq"]),
+        id=row["id"],
+        env=row["env"],
+        name=row["name"],
+        data=loads(row["data"]),
+        created_at=row["created_at"],
+        deliveries=deliveries or [],
+    )
+
+
+def _delivery(row: Row) -> Delivery:
+    return Delivery(
+        task_id=row["task_id"],
+        outcome=row["outcome"],
+        run_id=row["run_id"],
+        reason=row["reason"],
+        replay=bool(row["replay"]),
+        created_at=row["created_at"],
+    )
+
+
+@dataclass
+class _Batch:
+    """What one publish transaction has planned and not yet written, and what it knows."""
+
+    env: str
+    subscribers: list[TaskDef]
+    now: float
+    runs: list[NewRun] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
+    waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
+    ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
+    woke: bool = False
+
+
+class EventsMixin(SqlCore):
+    """The events part of the SQL store (see ``_events_base.py``)."""
+
+    @abc.abstractmethod
+    def _cancel_tree(self, tx: Tx, run_id: str, now: float, ended: list[str]) -> None:
+        """Cancel a run and its waiting children (``SqlStore``'s, shared with cancel)."""
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish_events(
+        self, env: str, events: Sequence[NewEvent], planner: EventPlanner
+    ) -> list[PublishResult]:
+        now = self.now()
+        with self._transaction() as tx:
+            names = sorted({e.name for e in events})
+            batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
+            seqs = self._insert_events(tx, batch, events)
+            results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
+                       for e in events]
+            self._flush(tx, batch)
+            # No NOTIFY of its own: inserting runs and completing waits announce them.
+        # Committed: the queue and slot rows of these runs exist from now on (see trigger).
+        self._ensured.update(batch.ensured)
+        if batch.woke:
+            self.wake_local()
+        return results
+
+    def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
+                              ) -> list[TaskDef]:
+        """Lock the event names, then read the subscribers. Locks first, in name order: a
+        concurrent publish of the same names cannot deadlock with this one, and a wait
+        registering on a name is ordered with it. A backend hook (``_sql_events_pg``)."""
+        for name in names:
+            tx.x("ev_lock_name", env=env, name=name, now=now)
+        return [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
+
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
+                       ) -> dict[str, int]:
+        """Insert the events whose id is not deduplicating (the first of a batch's repeats);
+        their sequence numbers by id. A few statements per batch, not per event."""
+        env, now = batch.env, batch.now
+        rows: list[dict[str, Any]] = [
+            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
+             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
+            for e in events
+        ]
+        if len(rows) == 1:
+            # The common single publish: one statement, unless its id is taken (a retry,
+            # or an id past its window: released here, then inserted).
+            seq = self._insert_one(tx, batch, rows[0], events[0].name)
+            if seq is None:
+                tx.x("ev_release_keys", env=env, ids=self._list([rows[0]["id"]]), now=now)
+                found = tx.q("ev_insert_one", **rows[0])
+                seq = int(found[0]["seq"]) if found else None
+            return {str(rows[0]["id"]): seq} if seq is not None else {}
+        ids = self._list(list({e.id for e in events}))
+        taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=self._list(list(taken)), now=now)
+            taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
+        fresh: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["id"] not in taken and row["id"] not in fresh:
+                fresh[row["id"]] = row
+        return self._insert_event_rows(tx, list(fresh.values())) if fresh else {}
+
+    def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
+                    ) -> int | None:
+        """Insert one event; its sequence number, None if its id is taken. A backend hook:
+        PostgreSQL reads the waits for its name in the same statement."""
+        found = tx.q("ev_insert_one", **row)
+        return int(found[0]["seq"]) if found else None
+
+    def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Insert fresh events; their sequence numbers by id. A backend hook: PostgreSQL
+        sends them in one statement (``_sql_events_pg``)."""
+        tx.many("ev_insert_many", rows)
+        found = tx.q("ev_active", env=rows[0]["env"], ids=self._list([r["id"] for r in rows]))
+        return {r["id"]: int(r["seq"]) for r in found}
+
+    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
+        """Insert fan-out delivery rows (at most one per event and task). A backend hook,
+        like ``_insert_event_rows``."""
+        tx.many("ev_insert_deliveries", rows)
+
+    def _publish_one(
+        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner
+    ) -> PublishResult:
+        env, now = batch.env, batch.now
+        if seq is None:  # a duplicate: a retry, or a repeat within the batch
+            first = batch.created.get(e.id)
+            if first is None:
+                first = [r["run_id"] for r in tx.q("ev_first_runs", env=env, id=e.id)]
+            return PublishResult(e.id, True, first)
+        record = EventRecord(seq=seq, id=e.id, env=env, name=e.name, data=loads(e.data),
+                             created_at=now, data_json=e.data)
+        run_ids = []
+        for f in planner.fan_out(record, batch.subscribers, replay=False):
+            batch.deliveries.append({
+                "seq": seq, "task_id": f.task_id, "run_id": f.run.id if f.run else None,
+                "outcome": f.outcome, "reason": f.reason, "now": now,
+            })
+            if f.run is not None:
+                batch.runs.append(f.run)
+                run_ids.append(f.run.id)
+        batch.created[e.id] = run_ids
+        cancels = planner.cancel_matches(record, batch.subscribers)
+        if cancels:
+            self._flush(tx, batch)  # runs this batch created may be among those cancelled
+            ended: list[str] = []
+            for task_id, path, value in cancels:
+                for r in tx.q("ev_unfinished_runs", env=env, task_id=task_id):
+                    if planner.payload_at(r["payload"], path) == value:
+                        self._cancel_tree(tx, r["id"], now, ended)
+        self._resume_waits(tx, batch, record, planner)
+        return PublishResult(e.id, False, run_ids)
+
+    def _resume_waits(self, tx: Tx, batch: _Batch, record: EventRecord,
+                      planner: EventPlanner) -> None:
+        waits = batch.waits.get(record.name)
+        if waits is None:
+            waits = batch.waits[record.name] = [
+                EventWait(w["waitpoint_id"], w["name"], w["match_path"], w["match_value"],
+                          w["expr"])
+                for w in tx.q("ev_waits", env=batch.env, name=record.name)
+            ]
+        for wait in list(waits):
+            if planner.wait_matches(record, wait):
+                waits.remove(wait)  # completes once, with the first matching event
+                if self._complete(tx, wait.waitpoint_id, "completed",
+                                  dumps(record.envelope()), False, batch.now):
+                    batch.woke = True
+
+    def _flush(self, tx: Tx, batch: _Batch) -> None:
+        """Write the deliveries and runs the batch has planned so far."""
+        if batch.deliveries:
+            self._insert_deliveries(tx, batch.deliveries)
+            batch.deliveries = []
+        if batch.runs:
+            self._insert_runs(tx, batch.runs, batch.now)
+            batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
+            batch.runs = []
+            batch.woke = True
+
+    def _fan_out(
+        self, tx: Tx, record: EventRecord, plan: list[Fanout], now: float, *, replay: bool
+    ) -> list[str]:
+        """Insert the planned deliveries and their runs; the ids of the runs created."""
+        runs: list[NewRun] = []
+        for f in plan:
+            run_id = f.run.id if f.run is not None else None
+            params: dict[str, Any] = {
+                "seq": record.seq, "task_id": f.task_id, "run_id": run_id,
+                "outcome": f.outcome, "reason": f.reason, "now": now,
+            }
+            if replay:
+                tx.x("ev_insert_replay", **params)
+            elif not tx.q("ev_insert_delivery", **params):
+                continue  # this (event, task) was delivered already: no second run
+            if f.run is not None:
+                runs.append(f.run)
+        if runs:
+            self._insert_runs(tx, runs, now)
+        return [r.id for r in runs]
+
+    # -- waits ----------------------------------------------------------------------------
+    def register_event_wait(
+        self,
+        env: str,
+        wait: EventWait,
+        *,
+        run_id: str,
+        timeout_at: float | None,
+        since: float | None,
+        planner: EventPlanner,
+    ) -> Waitpoint:
+        now = self.now()
+        with self._transaction() as tx:
+            tx.x("ev_lock_name", env=env, name=wait.name, now=now)
+            tx.x(
+                "insert_waitpoint", id=wait.waitpoint_id, env=env, kind="event", run_id=run_id,
+                timeout_at=timeout_at, idempotency_key=None, idempotency_expires_at=None,
+                tags=dumps([f"event:{wait.name}"]), pending_children=0, now=now,
+            )
+            tx.x(
+                "ev_insert_wait", waitpoint_id=wait.waitpoint_id, env=env, name=wait.name,
+                match_path=wait.match_path, match_value=wait.match_value, expr=wait.expr,
+                now=now,
+            )
+            wp = _waitpoint(tx.q("get_waitpoint", env=env, id=wait.waitpoint_id)[0])
+            if since is not None and wp.status == "pending":
+                # The lookback: an event published before the wait registered but within
+                # ``since`` counts, the newest matching one.
+                found = [
+                    _event(r) for r in tx.q("ev_since", env=env, name=wait.name, since=since)
+                ]
+                for record in reversed(found):
+                    if planner.wait_matches(record, wait):
+                        self._complete(tx, wait.waitpoint_id, "completed",
+                                       dumps(record.envelope()), False, now)
+                        wp = _waitpoint(tx.q("get_waitpoint", env=env, id=wait.waitpoint_id)[0])
+                        break
+        return wp
+
+    # -- replays --------------------------------------------------------------------------
+    def replay_event(
+        self, env: str, event_id: str, task_id: str | None, planner: EventPlanner
+    ) -> list[Delivery]:
+        now = self.now()
+        with self._transaction() as tx:
+            rows = tx.q("ev_get", env=env, id=event_id)
+            if not rows:
+                raise EventNotFound(f"no event {event_id!r} in environment {env!r}",
+                                    field="event_id")
+            record = _event(rows[0])
+            subscribers = [
+                _task_def(r) for r in tx.q("ev_subscribers", env=env)
+                if task_id is None or r["id"] == task_id
+            ]
+            plan = planner.fan_out(record, subscribers, replay=True)
+            self._fan_out(tx, record, plan, now, replay=True)
+            if any(f.run is not None for f in plan):
+                self._notify(tx, env)
+        self.wake_local()
+        return [Delivery(f.task_id, f.outcome, f.run.id if f.run else None, f.reason, True, now)
+                for f in plan]
+
+    def deliver_retained(self, env: str, task_id: str, planner: EventPlanner) -> int:
+        created = 0
+        after = 0
+        while True:
+            now = self.now()
+            with self._transaction() as tx:
+                rows = tx.q("get_task", env=env, id=task_id)
+                if not rows:
+                    return created
+                subscriber = _task_def(rows[0])
+                page = [_event(r) for r in tx.q("ev_retained", env=env, now=now,
+                                                after=after, task_id=task_id)]
+                for record in page:
+                    plan = planner.fan_out(record, [subscriber], replay=False)
+                    created += len(self._fan_out(tx, record, plan, now, replay=False))
+                    after = record.seq
+                if created:
+                    self._notify(tx, env)
+            if created:
+                self.wake_local()
+            if len(page) < 500:
+                return created
+
+    # -- reading and pruning --------------------------------------------------------------
+    def list_events(
+        self, env: str, *, name: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        with self._transaction() as tx:
+            rows = tx.q("ev_list", env=env, name=name, limit=limit)
+            return self._with_deliveries(tx, rows)
+
+    def get_event(self, env: str, event_id: str) -> EventRecord | None:
+        with self._transaction() as tx:
+            found = self._with_deliveries(tx, tx.q("ev_get", env=env, id=event_id))
+        return found[0] if found else None
+
+    def _with_deliveries(self, tx: Tx, rows: list[Row]) -> list[EventRecord]:
+        if not rows:
+            return []
+        by_seq: dict[int, list[Delivery]] = {int(r["seq"]): [] for r in rows}
+        for d in tx.q("ev_deliveries", seqs=self._list(list(by_seq))):
+            by_seq[int(d["event_seq"])].append(_delivery(d))
+        return [_event(r, by_seq[int(r["seq"])]) for r in rows]
+
+    def prune_events(self) -> int:
+        now = self.now()
+        with self._transaction() as tx:
+            tx.x("ev_prune_deliveries", now=now)
+            pruned = int(tx.x("ev_prune", now=now))
+            tx.x("ev_prune_waits")
+        return pruned
+
