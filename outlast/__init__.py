@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._events import CancelOn
 from ._observe import instrument
+from ._patches import patched
 from .client import AsyncClient, Client
 from .durable import RunInfo, Token, WaitResult, current_run, logger, metadata, step, wait
 from .runs import Run, RunHandle, RunStatus, SyncRunHandle, TaskRunResult
@@ -105,6 +106,7 @@ __all__ = [
     "instrument",
     "logger",
     "metadata",
+    "patched",
     "publish",
     "queue",
     "step",

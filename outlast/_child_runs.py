@@ -38,6 +38,8 @@ def _child_runs(
         r.root_id = ctx.run.root_id or ctx.run.id
         r.depth = ctx.run.depth + 1
         r.parent_waitpoint_id = waitpoint_id
+        if waitpoint_id is not None and r.version is None:
+            r.version = ctx.run.version  # a child waited on runs on its parent's code (C11)
         runs.append(r)
     return runs
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import _serde
+from . import _cli_versions, _serde
 from ._cli_common import _app_flag, _client, _common, _out, _setup, _when, load_app
 from ._cli_format import attempt_lines, fit, result_text, run_error_lines
 
@@ -39,6 +39,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     _setup(args)
+    if args.runs_cmd == "migrate":
+        return _cli_versions.cmd_runs_migrate(args)
     client = _client(args)
     if args.runs_cmd == "list":
         runs = client.list_runs(
@@ -90,6 +92,7 @@ def _show_run(args: argparse.Namespace, client: Any) -> int:
     print(f"run       {run.id}\ntask      {run.task_id}  (queue {run.queue})")
     print(f"status    {run.status}  attempt {run.attempt}/{run.max_attempts}")
     print(f"why       {explanation}")
+    print(f"version   {run.version or '(not locked yet)'}")
     print(f"created   {_when(run.created_at)}  started {_when(run.started_at)}  "
           f"finished {_when(run.finished_at)}")
     if run.tags:
@@ -198,6 +201,7 @@ def _add_runs(sub: Any) -> None:
         q.add_argument("--json", action="store_true")
         if name == "replay":
             q.add_argument("--payload", help="a new JSON payload")
+    _cli_versions.add_runs_migrate(rs)
     p.set_defaults(fn=cmd_runs)
     from ._cli_bulk import add_runs_commands
 

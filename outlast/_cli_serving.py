@@ -35,9 +35,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("outlast.cli")
 
 
-def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
+def _worker(args: argparse.Namespace, store: Any) -> Any:
     from .worker import Worker
 
+    return Worker(
+        store,
+        env=args.env,
+        concurrency=args.concurrency,
+        prefetch=args.prefetch,
+        lease_seconds=args.lease_seconds,
+        scheduler=not args.no_scheduler,
+        shutdown_grace=args.shutdown_grace,
+        life_lock=not args.no_life_lock,
+        version=args.version,
+        drain=args.drain,
+    )
+
+
+def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     # A SIGTERM before the loop's handler exists (the app importing, migrations running)
     # would end the process by the default action, exit -15; a deploy stopping a worker
     # that is still starting gets a clean stop instead, once start-up is done.
@@ -56,16 +71,7 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     if not REGISTRY:
         print("no tasks found: pass --app MODULE (or set [tool.outlast] app)", file=sys.stderr)
         return 2
-    worker = Worker(
-        store,
-        env=args.env,
-        concurrency=args.concurrency,
-        prefetch=args.prefetch,
-        lease_seconds=args.lease_seconds,
-        scheduler=not args.no_scheduler,
-        shutdown_grace=args.shutdown_grace,
-        life_lock=not args.no_life_lock,
-    )
+    worker = _worker(args, store)
     _serve_metrics(args, store)
 
     async def main() -> None:
@@ -317,6 +323,8 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--no-life-lock", help="hold no life lock (advisory / file lock): peers "
           "then notice this worker's death only when its lease lapses (for tests)",
           action="store_true")
+    _flag(p, "--version", help="the task code version served; default: a digest of "
+          "the source of the modules defining the app's tasks")
 
 
 def _serve_metrics(args: argparse.Namespace, store: Store) -> None:
@@ -355,7 +363,7 @@ def add_commands(sub: Any) -> None:
     _http_flags(p, "127.0.0.1")
     _flag(p, "--no-reload", help="do not restart on code changes", action="store_true")
     _flag(p, "--no-server", help="no HTTP API or dashboard", action="store_true")
-    p.set_defaults(fn=cmd_dev)
+    p.set_defaults(fn=cmd_dev, drain=False)
 
     p = sub.add_parser("server", help="HTTP API, dashboard and scheduler (stateless; run "
                        "several against one PostgreSQL)")
@@ -368,6 +376,8 @@ def add_commands(sub: Any) -> None:
     _add_keys(sub)
 
     p = sub.add_parser("worker", help="claim and execute runs")
+    _flag(p, "--drain", help="serve only runs locked to this version, claim no new run, "
+          "exit 0 once none is unfinished", action="store_true")
     _worker_flags(p)
     p.set_defaults(fn=cmd_worker)
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from . import _serde
 from ._quiet import can_run
+from .store._versions_base import VersionScope
 from .store.base import (
     Claim,
     EndSegment,
@@ -49,6 +50,9 @@ class Claimer(Protocol):
 
     def claimed(self, claims: list[Claim], limit: int) -> None:
         """Start the runs a batch claimed (on the loop, before the next batch)."""
+
+    def claim_scope(self) -> VersionScope | None:
+        """The versions the worker may claim (C11); None for any."""
 
 
 class Committer:
@@ -218,7 +222,9 @@ class Committer:
         def commit() -> tuple[list[bool], list[Claim]]:
             if (limit > 0 or reserve) and claimer is not None:
                 env, serves = claimer.claim_target()
-                return self.store.apply_and_claim(self.worker_id, ops, env, serves, limit, reserve)
+                return self.store.apply_and_claim(
+                    self.worker_id, ops, env, serves, limit, reserve, claimer.claim_scope()
+                )
             return self.store.apply(self.worker_id, ops), []
 
         delay = 0.05

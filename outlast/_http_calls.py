@@ -75,6 +75,7 @@ def run_from_json(d: dict[str, Any]) -> Run:
         replayed_from=d.get("replayedFrom"),
         cancel_requested=bool(d.get("cancelRequested")),
         wait_reason=d.get("why"),
+        version=d.get("lockedToVersion"),
     )
 
 
@@ -108,6 +109,7 @@ def wire_options(o: TriggerOptions) -> dict[str, Any]:
         "delay": _seconds(o.delay),
         "ttl": _seconds(o.ttl),
         "maxDuration": _seconds(o.max_duration),
+        "lockToVersion": o.version,
     }
     return {k: v for k, v in opts.items() if v is not None}
 

@@ -20,6 +20,7 @@ from . import _limits, _observe, _serde
 from ._config import settings
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
+from ._versions import check_version
 from .store.base import NewRun, TaskDef, TaskDefs
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class TriggerOptions:
     concurrency_key: str | None = None
     queue: str | None = None
     max_duration: timedelta | float | None = None
+    # Lock the run to this task code version from the start (C11); None: the current
+    # version takes it when it starts.
+    version: str | None = None
 
 
 # The options of a trigger given none; TriggerOptions is frozen, so one serves every call.
@@ -324,6 +328,7 @@ def build_run(
         delay=_seconds(options.delay, "delay") or None,
         ttl=_seconds(options.ttl, "ttl") or None,
         max_duration=_seconds(options.max_duration, "max_duration") or default_max_duration,
+        version=check_version(options.version) if options.version is not None else None,
     )
     if _observe.OBSERVERS:  # metrics count it; tracing opens its trigger span
         _observe.triggered(run)

@@ -22,6 +22,7 @@ from . import (
     _cli_schedules,
     _cli_serving,
     _cli_usage,
+    _cli_versions,
 )
 from ._cli_common import (
     _app_flag,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_events.add_commands(sub)
     _cli_usage.add_commands(sub)
     _cli_retention.add_commands(sub)
+    _cli_versions.add_commands(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ from ._trigger import REGISTRY
 from ._trigger import TriggerOptions as TriggerOptions
 from ._trigger import prepare_run as prepare_run
 from ._trigger import prepare_runs as prepare_runs
+from ._version_client import AsyncVersionMethods, VersionMethods
 from .runs import Run, RunHandle, SyncRunHandle
 from .store import open_store
 from .store.base import Store, Waitpoint
@@ -97,7 +98,7 @@ def _transport(
     return StoreTransport(store or open_store(database_url, clock), env)
 
 
-class Client(ScheduleMethods, BulkMethods, EventMethods):
+class Client(ScheduleMethods, BulkMethods, EventMethods, VersionMethods):
     """Synchronous client: over the database (``database_url``/``store``), or over HTTP to
     an outlast server (``api_url`` + ``secret_key``). With neither given, OUTLAST_API_URL
     and OUTLAST_SECRET_KEY select HTTP, else OUTLAST_DATABASE_URL the database."""
@@ -232,7 +233,9 @@ class Client(ScheduleMethods, BulkMethods, EventMethods):
         return self._transport.set_queue_limit(name, _queue_limit(limit))
 
 
-class AsyncClient(AsyncScheduleMethods, AsyncBulkMethods, AsyncEventMethods):
+class AsyncClient(
+    AsyncScheduleMethods, AsyncBulkMethods, AsyncEventMethods, AsyncVersionMethods
+):
     """The asyncio twin of ``Client``: the same methods, awaitable, on the async twin of
     the client's transport (an asyncio HTTP session; over the database, the store's calls
     off the loop)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 
 from .runs import Run, RunStatus
+from .store._versions_base import VersionStore
 from .store.base import QueueState, RunReads
 
 
@@ -40,7 +41,10 @@ def why(store: RunReads, run: Run) -> str:
         return f"queued, not claimable before {_at(run.available_at)}"
     state = store.queue_state(run.env, run.queue, run.concurrency_key or "")
     reasons = _queue_reasons(run, state, now)
-    if run.task_id not in store.live_task_ids(run.env):
+    version = version_reason(store, run) if isinstance(store, VersionStore) else None
+    if version:
+        reasons.append(version)
+    elif run.task_id not in store.live_task_ids(run.env):
         reasons.append(f"no live worker serves task {run.task_id!r}")
     if reasons:
         return "; ".join(reasons)
@@ -94,3 +98,25 @@ def _waiting(store: RunReads, run: Run, now: float) -> str:
         else:
             parts.append(f"child runs ({wp.kind}, waitpoint {wp.id})")
     return "waiting on " + (", ".join(parts) if parts else "its waitpoints")
+
+
+def version_reason(store: VersionStore, run: Run) -> str | None:
+    """Why no worker may take the run for its version (C11), if that is why: locked to a
+    version with no live worker serving its task, or unlocked while the environment is
+    pinned to such a version."""
+    live = [w for w in store.version_workers(run.env) if run.task_id in w.tasks]
+    if run.version is not None:
+        if any(w.version == run.version for w in live):
+            return None
+        locked = store.locked_runs(run.env, run.version).get(run.version, {})
+        n = sum(k for st, k in locked.items() if st != "EXECUTING")
+        return (
+            f"locked to version {run.version}: no live worker of {run.version} "
+            f"({n} run{'s' if n != 1 else ''} waiting on it)"
+        )
+    pinned = store.pinned_version(run.env)
+    if pinned is not None and not any(w.version == pinned and not w.draining for w in live):
+        return f"the current version is {pinned} (promoted): no live worker of {pinned}"
+    if live and all(w.draining for w in live):
+        return "only draining workers serve this task, and they take no new run"
+    return None

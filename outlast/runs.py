@@ -82,6 +82,9 @@ class Run:
     exec_seconds: float = 0.0
     segment_started_at: float | None = None
     idempotency_expires_at: float | None = None
+    # The task code version the run is locked to (C11); None until its first attempt
+    # starts, unless its trigger pinned one.
+    version: str | None = None
 
     @property
     def is_final(self) -> bool:

@@ -210,11 +210,13 @@ class Task(Generic[P, R]):
         concurrency_key: str | None = None,
         queue: str | None = None,
         max_duration: timedelta | float | None = None,
+        version: str | None = None,
     ) -> RunHandle[R]:
-        """Start a run. Inside a task this is journaled: a replay never triggers twice."""
+        """Start a run. Inside a task this is journaled: a replay never triggers twice.
+        ``version`` locks the run to that task code version (C11)."""
         options = TriggerOptions(
             idempotency_key, idempotency_key_ttl, delay, ttl, tuple(tags), priority,
-            metadata, max_attempts, concurrency_key, queue, max_duration,
+            metadata, max_attempts, concurrency_key, queue, max_duration, version,
         )
         if durable.in_run():
             handles = await durable.trigger_children(self, [payload], options, wait=False)

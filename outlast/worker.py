@@ -44,6 +44,7 @@ from ._hooks import HookEvent, Hooks
 from ._ids import new_id
 from ._threads import RunThread
 from ._watchdog import Watchdog
+from ._worker_versions import Versioning
 from .durable import RunContext
 from .scheduler import Scheduler
 from .store.base import Claim, Heartbeat, LifeLock, Store, WorkerInfo
@@ -54,7 +55,7 @@ __all__ = ["Claimer", "Committer", "HookEvent", "Worker"]
 log = logging.getLogger(__name__)
 
 
-class Worker(Claiming, Attempts, Hooks):
+class Worker(Claiming, Attempts, Hooks, Versioning):
     """Runs tasks. ``await Worker(store).run()`` until stopped; tests use
     ``run_until_idle()`` with a fake clock instead of sleeping."""
 
@@ -78,6 +79,8 @@ class Worker(Claiming, Attempts, Hooks):
         shutdown_grace: float = 30.0,
         life_lock: bool = True,
         rng: random.Random | None = None,
+        version: str | None = None,
+        drain: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -108,6 +111,7 @@ class Worker(Claiming, Attempts, Hooks):
         self.use_life_lock = life_lock
         self.rng = rng or random.Random()
         self.id = new_id("worker")
+        self._init_versions(version, drain)
         self.active: dict[str, RunContext] = {}
         self._running: set[asyncio.Task[None]] = set()
         # Threads of runs' sync code still running after their attempt ended (a timeout,
@@ -148,6 +152,8 @@ class Worker(Claiming, Attempts, Hooks):
         self._found = asyncio.Event()
         self._found.set()
         await asyncio.to_thread(self._register)
+        self._drained = asyncio.Event()
+        await self.refresh_versions()
         self._committer = Committer(self.store, self.id, claimer=self)
         self.committer.start()
         if background:
@@ -161,12 +167,17 @@ class Worker(Claiming, Attempts, Hooks):
             self._heart.start(self.id, self._lock)
             if self.scheduler:
                 self._background.append(asyncio.create_task(self._scheduler_loop()))
+            self._background.append(
+                asyncio.create_task(self._versions_loop(self.heartbeat_interval))
+            )
         log.info(
-            "worker %s started: %d tasks, concurrency %d, env %s",
+            "worker %s started: %d tasks, concurrency %d, env %s, version %s%s",
             self.id,
             len(self.tasks),
             self.concurrency,
             self.env,
+            self.version,
+            " (draining)" if self.draining else "",
             extra={"worker_id": self.id},
         )
 
@@ -208,6 +219,8 @@ class Worker(Claiming, Attempts, Hooks):
                 lease_seconds=self.lease_seconds,
                 lock_key=key,
                 lock_path=path,
+                version=self.version,
+                draining=self.draining,
             )
         )
 
@@ -215,9 +228,15 @@ class Worker(Claiming, Attempts, Hooks):
         """Claim and execute until ``stop`` is set, then shut down gracefully."""
         await self.start()
         stop = stop or asyncio.Event()
+        drained = None
+        if self.draining and self._drained is not None:
+            # A draining worker stops by itself once nothing is locked to its version.
+            drained = asyncio.create_task(_set_when(self._drained, stop))
         try:
             await self._claim_loop(stop)
         finally:
+            if drained is not None:
+                drained.cancel()
             await self.shutdown()
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -275,6 +294,7 @@ class Worker(Claiming, Attempts, Hooks):
             if time.monotonic() - beat_at >= min(self.heartbeat_interval, self.tick_interval):
                 beat_at = time.monotonic()
                 await self.beat()
+                await self.refresh_versions()
                 if self.scheduler:
                     await self.tick()
             free = self._room()
@@ -395,3 +415,8 @@ class Worker(Claiming, Attempts, Hooks):
             except Exception:
                 log.exception("scheduler tick failed")
             await asyncio.sleep(self.tick_interval)
+
+
+async def _set_when(event: asyncio.Event, target: asyncio.Event) -> None:
+    await event.wait()
+    target.set()

@@ -78,8 +78,9 @@ async def workers(store: Store) -> AsyncIterator[Callable[..., tuple[Worker, Cal
             serves: Any,
             limit: int,
             reserve: Any = None,
+            scope: Any = None,
         ) -> tuple[list[bool], list[Claim]]:
-            ok, claims = real(worker_id, ops, env, serves, limit, reserve)
+            ok, claims = real(worker_id, ops, env, serves, limit, reserve, scope)
             calls.append((list(ops), limit, claims))
             return ok, claims
 

@@ -50,7 +50,7 @@ _WIRE = {
     "idempotency_key": "idempotencyKey", "idempotency_key_ttl": "idempotencyKeyTTL",
     "concurrency_key": "concurrencyKey", "max_attempts": "maxAttempts",
     "max_duration": "maxDuration", "queue": "queue", "tags": "tags", "delay": "delay",
-    "ttl": "ttl", "priority": "priority", "metadata": "metadata",
+    "ttl": "ttl", "priority": "priority", "metadata": "metadata", "version": "lockToVersion",
 }
 
 
@@ -86,9 +86,8 @@ class TriggerOptionsBody(BaseModel):
     metadata: dict[str, Any] | None = None
     maxAttempts: Integer | None = Field(None, ge=1, le=100)
     maxDuration: Number | None = Field(None, gt=0, le=MAX_SECONDS)
-    priority: Number | None = Field(
-        None, ge=0, le=MAX_SECONDS, description="a head start in seconds"
-    )
+    priority: Number | None = Field(None, ge=0, le=MAX_SECONDS, description="a head start, s")
+    lockToVersion: Text | None = Field(None, description="a task code version to lock to")
 
 
 class TriggerBody(BaseModel):
@@ -193,6 +192,7 @@ def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOption
             concurrency_key=str(body.concurrencyKey) if body.concurrencyKey is not None else None,
             queue=queue,
             max_duration=body.maxDuration,
+            version=body.lockToVersion,
         ),
         body.payloadType,
     )

@@ -32,6 +32,7 @@ from .retention_api import build_retention_router
 from .schedules_api import build_schedules_router
 from .trace_context import TraceContext
 from .usage_api import build_usage_router
+from .versions_api import build_versions_router
 
 
 class BodyLimit:
@@ -183,6 +184,7 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     api = build_router(store, env_of)
     app.include_router(api, responses=errors.RESPONSES)
     app.include_router(build_schedules_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_versions_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_alerts_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)

@@ -67,6 +67,7 @@ def run_json(
             "parentId": run.parent_id,
             "rootId": run.root_id,
             "replayedFrom": run.replayed_from,
+            "lockedToVersion": run.version,
             "workerId": run.worker_id,
             "cancelRequested": run.cancel_requested or None,
             "maxDuration": run.max_duration,

@@ -118,6 +118,7 @@ def run_from_row(row: Row) -> Run:
         exec_seconds=row["exec_seconds"],
         segment_started_at=row["segment_started_at"],
         idempotency_expires_at=row["idempotency_expires_at"],
+        version=row["version"],
     )
 
 

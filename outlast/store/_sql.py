@@ -40,6 +40,7 @@ from ._sql_schedules import SchedulesMixin
 from ._sql_schema import SchemaMixin
 from ._sql_stats import StatsMixin
 from ._sql_usage import UsageMixin
+from ._sql_versions import VersionsMixin
 from ._sql_waitpoints import WaitpointsMixin
 from ._sql_workers import WorkersMixin
 from .base import (
@@ -60,6 +61,7 @@ class SqlStore(
     BulkMixin, EventsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
+    VersionsMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

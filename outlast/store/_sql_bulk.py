@@ -7,7 +7,7 @@ import abc
 import json
 from typing import Any
 
-from .._errors import BulkActionNotFound, ValidationError
+from .._errors import BulkActionNotFound
 from ..runs import FINAL_STATUSES, Run
 from ._bulk_base import BulkAction, BulkBatch, BulkFilter
 from ._rows import Row, Tx, run_from_row
@@ -19,10 +19,9 @@ def filter_sql(env: str, f: BulkFilter) -> tuple[list[str], dict[str, Any]]:
     than in queries.sql: each filter adds a clause, every value a bound parameter."""
     where = ["r.env = :env"]
     params: dict[str, Any] = {"env": env}
-    if f.version is not None:
-        # Hook for run versions (C11): runs carry no version column in this schema yet.
-        raise ValidationError("runs have no version in this database yet; filter by "
-                              "task, status, tag, queue or time", field="version")
+    if f.version is not None:  # the task code version the runs are locked to (C11)
+        where.append("r.version = :version")
+        params["version"] = f.version
     if f.status:
         names = []
         for i, s in enumerate(f.status):

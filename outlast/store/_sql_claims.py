@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .._serde import dumps, loads
 from ._rows import (
@@ -16,6 +17,7 @@ from ._rows import (
     run_from_row,
 )
 from ._sql_core import SqlCore
+from ._versions_base import VersionScope
 from .base import (
     Claim,
     WaitpointState,
@@ -27,7 +29,12 @@ class ClaimsMixin(SqlCore):
 
     # -- claiming -------------------------------------------------------------------------
     def claim(
-        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+        self,
+        worker_id: str,
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+        scope: VersionScope | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` runs from the queues in ``serves`` (queue -> task ids).
 
@@ -42,7 +49,7 @@ class ClaimsMixin(SqlCore):
         with self._transaction() as tx:
             if not self._may_claim(tx, worker_id, now):
                 return []
-            return self._claim_in(tx, worker_id, env, serves, limit, now)
+            return self._claim_in(tx, worker_id, env, serves, limit, now, scope=scope)
 
     def _claim_in(
         self,
@@ -54,12 +61,15 @@ class ClaimsMixin(SqlCore):
         now: float,
         locked: Sequence[Row] | None = None,
         reserve: Mapping[tuple[str, str], int] | None = None,
+        scope: VersionScope | None = None,
     ) -> list[Claim]:
         """``claim`` inside the caller's transaction (a commit batch claims this way).
         ``locked``: the queue rows as the transaction locked them, if it did; read again
         only if one has a global limit, whose count this transaction's releases changed
         since (no other column of the row changes when runs end). ``reserve``: see
-        ``Store.apply_and_claim``; reserved runs come last, with status DEQUEUED."""
+        ``Store.apply_and_claim``; reserved runs come last, with status DEQUEUED.
+        ``scope``: the versions the worker may take (C11), any without one."""
+        versions = _version_params(scope, self._list)
         if locked is None or any(q["global_limit"] is not None for q in locked):
             queues = tx.q("queues_for_claim", env=env, names=self._list(sorted(serves)))
         else:
@@ -70,10 +80,12 @@ class ClaimsMixin(SqlCore):
             if len(rows) >= limit:
                 break
             rows.extend(
-                self._claim_from_queue(tx, q, serves[q["name"]], limit - len(rows), now, worker_id)
+                self._claim_from_queue(
+                    tx, q, serves[q["name"]], limit - len(rows), now, worker_id, versions
+                )
             )
         if reserve:
-            rows.extend(self._reserve(tx, queues, serves, reserve, now, worker_id))
+            rows.extend(self._reserve(tx, queues, serves, reserve, now, worker_id, versions))
         if not rows:
             return []
         # Start order: each key's runs in ready order, the keys taking turns, so a big
@@ -126,6 +138,7 @@ class ClaimsMixin(SqlCore):
         reserve: Mapping[tuple[str, str], int],
         now: float,
         worker_id: str,
+        versions: Mapping[str, Any],
     ) -> list[Row]:
         """Claim DEQUEUED the runs ``reserve`` asks for, per key whose slots are full, in
         queues with a concurrency limit and no rate limit (a hand-over must not start a
@@ -154,6 +167,7 @@ class ClaimsMixin(SqlCore):
                     key_limit=q["concurrency_limit"],
                     n=n,
                     worker_id=worker_id,
+                    **versions,
                 )
             )
         return rows
@@ -161,7 +175,14 @@ class ClaimsMixin(SqlCore):
     # over 60 lines: the fair-share pass, the round robin and the stamps share one claim's
     # bookkeeping (taken, counts, served, rooms); split, each would pass all of it around.
     def _claim_from_queue(
-        self, tx: Tx, q: Row, task_ids: Sequence[str], budget: int, now: float, worker_id: str
+        self,
+        tx: Tx,
+        q: Row,
+        task_ids: Sequence[str],
+        budget: int,
+        now: float,
+        worker_id: str,
+        versions: Mapping[str, Any],
     ) -> list[Row]:
         """Take up to ``budget`` ready runs of queue ``q``; their rows, already claimed."""
         if q["paused"] or not q["has_queued"]:
@@ -190,6 +211,7 @@ class ClaimsMixin(SqlCore):
                 task_ids=tasks,
                 n=n,
                 worker_id=worker_id,
+                **versions,
             )
 
         taken: list[Row] = []
@@ -267,3 +289,12 @@ class ClaimsMixin(SqlCore):
             tx.many("touch_slot", idle)
         if n:
             tx.x("take_queue", **where, n=n, rate_window=window)
+
+
+def _version_params(
+    scope: VersionScope | None, as_list: Callable[[list[str]], Any]
+) -> dict[str, Any]:
+    """The claim statements' version parameters: a NULL version takes any run."""
+    if scope is None:
+        return {"version": None, "new_task_ids": as_list([])}
+    return {"version": scope.version, "new_task_ids": as_list(list(scope.new_task_ids))}

@@ -12,6 +12,7 @@ from ._rows import (
     Tx,
 )
 from ._sql_claims import ClaimsMixin
+from ._versions_base import VersionScope
 from .base import (
     Claim,
     EndSegment,
@@ -42,6 +43,7 @@ class CommitMixin(ClaimsMixin):
         serves: Mapping[str, Sequence[str]],
         limit: int,
         reserve: Mapping[tuple[str, str], int] | None = None,
+        scope: VersionScope | None = None,
     ) -> tuple[list[bool], list[Claim]]:
         now = self.now()
         ids = sorted({op.run_id for op in ops})
@@ -111,7 +113,9 @@ class CommitMixin(ClaimsMixin):
             # The slots this batch gave back are taken again before the same commit: one
             # transaction per flush, not one to end runs and another to start the next.
             claims = (
-                self._claim_in(tx, worker_id, env, serves, limit, now, locked, reserve or {})
+                self._claim_in(
+                    tx, worker_id, env, serves, limit, now, locked, reserve or {}, scope
+                )
                 if claiming
                 else []
             )

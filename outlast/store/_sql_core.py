@@ -87,6 +87,7 @@ class SqlCore(Store):
             "depth": r.depth,
             "replayed_from": r.replayed_from,
             "parent_waitpoint_id": r.parent_waitpoint_id,
+            "version": r.version,
         }
 
     def _insert_plain(self, tx: Tx, runs: Sequence[NewRun], now: float) -> None:

@@ -41,7 +41,15 @@ class WorkersMixin(SqlCore):
                 lock_path=info.lock_path,
                 now=now,
                 lease_expires_at=now + info.lease_seconds,
+                version=info.version,
+                draining=1 if info.draining else 0,
             )
+            # A draining worker never makes its version newer (C11: it takes no new run).
+            # A version deployed for the first time is current, as a deploy after a
+            # rollback (promote) expects: the pin gives way to it.
+            serving = info.version and not info.draining
+            if serving and tx.q("register_version", env=info.env, version=info.version, now=now):
+                tx.x("unpin_version", env=info.env)
             # Its release, for `outlast migrate --check` and contract steps.
             self._insert_process(tx, info.id, "worker", info.env)
 

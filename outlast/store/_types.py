@@ -37,6 +37,7 @@ class NewRun:
     depth: int = 0
     replayed_from: str | None = None
     parent_waitpoint_id: str | None = None
+    version: str | None = None  # locked from the start (pinned, or a waited-on child's)
     # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
     trace_context: str | None = None
 
@@ -58,6 +59,8 @@ class WorkerInfo:
     lease_seconds: float
     lock_key: int | None = None
     lock_path: str | None = None
+    version: str = ""  # the task code version it serves (C11)
+    draining: bool = False  # serves only runs locked to its version
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from ._types import (
     WorkerRow,
 )
 from ._usage_base import UsageRollups, UsageStore
+from ._versions_base import VersionScope, VersionStore
 
 
 class StoreBase(abc.ABC):
@@ -259,7 +260,7 @@ class Settings(StoreBase):
         """Store ``value`` unless a value exists; return the stored one."""
 
 
-class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces):
+class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces, VersionStore):
     """What a worker needs: its row, lease and life lock, claims and fenced commits, its
     tasks and queues, and the end hooks due (plus reads, and tokens its runs create)."""
 
@@ -282,10 +283,15 @@ class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces):
 
     @abc.abstractmethod
     def claim(
-        self, worker_id: str, env: str, serves: Mapping[str, Sequence[str]], limit: int
+        self,
+        worker_id: str,
+        env: str,
+        serves: Mapping[str, Sequence[str]],
+        limit: int,
+        scope: VersionScope | None = None,
     ) -> list[Claim]:
         """Take up to ``limit`` ready runs (queue -> task ids served) under the worker's
-        lease, honouring queue limits."""
+        lease, honouring queue limits; only those ``scope`` allows, if given (C11)."""
 
     @abc.abstractmethod
     def apply(self, worker_id: str, ops: Sequence[Op]) -> list[bool]:
@@ -305,6 +311,7 @@ class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces):
         serves: Mapping[str, Sequence[str]],
         limit: int,
         reserve: Mapping[tuple[str, str], int] | None = None,
+        scope: VersionScope | None = None,
     ) -> tuple[list[bool], list[Claim]]:
         """``apply(ops)`` then ``claim(limit)`` in the same transaction: the slots the
         batch gives back are taken again under one commit. ``limit`` 0 claims nothing.
@@ -349,7 +356,8 @@ class AccessStore(Settings):
     def end_dashboard_session(self, id_hash: str) -> None: ...
 
 
-class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, AlertStore, ErrorStore):
+class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, AlertStore, ErrorStore,
+               VersionStore):
     """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
     building them against published task definitions, and signing waitpoint callback URLs
     with its settings; alert rules and error groups."""

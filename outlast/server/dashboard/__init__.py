@@ -1,7 +1,7 @@
 """The dashboard: server-rendered pages at ``/`` beside the API, no front-end build.
 
 Runs (filters, search, bulk actions, live), a run's detail and timeline, tasks, queues,
-waitpoint tokens, workers, a test trigger form and schedules, per environment.
+waitpoint tokens, workers, versions, a test trigger form and schedules, per environment.
 
 Login: with ``OUTLAST_DASHBOARD_PASSWORD`` set, every page asks for it (a signed
 session cookie then carries the login). Without a password the dashboard is closed,

@@ -61,6 +61,7 @@ NAV = [
     ("queues", "Queues", "/queues"),
     ("waitpoints", "Waitpoints", "/waitpoints"),
     ("workers", "Workers", "/workers"),
+    ("versions", "Versions", "/versions"),
     ("schedules", "Schedules", "/schedules"),
     ("errors", "Errors", "/errors"),
     ("alerts", "Alerts", "/alerts"),

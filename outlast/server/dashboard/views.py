@@ -262,7 +262,8 @@ def index(ctx: Ctx) -> Response:
 
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
-    from . import _actions, _alerts_view, _live, _usage_views, events_view  # they call back
+    # they call back into the pages above
+    from . import _actions, _alerts_view, _live, _usage_views, _versions_view, events_view
 
     r = dash.route
     return [
@@ -294,5 +295,6 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/dashboard-api/workers", _live.workers, api=True),
         *_alerts_view.routes(dash),
         *_usage_views.routes_for(r),
+        *_versions_view.routes(dash),
     ]
 

@@ -19,13 +19,13 @@ INSERT INTO runs (
     id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
     priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
     created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
-    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id, version
 ) VALUES (
     :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
     :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at,
     :idempotency_active, :now, :now, :available_at, :ready_at, :delay_until,
     :ttl_expires_at, :max_duration, :parent_id, :root_id, :depth, :replayed_from,
-    :parent_waitpoint_id
+    :parent_waitpoint_id, :version
 );
 
 -- insert_run, insert_tag for each of its tags and its wake-up in one statement, for a
@@ -38,13 +38,13 @@ WITH run AS (
         priority, concurrency_key, idempotency_key, idempotency_expires_at,
         idempotency_active, created_at, updated_at, available_at, ready_at, delay_until,
         ttl_expires_at, max_duration, parent_id, root_id, depth, replayed_from,
-        parent_waitpoint_id
+        parent_waitpoint_id, version
     ) VALUES (
         :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
         :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at,
         :idempotency_active, :now, :now, :available_at, :ready_at, :delay_until,
         :ttl_expires_at, :max_duration, :parent_id, :root_id, :depth, :replayed_from,
-        :parent_waitpoint_id
+        :parent_waitpoint_id, :version
     )
     RETURNING id, env, status, tags
 ), tagged AS (
@@ -61,12 +61,12 @@ INSERT INTO runs (
     id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
     priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
     created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
-    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id, version
 ) VALUES (
     :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
     :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at, 1,
     :now, :now, :available_at, :ready_at, :delay_until, :ttl_expires_at, :max_duration,
-    :parent_id, :root_id, :depth, :replayed_from, :parent_waitpoint_id
+    :parent_id, :root_id, :depth, :replayed_from, :parent_waitpoint_id, :version
 )
 ON CONFLICT (env, task_id, idempotency_key) WHERE idempotency_active = 1 DO NOTHING
 RETURNING id;
@@ -109,7 +109,7 @@ COPY runs (
     id, env, task_id, queue, status, payload, metadata, tags, max_attempts,
     priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
     created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
-    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id, version
 ) FROM STDIN (FORMAT BINARY);
 
 -- name: run_column_types [postgres]
@@ -170,9 +170,9 @@ SELECT task_id, status, COUNT(*) AS n FROM runs WHERE env = :env GROUP BY task_i
 
 -- name: register_worker
 INSERT INTO workers (id, env, host, pid, concurrency, tasks, status, lock_key, lock_path,
-                     started_at, heartbeat_at, lease_expires_at)
+                     started_at, heartbeat_at, lease_expires_at, version, draining)
 VALUES (:id, :env, :host, :pid, :concurrency, :tasks, 'alive', :lock_key, :lock_path,
-        :now, :now, :lease_expires_at);
+        :now, :now, :lease_expires_at, :version, :draining);
 
 -- name: heartbeat
 UPDATE workers SET heartbeat_at = :now, lease_expires_at = :lease_expires_at
@@ -307,15 +307,22 @@ LIMIT 1000;
 -- ORDER BY ready_at alone, which the runs_ready index yields as it is (ties in index
 -- order, which is insertion order); adding id makes PostgreSQL sort every queued run
 -- of the key whenever its statistics lag a burst of triggers (25 ms at 10,000 queued).
+-- Versions (C11): a run locked to a version goes only to workers of it; an unlocked one
+-- only to a worker that is current for its task (:new_task_ids; none for a draining
+-- worker), and locks to that worker's version as it is taken. :version NULL (a claim
+-- with no version scope, as tests make) takes any run. A row filter on what runs_ready
+-- yields already: it reads no more rows when every queued run matches.
 -- name: claim_ready
 UPDATE runs SET status = 'EXECUTING', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
     segment_started_at = :now, started_at = COALESCE(started_at, :now), updated_at = :now,
-    holds_slot = 1, wait_reason = NULL, queued_seconds = queued_seconds + :now - available_at
+    holds_slot = 1, wait_reason = NULL, queued_seconds = queued_seconds + :now - available_at,
+    version = COALESCE(version, :version)
 WHERE id IN (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
       AND ready_at <= :now AND available_at <= :now
       AND task_id IN (SELECT value FROM json_each(:task_ids))
+      AND (version = :version OR CAST(:version AS TEXT) IS NULL OR (version IS NULL AND task_id IN (SELECT value FROM json_each(:new_task_ids))))
     ORDER BY ready_at
     LIMIT :n)
 RETURNING *;
@@ -324,11 +331,13 @@ RETURNING *;
 UPDATE runs r SET status = 'EXECUTING', worker_id = :worker_id,
     lease_epoch = r.lease_epoch + 1, segment_started_at = :now,
     started_at = COALESCE(r.started_at, :now), updated_at = :now, holds_slot = 1,
-    wait_reason = NULL, queued_seconds = r.queued_seconds + :now - r.available_at
+    wait_reason = NULL, queued_seconds = r.queued_seconds + :now - r.available_at,
+    version = COALESCE(r.version, CAST(:version AS TEXT))
 FROM (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
       AND ready_at <= :now AND available_at <= :now AND task_id = ANY(:task_ids)
+      AND (version = :version OR CAST(:version AS TEXT) IS NULL OR (version IS NULL AND task_id = ANY(:new_task_ids)))
     ORDER BY ready_at
     LIMIT :n
     FOR UPDATE SKIP LOCKED) pick
@@ -339,12 +348,13 @@ RETURNING r.*;
 -- the key's slots are exactly full (a key over a lowered limit gets none, so it drains).
 -- name: reserve_ready
 UPDATE runs SET status = 'DEQUEUED', worker_id = :worker_id, lease_epoch = lease_epoch + 1,
-    updated_at = :now, wait_reason = NULL
+    updated_at = :now, wait_reason = NULL, version = COALESCE(version, :version)
 WHERE id IN (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
       AND ready_at <= :now AND available_at <= :now
       AND task_id IN (SELECT value FROM json_each(:task_ids)) AND no_handover = 0
+      AND (version = :version OR CAST(:version AS TEXT) IS NULL OR (version IS NULL AND task_id IN (SELECT value FROM json_each(:new_task_ids))))
       AND (SELECT executing FROM queue_slots s
            WHERE s.env = :env AND s.queue = :queue AND s.ckey = :ckey) = :key_limit
     ORDER BY ready_at
@@ -353,12 +363,14 @@ RETURNING *;
 
 -- name: reserve_ready [postgres]
 UPDATE runs r SET status = 'DEQUEUED', worker_id = :worker_id,
-    lease_epoch = r.lease_epoch + 1, updated_at = :now, wait_reason = NULL
+    lease_epoch = r.lease_epoch + 1, updated_at = :now, wait_reason = NULL,
+    version = COALESCE(r.version, CAST(:version AS TEXT))
 FROM (
     SELECT id FROM runs
     WHERE env = :env AND queue = :queue AND concurrency_key = :ckey AND status = 'QUEUED'
       AND ready_at <= :now AND available_at <= :now AND task_id = ANY(:task_ids)
       AND no_handover = 0
+      AND (version = :version OR CAST(:version AS TEXT) IS NULL OR (version IS NULL AND task_id = ANY(:new_task_ids)))
       AND (SELECT executing FROM queue_slots s
            WHERE s.env = :env AND s.queue = :queue AND s.ckey = :ckey) = :key_limit
     ORDER BY ready_at
@@ -1830,3 +1842,46 @@ DELETE FROM error_occurrences WHERE run_id IN (SELECT value FROM json_each(:ids)
 
 -- name: prune_error_occurrences [postgres]
 DELETE FROM error_occurrences WHERE run_id = ANY(:ids);
+
+-- Versions ---------------------------------------------------------------------------------
+
+-- A serving worker's version, the first time it is seen: the newest registered is the
+-- environment's current version unless one is pinned (a restart of an old version does
+-- not make it newer again).
+-- name: register_version
+INSERT INTO versions (env, version, registered_at) VALUES (:env, :version, :now)
+ON CONFLICT DO NOTHING
+RETURNING version;
+
+-- name: registered_versions
+SELECT version, registered_at FROM versions WHERE env = :env;
+
+-- name: version_live_workers
+SELECT id, version, tasks, draining, started_at FROM workers
+WHERE env = :env AND status = 'alive' AND lease_expires_at >= :now;
+
+-- name: pinned_version
+SELECT version FROM version_pins WHERE env = :env;
+
+-- name: pin_version
+INSERT INTO version_pins (env, version, pinned_at) VALUES (:env, :version, :now)
+ON CONFLICT (env) DO UPDATE SET version = excluded.version, pinned_at = excluded.pinned_at;
+
+-- name: unpin_version
+DELETE FROM version_pins WHERE env = :env;
+
+-- Unfinished runs locked to a version, per status: through runs_env_status, one range per
+-- unfinished status, so it costs the environment's live runs, not its history.
+-- name: locked_runs
+SELECT version, status, COUNT(*) AS n FROM runs
+WHERE env = :env AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+  AND version IS NOT NULL AND (CAST(:version AS TEXT) IS NULL OR version = :version)
+GROUP BY version, status;
+
+-- outlast runs migrate: re-lock unfinished runs to another version, on purpose.
+-- name: migrate_runs
+UPDATE runs SET version = :to_version, updated_at = :now
+WHERE env = :env AND version = :from_version
+  AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+  AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+RETURNING id;
