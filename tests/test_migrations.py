@@ -325,3 +325,12 @@ def test_a_version_1_database_migrates_to_the_current_schema_with_its_runs(
     finally:
         if pg_name is not None:
             drop_pg_database(pg_name)
+
+
+def test_every_named_query_is_defined_once_per_dialect() -> None:
+    """Two features once appended a query of the same name; the later block silently
+    replaced the earlier, and one feature's statement ran with the other's parameters."""
+    from outlast.store._rows import load_queries
+
+    for dialect in ("sqlite", "postgres"):
+        assert load_queries(dialect)  # raises on a name defined twice

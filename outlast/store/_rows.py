@@ -46,6 +46,9 @@ def load_queries(dialect: str) -> dict[str, str]:
         if m is None:
             raise ValueError(f"bad query header: {header!r}")
         name, only = m.group(1), m.group(2)
+        if name in (queries if only is None else overrides if only == dialect else {}):
+            # Two blocks of one name: the later would silently replace the earlier.
+            raise ValueError(f"query {header.strip()!r} is defined twice in queries.sql")
         sql = "\n".join(
             line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
         ).strip()
