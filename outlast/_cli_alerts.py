@@ -139,6 +139,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
             f"frame: {group.frame or '-'}   status: {group.status}   count: {group.count}",
             f"first seen {_when(group.first_seen)}, last seen {_when(group.last_seen)}",
             "tasks: " + ", ".join(f"{t} ({n})" for t, n in group.tasks.items()),
+            "versions: " + (", ".join(f"{v} ({n})" for v, n in group.versions.items()) or "-"),
             f"sample run: {group.sample_run_id}",
         ])
         return 0
