@@ -23,11 +23,11 @@ def _db_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .store import open_store
+    # The CLI's: ``outlast.cli.main`` closes it when the command ends (a PostgreSQL pool
+    # left to the garbage collector complains from its own thread).
+    from ._cli_common import _store as opened
 
-    store = open_store(args.database_url)
-    store.check_schema()
-    return store
+    return opened(args)
 
 
 def _when(ts: float | None) -> str:
