@@ -132,7 +132,7 @@ class RetentionMixin(SqlCore):
             tx.x("prune_journal", ids=listed)
             tx.x("prune_run_events", ids=listed)
             tx.x("prune_run_traces", ids=listed)
-            tx.x("prune_error_occurrences", ids=listed)
+            tx.x("prune_run_error_occurrences", ids=listed)
             tx.x("prune_run_waits", ids=listed)
             tx.x("prune_waitpoints", ids=listed)
             tx.many("prune_run_tag", [

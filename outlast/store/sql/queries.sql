@@ -1838,10 +1838,10 @@ DELETE FROM run_traces WHERE run_id = ANY(:ids);
 
 -- A pruned failed run's entry in the errors page's memory (its group and counts stay;
 -- the scan reads far ahead of any retention, so the run is never counted again).
--- name: prune_error_occurrences
+-- name: prune_run_error_occurrences
 DELETE FROM error_occurrences WHERE run_id IN (SELECT value FROM json_each(:ids));
 
--- name: prune_error_occurrences [postgres]
+-- name: prune_run_error_occurrences [postgres]
 DELETE FROM error_occurrences WHERE run_id = ANY(:ids);
 
 -- Versions ---------------------------------------------------------------------------------
