@@ -23,11 +23,11 @@ def _db_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .store import open_store
+    # The CLI's: ``outlast.cli.main`` closes it when the command ends (a PostgreSQL pool
+    # left to the garbage collector complains from its own thread).
+    from ._cli_common import _store as opened
 
-    store = open_store(args.database_url)
-    store.check_schema()
-    return store
+    return opened(args)
 
 
 def _when(ts: float | None) -> str:
@@ -139,6 +139,7 @@ def cmd_errors(args: argparse.Namespace) -> int:
             f"frame: {group.frame or '-'}   status: {group.status}   count: {group.count}",
             f"first seen {_when(group.first_seen)}, last seen {_when(group.last_seen)}",
             "tasks: " + ", ".join(f"{t} ({n})" for t, n in group.tasks.items()),
+            "versions: " + (", ".join(f"{v} ({n})" for v, n in group.versions.items()) or "-"),
             f"sample run: {group.sample_run_id}",
         ])
         return 0

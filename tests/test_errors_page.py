@@ -1,19 +1,27 @@
 """The errors page: failures grouped by fingerprint by the scheduler's failure scan, on
 SQLite and PostgreSQL. Three shapes of failure over 300 runs make three groups with the
 right counts; ids, numbers and uuids in messages do not split a group; a resolved group
-that recurs reopens; an ignored one stays ignored."""
+that recurs reopens; an ignored one stays ignored; one shape failing under two task code
+versions is one group with the failures of each version (store, API, CLI, dashboard)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+import pytest
+
 from outlast import Retry, Worker, task
 from outlast._clock import FakeClock
+from outlast.cli import main
 from outlast.client import Client
+from outlast.server.auth import create_key
 from outlast.store._fingerprint import fingerprint, mask
 from outlast.store.base import Store
+from tests.test_dashboard import _app, _client, _text
 
 
 class CardDeclined(Exception):
@@ -51,10 +59,10 @@ def test_the_top_frame_in_task_code_is_part_of_the_fingerprint() -> None:
 
     def fp(line: int, fn: str) -> str:
         error = {"type": "E", "message": "m", "traceback": tb.format(line=line, fn=fn)}
-        return fingerprint(__import__("json").dumps(error)).key
+        return fingerprint(json.dumps(error)).key
 
     assert fingerprint(
-        __import__("json").dumps({"type": "E", "message": "m", "traceback": tb.format(
+        json.dumps({"type": "E", "message": "m", "traceback": tb.format(
             line=1, fn="charge")})
     ).frame == "billing.py:charge"
     assert fp(10, "charge") == fp(99, "charge")  # a moved line keeps its group
@@ -112,3 +120,43 @@ async def test_a_resolved_group_that_recurs_reopens(
     assert after["ValueError"].count == 2
     assert after["CardDeclined"].status == "ignored"
     assert after["CardDeclined"].count == 2
+
+
+async def test_one_shape_under_two_versions_is_one_group_with_both_versions(
+    client: Client, store: Store, db_url: str, workers: Callable[..., Worker],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    v1, v2 = workers(shapes, version="v1"), workers(shapes, version="v2")
+    for n, version in ((2, "v1"), (5, "v1"), (8, "v1"), (11, "v2"), (14, "v2")):
+        client.trigger(shapes, {"n": n}, version=version)  # ValueError, one shape
+    assert await v1.run_until_idle() == 3
+    assert await v2.run_until_idle() == 2
+    store.scan_failures()  # the workers' scheduler may have grouped some already
+    [group] = store.list_error_groups("dev")
+    assert group.count == 5 and group.versions == {}  # listings leave the versions out
+    detail = store.error_group("dev", group.fingerprint)
+    assert detail is not None
+    assert detail.versions == {"v1": 3, "v2": 2}
+    assert list(detail.versions) == ["v1", "v2"]  # most failures first
+    assert detail.tasks == {"err-shapes": 5}
+
+    app = _app(store, require_login=False)
+    key = create_key(store, "dev").secret
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://outlast.test",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as api:
+        body = (await api.get(f"/api/v1/errors/{group.fingerprint}")).json()
+    assert body["versions"] == {"v1": 3, "v2": 2}
+    dash = await _client(app)
+    try:
+        await dash.get("/runs")
+        page = _text(await dash.get(f"/errors/{group.fingerprint}"))
+    finally:
+        await dash.http.aclose()
+    assert "v1 · 3" in page and "v2 · 2" in page
+
+    assert main(["errors", "show", group.fingerprint, "--database-url", db_url]) == 0
+    assert "versions: v1 (3), v2 (2)" in capsys.readouterr().out
+    assert main(["errors", "show", group.fingerprint, "--json", "--database-url", db_url]) == 0
+    assert json.loads(capsys.readouterr().out)["versions"] == {"v1": 3, "v2": 2}

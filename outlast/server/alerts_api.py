@@ -81,7 +81,7 @@ def build_alerts_router(store: ApiStore, env_dependency: Any) -> APIRouter:
         return {"data": [asdict(g) for g in store.list_error_groups(env, status, limit)]}
 
     @router.get("/api/v1/errors/{fingerprint}",
-                summary="One error group: tasks affected, failures per hour, a sample run")
+                summary="One error group: tasks, versions, failures per hour, a sample run")
     def get_error(fingerprint: str, env: Env) -> dict[str, Any]:
         group = store.error_group(env, fingerprint)
         if group is None:

@@ -88,6 +88,9 @@ class ErrorGroup:
     resolved_at: float | None
     reopened: int
     tasks: dict[str, int] = field(default_factory=dict)  # task id -> failures
+    # task code version -> failures, most first: filled by ``error_group``, empty in
+    # listings; failures of runs without a version (grouped before 0013) are left out
+    versions: dict[str, int] = field(default_factory=dict)
     # (bucket start, failures): filled by ``error_group``, empty in listings
     histogram: list[tuple[float, int]] = field(default_factory=list)
 

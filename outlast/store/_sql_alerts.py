@@ -268,7 +268,7 @@ class AlertsMixin(SqlCore):
         prints = [fingerprint(r["error"], r["status"]) for r in rows]
         tx.many("insert_error_occurrence", [
             {"run_id": r["id"], "env": r["env"], "fingerprint": fp.key,
-             "task_id": r["task_id"], "at": r["finished_at"]}
+             "task_id": r["task_id"], "at": r["finished_at"], "version": r["version"]}
             for r, fp in zip(rows, prints, strict=True)
         ])
         groups: dict[tuple[str, str], list[int]] = {}

@@ -44,12 +44,16 @@ class ErrorsMixin(SqlCore):
             if not rows:
                 return None
             tasks = {r["task_id"]: int(r["n"]) for r in tx.q("error_group_tasks", **key)}
+            versions = {
+                r["version"]: int(r["n"]) for r in tx.q("error_group_versions", **key)
+            }
             hist = [
                 (int(r["k"]) * bucket, int(r["n"]))
                 for r in tx.q("error_group_histogram", bucket=bucket, **key)
             ]
         group = _group(rows[0])
         group.tasks.update(tasks)
+        group.versions.update(versions)
         group.histogram.extend(hist)
         return group
 

@@ -1,6 +1,6 @@
-"""The dashboard's errors page (failures grouped by fingerprint: counts over time, tasks,
-a sample run; resolve, ignore, reopen) and alerts page (rules with their recent
-deliveries and each delivery's attempts)."""
+"""The dashboard's errors page (failures grouped by fingerprint: counts over time, tasks
+and versions affected, a sample run; resolve, ignore, reopen) and alerts page (rules with
+their recent deliveries and each delivery's attempts)."""
 
 from __future__ import annotations
 

@@ -1359,14 +1359,15 @@ UPDATE failure_scan SET watermark = :watermark WHERE id = 1;
 -- Failed runs not yet grouped, from a short lag behind the watermark (partial index
 -- runs_failed; the anti-join is a primary-key probe per run in the lag window).
 -- name: new_failures
-SELECT r.id, r.env, r.task_id, r.queue, r.status, r.error, r.finished_at FROM runs r
+SELECT r.id, r.env, r.task_id, r.queue, r.status, r.error, r.finished_at, r.version
+FROM runs r
 WHERE r.status IN ('FAILED', 'TIMED_OUT') AND r.finished_at > :since
   AND NOT EXISTS (SELECT 1 FROM error_occurrences o WHERE o.run_id = r.id)
 ORDER BY r.finished_at LIMIT :limit;
 
 -- name: insert_error_occurrence
-INSERT INTO error_occurrences (run_id, env, fingerprint, task_id, at)
-VALUES (:run_id, :env, :fingerprint, :task_id, :at);
+INSERT INTO error_occurrences (run_id, env, fingerprint, task_id, at, version)
+VALUES (:run_id, :env, :fingerprint, :task_id, :at, :version);
 
 -- name: get_error_group_status
 SELECT status FROM error_groups WHERE env = :env AND fingerprint = :fingerprint;
@@ -1885,3 +1886,10 @@ WHERE env = :env AND version = :from_version
   AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
   AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
 RETURNING id;
+
+-- Error versions (issue 21) ------------------------------------------------------------
+-- Versions affected: failures of runs with no version (grouped before 0013) are left out.
+-- name: error_group_versions
+SELECT version, COUNT(*) AS n FROM error_occurrences
+WHERE env = :env AND fingerprint = :fingerprint AND version IS NOT NULL
+GROUP BY version ORDER BY n DESC, version;

@@ -398,13 +398,14 @@ CREATE TABLE error_groups (
 CREATE INDEX error_groups_seen ON error_groups (env, last_seen);
 
 -- One row per failed run seen: the scan's memory (a run is counted once) and the
--- source of counts over time and tasks affected.
+-- source of counts over time and the tasks and versions affected.
 CREATE TABLE error_occurrences (
     run_id TEXT PRIMARY KEY,
     env TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     task_id TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    version TEXT                           -- the run's task code version; NULL: none
 );
 CREATE INDEX error_occurrences_group ON error_occurrences (env, fingerprint, at);
 
