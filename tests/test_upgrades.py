@@ -162,3 +162,38 @@ def test_process_rows_of_processes_gone_a_week_are_pruned_live_workers_kept(
     store.register_process("server_new", "server", "dev")
     ids = {r[0] for r in raw(store.url, "SELECT id FROM processes")}
     assert ids == {"w_long_lived", "server_new"}
+
+
+def test_a_migration_that_loses_a_deadlock_is_tried_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live workers of the previous release hold row locks while the migration's DDL
+    takes table locks: PostgreSQL may abort the migration as a deadlock's victim. Its
+    transaction rolled back whole, so migrate tries it again instead of failing the deploy."""
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    real = store._migrate_once  # type: ignore[attr-defined]
+    calls: list[bool] = []
+
+    def flaky(contract: bool) -> int:
+        calls.append(contract)
+        if len(calls) < 3:
+            raise Deadlock("deadlock detected")
+        return int(real(contract))
+
+    monkeypatch.setattr(store, "_migrate_once", flaky)
+    monkeypatch.setattr(_sql_schema.time, "sleep", lambda s: None)
+    assert store.migrate() == SCHEMA_VERSION
+    assert len(calls) == 3
+
+    class Other(Exception):
+        sqlstate = "42P01"  # undefined table: a real error, not a lost race
+
+    def broken(contract: bool) -> int:
+        raise Other("no such table")
+
+    monkeypatch.setattr(store, "_migrate_once", broken)
+    with pytest.raises(Other):
+        store.migrate()

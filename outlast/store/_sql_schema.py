@@ -13,6 +13,7 @@ import abc
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from .._errors import SchemaVersionError
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 SEEN_EVERY = 15.0
 SEEN_STALE = 60.0
 PROCESS_HISTORY = 7 * 86400.0
+
+
+MIGRATE_ATTEMPTS = 6  # a migration chosen as a deadlock's victim is tried again
+
+
+def _lock_conflict(exc: BaseException) -> bool:
+    """A deadlock, lock timeout or serialization failure (SQLSTATE 40P01, 55P03, 40001):
+    the transaction lost to another and may simply run again."""
+    return getattr(exc, "sqlstate", None) in {"40P01", "55P03", "40001"}
 
 
 def _code_version() -> int:
@@ -115,6 +125,22 @@ class SchemaMixin(SqlCore, SchemaOps):
 
         A contract migration is applied only if no live process predates it; otherwise
         migrating stops before it (and raises ContractBlocked if ``contract``)."""
+        for attempt in range(MIGRATE_ATTEMPTS):
+            try:
+                return self._migrate_once(contract)
+            except Exception as exc:
+                # Live workers of the previous release lock runs, queues and workers rows
+                # while the migration's DDL locks whole tables, one after another: the
+                # database may pick the migration as a deadlock's victim. Its transaction
+                # rolled back whole (DDL is transactional), so trying again is safe.
+                if _lock_conflict(exc) and attempt + 1 < MIGRATE_ATTEMPTS:
+                    log.warning("migration lost a lock conflict (%s); trying again", exc)
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _migrate_once(self, contract: bool) -> int:
         with self._transaction() as tx:
             self._lock_for_migration(tx)
             if not self._schema_exists():
