@@ -265,28 +265,13 @@ class TracingObserver(_observe.Observer):
     def step_cached(self, ctx: RunContext, key: str, entry: JournalEntry) -> None:
         now = _ns(ctx.store.now())
         span = self.tracer.start_span(
-            f"step {key}",
-            attributes={
-                "outlast.run.id": ctx.run.id,
-                "outlast.step.key": key,
-                "outlast.step.cached": True,
-                "outlast.step.attempt": entry.attempt,
-                "outlast.attempt": ctx.run.attempt,
-            },
-            start_time=now,
+            f"step {key}", attributes=_step_attrs(ctx, key, True, entry.attempt), start_time=now
         )
         span.end(end_time=now)
 
     def step_started(self, ctx: RunContext, key: str) -> Any:
         span = self.tracer.start_span(
-            f"step {key}",
-            attributes={
-                "outlast.run.id": ctx.run.id,
-                "outlast.step.key": key,
-                "outlast.step.cached": False,
-                "outlast.step.attempt": ctx.run.attempt,
-                "outlast.attempt": ctx.run.attempt,
-            },
+            f"step {key}", attributes=_step_attrs(ctx, key, False, ctx.run.attempt)
         )
         return span, otel_context.attach(trace.set_span_in_context(span))
 
@@ -412,3 +397,14 @@ def uninstrument() -> None:
     if _set_level:
         task_log.setLevel(logging.NOTSET)
         _set_level = False
+
+
+def _step_attrs(ctx: RunContext, key: str, cached: bool, step_attempt: int) -> dict[str, Any]:
+    """A step span's attributes; ``step_attempt`` is the attempt that ran its body."""
+    return {
+        "outlast.run.id": ctx.run.id,
+        "outlast.step.key": key,
+        "outlast.step.cached": cached,
+        "outlast.step.attempt": step_attempt,
+        "outlast.attempt": ctx.run.attempt,
+    }
