@@ -440,3 +440,35 @@ def test_dev_key_file_beside_the_sqlite_database(
     sealed = old.seal("x-secret-1")
     both = _secret_box.SecretBox([_secret_box.new_key(), made.read_text().strip()])
     assert both.open(sealed) == "x-secret-1"
+
+
+async def test_the_dashboard_webhooks_page_shows_endpoints_and_deliveries(
+    store: Store, http: httpx.Client
+) -> None:
+    import html
+
+    from tests.test_dashboard import _app, _client
+
+    endpoint = create(http, name="gh", scheme="github", secret=GITHUB_SECRET)
+    create(http, name="quiet", scheme="stripe", secret=STRIPE_SECRET)
+    body = b'{"ref": "refs/heads/main"}'
+    sent = http.post(path_of(endpoint), content=body,
+                     headers=github_headers(body, GITHUB_SECRET, "d-9")).json()
+    http.post(path_of(endpoint), content=body, headers=github_headers(body, GITHUB_SECRET, "d-9"))
+    dash = await _client(_app(store, require_login=False))
+    try:
+        r = await dash.get("/webhooks")
+        assert r.status_code == 200
+        page = html.unescape(r.text)
+        assert endpoint["url"] in page and endpoint["fingerprint"] in page
+        assert "github.{event}" in page and "quiet" in page
+        assert "d-9" in page and "duplicate (a redelivery)" in page
+        assert f'/runs/{sent["run_ids"][0]}"' in page
+        assert "/events?name=github.push#event-webhook%3Agh%3Ad-9" in page
+        assert GITHUB_SECRET not in page and STRIPE_SECRET not in page
+        events = html.unescape((await dash.get("/events?name=github.push")).text)
+        assert 'id="event-webhook%3Agh%3Ad-9"' in events
+        only = html.unescape((await dash.get("/webhooks?webhook=quiet")).text)
+        assert "d-9" not in only and "No deliveries yet" in only
+    finally:
+        await dash.http.aclose()
