@@ -1,5 +1,5 @@
 """``outlast webhooks …`` (create, list, show, delete, rotate): incoming webhook endpoints,
-straight on the store; and ``outlast secret-key``, a new key for OUTLAST_SECRET_KEY.
+straight on the store; and ``outlast encryption-key``, a new key for OUTLAST_ENCRYPTION_KEY.
 
 A secret goes in with ``--secret`` (or ``--secret-env NAME``, to keep it out of the shell
 history) and is never printed: listings show its fingerprint.
@@ -58,7 +58,7 @@ def add_commands(sub: Any) -> None:
                    "accepted: 90s, 30m, 24h, 2d (default 24h)")
     q.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_webhooks)
-    k = sub.add_parser("secret-key", help="print a new key for OUTLAST_SECRET_KEY")
+    k = sub.add_parser("encryption-key", help="print a new key for OUTLAST_ENCRYPTION_KEY")
     k.set_defaults(fn=lambda args: print(_secret_box.new_key()) or 0)
 
 

@@ -2,10 +2,11 @@
 
 Some secrets cannot be hashed: checking an HMAC signature (an incoming webhook's) needs
 the plaintext secret, so it is stored sealed with a key from the configuration and opened
-only to sign or verify. The key is ``OUTLAST_SECRET_KEY`` (a Fernet key: 32 random bytes,
+only to sign or verify. (Not ``OUTLAST_SECRET_KEY``: that is the HTTP client's API key.)
+The key is ``OUTLAST_ENCRYPTION_KEY`` (a Fernet key: 32 random bytes,
 url-safe base64; several, comma separated, to rotate the key itself: the first seals, all
-open), else the file named by ``OUTLAST_SECRET_KEY_FILE``, else, for a SQLite database,
-a ``secret-key`` file beside it (``outlast dev`` creates one). Without a key nothing that
+open), else the file named by ``OUTLAST_ENCRYPTION_KEY_FILE``, else, for a SQLite database,
+an ``encryption-key`` file beside it (``outlast dev`` creates one). Without a key nothing that
 needs one can be created, and the error says how to make one.
 
 A secret is never logged or shown: listings show its ``fingerprint``, an HMAC of the
@@ -23,18 +24,18 @@ from pathlib import Path
 
 from ._errors import ConfigurationError
 
-KEY_FILE = "secret-key"
+KEY_FILE = "encryption-key"
 
 
-class SecretKeyMissing(ConfigurationError):
-    """No secret key is configured: set OUTLAST_SECRET_KEY (outlast secret-key prints a
-    new one) or OUTLAST_SECRET_KEY_FILE."""
+class EncryptionKeyMissing(ConfigurationError):
+    """No encryption key is configured for secrets at rest: set OUTLAST_ENCRYPTION_KEY
+    (outlast encryption-key prints a new one) or OUTLAST_ENCRYPTION_KEY_FILE."""
 
-    code = "secret_key_missing"
+    code = "encryption_key_missing"
 
 
 def new_key() -> str:
-    """A fresh key, as OUTLAST_SECRET_KEY takes it."""
+    """A fresh key, as OUTLAST_ENCRYPTION_KEY takes it."""
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
@@ -45,15 +46,15 @@ class SecretBox:
         from cryptography.fernet import Fernet, MultiFernet
 
         if not keys:
-            raise SecretKeyMissing()
+            raise EncryptionKeyMissing()
         try:
             fernets = [Fernet(k.strip().encode()) for k in keys]
         except ValueError:
             # Never echo the value: it is the key.
             raise ConfigurationError(
-                "OUTLAST_SECRET_KEY: each key is 32 bytes in url-safe base64 "
-                "(44 characters); make one with: outlast secret-key",
-                field="OUTLAST_SECRET_KEY") from None
+                "OUTLAST_ENCRYPTION_KEY: each key is 32 bytes in url-safe base64 "
+                "(44 characters); make one with: outlast encryption-key",
+                field="OUTLAST_ENCRYPTION_KEY") from None
         self._box = MultiFernet(fernets)
         self._mac_key = hashlib.sha256(b"outlast-fingerprint:" + keys[0].strip().encode()).digest()
 
@@ -67,9 +68,9 @@ class SecretBox:
             return self._box.decrypt(sealed.encode()).decode()
         except InvalidToken:
             raise ConfigurationError(
-                "a stored secret cannot be opened with the configured OUTLAST_SECRET_KEY "
+                "a stored secret cannot be opened with the configured OUTLAST_ENCRYPTION_KEY "
                 "(was the key changed? keep the old one after the new, comma separated)",
-                field="OUTLAST_SECRET_KEY") from None
+                field="OUTLAST_ENCRYPTION_KEY") from None
 
     def fingerprint(self, plaintext: str) -> str:
         """A short, keyed digest to tell secrets apart in listings."""
@@ -87,9 +88,9 @@ def _sqlite_dir(database_url: str | None) -> Path | None:
 
 def configured_keys(database_url: str | None = None) -> list[str]:
     """The keys in force (see the module docstring), first the one that seals."""
-    raw = os.environ.get("OUTLAST_SECRET_KEY", "")
+    raw = os.environ.get("OUTLAST_ENCRYPTION_KEY", "")
     if not raw.strip():
-        file = os.environ.get("OUTLAST_SECRET_KEY_FILE")
+        file = os.environ.get("OUTLAST_ENCRYPTION_KEY_FILE")
         beside = _sqlite_dir(database_url)
         path = Path(file) if file else (beside / KEY_FILE if beside is not None else None)
         if path is not None and path.is_file():
@@ -98,7 +99,7 @@ def configured_keys(database_url: str | None = None) -> list[str]:
 
 
 def box(database_url: str | None = None) -> SecretBox:
-    """The box for this configuration; SecretKeyMissing without a key."""
+    """The box for this configuration; EncryptionKeyMissing without a key."""
     return SecretBox(configured_keys(database_url))
 
 

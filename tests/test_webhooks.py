@@ -54,8 +54,8 @@ async def github_push(payload: dict[str, Any]) -> str:
 @pytest.fixture(autouse=True)
 def secret_key(monkeypatch: pytest.MonkeyPatch) -> str:
     key = _secret_box.new_key()
-    monkeypatch.setenv("OUTLAST_SECRET_KEY", key)
-    monkeypatch.delenv("OUTLAST_SECRET_KEY_FILE", raising=False)
+    monkeypatch.setenv("OUTLAST_ENCRYPTION_KEY", key)
+    monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY_FILE", raising=False)
     _webhooks.refusals.clear()
     return key
 
@@ -379,14 +379,14 @@ def test_secrets_never_leave_in_logs_or_answers(
         assert secret not in stored
 
 
-def test_no_secret_key_means_no_webhook(
+def test_no_encryption_key_means_no_webhook(
     store: Store, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OUTLAST_SECRET_KEY")
+    monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY")
     r = http.post("/api/v1/webhooks", json={"name": "x", "scheme": "github",
                                             "secret": GITHUB_SECRET})
-    assert r.status_code == 500 and r.json()["code"] == "secret_key_missing"
-    assert "OUTLAST_SECRET_KEY" in r.json()["error"]
+    assert r.status_code == 500 and r.json()["code"] == "encryption_key_missing"
+    assert "OUTLAST_ENCRYPTION_KEY" in r.json()["error"]
     assert store.list_webhooks("dev") == []
 
 
@@ -425,12 +425,12 @@ def test_edges_unknown_endpoint_large_body_bad_input_and_environments(
 def test_dev_key_file_beside_the_sqlite_database(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OUTLAST_SECRET_KEY")
+    monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY")
     url = f"sqlite:///{tmp_path}/db/outlast.db"
-    with pytest.raises(_secret_box.SecretKeyMissing):
+    with pytest.raises(_secret_box.EncryptionKeyMissing):
         _secret_box.box(url)
     made = _secret_box.ensure_dev_key(url)
-    assert made == tmp_path / "db" / "secret-key"
+    assert made == tmp_path / "db" / "encryption-key"
     assert made.stat().st_mode & 0o777 == 0o600
     box = _secret_box.box(url)
     assert box.open(box.seal("s3cret-value")) == "s3cret-value"

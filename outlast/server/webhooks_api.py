@@ -52,7 +52,7 @@ def build_webhooks_router(store: Store, env_dependency: Any) -> APIRouter:
 
     @router.post("/api/v1/webhooks", summary="Create an incoming webhook endpoint")
     def create_webhook(body: CreateWebhookBody, env: Env) -> dict[str, Any]:
-        box = _secret_box.box(store.url)  # SecretKeyMissing before anything is written
+        box = _secret_box.box(store.url)  # EncryptionKeyMissing before anything is written
         options = {"tolerance": body.tolerance, "header": body.header,
                    "encoding": body.encoding, "prefix": body.prefix,
                    "id_header": body.id_header}
