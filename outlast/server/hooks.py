@@ -21,18 +21,31 @@ from .. import _secret_box, _webhooks
 from .._config import settings
 from .._webhook_schemes import Refused
 from ..store.base import Store
-from .errors import error_body
+from .errors import ErrorBody, error_body
 
 
 def _answer(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status)
 
 
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _doc("Signed, but the scheme cannot read the body (not JSON, no type)"),
+    401: _doc("The signature is bad, missing or stale; nothing was stored"),
+    404: _doc("No webhook endpoint has this id"),
+    413: _doc("The body is over OUTLAST_MAX_PAYLOAD_BYTES"),
+}
+
+
 def build_hooks_router(store: Store) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
     @router.post("/hooks/{endpoint_id}", summary="Receive a provider's signed webhook "
-                 "(no API key: the signature authenticates it)", response_model=None)
+                 "(no API key: the signature authenticates it)", response_model=None,
+                 responses=RESPONSES)
     async def receive(endpoint_id: str, request: Request) -> Any:
         limit = settings().max_payload_bytes
         body = bytearray()
