@@ -24,7 +24,7 @@ import pytest
 import standardwebhooks
 import stripe
 
-from outlast import Worker, _secret_box, _webhooks, task
+from outlast import Worker, _metrics, _secret_box, _webhooks, task
 from outlast._clock import FakeClock
 from outlast.cli import main
 from outlast.client import Client
@@ -238,6 +238,18 @@ def test_a_refused_request_is_401_and_stores_nothing(
         sent += _refuse(http, endpoints, clock.now(), case)
         assert counts(store) == before, case  # not an event, a run, nor a delivery record
     assert sum(_webhooks.refusals.values()) == sent
+    # ... and in Prometheus, by scheme (the reason's text would be an unbounded label).
+    _metrics.disable()
+    registry = _metrics.enable()
+    try:
+        body = stripe_body()
+        for _ in range(2):
+            http.post(path_of(endpoints[0]), content=body,
+                      headers=stripe_headers(body, "whsec_wrong-secret", clock.now()))
+        text = _metrics.exposition(registry)[0].decode()
+        assert 'outlast_webhooks_refused_total{scheme="stripe"} 2.0' in text
+    finally:
+        _metrics.disable()
     # The same requests, signed right, are accepted: the refusals were the signatures'.
     body = stripe_body()
     good = http.post(path_of(endpoints[0]), content=body,
@@ -472,3 +484,24 @@ async def test_the_dashboard_webhooks_page_shows_endpoints_and_deliveries(
         assert "d-9" not in only and "No deliveries yet" in only
     finally:
         await dash.http.aclose()
+
+
+def test_the_event_and_its_delivery_record_commit_together(
+    store: Store, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = create(http, name="gh", scheme="github", secret=GITHUB_SECRET)
+    before = counts(store)
+    raw: Any = store
+    # The delivery record's INSERT fails after the event and its run were written: the
+    # whole transaction rolls back, so the provider's retry finds nothing half done.
+    original = raw.q["wh_insert_delivery"]
+    monkeypatch.setitem(raw.q, "wh_insert_delivery", "INSERT INTO no_such_table VALUES (1)")
+    body = b'{"ref": "refs/heads/main"}'
+    with pytest.raises(Exception, match="no_such_table"):
+        http.post(path_of(endpoint), content=body, headers=github_headers(body, GITHUB_SECRET))
+    assert counts(store) == before
+    monkeypatch.setitem(raw.q, "wh_insert_delivery", original)
+    r = http.post(path_of(endpoint), content=body, headers=github_headers(body, GITHUB_SECRET))
+    assert r.status_code == 200 and not r.json()["duplicate"]
+    assert counts(store) == {**before, "events": 1, "event_deliveries": 1,
+                             "webhook_deliveries": 1, "runs": 1}
