@@ -28,8 +28,7 @@ KEY_FILE = "encryption-key"
 
 
 class EncryptionKeyMissing(ConfigurationError):
-    """No encryption key is configured for secrets at rest: set OUTLAST_ENCRYPTION_KEY
-    (outlast encryption-key prints a new one) or OUTLAST_ENCRYPTION_KEY_FILE."""
+    """No encryption key is configured for secrets at rest: set OUTLAST_ENCRYPTION_KEY (outlast encryption-key prints a new one) or OUTLAST_ENCRYPTION_KEY_FILE."""  # noqa: E501 (one line: it is the message)
 
     code = "encryption_key_missing"
 

@@ -138,7 +138,7 @@ def create(store: WebhookStore, box: SecretBox, env: str, name: str, scheme: str
         secret=box.seal(secret), fingerprint=box.fingerprint(secret), previous_secret=None,
         previous_fingerprint=None, previous_until=None, created_at=now, rotated_at=None)
     created = store.create_webhook(endpoint)
-    log.info("webhook created", extra={"webhook": created.id, "env": env, "scheme": scheme})
+    log.debug("webhook created", extra={"webhook": created.id, "env": env, "scheme": scheme})
     return created
 
 
