@@ -228,6 +228,11 @@ async def test_advise_one_workload_per_verdict(
     assert "plain cron job" in got["usage-nightly"]["summary"]
     assert got["usage-rare"]["verdict"] == "too_few_runs"
     assert "too few runs" in got["usage-rare"]["summary"]
+    # The rollups behind the verdicts: child runs created, steps executed and replayed.
+    figures = {t["task_id"]: t for t in usage_report(store, "dev", since=3650 * DAY)["tasks"]}
+    assert figures["usage-fanout"]["child_runs"] == 18  # 3 per run, 6 runs
+    assert figures["usage-signup"]["steps_executed"] == 18  # 3 journaled per run
+    assert figures["usage-signup"]["steps_replayed"] == 2
     # The same from the function, for one task.
     (one,) = advise(store, "dev", since=3650 * DAY, task_id="usage-export", min_runs=5)
     assert one.tripped == [1]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from outlast import step, task
+from outlast import Retry, step, task
 from outlast._alerts import create_rule, summary_line
 from outlast._clock import FakeClock
 from outlast._retention import prune
@@ -149,3 +149,46 @@ async def test_outlast_usage_on_the_command_line(
     assert "spike-steady" in text and "spike-other" in text
     assert main(["usage", "--database-url", db_url, "--since", "lots"]) != 0
     assert "since" in capsys.readouterr().err
+
+
+@task(id="spike-doomed", retry=Retry(max_attempts=1))
+async def doomed(payload: dict[str, Any]) -> None:
+    await step.run("one", _spend, 0.25)
+    raise RuntimeError("no")
+
+
+async def test_failures_and_a_schedule_firing_more_often(
+    store: Store, client: Client, clock: FakeClock, workers: Any
+) -> None:
+    await doomed.trigger({})
+    worker = workers(doomed, concurrency=1, prefetch=0)
+    await worker.run_until_idle()
+    (day,) = store.usage_days("dev", T0 - DAY, "spike-doomed")
+    assert (day.runs, day.failed, day.completed) == (1, 1, 0)
+    assert day.active_seconds == pytest.approx(0.25, abs=1e-6)
+    # A schedule of spike-other fired once a day for a week, then hourly today.
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        store._raw(tx, "INSERT INTO schedules (id, env, task_id, type, cron, timezone, "  # type: ignore[attr-defined]
+                   "active, created_at, updated_at) VALUES ('sched_x', 'dev', 'spike-other', "
+                   "'IMPERATIVE', '0 * * * *', 'UTC', 1, :t, :t)", {"t": T0})
+    slot = 0
+
+    def fired(at: float) -> None:
+        nonlocal slot
+        slot += 1
+        with store._transaction() as tx:  # type: ignore[attr-defined]
+            store._raw(tx, "INSERT INTO schedule_slots (schedule_id, slot, run_id, fired_at) "  # type: ignore[attr-defined]
+                       "VALUES ('sched_x', :slot, :run, :at)",
+                       {"slot": slot, "run": f"run_{slot}", "at": at})
+
+    for d in range(7):
+        await _day(store, client, clock, workers, [(other, {"n": d}, None)] * 2)
+        fired(clock.now())
+        clock.advance(DAY)
+    for h in range(5):
+        await _day(store, client, clock, workers, [(other, {"h": h}, None)] * 2)
+        fired(clock.now())
+        clock.advance(600)
+    (spike,) = find_spikes(store, "dev")
+    assert spike.task_id == "spike-other" and "schedule" in spike.kinds
+    assert any("a schedule fires more often: 5 slots" in c for c in spike.causes)
