@@ -118,6 +118,7 @@ class SqlStore(
         """Cancel the run itself; False if it changed status under the cancel (look again)."""
         if tx.q("cancel_idle", id=run_id, now=now):
             ended.append(run_id)
+            tx.x("usage_outbox_add", ids=self._list([run_id]))
             tx.x("clear_run_waits", run_id=run_id)
             if slot["parent_waitpoint_id"]:
                 self._child_done(tx, slot["parent_waitpoint_id"], now)

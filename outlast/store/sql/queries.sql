@@ -160,7 +160,7 @@ WHERE kind = 'log' AND run_id = ANY(:ids)
 GROUP BY run_id;
 
 -- name: events
-SELECT id, run_id, ts, kind, attempt, level, message, data FROM run_events
+SELECT id, run_id, ts, kind, attempt, level, message, data, active_seconds FROM run_events
 WHERE run_id = :run_id AND id > :after_id ORDER BY id LIMIT 1000;
 
 -- name: count_runs
@@ -473,6 +473,7 @@ done AS (
     FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
     WHERE runs.id = u.id),
 w AS (DELETE FROM run_waits WHERE run_id = ANY(:ids)),
+o AS (INSERT INTO usage_outbox (run_ids) VALUES (CAST(to_json(CAST(:ids AS text[])) AS TEXT))),
 parents AS (
     UPDATE waitpoints SET pending_children = pending_children - p.n
     FROM unnest(CAST(:p_ids AS text[]), CAST(:p_ns AS integer[])) AS p(id, n)
@@ -573,6 +574,18 @@ UPDATE runs SET status = :status, output = :output, error = :error, finished_at 
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id
 RETURNING id;
+
+-- The same, with the run's usage outbox row (SQLite adds it with usage_outbox_add).
+-- name: end_run [postgres]
+WITH u AS (
+    UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
+        updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+            THEN :now - segment_started_at ELSE 0 END
+    WHERE id = :run_id
+    RETURNING id),
+o AS (INSERT INTO usage_outbox (run_ids) SELECT CAST(json_agg(id) AS TEXT) FROM u HAVING COUNT(*) > 0)
+SELECT id FROM u;
 
 -- name: retry_run
 UPDATE runs SET status = 'QUEUED', attempt = attempt + 1, error = :error,
@@ -1633,24 +1646,27 @@ ORDER BY w.created_at, w.waitpoint_id;
 -- Usage ---------------------------------------------------------------------------------------
 
 -- The rollup's position: runs finished before (finished_at, run_id) are in usage_daily.
+-- A missing row is made in outbox mode (a schema from 0016_drop_runs_finished on has no
+-- index for the other).
 -- name: usage_state_ensure
-INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0)
+INSERT INTO usage_state (name, finished_at, run_id, sampled_at, outbox)
+VALUES ('rollup', 0, '', 0, 1)
 ON CONFLICT (name) DO NOTHING;
 
 -- name: usage_state_lock
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup';
 
 -- Locked: schedulers in several processes fold each finished run once.
 -- name: usage_state_lock [postgres]
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR UPDATE;
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup' FOR UPDATE;
 
 -- A reader shares the lock, so the rollup cannot move between its reads of the rollups
 -- and of the runs finished after them (a run would be counted twice or not at all).
 -- name: usage_state_read
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup';
 
 -- name: usage_state_read [postgres]
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR SHARE;
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup' FOR SHARE;
 
 -- name: usage_state_set
 UPDATE usage_state SET finished_at = :finished_at, run_id = :run_id, sampled_at = :sampled_at
@@ -1940,3 +1956,88 @@ WHERE env = :env AND endpoint_id = :endpoint_id AND received_at < :before;
 SELECT * FROM webhook_deliveries
 WHERE env = :env AND (CAST(:endpoint_id AS TEXT) IS NULL OR endpoint_id = :endpoint_id)
 ORDER BY seq DESC LIMIT :limit;
+-- Usage, second part ------------------------------------------------------------------------
+
+-- The outbox of finished runs (migrations/0015_usage_outbox): one row per statement that
+-- finished runs, written in its transaction; the fold deletes the rows it folds.
+-- name: usage_outbox_add
+INSERT INTO usage_outbox (run_ids) VALUES (:ids);
+
+-- name: usage_outbox_add [postgres]
+INSERT INTO usage_outbox (run_ids) VALUES (CAST(to_json(CAST(:ids AS text[])) AS TEXT));
+
+-- name: usage_outbox_page
+SELECT seq, run_ids FROM usage_outbox WHERE seq > :after ORDER BY seq LIMIT :limit;
+
+-- name: usage_outbox_delete
+DELETE FROM usage_outbox WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: usage_outbox_delete [postgres]
+DELETE FROM usage_outbox WHERE seq = ANY(:seqs);
+
+-- Before the hand-over (usage_state.outbox = 0) the fold reads runs_finished; the outbox
+-- is emptied, since 0016_drop_runs_finished fills it afresh from the watermark.
+-- name: usage_outbox_trim
+DELETE FROM usage_outbox;
+
+-- The finished runs an outbox page names (usage_finished_runs' columns).
+-- name: usage_runs_by_id
+SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
+       active_seconds, queued_seconds, waited_seconds
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND finished_at IS NOT NULL;
+
+-- name: usage_runs_by_id [postgres]
+SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
+       active_seconds, queued_seconds, waited_seconds
+FROM runs WHERE id = ANY(:ids) AND finished_at IS NOT NULL;
+
+-- name: usage_journal_by_id
+SELECT j.run_id, j.kind, COUNT(*) AS n,
+       SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
+FROM runs r JOIN journal j ON j.run_id = r.id
+WHERE r.id IN (SELECT value FROM json_each(:ids))
+GROUP BY j.run_id, j.kind;
+
+-- name: usage_journal_by_id [postgres]
+SELECT j.run_id, j.kind, COUNT(*) AS n,
+       SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
+FROM runs r JOIN journal j ON j.run_id = r.id
+WHERE r.id = ANY(:ids)
+GROUP BY j.run_id, j.kind;
+
+-- name: usage_children_by_id
+SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
+FROM runs c WHERE c.parent_id IN (SELECT value FROM json_each(:ids))
+GROUP BY c.parent_id, c.task_id;
+
+-- name: usage_children_by_id [postgres]
+SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
+FROM runs c WHERE c.parent_id = ANY(:ids)
+GROUP BY c.parent_id, c.task_id;
+
+-- The active time of the attempt a failure, retry, timeout, cancel or lost worker ends:
+-- the run's active time with the segment now ending, less what its earlier attempts'
+-- ending events recorded. Read before the run's row changes, on the failure paths only.
+-- name: attempt_active
+SELECT r.attempt,
+       r.active_seconds + CASE WHEN r.status = 'EXECUTING' AND r.segment_started_at < :now
+           THEN :now - r.segment_started_at ELSE 0 END
+       - COALESCE((SELECT SUM(e.active_seconds) FROM run_events e
+                   WHERE e.run_id = r.id AND e.kind = 'attempt_failed'
+                     AND e.attempt < r.attempt), 0) AS active
+FROM runs r WHERE r.id = :run_id;
+
+-- name: insert_attempt_event
+INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data, active_seconds)
+VALUES (:run_id, :ts, :kind, :attempt, :level, :message, :data, :active_seconds);
+
+-- Alerts raised once per key: the first raise inserts the key, later ones find it.
+-- name: alert_once_claim
+INSERT INTO alert_once (env, event, key, created_at) VALUES (:env, :event, :key, :now)
+ON CONFLICT (env, event, key) DO NOTHING;
+
+-- name: alert_once_prune
+DELETE FROM alert_once WHERE created_at < :before;
+
+-- name: alert_rule_envs
+SELECT DISTINCT env FROM alert_rules WHERE event = :event ORDER BY env;

@@ -488,7 +488,7 @@ CREATE INDEX event_waits_name ON event_waits (env, name);
 ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN queued_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN waited_seconds REAL NOT NULL DEFAULT 0;
-CREATE INDEX runs_finished ON runs (finished_at, id) WHERE finished_at IS NOT NULL;
+-- (runs_finished, an index of finished runs, went in 0016_drop_runs_finished.)
 
 -- One row per (env, task, UTC day of the runs' creation). Histograms and per-kind counts
 -- are JSON objects, merged in Python (percentiles over any span of days).
@@ -535,6 +535,28 @@ CREATE TABLE usage_state (
     sampled_at REAL NOT NULL
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
+
+-- Usage, second part (migrations/0015_usage_outbox, 0016_drop_runs_finished).
+-- Finished runs reach the rollups through an outbox: each statement that finishes runs
+-- adds one row naming them, in its transaction; the fold deletes what it folds in the
+-- transaction that writes the rollups (usage_state.outbox = 1: the fold reads it).
+CREATE TABLE usage_outbox (
+    seq INTEGER PRIMARY KEY,
+    run_ids TEXT NOT NULL                  -- JSON list of run ids
+);
+ALTER TABLE usage_state ADD COLUMN outbox INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_state SET outbox = 1 WHERE name = 'rollup';
+-- Each attempt's active time, on the event that ends a failed, retried, timed-out,
+-- cancelled or lost attempt (a run's last attempt has the rest of runs.active_seconds).
+ALTER TABLE run_events ADD COLUMN active_seconds REAL;
+-- Alerts raised once per key (a usage spike once per task and period).
+CREATE TABLE alert_once (
+    env TEXT NOT NULL,
+    event TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (env, event, key)
+);
 
 -- Retention: how long finished runs are kept, per environment (task_id '') and per task
 -- (migrations/0012_retention). days NULL keeps them for ever.
