@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import EventNotFound
+from .._match import match_key
 from .._serde import dumps, loads
 from ._events_base import (
     Delivery,
@@ -47,6 +48,10 @@ def _delivery(row: Row) -> Delivery:
     )
 
 
+def _task_of(run: NewRun) -> str:
+    return run.task_id
+
+
 @dataclass
 class _Batch:
     """What one publish transaction has planned and not yet written, and what it knows."""
@@ -73,6 +78,10 @@ class EventsMixin(SqlCore):
     def publish_events(
         self, env: str, events: Sequence[NewEvent], planner: EventPlanner
     ) -> list[PublishResult]:
+        if len(events) == 1:
+            done = self._publish_alone(env, events[0], planner)
+            if done is not None:
+                return [done]
         now = self.now()
         with self._transaction() as tx:
             names = sorted({e.name for e in events})
@@ -88,14 +97,43 @@ class EventsMixin(SqlCore):
             self.wake_local()
         return results
 
+    def _publish_alone(self, env: str, event: NewEvent, planner: EventPlanner
+                       ) -> PublishResult | None:
+        """A single publish in one statement, committed on its own; None when it takes the
+        transaction. A backend hook (``_sql_events_pg``): SQLite has no round trips to
+        save."""
+        return None
+
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:
         """Lock the event names, then read the subscribers. Locks first, in name order: a
         concurrent publish of the same names cannot deadlock with this one, and a wait
-        registering on a name is ordered with it. A backend hook (``_sql_events_pg``)."""
-        for name in names:
-            tx.x("ev_lock_name", env=env, name=name, now=now)
-        return [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
+        registering on a name is ordered with it. SQLite takes none: its write
+        transactions (BEGIN IMMEDIATE) already take turns. A backend hook
+        (``_sql_events_pg``)."""
+        if self.dialect != "sqlite":
+            for name in names:
+                tx.x("ev_lock_name", env=env, name=name, now=now)
+        return self._subscribers(tx, env, tx.q("ev_tasks_version", env=env)[0]["v"])
+
+    def _subscribers(self, tx: Tx, env: str, version: str) -> list[TaskDef]:
+        """The environment's task definitions, read again only when their fingerprint
+        (``ev_tasks_version``, read in this transaction) changed since the last read."""
+        cache = self._subscriber_cache()
+        cached = cache.get(env)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
+        if len(cache) > 64:
+            cache.clear()
+        cache[env] = (version, found)
+        return found
+
+    def _subscriber_cache(self) -> dict[str, tuple[str, list[TaskDef]]]:
+        cache: dict[str, tuple[str, list[TaskDef]]] | None = self.__dict__.get("_ev_subs")
+        if cache is None:
+            cache = self.__dict__["_ev_subs"] = {}
+        return cache
 
     def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
                        ) -> dict[str, int]:
@@ -172,9 +210,13 @@ class EventsMixin(SqlCore):
             self._flush(tx, batch)  # runs this batch created may be among those cancelled
             ended: list[str] = []
             for task_id, path, value in cancels:
-                for r in tx.q("ev_unfinished_runs", env=env, task_id=task_id):
-                    if planner.payload_at(r["payload"], path) == value:
-                        self._cancel_tree(tx, r["id"], now, ended)
+                # By the keys each run's cancel_on paths had at its trigger (an index
+                # lookup); an if_-only cancel_on takes every unfinished run of the task.
+                found = (tx.q("ev_cancel_keyed", env=env, task_id=task_id, path=path,
+                              value=match_key(value)) if path else
+                         tx.q("ev_unfinished_runs", env=env, task_id=task_id))
+                for r in found:
+                    self._cancel_tree(tx, r["id"], now, ended)
         self._resume_waits(tx, batch, record, planner)
         return PublishResult(e.id, False, run_ids)
 
@@ -200,6 +242,9 @@ class EventsMixin(SqlCore):
             self._insert_deliveries(tx, batch.deliveries)
             batch.deliveries = []
         if batch.runs:
+            # By task: PostgreSQL's COPY encodes a run like the one before it but for its
+            # id and payload (postgres._CopyLayout), and a fan-out alternates tasks.
+            batch.runs.sort(key=_task_of)
             self._insert_runs(tx, batch.runs, batch.now)
             batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
             batch.runs = []

@@ -227,6 +227,7 @@ class _CopyLayout:
 class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
+    _channel = _CHANNEL
 
     def refused_data(self, exc: Exception) -> bool:
         # psycopg's own DataError (NUL in text) has no SQLSTATE; the server's data

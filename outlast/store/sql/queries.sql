@@ -1464,8 +1464,9 @@ DELETE FROM error_occurrences WHERE at < :before;
 -- Taken first in a publish (names in order) and by a wait registering on the name: the
 -- row lock orders the two, so an event either sees the wait or the wait sees the event.
 -- name: ev_lock_name
-INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
-ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
+INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+    version = event_names.version + 1;
 
 -- name: ev_subscribers
 SELECT * FROM tasks WHERE env = :env ORDER BY id;
@@ -1600,17 +1601,6 @@ SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
                      CAST(:outcome AS text[]), CAST(:reason AS text[]),
                      CAST(:now AS double precision[]))
 ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
-
--- PostgreSQL, a publish of one name: its lock and the subscribers in one round trip. The
--- subscribers may be read from a snapshot taken before the lock was granted (harmless:
--- definitions change with deploys); the waits are read by a later statement, after it.
--- name: ev_lock_and_subscribers [postgres]
-WITH locked AS (
-    INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
-    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at
-    RETURNING 1 AS one
-)
-SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
 
 -- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
 -- waits for its name in one round trip. It runs after the name's lock was granted, so
@@ -1893,3 +1883,106 @@ RETURNING id;
 SELECT version, COUNT(*) AS n FROM error_occurrences
 WHERE env = :env AND fingerprint = :fingerprint AND version IS NOT NULL
 GROUP BY version ORDER BY n DESC, version;
+
+-- Events, fast paths (issue 20's benchmark; outlast/store/_sql_events.py) ---------------------
+
+-- A fingerprint of an environment's task definitions: a publisher keeps the subscribers it
+-- read and reads them again only when this changed. SQLite's writers share one machine's
+-- clock and take turns (a write lock), so the count, the newest update and the sizes
+-- change with any upsert; PostgreSQL hashes every row, whoever wrote it.
+-- name: ev_tasks_version
+SELECT COUNT(*) || ':' || COALESCE(MAX(updated_at), 0) || ':'
+       || (TOTAL(LENGTH(spec)) + TOTAL(LENGTH(payload_schema)) + TOTAL(LENGTH(queue))) AS v
+FROM tasks WHERE env = :env;
+
+-- name: ev_tasks_version [postgres]
+SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0) AS v
+FROM tasks t WHERE t.env = :env;
+
+-- PostgreSQL, a publish of one name: its lock and the task fingerprint in one round trip
+-- (then ev_subscribers when the fingerprint changed).
+-- name: ev_lock_and_version [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING 1 AS one
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v
+FROM locked;
+
+-- PostgreSQL, a single publish in one statement, committed on its own (autocommit), as a
+-- single trigger is: the name's lock, the event (nothing if its id is taken), its
+-- deliveries and runs, and the wake-up. The statement's snapshot may predate the lock
+-- (taken while it waited): it writes the event only if no other lock holder committed
+-- in between (the version it bumped is the one it read plus one), the subscribers it was
+-- planned with are current (the fingerprint) and no wait for the name is pending. A NULL
+-- seq sends the publisher down the transaction (duplicates, waits, cancels, ...).
+-- Runs come as JSON rows named like the runs columns; keep the columns with insert_run.
+-- name: ev_publish_alone [postgres]
+WITH seen AS (
+    SELECT version FROM event_names WHERE env = :env AND name = :name
+), locked AS (
+    INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING version
+), ok AS (
+    SELECT 1 AS one FROM locked
+    WHERE locked.version = COALESCE((SELECT version FROM seen), 0) + 1
+      AND (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+           FROM tasks t WHERE t.env = :env) = :tasks_version
+      AND NOT EXISTS (SELECT 1 FROM event_waits ew JOIN waitpoints p ON p.id = ew.waitpoint_id
+                      WHERE ew.env = :env AND ew.name = :name AND p.status = 'pending')
+), ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at)
+    SELECT :env, :id, :name, :data, :now, :dedup_until, 1, :expires_at FROM ok
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq
+), delivered AS (
+    INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason,
+                                  created_at)
+    SELECT ins.seq, d.task_id, 0, d.run_id, d.outcome, d.reason, :now
+    FROM ins, unnest(CAST(:d_task_id AS text[]), CAST(:d_run_id AS text[]),
+                     CAST(:d_outcome AS text[]), CAST(:d_reason AS text[]))
+         AS d(task_id, run_id, outcome, reason)
+), created AS (
+    INSERT INTO runs (
+        id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+        priority, concurrency_key, idempotency_key, idempotency_expires_at,
+        idempotency_active, created_at, updated_at, available_at, ready_at, delay_until,
+        ttl_expires_at, max_duration, parent_id, root_id, depth, replayed_from,
+        parent_waitpoint_id, version
+    )
+    SELECT r.id, r.env, r.task_id, r.queue, r.status, r.payload, r.metadata, r.tags, 1,
+           r.max_attempts, r.priority, r.concurrency_key, r.idempotency_key,
+           r.idempotency_expires_at, r.idempotency_active, :now, :now, r.available_at,
+           r.ready_at, r.delay_until, r.ttl_expires_at, r.max_duration, r.parent_id,
+           r.root_id, r.depth, r.replayed_from, r.parent_waitpoint_id, r.version
+    FROM ins, jsonb_populate_recordset(CAST(NULL AS runs), CAST(:runs AS jsonb)) AS r
+    RETURNING status
+)
+SELECT (SELECT seq FROM ins) AS seq,
+       (SELECT pg_notify(:channel, :env) FROM created WHERE status = 'QUEUED' LIMIT 1)
+           AS notified;
+
+-- A run's cancel_on match keys (outlast/_match.py), written with the run.
+-- name: insert_run_cancel_key
+INSERT INTO run_cancel_keys (env, task_id, path, value, run_id)
+VALUES (:env, :task_id, :path, :value, :run_id);
+
+-- The unfinished runs of a task whose payload has this value at a cancel_on match path:
+-- an index lookup (run_cancel_keys_match), then each run by its primary key.
+-- name: ev_cancel_keyed
+SELECT k.run_id AS id FROM run_cancel_keys k JOIN runs r ON r.id = k.run_id
+WHERE k.env = :env AND k.task_id = :task_id AND k.path = :path AND k.value = :value
+  AND r.status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+ORDER BY k.run_id;
+
+-- name: prune_run_cancel_keys
+DELETE FROM run_cancel_keys WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_run_cancel_keys [postgres]
+DELETE FROM run_cancel_keys WHERE run_id = ANY(:ids);

@@ -463,6 +463,7 @@ CREATE TABLE event_names (
     env TEXT NOT NULL,
     name TEXT NOT NULL,
     last_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,  -- lock takers (0014)
     PRIMARY KEY (env, name)
 );
 
@@ -569,3 +570,14 @@ CREATE TABLE version_pins (
     version TEXT NOT NULL,
     pinned_at REAL NOT NULL
 );
+
+-- cancel_on's match keys of each run (0014_event_fast_paths): an event cancels by index.
+CREATE TABLE run_cancel_keys (
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    value TEXT NOT NULL,
+    run_id TEXT NOT NULL
+);
+CREATE INDEX run_cancel_keys_match ON run_cancel_keys (env, task_id, path, value);
+CREATE INDEX run_cancel_keys_run ON run_cancel_keys (run_id);
