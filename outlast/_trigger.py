@@ -20,8 +20,8 @@ from . import _limits, _observe, _serde
 from ._config import settings
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
-from ._match import cancel_paths
 from ._versions import check_version
+from .store._match import cancel_paths
 from .store.base import NewRun, TaskDef, TaskDefs
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._match import payload_keys
 from .._serde import dumps, loads
 from ..runs import RunStatus
+from ._match import payload_keys
 from ._rows import (
     Row,
     Tx,

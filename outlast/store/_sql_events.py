@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import EventNotFound
-from .._match import match_key
 from .._serde import dumps, loads
 from ._events_base import (
     Delivery,
@@ -20,6 +19,7 @@ from ._events_base import (
     NewEvent,
     PublishResult,
 )
+from ._match import match_key
 from ._rows import Row, Tx, _task_def, _waitpoint
 from ._sql_core import SqlCore
 from ._types import NewRun, TaskDef, Waitpoint

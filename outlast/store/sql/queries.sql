@@ -1887,12 +1887,12 @@ GROUP BY version ORDER BY n DESC, version;
 -- Events, fast paths (issue 20's benchmark; outlast/store/_sql_events.py) ---------------------
 
 -- A fingerprint of an environment's task definitions: a publisher keeps the subscribers it
--- read and reads them again only when this changed. SQLite's writers share one machine's
--- clock and take turns (a write lock), so the count, the newest update and the sizes
--- change with any upsert; PostgreSQL hashes every row, whoever wrote it.
+-- read and reads them again only when this changed. A hash of every row, whoever wrote
+-- it (SQLite's outlast_crc32 is a function the store registers on its connection).
 -- name: ev_tasks_version
-SELECT COUNT(*) || ':' || COALESCE(MAX(updated_at), 0) || ':'
-       || (TOTAL(LENGTH(spec)) + TOTAL(LENGTH(payload_schema)) + TOTAL(LENGTH(queue))) AS v
+SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+    id || '|' || queue || '|' || COALESCE(payload_schema, '') || '|' || spec || '|'
+    || updated_at)), 0) AS v
 FROM tasks WHERE env = :env;
 
 -- name: ev_tasks_version [postgres]

@@ -1,5 +1,5 @@
 """Values at dotted paths and their canonical text: shared by the event planner
-(``_events``, which matches events to waits and cancels) and the store, which keeps the
+(``outlast/_events``, which matches events to waits and cancels) and the store, which keeps the
 cancel_on match keys of each run (``run_cancel_keys``) so an event cancels by an index
 lookup. No imports from the rest of outlast: the store uses it too."""
 
