@@ -1,12 +1,13 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
 (``ev_publish_alone``); a batch's events and deliveries go in one statement each
-(``unnest`` over column arrays); a publish of one name locks it and reads the task
+(JSON recordsets); a publish of one name locks it and reads the task
 fingerprint in one, and a single event is inserted by the statement that reads the waits
 for its name. Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .._serde import dumps, loads
@@ -17,10 +18,6 @@ from ._types import TaskDef
 
 # _run_row's keys that are not runs columns (the statement sets those itself).
 _NOT_COLUMNS = ("now",)
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {k: [r[k] for r in rows] for k in rows[0]}
 
 
 class PgEventsMixin(EventsMixin):
@@ -77,10 +74,40 @@ class PgEventsMixin(EventsMixin):
 
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:
-        if len(names) != 1:
-            return super()._lock_and_subscribers(tx, env, names, now)
-        rows = tx.q("ev_lock_and_version", env=env, name=names[0], now=now)
+        if len(names) == 1:
+            rows = tx.q("ev_lock_and_version", env=env, name=names[0], now=now)
+        else:
+            rows = tx.q("ev_lock_names_and_version", env=env, names=names, now=now)
         return self._subscribers(tx, env, rows[0]["v"])
+
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
+                       ) -> dict[str, int]:
+        if len(events) == 1:
+            return super()._insert_events(tx, batch, events)
+        env, now = batch.env, batch.now
+        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
+        for e in events:
+            if e.id not in fresh:
+                fresh[e.id] = {"env": env, "id": e.id, "name": e.name, "data": e.data,
+                               "now": now, "dedup_until": now + e.dedup_seconds,
+                               "expires_at": now + e.retention_seconds}
+        names = sorted({e.name for e in events})
+        seqs: dict[str, int] = {}
+        waits: dict[str, list[EventWait]] = {n: [] for n in names}
+        for r in tx.q("ev_insert_batch_and_waits", env=env, rows=dumps(list(fresh.values())),
+                      names=names):
+            if r["seq"] is not None:
+                seqs[r["id"]] = int(r["seq"])
+            else:
+                waits[r["name"]].append(EventWait(r["waitpoint_id"], r["name"], r["match_path"],
+                                                  r["match_value"], r["expr"]))
+        batch.waits.update(waits)
+        taken = [i for i in fresh if i not in seqs]
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=taken, now=now)
+            again = tx.q("ev_insert_unnest", rows=dumps([fresh[i] for i in taken]))
+            seqs.update((r["id"], int(r["seq"])) for r in again)
+        return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
@@ -94,8 +121,14 @@ class PgEventsMixin(EventsMixin):
         return int(rows[0]["seq"])
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        found = tx.q("ev_insert_unnest", **_columns(rows))
+        found = tx.q("ev_insert_unnest", rows=dumps(rows))
         return {r["id"]: int(r["seq"]) for r in found}
 
     def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        tx.x("ev_insert_deliveries_unnest", **_columns([{**r, "replay": 0} for r in rows]))
+        if len(rows) < 64:  # COPY costs a round trip more than one INSERT
+            tx.x("ev_insert_deliveries_unnest", rows=dumps(rows))
+            return
+        with tx.conn.cursor() as cur, cur.copy(self.q["copy_deliveries"]) as copy:  # type: ignore[attr-defined]
+            for r in rows:
+                copy.write_row((r["seq"], r["task_id"], r["run_id"], r["outcome"], r["reason"],
+                                r["now"]))

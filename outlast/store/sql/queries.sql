@@ -1583,23 +1583,24 @@ ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq;
 
 -- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
--- row, which costs no round trips there), their sequence numbers returned.
+-- row, which costs no round trips there), their sequence numbers returned. The rows come
+-- as one JSON array: a Python list per column took psycopg longer to send than the
+-- server took to insert them.
 -- name: ev_insert_unnest [postgres]
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
 SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
-FROM unnest(CAST(:env AS text[]), CAST(:id AS text[]), CAST(:name AS text[]),
-            CAST(:data AS text[]), CAST(:now AS double precision[]),
-            CAST(:dedup_until AS double precision[]),
-            CAST(:expires_at AS double precision[]))
-     AS e(env, id, name, data, now, dedup_until, expires_at)
+FROM json_to_recordset(CAST(:rows AS json))
+     AS e(env text, id text, name text, data text, now double precision,
+          dedup_until double precision, expires_at double precision)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq, id;
 
 -- name: ev_insert_deliveries_unnest [postgres]
 INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
-                     CAST(:replay AS integer[]), CAST(:run_id AS text[]),
-                     CAST(:outcome AS text[]), CAST(:reason AS text[]),
-                     CAST(:now AS double precision[]))
+SELECT d.seq, d.task_id, 0, d.run_id, d.outcome, d.reason, d.now
+FROM json_to_recordset(CAST(:rows AS json))
+     AS d(seq bigint, task_id text, run_id text, outcome text, reason text,
+          now double precision)
 ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
 
 -- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
@@ -1986,3 +1987,49 @@ DELETE FROM run_cancel_keys WHERE run_id IN (SELECT value FROM json_each(:ids));
 
 -- name: prune_run_cancel_keys [postgres]
 DELETE FROM run_cancel_keys WHERE run_id = ANY(:ids);
+
+-- PostgreSQL, a publish of several names: their locks (in name order, as ev_lock_name one
+-- by one) and the task fingerprint in one round trip.
+-- name: ev_lock_names_and_version [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at, version)
+    SELECT :env, n.name, :now, 1 FROM unnest(CAST(:names AS text[])) AS n(name)
+    ORDER BY n.name
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING 1 AS one
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v
+FROM (SELECT COUNT(*) FROM locked) AS l;
+
+-- PostgreSQL, a batch's events (distinct ids) and the pending waits for their names in one
+-- round trip, after the names' locks (so the snapshot holds every wait registered before,
+-- as ev_insert_one_and_waits). An id still deduplicating inserts nothing: the publisher
+-- releases the ids past their window and inserts those again (ev_insert_unnest); what is
+-- still taken is a duplicate. Event rows have a seq, wait rows a waitpoint_id.
+-- name: ev_insert_batch_and_waits [postgres]
+WITH ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at)
+    SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+    FROM json_to_recordset(CAST(:rows AS json))
+         AS e(env text, id text, name text, data text, now double precision,
+              dedup_until double precision, expires_at double precision)
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq, id
+)
+SELECT seq, id, NULL AS waitpoint_id, NULL AS name, NULL AS match_path,
+       NULL AS match_value, NULL AS expr, NULL AS created_at
+FROM ins
+UNION ALL
+SELECT NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr,
+       w.created_at
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY created_at, waitpoint_id;
+
+-- PostgreSQL: a batch's fan-out deliveries streamed (they belong to events this
+-- transaction inserted, so none can conflict; see ev_insert_deliveries).
+-- name: copy_deliveries [postgres]
+COPY event_deliveries (event_seq, task_id, run_id, outcome, reason, created_at) FROM STDIN;
