@@ -154,16 +154,15 @@ class EventsMixin(SqlCore):
                 found = tx.q("ev_insert_one", **rows[0])
                 seq = int(found[0]["seq"]) if found else None
             return {str(rows[0]["id"]): seq} if seq is not None else {}
-        ids = self._list(list({e.id for e in events}))
-        taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
-        if taken:  # a retry, or an id past its window (released here, then reused)
-            tx.x("ev_release_keys", env=env, ids=self._list(list(taken)), now=now)
-            taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
-        fresh: dict[str, dict[str, Any]] = {}
+        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
         for row in rows:
-            if row["id"] not in taken and row["id"] not in fresh:
-                fresh[row["id"]] = row
-        return self._insert_event_rows(tx, list(fresh.values())) if fresh else {}
+            fresh.setdefault(row["id"], row)
+        seqs = self._insert_event_rows(tx, list(fresh.values()))
+        taken = [i for i in fresh if i not in seqs]
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=self._list(taken), now=now)
+            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
+        return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
@@ -173,16 +172,16 @@ class EventsMixin(SqlCore):
         return int(found[0]["seq"]) if found else None
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert fresh events; their sequence numbers by id. A backend hook: PostgreSQL
-        sends them in one statement (``_sql_events_pg``)."""
-        tx.many("ev_insert_many", rows)
-        found = tx.q("ev_active", env=rows[0]["env"], ids=self._list([r["id"] for r in rows]))
-        return {r["id"]: int(r["seq"]) for r in found}
+        """Insert events (distinct ids) in one statement; the sequence numbers of those
+        inserted, by id (an id still deduplicating inserts nothing). A backend hook:
+        PostgreSQL reads the rows with json_to_recordset."""
+        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
 
     def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        """Insert fan-out delivery rows (at most one per event and task). A backend hook,
-        like ``_insert_event_rows``."""
-        tx.many("ev_insert_deliveries", rows)
+        """Insert fan-out delivery rows of events this transaction inserted (so none can
+        conflict), in one statement. A backend hook: PostgreSQL streams many by COPY."""
+        tx.x("ev_insert_delivery_rows", now=rows[0]["now"], rows=dumps(
+            [[r["seq"], r["task_id"], r["run_id"], r["outcome"], r["reason"]] for r in rows]))
 
     def _publish_one(
         self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner

@@ -105,8 +105,7 @@ class PgEventsMixin(EventsMixin):
         taken = [i for i in fresh if i not in seqs]
         if taken:  # a retry, or an id past its window (released here, then reused)
             tx.x("ev_release_keys", env=env, ids=taken, now=now)
-            again = tx.q("ev_insert_unnest", rows=dumps([fresh[i] for i in taken]))
-            seqs.update((r["id"], int(r["seq"])) for r in again)
+            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
         return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
@@ -121,12 +120,11 @@ class PgEventsMixin(EventsMixin):
         return int(rows[0]["seq"])
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        found = tx.q("ev_insert_unnest", rows=dumps(rows))
-        return {r["id"]: int(r["seq"]) for r in found}
+        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
 
     def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
         if len(rows) < 64:  # COPY costs a round trip more than one INSERT
-            tx.x("ev_insert_deliveries_unnest", rows=dumps(rows))
+            super()._insert_deliveries(tx, rows)
             return
         with tx.conn.cursor() as cur, cur.copy(self.q["copy_deliveries"]) as copy:  # type: ignore[attr-defined]
             for r in rows:

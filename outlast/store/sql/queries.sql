@@ -1546,12 +1546,6 @@ DELETE FROM events WHERE expires_at <= :now;
 DELETE FROM event_waits
 WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
 
--- A fan-out's deliveries, many at a time (a freshly inserted event has none yet).
--- name: ev_insert_deliveries
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
-ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
-
 -- An id past its deduplication window stops deduplicating (its row stays in the log).
 -- name: ev_release_keys
 UPDATE events SET dedup_active = 0
@@ -1562,46 +1556,11 @@ WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
 UPDATE events SET dedup_active = 0
 WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
 
--- The events of these ids still deduplicating (at most one per id: events_dedup).
--- name: ev_active
-SELECT seq, id FROM events
-WHERE env = :env AND dedup_active = 1 AND id IN (SELECT value FROM json_each(:ids));
-
--- name: ev_active [postgres]
-SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:ids);
-
--- Fresh events of a batch (ev_active found none of their ids). A concurrent publish of
--- the same id makes this fail on events_dedup and roll back: its retry is a duplicate.
--- name: ev_insert_many
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
-
 -- name: ev_insert_one
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
 VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq;
-
--- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
--- row, which costs no round trips there), their sequence numbers returned. The rows come
--- as one JSON array: a Python list per column took psycopg longer to send than the
--- server took to insert them.
--- name: ev_insert_unnest [postgres]
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
-FROM json_to_recordset(CAST(:rows AS json))
-     AS e(env text, id text, name text, data text, now double precision,
-          dedup_until double precision, expires_at double precision)
-ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
-RETURNING seq, id;
-
--- name: ev_insert_deliveries_unnest [postgres]
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-SELECT d.seq, d.task_id, 0, d.run_id, d.outcome, d.reason, d.now
-FROM json_to_recordset(CAST(:rows AS json))
-     AS d(seq bigint, task_id text, run_id text, outcome text, reason text,
-          now double precision)
-ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
 
 -- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
 -- waits for its name in one round trip. It runs after the name's lock was granted, so
@@ -2006,7 +1965,7 @@ FROM (SELECT COUNT(*) FROM locked) AS l;
 -- PostgreSQL, a batch's events (distinct ids) and the pending waits for their names in one
 -- round trip, after the names' locks (so the snapshot holds every wait registered before,
 -- as ev_insert_one_and_waits). An id still deduplicating inserts nothing: the publisher
--- releases the ids past their window and inserts those again (ev_insert_unnest); what is
+-- releases the ids past their window and inserts those again (ev_insert_rows); what is
 -- still taken is a duplicate. Event rows have a seq, wait rows a waitpoint_id.
 -- name: ev_insert_batch_and_waits [postgres]
 WITH ins AS (
@@ -2030,6 +1989,42 @@ WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pend
 ORDER BY created_at, waitpoint_id;
 
 -- PostgreSQL: a batch's fan-out deliveries streamed (they belong to events this
--- transaction inserted, so none can conflict; see ev_insert_deliveries).
+-- transaction inserted, so none can conflict; see ev_insert_delivery_rows).
 -- name: copy_deliveries [postgres]
 COPY event_deliveries (event_seq, task_id, run_id, outcome, reason, created_at) FROM STDIN;
+
+-- Events of a batch (distinct ids) in one statement, from a JSON array of objects; an id
+-- still deduplicating inserts nothing (the publisher releases ids past their window and
+-- tries those again). RETURNING says which went in.
+-- name: ev_insert_rows
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+SELECT json_extract(value, '$.env'), json_extract(value, '$.id'),
+       json_extract(value, '$.name'), json_extract(value, '$.data'),
+       json_extract(value, '$.now'), json_extract(value, '$.dedup_until'), 1,
+       json_extract(value, '$.expires_at')
+FROM json_each(:rows) WHERE true
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq, id;
+
+-- name: ev_insert_rows [postgres]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+FROM json_to_recordset(CAST(:rows AS json))
+     AS e(env text, id text, name text, data text, now double precision,
+          dedup_until double precision, expires_at double precision)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq, id;
+
+-- A fan-out's deliveries, [seq, task_id, run_id, outcome, reason] each, of events this
+-- transaction inserted (none can conflict: a fresh event has no deliveries yet).
+-- name: ev_insert_delivery_rows
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0,
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+       :now
+FROM json_each(:rows);
+
+-- name: ev_insert_delivery_rows [postgres]
+INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
+SELECT CAST(d ->> 0 AS bigint), d ->> 1, 0, d ->> 2, d ->> 3, d ->> 4, :now
+FROM json_array_elements(CAST(:rows AS json)) AS d;
