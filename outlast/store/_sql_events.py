@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,20 @@ def _event(row: Row, deliveries: list[Delivery] | None = None) -> EventRecord:
     )
 
 
+def _fanout(row: Row) -> list[Delivery]:
+    """What an event's publish did to each subscriber (``events.fanout``; NULL for events
+    logged before it existed, whose deliveries are all rows)."""
+    text = row.get("fanout")
+    if not text:
+        return []
+    return [Delivery(task_id=t, outcome=o, run_id=r, reason=why, replay=False,
+                     created_at=row["created_at"]) for t, r, o, why in loads(text)]
+
+
+def _delivery_order(d: Delivery) -> tuple[float, str]:
+    return (d.created_at, d.task_id)
+
+
 def _delivery(row: Row) -> Delivery:
     return Delivery(
         task_id=row["task_id"],
@@ -52,6 +67,38 @@ def _task_of(run: NewRun) -> str:
     return run.task_id
 
 
+_Plan = tuple[EventRecord, list[Fanout]]
+
+
+def _plan(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner
+          ) -> dict[str, _Plan]:
+    """Each distinct event's fan-out, planned before the events are inserted: what it did
+    to every subscriber is written with the event (``events.fanout``), in the same row.
+    A duplicate's plan is dropped (its run ids are never used)."""
+    plans: dict[str, _Plan] = {}
+    for e in events:
+        if e.id not in plans:
+            record = EventRecord(seq=0, id=e.id, env=batch.env, name=e.name,
+                                 data=loads(e.data), created_at=batch.now, data_json=e.data)
+            plans[e.id] = (record, planner.fan_out(record, batch.subscribers, replay=False))
+    return plans
+
+
+def fanout_json(plan: Sequence[Fanout]) -> str:
+    """An event's fan-out as the log keeps it: [task_id, run_id, outcome, reason] each."""
+    return dumps([[f.task_id, f.run.id if f.run else None, f.outcome, f.reason]
+                  for f in plan])
+
+
+def _event_rows(batch: _Batch, events: Sequence[NewEvent], plans: dict[str, _Plan]
+                ) -> list[dict[str, Any]]:
+    now = batch.now
+    return [{"env": batch.env, "id": e.id, "name": e.name, "data": e.data, "now": now,
+             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds,
+             "fanout": fanout_json(plans[e.id][1])}
+            for e in events]
+
+
 @dataclass
 class _Batch:
     """What one publish transaction has planned and not yet written, and what it knows."""
@@ -60,7 +107,6 @@ class _Batch:
     subscribers: list[TaskDef]
     now: float
     runs: list[NewRun] = field(default_factory=list)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
     created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
     waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
@@ -86,8 +132,9 @@ class EventsMixin(SqlCore):
         with self._transaction() as tx:
             names = sorted({e.name for e in events})
             batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
-            seqs = self._insert_events(tx, batch, events)
-            results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
+            plans = _plan(batch, events, planner)
+            seqs = self._insert_events(tx, batch, events, plans)
+            results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), plans, planner)
                        for e in events]
             self._flush(tx, batch)
             # No NOTIFY of its own: inserting runs and completing waits announce them.
@@ -135,16 +182,13 @@ class EventsMixin(SqlCore):
             cache = self.__dict__["_ev_subs"] = {}
         return cache
 
-    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
-                       ) -> dict[str, int]:
-        """Insert the events whose id is not deduplicating (the first of a batch's repeats);
-        their sequence numbers by id. A few statements per batch, not per event."""
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                       plans: dict[str, _Plan]) -> dict[str, int]:
+        """Insert the events whose id is not deduplicating (the first of a batch's repeats),
+        each with its fan-out; their sequence numbers by id. A few statements per batch,
+        not per event."""
         env, now = batch.env, batch.now
-        rows: list[dict[str, Any]] = [
-            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
-             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
-            for e in events
-        ]
+        rows = _event_rows(batch, events, plans)
         if len(rows) == 1:
             # The common single publish: one statement, unless its id is taken (a retry,
             # or an id past its window: released here, then inserted).
@@ -177,29 +221,20 @@ class EventsMixin(SqlCore):
         PostgreSQL reads the rows with json_to_recordset."""
         return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
 
-    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        """Insert fan-out delivery rows of events this transaction inserted (so none can
-        conflict), in one statement. A backend hook: PostgreSQL streams many by COPY."""
-        tx.x("ev_insert_delivery_rows", now=rows[0]["now"], rows=dumps(
-            [[r["seq"], r["task_id"], r["run_id"], r["outcome"], r["reason"]] for r in rows]))
-
     def _publish_one(
-        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner
+        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, plans: dict[str, _Plan],
+        planner: EventPlanner,
     ) -> PublishResult:
         env, now = batch.env, batch.now
-        if seq is None:  # a duplicate: a retry, or a repeat within the batch
+        if seq is None:  # a duplicate: a retry, or a repeat within the batch (its plan unused)
             first = batch.created.get(e.id)
             if first is None:
-                first = [r["run_id"] for r in tx.q("ev_first_runs", env=env, id=e.id)]
+                first = self._first_runs(tx, env, e.id)
             return PublishResult(e.id, True, first)
-        record = EventRecord(seq=seq, id=e.id, env=env, name=e.name, data=loads(e.data),
-                             created_at=now, data_json=e.data)
+        record, plan = plans.pop(e.id)
+        record = dataclasses.replace(record, seq=seq)
         run_ids = []
-        for f in planner.fan_out(record, batch.subscribers, replay=False):
-            batch.deliveries.append({
-                "seq": seq, "task_id": f.task_id, "run_id": f.run.id if f.run else None,
-                "outcome": f.outcome, "reason": f.reason, "now": now,
-            })
+        for f in plan:
             if f.run is not None:
                 batch.runs.append(f.run)
                 run_ids.append(f.run.id)
@@ -236,10 +271,7 @@ class EventsMixin(SqlCore):
                     batch.woke = True
 
     def _flush(self, tx: Tx, batch: _Batch) -> None:
-        """Write the deliveries and runs the batch has planned so far."""
-        if batch.deliveries:
-            self._insert_deliveries(tx, batch.deliveries)
-            batch.deliveries = []
+        """Write the runs the batch has planned so far."""
         if batch.runs:
             # By task: PostgreSQL's COPY encodes a run like the one before it but for its
             # id and payload (postgres._CopyLayout), and a fan-out alternates tasks.
@@ -371,10 +403,22 @@ class EventsMixin(SqlCore):
     def _with_deliveries(self, tx: Tx, rows: list[Row]) -> list[EventRecord]:
         if not rows:
             return []
-        by_seq: dict[int, list[Delivery]] = {int(r["seq"]): [] for r in rows}
+        by_seq: dict[int, list[Delivery]] = {int(r["seq"]): _fanout(r) for r in rows}
         for d in tx.q("ev_deliveries", seqs=self._list(list(by_seq))):
             by_seq[int(d["event_seq"])].append(_delivery(d))
+        for found in by_seq.values():
+            found.sort(key=_delivery_order)
         return [_event(r, by_seq[int(r["seq"])]) for r in rows]
+
+    def _first_runs(self, tx: Tx, env: str, event_id: str) -> list[str]:
+        """The runs the first publish of a still-deduplicating id created (with those a
+        retained delivery added), by task: a retry's answer."""
+        pairs: list[tuple[str, str]] = []
+        for r in tx.q("ev_first", env=env, id=event_id):
+            pairs += [(d.task_id, d.run_id) for d in _fanout(r) if d.run_id]
+            pairs += [(d["task_id"], d["run_id"])
+                      for d in tx.q("ev_first_runs", seq=r["seq"])]
+        return [run_id for _, run_id in sorted(pairs)]
 
     def prune_events(self) -> int:
         now = self.now()

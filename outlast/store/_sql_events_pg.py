@@ -1,9 +1,9 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
-(``ev_publish_alone``); a batch's events and deliveries go in one statement each
-(JSON recordsets); a publish of one name locks it and reads the task
-fingerprint in one, and a single event is inserted by the statement that reads the waits
-for its name. Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
+(``ev_publish_alone``); a batch's events (each with its fan-out) go in one statement with
+the waits for their names; a publish locks its names and reads the task fingerprint in
+one, and a single event is inserted by the statement that reads the waits for its name.
+Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from .._serde import dumps, loads
 from ._events_base import EventPlanner, EventRecord, EventWait, NewEvent, PublishResult
 from ._rows import Tx
-from ._sql_events import EventsMixin, _Batch
+from ._sql_events import EventsMixin, _Batch, _event_rows, _Plan, fanout_json
 from ._types import TaskDef
 
 # _run_row's keys that are not runs columns (the statement sets those itself).
@@ -58,11 +58,7 @@ class PgEventsMixin(EventsMixin):
                 "env": env, "id": event.id, "name": event.name, "data": event.data,
                 "now": now, "dedup_until": now + event.dedup_seconds,
                 "expires_at": now + event.retention_seconds, "tasks_version": version,
-                "d_task_id": [f.task_id for f in plan],
-                "d_run_id": [f.run.id if f.run else None for f in plan],
-                "d_outcome": [f.outcome for f in plan],
-                "d_reason": [f.reason for f in plan],
-                "runs": dumps(rows), "channel": self._channel,
+                "fanout": fanout_json(plan), "runs": dumps(rows), "channel": self._channel,
             }).fetchall()
         finally:
             self._pool.putconn(conn)  # discards it if the statement broke it
@@ -80,17 +76,14 @@ class PgEventsMixin(EventsMixin):
             rows = tx.q("ev_lock_names_and_version", env=env, names=names, now=now)
         return self._subscribers(tx, env, rows[0]["v"])
 
-    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
-                       ) -> dict[str, int]:
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                       plans: dict[str, _Plan]) -> dict[str, int]:
         if len(events) == 1:
-            return super()._insert_events(tx, batch, events)
+            return super()._insert_events(tx, batch, events, plans)
         env, now = batch.env, batch.now
         fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
-        for e in events:
-            if e.id not in fresh:
-                fresh[e.id] = {"env": env, "id": e.id, "name": e.name, "data": e.data,
-                               "now": now, "dedup_until": now + e.dedup_seconds,
-                               "expires_at": now + e.retention_seconds}
+        for row in _event_rows(batch, events, plans):
+            fresh.setdefault(row["id"], row)
         names = sorted({e.name for e in events})
         seqs: dict[str, int] = {}
         waits: dict[str, list[EventWait]] = {n: [] for n in names}
@@ -121,12 +114,3 @@ class PgEventsMixin(EventsMixin):
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
         return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
-
-    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        if len(rows) < 64:  # COPY costs a round trip more than one INSERT
-            super()._insert_deliveries(tx, rows)
-            return
-        with tx.conn.cursor() as cur, cur.copy(self.q["copy_deliveries"]) as copy:  # type: ignore[attr-defined]
-            for r in rows:
-                copy.write_row((r["seq"], r["task_id"], r["run_id"], r["outcome"], r["reason"],
-                                r["now"]))

@@ -1471,12 +1471,10 @@ ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
 -- name: ev_subscribers
 SELECT * FROM tasks WHERE env = :env ORDER BY id;
 
--- The runs the first publish of a still-deduplicating id created (a retry's answer).
+-- The runs a retained delivery added to an event (its publish's are in events.fanout).
 -- name: ev_first_runs
-SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
-WHERE e.env = :env AND e.id = :id AND e.dedup_active = 1 AND d.replay = 0
-  AND d.run_id IS NOT NULL
-ORDER BY d.task_id;
+SELECT task_id, run_id FROM event_deliveries
+WHERE event_seq = :seq AND replay = 0 AND run_id IS NOT NULL;
 
 -- At most one fan-out delivery per (event, task): a retained replay that runs twice, or
 -- beside a publish, inserts nothing the second time (and then creates no run).
@@ -1533,6 +1531,17 @@ SELECT * FROM events e
 WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
   AND NOT EXISTS (SELECT 1 FROM event_deliveries d
                   WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+  AND NOT EXISTS (SELECT 1 FROM json_each(COALESCE(e.fanout, '[]')) f
+                  WHERE json_extract(f.value, '$[0]') = :task_id)
+ORDER BY e.seq LIMIT 500;
+
+-- name: ev_retained [postgres]
+SELECT * FROM events e
+WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+  AND NOT (CAST(COALESCE(e.fanout, '[]') AS jsonb)
+           @> jsonb_build_array(jsonb_build_array(CAST(:task_id AS text))))
 ORDER BY e.seq LIMIT 500;
 
 -- name: ev_prune_deliveries
@@ -1557,8 +1566,9 @@ UPDATE events SET dedup_active = 0
 WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
 
 -- name: ev_insert_one
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq;
 
@@ -1568,8 +1578,8 @@ RETURNING seq;
 -- name: ev_insert_one_and_waits [postgres]
 WITH ins AS (
     INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
-                        expires_at)
-    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+                        expires_at, fanout)
+    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
     ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
     RETURNING seq
 )
@@ -1873,8 +1883,8 @@ SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
 FROM locked;
 
 -- PostgreSQL, a single publish in one statement, committed on its own (autocommit), as a
--- single trigger is: the name's lock, the event (nothing if its id is taken), its
--- deliveries and runs, and the wake-up. The statement's snapshot may predate the lock
+-- single trigger is: the name's lock, the event with its fan-out (nothing if its id is
+-- taken), its runs, and the wake-up. The statement's snapshot may predate the lock
 -- (taken while it waited): it writes the event only if no other lock holder committed
 -- in between (the version it bumped is the one it read plus one), the subscribers it was
 -- planned with are current (the fingerprint) and no wait for the name is pending. A NULL
@@ -1897,17 +1907,10 @@ WITH seen AS (
                       WHERE ew.env = :env AND ew.name = :name AND p.status = 'pending')
 ), ins AS (
     INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
-                        expires_at)
-    SELECT :env, :id, :name, :data, :now, :dedup_until, 1, :expires_at FROM ok
+                        expires_at, fanout)
+    SELECT :env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout FROM ok
     ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
     RETURNING seq
-), delivered AS (
-    INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason,
-                                  created_at)
-    SELECT ins.seq, d.task_id, 0, d.run_id, d.outcome, d.reason, :now
-    FROM ins, unnest(CAST(:d_task_id AS text[]), CAST(:d_run_id AS text[]),
-                     CAST(:d_outcome AS text[]), CAST(:d_reason AS text[]))
-         AS d(task_id, run_id, outcome, reason)
 ), created AS (
     INSERT INTO runs (
         id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
@@ -1970,11 +1973,11 @@ FROM (SELECT COUNT(*) FROM locked) AS l;
 -- name: ev_insert_batch_and_waits [postgres]
 WITH ins AS (
     INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
-                        expires_at)
-    SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+                        expires_at, fanout)
+    SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
     FROM json_to_recordset(CAST(:rows AS json))
          AS e(env text, id text, name text, data text, now double precision,
-              dedup_until double precision, expires_at double precision)
+              dedup_until double precision, expires_at double precision, fanout text)
     ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
     RETURNING seq, id
 )
@@ -1988,43 +1991,30 @@ FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY created_at, waitpoint_id;
 
--- PostgreSQL: a batch's fan-out deliveries streamed (they belong to events this
--- transaction inserted, so none can conflict; see ev_insert_delivery_rows).
--- name: copy_deliveries [postgres]
-COPY event_deliveries (event_seq, task_id, run_id, outcome, reason, created_at) FROM STDIN;
-
 -- Events of a batch (distinct ids) in one statement, from a JSON array of objects; an id
 -- still deduplicating inserts nothing (the publisher releases ids past their window and
 -- tries those again). RETURNING says which went in.
 -- name: ev_insert_rows
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
 SELECT json_extract(value, '$.env'), json_extract(value, '$.id'),
        json_extract(value, '$.name'), json_extract(value, '$.data'),
        json_extract(value, '$.now'), json_extract(value, '$.dedup_until'), 1,
-       json_extract(value, '$.expires_at')
+       json_extract(value, '$.expires_at'), json_extract(value, '$.fanout')
 FROM json_each(:rows) WHERE true
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq, id;
 
 -- name: ev_insert_rows [postgres]
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
 FROM json_to_recordset(CAST(:rows AS json))
      AS e(env text, id text, name text, data text, now double precision,
-          dedup_until double precision, expires_at double precision)
+          dedup_until double precision, expires_at double precision, fanout text)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq, id;
 
--- A fan-out's deliveries, [seq, task_id, run_id, outcome, reason] each, of events this
--- transaction inserted (none can conflict: a fresh event has no deliveries yet).
--- name: ev_insert_delivery_rows
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0,
-       json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
-       :now
-FROM json_each(:rows);
-
--- name: ev_insert_delivery_rows [postgres]
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-SELECT CAST(d ->> 0 AS bigint), d ->> 1, 0, d ->> 2, d ->> 3, d ->> 4, :now
-FROM json_array_elements(CAST(:rows AS json)) AS d;
+-- The still-deduplicating event of an id, with its fan-out (a retry's answer).
+-- name: ev_first
+SELECT seq, fanout, created_at FROM events WHERE env = :env AND id = :id AND dedup_active = 1;

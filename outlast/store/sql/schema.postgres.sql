@@ -432,7 +432,8 @@ CREATE TABLE events (
     created_at DOUBLE PRECISION NOT NULL,
     dedup_until DOUBLE PRECISION NOT NULL,
     dedup_active INTEGER NOT NULL DEFAULT 1,
-    expires_at DOUBLE PRECISION NOT NULL
+    expires_at DOUBLE PRECISION NOT NULL,
+    fanout TEXT                            -- JSON: what its publish did (0014)
 );
 CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
 CREATE INDEX events_env_seq ON events (env, seq);

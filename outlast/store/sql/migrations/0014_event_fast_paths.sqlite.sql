@@ -3,6 +3,11 @@
 -- took a name's lock (publishes and waits registering): a single publish on PostgreSQL
 -- does everything in one statement and trusts its snapshot only when the version it
 -- bumped is the one it read plus one (no lock holder committed in between).
+-- What an event's publish did to each subscriber, [task_id, run_id, outcome, reason] each
+-- (JSON), in the event's row: a publish writes no event_deliveries rows any more (those
+-- are retained deliveries and replays). NULL for events logged before.
+ALTER TABLE events ADD COLUMN fanout TEXT;
+
 ALTER TABLE event_names ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
 
 -- cancel_on's match keys of a run, written with the run: the value at each of its task's
