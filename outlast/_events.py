@@ -274,6 +274,7 @@ class Planner(EventPlanner):
         self.env = env
         self._ids: list[str] = []
         self._id_batch = max(4, min(256, 4 * expected))
+        self._with_cancel: tuple[Sequence[TaskDef], list[TaskDef]] | None = None
 
     def fan_out(
         self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
@@ -340,6 +341,15 @@ class Planner(EventPlanner):
     def subscription(self, td: TaskDef) -> Subscription:
         return _about(td, self.env).sub
 
+    def _cancellers(self, subscribers: Sequence[TaskDef]) -> Sequence[TaskDef]:
+        """The tasks among ``subscribers`` with a cancel_on (a batch asks per event, with
+        the same list)."""
+        cached = self._with_cancel
+        if cached is None or cached[0] is not subscribers:
+            cached = self._with_cancel = (
+                subscribers, [td for td in subscribers if _about(td, self.env).sub.cancel_on])
+        return cached[1]
+
     def cancel_matches(
         self, event: EventRecord, subscribers: Sequence[TaskDef]
     ) -> list[tuple[str, str, Any]]:
@@ -347,7 +357,7 @@ class Planner(EventPlanner):
         envelope: dict[str, Any] | None = None
         activation: dict[str, Any] | None = None
         name = event.name
-        for td in subscribers:
+        for td in self._cancellers(subscribers):
             known = _about(td, self.env)
             cancels = known.cancels.get(name)
             if cancels is None:

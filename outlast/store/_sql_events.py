@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,7 +231,7 @@ class EventsMixin(SqlCore):
                 first = self._first_runs(tx, env, e.id)
             return PublishResult(e.id, True, first)
         record, plan = plans.pop(e.id)
-        record = dataclasses.replace(record, seq=seq)
+        object.__setattr__(record, "seq", seq)  # known now; planned with 0 (frozen: no copy)
         run_ids = []
         for f in plan:
             if f.run is not None:
