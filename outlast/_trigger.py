@@ -21,6 +21,7 @@ from ._config import settings
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
 from ._versions import check_version
+from .store._match import cancel_paths
 from .store.base import NewRun, TaskDef, TaskDefs
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def check_options(options: TriggerOptions, env: str) -> None:
 
 def _task_run(task: Task[Any, Any], payload_text: str, options: TriggerOptions, env: str
               ) -> NewRun:
-    return build_run(
+    run = build_run(
         task_id=task.id,
         default_queue=task.queue.name,
         default_tags=task.tags,
@@ -158,6 +159,9 @@ def _task_run(task: Task[Any, Any], payload_text: str, options: TriggerOptions, 
         options=options,
         env=env,
     )
+    if task.events is not None and task.events.cancel_on:
+        run.cancel_paths = cancel_paths(task.events.to_spec())
+    return run
 
 
 def _published(store: TaskDefs, env: str, task_id: str) -> TaskDef:
@@ -185,7 +189,7 @@ def published_run(
     """A run with the defaults of a task as its workers published it (a validated
     payload: schedules fire with a payload they made)."""
     spec = published.spec
-    return build_run(
+    run = build_run(
         task_id=published.id,
         default_queue=published.queue,
         default_tags=spec.get("tags") or (),
@@ -195,6 +199,8 @@ def published_run(
         options=options,
         env=env,
     )
+    run.cancel_paths = cancel_paths(spec.get("events"))
+    return run
 
 
 _validators: dict[str, Any] = {}

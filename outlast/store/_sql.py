@@ -79,6 +79,7 @@ class SqlStore(
             one is not None
             and one.idempotency_key is None
             and one.trace_context is None  # its trace row goes in the same transaction
+            and not one.cancel_paths  # so do its cancel_on keys
             and (one.env, one.queue, one.concurrency_key) in self._ensured
             and self._insert_alone(one, now)
         ):

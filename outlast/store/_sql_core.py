@@ -13,8 +13,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._serde import dumps
+from .._serde import dumps, loads
 from ..runs import RunStatus
+from ._match import payload_keys
 from ._rows import (
     Row,
     Tx,
@@ -134,6 +135,12 @@ class SqlCore(Store):
                   for r in inserted if r.trace_context]
         if traced:
             tx.many("insert_run_trace", traced)
+        keys = [{"env": r.env, "task_id": r.task_id, "path": path, "value": value,
+                 "run_id": r.id}
+                for r in inserted if r.cancel_paths
+                for path, value in payload_keys(r.cancel_paths, loads(r.payload))]
+        if keys:
+            tx.many("insert_run_cancel_key", keys)
         slots = {(r.env, r.queue, r.concurrency_key) for r in inserted} - self._ensured
         queues = {(e, q) for e, q, _ in slots}
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in queues])

@@ -40,6 +40,9 @@ class NewRun:
     version: str | None = None  # locked from the start (pinned, or a waited-on child's)
     # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
     trace_context: str | None = None
+    # The task's cancel_on match paths (``data.user_id``): the store writes the run's values
+    # there to run_cancel_keys with it (outlast/_match.py), so an event cancels by index.
+    cancel_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -432,7 +432,8 @@ CREATE TABLE events (
     created_at REAL NOT NULL,
     dedup_until REAL NOT NULL,
     dedup_active INTEGER NOT NULL DEFAULT 1,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    fanout TEXT                            -- JSON: what its publish did (0015)
 );
 CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
 CREATE INDEX events_env_seq ON events (env, seq);
@@ -463,6 +464,7 @@ CREATE TABLE event_names (
     env TEXT NOT NULL,
     name TEXT NOT NULL,
     last_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,  -- lock takers (0015)
     PRIMARY KEY (env, name)
 );
 
@@ -488,7 +490,7 @@ CREATE INDEX event_waits_name ON event_waits (env, name);
 ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN queued_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN waited_seconds REAL NOT NULL DEFAULT 0;
--- (runs_finished, an index of finished runs, went in 0016_drop_runs_finished.)
+-- (runs_finished, an index of finished runs, went in 0017_drop_runs_finished.)
 
 -- One row per (env, task, UTC day of the runs' creation). Histograms and per-kind counts
 -- are JSON objects, merged in Python (percentiles over any span of days).
@@ -536,7 +538,7 @@ CREATE TABLE usage_state (
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
 
--- Usage, second part (migrations/0015_usage_outbox, 0016_drop_runs_finished).
+-- Usage, second part (migrations/0015_usage_outbox, 0017_drop_runs_finished).
 -- Finished runs reach the rollups through an outbox: each statement that finishes runs
 -- adds one row naming them, in its transaction; the fold deletes what it folds in the
 -- transaction that writes the rollups (usage_state.outbox = 1: the fold reads it).
@@ -631,3 +633,14 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (env, endpoint_id, seq);
 -- Each accepted request prunes its endpoint's deliveries older than the event retention.
 CREATE INDEX webhook_deliveries_age ON webhook_deliveries (env, endpoint_id, received_at);
+
+-- cancel_on's match keys of each run (0016_event_fast_paths): an event cancels by index.
+CREATE TABLE run_cancel_keys (
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    value TEXT NOT NULL,
+    run_id TEXT NOT NULL
+);
+CREATE INDEX run_cancel_keys_match ON run_cancel_keys (env, task_id, path, value);
+CREATE INDEX run_cancel_keys_run ON run_cancel_keys (run_id);
