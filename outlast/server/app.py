@@ -4,8 +4,9 @@ Stateless: everything lives in the store, so several servers behind a load balan
 against one PostgreSQL behave as one.
 """
 
+import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -126,16 +127,22 @@ async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def _env_dependency(store: Store) -> Callable[..., str]:
+def _env_dependency(store: Store) -> Callable[..., Awaitable[str]]:
     """The dependency that reads the request's secret key: its environment, or a 401."""
     checker = KeyChecker(store)
     bearer = HTTPBearer(auto_error=False, description="A secret key: `outlast keys create`")
 
-    def env_of(
+    # On the loop (no thread-pool hop) while the key's answer is cached, as it is for
+    # every request of a client but one each couple of seconds.
+    async def env_of(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
         secret = credentials.credentials.strip() if credentials is not None else ""
-        env = checker.env_for(secret) if secret else None
+        env = None
+        if secret:
+            hit, env = checker.cached(secret)
+            if not hit:
+                env = await asyncio.to_thread(checker.env_for, secret)
         if env is None:
             raise StarletteHTTPException(
                 401,

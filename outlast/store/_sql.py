@@ -33,6 +33,7 @@ from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
 from ._sql_events import EventsMixin
+from ._sql_group_trigger import GroupTriggerMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_retention import RetentionMixin
@@ -61,7 +62,7 @@ class SqlStore(
     BulkMixin, EventsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
-    VersionsMixin,
+    VersionsMixin, GroupTriggerMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 
