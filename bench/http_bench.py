@@ -165,7 +165,7 @@ def main() -> None:
                 _record(res, target, backend, rate, p50, p99)
             for ceiling in ("noop", "insert"):
                 if "outlast" in got and ceiling in got:
-                    res.add(c.Metric("outlast", backend, f"http_ratio_{ceiling}", "×")
+                    res.add(c.Metric("outlast", backend, f"http_ratio_{ceiling}", "x")
                             ).values.append(got["outlast"] / got[ceiling])
     _summary(figures, backends, targets, res)
     res.save(c.RESULTS_DIR / "http.json")
@@ -202,7 +202,7 @@ def _summary(figures: dict[tuple[str, str], list[tuple[float, float, float]]],
         for m in res.metrics:
             if m.backend == backend and m.workload.startswith("http_ratio_"):
                 vals = ", ".join(f"{v:.2f}" for v in m.values)
-                print(f"{backend:9} outlast / {m.workload[11:]:8} median {m.median:.2f}× "
+                print(f"{backend:9} outlast / {m.workload[11:]:8} median {m.median:.2f}x "
                       f"(per repetition: {vals})")
 
 

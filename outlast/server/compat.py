@@ -260,6 +260,12 @@ def _jwt_headers(secret: str, path: str, body: bytes) -> list[tuple[bytes, bytes
     obj_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(obj_id, str):
         return []
+    return jwt_headers_for(secret, path, obj_id)
+
+
+def jwt_headers_for(secret: str, path: str, obj_id: str) -> list[tuple[bytes, bytes]]:
+    """``x-trigger-jwt`` and its claims for the object ``obj_id`` a response to ``path``
+    created."""
     if "waitpoints" in path:
         scopes, ttl = [f"write:waitpoints:{obj_id}"], 24 * 3600.0
     elif "batch" in path:
