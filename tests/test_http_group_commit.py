@@ -249,3 +249,19 @@ def test_server_killed_mid_requests_acknowledged_only_what_it_committed(
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def test_a_group_of_plain_runs_keeps_tags_delays_and_options(store: Store) -> None:
+    """The one-statement path of a group (PostgreSQL's insert_runs_alone) writes what the
+    transaction path writes: tags (and their index rows), delays, options."""
+    store.publish_tasks("dev", [TASK])
+    store.trigger([_run(0)])  # the queue's rows exist from here: the group takes the shortcut
+    runs = [_run(1, tags=["a", "b"]), _run(2, delay=60.0, priority=5.0),
+            _run(3, concurrency_key="", max_duration=9.0, version="v7")]
+    results = store.trigger(runs)
+    assert [r.id for r in results] == [r.id for r in runs]
+    got = {r.id: store.get_run("dev", r.id) for r in runs}
+    assert got[runs[0].id] is not None and got[runs[0].id].tags == ["a", "b"]
+    assert got[runs[1].id] is not None and str(got[runs[1].id].status) == "DELAYED"
+    assert got[runs[2].id] is not None and got[runs[2].id].version == "v7"
+    assert [r.id for r in store.list_runs("dev", tag="b")] == [runs[0].id]

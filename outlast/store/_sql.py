@@ -74,15 +74,9 @@ class SqlStore(
     # -- triggering -----------------------------------------------------------------------
     def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:
         now = self.now()
-        one = runs[0] if len(runs) == 1 else None
-        if (
-            one is not None
-            and one.idempotency_key is None
-            and one.trace_context is None  # its trace row goes in the same transaction
-            and (one.env, one.queue, one.concurrency_key) in self._ensured
-            and self._insert_alone(one, now)
-        ):
-            results = [TriggerResult(one.id, False)]
+        if self._alone(runs) and (self._insert_alone(runs[0], now) if len(runs) == 1
+                                  else self._insert_many_alone(runs, now)):
+            results = [TriggerResult(r.id, False) for r in runs]
         else:
             with self._transaction() as tx:
                 results = self._insert_runs(tx, runs, now)
@@ -92,6 +86,14 @@ class SqlStore(
         if any(not r.delay for r in runs):
             self.wake_local()
         return results
+
+    def _alone(self, runs: Sequence[NewRun]) -> bool:
+        """Whether ``runs`` need nothing but their rows: no idempotency key, no trace row
+        (it goes in the same transaction), their queue and slot rows known to exist."""
+        # Small groups only: a bulk trigger streams with COPY in a transaction, faster.
+        return 0 < len(runs) <= 256 and all(
+            r.idempotency_key is None and r.trace_context is None
+            and (r.env, r.queue, r.concurrency_key) in self._ensured for r in runs)
 
     # -- control --------------------------------------------------------------------------
     def cancel(self, env: str, run_id: str) -> tuple[Run, list[str]]:
