@@ -1,7 +1,8 @@
 """HTTP triggers per second against their ceiling: 8 concurrent clients, one run per request.
 
     .venv/bin/python bench/http_bench.py [--backend sqlite|postgres|both] [--n 4000]
-        [--clients 8] [--reps 3] [--targets outlast,noop,insert] [--src REV|worktree]
+        [--clients 8] [--reps 3] [--warmup 200] [--targets outlast,noop,insert]
+        [--src REV|worktree]
         [--no-report]
 
 Three servers take the same load in turn, alternating within each repetition (the order
@@ -16,8 +17,8 @@ outlast's own server set-up):
   answers an id, writing nothing: the ceiling;
 - ``insert``: the bare app writing one row per request (autocommit INSERT).
 
-Each client is an ``httpx.AsyncClient`` posting one trigger at a time; 200 requests per
-client warm each server up untimed first. Prints runs/s and per-request latency p50/p99
+Each client is an ``httpx.AsyncClient`` posting one trigger at a time; --warmup requests
+per client warm each server up untimed first. Prints runs/s and per-request latency p50/p99
 (median of the repetitions, with min-max), and outlast's ratio to the no-op ceiling and
 to the one-INSERT endpoint, per alternating repetition. Results go to
 bench/results/http.json (bench/RESULTS.md is rebuilt from results/ unless --no-report).
@@ -45,7 +46,6 @@ import httpx  # noqa: E402
 
 TARGETS = ("outlast", "noop", "insert")
 SYSTEM = {"outlast": "outlast", "noop": "FastAPI no-op", "insert": "FastAPI 1 INSERT"}
-WARMUP_PER_CLIENT = 200
 
 
 def _free_port() -> int:
@@ -91,7 +91,8 @@ def _server(target: str, url: str, port: int) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL)
 
 
-async def _load(base: str, key: str, n: int, clients: int) -> tuple[float, list[float]]:
+async def _load(base: str, key: str, n: int, clients: int, warmup: int = 200
+                ) -> tuple[float, list[float]]:
     headers = {"Authorization": f"Bearer {key}"}
     path = "/api/v1/tasks/bench-http-noop/trigger"
 
@@ -104,7 +105,7 @@ async def _load(base: str, key: str, n: int, clients: int) -> tuple[float, list[
                     latencies.append(time.perf_counter() - t0)
                 r.raise_for_status()
 
-    warm = iter(range(WARMUP_PER_CLIENT * clients))
+    warm = iter(range(warmup * clients))
     await asyncio.gather(*(client(warm, None) for _ in range(clients)))
     latencies: list[float] = []
     counter = iter(range(n))
@@ -113,7 +114,8 @@ async def _load(base: str, key: str, n: int, clients: int) -> tuple[float, list[
     return n / (time.perf_counter() - t0), latencies
 
 
-def one(target: str, backend: str, n: int, clients: int) -> tuple[float, float, float]:
+def one(target: str, backend: str, n: int, clients: int, warmup: int
+        ) -> tuple[float, float, float]:
     """runs/s, p50 ms, p99 ms of one server on a fresh database."""
     with c.fresh_database(backend, "httpbench") as url:
         key = _prepare_outlast(url) if target == "outlast" else "none"
@@ -122,7 +124,7 @@ def one(target: str, backend: str, n: int, clients: int) -> tuple[float, float, 
         base = f"http://127.0.0.1:{port}"
         try:
             c.wait_until(lambda: _healthy(base), 30, what=f"{target} server up")
-            rate, lat = asyncio.run(_load(base, key, n, clients))
+            rate, lat = asyncio.run(_load(base, key, n, clients, warmup))
         finally:
             c.stop_process(server)
     return rate, c.percentile(lat, 50) * 1000, c.percentile(lat, 99) * 1000
@@ -141,6 +143,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=200, help="untimed requests per client")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--src", default="worktree")
     ap.add_argument("--no-report", action="store_true")
@@ -157,7 +160,7 @@ def main() -> None:
         for backend in backends:
             got: dict[str, float] = {}
             for target in order:
-                rate, p50, p99 = one(target, backend, args.n, args.clients)
+                rate, p50, p99 = one(target, backend, args.n, args.clients, args.warmup)
                 got[target] = rate
                 figures.setdefault((backend, target), []).append((rate, p50, p99))
                 print(f"  rep {rep + 1} {backend:8} {target:8} {rate:8.0f}/s  p50 {p50:6.2f} ms"
