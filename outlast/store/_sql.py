@@ -33,6 +33,7 @@ from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
 from ._sql_events import EventsMixin
+from ._sql_group_trigger import GroupTriggerMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_retention import RetentionMixin
@@ -62,7 +63,7 @@ class SqlStore(
     BulkMixin, EventsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
-    VersionsMixin, WebhooksMixin,
+    VersionsMixin, WebhooksMixin, GroupTriggerMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 
@@ -74,16 +75,9 @@ class SqlStore(
     # -- triggering -----------------------------------------------------------------------
     def trigger(self, runs: Sequence[NewRun]) -> list[TriggerResult]:
         now = self.now()
-        one = runs[0] if len(runs) == 1 else None
-        if (
-            one is not None
-            and one.idempotency_key is None
-            and one.trace_context is None  # its trace row goes in the same transaction
-            and not one.cancel_paths  # so do its cancel_on keys
-            and (one.env, one.queue, one.concurrency_key) in self._ensured
-            and self._insert_alone(one, now)
-        ):
-            results = [TriggerResult(one.id, False)]
+        if self._alone(runs) and (self._insert_alone(runs[0], now) if len(runs) == 1
+                                  else self._insert_many_alone(runs, now)):
+            results = [TriggerResult(r.id, False) for r in runs]
         else:
             with self._transaction() as tx:
                 results = self._insert_runs(tx, runs, now)
@@ -93,6 +87,15 @@ class SqlStore(
         if any(not r.delay for r in runs):
             self.wake_local()
         return results
+
+    def _alone(self, runs: Sequence[NewRun]) -> bool:
+        """Whether ``runs`` need nothing but their rows: no idempotency key, no trace row
+        (it goes in the same transaction), their queue and slot rows known to exist."""
+        # Small groups only: a bulk trigger streams with COPY in a transaction, faster.
+        return 0 < len(runs) <= 256 and all(
+            r.idempotency_key is None and r.trace_context is None
+            and not r.cancel_paths  # its cancel_on keys go in the same transaction
+            and (r.env, r.queue, r.concurrency_key) in self._ensured for r in runs)
 
     # -- control --------------------------------------------------------------------------
     def cancel(self, env: str, run_id: str) -> tuple[Run, list[str]]:

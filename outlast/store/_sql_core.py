@@ -108,6 +108,11 @@ class SqlCore(Store):
         hook: PostgreSQL saves the round trips of BEGIN, NOTIFY and COMMIT."""
         return False
 
+    def _insert_many_alone(self, runs: Sequence[NewRun], now: float) -> bool:
+        """``_insert_alone`` for several runs that need nothing else, in one statement
+        committed on its own; False if the backend has no such shortcut."""
+        return False
+
     def _insert_runs(self, tx: Tx, runs: Sequence[NewRun], now: float) -> list[TriggerResult]:
         results: list[TriggerResult] = []
         plain: list[NewRun] = []

@@ -236,6 +236,15 @@ class _CopyLayout:
         yield b"".join(pieces)
 
 
+# The per-run columns of insert_runs_alone, each sent as an array.
+_UNNEST_COLUMNS = (
+    "id", "env", "task_id", "queue", "status", "payload", "metadata", "tags", "max_attempts",
+    "priority", "concurrency_key", "available_at", "ready_at", "delay_until",
+    "ttl_expires_at", "max_duration", "parent_id", "root_id", "depth", "replayed_from",
+    "parent_waitpoint_id", "version",
+)
+
+
 class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
@@ -296,6 +305,18 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
             conn.execute(self.q["insert_run_alone"], row)
         finally:
             self._pool.putconn(conn)  # discards it if the statement broke it
+        return True
+
+    def _insert_many_alone(self, runs: Sequence[NewRun], now: float) -> bool:
+        rows = [self._run_row(r, now) for r in runs]
+        params: dict[str, Any] = {c: [row[c] for row in rows] for c in _UNNEST_COLUMNS}
+        params["now"] = now
+        params["channel"] = _CHANNEL
+        conn = self._pool.getconn()
+        try:
+            conn.execute(self.q["insert_runs_alone"], params)  # autocommit: one round trip
+        finally:
+            self._pool.putconn(conn)
         return True
 
     def _insert_plain(self, tx: Any, runs: Sequence[NewRun], now: float) -> None:
