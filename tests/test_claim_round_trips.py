@@ -80,18 +80,17 @@ def _register(store: Store, worker_id: str) -> None:
                                      concurrency=10, tasks=[noop.id], lease_seconds=30.0))
 
 
-def test_an_idle_claim_takes_four_round_trips(
+def test_an_idle_claim_takes_three_round_trips(
     store: Store, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # BEGIN with the fence or worker check, the worker check with the queue locks, the
-    # open slots, the claim, the slots taken with COMMIT: seven round trips without the
-    # pipeline, four with it.
+    # BEGIN, the worker check, the queue locks and the open slots; the claim; the slots
+    # taken with COMMIT: seven round trips one by one, three in pipeline mode.
     handle = client.trigger(noop, 1)
     _register(store, "w_rt")
     with traced(store, monkeypatch) as messages:
         _ok, claims = store.apply_and_claim("w_rt", [], "dev", SERVES, 1)
     assert [c.run.id for c in claims] == [handle.id]
-    assert waits(messages) == 4, messages
+    assert waits(messages) == 3, messages
     assert client.retrieve(handle.id).status == RunStatus.EXECUTING  # committed
 
 

@@ -36,6 +36,8 @@ from .base import EndSegment, NewRun, StartWait
 
 log = logging.getLogger(__name__)
 
+# An idle claim reads the open slots of at most this many queues ahead (_may_claim_and_lock)
+_SLOTS_AHEAD = 4
 _CHANNEL = "outlast_work"
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
@@ -371,13 +373,24 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     def _may_claim_and_lock(
         self, tx: Any, worker_id: str, now: float, env: str, names: Sequence[str]
     ) -> tuple[bool, list[Row] | None]:
-        # Both statements in one round trip (in pipeline mode), in the order the other
-        # backend runs them: the worker row FOR SHARE, then the queue rows. Queue rows
-        # locked by a worker that may not claim are let go at its commit.
+        # One round trip (in pipeline mode) for what the other backend does one by one,
+        # in its order: the worker row FOR SHARE, then the queue rows, then (for a few
+        # queues) their open slots, read after the locks as _claim_from_queue would.
+        # Queue rows locked by a worker that may not claim are let go at its commit.
         gate = tx.conn.execute(self.q["worker_may_claim"], {"id": worker_id, "now": now})
-        locked = self._lock_queues_for(tx, [], env, names)
+        locking = tx.conn.execute(self.q["lock_queues_of_runs"],
+                                  {"ids": [], "env": env, "names": list(names)})
+        opening = (tx.conn.execute(self.q["open_slots_of_queues"],
+                                   {"env": env, "names": list(names)})
+                   if len(names) <= _SLOTS_AHEAD else None)
+        locked = [r for r in locking.fetchall() if r["served"]]
         if not gate.fetchall():
             return False, None
+        if opening is not None:
+            slots: dict[str, list[Row]] = {}
+            for s in opening.fetchall():
+                slots.setdefault(s["queue"], []).append(s)
+            locked = [{**r, "open_slots": slots.get(r["name"], [])} for r in locked]
         return True, locked
 
     def _lock_queues_for(
