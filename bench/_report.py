@@ -56,6 +56,15 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "rows_written_steps": ("Writes and WAL per run (PostgreSQL)", "rows written per 3-step run"),
 }
 
+# A line under a section's heading
+SECTION_NOTES = {
+    "Latency at idle": "outlast's trigger→start is measured as Celery's is since issue 18 "
+                       "(the trigger call to the task body's first line, wall clock); "
+                       "figures from before that are the runs' created_at→started_at. "
+                       "outlast against Celery in one sitting: `bench/latency_bench.py`, "
+                       "[bench/README.md](README.md#start-latency).",
+}
+
 INTRO = f"""\
 # Benchmarks
 
@@ -140,6 +149,8 @@ def render(results: list[c.Results]) -> str:
         if sec != section:
             section = sec
             out.append(f"## {sec}\n")
+            if sec in SECTION_NOTES:
+                out.append(SECTION_NOTES[sec] + "\n")
         first = metrics[(*cols[0], workload)]
         better = "higher is better" if first.higher_is_better else "lower is better"
         out.append(f"**{title}** ({first.unit}, {better})\n")
