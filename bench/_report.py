@@ -17,8 +17,10 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "drain_c10": ("Drain no-op jobs (one worker process)", "concurrency 10"),
     "drain_c100": ("Drain no-op jobs (one worker process)", "concurrency 100"),
     "latency_start_p50": ("Latency at idle", "trigger→start p50"),
+    "latency_start_p95": ("Latency at idle", "trigger→start p95"),
     "latency_start_p99": ("Latency at idle", "trigger→start p99"),
     "latency_done_p50": ("Latency at idle", "trigger→done p50"),
+    "latency_done_p95": ("Latency at idle", "trigger→done p95"),
     "latency_done_p99": ("Latency at idle", "trigger→done p99"),
     "steps_runs_c10": ("Durable 3-step runs", "runs/s, concurrency 10"),
     "steps_steps_c10": ("Durable 3-step runs", "steps/s, concurrency 10"),
@@ -60,6 +62,15 @@ WORKLOADS: dict[str, tuple[str, str]] = {
                         "outlast / bare FastAPI no-op, per alternating repetition"),
     "http_ratio_insert": ("HTTP triggers (8 clients, one run per request)",
                           "outlast / bare FastAPI one-INSERT, per alternating repetition"),
+}
+
+# A line under a section's heading
+SECTION_NOTES = {
+    "Latency at idle": "outlast's trigger→start is measured as Celery's is since issue 18 "
+                       "(the trigger call to the task body's first line, wall clock); "
+                       "figures from before that are the runs' created_at→started_at. "
+                       "outlast against Celery in one sitting: `bench/latency_bench.py`, "
+                       "[bench/README.md](README.md#start-latency).",
 }
 
 INTRO = f"""\
@@ -146,6 +157,8 @@ def render(results: list[c.Results]) -> str:
         if sec != section:
             section = sec
             out.append(f"## {sec}\n")
+            if sec in SECTION_NOTES:
+                out.append(SECTION_NOTES[sec] + "\n")
         first = metrics[(*cols[0], workload)]
         better = "higher is better" if first.higher_is_better else "lower is better"
         out.append(f"**{title}** ({first.unit}, {better})\n")

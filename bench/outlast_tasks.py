@@ -6,6 +6,7 @@ Task ids are global, so every id here starts with ``bench-``.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,12 @@ async def noop(payload: Any) -> None:
 
 async def _nothing() -> int:
     return 1
+
+
+@task(id="bench-stamp")
+async def stamp(payload: Any) -> float:
+    """The wall clock at the first line of the body: the latency figure's end."""
+    return time.time()
 
 
 @task(id="bench-three-steps")

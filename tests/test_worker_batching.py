@@ -218,7 +218,7 @@ async def test_a_claim_reads_the_keys_of_queues_with_queued_runs_only(
     # A worker serving many queues would otherwise pay a key scan and an empty claim
     # per queue on every commit that claims.
     reads: list[str] = []
-    real = store._transaction  # type: ignore[attr-defined]
+    real = store._commit_transaction  # type: ignore[attr-defined]
 
     class Spy:
         def __init__(self, tx: Any) -> None:
@@ -237,7 +237,7 @@ async def test_a_claim_reads_the_keys_of_queues_with_queued_runs_only(
         with real() as tx:
             yield Spy(tx)
 
-    store._transaction = spying  # type: ignore[attr-defined]
+    store._commit_transaction = spying  # type: ignore[attr-defined]
     handles = client.batch_trigger(serial, list(range(3)))
     worker, calls = workers(quick, serial, blocked)
     await worker.run_until_idle()

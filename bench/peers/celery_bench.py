@@ -119,7 +119,7 @@ def bench_latency(args: argparse.Namespace, res: c.Results) -> None:
             c.stop_process(proc)
         rows = [x.decode().split(",") for x in redis_client().lrange("bench:lat", 0, -1)][5:]
         start = [(float(s) - float(sent)) * 1000 for sent, s in rows]
-        for p in (50, 99):
+        for p in (50, 95, 99):
             res.record("redis", f"latency_start_p{p}", "ms", c.percentile(start, p),
                        higher_is_better=False,
                        note=f"{len(start)} samples; delay() call to task body start")
@@ -133,7 +133,10 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--only", default="")
+    p.add_argument("--out", default="", help="write the figures to this JSON file instead "
+                   "of bench/results/celery.json")
     args = p.parse_args()
+    out = Path(args.out) if args.out else None
     from importlib.metadata import version
 
     info = redis_client().info("server")
@@ -156,8 +159,8 @@ def main() -> int:
             fn(args, res)
         except Exception as exc:
             res.fail("redis", name, f"{type(exc).__name__}: {exc}")
-        res.save()
-    res.save()
+        res.save(out)
+    res.save(out)
     return 0
 
 

@@ -198,7 +198,9 @@ class ClaimsMixin(SqlCore):
         if cap <= 0:
             return []
         key_limit = q["concurrency_limit"]
-        slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
+        slots = q.get("open_slots")  # read ahead with the queue locks (PostgreSQL)
+        if slots is None:
+            slots = tx.q("open_slots", env=q["env"], queue=q["name"], key_limit=key_limit)
         tasks = self._list(list(task_ids))
 
         def ready(ckey: str, n: int) -> list[Row]:

@@ -48,13 +48,8 @@ class CommitMixin(ClaimsMixin):
         now = self.now()
         ids = sorted({op.run_id for op in ops})
         claiming = (limit > 0 or bool(reserve)) and bool(serves)
-        with self._transaction() as tx:
+        with self._commit_transaction() as tx:
             fenced = tx.q("fence", ids=self._list(ids), worker_id=worker_id, now=now) if ids else []
-            # A fence that found a run has already read the worker alive with its lease
-            # current, in this transaction, so only a batch that fenced nothing pays for the
-            # check (a round trip on the hot path). Should a reaper mark the worker dead
-            # while this claim commits, the runs it took are requeued by the orphan scan.
-            claiming = claiming and (bool(fenced) or self._may_claim(tx, worker_id, now))
             held = {r["id"]: r for r in fenced}
             ok = [
                 op.run_id in held and held[op.run_id]["lease_epoch"] == op.epoch for op in ops
@@ -68,7 +63,16 @@ class CommitMixin(ClaimsMixin):
                 if good and isinstance(op, EndSegment | StartDequeued)
             }
             locked = None
-            if moving or claiming:
+            if claiming and not fenced:
+                # A fence that found a run has already read the worker alive with its
+                # lease current, in this transaction, so only a batch that fenced nothing
+                # (and so moves nothing) pays for the check, with its queue locks. Should a
+                # reaper mark the worker dead while this claim commits, the runs it took
+                # are requeued by the orphan scan.
+                claiming, locked = self._may_claim_and_lock(
+                    tx, worker_id, now, env, sorted(serves)
+                )
+            elif moving or claiming:
                 # Every queue row this transaction will lock, in one ordered statement.
                 locked = self._lock_queues_for(
                     tx, sorted(moving), env, sorted(serves) if claiming else ()

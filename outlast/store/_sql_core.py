@@ -284,6 +284,21 @@ class SqlCore(Store):
         )
 
 
+    def _commit_transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """The transaction of a worker's commit batch (``apply_and_claim``); a backend
+        hook: PostgreSQL sends it in pipeline mode, saving round trips."""
+        return self._transaction()
+
+    def _may_claim_and_lock(
+        self, tx: Tx, worker_id: str, now: float, env: str, names: Sequence[str]
+    ) -> tuple[bool, list[Row] | None]:
+        """For a claim whose batch holds no run: whether the worker may claim
+        (``_may_claim``), and if so the queue rows ``names`` of ``env`` locked for it
+        (``_lock_queues_for``). A backend hook: PostgreSQL sends both at once."""
+        if not self._may_claim(tx, worker_id, now):
+            return False, None
+        return True, self._lock_queues_for(tx, [], env, names)
+
     def _may_claim(self, tx: Tx, worker_id: str, now: float) -> bool:
         """A worker gets claims only while alive with its lease current on the database
         clock (C10): one declared dead, stopped, or cut off past its lease claims

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import PyFormat, Transformer
-from psycopg.pq import Format
+from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -36,6 +36,8 @@ from .base import EndSegment, NewRun, StartWait
 
 log = logging.getLogger(__name__)
 
+# An idle claim reads the open slots of at most this many queues ahead (_may_claim_and_lock)
+_SLOTS_AHEAD = 4
 _CHANNEL = "outlast_work"
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
@@ -99,15 +101,33 @@ class DatabaseClock:
 
 
 class _Tx:
-    def __init__(self, conn: psycopg.Connection[Row], queries: Mapping[str, str]) -> None:
+    """One transaction's statements. With ``pipe`` (pipeline mode, apply_and_claim's
+    transaction): BEGIN goes with the first statement that waits for its result, and
+    statements sent without waiting (``send``) go with the next that waits, at the latest
+    COMMIT; an error of theirs is raised there, and the transaction rolls back."""
+
+    def __init__(self, conn: psycopg.Connection[Row], queries: Mapping[str, str],
+                 pipe: psycopg.Pipeline | None = None) -> None:
         self.conn = conn
         self.queries = queries
+        self.pipe = pipe
 
     def q(self, name: str, /, **params: Any) -> list[Row]:
         return self.conn.execute(self.queries[name], params).fetchall()
 
     def x(self, name: str, /, **params: Any) -> int:
-        return self.conn.execute(self.queries[name], params).rowcount
+        cur = self.conn.execute(self.queries[name], params)
+        self.flush()  # the row count is the result's: wait for it
+        return cur.rowcount
+
+    def send(self, name: str, /, **params: Any) -> None:
+        """A statement whose result nothing reads: in pipeline mode, it waits for none."""
+        self.conn.execute(self.queries[name], params)
+
+    def flush(self) -> None:
+        """In pipeline mode, wait for the results of every statement sent so far."""
+        if self.pipe is not None:
+            self.pipe.sync()
 
     def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if len(rows) == 1:  # executemany's pipeline costs extra round trips for one row
@@ -292,6 +312,29 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         with self._pool.connection() as conn, conn.transaction():
             yield _Tx(conn, self.q)
 
+    @contextlib.contextmanager
+    def _commit_transaction(self) -> Iterator[_Tx]:
+        # Pipeline mode (see _Tx): an idle claim took seven round trips (BEGIN, the
+        # worker check, the queue locks, the open slots, the claim, the slots taken,
+        # COMMIT), each a wake-up of this thread and of the server's on a busy machine;
+        # BEGIN now rides with the first, the worker check with the queue locks
+        # (_may_claim_and_lock), the slots taken with COMMIT: four. BEGIN and COMMIT are
+        # sent as statements: conn.transaction() in pipeline mode waits for BEGIN alone
+        # and for COMMIT alone.
+        with self._pool.connection() as conn:
+            try:
+                with conn.pipeline() as pipe:
+                    conn.execute("BEGIN")
+                    yield _Tx(conn, self.q, pipe)
+                    conn.execute("COMMIT")  # the pipeline's exit waits for it
+            except BaseException:
+                # A statement failed (the server skipped the rest, COMMIT too, up to the
+                # pipeline's sync) or the caller raised: the transaction is still open.
+                if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
     def _insert_alone(self, run: NewRun, now: float) -> bool:
         row = self._run_row(run, now)
         row["channel"] = _CHANNEL
@@ -320,7 +363,9 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         return True
 
     def _insert_plain(self, tx: Any, runs: Sequence[NewRun], now: float) -> None:
-        if len(runs) == 1:  # COPY costs a round trip more than one INSERT
+        # COPY costs a round trip more than one INSERT, and pipeline mode has no COPY
+        # (executemany is pipelined there anyway)
+        if len(runs) == 1 or getattr(tx, "pipe", None) is not None:
             super()._insert_plain(tx, runs, now)
             return
         layout = self._copy_layout(tx)
@@ -352,10 +397,35 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
 
     def _raw(self, tx: Any, sql: str, params: Mapping[str, Any]) -> list[Row]:
         cur = tx.conn.execute(to_psycopg(sql), params)
+        if getattr(tx, "pipe", None) is not None:
+            tx.flush()  # in pipeline mode, description is known once the result came
         return cur.fetchall() if cur.description else []
 
     def _notify(self, tx: Any, env: str) -> None:
         tx.x("notify", env=env)
+
+    def _may_claim_and_lock(
+        self, tx: Any, worker_id: str, now: float, env: str, names: Sequence[str]
+    ) -> tuple[bool, list[Row] | None]:
+        # One round trip (in pipeline mode) for what the other backend does one by one,
+        # in its order: the worker row FOR SHARE, then the queue rows, then (for a few
+        # queues) their open slots, read after the locks as _claim_from_queue would.
+        # Queue rows locked by a worker that may not claim are let go at its commit.
+        gate = tx.conn.execute(self.q["worker_may_claim"], {"id": worker_id, "now": now})
+        locking = tx.conn.execute(self.q["lock_queues_of_runs"],
+                                  {"ids": [], "env": env, "names": list(names)})
+        opening = (tx.conn.execute(self.q["open_slots_of_queues"],
+                                   {"env": env, "names": list(names)})
+                   if len(names) <= _SLOTS_AHEAD else None)
+        locked = [r for r in locking.fetchall() if r["served"]]
+        if not gate.fetchall():
+            return False, None
+        if opening is not None:
+            slots: dict[str, list[Row]] = {}
+            for s in opening.fetchall():
+                slots.setdefault(s["queue"], []).append(s)
+            locked = [{**r, "open_slots": slots.get(r["name"], [])} for r in locked]
+        return True, locked
 
     def _lock_queues_for(
         self, tx: Any, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
@@ -366,7 +436,7 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     def _take_slots(
         self, tx: Any, q: Row, takes: Mapping[str, tuple[int, float]], n: int, window: str
     ) -> None:
-        tx.x(
+        tx.send(
             "take_claimed",
             env=q["env"],
             queue=q["name"],

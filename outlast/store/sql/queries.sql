@@ -2204,3 +2204,18 @@ WITH run AS (
     ON CONFLICT DO NOTHING
 )
 SELECT pg_notify(:channel, q.env) FROM (SELECT DISTINCT env FROM run WHERE status = 'QUEUED') AS q;
+
+-- Start latency (issue 18) -----------------------------------------------------------------
+-- open_slots of every queue in :names at once, sent by an idle claim in the same round trip
+-- as (right behind) lock_queues_of_runs: it runs after the queue rows are locked, so it
+-- reads the counts as open_slots would there; each queue's limit is read from its row.
+-- name: open_slots_of_queues [postgres]
+SELECT s.queue, s.ckey, s.executing, s.last_claim_at
+FROM queues q CROSS JOIN LATERAL (
+    SELECT queue, ckey, executing, last_claim_at FROM queue_slots
+    WHERE env = q.env AND queue = q.name
+      AND (q.concurrency_limit IS NULL OR executing < q.concurrency_limit)
+    ORDER BY last_claim_at, ckey
+    LIMIT 1000) s
+WHERE q.env = :env AND q.name = ANY(:names)
+ORDER BY s.queue, s.last_claim_at, s.ckey;
