@@ -183,3 +183,14 @@ def outlast_database_url(db_url: str) -> str:
 @pytest.fixture
 def outlast_clock(clock: FakeClock) -> FakeClock:
     return clock
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak runs only when asked for (``-m soak``), as pyproject.toml's marker says: every
+    test marked ``soak``, in any folder, is deselected otherwise."""
+    if "soak" in (config.getoption("markexpr") or ""):
+        return
+    keep = [i for i in items if i.get_closest_marker("soak") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep

@@ -29,16 +29,3 @@ def fault_fleet(db_url: str, tmp_path: Path) -> Iterator[FaultFleet]:
         yield f
     finally:
         f.close()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Soak runs only when asked for (``-m soak``), as pyproject.toml's marker says."""
-    if "soak" in (config.getoption("markexpr") or ""):
-        return
-    here = Path(__file__).parent
-    keep = [
-        i for i in items if i.get_closest_marker("soak") is None or here not in i.path.parents
-    ]
-    if len(keep) < len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-        items[:] = keep
