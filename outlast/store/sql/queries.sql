@@ -1871,11 +1871,13 @@ ON CONFLICT (env) DO UPDATE SET version = excluded.version, pinned_at = excluded
 -- name: unpin_version
 DELETE FROM version_pins WHERE env = :env;
 
--- Unfinished runs locked to a version, per status: through runs_env_status, one range per
--- unfinished status, so it costs the environment's live runs, not its history.
+-- Unfinished runs locked to a version, per status: through runs_env_status_live, one
+-- range per unfinished status, so it costs the environment's live runs, not its history
+-- (SQLite uses a partial index only when the query says its predicate word for word).
 -- name: locked_runs
 SELECT version, status, COUNT(*) AS n FROM runs
 WHERE env = :env AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+  AND status <> 'COMPLETED'
   AND version IS NOT NULL AND (CAST(:version AS TEXT) IS NULL OR version = :version)
 GROUP BY version, status;
 
@@ -1884,6 +1886,7 @@ GROUP BY version, status;
 UPDATE runs SET version = :to_version, updated_at = :now
 WHERE env = :env AND version = :from_version
   AND status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+  AND status <> 'COMPLETED'
   AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
 RETURNING id;
 

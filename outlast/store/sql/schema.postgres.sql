@@ -57,7 +57,10 @@ CREATE UNIQUE INDEX runs_idempotency ON runs (env, task_id, idempotency_key)
     WHERE idempotency_active = 1;
 CREATE INDEX runs_env_id ON runs (env, id);
 CREATE INDEX runs_env_task ON runs (env, task_id, id);
-CREATE INDEX runs_env_status ON runs (env, status, id);
+-- Every run but a COMPLETED one (migrations/0014_runs_status_index_live): lists by
+-- status and the live runs per status; finished runs, nearly all COMPLETED, leave it, so
+-- it does not grow with history (a list of COMPLETED runs goes by runs_env_id).
+CREATE INDEX runs_env_status_live ON runs (env, status, id) WHERE status <> 'COMPLETED';
 CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX runs_hooks_due ON runs (env, task_id) WHERE hooks_due = 1;
 
