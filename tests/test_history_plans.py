@@ -4,7 +4,9 @@ COMPLETED runs. runs_env_status_live holds every run but a COMPLETED one, so a l
 FAILED or live runs must use it; a list of COMPLETED runs goes by runs_env_id.
 
 Plans, not timings: EXPLAIN (PostgreSQL) and EXPLAIN QUERY PLAN (SQLite) of the SQL the
-store builds, caught on its way to the database, after ANALYZE."""
+store builds, caught on its way to the database, after ANALYZE. (Without sqlite_stat1,
+SQLite lists runs of two or more statuses by runs_env_id, to save the sort: a walk back
+through the history until it finds enough of them.)"""
 
 from __future__ import annotations
 
