@@ -190,27 +190,47 @@ WORKLOADS = {  # workload -> (metric, unit, what)
 def bench_history(args: argparse.Namespace, res: c.Results) -> None:
     for backend in args.backends:
         with c.fresh_database(backend, args.db_prefix) as empty, \
-                c.fresh_database(backend, args.db_prefix) as full:
-            bench_history_on(backend, empty, full, args, res)
+                c.fresh_database(backend, args.db_prefix) as fresh:
+            reuse = backend == "sqlite" and args.reuse_sqlite
+            full = f"sqlite:///{args.reuse_sqlite}" if reuse else fresh
+            bench_history_on(backend, empty, full, args, res, seeded=bool(reuse))
+
+
+def _reused(url: str) -> None:
+    """A history database made by an earlier run of this bench (--reuse-sqlite): migrated
+    to this code, and rid of every run younger than its history (the runs of a drain
+    that run was stopped in)."""
+    ob._migrate(url)
+    cutoff = time.time() - 86400
+    recent = "SELECT id FROM runs WHERE created_at > %s"
+    for table in ("run_events", "journal", "run_tags", "waitpoints"):
+        _q(url, f"DELETE FROM {table} WHERE run_id IN ({recent})", cutoff)
+    _q(url, "DELETE FROM runs WHERE created_at > %s", cutoff)
+    _q(url, "PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def bench_history_on(backend: str, empty: str, full: str, args: argparse.Namespace,
-                     res: c.Results) -> None:
+                     res: c.Results, seeded: bool = False) -> None:
+    t0 = time.monotonic()
+    if seeded:
+        print(f"{backend}: reusing the history in {full}", flush=True)
+        _reused(full)
     for url in (empty, full):
         ob._migrate(url)
         keep_forever(url)  # the figures measure history, not pruning (see prune)
-    print(f"{backend}: seeding {args.history:,} runs", flush=True)
-    t0 = time.monotonic()
-    make_history(full, args.history, _templates(full))
+    if not seeded:
+        print(f"{backend}: seeding {args.history:,} runs", flush=True)
+        make_history(full, args.history, _templates(full))
     _templates(empty)
     vacuum(full)
     vacuum(empty)
-    seeded = time.monotonic() - t0
+    took = time.monotonic() - t0
+    how = "reused from an earlier run, migrated" if seeded else "seeded"
     per_run = (total_bytes(full) - total_bytes(empty)) / args.history
     res.record(backend, "history_bytes_per_run", "bytes", per_run, higher_is_better=False,
                note=f"every table and index after VACUUM (SQLite: the file, not vacuumed), "
                     f"{args.history:,} finished runs, half no-op, half 3-step with 3 journal "
-                    f"rows; seeded and vacuumed in {seeded:.0f} s")
+                    f"rows; {how} and vacuumed in {took:.0f} s")
     for rep in range(args.reps):
         for workload in args.workloads:
             metric, unit, what = WORKLOADS[workload]
@@ -407,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="both", help="postgres, sqlite or both (history)")
     p.add_argument("--workloads", default="drain,steps,latency",
                    help="history: drain, steps, latency (alternating empty and full)")
+    p.add_argument("--reuse-sqlite", default="",
+                   help="a SQLite file holding --history runs made by an earlier run (kept)")
     p.add_argument("--db-prefix", default="outlast_history",
                    help="prefix of the databases made (dropped afterwards)")
     p.add_argument("--only", default="bytes,history,prune,wal",

@@ -111,3 +111,21 @@ def test_retention_batches_and_version_counts_use_an_index(
         plan = " | ".join(str(v) for r in store._raw(tx, sql, {"env": "dev"})  # type: ignore[attr-defined]
                           for v in r.values())
     assert "runs_env_status_live" in plan, plan
+
+
+@pytest.mark.parametrize("name", ["paused_holding", "list_workers"])
+def test_worker_queries_go_by_the_index_of_runs_in_flight(
+    store: Store, client: Client, backend: str, name: str
+) -> None:
+    """Every heartbeat asks paused_holding: without runs_executing's predicate word for
+    word, SQLite scanned every run of the history each time."""
+    from outlast.store._rows import load_queries
+
+    _fill(store, client, backend)
+    sql = load_queries(backend)[name]
+    prefix = "EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN "
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        rows = store._raw(tx, prefix + sql, {"id": "w", "env": "dev"})  # type: ignore[attr-defined]
+    plan = " | ".join(str(v) for r in rows for v in r.values())
+    assert not _full_scan(plan), plan
+    assert "runs_executing" in plan or "runs_env_status_live" in plan, plan
