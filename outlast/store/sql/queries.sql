@@ -1720,8 +1720,14 @@ WHERE env = :env AND day >= :since_day AND (CAST(:task_id AS TEXT) IS NULL OR ta
 ORDER BY day, task_id;
 
 -- Runs executing now, per task: a sample of concurrency (the partial index runs_executing).
+-- runs_executing's predicate word for word, and materialized before the grouping, so
+-- SQLite reads that partial index (the runs in flight) rather than all of runs_env_task
+-- in group order: the scheduler samples in a write transaction.
 -- name: usage_executing
-SELECT env, task_id, COUNT(*) AS n FROM runs WHERE status = 'EXECUTING' GROUP BY env, task_id;
+WITH flight AS MATERIALIZED (
+    SELECT env, task_id FROM runs
+    WHERE status IN ('EXECUTING', 'DEQUEUED') AND status = 'EXECUTING')
+SELECT env, task_id, COUNT(*) AS n FROM flight GROUP BY env, task_id;
 
 -- Queues with a limit and a ready run: candidates for "sat at its limit" (judged in Python).
 -- name: usage_limited_queues
