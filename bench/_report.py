@@ -9,6 +9,9 @@ import _common as c
 
 DASH, TIMES = "\u2013", "\u00d7"  # en dash, multiplication sign
 
+HIST = "History (alternating an empty database and one with history)"
+BYTES = "Bytes per finished no-op run (PostgreSQL, after VACUUM)"
+
 # workload key -> (section, title). Order here is the order in the report.
 WORKLOADS: dict[str, tuple[str, str]] = {
     "enqueue_single": ("Enqueue", "enqueue one by one"),
@@ -39,10 +42,24 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "timers_p50_s": ("Timers due at once", "due→median completed"),
     "recovery_s": ("Recovery after SIGKILL", "kill→re-claim p50"),
     # bench/history_bench.py
-    "history_drain_empty": ("History (PostgreSQL)", "drain, empty database"),
-    "history_drain_full": ("History (PostgreSQL)", "drain, with history"),
-    "history_ratio": ("History (PostgreSQL)", "with history / empty, per alternating pair"),
-    "history_bytes_per_run": ("History (PostgreSQL)", "bytes per finished no-op run"),
+    "history_drain_empty": (HIST, "drain of no-op runs, empty database"),
+    "history_drain_full": (HIST, "drain of no-op runs, with history"),
+    "history_drain_ratio": (HIST, "drain: with history / empty, per pair"),
+    "history_ratio": (HIST, "drain: with history / empty, per pair (the sitting of history.json)"),
+    "history_steps_empty": (HIST, "3-step runs, empty database"),
+    "history_steps_full": (HIST, "3-step runs, with history"),
+    "history_steps_ratio": (HIST, "3-step runs: with history / empty, per pair"),
+    "history_start_p50_empty": (HIST, "trigger→start p50, empty database"),
+    "history_start_p50_full": (HIST, "trigger→start p50, with history"),
+    "history_start_p50_ratio": (HIST, "trigger→start p50: empty / with history, per pair"),
+    "history_bytes_per_run": (HIST, "bytes per finished run of the history"),
+    "bytes_per_noop_run": (BYTES, "every table and index"),
+    "bytes_runs": (BYTES, "table runs (heap and TOAST)"),
+    "bytes_runs_pkey": (BYTES, "index runs_pkey (id)"),
+    "bytes_runs_env_id": (BYTES, "index runs_env_id (env, id)"),
+    "bytes_runs_env_task": (BYTES, "index runs_env_task (env, task_id, id)"),
+    "bytes_runs_env_status": (BYTES, "index runs_env_status (env, status, id)"),
+    "bytes_runs_finished": (BYTES, "index runs_finished (finished_at, id), usage's"),
     "prune_rate": ("Pruning (PostgreSQL)", "prune rate"),
     "prune_start_quiet_p50": ("Pruning (PostgreSQL)", "trigger→start p50, no prune"),
     "prune_start_quiet_p99": ("Pruning (PostgreSQL)", "trigger→start p99, no prune"),

@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
+import _history_seed as seed
 
 SRC, SRC_DESC = c.outlast_source(c.source_from_argv(sys.argv[1:]))
 sys.path.insert(0, str(SRC))
@@ -60,64 +61,42 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def _sql(url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """PostgreSQL only (the prune and WAL sections)."""
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(sql.encode() if params is None else sql, params)  # type: ignore[arg-type]
         return list(cur.fetchall()) if cur.description else []
 
 
-def _template(url: str) -> str:
-    """One real finished no-op run (drained by a worker); its id."""
-    drain(url, t.noop, 1)
-    return str(_sql(url, "SELECT id FROM runs WHERE status = 'COMPLETED' LIMIT 1")[0][0])
+def _q(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Either backend, ``%s`` parameters, autocommitted."""
+    db = seed.Conn(url)
+    try:
+        if db.sqlite:
+            return list(db.conn.execute(sql.replace("%s", "?"), params).fetchall())
+        cur = db.conn.execute(sql, params)
+        return list(cur.fetchall()) if cur.description else []
+    finally:
+        db.close()
 
 
-def make_history(url: str, n: int, age_days: float = 40.0) -> None:
-    """n copies of a finished no-op run (and its events), finished age_days ago and
-    spread over a day, with ids older than any new run's. (LATERAL: ``(f(x)).*`` would
-    call f once per column.)"""
-    started = time.monotonic()
-    template = _template(url)
-    print(f"  template run drained ({time.monotonic() - started:.0f} s)", flush=True)
-    then = time.time() - age_days * 86400
-    ms = int(then * 1000)
+def _templates(url: str) -> list[str]:
+    """One real finished no-op run and one 3-step run (drained by a worker); their ids."""
+    ids = []
+    for task in (t.noop, t.three_steps):
+        _, before = drain(url, task, 1)
+        ids.append(str(_q(url, "SELECT id FROM runs WHERE id > %s", before)[0][0]))
+    return ids
+
+
+def make_history(url: str, n: int, templates: list[str], age_days: float = 40.0) -> None:
+    """n finished runs (seed.seed: copies of the templates, in turn, with their journal
+    and events), finished age_days ago and spread over n * 5 ms, with ids older than any
+    new run's."""
     from outlast._ids import _time_digits
 
-    prefix = "run_" + _time_digits(ms)
+    then = time.time() - age_days * 86400
     t0 = time.monotonic()
-    chunk = 200_000
-    for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        _sql(url, """
-            WITH t AS MATERIALIZED (SELECT * FROM runs WHERE id = %(template)s)
-            INSERT INTO runs
-            SELECT r.* FROM t, generate_series(%(lo)s::int, %(hi)s::int) g,
-            LATERAL jsonb_populate_record(NULL::runs, to_jsonb(t) || jsonb_build_object(
-                'id', %(prefix)s || lpad(g::text, 16, '0'),
-                'payload', g::text,
-                'created_at', %(then)s::float8 + g * 0.05,
-                'updated_at', %(then)s::float8 + g * 0.05 + 0.01,
-                'available_at', %(then)s::float8 + g * 0.05,
-                'ready_at', %(then)s::float8 + g * 0.05,
-                'started_at', %(then)s::float8 + g * 0.05 + 0.002,
-                'finished_at', %(then)s::float8 + g * 0.05 + 0.004)) r
-        """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
-              "template": template})
-        _sql(url, """
-            WITH e AS MATERIALIZED (SELECT * FROM run_events WHERE run_id = %(template)s)
-            INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data)
-            SELECT %(prefix)s || lpad(g::text, 16, '0'), %(then)s::float8 + g * 0.05, e.kind,
-                   e.attempt, e.level, e.message, e.data
-            FROM e, generate_series(%(lo)s::int, %(hi)s::int) g
-        """, {"prefix": prefix, "then": then, "lo": start + 1, "hi": start + count,
-              "template": template})
-        _sql(url, """
-            WITH j AS MATERIALIZED (SELECT * FROM journal WHERE run_id = %(template)s)
-            INSERT INTO journal
-            SELECT r.* FROM j, generate_series(%(lo)s::int, %(hi)s::int) g,
-            LATERAL jsonb_populate_record(NULL::journal, to_jsonb(j) || jsonb_build_object(
-                'run_id', %(prefix)s || lpad(g::text, 16, '0'))) r
-        """, {"prefix": prefix, "lo": start + 1, "hi": start + count, "template": template})
-        print(f"  {start + count:,} runs", flush=True)
+    seed.seed(url, n, templates, then, "run_" + _time_digits(int(then * 1000)))
     print(f"  made {n:,} finished runs in {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -130,20 +109,35 @@ def keep_forever(url: str) -> None:
 
 
 def vacuum(url: str, table: str = "") -> None:
-    _sql(url, f"VACUUM ANALYZE {table}".strip())
+    if url.startswith("sqlite:"):
+        _q(url, "ANALYZE")
+    else:
+        _sql(url, f"VACUUM ANALYZE {table}".strip())
 
 
 def total_bytes(url: str) -> int:
+    if url.startswith("sqlite:"):
+        return int(_q(url, "SELECT page_count * page_size FROM pragma_page_count(), "
+                      "pragma_page_size()")[0][0])
     return int(_sql(url, """
         SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'public' AND c.relkind = 'r'""")[0][0])
 
 
+def relation_bytes(url: str) -> dict[str, tuple[str, int]]:
+    """PostgreSQL: every table's heap (with TOAST) and every index, in bytes."""
+    return {str(r[0]): (str(r[1]), int(r[2])) for r in _sql(url, """
+        SELECT c.relname, c.relkind, CASE WHEN c.relkind = 'i' THEN pg_relation_size(c.oid)
+               ELSE pg_table_size(c.oid) END
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')""")}
+
+
 def drain(url: str, task: Any, n: int) -> tuple[float, str]:
     """Trigger n runs of a task and drain them with one worker (concurrency 10); runs/s
     from the first start to the last finish, and the newest run id before them."""
-    before = str(_sql(url, "SELECT COALESCE(MAX(id), '') FROM runs")[0][0])
+    before = str(_q(url, "SELECT COALESCE(MAX(id), '') FROM runs")[0][0])
     client = Client(url, env=ob.ENV)
     ob.enqueue(client, task, list(range(n)))
     client.close()
@@ -163,64 +157,151 @@ def drain(url: str, task: Any, n: int) -> tuple[float, str]:
     return n / (float(last) - float(first)), before
 
 
-def drain_and_forget(url: str, n: int) -> float:
-    """Drain n no-op runs; runs/s. The drained runs are deleted after, and vacuumed."""
-    rate, before = drain(url, t.noop, n)
-    _sql(url, "DELETE FROM run_events WHERE run_id > %(b)s", {"b": before})
-    _sql(url, "DELETE FROM journal WHERE run_id > %(b)s", {"b": before})
-    _sql(url, "DELETE FROM runs WHERE id > %(b)s", {"b": before})
-    vacuum(url)
-    return rate
+def forget(url: str, before: str) -> None:
+    """Delete the runs made after ``before`` (and their rows), so each database keeps
+    the history it started with; vacuumed on PostgreSQL."""
+    for table in ("run_events", "journal", "run_tags", "waitpoints"):
+        _q(url, f"DELETE FROM {table} WHERE run_id > %s", before)
+    _q(url, "DELETE FROM runs WHERE id > %s", before)
+    if not url.startswith("sqlite:"):
+        vacuum(url, "runs, journal, run_events, waitpoints")
+
+
+def _measure(url: str, workload: str, args: argparse.Namespace) -> float:
+    """One figure of a workload on a database, which is left as it was."""
+    before = str(_q(url, "SELECT COALESCE(MAX(id), '') FROM runs")[0][0])
+    try:
+        if workload == "drain":
+            return drain(url, t.noop, args.n)[0]
+        if workload == "steps":
+            return drain(url, t.three_steps, args.n_steps)[0]
+        return c.percentile(_probe(url, args.samples, warm=5), 50)
+    finally:
+        forget(url, before)
+
+
+WORKLOADS = {  # workload -> (metric, unit, what)
+    "drain": ("history_drain", "runs/s", "no-op runs drained, N={n:,}, concurrency 10"),
+    "steps": ("history_steps", "runs/s", "3-step runs drained, N={n_steps:,}, concurrency 10"),
+    "latency": ("history_start_p50", "ms", "trigger→start p50, {samples} runs one at a time"),
+}
 
 
 def bench_history(args: argparse.Namespace, res: c.Results) -> None:
-    with ob.database(BACKEND) as empty, ob.database(BACKEND) as full:
-        make_history(full, args.history)
-        _template(empty)
-        for url in (empty, full):  # the drains measure history, not pruning (see --prune)
-            keep_forever(url)
-        vacuum(full)
-        vacuum(empty)
-        per_run = (total_bytes(full) - total_bytes(empty)) / args.history
-        res.record(BACKEND, "history_bytes_per_run", "bytes", per_run, higher_is_better=False,
-                   note=f"heap + indexes + TOAST of every table, after VACUUM, "
-                        f"{args.history:,} finished no-op runs")
-        empties: list[float] = []
-        fulls: list[float] = []
-        for rep in range(args.reps):
+    for backend in args.backends:
+        with c.fresh_database(backend, args.db_prefix) as empty, \
+                c.fresh_database(backend, args.db_prefix) as fresh:
+            reuse = backend == "sqlite" and args.reuse_sqlite
+            full = f"sqlite:///{args.reuse_sqlite}" if reuse else fresh
+            bench_history_on(backend, empty, full, args, res, seeded=bool(reuse))
+
+
+def _reused(url: str) -> None:
+    """A history database made by an earlier run of this bench (--reuse-sqlite): migrated
+    to this code, and rid of every run younger than its history (the runs of a drain
+    that run was stopped in)."""
+    ob._migrate(url)
+    cutoff = time.time() - 86400
+    recent = "SELECT id FROM runs WHERE created_at > %s"
+    for table in ("run_events", "journal", "run_tags", "waitpoints"):
+        _q(url, f"DELETE FROM {table} WHERE run_id IN ({recent})", cutoff)
+    _q(url, "DELETE FROM runs WHERE created_at > %s", cutoff)
+    _q(url, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def bench_history_on(backend: str, empty: str, full: str, args: argparse.Namespace,
+                     res: c.Results, seeded: bool = False) -> None:
+    t0 = time.monotonic()
+    if seeded:
+        print(f"{backend}: reusing the history in {full}", flush=True)
+        _reused(full)
+    for url in (empty, full):
+        ob._migrate(url)
+        keep_forever(url)  # the figures measure history, not pruning (see prune)
+    if not seeded:
+        print(f"{backend}: seeding {args.history:,} runs", flush=True)
+        make_history(full, args.history, _templates(full))
+    _templates(empty)
+    vacuum(full)
+    vacuum(empty)
+    took = time.monotonic() - t0
+    how = "reused from an earlier run, migrated" if seeded else "seeded"
+    per_run = (total_bytes(full) - total_bytes(empty)) / args.history
+    res.record(backend, "history_bytes_per_run", "bytes", per_run, higher_is_better=False,
+               note=f"every table and index after VACUUM (SQLite: the file, not vacuumed), "
+                    f"{args.history:,} finished runs, half no-op, half 3-step with 3 journal "
+                    f"rows; {how} and vacuumed in {took:.0f} s")
+    for rep in range(args.reps):
+        for workload in args.workloads:
+            metric, unit, what = WORKLOADS[workload]
             order = [("empty", empty), ("full", full)]
             if rep % 2:
                 order.reverse()  # alternate which goes first
+            got: dict[str, float] = {}
             for label, url in order:
-                rate = drain_and_forget(url, args.n)
-                (empties if label == "empty" else fulls).append(rate)
-                res.record(BACKEND, f"history_drain_{label}", "runs/s", rate,
-                           note=f"N={args.n:,}, concurrency 10; "
-                                + ("empty database" if label == "empty"
-                                   else f"{args.history:,} finished runs in the tables"))
-        for e, f in zip(empties, fulls, strict=True):
-            res.record(BACKEND, "history_ratio", "x", f / e,
-                       note="drain with history / drain on an empty database, per pair")
-        if "prune" in args.only_list:
-            bench_prune(full, args, res)
+                got[label] = _measure(url, workload, args)
+                print(f"  {backend} {workload} {label}: {got[label]:.2f} {unit}", flush=True)
+                where = ("empty database" if label == "empty"
+                         else f"{args.history:,} finished runs in the tables")
+                res.record(backend, f"{metric}_{label}", unit, got[label],
+                           higher_is_better=unit != "ms",
+                           note=what.format(**vars(args)) + f"; {where}")
+            ratio = got["full"] / got["empty"]
+            if unit == "ms":
+                ratio = 1 / ratio  # >1 would mean faster with history, as for rates
+            res.record(backend, f"{metric}_ratio", "x", ratio,
+                       note="with history / empty, per alternating pair (latency: empty / "
+                            "with history), so 1 is no decay and lower is worse")
+            res.save(c.RESULTS_DIR / args.out)
+    if "prune" in args.only_list and backend == "postgres":
+        bench_prune(full, args, res)
+
+
+def bench_bytes(args: argparse.Namespace, res: c.Results) -> None:
+    """PostgreSQL: bytes per finished no-op run, per table and index, after VACUUM."""
+    with c.fresh_database("postgres", args.db_prefix) as url:
+        ob._migrate(url)
+        keep_forever(url)
+        noop = _templates(url)[0]
+        vacuum(url)
+        before = relation_bytes(url)
+        make_history(url, args.bytes_runs, [noop])
+        vacuum(url)
+        after = relation_bytes(url)
+    n = args.bytes_runs
+    total = 0.0
+    print(f"bytes per finished no-op run ({n:,} runs, after VACUUM):")
+    for name, (kind, size) in sorted(after.items(), key=lambda kv: -kv[1][1]):
+        per = (size - before.get(name, (kind, 0))[1]) / n
+        total += per
+        if per >= 0.5:
+            print(f"  {'index' if kind == 'i' else 'table'} {name}: {per:.1f}")
+            res.record(BACKEND, f"bytes_{name}", "bytes", per, higher_is_better=False,
+                       note=f"{'index' if kind == 'i' else 'heap + TOAST'}, per run")
+    print(f"  total: {total:.1f}")
+    res.record(BACKEND, "bytes_per_noop_run", "bytes", total, higher_is_better=False,
+               note=f"heap + TOAST + indexes of every table, after VACUUM, {n:,} finished "
+                    "no-op runs (copies of one drained by a worker)")
 
 
 # -- claims during a prune ------------------------------------------------------------------
 
 
-def _probe(url: str, samples: int) -> list[float]:
-    """trigger→start (ms) of one run at a time with one worker running."""
+def _probe(url: str, samples: int, warm: int = 0) -> list[float]:
+    """trigger→start (ms) of one run at a time with one worker running (the first
+    ``warm`` runs not counted)."""
     client = Client(url, env=ob.ENV)
     db = ob.Db(url)
     ids: list[str] = []
     try:
         with ob.worker(url, 10) as proc:
             ob.wait_registered(db, proc.pid)
-            for i in range(samples):
+            for i in range(samples + warm):
                 h = client.trigger(t.noop, i)
                 c.wait_until(lambda h=h: db.one("SELECT status FROM runs WHERE id = %s",
                                                 h.id)[0] == "COMPLETED", 30.0, 0.002, "run")
-                ids.append(h.id)
+                if i >= warm:
+                    ids.append(h.id)
                 time.sleep(0.01)
         rows = [db.one("SELECT created_at, started_at FROM runs WHERE id = %s", i)
                 for i in ids]
@@ -340,12 +421,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="drain pairs (alternating)")
     p.add_argument("--samples", type=int, default=200, help="latency samples with no prune")
     p.add_argument("--wal-runs", type=int, default=5_000, help="runs per WAL figure")
-    p.add_argument("--only", default="history,prune,wal", help="history, prune, wal")
+    p.add_argument("--n-steps", type=int, default=2_000, help="3-step runs per drain")
+    p.add_argument("--bytes-runs", type=int, default=200_000,
+                   help="no-op runs made for the per-table and per-index bytes")
+    p.add_argument("--backend", default="both", help="postgres, sqlite or both (history)")
+    p.add_argument("--workloads", default="drain,steps,latency",
+                   help="history: drain, steps, latency (alternating empty and full)")
+    p.add_argument("--reuse-sqlite", default="",
+                   help="a SQLite file holding --history runs made by an earlier run (kept)")
+    p.add_argument("--db-prefix", default="outlast_history",
+                   help="prefix of the databases made (dropped afterwards)")
+    p.add_argument("--only", default="bytes,history,prune,wal",
+                   help="bytes, history, prune, wal")
     p.add_argument("--no-report", action="store_true", help="do not rebuild RESULTS.md")
     p.add_argument("--out", default="history.json", help="results file in bench/results/")
     p.add_argument("--src", default="worktree", help="outlast to measure (see outlast_bench)")
     args = p.parse_args(argv)
     args.only_list = [w.strip() for w in args.only.split(",") if w.strip()]
+    args.backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     return args
 
 
@@ -353,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/history_bench.py",
                                                  *(sys.argv[1:] if argv is None else argv)])
-    versions, settings = ob.versions_and_settings([BACKEND])
+    versions, settings = ob.versions_and_settings(["postgres", "sqlite"])
     res = c.Results("outlast", command, c.now_iso(), versions, settings)
     path = c.RESULTS_DIR / args.out
+    if "bytes" in args.only_list:
+        bench_bytes(args, res)
+        res.save(path)
     if "history" in args.only_list:
         bench_history(args, res)
         res.save(path)

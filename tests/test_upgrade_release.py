@@ -31,7 +31,7 @@ import pytest
 
 from outlast.client import Client
 from outlast.store import open_store
-from outlast.store._schema_base import migration_files
+from outlast.store._schema_base import CONTRACT, migration_files
 from outlast.store._sql import SCHEMA_VERSION
 from tests.conftest import ROOT, _pg_url, drop_pg_database
 from tests.test_migrations import new_empty_pg_database, raw
@@ -175,17 +175,19 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
         _wait("N-1 to complete runs", lambda: raw(
             fresh_pg, "SELECT COUNT(*) FROM runs WHERE status = 'COMPLETED'")[0][0] >= 20)
 
-        # Release N migrates under the running N-1 worker: an expand migration only.
+        # Release N migrates under the running N-1 worker: its expand migrations at once,
+        # its contract migrations (if any) wait for the N-1 processes to go.
+        previous = {str(n) for (n,) in raw(fresh_pg, "SELECT name FROM outlast_migrations")}
+        contracts = {m.name for m in migration_files("postgres")
+                     if m.kind == CONTRACT and m.name not in previous}
         migrated = r.run("current", "migrate")
         assert migrated.returncode == 0, migrated.stderr
         [(applied_at,)] = raw(fresh_pg, "SELECT applied_at FROM outlast_migrations "
                                         "WHERE name = 'process_endpoints'")
-        # Up to this release's first contract migration, which waits for the N-1 workers.
-        contracts = [m.number for m in migration_files("postgres") if m.kind == "contract"
-                     and m.name not in str(raw(fresh_pg, "SELECT name FROM outlast_migrations"))]
-        expanded = max(m.number for m in migration_files("postgres")
-                       if m.number < min(contracts, default=SCHEMA_VERSION + 1))
-        assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(expanded,)]
+        applied = {str(n) for (n,) in raw(fresh_pg, "SELECT name FROM outlast_migrations")}
+        assert applied == {m.name for m in migration_files("postgres")} - contracts
+        if not contracts:
+            assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
         assert old1.poll() is None
 
         # N triggers more; a fresh N-1 worker starts on the new schema; N starts too.
@@ -201,7 +203,7 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
         new_id = _wait("the N worker to start", lambda: _worker_id(fresh_pg, new.pid))
 
         checked = r.run("current", "migrate", "--check", "--json")
-        # Pending (exit 1) only if this release has a contract step, which waits for N-1.
+        # exit 1: the contract step still waits
         assert checked.returncode == (1 if contracts else 0), checked.stdout + checked.stderr
         listed = {p["id"]: p["schema_version"] for p in json.loads(checked.stdout)["processes"]}
         assert listed[new_id] == SCHEMA_VERSION
@@ -239,6 +241,10 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
     finally:
         r.stop_all()
     assert [p.returncode for p in r.procs] == [0, 0, 0]
+    # With the N-1 processes gone, the contract step applies the rest.
+    contracted = r.run("current", "migrate", "--contract")
+    assert contracted.returncode == 0, contracted.stderr
+    assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
 
 
 def test_a_release_without_expand_contract_refuses_the_newer_schema(

@@ -24,6 +24,29 @@ _FINAL = tuple(str(s) for s in FINAL_STATUSES)
 
 Row = dict[str, Any]
 
+_KNOWN_STATUSES = frozenset(s.value for s in RunStatus)
+
+
+def status_clause(statuses: Sequence[str], params: dict[str, Any], col: str = "r.status") -> str:
+    """``col IN (...)`` for a filter on run statuses. Known statuses are constants and go
+    into the SQL as literals (anything else is a bound parameter, and matches no run), so
+    the planner can use the partial index runs_env_status_live, which holds every run but
+    a COMPLETED one (finished runs are nearly all COMPLETED: they leave it). SQLite uses a
+    partial index only when the query carries its predicate word for word, so the clause
+    says it whenever COMPLETED is not asked for; a filter on COMPLETED goes by
+    runs_env_id, where the newest runs are nearly all COMPLETED."""
+    names = []
+    for i, s in enumerate(statuses):
+        if str(s) in _KNOWN_STATUSES:
+            names.append(f"'{s}'")
+        else:
+            params[f"status{i}"] = str(s)
+            names.append(f":status{i}")
+    clause = f"{col} IN ({', '.join(names)})"
+    if "COMPLETED" not in {str(s) for s in statuses}:
+        clause += f" AND {col} <> 'COMPLETED'"
+    return clause
+
 
 class Tx(Protocol):
     def q(self, name: str, /, **params: Any) -> list[Row]: ...

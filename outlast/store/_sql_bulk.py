@@ -10,7 +10,7 @@ from typing import Any
 from .._errors import BulkActionNotFound
 from ..runs import FINAL_STATUSES, Run
 from ._bulk_base import BulkAction, BulkBatch, BulkFilter
-from ._rows import Row, Tx, run_from_row
+from ._rows import Row, Tx, run_from_row, status_clause
 from ._sql_core import SqlCore
 
 
@@ -23,11 +23,7 @@ def filter_sql(env: str, f: BulkFilter) -> tuple[list[str], dict[str, Any]]:
         where.append("r.version = :version")
         params["version"] = f.version
     if f.status:
-        names = []
-        for i, s in enumerate(f.status):
-            params[f"status{i}"] = s
-            names.append(f":status{i}")
-        where.append(f"r.status IN ({', '.join(names)})")
+        where.append(status_clause(list(f.status), params))
     if f.task_id:
         where.append("r.task_id = :task_id")
         params["task_id"] = f.task_id

@@ -11,6 +11,7 @@ from ..runs import JournalEntry, Run, RunEvent
 from ._rows import (
     _journal_entry,
     run_from_row,
+    status_clause,
 )
 from ._sql_core import SqlCore
 
@@ -50,11 +51,7 @@ class ReadingMixin(SqlCore):
         where = ["r.env = :env"]
         params: dict[str, Any] = {"env": env, "limit": max(1, min(limit, 1000))}
         if status:
-            names = []
-            for i, s in enumerate(status):
-                params[f"status{i}"] = str(s)
-                names.append(f":status{i}")
-            where.append(f"r.status IN ({', '.join(names)})")
+            where.append(status_clause([str(s) for s in status], params))
         if task_id:
             where.append("r.task_id = :task_id")
             params["task_id"] = task_id

@@ -18,7 +18,7 @@ from typing import Any
 from .._ids import _time_digits
 from ..runs import FINAL_STATUSES
 from ._retention_base import PruneRule, RetentionPolicy
-from ._rows import Row
+from ._rows import Row, status_clause
 from ._sql_core import SqlCore
 
 # Constants, not input: written into the SQL as literals so each dialect plans them.
@@ -38,11 +38,9 @@ def _candidates_sql(rule: PruneRule, status: str | None = None) -> tuple[str, di
     params: dict[str, Any] = {
         "env": rule.env, "cutoff": rule.cutoff, "bound": "run_" + _time_digits(bound_ms),
     }
-    if status is not None:
-        params["status"] = status
     where = [
         "r.env = :env",
-        f"r.status IN ({_FINAL})" if status is None else "r.status = :status",
+        f"r.status IN ({_FINAL})" if status is None else status_clause([status], params),
         "r.id < :bound",
         "r.finished_at < :cutoff",
         # A finished run stays while a child runs, or while its parent or root does
@@ -115,9 +113,11 @@ class RetentionMixin(SqlCore):
                 # 10 ms batch for a second; this transaction only (pooler-safe).
                 self._raw(tx, "SET LOCAL jit = off", {})
             rows: list[Row] = []
-            # One final status at a time, in id order: a range scan of runs_env_status
-            # (env, status, id) from the oldest, never a scan of the table, so a batch
-            # costs the same with a million runs to go as with ten.
+            # One final status at a time, in id order from the oldest, never a scan of
+            # the table, so a batch costs the same with a million runs to go as with
+            # ten: a range of runs_env_status_live (env, status, id) for a status other
+            # than COMPLETED, runs_env_id (env, id) for COMPLETED, which nearly every
+            # old run is.
             for status in _FINAL_LIST:
                 if len(rows) >= limit:
                     break

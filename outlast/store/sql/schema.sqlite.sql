@@ -57,7 +57,10 @@ CREATE UNIQUE INDEX runs_idempotency ON runs (env, task_id, idempotency_key)
     WHERE idempotency_active = 1;
 CREATE INDEX runs_env_id ON runs (env, id);
 CREATE INDEX runs_env_task ON runs (env, task_id, id);
-CREATE INDEX runs_env_status ON runs (env, status, id);
+-- Every run but a COMPLETED one (migrations/0017_runs_status_index_live): lists by
+-- status and the live runs per status; finished runs, nearly all COMPLETED, leave it, so
+-- it does not grow with history (a list of COMPLETED runs goes by runs_env_id).
+CREATE INDEX runs_env_status_live ON runs (env, status, id) WHERE status <> 'COMPLETED';
 CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX runs_hooks_due ON runs (env, task_id) WHERE hooks_due = 1;
 
@@ -490,7 +493,7 @@ CREATE INDEX event_waits_name ON event_waits (env, name);
 ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN queued_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN waited_seconds REAL NOT NULL DEFAULT 0;
--- (runs_finished, an index of finished runs, went in 0017_drop_runs_finished.)
+-- (runs_finished, an index of finished runs, went in 0018_drop_runs_finished.)
 
 -- One row per (env, task, UTC day of the runs' creation). Histograms and per-kind counts
 -- are JSON objects, merged in Python (percentiles over any span of days).
@@ -538,7 +541,7 @@ CREATE TABLE usage_state (
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
 
--- Usage, second part (migrations/0015_usage_outbox, 0017_drop_runs_finished).
+-- Usage, second part (migrations/0015_usage_outbox, 0018_drop_runs_finished).
 -- Finished runs reach the rollups through an outbox: each statement that finishes runs
 -- adds one row naming them, in its transaction; the fold deletes what it folds in the
 -- transaction that writes the rollups (usage_state.outbox = 1: the fold reads it).
