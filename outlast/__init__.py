@@ -26,6 +26,7 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
+from ._debounce import Batch, Debounce
 from ._events import CancelOn
 from ._observe import instrument
 from ._patches import patched
@@ -75,8 +76,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AbortRun",
     "AsyncClient",
+    "Batch",
     "CancelOn",
     "Client",
+    "Debounce",
     "FakeClock",
     "NonDeterminismError",
     "OutlastError",

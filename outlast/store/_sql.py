@@ -33,6 +33,7 @@ from ._sql_commit import CommitMixin
 from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
 from ._sql_events import EventsMixin
+from ._sql_groups import GroupsMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_retention import RetentionMixin
@@ -58,7 +59,7 @@ class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
     AlertsMixin, ErrorsMixin,
     ObservabilityMixin,
-    BulkMixin, EventsMixin, RetentionMixin,
+    BulkMixin, EventsMixin, GroupsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
     VersionsMixin,
@@ -78,6 +79,7 @@ class SqlStore(
             one is not None
             and one.idempotency_key is None
             and one.trace_context is None  # its trace row goes in the same transaction
+            and one.group is None  # a debounced run may join another (_sql_groups)
             and (one.env, one.queue, one.concurrency_key) in self._ensured
             and self._insert_alone(one, now)
         ):

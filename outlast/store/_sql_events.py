@@ -21,7 +21,7 @@ from ._events_base import (
 )
 from ._rows import Row, Tx, _task_def, _waitpoint
 from ._sql_core import SqlCore
-from ._types import NewRun, TaskDef, Waitpoint
+from ._types import NewRun, TaskDef, TriggerResult, Waitpoint
 
 
 def _event(row: Row, deliveries: list[Delivery] | None = None) -> EventRecord:
@@ -60,6 +60,18 @@ class _Batch:
     waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
     woke: bool = False
+
+
+def _joined(batch: _Batch, results: list[TriggerResult]) -> None:
+    """Planned runs that joined a debounce or batch group's pending run instead
+    (``_sql_groups``): their deliveries and the publish results name that run."""
+    moved = {r.id: t.id for r, t in zip(batch.runs, results, strict=True) if r.id != t.id}
+    if not moved:
+        return
+    for d in batch.deliveries:
+        d["run_id"] = moved.get(d["run_id"], d["run_id"])
+    for ids in batch.created.values():  # the lists the PublishResults hold
+        ids[:] = [moved.get(i, i) for i in ids]
 
 
 class EventsMixin(SqlCore):
@@ -195,15 +207,16 @@ class EventsMixin(SqlCore):
                     batch.woke = True
 
     def _flush(self, tx: Tx, batch: _Batch) -> None:
-        """Write the deliveries and runs the batch has planned so far."""
-        if batch.deliveries:
-            self._insert_deliveries(tx, batch.deliveries)
-            batch.deliveries = []
+        """Write the runs and deliveries the batch has planned so far."""
         if batch.runs:
-            self._insert_runs(tx, batch.runs, batch.now)
+            results = self._insert_runs(tx, batch.runs, batch.now)
+            _joined(batch, results)
             batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
             batch.runs = []
             batch.woke = True
+        if batch.deliveries:
+            self._insert_deliveries(tx, batch.deliveries)
+            batch.deliveries = []
 
     def _fan_out(
         self, tx: Tx, record: EventRecord, plan: list[Fanout], now: float, *, replay: bool
@@ -222,9 +235,13 @@ class EventsMixin(SqlCore):
                 continue  # this (event, task) was delivered already: no second run
             if f.run is not None:
                 runs.append(f.run)
-        if runs:
-            self._insert_runs(tx, runs, now)
-        return [r.id for r in runs]
+        if not runs:
+            return []
+        results = self._insert_runs(tx, runs, now)
+        for planned, result in zip(runs, results, strict=True):
+            if result.id != planned.id:  # it joined a debounce or batch group's pending run
+                tx.x("ev_delivery_moved", seq=record.seq, planned=planned.id, run_id=result.id)
+        return [r.id for r in results]
 
     # -- waits ----------------------------------------------------------------------------
     def register_event_wait(
@@ -338,5 +355,6 @@ class EventsMixin(SqlCore):
             tx.x("ev_prune_deliveries", now=now)
             pruned = int(tx.x("ev_prune", now=now))
             tx.x("ev_prune_waits")
+            tx.x("group_prune")  # debounce and batch groups no longer pending
         return pruned
 

@@ -1893,3 +1893,62 @@ RETURNING id;
 SELECT version, COUNT(*) AS n FROM error_occurrences
 WHERE env = :env AND fingerprint = :fingerprint AND version IS NOT NULL
 GROUP BY version ORDER BY n DESC, version;
+
+-- Debounce and batch (issue 20, part 5; store/_sql_groups.py) ------------------------------
+
+-- Lock a group's row, making it if it is new (pointing at :run_id, the run about to be
+-- inserted). A concurrent trigger for the same group waits here until this transaction
+-- ends, then sees the run it left. size: what the pending run has taken, this one counted.
+-- name: group_lock
+INSERT INTO run_groups (env, task_id, kind, key, run_id, first_at, size)
+VALUES (:env, :task_id, :kind, :key, :run_id, :now, 1)
+ON CONFLICT (env, task_id, kind, key) DO UPDATE SET size = run_groups.size + 1
+RETURNING run_id, first_at, size;
+
+-- The group's run was not pending any more: a new burst or batch, in a new run.
+-- name: group_restart
+UPDATE run_groups SET run_id = :run_id, first_at = :now, size = 1
+WHERE env = :env AND task_id = :task_id AND kind = :kind AND key = :key;
+
+-- The metadata of a group's run while it is pending (DELAYED, its start still ahead).
+-- name: group_pending_metadata
+SELECT metadata FROM runs WHERE id = :id AND status = 'DELAYED' AND delay_until > :now;
+
+-- Debounce: the pending run takes a new trigger's payload (NULL: it keeps its own, the
+-- leading mode) and its new start. Only while it is DELAYED and its start is ahead: the
+-- tick's promote_delayed and this are ordered by the run's row lock, and a run whose
+-- quiet period is over is no longer pending even if no tick promoted it yet.
+-- name: group_debounce_run
+UPDATE runs SET payload = COALESCE(:payload, payload), metadata = :metadata,
+    max_attempts = COALESCE(:max_attempts, max_attempts), updated_at = :now,
+    available_at = :start, ready_at = :start - priority, delay_until = :start,
+    ttl_expires_at = COALESCE(:ttl_expires_at, ttl_expires_at)
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Batch: one more event's data appended to the pending run's payload (a JSON array).
+-- name: group_append_run
+UPDATE runs SET payload = substr(payload, 1, length(payload) - 1) || ',' || :item || ']',
+    metadata = :metadata, updated_at = :now
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Batch: the event that fills the batch appends itself and starts the run now.
+-- name: group_append_full
+UPDATE runs SET payload = substr(payload, 1, length(payload) - 1) || ',' || :item || ']',
+    metadata = :metadata, updated_at = :now, status = 'QUEUED',
+    available_at = :now, ready_at = :now - priority, delay_until = NULL
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Groups whose run is no longer pending (the next trigger would start a new one anyway).
+-- name: group_prune
+DELETE FROM run_groups
+WHERE NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = run_groups.run_id
+                  AND runs.status = 'DELAYED');
+
+-- A replayed or retained event's run joined a debounce or batch group's pending run: its
+-- delivery names that run instead of the one planned.
+-- name: ev_delivery_moved
+UPDATE event_deliveries SET run_id = :run_id
+WHERE event_seq = :seq AND run_id = :planned;
