@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _observe
 from ._clock import FakeClock, SystemClock
+from ._debounce import Batch, Debounce
 from ._errors import (
     AbortRun,
     NonDeterminismError,
@@ -26,7 +27,6 @@ from ._errors import (
     UnknownTask,
     ValidationError,
 )
-from ._debounce import Batch, Debounce
 from ._events import CancelOn
 from ._observe import instrument
 from ._patches import patched

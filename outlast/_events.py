@@ -25,7 +25,6 @@ from ._config import _float, settings
 from ._errors import ConfigurationError, ValidationError
 from ._ids import new_id, new_ids
 from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
-from .store._groups_base import BATCH, RunGroup
 from .store._events_base import (
     EventPlanner,
     EventRecord,
@@ -34,6 +33,7 @@ from .store._events_base import (
     NewEvent,
     PublishResult,
 )
+from .store._groups_base import BATCH, RunGroup
 from .store.base import NewRun, Store, TaskDef
 
 DEFAULT_DEDUP_SECONDS = 24 * 3600.0

@@ -328,8 +328,8 @@ def task(
 
 def task(fn: Any = None, /, **kwargs: Any) -> Any:
     """Declare a task. Options: id, queue, retry, max_duration, tags, cron, timezone,
-    events (on, if_, cancel_on, replay, debounce, batch: see docs/how-to/events.md) and hooks (on_start,
-    on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
+    events (on, if_, cancel_on, replay, debounce, batch: see docs/how-to/events.md) and
+    hooks (on_start, on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
     if fn is not None:
         return _make_task(fn, **kwargs)
 

@@ -53,10 +53,10 @@ class GroupsMixin(SqlCore):
         plain = [r for r in runs if r.group is None]
         found = dict(zip((r.id for r in plain), self._insert_runs(tx, plain, now),
                          strict=True)) if plain else {}
-        grouped = [r for r in runs if r.group is not None]
-        grouped.sort(key=lambda r: (r.env, r.task_id, r.group.kind, r.group.key)  # type: ignore[union-attr]
-                     )
-        for r in grouped:  # stable: a burst's triggers stay in their order
+        grouped = [(r.env, r.task_id, r.group.kind, r.group.key, i, r)
+                   for i, r in enumerate(runs) if r.group is not None]
+        grouped.sort(key=lambda g: g[:5])  # a burst's triggers stay in their order
+        for *_, r in grouped:
             found[r.id] = self._join_group(tx, r, now)
         return [found[r.id] for r in runs]
 
