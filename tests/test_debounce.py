@@ -1,0 +1,268 @@
+"""Debounce on both backends (issue 20, part 5): a burst of events or triggers for one key
+becomes one run carrying the last one's data; the period is the quiet time after the last
+before it starts, the timeout caps how long a burst may postpone it, a trigger after it
+started begins a new burst. Exact under concurrent publishers and several worker
+processes on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from outlast import Debounce, Worker, task
+from outlast._clock import FakeClock
+from outlast._errors import ConfigurationError, ValidationError
+from outlast._trigger import TriggerOptions
+from outlast.client import Client
+from outlast.runs import RunStatus
+from outlast.server import create_app
+from outlast.server.auth import create_key
+from outlast.store import open_store
+from outlast.store.base import Store
+from tests.conftest import spawn_worker
+
+
+@task(id="db-sync", on=["account.*"],
+      debounce=Debounce(key="data.account_id", period=timedelta(seconds=10)))
+async def sync(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+@task(id="db-capped", on=["capped.changed"],
+      debounce=Debounce(key="event.data.account_id", period=10, timeout=30))
+async def capped(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+@task(id="db-direct")
+async def direct(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+TASKS = {t.id: t for t in (sync, capped, direct)}
+
+
+def _publish_definitions(store: Store) -> None:
+    store.publish_tasks("dev", [t.definition() for t in TASKS.values()])
+
+
+async def _drive(store: Store, clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    store.tick()
+    worker = Worker(store, tasks=TASKS, env="dev")
+    await worker.run_until_idle()
+    await worker.shutdown(grace=0)
+
+
+async def test_fifty_events_for_one_key_make_one_run_with_the_last(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    _publish_definitions(store)
+    published = []
+    for n in range(50):
+        published.append(client.publish("account.updated", {"account_id": 7, "n": n}))
+        clock.advance(1)  # 1 s apart: each within the 10 s period of the one before
+    run_ids = {i for p in published for i in p.run_ids}
+    assert len(run_ids) == 1
+    [run] = client.list_runs(task_id="db-sync")
+    assert run.id in run_ids and run.status == RunStatus.DELAYED
+    assert run.payload == {"account_id": 7, "n": 49}
+    assert run.metadata["debounce"] == {"key": "7", "count": 50}
+    assert run.delay_until == clock.now() - 1 + 10  # a period after the last event
+    outcomes = {d["outcome"] for e in client.list_events(limit=60) for d in e["deliveries"]}
+    assert outcomes == {"debounced"}
+    assert {d["run_id"] for e in client.list_events(limit=60) for d in e["deliveries"]} == {
+        run.id}
+
+    await _drive(store, clock, 5)  # not quiet for 10 s yet
+    assert client.retrieve(run.id).status == RunStatus.DELAYED
+    await _drive(store, clock, 5)
+    done = client.retrieve(run.id)
+    assert done.status == RunStatus.COMPLETED and done.output == {"account_id": 7, "n": 49}
+
+
+async def test_two_keys_make_two_runs(store: Store, client: Client, clock: FakeClock) -> None:
+    _publish_definitions(store)
+    for n in range(10):
+        client.publish("account.updated", {"account_id": n % 2, "n": n})
+    runs = {r.metadata["debounce"]["key"]: r for r in client.list_runs(task_id="db-sync")}
+    assert set(runs) == {"0", "1"}
+    assert runs["0"].payload["n"] == 8 and runs["1"].payload["n"] == 9
+    assert runs["0"].metadata["debounce"]["count"] == 5
+
+
+async def test_timeout_caps_the_delay_of_a_burst(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    _publish_definitions(store)
+    start = clock.now()
+    for n in range(6):  # t = 0, 5, ..., 25: each would push the start 10 s further
+        client.publish("capped.changed", {"account_id": 1, "n": n})
+        clock.advance(5)
+    [run] = client.list_runs(task_id="db-capped")
+    assert run.delay_until == start + 30  # the timeout, not 25 + 10
+    # t = 30: the burst's run is due (no tick has promoted it yet): a new burst begins.
+    client.publish("capped.changed", {"account_id": 1, "n": 6})
+    second = [r for r in client.list_runs(task_id="db-capped") if r.id != run.id]
+    assert len(second) == 1 and second[0].payload["n"] == 6
+    await _drive(store, clock, 0)
+    assert client.retrieve(run.id).output == {"account_id": 1, "n": 5}
+    assert client.retrieve(second[0].id).status == RunStatus.DELAYED
+
+
+async def test_a_burst_after_the_run_started_makes_a_second_run(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    _publish_definitions(store)
+    first = client.publish("account.updated", {"account_id": 3, "n": 1}).run_ids[0]
+    await _drive(store, clock, 11)
+    assert client.retrieve(first).status == RunStatus.COMPLETED
+    again = client.publish("account.updated", {"account_id": 3, "n": 2}).run_ids
+    also = client.publish("account.updated", {"account_id": 3, "n": 3}).run_ids
+    assert again == also and again[0] != first
+    await _drive(store, clock, 11)
+    assert client.retrieve(again[0]).output == {"account_id": 3, "n": 3}
+
+
+async def test_direct_trigger_debounce_trailing_and_leading(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    trailing = TriggerOptions(debounce=Debounce("user-1", delay=5, max_delay=60))
+    ids = [client.trigger(direct, {"n": n}, options=trailing).id for n in range(5)]
+    assert len(set(ids)) == 1
+    assert client.retrieve(ids[0]).payload == {"n": 4}
+
+    leading = TriggerOptions(debounce=Debounce("user-2", delay=5, mode="leading"))
+    lead = {client.trigger(direct, {"n": n}, options=leading).id for n in range(3)}
+    assert len(lead) == 1
+    [lead_id] = lead
+    assert client.retrieve(lead_id).payload == {"n": 0}
+    assert client.retrieve(lead_id).metadata["debounce"]["count"] == 3
+
+    other = client.trigger(direct, {"n": 9}, options=TriggerOptions(
+        debounce=Debounce("user-3", delay=5))).id
+    assert other not in ids and other != lead_id
+    await _drive(store, clock, 6)
+    assert client.retrieve(ids[0]).output == {"n": 4}
+    assert client.retrieve(lead_id).output == {"n": 0}
+
+
+async def test_debounce_over_http_in_trigger_dev_shape(store: Store, clock: FakeClock) -> None:
+    _publish_definitions(store)
+    app = create_app(store, dashboard=False)
+    secret = create_key(store, "dev").secret
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://outlast.test",
+                                 headers={"Authorization": f"Bearer {secret}"}) as http:
+        ids = set()
+        for n in range(3):  # no mode: Trigger.dev's default, leading (the first payload)
+            r = await http.post("/api/v1/tasks/db-direct/trigger", json={
+                "payload": {"n": n}, "options": {"debounce": {"key": "k", "delay": "5s"}}})
+            assert r.status_code == 200, r.text
+            ids.add(r.json()["id"])
+        assert len(ids) == 1
+        bad = await http.post("/api/v1/tasks/db-direct/trigger", json={
+            "payload": {}, "options": {"debounce": {"key": "k", "delay": "0s"}}})
+        assert bad.status_code == 422 and "options.debounce.delay" in bad.text
+    [run_id] = ids
+    run = Client(store=store, env="dev").retrieve(run_id)
+    assert run.payload == {"n": 0} and run.delay_until == clock.now() + 5
+
+
+def test_bad_debounce_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as period:
+        Debounce("k", period=0)
+    assert period.value.field == "debounce.period"
+    with pytest.raises(ValidationError) as timeout:
+        Debounce("k", period=1, timeout=timedelta(days=30))
+    assert timeout.value.field == "debounce.timeout"
+    with pytest.raises(ValidationError) as mode:
+        Debounce("k", period=1, mode="sideways")
+    assert mode.value.field == "debounce.mode"
+    with pytest.raises(ConfigurationError) as key:
+        task(id="db-bad-key", on=["x"], debounce=Debounce("data.a +", period=1))(sync.fn)
+    assert key.value.details["field"] == "debounce.key"
+    with pytest.raises(ConfigurationError, match="on="):
+        task(id="db-no-on", debounce=Debounce("data.a", period=1))(sync.fn)
+
+
+# -- concurrency on PostgreSQL ------------------------------------------------------------
+
+
+def _race(url: str, clock: Any, work: list[list[tuple[str, dict[str, Any]]]]) -> None:
+    """Publish from one thread per list, each over its own store (its own connection),
+    all released at once."""
+    gate = threading.Barrier(len(work))
+    errors: list[BaseException] = []
+
+    def publisher(items: list[tuple[str, dict[str, Any]]]) -> None:
+        store = open_store(url, clock)
+        try:
+            client = Client(store=store, env="dev")
+            gate.wait()
+            for name, data in items:
+                client.publish(name, data)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=publisher, args=(items,)) for items in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_concurrent_publishes_for_one_key_end_in_one_run(
+    db_url: str, store: Store, client: Client, clock: FakeClock
+) -> None:
+    _publish_definitions(store)
+    work = [[("account.updated", {"account_id": n % 3, "n": t * 100 + n}) for n in range(30)]
+            for t in range(6)]
+    _race(db_url, clock, work)
+    runs = client.list_runs(task_id="db-sync")
+    assert sorted(r.metadata["debounce"]["key"] for r in runs) == ["0", "1", "2"]
+    assert sum(r.metadata["debounce"]["count"] for r in runs) == 180
+    deliveries = [d for e in client.list_events(limit=500) for d in e["deliveries"]]
+    assert len(deliveries) == 180 and {d["run_id"] for d in deliveries} == {r.id for r in runs}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_three_worker_processes_one_run_per_key(db_url: str) -> None:
+    """Real processes and the real clock: three workers serve the debounced task while six
+    threads publish bursts for three keys; each key ends in exactly one completed run with
+    every event of its burst counted once."""
+    workers = [spawn_worker(db_url, "tests.apps.debounce_app") for _ in range(3)]
+    store = open_store(db_url)
+    try:
+        client = Client(store=store, env="dev")
+        deadline = time.monotonic() + 60
+        while store.get_task("dev", "mp-debounce") is None:
+            assert time.monotonic() < deadline, "the workers never published their tasks"
+            time.sleep(0.2)
+        work = [[("mp.changed", {"account": f"a{n % 3}", "n": t * 100 + n}) for n in range(20)]
+                for t in range(6)]
+        _race(db_url, store.clock, work)
+        while True:
+            runs = client.list_runs(task_id="mp-debounce")
+            if runs and all(r.status == RunStatus.COMPLETED for r in runs):
+                break
+            assert time.monotonic() < deadline + 60, [r.status for r in runs]
+            time.sleep(0.3)
+        assert sorted(r.payload["account"] for r in runs) == ["a0", "a1", "a2"]
+        assert sum(r.metadata["debounce"]["count"] for r in runs) == 120
+        assert all(r.output == r.payload for r in runs)
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+        store.close()
