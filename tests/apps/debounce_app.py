@@ -8,11 +8,11 @@ from typing import Any
 from outlast import Batch, Debounce, task
 
 
-@task(id="mp-debounce", on=["mp.changed"], debounce=Debounce(key="data.account", period=2.0))
+@task(id="mp-debounce", on=["mp.changed.*"], debounce=Debounce(key="data.account", period=2.0))
 async def mp_debounce(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-@task(id="mp-batch", on=["mp.item"], batch=Batch(max_size=10, timeout=2.0))
+@task(id="mp-batch", on=["mp.item.*"], batch=Batch(max_size=10, timeout=2.0))
 async def mp_batch(payload: list[dict[str, Any]]) -> int:
     return len(payload)
