@@ -308,3 +308,18 @@ def test_three_worker_processes_one_run_per_key(db_url: str) -> None:
         for w in workers:
             w.wait(timeout=30)
         store.close()
+
+
+async def test_the_run_page_shows_what_a_run_absorbed(store: Store, client: Client) -> None:
+    from tests.test_dashboard import _app, _client
+
+    _publish_definitions(store)
+    for n in range(4):
+        run_id = client.publish("account.updated", {"account_id": 5, "n": n}).run_ids[0]
+    dash = await _client(_app(store, require_login=False))
+    try:
+        await dash.get("/runs")
+        page = (await dash.get(f"/runs/{run_id}")).text
+    finally:
+        await dash.http.aclose()
+    assert 'id="run-absorbed">4 triggers or events (debounced, key <code>5</code>)' in page
