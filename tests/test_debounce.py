@@ -6,6 +6,7 @@ processes on PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import timedelta
@@ -17,8 +18,9 @@ import pytest
 from outlast import Debounce, Worker, task
 from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError, ValidationError
+from outlast._http import AsyncHttpTransport
 from outlast._trigger import TriggerOptions
-from outlast.client import Client
+from outlast.client import AsyncClient, Client
 from outlast.runs import RunStatus
 from outlast.server import create_app
 from outlast.server.auth import create_key
@@ -323,3 +325,26 @@ async def test_the_run_page_shows_what_a_run_absorbed(store: Store, client: Clie
     finally:
         await dash.http.aclose()
     assert 'id="run-absorbed">4 triggers or events (debounced, key <code>5</code>)' in page
+
+
+async def test_the_http_client_sends_debounce_with_its_mode(
+    store: Store, clock: FakeClock
+) -> None:
+    _publish_definitions(store)
+    secret = create_key(store, "dev").secret
+    jobs = AsyncClient(api_url="http://outlast.test", secret_key=secret, env="dev")
+    transport = jobs._transport
+    assert isinstance(transport, AsyncHttpTransport)
+    transport._sessions[asyncio.get_running_loop()] = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(store, dashboard=False)),
+        base_url="http://outlast.test", headers={"Authorization": f"Bearer {secret}"},
+    )
+    try:
+        debounce = Debounce("over-http", delay=5, max_delay=8)  # trailing: not the default
+        handles = [await jobs.trigger("db-direct", {"n": n}, debounce=debounce)
+                   for n in range(3)]
+    finally:
+        await jobs.close()
+    assert len({h.id for h in handles}) == 1
+    run = Client(store=store, env="dev").retrieve(handles[0].id)
+    assert run.payload == {"n": 2} and run.metadata["debounce"]["count"] == 3
