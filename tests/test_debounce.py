@@ -348,3 +348,15 @@ async def test_the_http_client_sends_debounce_with_its_mode(
     assert len({h.id for h in handles}) == 1
     run = Client(store=store, env="dev").retrieve(handles[0].id)
     assert run.payload == {"n": 2} and run.metadata["debounce"]["count"] == 3
+
+
+async def test_a_replayed_event_joins_the_pending_run(store: Store, client: Client) -> None:
+    _publish_definitions(store)
+    first = client.publish("account.updated", {"account_id": 9, "n": 1}, id="evt-a")
+    [pending] = first.run_ids
+    [delivery] = client.replay_event("evt-a", task="db-sync")
+    assert delivery["run_id"] == pending and delivery["outcome"] == "debounced"
+    logged = store.get_event("dev", "evt-a")
+    assert logged is not None and {d.run_id for d in logged.deliveries} == {pending}
+    [run] = client.list_runs(task_id="db-sync")
+    assert run.metadata["debounce"]["count"] == 2

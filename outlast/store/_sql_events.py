@@ -298,12 +298,13 @@ class EventsMixin(SqlCore):
                 if task_id is None or r["id"] == task_id
             ]
             plan = planner.fan_out(record, subscribers, replay=True)
-            self._fan_out(tx, record, plan, now, replay=True)
+            created = iter(self._fan_out(tx, record, plan, now, replay=True))
             if any(f.run is not None for f in plan):
                 self._notify(tx, env)
         self.wake_local()
-        return [Delivery(f.task_id, f.outcome, f.run.id if f.run else None, f.reason, True, now)
-                for f in plan]
+        # A run that joined a debounce or batch group's is named by the one it joined.
+        return [Delivery(f.task_id, f.outcome, next(created) if f.run else None, f.reason,
+                         True, now) for f in plan]
 
     def deliver_retained(self, env: str, task_id: str, planner: EventPlanner) -> int:
         created = 0
