@@ -116,10 +116,10 @@ def options_from(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOp
 def _debounce(body: DebounceBody | None, now: float) -> Debounce | None:
     if body is None:
         return None
+    delay = seconds_from(body.delay, "options.debounce.delay", now)
+    max_delay = seconds_from(body.maxDelay, "options.debounce.maxDelay", now)
     try:
-        return Debounce(body.key, seconds_from(body.delay, "options.debounce.delay", now),
-                        seconds_from(body.maxDelay, "options.debounce.maxDelay", now),
-                        mode=body.mode)
+        return Debounce(body.key, delay, max_delay, mode=body.mode)
     except ValidationError as exc:  # named as the request spells it
         wire = {"debounce.period": "delay", "debounce.timeout": "maxDelay"}
         field = f"options.debounce.{wire.get(exc.field or '', 'key')}"
