@@ -65,6 +65,10 @@ def _run_worker(args: argparse.Namespace, *, dev: bool) -> int:
     store = _store(args, migrate=dev)
     if dev:  # finished runs kept 7 days unless a policy says otherwise (docs: retention)
         ensure_dev_policy(store, args.env)
+        # Incoming webhooks seal their secrets: a local key beside the dev database.
+        from ._secret_box import ensure_dev_key
+
+        ensure_dev_key(args.database_url)
     load_app(args.app)
     from .tasks import REGISTRY
 

@@ -69,6 +69,12 @@ class EventNotFound(OutlastError):
     code = "event_not_found"
 
 
+class WebhookNotFound(OutlastError):
+    """No incoming webhook endpoint with this name or id in the environment."""
+
+    code = "webhook_not_found"
+
+
 class InvalidState(OutlastError):
     """The object is not in a state that allows this."""
 

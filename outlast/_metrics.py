@@ -142,6 +142,11 @@ class MetricsObserver(_observe.Observer):
         self.deaths = counter(
             "outlast_worker_deaths_detected", "Dead workers this process's reaper declared"
         )
+        self.webhooks_refused = counter(
+            "outlast_webhooks_refused",
+            "Incoming webhook requests refused for a bad, missing or stale signature",
+            ["scheme"],
+        )
 
     def triggered(self, run: NewRun) -> None:
         self._child(self.triggered_total, run.task_id, run.queue).inc()
@@ -187,6 +192,10 @@ class MetricsObserver(_observe.Observer):
     def workers_reaped(self, n: int) -> None:
         if n:
             self.deaths.inc(n)
+
+    def webhook_refused(self, scheme: str, reason: str) -> None:
+        # By scheme only: the reason's text would make an unbounded label.
+        self._child(self.webhooks_refused, scheme).inc()
 
 
 _lock = threading.Lock()

@@ -58,6 +58,9 @@ class Observer:
     def workers_reaped(self, n: int) -> None:
         """A reaper in this process declared ``n`` dead workers."""
 
+    def webhook_refused(self, scheme: str, reason: str) -> None:
+        """An incoming webhook's signature was bad, missing or stale (nothing stored)."""
+
     def flush(self) -> None:
         """The worker is stopping: export what is buffered (blocking; run off the loop)."""
 
@@ -148,6 +151,11 @@ def lease_lost(runs: int) -> None:
 
 def workers_reaped(n: int) -> None:
     _safe("workers_reaped", n)
+
+
+def webhook_refused(scheme: str, reason: str) -> None:
+    if OBSERVERS:
+        _safe("webhook_refused", scheme, reason)
 
 
 def flush() -> None:

@@ -23,6 +23,7 @@ from . import (
     _cli_serving,
     _cli_usage,
     _cli_versions,
+    _cli_webhooks,
 )
 from ._cli_common import (
     _app_flag,
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_usage.add_commands(sub)
     _cli_retention.add_commands(sub)
     _cli_versions.add_commands(sub)
+    _cli_webhooks.add_commands(sub)
     return parser
 
 

@@ -257,3 +257,39 @@ def test_pages_in_dark_mode(browser: Any, server: Server) -> None:
         assert bg != "rgb(255, 255, 255)"
     finally:
         context.close()
+
+
+def test_a_signed_github_webhook_shows_on_the_webhooks_page(
+    page: Any, server: Server, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    from outlast.cli import main
+
+    expect = _expect()
+    # outlast dev made the encryption key beside its database; the CLI finds it there.
+    db_file = Path(server.db_url.removeprefix("sqlite:///"))
+    assert (db_file.parent / "encryption-key").exists()
+    monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY", raising=False)
+    monkeypatch.setenv("GH_SECRET", "browser-webhook-secret")
+    assert main(["webhooks", "create", "gh-browser", "--scheme", "github", "--secret-env",
+                 "GH_SECRET", "--event", "github.{event}", "--database-url", server.db_url,
+                 "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    body = b'{"ref": "refs/heads/main", "commits": []}'
+    mac = hmac.new(b"browser-webhook-secret", body, hashlib.sha256).hexdigest()
+    r = httpx.post(f"{server.base}/hooks/{created['id']}", content=body, headers={
+        "X-Hub-Signature-256": f"sha256={mac}", "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "d-browser", "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    page.goto("/webhooks")
+    expect(page.locator(".webhook-row", has_text="gh-browser")).to_contain_text("github.{event}")
+    row = page.locator(".delivery-row", has_text="d-browser")
+    expect(row).to_contain_text("published")
+    page.screenshot(path=SHOTS / "webhooks.png", full_page=True)
+    row.locator("a.event-link").click()
+    page.wait_for_url(re.compile(r"/events\?name=github\.push#event-"))
+    expect(page.locator('[id="event-webhook%3Agh-browser%3Ad-browser"]')).to_be_visible()

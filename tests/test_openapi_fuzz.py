@@ -13,6 +13,7 @@ off.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 from starlette.types import Receive, Scope, Send
 
+from outlast._secret_box import new_key
 from outlast.server import create_app
 from outlast.server.auth import create_key
 from outlast.store import open_store
@@ -81,10 +83,17 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = _pg_url(name)
     store = open_store(url)
     store.migrate()
+    # Incoming webhooks seal their secrets: without a key, creating one is a 500 on purpose.
+    had = os.environ.get("OUTLAST_ENCRYPTION_KEY")
+    os.environ["OUTLAST_ENCRYPTION_KEY"] = new_key()
     try:
         _KEY["secret"] = _seed(store)
         yield request.param
     finally:
+        if had is None:
+            os.environ.pop("OUTLAST_ENCRYPTION_KEY", None)
+        else:
+            os.environ["OUTLAST_ENCRYPTION_KEY"] = had
         store.close()
         if name is not None:
             drop_pg_database(name)

@@ -27,12 +27,14 @@ from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
 from .events_api import build_events_router
+from .hooks import build_hooks_router
 from .metrics_api import build_metrics_router
 from .retention_api import build_retention_router
 from .schedules_api import build_schedules_router
 from .trace_context import TraceContext
 from .usage_api import build_usage_router
 from .versions_api import build_versions_router
+from .webhooks_api import build_webhooks_router
 
 
 class BodyLimit:
@@ -189,6 +191,8 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.include_router(build_metrics_router(store))
     app.include_router(build_bulk_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_events_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_webhooks_router(store, env_of), responses=errors.RESPONSES)
+    app.include_router(build_hooks_router(store))
     app.include_router(build_usage_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_retention_router(store, env_of), responses=errors.RESPONSES)
     app.include_router(build_compat_router(store, env_of),

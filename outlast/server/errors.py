@@ -25,6 +25,7 @@ STATUS = {
     e.ScheduleNotFound: 404,
     e.BulkActionNotFound: 404,
     e.EventNotFound: 404,
+    e.WebhookNotFound: 404,
     e.RetentionPolicyNotFound: 404,
     e.TokenTimedOut: 409,
     e.InvalidState: 409,

@@ -43,6 +43,7 @@ from ._sql_stats import StatsMixin
 from ._sql_usage import UsageMixin
 from ._sql_versions import VersionsMixin
 from ._sql_waitpoints import WaitpointsMixin
+from ._sql_webhooks import WebhooksMixin
 from ._sql_workers import WorkersMixin
 from .base import (
     NewRun,
@@ -62,7 +63,7 @@ class SqlStore(
     BulkMixin, EventsMixin, GroupsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
-    VersionsMixin,
+    VersionsMixin, WebhooksMixin,
 ):
     """The SQL store: its parts put together; a backend supplies the hooks of ``SqlCore``."""
 

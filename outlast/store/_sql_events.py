@@ -87,18 +87,29 @@ class EventsMixin(SqlCore):
     ) -> list[PublishResult]:
         now = self.now()
         with self._transaction() as tx:
-            names = sorted({e.name for e in events})
-            batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
-            seqs = self._insert_events(tx, batch, events)
-            results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
-                       for e in events]
-            self._flush(tx, batch)
-            # No NOTIFY of its own: inserting runs and completing waits announce them.
+            results, batch = self._publish_in(tx, env, events, planner, now)
+        self._published(batch)
+        return results
+
+    def _publish_in(self, tx: Tx, env: str, events: Sequence[NewEvent],
+                    planner: EventPlanner, now: float) -> tuple[list[PublishResult], _Batch]:
+        """Publish inside ``tx``: the whole of a publish but its commit, so another record
+        can commit with the events (an incoming webhook's delivery, ``_sql_webhooks``).
+        The caller calls ``_published`` with the batch once the transaction committed."""
+        names = sorted({e.name for e in events})
+        batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
+        seqs = self._insert_events(tx, batch, events)
+        results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
+                   for e in events]
+        self._flush(tx, batch)
+        # No NOTIFY of its own: inserting runs and completing waits announce them.
+        return results, batch
+
+    def _published(self, batch: _Batch) -> None:
         # Committed: the queue and slot rows of these runs exist from now on (see trigger).
         self._ensured.update(batch.ensured)
         if batch.woke:
             self.wake_local()
-        return results
 
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:

@@ -59,6 +59,7 @@ from ._types import (
 )
 from ._usage_base import UsageRollups, UsageStore
 from ._versions_base import VersionScope, VersionStore
+from ._webhooks_base import WebhookStore
 
 
 class StoreBase(abc.ABC):
@@ -477,7 +478,7 @@ class DashboardStore(ApiStore, ScheduleStore, DashboardReads, UsageStore, Retent
 
 class Store(
     WorkerStore, DashboardStore, SchedulerStore, AppTransactionStore, ObservabilityStore,
-    EventStore, UsageRollups,
+    EventStore, UsageRollups, WebhookStore,
 ):
     """The database behind outlast, every role in one: ``open_store`` returns it. One
     instance per process; thread-safe."""

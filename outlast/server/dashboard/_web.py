@@ -66,6 +66,7 @@ NAV = [
     ("errors", "Errors", "/errors"),
     ("alerts", "Alerts", "/alerts"),
     ("events", "Events", "/events"),
+    ("webhooks", "Webhooks", "/webhooks"),
     ("usage", "Usage", "/usage"),
     ("advice", "Advice", "/advice"),
     ("test", "Test", "/test"),

@@ -263,7 +263,15 @@ def index(ctx: Ctx) -> Response:
 
 def routes(dash: Dashboard) -> list[BaseRoute]:
     # they call back into the pages above
-    from . import _actions, _alerts_view, _live, _usage_views, _versions_view, events_view
+    from . import (
+        _actions,
+        _alerts_view,
+        _live,
+        _usage_views,
+        _versions_view,
+        _webhooks_view,
+        events_view,
+    )
 
     r = dash.route
     return [
@@ -284,6 +292,7 @@ def routes(dash: Dashboard) -> list[BaseRoute]:
         r("/test", _actions.test_trigger, methods=("POST",)),
         r("/schedules", schedules_page),
         r("/events", events_view.events_page),
+        r("/webhooks", _webhooks_view.webhooks_page),
         r("/login", login_page, public=True),
         r("/login", _actions.login, methods=("POST",), public=True),
         r("/logout", _actions.logout, methods=("POST",), public=True),

@@ -1894,6 +1894,53 @@ SELECT version, COUNT(*) AS n FROM error_occurrences
 WHERE env = :env AND fingerprint = :fingerprint AND version IS NOT NULL
 GROUP BY version ORDER BY n DESC, version;
 
+-- Incoming webhooks (issue 20, part 6) ---------------------------------------------------
+-- name: wh_insert
+INSERT INTO webhook_endpoints (
+    id, env, name, scheme, event, options, secret, fingerprint, created_at
+) VALUES (:id, :env, :name, :scheme, :event, :options, :secret, :fingerprint, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: wh_list
+SELECT * FROM webhook_endpoints WHERE env = :env ORDER BY name;
+
+-- name: wh_get
+SELECT * FROM webhook_endpoints WHERE env = :env AND (id = :key OR name = :key)
+ORDER BY CASE WHEN id = :key THEN 0 ELSE 1 END LIMIT 1;
+
+-- The /hooks/<id> route's look-up: the unguessable id is the capability that names the
+-- environment, so this one query is by id alone; everything after it is scoped to env.
+-- name: wh_find
+SELECT * FROM webhook_endpoints WHERE id = :id;
+
+-- A rotation: the current secret becomes the previous one, valid until :until.
+-- name: wh_rotate
+UPDATE webhook_endpoints
+SET previous_secret = secret, previous_fingerprint = fingerprint, previous_until = :until,
+    secret = :secret, fingerprint = :fingerprint, rotated_at = :now
+WHERE env = :env AND id = :id;
+
+-- name: wh_delete_deliveries
+DELETE FROM webhook_deliveries WHERE env = :env AND endpoint_id = :id;
+
+-- name: wh_delete
+DELETE FROM webhook_endpoints WHERE env = :env AND id = :id;
+
+-- name: wh_insert_delivery
+INSERT INTO webhook_deliveries (
+    env, endpoint_id, delivery_id, event_id, event_name, duplicate, run_ids, received_at
+) VALUES (:env, :endpoint_id, :delivery_id, :event_id, :event_name, :duplicate, :run_ids,
+          :now);
+
+-- name: wh_prune_deliveries
+DELETE FROM webhook_deliveries
+WHERE env = :env AND endpoint_id = :endpoint_id AND received_at < :before;
+
+-- name: wh_deliveries
+SELECT * FROM webhook_deliveries
+WHERE env = :env AND (CAST(:endpoint_id AS TEXT) IS NULL OR endpoint_id = :endpoint_id)
+ORDER BY seq DESC LIMIT :limit;
+
 -- Debounce and batch (issue 20, part 5; store/_sql_groups.py) ------------------------------
 
 -- Lock a group's row, making it if it is new (pointing at :run_id, the run about to be
