@@ -21,6 +21,7 @@ from outlast._errors import ConfigurationError, ValidationError
 from outlast._http import AsyncHttpTransport
 from outlast._trigger import TriggerOptions
 from outlast.client import AsyncClient, Client
+from outlast.explain import why
 from outlast.runs import RunStatus
 from outlast.server import create_app
 from outlast.server.auth import create_key
@@ -360,3 +361,11 @@ async def test_a_replayed_event_joins_the_pending_run(store: Store, client: Clie
     assert logged is not None and {d.run_id for d in logged.deliveries} == {pending}
     [run] = client.list_runs(task_id="db-sync")
     assert run.metadata["debounce"]["count"] == 2
+
+
+async def test_why_a_debounced_run_has_not_started(store: Store, client: Client) -> None:
+    _publish_definitions(store)
+    for n in range(3):
+        run_id = client.publish("account.updated", {"account_id": 4, "n": n}).run_ids[0]
+    text = why(store, client.retrieve(run_id))
+    assert text.startswith("debounced for key '4': 3 trigger(s) so far; it starts at ")
