@@ -7,6 +7,7 @@ processes on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from datetime import timedelta
@@ -369,3 +370,20 @@ async def test_why_a_debounced_run_has_not_started(store: Store, client: Client)
         run_id = client.publish("account.updated", {"account_id": 4, "n": n}).run_ids[0]
     text = why(store, client.retrieve(run_id))
     assert text.startswith("debounced for key '4': 3 trigger(s) so far; it starts at ")
+
+
+def test_the_cli_triggers_with_debounce(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from outlast.cli import main
+
+    base = ["trigger", "db-direct", "--database-url", db_url, "--json",
+            "--debounce", "cli-key", "--debounce-delay", "60"]
+    assert main([*base, "--payload", '{"n": 1}']) == 0
+    assert main([*base, "--payload", '{"n": 2}']) == 0
+    ids = set(re.findall(r'"id": "(run_\w+)"', capsys.readouterr().out))
+    assert len(ids) == 1
+    store = open_store(db_url)
+    try:
+        run = Client(store=store, env="dev").retrieve(ids.pop())
+    finally:
+        store.close()
+    assert run.payload == {"n": 2} and run.status == RunStatus.DELAYED
