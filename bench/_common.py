@@ -68,7 +68,8 @@ class Results:
 
     def add(self, metric: Metric) -> Metric:
         for m in self.metrics:
-            if (m.backend, m.workload) == (metric.backend, metric.workload):
+            if (m.system, m.backend, m.workload) == (metric.system, metric.backend,
+                                                     metric.workload):
                 return m
         self.metrics.append(metric)
         return metric

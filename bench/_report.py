@@ -52,6 +52,14 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "wal_bytes_steps": ("Writes and WAL per run (PostgreSQL)", "WAL bytes per 3-step run"),
     "wal_records_steps": ("Writes and WAL per run (PostgreSQL)", "WAL records per 3-step run"),
     "rows_written_steps": ("Writes and WAL per run (PostgreSQL)", "rows written per 3-step run"),
+    # bench/http_bench.py
+    "http_trigger_rate": ("HTTP triggers (8 clients, one run per request)", "triggers/s"),
+    "http_trigger_p50": ("HTTP triggers (8 clients, one run per request)", "latency p50"),
+    "http_trigger_p99": ("HTTP triggers (8 clients, one run per request)", "latency p99"),
+    "http_ratio_noop": ("HTTP triggers (8 clients, one run per request)",
+                        "outlast / bare FastAPI no-op, per alternating repetition"),
+    "http_ratio_insert": ("HTTP triggers (8 clients, one run per request)",
+                          "outlast / bare FastAPI one-INSERT, per alternating repetition"),
 }
 
 INTRO = f"""\
@@ -266,7 +274,8 @@ COMPARABLE = {
 
 def ratios(results: list[c.Results], metrics: dict[tuple[str, str, str], c.Metric]
            ) -> list[str]:
-    peers = [r for r in results if r.system != "outlast"]
+    # http.json holds outlast and its ceiling, compared in its own section.
+    peers = [r for r in results if r.system not in ("outlast", "http")]
     if not peers or not any(r.system == "outlast" for r in results):
         return []
     out = ["## outlast / peer ratios\n",

@@ -1,10 +1,27 @@
-"""Triggers per second over HTTP: 8 concurrent clients against one `outlast server`.
+"""HTTP triggers per second against their ceiling: 8 concurrent clients, one run per request.
 
     .venv/bin/python bench/http_bench.py [--backend sqlite|postgres|both] [--n 4000]
-                                         [--clients 8] [--reps 3]
+        [--clients 8] [--reps 3] [--warmup 200] [--targets outlast,noop,insert]
+        [--src REV|worktree]
+        [--no-report]
 
-Prints runs/s and per-request latency p50/p99 (median of the repetitions, with min-max).
-No worker runs: this measures the accept path (validate, commit, answer) alone.
+Three servers take the same load in turn, alternating within each repetition (the order
+rotates from one repetition to the next), each on a fresh database, served the same way
+(uvicorn, one process, the same options and event loop: bench/http_ceiling_app.py uses
+outlast's own server set-up):
+
+- ``outlast``: `outlast server` (no scheduler, no worker: the accept path alone — parse,
+  authenticate, validate against the task's published schema, commit, answer) and the
+  task ``bench-http-noop`` published by a worker that then stopped;
+- ``noop``: a bare FastAPI app whose endpoint of the same path parses the same body and
+  answers an id, writing nothing: the ceiling;
+- ``insert``: the bare app writing one row per request (autocommit INSERT).
+
+Each client is an ``httpx.AsyncClient`` posting one trigger at a time; --warmup requests
+per client warm each server up untimed first. Prints runs/s and per-request latency p50/p99
+(median of the repetitions, with min-max), and outlast's ratio to the no-op ceiling and
+to the one-INSERT endpoint, per alternating repetition. Results go to
+bench/results/http.json (bench/RESULTS.md is rebuilt from results/ unless --no-report).
 """
 
 from __future__ import annotations
@@ -16,16 +33,19 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import httpx
-import psycopg
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("OUTLAST_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+import _common as c
+
+SRC, SRC_DESC = c.outlast_source(c.source_from_argv(sys.argv[1:]))
+
+import httpx  # noqa: E402
+
+TARGETS = ("outlast", "noop", "insert")
+SYSTEM = {"outlast": "outlast", "noop": "FastAPI no-op", "insert": "FastAPI 1 INSERT"}
 
 
 def _free_port() -> int:
@@ -34,84 +54,87 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _database(backend: str, tmp: Path) -> tuple[str, str | None]:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp}/bench.db", None
-    name = f"outlast_httpbench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", name
+def _env() -> dict[str, str]:
+    path = os.pathsep.join([str(SRC), str(c.ROOT)])
+    return {**os.environ, "PYTHONPATH": path}
 
 
-def _drop(name: str | None) -> None:
-    if name:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def _outlast(*args: str, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "outlast", *args], env=env, cwd=ROOT,
+def _outlast(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "outlast", *args], env=_env(), cwd=c.ROOT,
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 
-async def _load(base: str, key: str, n: int, clients: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    counter = iter(range(n))
-    headers = {"Authorization": f"Bearer {key}"}
+def _prepare_outlast(url: str) -> str:
+    """Migrate, make a key, publish the task as a worker would; returns the key."""
+    _outlast("migrate", "--database-url", url)
+    key = _outlast("keys", "create", "--database-url", url)
+    subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, bench.http_bench_app as a, outlast;"
+         "from outlast.store import open_store;"
+         f"w=outlast.Worker(open_store({url!r}), tasks={{'bench-http-noop': a.noop}});"
+         "asyncio.run(w.start(background=False)); asyncio.run(w.shutdown(0))"],
+        env=_env(), cwd=c.ROOT, check=True,
+    )
+    return key
 
-    async def client() -> None:
+
+def _server(target: str, url: str, port: int) -> subprocess.Popen[bytes]:
+    if target == "outlast":
+        argv = ["-m", "outlast", "server", "--database-url", url, "--host", "127.0.0.1",
+                "--port", str(port), "--no-scheduler"]
+    else:
+        argv = [str(c.BENCH / "http_ceiling_app.py"), target, "--port", str(port),
+                "--database-url", url]
+    return subprocess.Popen([sys.executable, *argv], env=_env(), cwd=c.ROOT,
+                            stdout=subprocess.DEVNULL)
+
+
+async def _load(base: str, key: str, n: int, clients: int, warmup: int = 200
+                ) -> tuple[float, list[float]]:
+    headers = {"Authorization": f"Bearer {key}"}
+    path = "/api/v1/tasks/bench-http-noop/trigger"
+
+    async def client(counter: object, latencies: list[float] | None) -> None:
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-            for i in counter:
+            for i in counter:  # type: ignore[attr-defined]
                 t0 = time.perf_counter()
-                r = await http.post("/api/v1/tasks/bench-http-noop/trigger",
-                                    json={"payload": {"i": i}})
-                latencies.append(time.perf_counter() - t0)
+                r = await http.post(path, json={"payload": {"i": i}})
+                if latencies is not None:
+                    latencies.append(time.perf_counter() - t0)
                 r.raise_for_status()
 
+    warm = iter(range(warmup * clients))
+    await asyncio.gather(*(client(warm, None) for _ in range(clients)))
+    latencies: list[float] = []
+    counter = iter(range(n))
     t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(counter, latencies) for _ in range(clients)))
     return n / (time.perf_counter() - t0), latencies
 
 
-def bench(backend: str, n: int, clients: int) -> tuple[float, float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        url, dbname = _database(backend, Path(tmp))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OUTLAST_DATABASE_URL": url}
+def one(target: str, backend: str, n: int, clients: int, warmup: int
+        ) -> tuple[float, float, float]:
+    """runs/s, p50 ms, p99 ms of one server on a fresh database."""
+    with c.fresh_database(backend, "httpbench") as url:
+        key = _prepare_outlast(url) if target == "outlast" else "none"
+        port = _free_port()
+        server = _server(target, url, port)
+        base = f"http://127.0.0.1:{port}"
         try:
-            _outlast("migrate", "--database-url", url, env=env)
-            key = _outlast("keys", "create", "--database-url", url, env=env)
-            # Publish the task definition the way a worker would, then stop it.
-            subprocess.run(
-                [sys.executable, "-c",
-                 "import asyncio, bench.http_bench_app as a, outlast;"
-                 "from outlast.store import open_store;"
-                 f"w=outlast.Worker(open_store({url!r}), tasks={{'bench-http-noop': a.noop}});"
-                 "asyncio.run(w.start(background=False)); asyncio.run(w.shutdown(0))"],
-                env=env, cwd=ROOT, check=True,
-            )
-            port = _free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "outlast", "server", "--database-url", url,
-                 "--host", "127.0.0.1", "--port", str(port), "--no-scheduler"],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-            )
-            base = f"http://127.0.0.1:{port}"
-            try:
-                for _ in range(100):
-                    try:
-                        if httpx.get(f"{base}/api/v1/health").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
-                rate, lat = asyncio.run(_load(base, key, n, clients))
-            finally:
-                server.terminate()
-                server.wait(10)
+            c.wait_until(lambda: _healthy(base), 30, what=f"{target} server up")
+            rate, lat = asyncio.run(_load(base, key, n, clients, warmup))
         finally:
-            _drop(dbname)
-    lat.sort()
-    return rate, lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+            c.stop_process(server)
+    return rate, c.percentile(lat, 50) * 1000, c.percentile(lat, 99) * 1000
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/api/v1/health").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def main() -> None:
@@ -120,17 +143,70 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=200, help="untimed requests per client")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--src", default="worktree")
+    ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
-    print(f"HTTP triggers, {args.clients} concurrent clients, {args.n} triggers per repetition")
-    print(f"{'backend':10} {'triggers/s (min-max)':28} {'p50 ms':>8} {'p99 ms':>8}")
+    targets = [t for t in args.targets.split(",") if t]
+    res = c.Results(system="http", command="python bench/http_bench.py " + " ".join(sys.argv[1:]),
+                    started=c.now_iso(), versions={"outlast": SRC_DESC})
+    print(f"HTTP triggers, {args.clients} concurrent clients, {args.n} per repetition "
+          f"({SRC_DESC}), started {res.started}", flush=True)
+    figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for rep in range(args.reps):
+        order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+        for backend in backends:
+            got: dict[str, float] = {}
+            for target in order:
+                rate, p50, p99 = one(target, backend, args.n, args.clients, args.warmup)
+                got[target] = rate
+                figures.setdefault((backend, target), []).append((rate, p50, p99))
+                print(f"  rep {rep + 1} {backend:8} {target:8} {rate:8.0f}/s  p50 {p50:6.2f} ms"
+                      f"  p99 {p99:6.2f} ms", flush=True)
+                _record(res, target, backend, rate, p50, p99)
+            for ceiling in ("noop", "insert"):
+                if "outlast" in got and ceiling in got:
+                    res.add(c.Metric("outlast", backend, f"http_ratio_{ceiling}", "x")
+                            ).values.append(got["outlast"] / got[ceiling])
+    _summary(figures, backends, targets, res)
+    res.save(c.RESULTS_DIR / "http.json")
+    if not args.no_report:
+        import _report
+
+        _report.write()
+
+
+def _record(res: c.Results, target: str, backend: str, rate: float, p50: float, p99: float
+            ) -> None:
+    system = SYSTEM[target]
+    res.add(c.Metric(system, backend, "http_trigger_rate", "runs/s")).values.append(rate)
+    res.add(c.Metric(system, backend, "http_trigger_p50", "ms", higher_is_better=False)
+            ).values.append(p50)
+    res.add(c.Metric(system, backend, "http_trigger_p99", "ms", higher_is_better=False)
+            ).values.append(p99)
+
+
+def _summary(figures: dict[tuple[str, str], list[tuple[float, float, float]]],
+             backends: list[str], targets: list[str], res: c.Results) -> None:
+    print(f"\n{'backend':9} {'server':18} {'runs/s median (min-max)':26} {'p50 ms':>7} "
+          f"{'p99 ms':>7}")
     for backend in backends:
-        results = [bench(backend, args.n, args.clients) for _ in range(args.reps)]
-        rates = [r[0] for r in results]
-        p50 = statistics.median(r[1] for r in results)
-        p99 = statistics.median(r[2] for r in results)
-        spread = f"{statistics.median(rates):8.0f} ({min(rates):.0f}-{max(rates):.0f})"
-        print(f"{backend:10} {spread:28} {p50:8.2f} {p99:8.2f}")
+        for target in targets:
+            rows = figures.get((backend, target), [])
+            if not rows:
+                continue
+            rates = [r[0] for r in rows]
+            spread = f"{statistics.median(rates):6.0f} ({min(rates):.0f}-{max(rates):.0f})"
+            print(f"{backend:9} {SYSTEM[target]:18} {spread:26} "
+                  f"{statistics.median(r[1] for r in rows):7.2f} "
+                  f"{statistics.median(r[2] for r in rows):7.2f}")
+        for m in res.metrics:
+            if m.backend == backend and m.workload.startswith("http_ratio_"):
+                vals = ", ".join(f"{v:.2f}" for v in m.values)
+                print(f"{backend:9} outlast / {m.workload[11:]:8} median {m.median:.2f}x "
+                      f"(per repetition: {vals})")
 
 
 if __name__ == "__main__":

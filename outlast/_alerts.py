@@ -51,6 +51,9 @@ _EVENTS: dict[str, str] = {
     "queue.backlog": "a queue's oldest queued run is older than --older-than (default 5m)",
     "no_worker": "runs queued longer than --older-than (default 1m) with no live worker "
     "serving their task",
+    # raised by the usage fold's spike check (outlast/_usage.py, SpikeAlerts)
+    "usage.spike": "a task ran more than 3 times its trailing median today (runs or "
+    "run-minutes), with the likely cause; once per task and day",
 }
 
 
@@ -151,6 +154,10 @@ def summary_line(payload: dict[str, Any]) -> str:
     if kind == "no_worker":
         return (f"[outlast {env}] no worker serves task {data.get('task_id')}: "
                 f"{data.get('queued')} runs queued")
+    if kind == "usage.spike":
+        causes = data.get("causes") or []
+        return (f"[outlast {env}] usage spike: {data.get('summary')}"
+                + (f"; {causes[0]}" if causes else ""))
     return f"[outlast {env}] {kind}: {dumps(data)}"
 
 

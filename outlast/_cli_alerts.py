@@ -51,7 +51,7 @@ def add_commands(sub: Any) -> None:
     q = cmds.add_parser("create", help="create a rule; prints its signing secret once")
     _db_flags(q)
     q.add_argument("--on", required=True, dest="event",
-                   help="run.failed | run.timed_out | queue.backlog | no_worker")
+                   help="run.failed | run.timed_out | queue.backlog | no_worker | usage.spike")
     q.add_argument("--task", help="only this task's runs")
     q.add_argument("--queue", help="only this queue")
     q.add_argument("--older-than", help="queue.backlog / no_worker: how old the oldest "

@@ -59,6 +59,8 @@ def attempt_lines(run: Run, journal: list[JournalEntry], events: list[RunEvent])
             continue
         took = f"{a['end'] - a['start']:.3f}s" if a["end"] is not None else "…"
         line = f"  {a['n']:<3}{a['outcome']:12}{_when(a['start'])} {took:>9}"
+        if a["active_seconds"] is not None:  # the time it executed, without parked waits
+            line += f"  active {a['active_seconds']:.3f}s"
         err = a["error"]
         if err and a["outcome"] == "failed":
             line += f"  {err.get('code') or 'error'}: {err.get('message')}"

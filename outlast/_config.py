@@ -51,6 +51,19 @@ class Settings:
         return _float("OUTLAST_INPLACE_SLEEP_SECONDS", 1.0)
 
     @property
+    def trigger_group_max_runs(self) -> int:
+        """The most runs the HTTP server writes in one transaction of grouped triggers (a
+        request is never split: a larger one is a group of its own); 1 commits each
+        request alone."""
+        return max(1, int(_float("OUTLAST_TRIGGER_GROUP_MAX_RUNS", 5000)))
+
+    @property
+    def task_cache_seconds(self) -> float:
+        """How long the HTTP server trusts a published task definition (and its compiled
+        payload schema) before reading it again: a deploy shows within this time."""
+        return max(0.0, _float("OUTLAST_TASK_CACHE_SECONDS", 1.0))
+
+    @property
     def idempotency_ttl(self) -> float:
         return _float("OUTLAST_IDEMPOTENCY_TTL", DEFAULT_IDEMPOTENCY_TTL)
 

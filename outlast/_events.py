@@ -34,6 +34,7 @@ from .store._events_base import (
     PublishResult,
 )
 from .store._groups_base import BATCH, RunGroup
+from .store._match import ABSENT, value_at
 from .store.base import NewRun, Store, TaskDef
 
 DEFAULT_DEDUP_SECONDS = 24 * 3600.0
@@ -83,18 +84,7 @@ def compile_expr(expr: str, field: str) -> Any:
 def evaluate(expr: str, event: dict[str, Any]) -> bool:
     """Whether ``expr`` is true for ``event``; raises ValueError saying why it could not
     be evaluated (a missing field, a type mismatch)."""
-    from celpy import celtypes
-    from celpy.adapter import json_to_cel
-    from celpy.evaluation import CELEvalError
-
-    program = compile_expr(expr, "if_")
-    try:
-        result = program.evaluate({"event": json_to_cel(event)})
-    except CELEvalError as exc:
-        raise ValueError(str(exc.args[0] if exc.args else exc)) from None
-    if not isinstance(result, celtypes.BoolType):
-        raise ValueError(f"the expression gave {type(result).__name__}, not a bool")
-    return bool(result)
+    return _evaluate(expr, _cel_event(event))
 
 
 # -- names, paths, patterns -----------------------------------------------------------------
@@ -135,19 +125,7 @@ def check_path(path: Any, field: str = "match") -> str:
     return path
 
 
-_ABSENT: Any = object()
-
-
-def value_at(value: Any, parts: Iterable[str]) -> Any:
-    """The value at a dotted path (list indices as digits); ``_ABSENT`` if there is none."""
-    for part in parts:
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return _ABSENT
-    return value
+_ABSENT: Any = ABSENT
 
 
 # -- subscriptions (@task) ------------------------------------------------------------------
@@ -245,34 +223,87 @@ class Subscription:
 # -- the planner ----------------------------------------------------------------------------
 
 
-class Planner(EventPlanner):
-    """Decides, inside the store's publish transaction, what an event does."""
+class _Known:
+    """What planners worked out about one published task definition: its subscription,
+    its blank run, which event names it runs on and which of its cancel_on entries each
+    name meets. Kept while the store hands out the same ``TaskDef`` object, as its
+    subscriber cache does until the definitions change (``_sql_events._subscribers``)."""
 
-    def __init__(self, env: str) -> None:
+    __slots__ = ("cancels", "names", "sub", "td", "template")
+
+    def __init__(self, td: TaskDef) -> None:
+        self.td = td
+        self.sub = Subscription.from_spec(td.spec.get("events"))
+        self.template: NewRun | None = None
+        self.names: dict[str, bool] = {}
+        self.cancels: dict[str, tuple[CancelOn, ...]] = {}
+
+
+_known: dict[tuple[int, str], _Known] = {}  # (id(td), env): the entry holds td, so no reuse
+
+
+def _about(td: TaskDef, env: str) -> _Known:
+    known = _known.get((id(td), env))
+    if known is None or known.td is not td:
+        if len(_known) > 4096:
+            _known.clear()
+        known = _known[(id(td), env)] = _Known(td)
+    return known
+
+
+def _cel_event(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The activation of a CEL program over ``event`` (converted once per event)."""
+    from celpy.adapter import json_to_cel
+
+    return {"event": json_to_cel(envelope)}
+
+
+def _evaluate(expr: str, activation: dict[str, Any]) -> bool:
+    from celpy import celtypes
+    from celpy.evaluation import CELEvalError
+
+    program = compile_expr(expr, "if_")
+    try:
+        result = program.evaluate(activation)
+    except CELEvalError as exc:
+        raise ValueError(str(exc.args[0] if exc.args else exc)) from None
+    if not isinstance(result, celtypes.BoolType):
+        raise ValueError(f"the expression gave {type(result).__name__}, not a bool")
+    return bool(result)
+
+
+class Planner(EventPlanner):
+    """Decides, inside the store's publish transaction, what an event does. ``expected``
+    is how many events it plans (sizes its batches of run ids)."""
+
+    def __init__(self, env: str, expected: int = 16) -> None:
         self.env = env
-        self._templates: dict[str, tuple[float, NewRun]] = {}
-        self._subscribes: dict[tuple[str, float, str], bool] = {}  # (task, version, name)
-        self._subscriptions: dict[str, tuple[float, Subscription]] = {}
         self._ids: list[str] = []
+        self._id_batch = max(4, min(256, 4 * expected))
+        self._with_cancel: tuple[Sequence[TaskDef], list[TaskDef]] | None = None
 
     def fan_out(
         self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
     ) -> list[Fanout]:
         out: list[Fanout] = []
-        envelope = event.envelope()
+        activation: dict[str, Any] | None = None  # CEL's view of the event, built once
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
+        name = event.name
         for td in subscribers:
-            sub = self.subscription(td)
-            key = (td.id, td.updated_at, event.name)
-            hit = self._subscribes.get(key)
+            known = _about(td, self.env)
+            hit = known.names.get(name)
             if hit is None:
-                hit = self._subscribes[key] = sub.runs_on(event.name)
+                if len(known.names) > 1024:
+                    known.names.clear()
+                hit = known.names[name] = known.sub.runs_on(name)
             if not hit:
                 continue
-            expr = sub.if_
-            if expr:
+            expr = known.sub.if_
+            if expr:  # only subscribers with a filter, and only for names they run on
                 try:
-                    matched = evaluate(expr, envelope)
+                    if activation is None:
+                        activation = _cel_event(event.envelope())
+                    matched = _evaluate(expr, activation)
                 except (ValueError, ConfigurationError) as exc:
                     out.append(Fanout(td.id, "filtered", reason=f"if_ failed: {exc}"))
                     continue
@@ -283,23 +314,32 @@ class Planner(EventPlanner):
                 data = event.data_json
                 shared = (data if data is not None else _serde.dumps(event.data),
                           _serde.dumps({"event": {"id": event.id, "name": event.name}}))
-            fan = self._run(td, event, *shared)
-            out.append(fan if sub.group is None else grouped(fan, sub.group, event, td))
+            fan = self._run(known, event, *shared)
+            group = known.sub.group
+            out.append(fan if group is None else grouped(fan, group, event, td))
         return out
 
-    def _run(self, td: TaskDef, event: EventRecord, payload: str, metadata: str) -> Fanout:
+    def _run(self, known: _Known, event: EventRecord, payload: str, metadata: str
+             ) -> Fanout:
         # The run is created even when the data does not fit the task's payload type:
         # the event is never lost, and the run fails at its start with the validation
         # error (not retried), which the delivery's reason also names.
+        td = known.td
         reason = None
-        try:
-            _check_schema(td.payload_schema, event.data)
-        except ValidationError as exc:
-            reason = f"payload does not match the task's type: {exc.message}"
+        if td.payload_schema:
+            try:
+                _check_schema(td.payload_schema, event.data)
+            except ValidationError as exc:
+                reason = f"payload does not match the task's type: {exc.message}"
+        blank = known.template
+        if blank is None:
+            # The task's published defaults, checked once per definition, as
+            # ``_trigger.build_runs`` does once per batch trigger.
+            blank = known.template = published_run(td, self.env, "null", TriggerOptions())
         run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
-        run.__dict__.update(self._template(td).__dict__)
+        run.__dict__.update(blank.__dict__)
         if not self._ids:
-            self._ids = new_ids("run", 256)  # a batch's ids at once (see new_ids)
+            self._ids = new_ids("run", self._id_batch)  # a batch's ids at once (new_ids)
         run.id = self._ids.pop()
         run.payload = payload
         run.metadata = metadata
@@ -307,33 +347,40 @@ class Planner(EventPlanner):
         return Fanout(td.id, "run", run=run, reason=reason)
 
     def subscription(self, td: TaskDef) -> Subscription:
-        cached = self._subscriptions.get(td.id)
-        if cached is None or cached[0] != td.updated_at:
-            cached = (td.updated_at, Subscription.from_spec(td.spec.get("events")))
-            self._subscriptions[td.id] = cached
-        return cached[1]
+        return _about(td, self.env).sub
 
-    def _template(self, td: TaskDef) -> NewRun:
-        """A blank run to copy: the task's published defaults, checked once per planner
-        (a batch) and definition, as ``_trigger.build_runs`` does for a batch trigger."""
-        cached = self._templates.get(td.id)
-        if cached is None or cached[0] != td.updated_at:
-            blank = published_run(td, self.env, "null", TriggerOptions())
-            cached = self._templates[td.id] = (td.updated_at, blank)
+    def _cancellers(self, subscribers: Sequence[TaskDef]) -> Sequence[TaskDef]:
+        """The tasks among ``subscribers`` with a cancel_on (a batch asks per event, with
+        the same list)."""
+        cached = self._with_cancel
+        if cached is None or cached[0] is not subscribers:
+            cached = self._with_cancel = (
+                subscribers, [td for td in subscribers if _about(td, self.env).sub.cancel_on])
         return cached[1]
 
     def cancel_matches(
         self, event: EventRecord, subscribers: Sequence[TaskDef]
     ) -> list[tuple[str, str, Any]]:
         out: list[tuple[str, str, Any]] = []
-        envelope = event.envelope()
-        for td in subscribers:
-            for c in self.subscription(td).cancel_on:
-                if not name_matches(c.event, event.name):
-                    continue
+        envelope: dict[str, Any] | None = None
+        activation: dict[str, Any] | None = None
+        name = event.name
+        for td in self._cancellers(subscribers):
+            known = _about(td, self.env)
+            cancels = known.cancels.get(name)
+            if cancels is None:
+                if len(known.cancels) > 1024:
+                    known.cancels.clear()
+                cancels = known.cancels[name] = tuple(
+                    c for c in known.sub.cancel_on if name_matches(c.event, name))
+            for c in cancels:
+                if envelope is None:
+                    envelope = event.envelope()
                 if c.if_:
                     try:
-                        if not evaluate(c.if_, envelope):
+                        if activation is None:
+                            activation = _cel_event(envelope)
+                        if not _evaluate(c.if_, activation):
                             continue
                     except (ValueError, ConfigurationError):
                         continue
@@ -391,7 +438,7 @@ def publish(store: Store, env: str, events: Sequence[NewEvent]) -> list[PublishR
     """Publish validated events through the store (one transaction)."""
     if not events:
         return []
-    return store.publish_events(env, events, Planner(env))
+    return store.publish_events(env, events, Planner(env, len(events)))
 
 
 def deliver_retained(store: Store, env: str, task_ids: Iterable[str]) -> int:

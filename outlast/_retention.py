@@ -21,6 +21,7 @@ from typing import Any
 
 from ._errors import ValidationError
 from .store._retention_base import PruneRule, RetentionStore
+from .store._usage_base import UsageRollups
 from .store.base import SchedulerStore
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class PruneReport:
                 "more": self.more}
 
 
+_FOLD_LIMIT = 5000  # aggregate_usage's default batch: a full one means more may be left
+
+
 def prune(store: SchedulerStore, *, default_days: float | None = DEFAULT_DAYS,
           env: str | None = None, dry_run: bool = False, batch: int = BATCH,
           max_batches: int | None = None, budget: float | None = None) -> PruneReport:
@@ -118,6 +122,10 @@ def prune(store: SchedulerStore, *, default_days: float | None = DEFAULT_DAYS,
     report = PruneReport()
     started = time.monotonic()
     now = store.now()
+    if not dry_run and isinstance(store, UsageRollups):
+        # Usage rollups outlive the runs: every finished run is folded before any goes.
+        while store.aggregate_usage() >= _FOLD_LIMIT:
+            pass
     for e in [env] if env is not None else store.retention_envs():
         policy = effective_policy(store, e, default_days)
         for rule in rules(policy, now):

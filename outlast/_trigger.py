@@ -22,6 +22,7 @@ from ._debounce import Debounce
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
 from ._versions import check_version
+from .store._match import cancel_paths
 from .store.base import NewRun, TaskDef, TaskDefs
 
 if TYPE_CHECKING:
@@ -81,17 +82,20 @@ def prepare_replay(store: TaskDefs, env: str, original: Run, payload: Any) -> Ne
 
 
 def prepare_run(
-    store: TaskDefs, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions
+    store: TaskDefs, env: str, task: Task[Any, Any] | str, payload: Any, options: TriggerOptions,
+    *, published: TaskDef | None = None,
 ) -> NewRun:
     """Validate a trigger and build its run; raises before anything is written.
 
     The payload is checked with the task's type when its code is imported here, and
     against the JSON schema its workers published otherwise (an app or a server that
-    never imports task code)."""
+    never imports task code): ``published`` when the caller has it (the HTTP server
+    caches definitions), else the store's."""
     local = REGISTRY.get(task) if isinstance(task, str) else task
     if local is not None:
         return task_run(local, payload, options, env)
-    published = _published(store, env, str(task))
+    if published is None:
+        published = _published(store, env, str(task))
     return published_run(published, env, _published_payload(published, payload), options)
 
 
@@ -152,7 +156,7 @@ def check_options(options: TriggerOptions, env: str) -> None:
 
 def _task_run(task: Task[Any, Any], payload_text: str, options: TriggerOptions, env: str
               ) -> NewRun:
-    return build_run(
+    run = build_run(
         task_id=task.id,
         default_queue=task.queue.name,
         default_tags=task.tags,
@@ -162,17 +166,25 @@ def _task_run(task: Task[Any, Any], payload_text: str, options: TriggerOptions, 
         options=options,
         env=env,
     )
+    if task.events is not None and task.events.cancel_on:
+        run.cancel_paths = cancel_paths(task.events.to_spec())
+    return run
 
 
 def _published(store: TaskDefs, env: str, task_id: str) -> TaskDef:
     published = store.get_task(env, task_id)
     if published is None:
-        raise UnknownTask(
-            f"no task {task_id!r} in environment {env!r}: import the module that defines it, "
-            "or start a worker that serves it",
-            field="task_id",
-        )
+        raise unknown_task(env, task_id)
     return published
+
+
+def unknown_task(env: str, task_id: str) -> UnknownTask:
+    """The error of a trigger naming a task neither imported nor published in ``env``."""
+    return UnknownTask(
+        f"no task {task_id!r} in environment {env!r}: import the module that defines it, "
+        "or start a worker that serves it",
+        field="task_id",
+    )
 
 
 def _published_payload(published: TaskDef, payload: Any, limit: int | None = None) -> str:
@@ -189,7 +201,7 @@ def published_run(
     """A run with the defaults of a task as its workers published it (a validated
     payload: schedules fire with a payload they made)."""
     spec = published.spec
-    return build_run(
+    run = build_run(
         task_id=published.id,
         default_queue=published.queue,
         default_tags=spec.get("tags") or (),
@@ -199,14 +211,20 @@ def published_run(
         options=options,
         env=env,
     )
+    run.cancel_paths = cancel_paths(spec.get("events"))
+    return run
 
 
 _validators: dict[str, Any] = {}
+# The same, by the schema object: a cached task definition keeps its schema dict, and
+# serializing it for the key above cost more than validating a small payload.
+_by_object: dict[int, tuple[dict[str, Any], Any]] = {}
 
 
-def _check_schema(schema: dict[str, Any], payload: Any) -> None:
-    if not schema:
-        return
+def _validator(schema: dict[str, Any]) -> Any:
+    hit = _by_object.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
     import jsonschema
 
     # Building a validator costs milliseconds; a task's schema changes only on deploys.
@@ -216,6 +234,20 @@ def _check_schema(schema: dict[str, Any], payload: Any) -> None:
         if len(_validators) > 512:
             _validators.clear()
         validator = _validators[cache_key] = jsonschema.Draft202012Validator(schema)
+    if len(_by_object) > 512:
+        _by_object.clear()
+    _by_object[id(schema)] = (schema, validator)  # holding schema keeps its id unique
+    return validator
+
+
+def _check_schema(schema: dict[str, Any], payload: Any) -> None:
+    if not schema:
+        return
+    validator = _validator(schema)
+    if validator.is_valid(payload):  # stops at the first error; most payloads have none
+        return
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(validator.iter_errors(payload))
     if error is not None:
         path = list(error.absolute_path)

@@ -9,9 +9,11 @@ report here, and alerts once they exist).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -132,10 +134,12 @@ def find_spikes(
     task_id: str | None = None,
     trailing: int | None = None,
     factor: float = SPIKE_FACTOR,
+    explain: bool = True,
 ) -> list[Spike]:
     """Tasks whose runs or run-minutes in the current period (today, or this week) exceed
     ``factor`` times their median over the ``trailing`` periods before it, each with the
-    evidence for its likely cause. The function an alert rule calls."""
+    evidence for its likely cause (unless not ``explain``: the evidence reads runs).
+    The function the ``usage.spike`` alert calls (``SpikeAlerts``)."""
     when = store.now() if now is None else now
     step = DAY if by == "day" else 7 * DAY
     n = trailing or (7 if by == "day" else 4)
@@ -156,7 +160,8 @@ def find_spikes(
             median = statistics.median(past)
             if median > 0 and value > factor * median:
                 spike = Spike(task, current, metric, value, median, value / median)
-                _explain(store, env, spike, now_t, before, when)
+                if explain:
+                    _explain(store, env, spike, now_t, before, when)
                 spikes.append(spike)
                 break  # one flag per task: runs first, then run-minutes
     return spikes
@@ -250,3 +255,38 @@ def usage_report(
 
 def _minutes(d: UsageDay) -> float:
     return round(d.active_seconds / 60.0, 6)
+
+
+class SpikeAlerts:
+    """The scheduler's part in spikes: about once a minute, in each environment with a
+    ``usage.spike`` alert rule, raise the alert for each new spike, once per task and
+    period however many schedulers run (``raise_alert(once=...)``), with its evidence.
+    A spike this process raised already is not looked at again (its evidence reads runs)."""
+
+    EVENT = "usage.spike"
+
+    def __init__(self, store: DashboardStore, *, every: float = 60.0) -> None:
+        self.store = store
+        self.every = every
+        self._at = -math.inf
+        self._raised: set[tuple[str, str]] = set()  # (env, once key)
+
+    def step(self) -> int:
+        """Raise what is new; return the deliveries queued."""
+        now = time.monotonic()
+        if now - self._at < self.every:
+            return 0
+        self._at = now
+        queued = 0
+        for env in self.store.alert_rule_envs(self.EVENT):
+            for found in find_spikes(self.store, env, explain=False):
+                key = f"{found.task_id}@{found.period}"
+                if (env, key) in self._raised:
+                    continue
+                spike = next(iter(find_spikes(self.store, env, task_id=found.task_id)), found)
+                data = {**asdict(spike), "summary": spike.summary()}
+                queued += self.store.raise_alert(
+                    env, self.EVENT, data, task_id=spike.task_id, once=key
+                )
+                self._raised.add((env, key))
+        return queued

@@ -85,6 +85,11 @@ class Run:
     # The task code version the run is locked to (C11); None until its first attempt
     # starts, unless its trigger pinned one.
     version: str | None = None
+    # Usage: seconds executed over all attempts (without parked waits or queued time),
+    # sat queued, and parked waiting; each as of the run's last segment end.
+    active_seconds: float = 0.0
+    queued_seconds: float = 0.0
+    waited_seconds: float = 0.0
 
     @property
     def is_final(self) -> bool:
@@ -126,6 +131,9 @@ class RunEvent:
     level: str | None
     message: str | None
     data: Any
+    # On the event that ends an attempt (``attempt_failed``): the seconds that attempt
+    # executed, without parked waits or queued time. None on other events.
+    active_seconds: float | None = None
 
 
 @dataclass

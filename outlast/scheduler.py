@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import cast
 
 from . import _observe
 from ._alerts import AlertLoop
 from ._retention import Pruner
 from ._schedule_firing import fire_due
+from ._usage import SpikeAlerts
 from .store._events_base import EventStore
-from .store._usage_base import UsageRollups
-from .store.base import SchedulerStore, TaskDef
+from .store._usage_base import UsageRollups, UsageStore
+from .store.base import DashboardStore, SchedulerStore, TaskDef
 
 log = logging.getLogger(__name__)
 USAGE_INTERVAL = 10.0  # seconds between folds of finished runs into usage rollups
@@ -36,6 +38,7 @@ class Scheduler:
         self._sending: asyncio.Future[None] | None = None
         self._usage_at = 0.0
         self.pruner = Pruner(store)
+        self.spikes: SpikeAlerts | None = None
 
     async def tick(self) -> None:
         ticked = await asyncio.to_thread(self.store.tick)
@@ -53,6 +56,13 @@ class Scheduler:
         if due and isinstance(self.store, UsageRollups):  # usage rollups: store/_sql_usage.py
             self._usage_at = time.monotonic()
             await asyncio.to_thread(self.store.aggregate_usage)
+            if isinstance(self.store, UsageStore):  # usage.spike alerts, about once a minute
+                if self.spikes is None:
+                    self.spikes = SpikeAlerts(cast(DashboardStore, self.store))
+                try:
+                    await asyncio.to_thread(self.spikes.step)
+                except Exception:
+                    log.exception("usage spike alerts failed")
         try:  # retention: a failed prune must not stop alerts (it is retried next pass)
             await asyncio.to_thread(self.pruner.step)
         except Exception:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from outlast import Debounce, Worker, task
+from outlast import CancelOn, Debounce, Worker, task
 from outlast._clock import FakeClock
 from outlast._errors import ConfigurationError, ValidationError
 from outlast._http import AsyncHttpTransport
@@ -48,7 +48,14 @@ async def direct(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-TASKS = {t.id: t for t in (sync, capped, direct)}
+@task(id="db-member", on=["member.changed"],
+      debounce=Debounce(key="data.team", period=10),
+      cancel_on=[CancelOn("member.removed", match="data.user")])
+async def member(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
+TASKS = {t.id: t for t in (sync, capped, direct, member)}
 
 
 def _publish_definitions(store: Store) -> None:
@@ -387,3 +394,19 @@ def test_the_cli_triggers_with_debounce(db_url: str, capsys: pytest.CaptureFixtu
     finally:
         store.close()
     assert run.payload == {"n": 2} and run.status == RunStatus.DELAYED
+
+
+async def test_cancel_on_matches_the_payload_a_debounced_run_took_last(
+    store: Store, client: Client
+) -> None:
+    # cancel_on finds runs by the keys of their payload (run_cancel_keys): the pending
+    # run's keys follow each trigger's payload it takes, not the first one's.
+    _publish_definitions(store)
+    client.publish("member.changed", {"team": "t", "user": "u1"})
+    client.publish("member.changed", {"team": "t", "user": "u2"})
+    [run] = client.list_runs(task_id="db-member")
+    assert run.payload["user"] == "u2"
+    client.publish("member.removed", {"user": "u1"})
+    assert client.retrieve(run.id).status == RunStatus.DELAYED
+    client.publish("member.removed", {"user": "u2"})
+    assert client.retrieve(run.id).status == RunStatus.CANCELED

@@ -31,6 +31,7 @@ import pytest
 
 from outlast.client import Client
 from outlast.store import open_store
+from outlast.store._schema_base import migration_files
 from outlast.store._sql import SCHEMA_VERSION
 from tests.conftest import ROOT, _pg_url, drop_pg_database
 from tests.test_migrations import new_empty_pg_database, raw
@@ -179,7 +180,12 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
         assert migrated.returncode == 0, migrated.stderr
         [(applied_at,)] = raw(fresh_pg, "SELECT applied_at FROM outlast_migrations "
                                         "WHERE name = 'process_endpoints'")
-        assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
+        # Up to this release's first contract migration, which waits for the N-1 workers.
+        contracts = [m.number for m in migration_files("postgres") if m.kind == "contract"
+                     and m.name not in str(raw(fresh_pg, "SELECT name FROM outlast_migrations"))]
+        expanded = max(m.number for m in migration_files("postgres")
+                       if m.number < min(contracts, default=SCHEMA_VERSION + 1))
+        assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(expanded,)]
         assert old1.poll() is None
 
         # N triggers more; a fresh N-1 worker starts on the new schema; N starts too.
@@ -195,7 +201,8 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
         new_id = _wait("the N worker to start", lambda: _worker_id(fresh_pg, new.pid))
 
         checked = r.run("current", "migrate", "--check", "--json")
-        assert checked.returncode == 0, checked.stdout + checked.stderr
+        # Pending (exit 1) only if this release has a contract step, which waits for N-1.
+        assert checked.returncode == (1 if contracts else 0), checked.stdout + checked.stderr
         listed = {p["id"]: p["schema_version"] for p in json.loads(checked.stdout)["processes"]}
         assert listed[new_id] == SCHEMA_VERSION
         assert listed[old1_id] == listed[old2_id] < SCHEMA_VERSION
@@ -211,6 +218,24 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
         assert after.count(old1.pid) > 0, "the N-1 worker stopped completing runs"
         assert after.count(old2.pid) > 0, "the fresh N-1 worker completed nothing"
         assert old1.poll() is None and old2.poll() is None
+
+        # The contract step once the N-1 workers are gone. Usage hands over from the
+        # runs_finished watermark (which N-1 and N folded behind) to the outbox (which
+        # only N wrote): every run counted once, whichever release finished it.
+        for p in (old1, old2):
+            p.send_signal(signal.SIGTERM)
+            p.wait(20)
+        contracted = r.run("current", "migrate", "--contract")
+        assert contracted.returncode == 0, contracted.stdout + contracted.stderr
+        assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
+        store = open_store(fresh_pg)
+        try:
+            while store.aggregate_usage(grace=0.0):
+                pass
+            assert sum(d.runs for d in store.usage_days("dev", 0.0)) == 360
+            assert raw(fresh_pg, "SELECT SUM(runs) FROM usage_daily") == [(360,)]
+        finally:
+            store.close()
     finally:
         r.stop_all()
     assert [p.returncode for p in r.procs] == [0, 0, 0]

@@ -24,6 +24,7 @@ from outlast.runs import RunStatus
 from outlast.server import create_app
 from outlast.server.auth import create_key
 from outlast.server.dashboard import mount
+from outlast.server.dashboard._timeline import attempts
 from outlast.store import open_store
 from outlast.store._usage_base import DAY
 from outlast.store.base import Store
@@ -152,6 +153,10 @@ async def test_a_durable_hour_between_two_2s_steps_bills_4s_not_an_hour(
     await worker.run_until_idle()
     run = client.retrieve(handle.id)
     assert run.status == RunStatus.COMPLETED, run.error
+    assert run.active_seconds == pytest.approx(4.0, abs=1e-6)
+    # Recorded per attempt: its one attempt executed 4 s (the run page's Attempts table).
+    (attempt,) = attempts(run, store.journal(run.id), store.events(run.id))
+    assert attempt["active_seconds"] == pytest.approx(4.0, abs=1e-6)
     report = usage_report(store, "dev", since=DAY)
     (row,) = report["tasks"]
     assert row["run_minutes"] == pytest.approx(4 / 60, abs=1e-5)  # 4 s, not an hour
@@ -223,6 +228,11 @@ async def test_advise_one_workload_per_verdict(
     assert "plain cron job" in got["usage-nightly"]["summary"]
     assert got["usage-rare"]["verdict"] == "too_few_runs"
     assert "too few runs" in got["usage-rare"]["summary"]
+    # The rollups behind the verdicts: child runs created, steps executed and replayed.
+    figures = {t["task_id"]: t for t in usage_report(store, "dev", since=3650 * DAY)["tasks"]}
+    assert figures["usage-fanout"]["child_runs"] == 18  # 3 per run, 6 runs
+    assert figures["usage-signup"]["steps_executed"] == 18  # 3 journaled per run
+    assert figures["usage-signup"]["steps_replayed"] == 2
     # The same from the function, for one task.
     (one,) = advise(store, "dev", since=3650 * DAY, task_id="usage-export", min_runs=5)
     assert one.tripped == [1]
@@ -310,6 +320,13 @@ def test_a_killed_attempt_is_billed_once_and_the_rollups_stay_exact(db_url: str)
         # 1.5 s or more before the kill, 0.5 s after; never more than the run's wall time
         # (attempts do not overlap), so nothing was counted twice.
         assert 2.0 <= active <= run.finished_at - run.started_at
+        # Per attempt: the killed one (ended by its reaping, its event records its time)
+        # and the retry each once, adding up to the run's.
+        killed, retried = attempts(run, store.journal(run.id), store.events(run.id))
+        assert killed["outcome"] == "failed" and retried["outcome"] == "completed"
+        assert killed["active_seconds"] >= 1.5 and retried["active_seconds"] >= 0.5
+        assert killed["active_seconds"] + retried["active_seconds"] == pytest.approx(active)
+        assert retried["active_seconds"] < killed["active_seconds"]
         store.aggregate_usage(grace=0.0)
         assert store.aggregate_usage(grace=0.0) == 0
         (day,) = store.usage_days("dev", run.created_at - 1)
@@ -383,3 +400,32 @@ async def test_time_a_queue_sits_at_its_limit_is_sampled_for_condition_4(
     (a,) = advise(store, "dev", since=DAY, task_id="usage-child", min_runs=1)
     c4 = a.conditions[3]
     assert c4.tripped and "usage-limited 1 min" in c4.evidence
+
+
+async def test_each_attempt_records_the_time_it_executed(
+    store: Store, client: Client, clock: FakeClock, workers: Any
+) -> None:
+    """Provisioning fails once: attempt 1 ran charge and provision (0.4 s), attempt 2
+    replayed charge from the journal and ran provision and welcome (0.3 s). The backoff
+    between them (queued time) is billed to neither."""
+    FAIL["per-attempt"] = 1
+    handle = await signup.trigger({"tag": "per-attempt"})
+    await _drain(workers, store, client, clock)
+    run = client.retrieve(handle.id)
+    assert (run.status, run.attempt) == (RunStatus.COMPLETED, 2)
+    events = store.events(run.id)
+    (ended,) = [e for e in events if e.kind == "attempt_failed"]
+    assert ended.attempt == 1 and ended.active_seconds == pytest.approx(0.4, abs=1e-6)
+    first, second = attempts(run, store.journal(run.id), events)
+    assert first["active_seconds"] == pytest.approx(0.4, abs=1e-6)
+    assert second["active_seconds"] == pytest.approx(0.3, abs=1e-6)
+    assert run.active_seconds == pytest.approx(0.7, abs=1e-6)
+    assert run.queued_seconds >= 1.0  # the backoff before attempt 2 sat queued
+    # The run's JSON and the CLI's attempt lines carry the same figures.
+    from outlast._cli_format import attempt_lines
+    from outlast.server.serialize import event_json, run_json
+
+    assert run_json(run)["activeMs"] == 700
+    assert event_json(ended)["activeSeconds"] == pytest.approx(0.4, abs=1e-6)
+    lines = attempt_lines(run, store.journal(run.id), events)
+    assert "active 0.400s" in lines[0] and "active 0.300s" in lines[1]

@@ -20,7 +20,8 @@ class CreateAlertBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     on: str = Field(..., max_length=64,
-                    description="run.failed | run.timed_out | queue.backlog | no_worker")
+                    description="run.failed | run.timed_out | queue.backlog | no_worker"
+                                " | usage.spike")
     webhook: str = Field(..., max_length=2048, description="the URL to POST to")
     format: Literal["json", "slack"] = "json"
     task: str | None = Field(None, max_length=128, description="only this task's runs")

@@ -7,7 +7,6 @@ secret key; another environment's object answers 404, like one that does not exi
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
@@ -20,14 +19,24 @@ from starlette.concurrency import run_in_threadpool
 from .. import _limits, _serde
 from .._errors import QueueNotFound, RunNotFound, TokenNotFound, ValidationError
 from .._ids import new_id
-from .._trigger import prepare_replay, prepare_run
+from .._trigger import REGISTRY, prepare_replay, prepare_run, unknown_task
 from ..explain import why
 from ..runs import Run
-from ..store.base import ApiStore, NewRun, QueueListing
+from ..store.base import ApiStore, NewRun, QueueListing, TaskDef
 from ..waitpoints import callback_url, verify
-from .bodies import MAX_BATCH_ITEMS, batch_items, documented_body, json_response, read_limited
+from .bodies import (
+    MAX_BATCH_ITEMS,
+    batch_items,
+    documented_body,
+    json_response,
+    parse_body,
+    read_limited,
+)
 from .durations import seconds_from
+from .event_stream import event_stream
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
+from .task_cache import TaskCache
+from .trigger_commit import TriggerCommitter
 from .trigger_options import (
     Integer,
     Number,
@@ -121,7 +130,8 @@ def _decode_payload(payload: Any, payload_type: str | None) -> Any:
 
 
 def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
-                    options: TriggerOptionsBody | dict[str, Any] | None, where: str = "") -> NewRun:
+                    options: TriggerOptionsBody | dict[str, Any] | None, where: str = "",
+                    *, published: TaskDef | None = None) -> NewRun:
     """A trigger as the Trigger.dev SDK sends it (options in its names, as a body model or
     the raw dict of a streamed batch item; a payload by ``payloadType``) built into a
     validated run; ``where`` (``items[3]``) prefixes the fields of a batch item's errors."""
@@ -133,7 +143,8 @@ def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
     try:
         opts, payload_type = options_from(options, store.now())
         payload, payload_type = resolve_payload(store, env, payload, payload_type)
-        return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts)
+        return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts,
+                           published=published)
     except ValidationError as exc:
         err = as_on_the_wire(exc)
         if not where:
@@ -158,7 +169,7 @@ def resolve_payload(store: ApiStore, env: str, payload: Any, payload_type: str |
     return data, content_type.split(";")[0].strip()
 
 
-def _request_key(
+async def _request_key(
     a: str | None = Header(
         None, alias="x-trigger-request-idempotency-key", include_in_schema=False
     ),
@@ -243,41 +254,75 @@ def build_router(store: ApiStore, env_dependency: Any) -> APIRouter:
 
 
 def _trigger_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
-    """Triggering: one run, a batch of one task, a batch of several."""
+    """Triggering: one run, a batch of one task, a batch of several. Every one validates
+    its request first, then waits for its runs to commit in a group with the other
+    requests of the moment (trigger_commit.py): a 2xx follows the commit."""
     Env = Annotated[str, Depends(env_dependency)]
+    committer = TriggerCommitter.of(store)
+    tasks = TaskCache.of(store)
 
+    # On the loop, no thread: the body parsed by pydantic from its bytes, the task's
+    # definition from the cache, the answer written by orjson; the commit is the
+    # committer thread's. FastAPI would validate the response against its model again.
     @router.post("/api/v1/tasks/{task_id}/trigger", response_model=TriggerResponse,
-                 tags=["runs"], summary="Trigger a run of a task")
-    def trigger(task_id: str, body: TriggerBody, env: Env, key: RequestKey) -> TriggerResponse:
-        new = prepare_request(store, env, task_id, body.payload, body.options)
-        return _triggered(store, env, [new], key)[0]
+                 tags=["runs"], summary="Trigger a run of a task",
+                 openapi_extra=documented_body(TriggerBody))
+    async def trigger(task_id: str, request: Request, env: Env, key: RequestKey) -> Response:
+        body = parse_body(await request.body(), TriggerBody)
+        new = await prepare_async(store, tasks, env, task_id, body.payload, body.options)
+        results, _ = await committer.trigger(env, [new], key)
+        return Response(orjson.dumps({"id": results[0].id, "isCached": results[0].is_cached}),
+                        media_type="application/json")
 
-    # The batch routes read the raw request: FastAPI would parse and validate a body of
-    # 100,000 items on the event loop (see bodies.py). The body models stay documented.
-    def _batch(env: str, raw: bytearray, envelope: type[BaseModel],
-               item_model: type[BatchItem], task_id: str | None, key: str | None) -> Response:
+    # The batch routes parse and validate in a thread: FastAPI would parse and validate a
+    # body of 100,000 items on the event loop (see bodies.py). The models stay documented.
+    def _batch_runs(env: str, raw: bytearray, envelope: type[BaseModel],
+                    item_model: type[BatchItem], task_id: str | None) -> list[NewRun]:
         items = batch_items(raw, envelope, item_model)
-        runs = [
+        published = tasks.memo(env)
+        return [
             prepare_request(store, env, item.task or task_id or "", item.payload, item.options,
-                            f"items[{i}]")
+                            f"items[{i}]", published=published(item.task or task_id or ""))
             for i, item in enumerate(items)
         ]
-        out = _triggered(store, env, runs, key)
-        return json_response(BatchResponse(id=new_id("batch"), runCount=len(out), runs=out))
+
+    async def _batch(env: str, raw: bytearray, envelope: type[BaseModel],
+                     item_model: type[BatchItem], task_id: str | None, key: str | None
+                     ) -> Response:
+        runs = await run_in_threadpool(_batch_runs, env, raw, envelope, item_model, task_id)
+        results, _ = await committer.trigger(env, runs, key)
+        out = BatchResponse(id=new_id("batch"), runCount=len(results),
+                            runs=[TriggerResponse(id=r.id, isCached=r.is_cached)
+                                  for r in results])
+        return json_response(out)
 
     @router.post("/api/v1/tasks/{task_id}/batch", response_model=BatchResponse, tags=["runs"],
                  summary="Trigger many runs of one task in one transaction",
                  openapi_extra=documented_body(BatchBody))
     async def batch_one(task_id: str, request: Request, env: Env, key: RequestKey) -> Response:
         raw = await read_limited(request)
-        return await run_in_threadpool(_batch, env, raw, BatchBody, BatchItem, task_id, key)
+        return await _batch(env, raw, BatchBody, BatchItem, task_id, key)
 
     @router.post("/api/v2/tasks/batch", response_model=BatchResponse, tags=["runs"],
                  summary="Trigger runs of several tasks in one transaction",
                  openapi_extra=documented_body(BatchManyBody))
     async def batch_many(request: Request, env: Env, key: RequestKey) -> Response:
         raw = await read_limited(request)
-        return await run_in_threadpool(_batch, env, raw, BatchManyBody, BatchManyItem, None, key)
+        return await _batch(env, raw, BatchManyBody, BatchManyItem, None, key)
+
+
+async def prepare_async(store: ApiStore, tasks: TaskCache, env: str, task_id: str,
+                        payload: Any, options: TriggerOptionsBody | None) -> NewRun:
+    """``prepare_request`` on the loop: with the task's cached definition (read in a
+    thread when not cached), and whole in a thread for a payload that is an uploaded
+    packet (read from the database)."""
+    published = await tasks.lookup(env, task_id)
+    if published is None and task_id not in REGISTRY:
+        raise unknown_task(env, task_id)
+    if options is not None and options.payloadType == "application/store":
+        return await asyncio.to_thread(prepare_request, store, env, task_id, payload, options,
+                                       published=published)
+    return prepare_request(store, env, task_id, payload, options, published=published)
 
 
 def _run_reading_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> None:
@@ -383,7 +428,7 @@ def _run_action_routes(router: APIRouter, store: ApiStore, env_dependency: Any) 
     async def events(run_id: str, env: Env) -> StreamingResponse:
         await asyncio.to_thread(_get_run, store, env, run_id)
         return StreamingResponse(
-            _event_stream(store, env, run_id),
+            event_stream(store, env, run_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -470,53 +515,3 @@ def _queue_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> No
         _queue_state(store, env, name)
         store.update_queue(env, name, concurrency_limit=body.limit)
         return queue_json(_queue_state(store, env, name))
-
-
-async def _event_stream(store: ApiStore, env: str, run_id: str) -> AsyncIterator[bytes]:
-    """Poll the store and turn changes into SSE frames, in order, until the run ends."""
-
-    def frame(event: str, data: Any) -> bytes:
-        return f"event: {event}\ndata: {orjson.dumps(data, default=str).decode()}\n\n".encode()
-
-    last_status = None
-    last_meta: Any = None
-    seen_steps: dict[str, str] = {}
-    after = 0
-    idle = 0.0
-    while True:
-        run = await asyncio.to_thread(store.get_run, env, run_id)
-        if run is None:
-            return
-        journal = await asyncio.to_thread(store.journal, run_id)
-        evs = await asyncio.to_thread(store.events, run_id, after)
-        changed = False
-        # A final status comes after the steps and logs that led to it (read after the
-        # run, so they are complete); any other status comes first.
-        if run.status != last_status and not run.is_final:
-            last_status = run.status
-            changed = True
-            yield frame("status", {"id": run.id, "status": str(run.status), "attempt": run.attempt})
-        for j in journal:
-            if seen_steps.get(j.key) != j.status:
-                seen_steps[j.key] = j.status
-                changed = True
-                yield frame("step", step_json(j))
-        for e in evs:
-            after = e.id
-            changed = True
-            yield frame("log" if e.kind == "log" else e.kind, event_json(e))
-        if run.metadata != last_meta:
-            if last_meta is not None or run.metadata:
-                yield frame("metadata", run.metadata)
-            last_meta = run.metadata
-        if run.is_final:
-            if run.status != last_status:
-                yield frame("status",
-                            {"id": run.id, "status": str(run.status), "attempt": run.attempt})
-            yield frame("end", run_json(run))
-            return
-        idle = 0.0 if changed else idle + 0.2
-        if idle >= 15.0:
-            idle = 0.0
-            yield b": keep-alive\n\n"
-        await asyncio.sleep(0.2)

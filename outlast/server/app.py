@@ -4,8 +4,9 @@ Stateless: everything lives in the store, so several servers behind a load balan
 against one PostgreSQL behave as one.
 """
 
+import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -27,6 +28,7 @@ from .bodies import batch_limit, too_large_message
 from .bulk_api import build_bulk_router
 from .compat import JwtHeader, build_compat_router
 from .events_api import build_events_router
+from .fast_trigger import FastTrigger
 from .hooks import build_hooks_router
 from .metrics_api import build_metrics_router
 from .retention_api import build_retention_router
@@ -128,16 +130,21 @@ async def _error(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-def _env_dependency(store: Store) -> Callable[..., str]:
+def _env_dependency(store: Store, checker: KeyChecker) -> Callable[..., Awaitable[str]]:
     """The dependency that reads the request's secret key: its environment, or a 401."""
-    checker = KeyChecker(store)
     bearer = HTTPBearer(auto_error=False, description="A secret key: `outlast keys create`")
 
-    def env_of(
+    # On the loop (no thread-pool hop) while the key's answer is cached, as it is for
+    # every request of a client but one each couple of seconds.
+    async def env_of(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
         secret = credentials.credentials.strip() if credentials is not None else ""
-        env = checker.env_for(secret) if secret else None
+        env = None
+        if secret:
+            hit, env = checker.cached(secret)
+            if not hit:
+                env = await asyncio.to_thread(checker.env_for, secret)
         if env is None:
             raise StarletteHTTPException(
                 401,
@@ -175,7 +182,8 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
         redoc_url=None,
     )
     app.state.store = store
-    env_of = _env_dependency(store)
+    checker = KeyChecker(store)
+    env_of = _env_dependency(store, checker)
     app.add_exception_handler(OutlastError, errors.outlast_error)
     app.add_exception_handler(RequestValidationError, errors.request_validation)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
@@ -209,4 +217,6 @@ def create_app(store: Store, *, dashboard: bool = True) -> FastAPI:
     app.add_middleware(NoNul)
     app.add_middleware(TraceContext)
     app.add_middleware(BodyLimit, limit=limit * 2 + 64 * 1024)
+    # Outermost: the single trigger's fast path, past everything above (fast_trigger.py).
+    app.add_middleware(FastTrigger, store=store, checker=checker, limit=limit * 2 + 64 * 1024)
     return app

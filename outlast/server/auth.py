@@ -64,6 +64,14 @@ class KeyChecker:
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, secret: str) -> tuple[bool, str | None]:
+        """(True, its environment) if ``secret``'s answer is cached and fresh, without
+        touching the database (the trigger endpoint asks on the event loop)."""
+        hit = self._cache.get(hash_key(secret))
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return True, hit[1]
+        return False, None
+
     def env_for(self, secret: str) -> str | None:
         digest = hash_key(secret)
         now = time.monotonic()

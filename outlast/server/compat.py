@@ -21,10 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import _limits
 from .._errors import ValidationError
 from .._ids import new_id
-from ..store.base import ApiStore
+from ..store.base import ApiStore, NewRun
 from ..waitpoints import signature
 from .api import prepare_request
 from .bodies import MAX_BATCH_ITEMS, json_response, read_limited
+from .task_cache import TaskCache
+from .trigger_commit import TriggerCommitter
 
 _ADDITIONAL_KEY_PREFIXES = ("tr_dev_sk_", "tr_stg_sk_", "tr_prod_sk_", "tr_preview_sk_")
 
@@ -119,7 +121,19 @@ def _batch_routes(router: APIRouter, store: ApiStore, env_dependency: Any) -> No
         # Read on the loop (under the batch limit), parsed and inserted in a thread: see
         # bodies.py.
         raw = await read_limited(request)
-        return await run_in_threadpool(_seal_batch, store, env, batch_id, raw)
+        meta, runs = await run_in_threadpool(_batch_runs, store, env, batch_id, raw)
+        # The runs commit in a group with other requests' (trigger_commit.py).
+        results, cached = await TriggerCommitter.of(store).trigger(
+            env, runs, f"v3batch:{batch_id}")
+        return json_response({
+            "id": batch_id,
+            "itemsAccepted": len(results),
+            "itemsDeduplicated": len(results) if cached else 0,
+            "sealed": True,
+            "enqueuedCount": len(results),
+            "expectedCount": int(meta.get("runCount") or len(results)),
+            "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
+        })
 
     @router.post("/api/v1/auth/jwt/claims", summary="Claims for a public access token")
     def claims(env: Env) -> dict[str, Any]:
@@ -136,8 +150,10 @@ def _upload_urls(store: ApiStore, request: Request, env: str, filename: str) -> 
     }
 
 
-def _seal_batch(store: ApiStore, env: str, batch_id: str, raw: bytearray) -> Response:
-    """A streamed batch's items, triggered once (a resend answers the same runs)."""
+def _batch_runs(store: ApiStore, env: str, batch_id: str, raw: bytearray
+                ) -> tuple[dict[str, Any], list[NewRun]]:
+    """A streamed batch's metadata and its items' runs, validated (a resend is answered
+    with the same runs: they are triggered under the batch's id as request key)."""
     meta_raw, known = store.remember_request(env, f"v3batch-meta:{batch_id}", "{}")
     meta = orjson.loads(meta_raw) if known else {}
     batch_key = meta.get("key")
@@ -146,6 +162,7 @@ def _seal_batch(store: ApiStore, env: str, batch_id: str, raw: bytearray) -> Res
         _add_item(items, line)
     if len(items) > MAX_BATCH_ITEMS:
         raise ValidationError(f"a batch has at most {MAX_BATCH_ITEMS} items", field="items")
+    published = TaskCache.of(store).memo(env)
     runs = []
     for index in sorted(items):
         item = items[index]
@@ -153,18 +170,11 @@ def _seal_batch(store: ApiStore, env: str, batch_id: str, raw: bytearray) -> Res
         if batch_key and not options.get("idempotencyKey"):
             options["idempotencyKey"] = hashlib.sha256(f"{batch_key}-{index}".encode()
                                                        ).hexdigest()
-        runs.append(prepare_request(store, env, str(item.get("task") or ""),
-                                    item.get("payload"), options, f"items[{index}]"))
-    results, cached = store.trigger_once(env, f"v3batch:{batch_id}", runs)
-    return json_response({
-        "id": batch_id,
-        "itemsAccepted": len(results),
-        "itemsDeduplicated": len(results) if cached else 0,
-        "sealed": True,
-        "enqueuedCount": len(results),
-        "expectedCount": int(meta.get("runCount") or len(results)),
-        "runs": [{"id": r.id, "isCached": r.is_cached or cached} for r in results],
-    })
+        task_id = str(item.get("task") or "")
+        runs.append(prepare_request(store, env, task_id, item.get("payload"), options,
+                                    f"items[{index}]",
+                                    published=published(task_id)))
+    return meta, runs
 
 
 def _add_item(items: dict[int, dict[str, Any]], line: bytes | bytearray) -> None:
@@ -250,6 +260,12 @@ def _jwt_headers(secret: str, path: str, body: bytes) -> list[tuple[bytes, bytes
     obj_id = data.get("id") if isinstance(data, dict) else None
     if not isinstance(obj_id, str):
         return []
+    return jwt_headers_for(secret, path, obj_id)
+
+
+def jwt_headers_for(secret: str, path: str, obj_id: str) -> list[tuple[bytes, bytes]]:
+    """``x-trigger-jwt`` and its claims for the object ``obj_id`` a response to ``path``
+    created."""
     if "waitpoints" in path:
         scopes, ttl = [f"write:waitpoints:{obj_id}"], 24 * 3600.0
     elif "batch" in path:

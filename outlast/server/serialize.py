@@ -72,6 +72,10 @@ def run_json(
             "cancelRequested": run.cancel_requested or None,
             "maxDuration": run.max_duration,
             "ttlExpiresAt": iso(run.ttl_expires_at),
+            # usage: executed (every attempt, without parked waits), queued, parked
+            "activeMs": int(run.active_seconds * 1000),
+            "queuedMs": int(run.queued_seconds * 1000),
+            "waitedMs": int(run.waited_seconds * 1000),
             "why": why,
         }
     )
@@ -138,6 +142,8 @@ def event_json(event: RunEvent) -> dict[str, Any]:
             "level": event.level,
             "message": event.message,
             "data": event.data,
+            # the attempt an attempt_failed event ends: the seconds it executed
+            "activeSeconds": event.active_seconds,
         }
     )
 

@@ -122,9 +122,17 @@ class AlertStore(abc.ABC):
         *,
         task_id: str | None = None,
         queue: str | None = None,
+        once: str | None = None,
     ) -> int:
         """Queue a delivery of ``event`` to every rule of ``env`` that matches it, within
-        the storm limit; return how many deliveries were queued or summarized."""
+        the storm limit; return how many deliveries were queued or summarized. With
+        ``once``, only the first raise of that key (per env and event) does anything,
+        however many processes raise it (a usage spike: once per task and period)."""
+
+    @abc.abstractmethod
+    def alert_rule_envs(self, event: str) -> list[str]:
+        """The environments with a rule for ``event`` (a check nobody subscribes to
+        need not run)."""
 
     @abc.abstractmethod
     def due_deliveries(self, limit: int = 20, lease: float = 30.0) -> list[DueDelivery]:

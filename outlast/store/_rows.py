@@ -122,6 +122,9 @@ def run_from_row(row: Row) -> Run:
         segment_started_at=row["segment_started_at"],
         idempotency_expires_at=row["idempotency_expires_at"],
         version=row["version"],
+        active_seconds=float(row.get("active_seconds") or 0.0),
+        queued_seconds=float(row.get("queued_seconds") or 0.0),
+        waited_seconds=float(row.get("waited_seconds") or 0.0),
     )
 
 

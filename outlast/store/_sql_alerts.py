@@ -107,9 +107,19 @@ class AlertsMixin(SqlCore):
         *,
         task_id: str | None = None,
         queue: str | None = None,
+        once: str | None = None,
     ) -> int:
+        now = self.now()
         with self._transaction() as tx:
-            return self._raise(tx, env, event, data, task_id, queue, self.now())
+            if once is not None and not tx.x(
+                "alert_once_claim", env=env, event=event, key=once, now=now
+            ):
+                return 0  # raised already, here or by another scheduler
+            return self._raise(tx, env, event, data, task_id, queue, now)
+
+    def alert_rule_envs(self, event: str) -> list[str]:
+        with self._transaction() as tx:
+            return [str(r["env"]) for r in tx.q("alert_rule_envs", event=event)]
 
     def _raise(
         self,
@@ -326,6 +336,7 @@ class AlertsMixin(SqlCore):
         with self._transaction() as tx:
             tx.x("prune_alert_attempts", before=before)
             gone = tx.x("prune_alert_deliveries", before=before)
+            gone += tx.x("alert_once_prune", before=before)
             return gone + tx.x("prune_error_occurrences", before=before)
 
     def check_alert_conditions(self) -> int:

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import cast
 
-from .._serde import dumps, loads
 from ._sql_core import SqlCore
+from ._sql_group_trigger import trigger_once_in
 from .base import ApiKeyMatch, ApiKeyRow, NewRun, TriggerResult
 
 
@@ -41,18 +41,9 @@ class ApiMixin(SqlCore):
         its results. The key and the runs commit in one transaction."""
         now = self.now()
         with self._transaction() as tx:
-            if not tx.q("claim_request_key", env=env, key=request_key, now=now):
-                rows = tx.q("request_response", env=env, key=request_key)
-                stored = loads(rows[0]["response"]) if rows else None
-                if stored is not None:
-                    return [TriggerResult(r["id"], True) for r in stored], True
-            results: list[TriggerResult] = self._insert_runs(tx, runs, now)
-            tx.x(
-                "set_request_response",
-                env=env,
-                key=request_key,
-                response=dumps([{"id": r.id} for r in results]),
-            )
+            results, cached = trigger_once_in(self, tx, env, request_key, runs, now)
+        if cached:
+            return results, True
         with contextlib.suppress(Exception):
             self.wake_local()
         return results, False

@@ -173,6 +173,7 @@ class CommitMixin(ClaimsMixin):
             "complete_run",
             [{"run_id": op.run_id, "output": op.output, "now": now} for op in ops],
         )
+        tx.x("usage_outbox_add", ids=self._list([op.run_id for op in ops]))
         tx.x("clear_runs_waits", ids=self._list([op.run_id for op in ops]))
         return self._children_done(tx, parents)
 
@@ -331,17 +332,7 @@ class CommitMixin(ClaimsMixin):
 
     def _attempt_failed_event(self, tx: Tx, op: EndSegment, now: float) -> None:
         err = loads(op.error) or {}
-        attempt = tx.q("slot_of_run", run_id=op.run_id)[0]["attempt"]
-        tx.x(
-            "insert_event",
-            run_id=op.run_id,
-            ts=now,
-            kind="attempt_failed",
-            attempt=attempt,
-            level="error",
-            message=plain_text(err.get("message")),
-            data=op.error,
-        )
+        self._attempt_ended(tx, op.run_id, now, plain_text(err.get("message")), op.error)
 
 
 

@@ -13,8 +13,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._serde import dumps
+from .._serde import dumps, loads
 from ..runs import RunStatus
+from ._match import payload_keys
 from ._rows import (
     Row,
     Tx,
@@ -107,6 +108,11 @@ class SqlCore(Store):
         hook: PostgreSQL saves the round trips of BEGIN, NOTIFY and COMMIT."""
         return False
 
+    def _insert_many_alone(self, runs: Sequence[NewRun], now: float) -> bool:
+        """``_insert_alone`` for several runs that need nothing else, in one statement
+        committed on its own; False if the backend has no such shortcut."""
+        return False
+
     @abc.abstractmethod
     def _insert_grouped(self, tx: Tx, runs: Sequence[NewRun], now: float
                         ) -> list[TriggerResult]:
@@ -142,6 +148,12 @@ class SqlCore(Store):
                   for r in inserted if r.trace_context]
         if traced:
             tx.many("insert_run_trace", traced)
+        keys = [{"env": r.env, "task_id": r.task_id, "path": path, "value": value,
+                 "run_id": r.id}
+                for r in inserted if r.cancel_paths
+                for path, value in payload_keys(r.cancel_paths, loads(r.payload))]
+        if keys:
+            tx.many("insert_run_cancel_key", keys)
         slots = {(r.env, r.queue, r.concurrency_key) for r in inserted} - self._ensured
         queues = {(e, q) for e, q, _ in slots}
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in queues])
@@ -190,7 +202,7 @@ class SqlCore(Store):
         worker serving the task still has to run."""
         slot = tx.q("slot_of_run", run_id=run_id)[0]
         self._release_slot(tx, slot)
-        tx.x(
+        ended = tx.q(
             "end_run",
             run_id=run_id,
             status=str(status),
@@ -199,6 +211,8 @@ class SqlCore(Store):
             now=now,
             hooks_due=1 if hooks_due else 0,
         )
+        if ended and self.dialect != "postgres":  # PostgreSQL's end_run adds it itself
+            tx.x("usage_outbox_add", ids=self._list([run_id]))
         tx.x("clear_run_waits", run_id=run_id)
         if slot["parent_waitpoint_id"]:
             self._child_done(tx, slot["parent_waitpoint_id"], now)
@@ -236,22 +250,31 @@ class SqlCore(Store):
         slot = tx.q("slot_of_run", run_id=run_id)[0]
         message = "the worker running this attempt was lost (crash, kill or lost lease)"
         error = _error("worker_lost", message)
-        tx.x(
-            "insert_event",
-            run_id=run_id,
-            ts=now,
-            kind="attempt_failed",
-            attempt=slot["attempt"],
-            level="error",
-            message=message,
-            data=error,
-        )
+        self._attempt_ended(tx, run_id, now, message, error)
         if slot["attempt"] >= slot["max_attempts"]:
             self._finish(tx, run_id, RunStatus.FAILED, now, error=error, hooks_due=True)
             return run_id
         self._release_slot(tx, slot)
         tx.x("retry_run", run_id=run_id, error=error, retry_at=now, now=now)
         return None
+
+    def _attempt_ended(
+        self, tx: Tx, run_id: str, now: float, message: str | None, error: str | None
+    ) -> None:
+        """The event that ends a failed (retried, timed-out, cancelled, lost) attempt, with
+        the seconds that attempt executed: read before the run's row changes."""
+        row = tx.q("attempt_active", run_id=run_id, now=now)[0]
+        tx.x(
+            "insert_attempt_event",
+            run_id=run_id,
+            ts=now,
+            kind="attempt_failed",
+            attempt=row["attempt"],
+            level="error",
+            message=message,
+            data=error,
+            active_seconds=max(0.0, float(row["active"] or 0.0)),
+        )
 
     def _dequeued_lost(self, tx: Tx, run_id: str, now: float) -> None:
         """A run its dead worker held DEQUEUED: back to the queue, attempt unspent, noted."""

@@ -19,6 +19,7 @@ from ._events_base import (
     NewEvent,
     PublishResult,
 )
+from ._match import match_key
 from ._rows import Row, Tx, _task_def, _waitpoint
 from ._sql_core import SqlCore
 from ._types import NewRun, TaskDef, TriggerResult, Waitpoint
@@ -36,6 +37,20 @@ def _event(row: Row, deliveries: list[Delivery] | None = None) -> EventRecord:
     )
 
 
+def _fanout(row: Row) -> list[Delivery]:
+    """What an event's publish did to each subscriber (``events.fanout``; NULL for events
+    logged before it existed, whose deliveries are all rows)."""
+    text = row.get("fanout")
+    if not text:
+        return []
+    return [Delivery(task_id=t, outcome=o, run_id=r, reason=why, replay=False,
+                     created_at=row["created_at"]) for t, r, o, why in loads(text)]
+
+
+def _delivery_order(d: Delivery) -> tuple[float, str]:
+    return (d.created_at, d.task_id)
+
+
 def _delivery(row: Row) -> Delivery:
     return Delivery(
         task_id=row["task_id"],
@@ -47,6 +62,42 @@ def _delivery(row: Row) -> Delivery:
     )
 
 
+def _task_of(run: NewRun) -> str:
+    return run.task_id
+
+
+_Plan = tuple[EventRecord, list[Fanout]]
+
+
+def _plan(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner
+          ) -> dict[str, _Plan]:
+    """Each distinct event's fan-out, planned before the events are inserted: what it did
+    to every subscriber is written with the event (``events.fanout``), in the same row.
+    A duplicate's plan is dropped (its run ids are never used)."""
+    plans: dict[str, _Plan] = {}
+    for e in events:
+        if e.id not in plans:
+            record = EventRecord(seq=0, id=e.id, env=batch.env, name=e.name,
+                                 data=loads(e.data), created_at=batch.now, data_json=e.data)
+            plans[e.id] = (record, planner.fan_out(record, batch.subscribers, replay=False))
+    return plans
+
+
+def fanout_json(plan: Sequence[Fanout]) -> str:
+    """An event's fan-out as the log keeps it: [task_id, run_id, outcome, reason] each."""
+    return dumps([[f.task_id, f.run.id if f.run else None, f.outcome, f.reason]
+                  for f in plan])
+
+
+def _event_rows(batch: _Batch, events: Sequence[NewEvent], plans: dict[str, _Plan]
+                ) -> list[dict[str, Any]]:
+    now = batch.now
+    return [{"env": batch.env, "id": e.id, "name": e.name, "data": e.data, "now": now,
+             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds,
+             "fanout": fanout_json(plans[e.id][1])}
+            for e in events]
+
+
 @dataclass
 class _Batch:
     """What one publish transaction has planned and not yet written, and what it knows."""
@@ -55,23 +106,28 @@ class _Batch:
     subscribers: list[TaskDef]
     now: float
     runs: list[NewRun] = field(default_factory=list)
-    deliveries: list[dict[str, Any]] = field(default_factory=list)
     created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
     waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
+    # Debounced or batched runs planned: run id -> its event's seq (``_joined``)
+    grouped: dict[str, int] = field(default_factory=dict)
     woke: bool = False
 
 
-def _joined(batch: _Batch, results: list[TriggerResult]) -> None:
+def _joined(tx: Tx, batch: _Batch, results: list[TriggerResult]) -> None:
     """Planned runs that joined a debounce or batch group's pending run instead
-    (``_sql_groups``): their deliveries and the publish results name that run."""
+    (``_sql_groups``): their event's fan-out and the publish results name that run. The
+    fan-out was written with the event, before its runs: run ids are unique, so the
+    planned id is replaced in the event's row where it stands."""
     moved = {r.id: t.id for r, t in zip(batch.runs, results, strict=True) if r.id != t.id}
-    if not moved:
-        return
-    for d in batch.deliveries:
-        d["run_id"] = moved.get(d["run_id"], d["run_id"])
-    for ids in batch.created.values():  # the lists the PublishResults hold
-        ids[:] = [moved.get(i, i) for i in ids]
+    for planned, run_id in moved.items():
+        seq = batch.grouped.get(planned)
+        if seq is not None:
+            tx.x("ev_fanout_moved", seq=seq, planned=planned, run_id=run_id)
+    batch.grouped.clear()
+    if moved:
+        for ids in batch.created.values():  # the lists the PublishResults hold
+            ids[:] = [moved.get(i, i) for i in ids]
 
 
 class EventsMixin(SqlCore):
@@ -85,6 +141,10 @@ class EventsMixin(SqlCore):
     def publish_events(
         self, env: str, events: Sequence[NewEvent], planner: EventPlanner
     ) -> list[PublishResult]:
+        if len(events) == 1:
+            done = self._publish_alone(env, events[0], planner)
+            if done is not None:
+                return [done]
         now = self.now()
         with self._transaction() as tx:
             results, batch = self._publish_in(tx, env, events, planner, now)
@@ -98,8 +158,9 @@ class EventsMixin(SqlCore):
         The caller calls ``_published`` with the batch once the transaction committed."""
         names = sorted({e.name for e in events})
         batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
-        seqs = self._insert_events(tx, batch, events)
-        results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), planner)
+        plans = _plan(batch, events, planner)
+        seqs = self._insert_events(tx, batch, events, plans)
+        results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), plans, planner)
                    for e in events]
         self._flush(tx, batch)
         # No NOTIFY of its own: inserting runs and completing waits announce them.
@@ -111,25 +172,52 @@ class EventsMixin(SqlCore):
         if batch.woke:
             self.wake_local()
 
+    def _publish_alone(self, env: str, event: NewEvent, planner: EventPlanner
+                       ) -> PublishResult | None:
+        """A single publish in one statement, committed on its own; None when it takes the
+        transaction (``_publish_in``, the body of every other publish). A backend hook
+        (``_sql_events_pg``): SQLite has no round trips to save. Whatever a planner
+        decides beyond runs and deliveries (cancels, waits, ...) must make it refuse."""
+        return None
+
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:
         """Lock the event names, then read the subscribers. Locks first, in name order: a
         concurrent publish of the same names cannot deadlock with this one, and a wait
-        registering on a name is ordered with it. A backend hook (``_sql_events_pg``)."""
-        for name in names:
-            tx.x("ev_lock_name", env=env, name=name, now=now)
-        return [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
+        registering on a name is ordered with it. SQLite takes none: its write
+        transactions (BEGIN IMMEDIATE) already take turns. A backend hook
+        (``_sql_events_pg``)."""
+        if self.dialect != "sqlite":
+            for name in names:
+                tx.x("ev_lock_name", env=env, name=name, now=now)
+        return self._subscribers(tx, env, tx.q("ev_tasks_version", env=env)[0]["v"])
 
-    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent]
-                       ) -> dict[str, int]:
-        """Insert the events whose id is not deduplicating (the first of a batch's repeats);
-        their sequence numbers by id. A few statements per batch, not per event."""
+    def _subscribers(self, tx: Tx, env: str, version: str) -> list[TaskDef]:
+        """The environment's task definitions, read again only when their fingerprint
+        (``ev_tasks_version``, read in this transaction) changed since the last read."""
+        cache = self._subscriber_cache()
+        cached = cache.get(env)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        found = [_task_def(r) for r in tx.q("ev_subscribers", env=env)]
+        if len(cache) > 64:
+            cache.clear()
+        cache[env] = (version, found)
+        return found
+
+    def _subscriber_cache(self) -> dict[str, tuple[str, list[TaskDef]]]:
+        cache: dict[str, tuple[str, list[TaskDef]]] | None = self.__dict__.get("_ev_subs")
+        if cache is None:
+            cache = self.__dict__["_ev_subs"] = {}
+        return cache
+
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                       plans: dict[str, _Plan]) -> dict[str, int]:
+        """Insert the events whose id is not deduplicating (the first of a batch's repeats),
+        each with its fan-out; their sequence numbers by id. A few statements per batch,
+        not per event."""
         env, now = batch.env, batch.now
-        rows: list[dict[str, Any]] = [
-            {"env": env, "id": e.id, "name": e.name, "data": e.data, "now": now,
-             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds}
-            for e in events
-        ]
+        rows = _event_rows(batch, events, plans)
         if len(rows) == 1:
             # The common single publish: one statement, unless its id is taken (a retry,
             # or an id past its window: released here, then inserted).
@@ -139,16 +227,15 @@ class EventsMixin(SqlCore):
                 found = tx.q("ev_insert_one", **rows[0])
                 seq = int(found[0]["seq"]) if found else None
             return {str(rows[0]["id"]): seq} if seq is not None else {}
-        ids = self._list(list({e.id for e in events}))
-        taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
-        if taken:  # a retry, or an id past its window (released here, then reused)
-            tx.x("ev_release_keys", env=env, ids=self._list(list(taken)), now=now)
-            taken = {r["id"] for r in tx.q("ev_active", env=env, ids=ids)}
-        fresh: dict[str, dict[str, Any]] = {}
+        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
         for row in rows:
-            if row["id"] not in taken and row["id"] not in fresh:
-                fresh[row["id"]] = row
-        return self._insert_event_rows(tx, list(fresh.values())) if fresh else {}
+            fresh.setdefault(row["id"], row)
+        seqs = self._insert_event_rows(tx, list(fresh.values()))
+        taken = [i for i in fresh if i not in seqs]
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=self._list(taken), now=now)
+            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
+        return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
@@ -158,46 +245,43 @@ class EventsMixin(SqlCore):
         return int(found[0]["seq"]) if found else None
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert fresh events; their sequence numbers by id. A backend hook: PostgreSQL
-        sends them in one statement (``_sql_events_pg``)."""
-        tx.many("ev_insert_many", rows)
-        found = tx.q("ev_active", env=rows[0]["env"], ids=self._list([r["id"] for r in rows]))
-        return {r["id"]: int(r["seq"]) for r in found}
-
-    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        """Insert fan-out delivery rows (at most one per event and task). A backend hook,
-        like ``_insert_event_rows``."""
-        tx.many("ev_insert_deliveries", rows)
+        """Insert events (distinct ids) in one statement; the sequence numbers of those
+        inserted, by id (an id still deduplicating inserts nothing). A backend hook:
+        PostgreSQL reads the rows with json_to_recordset."""
+        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
 
     def _publish_one(
-        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, planner: EventPlanner
+        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, plans: dict[str, _Plan],
+        planner: EventPlanner,
     ) -> PublishResult:
         env, now = batch.env, batch.now
-        if seq is None:  # a duplicate: a retry, or a repeat within the batch
+        if seq is None:  # a duplicate: a retry, or a repeat within the batch (its plan unused)
             first = batch.created.get(e.id)
             if first is None:
-                first = [r["run_id"] for r in tx.q("ev_first_runs", env=env, id=e.id)]
+                first = self._first_runs(tx, env, e.id)
             return PublishResult(e.id, True, first)
-        record = EventRecord(seq=seq, id=e.id, env=env, name=e.name, data=loads(e.data),
-                             created_at=now, data_json=e.data)
+        record, plan = plans.pop(e.id)
+        object.__setattr__(record, "seq", seq)  # known now; planned with 0 (frozen: no copy)
         run_ids = []
-        for f in planner.fan_out(record, batch.subscribers, replay=False):
-            batch.deliveries.append({
-                "seq": seq, "task_id": f.task_id, "run_id": f.run.id if f.run else None,
-                "outcome": f.outcome, "reason": f.reason, "now": now,
-            })
+        for f in plan:
             if f.run is not None:
                 batch.runs.append(f.run)
                 run_ids.append(f.run.id)
+                if f.run.group is not None:  # it may join a pending run (_joined)
+                    batch.grouped[f.run.id] = seq
         batch.created[e.id] = run_ids
         cancels = planner.cancel_matches(record, batch.subscribers)
         if cancels:
             self._flush(tx, batch)  # runs this batch created may be among those cancelled
             ended: list[str] = []
             for task_id, path, value in cancels:
-                for r in tx.q("ev_unfinished_runs", env=env, task_id=task_id):
-                    if planner.payload_at(r["payload"], path) == value:
-                        self._cancel_tree(tx, r["id"], now, ended)
+                # By the keys each run's cancel_on paths had at its trigger (an index
+                # lookup); an if_-only cancel_on takes every unfinished run of the task.
+                found = (tx.q("ev_cancel_keyed", env=env, task_id=task_id, path=path,
+                              value=match_key(value)) if path else
+                         tx.q("ev_unfinished_runs", env=env, task_id=task_id))
+                for r in found:
+                    self._cancel_tree(tx, r["id"], now, ended)
         self._resume_waits(tx, batch, record, planner)
         return PublishResult(e.id, False, run_ids)
 
@@ -218,16 +302,17 @@ class EventsMixin(SqlCore):
                     batch.woke = True
 
     def _flush(self, tx: Tx, batch: _Batch) -> None:
-        """Write the runs and deliveries the batch has planned so far."""
+        """Write the runs the batch has planned so far."""
         if batch.runs:
+            # By task: PostgreSQL's COPY encodes a run like the one before it but for its
+            # id and payload (postgres._CopyLayout), and a fan-out alternates tasks.
+            batch.runs.sort(key=_task_of)
             results = self._insert_runs(tx, batch.runs, batch.now)
-            _joined(batch, results)
+            if batch.grouped:
+                _joined(tx, batch, results)
             batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
             batch.runs = []
             batch.woke = True
-        if batch.deliveries:
-            self._insert_deliveries(tx, batch.deliveries)
-            batch.deliveries = []
 
     def _fan_out(
         self, tx: Tx, record: EventRecord, plan: list[Fanout], now: float, *, replay: bool
@@ -356,10 +441,22 @@ class EventsMixin(SqlCore):
     def _with_deliveries(self, tx: Tx, rows: list[Row]) -> list[EventRecord]:
         if not rows:
             return []
-        by_seq: dict[int, list[Delivery]] = {int(r["seq"]): [] for r in rows}
+        by_seq: dict[int, list[Delivery]] = {int(r["seq"]): _fanout(r) for r in rows}
         for d in tx.q("ev_deliveries", seqs=self._list(list(by_seq))):
             by_seq[int(d["event_seq"])].append(_delivery(d))
+        for found in by_seq.values():
+            found.sort(key=_delivery_order)
         return [_event(r, by_seq[int(r["seq"])]) for r in rows]
+
+    def _first_runs(self, tx: Tx, env: str, event_id: str) -> list[str]:
+        """The runs the first publish of a still-deduplicating id created (with those a
+        retained delivery added), by task: a retry's answer."""
+        pairs: list[tuple[str, str]] = []
+        for r in tx.q("ev_first", env=env, id=event_id):
+            pairs += [(d.task_id, d.run_id) for d in _fanout(r) if d.run_id]
+            pairs += [(d["task_id"], d["run_id"])
+                      for d in tx.q("ev_first_runs", seq=r["seq"])]
+        return [run_id for _, run_id in sorted(pairs)]
 
     def prune_events(self) -> int:
         now = self.now()

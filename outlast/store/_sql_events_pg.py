@@ -1,30 +1,108 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
-batch's events and deliveries go in one statement each (``unnest`` over column arrays);
-a publish of one name locks it and reads the subscribers in one, and a single event is
-inserted by the statement that reads the waits for its name. Mixed into
-``PostgresStore`` ahead of ``SqlStore``."""
+single publish is one statement committed on its own when nothing needs a transaction
+(``ev_publish_alone``); a batch's events (each with its fan-out) go in one statement with
+the waits for their names; a publish locks its names and reads the task fingerprint in
+one, and a single event is inserted by the statement that reads the waits for its name.
+Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from ._events_base import EventWait
-from ._rows import Tx, _task_def
-from ._sql_events import EventsMixin, _Batch
+from .._serde import dumps, loads
+from ._events_base import EventPlanner, EventRecord, EventWait, NewEvent, PublishResult
+from ._rows import Tx
+from ._sql_events import EventsMixin, _Batch, _event_rows, _Plan, fanout_json
 from ._types import TaskDef
 
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {k: [r[k] for r in rows] for k in rows[0]}
+# _run_row's keys that are not runs columns (the statement sets those itself).
+_NOT_COLUMNS = ("now",)
 
 
 class PgEventsMixin(EventsMixin):
+    _pool: Any  # PostgresStore's connection pool (autocommit connections)
+    _channel: str  # its NOTIFY channel
+
+    def _publish_alone(self, env: str, event: NewEvent, planner: EventPlanner
+                       ) -> PublishResult | None:
+        # Planned with the subscribers this process read last; the statement checks they
+        # are still current. Anything needing more than the event, its deliveries and
+        # plain runs (cancels, tags, keys, a queue row not yet ensured) takes the
+        # transaction, as does any refusal of the statement (see ev_publish_alone). A
+        # debounced or batched subscriber's run takes it too: its group row is upserted,
+        # and the run may join the group's pending run (_sql_groups, _sql_events._joined).
+        cached = self._subscriber_cache().get(env)
+        if cached is None:
+            return None
+        version, subscribers = cached
+        now = self.now()
+        record = EventRecord(seq=0, id=event.id, env=env, name=event.name,
+                             data=loads(event.data), created_at=now, data_json=event.data)
+        if planner.cancel_matches(record, subscribers):
+            return None
+        plan = planner.fan_out(record, subscribers, replay=False)
+        runs = [f.run for f in plan if f.run is not None]
+        for r in runs:
+            if (r.tags or r.idempotency_key is not None or r.trace_context or r.delay
+                    or r.cancel_paths
+                    or r.group is not None  # it may join a pending run (_sql_groups)
+                    or (r.env, r.queue, r.concurrency_key) not in self._ensured):
+                return None
+        rows = []
+        for r in runs:
+            row = self._run_row(r, now)
+            for k in _NOT_COLUMNS:
+                del row[k]
+            rows.append(row)
+        conn = self._pool.getconn()  # autocommit: the statement is its own transaction
+        try:
+            found = conn.execute(self.q["ev_publish_alone"], {
+                "env": env, "id": event.id, "name": event.name, "data": event.data,
+                "now": now, "dedup_until": now + event.dedup_seconds,
+                "expires_at": now + event.retention_seconds, "tasks_version": version,
+                "fanout": fanout_json(plan), "runs": dumps(rows), "channel": self._channel,
+            }).fetchall()
+        finally:
+            self._pool.putconn(conn)  # discards it if the statement broke it
+        if not found or found[0]["seq"] is None:
+            return None
+        if runs:
+            self.wake_local()
+        return PublishResult(event.id, False, [r.id for r in runs])
+
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:
-        if len(names) != 1:
-            return super()._lock_and_subscribers(tx, env, names, now)
-        rows = tx.q("ev_lock_and_subscribers", env=env, name=names[0], now=now)
-        return [_task_def(r) for r in rows]
+        if len(names) == 1:
+            rows = tx.q("ev_lock_and_version", env=env, name=names[0], now=now)
+        else:
+            rows = tx.q("ev_lock_names_and_version", env=env, names=names, now=now)
+        return self._subscribers(tx, env, rows[0]["v"])
+
+    def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                       plans: dict[str, _Plan]) -> dict[str, int]:
+        if len(events) == 1:
+            return super()._insert_events(tx, batch, events, plans)
+        env, now = batch.env, batch.now
+        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
+        for row in _event_rows(batch, events, plans):
+            fresh.setdefault(row["id"], row)
+        names = sorted({e.name for e in events})
+        seqs: dict[str, int] = {}
+        waits: dict[str, list[EventWait]] = {n: [] for n in names}
+        for r in tx.q("ev_insert_batch_and_waits", env=env, rows=dumps(list(fresh.values())),
+                      names=names):
+            if r["seq"] is not None:
+                seqs[r["id"]] = int(r["seq"])
+            else:
+                waits[r["name"]].append(EventWait(r["waitpoint_id"], r["name"], r["match_path"],
+                                                  r["match_value"], r["expr"]))
+        batch.waits.update(waits)
+        taken = [i for i in fresh if i not in seqs]
+        if taken:  # a retry, or an id past its window (released here, then reused)
+            tx.x("ev_release_keys", env=env, ids=taken, now=now)
+            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
+        return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
@@ -38,8 +116,4 @@ class PgEventsMixin(EventsMixin):
         return int(rows[0]["seq"])
 
     def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        found = tx.q("ev_insert_unnest", **_columns(rows))
-        return {r["id"]: int(r["seq"]) for r in found}
-
-    def _insert_deliveries(self, tx: Tx, rows: list[dict[str, Any]]) -> None:
-        tx.x("ev_insert_deliveries_unnest", **_columns([{**r, "replay": 0} for r in rows]))
+        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}

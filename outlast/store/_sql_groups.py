@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from .._serde import dumps, loads
 from ._groups_base import BATCH, LEADING, RunGroup
+from ._match import payload_keys
 from ._rows import Tx
 from ._sql_core import SqlCore
 from ._types import NewRun, TriggerResult
@@ -108,11 +109,22 @@ class GroupsMixin(SqlCore):
             payload, max_attempts, metadata = None, None, rows[0]["metadata"]
         else:
             payload, max_attempts, metadata = run.payload, run.max_attempts, run.metadata
-        return bool(tx.q(
+        if not tx.q(
             "group_debounce_run", id=pending, payload=payload, max_attempts=max_attempts,
             metadata=_counted(metadata, group, size), now=now, start=start,
             ttl_expires_at=start + run.ttl if run.ttl else None,
-        ))
+        ):
+            return False
+        if payload is not None and run.cancel_paths:
+            # cancel_on finds runs by the keys of their payload (run_cancel_keys): the
+            # pending run's follow the payload it took.
+            tx.x("prune_run_cancel_keys", ids=self._list([pending]))
+            keys = [{"env": run.env, "task_id": run.task_id, "path": path, "value": value,
+                     "run_id": pending}
+                    for path, value in payload_keys(run.cancel_paths, loads(payload))]
+            if keys:
+                tx.many("insert_run_cancel_key", keys)
+        return True
 
     def _append(self, tx: Tx, run: NewRun, group: RunGroup, pending: str, size: int,
                 now: float) -> bool:

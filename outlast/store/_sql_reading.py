@@ -103,6 +103,7 @@ class ReadingMixin(SqlCore):
                 level=r["level"],
                 message=r["message"],
                 data=loads(r["data"]),
+                active_seconds=r["active_seconds"],
             )
             for r in rows
         ]

@@ -131,6 +131,7 @@ class RetentionMixin(SqlCore):
             listed = self._list(ids)
             tx.x("prune_journal", ids=listed)
             tx.x("prune_run_events", ids=listed)
+            tx.x("prune_run_cancel_keys", ids=listed)
             tx.x("prune_run_traces", ids=listed)
             tx.x("prune_run_error_occurrences", ids=listed)
             tx.x("prune_run_waits", ids=listed)

@@ -1,14 +1,21 @@
-"""Usage in SQL: finished runs folded into daily rollups behind a watermark, and the
-reads of usage reports, spikes and advice.
+"""Usage in SQL: finished runs folded into daily rollups, and the reads of usage reports,
+spikes and advice.
 
 Nothing here runs on the hot path. The runs' own counters (active, queued and waited
 seconds) are kept by the statements that end a segment, claim or resume a run, in their
-transactions (see queries.sql); this part only reads finished runs, from the scheduler's
-tick, in bounded batches. The watermark is (finished_at, id) in ``usage_state``, moved
-in the transaction that writes the rollups, so a fold killed half way leaves nothing
-and a run is folded once. Runs must be ``grace`` seconds finished before they are folded:
-a slower commit could otherwise land behind the watermark (readers add the runs
-finished after it themselves, so reports do not lag).
+transactions (see queries.sql); so is the outbox: each statement that finishes runs adds
+one ``usage_outbox`` row naming them. This part reads from the scheduler's tick: the fold
+takes outbox rows in bounded batches, folds the runs they name and deletes the rows in
+the transaction that writes the rollups, so a fold killed half way leaves nothing and a
+run is folded once, whatever order the finishing commits landed in (a commit whose
+``finished_at`` is older than others' is simply a later outbox row). Readers add the
+runs still in the outbox themselves, so reports do not lag.
+
+Before the contract migration ``0018_drop_runs_finished`` (``usage_state.outbox`` = 0,
+while processes of the release before may still run) the fold is the earlier one, which
+both releases then run alike: runs read from the ``runs_finished`` index behind a
+``(finished_at, id)`` watermark, ``grace`` seconds after they finished; the outbox is
+only trimmed, since the migration fills it afresh from the watermark.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ _DICTS = ("durations", "actives", "waits", "children")
 # A sample of queue limits counts the time since the last one, but no more than this:
 # a scheduler that stopped for an hour did not see the queue at its limit all along.
 _MAX_SAMPLE_GAP = 60.0
+_OUTBOX_PAGE = 100  # outbox rows read at a time (each names the runs of one statement)
 
 
 def day_of(ts: float) -> int:
@@ -43,39 +51,88 @@ class UsageMixin(SqlCore):
             tx.x("usage_state_ensure")
             state = tx.q("usage_state_lock")[0]
             after = (float(state["finished_at"]), str(state["run_id"]))
-            rows = tx.q(
-                "usage_finished_runs",
-                upto=now - grace,
-                after_at=after[0],
-                after_id=after[1],
-                limit=limit,
-            )
-            days = self._fold(tx, rows, after)
+            if int(state["outbox"] or 0):
+                folded, _ = self._fold_outbox(tx, 0, limit, delete=True)
+                days, last = folded, after
+                n = sum(d.runs for d in days.values())
+            else:  # the index fold, until the contract migration hands over
+                rows = self._finished_after(tx, after, now - grace, limit)
+                days = self._fold(tx, rows, *self._span_details(tx, rows, after))
+                last = (float(rows[-1]["finished_at"]), str(rows[-1]["id"])) if rows else after
+                n = len(rows)
+                tx.x("usage_outbox_trim")
             for key, day in days.items():
                 self._add_to_rollup(tx, key, day)
             self._sample(tx, now, float(state["sampled_at"]))
-            last = (float(rows[-1]["finished_at"]), str(rows[-1]["id"])) if rows else after
             tx.x("usage_state_set", finished_at=last[0], run_id=last[1], sampled_at=now)
-        return len(rows)
+        return n
 
-    def _fold(
+    def _finished_after(
+        self, tx: Tx, after: tuple[float, str], upto: float, limit: int
+    ) -> list[Row]:
+        return tx.q(
+            "usage_finished_runs",
+            upto=upto,
+            after_at=after[0],
+            after_id=after[1],
+            limit=limit,
+        )
+
+    def _fold_outbox(
+        self, tx: Tx, after: int, limit: int, *, delete: bool
+    ) -> tuple[dict[tuple[str, str, int], UsageDay], int]:
+        """Fold the runs named by outbox rows after ``after``, up to about ``limit`` runs
+        (whole rows); deleted if ``delete``. Returns the folded days and the last row's seq
+        (``after`` if there was none)."""
+        seqs: list[int] = []
+        ids: list[str] = []
+        while len(ids) < limit:
+            page = tx.q("usage_outbox_page", after=after, limit=_OUTBOX_PAGE)
+            for row in page:
+                seqs.append(int(row["seq"]))
+                ids.extend(_run_ids(row["run_ids"]))
+                if len(ids) >= limit:
+                    break
+            if not page or len(page) < _OUTBOX_PAGE:
+                break
+            after = seqs[-1]
+        if not seqs:
+            return {}, after
+        unique = sorted(set(ids))  # a run finishes once; a repeated id is counted once
+        listed = self._list(unique)
+        rows = tx.q("usage_runs_by_id", ids=listed)
+        journal = tx.q("usage_journal_by_id", ids=listed)
+        children = tx.q("usage_children_by_id", ids=listed)
+        days = self._fold(tx, rows, journal, children)
+        if delete:
+            tx.x("usage_outbox_delete", seqs=self._list(seqs))
+        return days, seqs[-1]
+
+    def _span_details(
         self, tx: Tx, rows: list[Row], after: tuple[float, str]
-    ) -> dict[tuple[str, str, int], UsageDay]:
-        """Per (env, task, day) totals of finished ``rows``, which come after ``after``."""
-        days: dict[tuple[str, str, int], UsageDay] = {}
+    ) -> tuple[list[Row], list[Row]]:
+        """The journal summaries and children of the index fold's ``rows``."""
         if not rows:
-            return days
+            return [], []
         span = {
             "after_at": after[0],
             "after_id": after[1],
             "last_at": float(rows[-1]["finished_at"]),
             "last_id": str(rows[-1]["id"]),
         }
+        return tx.q("usage_finished_journal", **span), tx.q("usage_finished_children", **span)
+
+    def _fold(
+        self, tx: Tx, rows: list[Row], journal_rows: list[Row], children_rows: list[Row]
+    ) -> dict[tuple[str, str, int], UsageDay]:
+        """Per (env, task, day) totals of finished ``rows``, with their journal summaries
+        and children."""
+        days: dict[tuple[str, str, int], UsageDay] = {}
         journal: dict[str, list[Row]] = {}
-        for j in tx.q("usage_finished_journal", **span):
+        for j in journal_rows:
             journal.setdefault(str(j["run_id"]), []).append(j)
         children: dict[str, list[Row]] = {}
-        for c in tx.q("usage_finished_children", **span):
+        for c in children_rows:
             children.setdefault(str(c["run_id"]), []).append(c)
         for r in rows:
             key = (str(r["env"]), str(r["task_id"]), day_of(float(r["created_at"])))
@@ -116,32 +173,34 @@ class UsageMixin(SqlCore):
         since_day = day_of(since)
         with self._transaction() as tx:
             states = tx.q("usage_state_read")
-            state: Row = states[0] if states else {"finished_at": 0.0, "run_id": ""}
+            state: Row = states[0] if states else {"finished_at": 0.0, "run_id": "", "outbox": 1}
             out: dict[tuple[str, str, int], UsageDay] = {}
             for r in tx.q("usage_daily_range", env=env, since_day=since_day, task_id=task_id):
                 d = _day_from_row(r)
                 out[(d.env, d.task_id, d.day)] = d
-            after = (float(state["finished_at"]), str(state["run_id"]))
-            # Runs finished after the watermark, folded here as the scheduler will fold
+            # Runs finished and not folded yet, folded here as the scheduler will fold
             # them: read in batches, the same order and queries.
+            after = (float(state["finished_at"]), str(state["run_id"]))
+            seq = 0
             while True:
-                rows = tx.q(
-                    "usage_finished_runs",
-                    upto=1e300,
-                    after_at=after[0],
-                    after_id=after[1],
-                    limit=5000,
-                )
-                if not rows:
-                    break
-                for key, d in self._fold(tx, rows, after).items():
+                if int(state["outbox"] or 0):
+                    days, last = self._fold_outbox(tx, seq, 5000, delete=False)
+                    if last == seq:
+                        break
+                    seq = last
+                else:
+                    rows = self._finished_after(tx, after, 1e300, 5000)
+                    if not rows:
+                        break
+                    days = self._fold(tx, rows, *self._span_details(tx, rows, after))
+                    after = (float(rows[-1]["finished_at"]), str(rows[-1]["id"]))
+                for key, d in days.items():
                     if d.env != env or d.day < since_day or (task_id and d.task_id != task_id):
                         continue
                     if key in out:
                         out[key].add(d)
                     else:
                         out[key] = d
-                after = (float(rows[-1]["finished_at"]), str(rows[-1]["id"]))
         return sorted(out.values(), key=lambda d: (d.day, d.task_id))
 
     def queue_saturation(self, env: str, since: float) -> dict[str, float]:
@@ -210,6 +269,13 @@ def _fold_run(d: UsageDay, r: Row, journal: Iterable[Row], children: Iterable[Ro
         n = int(c["n"])
         d.child_runs += n
         d.children[str(c["task_id"])] = d.children.get(str(c["task_id"]), 0) + n
+
+
+def _run_ids(value: Any) -> list[str]:
+    """An outbox row's run ids: a PostgreSQL array, or SQLite's JSON list."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [str(v) for v in value or ()]
 
 
 def _day_row(d: UsageDay) -> dict[str, Any]:

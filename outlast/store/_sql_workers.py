@@ -92,6 +92,8 @@ class WorkersMixin(SqlCore):
             for env in {r["env"] for r in promoted}:
                 self._notify(tx, env)
             expired = tx.q("expire_runs", now=now)
+            if expired:
+                tx.x("usage_outbox_add", ids=self._list([r["id"] for r in expired]))
             for r in expired:
                 ended.append(r["id"])
                 if r["parent_waitpoint_id"]:

@@ -43,6 +43,9 @@ class NewRun:
     trace_context: str | None = None
     # Debounced or batched: joins its group's pending run, if any (``_groups_base``)
     group: RunGroup | None = None
+    # The task's cancel_on match paths (``data.user_id``): the store writes the run's values
+    # there to run_cancel_keys with it (outlast/_match.py), so an event cancels by index.
+    cancel_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ._alerts_base import AlertStore, ErrorStore
 from ._app_tx_base import AppTransactionStore
 from ._bulk_base import BulkStore
 from ._events_base import EventStore
+from ._group_trigger_base import GroupTriggerStore, TriggerRequest
 from ._observability_base import ObservabilityStore, RunTraces
 from ._retention_base import RetentionStore
 from ._types import (
@@ -358,7 +359,7 @@ class AccessStore(Settings):
 
 
 class ApiStore(RunReads, RunWrites, TaskDefs, AccessStore, BulkStore, AlertStore, ErrorStore,
-               VersionStore):
+               VersionStore, GroupTriggerStore):
     """What the HTTP API needs: reading and changing runs (one at a time or in bulk),
     building them against published task definitions, and signing waitpoint callback URLs
     with its settings; alert rules and error groups."""
@@ -535,6 +536,7 @@ __all__ = [
     "TaskDefs",
     "TaskDurations",
     "TickReport",
+    "TriggerRequest",
     "TriggerResult",
     "Waitpoint",
     "WaitpointState",

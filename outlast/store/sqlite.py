@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import threading
 import weakref
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+def _crc32(text: str | None) -> int:
+    return zlib.crc32((text or "").encode())
 
 
 class _Tx:
@@ -122,6 +127,8 @@ class SQLiteStore(SqlStore):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.row_factory = _dict_row
+        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events).
+        self._conn.create_function("outlast_crc32", 1, _crc32, deterministic=True)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={sync}")
         self._conn.execute("PRAGMA busy_timeout=30000")

@@ -76,10 +76,14 @@ def all_events(store: RunReads, run_id: str, cap: int = 5000) -> list[RunEvent]:
     return out
 
 
-def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
-             ) -> list[dict[str, Any]]:
-    """One dict per attempt: number, start, end, outcome, error (message, traceback)."""
+def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent],
+             now: float | None = None) -> list[dict[str, Any]]:
+    """One dict per attempt: number, start, end, outcome, error (message, traceback), and
+    ``active_seconds``, the time it executed (without parked waits or queued time): a
+    failed attempt's from its ending event, the last one's the rest of the run's (with
+    its open segment up to ``now`` while it executes)."""
     failed = {e.attempt: e for e in events if e.kind == "attempt_failed" and e.attempt}
+    ended_active = sum(e.active_seconds or 0.0 for e in failed.values())
     first_seen: dict[int, float] = {}
     for j in journal:
         first_seen[j.attempt] = min(first_seen.get(j.attempt, j.started_at), j.started_at)
@@ -103,14 +107,16 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
         if not candidates and fail is None:
             # Not started yet: a retry waiting for its backoff.
             out.append({"n": n, "start": prev_end, "end": run.available_at,
-                        "outcome": "scheduled", "error": None})
+                        "outcome": "scheduled", "error": None, "active_seconds": None})
             break
         start = min(candidates) if candidates else prev_end
         err: dict[str, Any] | None
+        active: float | None = None
         if fail is not None:
             end: float | None = fail.ts
             outcome = "failed"
             err = fail.data if isinstance(fail.data, dict) else {"message": fail.message}
+            active = fail.active_seconds
         elif is_current:
             end = run.finished_at
             outcome = str(run.status).lower()
@@ -118,9 +124,14 @@ def attempts(run: Run, journal: list[JournalEntry], events: list[RunEvent]
             err = run.error if run.is_final and run.status != RunStatus.COMPLETED else None
             if run.status in (RunStatus.QUEUED, RunStatus.DEQUEUED):
                 outcome = "handed back"
+            active = max(0.0, run.active_seconds - ended_active)
+            if (now is not None and run.status == RunStatus.EXECUTING
+                    and run.segment_started_at is not None):
+                active += max(0.0, now - run.segment_started_at)
         else:
             end, outcome, err = prev_end, "unknown", None
-        out.append({"n": n, "start": start, "end": end, "outcome": outcome, "error": err})
+        out.append({"n": n, "start": start, "end": end, "outcome": outcome, "error": err,
+                    "active_seconds": active})
         prev_end = end if end is not None else start
     return out
 
@@ -133,15 +144,18 @@ def build(store: RunReads, run: Run, journal: list[JournalEntry], events: list[R
 
     rows.append(_queued_row(run, now, live))
 
-    for a in attempts(run, journal, events):
+    for a in attempts(run, journal, events, now):
         cls = {"failed": "failed", "completed": "ok", "scheduled": "scheduled",
                "executing": "executing", "waiting": "waiting"}.get(a["outcome"], "neutral")
         msg = (a["error"] or {}).get("message") if a["error"] else None
         title = f"attempt {a['n']}: {a['outcome']}" + (f" — {msg}" if msg else "")
         end = a["end"]
         span = (end if end is not None else now) - a["start"]
+        note = f"{a['outcome']} · {duration(span)}"
+        if a["active_seconds"] is not None:  # the billed time: without parked waits
+            note += f" · active {duration(a['active_seconds'])}"
         rows.append(Row(f"Attempt {a['n']}", "attempt", [Bar(a["start"], end, cls, title)],
-                        note=f"{a['outcome']} · {duration(span)}"))
+                        note=note))
 
     rows += _journal_rows(store, run, journal, now, live)
     rows += _child_rows(children)

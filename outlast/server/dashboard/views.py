@@ -91,7 +91,7 @@ def run_detail_data(ctx: Ctx, run: Run) -> dict[str, Any]:
         "now": now,
         "why": explain.why(store, run),
         "journal": journal,
-        "attempts": attempts(run, journal, events),
+        "attempts": attempts(run, journal, events, now),
         "logs": [e for e in events if e.kind == "log"][-500:],
         "children": children,
         "parent": parent,

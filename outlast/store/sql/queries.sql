@@ -160,7 +160,7 @@ WHERE kind = 'log' AND run_id = ANY(:ids)
 GROUP BY run_id;
 
 -- name: events
-SELECT id, run_id, ts, kind, attempt, level, message, data FROM run_events
+SELECT id, run_id, ts, kind, attempt, level, message, data, active_seconds FROM run_events
 WHERE run_id = :run_id AND id > :after_id ORDER BY id LIMIT 1000;
 
 -- name: count_runs
@@ -473,6 +473,7 @@ done AS (
     FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
     WHERE runs.id = u.id),
 w AS (DELETE FROM run_waits WHERE run_id = ANY(:ids)),
+o AS (INSERT INTO usage_outbox (run_ids) VALUES (CAST(to_json(CAST(:ids AS text[])) AS TEXT))),
 parents AS (
     UPDATE waitpoints SET pending_children = pending_children - p.n
     FROM unnest(CAST(:p_ids AS text[]), CAST(:p_ns AS integer[])) AS p(id, n)
@@ -573,6 +574,18 @@ UPDATE runs SET status = :status, output = :output, error = :error, finished_at 
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id
 RETURNING id;
+
+-- The same, with the run's usage outbox row (SQLite adds it with usage_outbox_add).
+-- name: end_run [postgres]
+WITH u AS (
+    UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
+        updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
+            THEN :now - segment_started_at ELSE 0 END
+    WHERE id = :run_id
+    RETURNING id),
+o AS (INSERT INTO usage_outbox (run_ids) SELECT CAST(json_agg(id) AS TEXT) FROM u HAVING COUNT(*) > 0)
+SELECT id FROM u;
 
 -- name: retry_run
 UPDATE runs SET status = 'QUEUED', attempt = attempt + 1, error = :error,
@@ -1464,18 +1477,17 @@ DELETE FROM error_occurrences WHERE at < :before;
 -- Taken first in a publish (names in order) and by a wait registering on the name: the
 -- row lock orders the two, so an event either sees the wait or the wait sees the event.
 -- name: ev_lock_name
-INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
-ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at;
+INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+    version = event_names.version + 1;
 
 -- name: ev_subscribers
 SELECT * FROM tasks WHERE env = :env ORDER BY id;
 
--- The runs the first publish of a still-deduplicating id created (a retry's answer).
+-- The runs a retained delivery added to an event (its publish's are in events.fanout).
 -- name: ev_first_runs
-SELECT d.run_id FROM events e JOIN event_deliveries d ON d.event_seq = e.seq
-WHERE e.env = :env AND e.id = :id AND e.dedup_active = 1 AND d.replay = 0
-  AND d.run_id IS NOT NULL
-ORDER BY d.task_id;
+SELECT task_id, run_id FROM event_deliveries
+WHERE event_seq = :seq AND replay = 0 AND run_id IS NOT NULL;
 
 -- At most one fan-out delivery per (event, task): a retained replay that runs twice, or
 -- beside a publish, inserts nothing the second time (and then creates no run).
@@ -1532,6 +1544,17 @@ SELECT * FROM events e
 WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
   AND NOT EXISTS (SELECT 1 FROM event_deliveries d
                   WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+  AND NOT EXISTS (SELECT 1 FROM json_each(COALESCE(e.fanout, '[]')) f
+                  WHERE json_extract(f.value, '$[0]') = :task_id)
+ORDER BY e.seq LIMIT 500;
+
+-- name: ev_retained [postgres]
+SELECT * FROM events e
+WHERE e.env = :env AND e.expires_at > :now AND e.seq > :after
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_seq = e.seq AND d.task_id = :task_id AND d.replay = 0)
+  AND NOT (CAST(COALESCE(e.fanout, '[]') AS jsonb)
+           @> jsonb_build_array(jsonb_build_array(CAST(:task_id AS text))))
 ORDER BY e.seq LIMIT 500;
 
 -- name: ev_prune_deliveries
@@ -1545,12 +1568,6 @@ DELETE FROM events WHERE expires_at <= :now;
 DELETE FROM event_waits
 WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
 
--- A fan-out's deliveries, many at a time (a freshly inserted event has none yet).
--- name: ev_insert_deliveries
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-VALUES (:seq, :task_id, 0, :run_id, :outcome, :reason, :now)
-ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
-
 -- An id past its deduplication window stops deduplicating (its row stays in the log).
 -- name: ev_release_keys
 UPDATE events SET dedup_active = 0
@@ -1561,56 +1578,12 @@ WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
 UPDATE events SET dedup_active = 0
 WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
 
--- The events of these ids still deduplicating (at most one per id: events_dedup).
--- name: ev_active
-SELECT seq, id FROM events
-WHERE env = :env AND dedup_active = 1 AND id IN (SELECT value FROM json_each(:ids));
-
--- name: ev_active [postgres]
-SELECT seq, id FROM events WHERE env = :env AND dedup_active = 1 AND id = ANY(:ids);
-
--- Fresh events of a batch (ev_active found none of their ids). A concurrent publish of
--- the same id makes this fail on events_dedup and roll back: its retry is a duplicate.
--- name: ev_insert_many
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at);
-
 -- name: ev_insert_one
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq;
-
--- PostgreSQL: a batch's fresh events in one statement (SQLite runs ev_insert_many per
--- row, which costs no round trips there), their sequence numbers returned.
--- name: ev_insert_unnest [postgres]
-INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at)
-SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at
-FROM unnest(CAST(:env AS text[]), CAST(:id AS text[]), CAST(:name AS text[]),
-            CAST(:data AS text[]), CAST(:now AS double precision[]),
-            CAST(:dedup_until AS double precision[]),
-            CAST(:expires_at AS double precision[]))
-     AS e(env, id, name, data, now, dedup_until, expires_at)
-RETURNING seq, id;
-
--- name: ev_insert_deliveries_unnest [postgres]
-INSERT INTO event_deliveries (event_seq, task_id, replay, run_id, outcome, reason, created_at)
-SELECT * FROM unnest(CAST(:seq AS bigint[]), CAST(:task_id AS text[]),
-                     CAST(:replay AS integer[]), CAST(:run_id AS text[]),
-                     CAST(:outcome AS text[]), CAST(:reason AS text[]),
-                     CAST(:now AS double precision[]))
-ON CONFLICT (event_seq, task_id) WHERE replay = 0 DO NOTHING;
-
--- PostgreSQL, a publish of one name: its lock and the subscribers in one round trip. The
--- subscribers may be read from a snapshot taken before the lock was granted (harmless:
--- definitions change with deploys); the waits are read by a later statement, after it.
--- name: ev_lock_and_subscribers [postgres]
-WITH locked AS (
-    INSERT INTO event_names (env, name, last_at) VALUES (:env, :name, :now)
-    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at
-    RETURNING 1 AS one
-)
-SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
 
 -- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
 -- waits for its name in one round trip. It runs after the name's lock was granted, so
@@ -1618,8 +1591,8 @@ SELECT t.* FROM tasks t, locked WHERE t.env = :env ORDER BY t.id;
 -- name: ev_insert_one_and_waits [postgres]
 WITH ins AS (
     INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
-                        expires_at)
-    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at)
+                        expires_at, fanout)
+    VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
     ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
     RETURNING seq
 )
@@ -1633,24 +1606,27 @@ ORDER BY w.created_at, w.waitpoint_id;
 -- Usage ---------------------------------------------------------------------------------------
 
 -- The rollup's position: runs finished before (finished_at, run_id) are in usage_daily.
+-- A missing row is made in outbox mode (a schema from 0018_drop_runs_finished on has no
+-- index for the other).
 -- name: usage_state_ensure
-INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0)
+INSERT INTO usage_state (name, finished_at, run_id, sampled_at, outbox)
+VALUES ('rollup', 0, '', 0, 1)
 ON CONFLICT (name) DO NOTHING;
 
 -- name: usage_state_lock
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup';
 
 -- Locked: schedulers in several processes fold each finished run once.
 -- name: usage_state_lock [postgres]
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR UPDATE;
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup' FOR UPDATE;
 
 -- A reader shares the lock, so the rollup cannot move between its reads of the rollups
 -- and of the runs finished after them (a run would be counted twice or not at all).
 -- name: usage_state_read
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup';
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup';
 
 -- name: usage_state_read [postgres]
-SELECT finished_at, run_id, sampled_at FROM usage_state WHERE name = 'rollup' FOR SHARE;
+SELECT finished_at, run_id, sampled_at, outbox FROM usage_state WHERE name = 'rollup' FOR SHARE;
 
 -- name: usage_state_set
 UPDATE usage_state SET finished_at = :finished_at, run_id = :run_id, sampled_at = :sampled_at
@@ -1940,6 +1916,294 @@ WHERE env = :env AND endpoint_id = :endpoint_id AND received_at < :before;
 SELECT * FROM webhook_deliveries
 WHERE env = :env AND (CAST(:endpoint_id AS TEXT) IS NULL OR endpoint_id = :endpoint_id)
 ORDER BY seq DESC LIMIT :limit;
+-- Usage, second part ------------------------------------------------------------------------
+
+-- The outbox of finished runs (migrations/0015_usage_outbox): one row per statement that
+-- finished runs, written in its transaction; the fold deletes the rows it folds.
+-- name: usage_outbox_add
+INSERT INTO usage_outbox (run_ids) VALUES (:ids);
+
+-- name: usage_outbox_add [postgres]
+INSERT INTO usage_outbox (run_ids) VALUES (CAST(to_json(CAST(:ids AS text[])) AS TEXT));
+
+-- name: usage_outbox_page
+SELECT seq, run_ids FROM usage_outbox WHERE seq > :after ORDER BY seq LIMIT :limit;
+
+-- name: usage_outbox_delete
+DELETE FROM usage_outbox WHERE seq IN (SELECT value FROM json_each(:seqs));
+
+-- name: usage_outbox_delete [postgres]
+DELETE FROM usage_outbox WHERE seq = ANY(:seqs);
+
+-- Before the hand-over (usage_state.outbox = 0) the fold reads runs_finished; the outbox
+-- is emptied, since 0018_drop_runs_finished fills it afresh from the watermark.
+-- name: usage_outbox_trim
+DELETE FROM usage_outbox;
+
+-- The finished runs an outbox page names (usage_finished_runs' columns).
+-- name: usage_runs_by_id
+SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
+       active_seconds, queued_seconds, waited_seconds
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND finished_at IS NOT NULL;
+
+-- name: usage_runs_by_id [postgres]
+SELECT id, env, task_id, status, attempt, created_at, started_at, finished_at,
+       active_seconds, queued_seconds, waited_seconds
+FROM runs WHERE id = ANY(:ids) AND finished_at IS NOT NULL;
+
+-- name: usage_journal_by_id
+SELECT j.run_id, j.kind, COUNT(*) AS n,
+       SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
+FROM runs r JOIN journal j ON j.run_id = r.id
+WHERE r.id IN (SELECT value FROM json_each(:ids))
+GROUP BY j.run_id, j.kind;
+
+-- name: usage_journal_by_id [postgres]
+SELECT j.run_id, j.kind, COUNT(*) AS n,
+       SUM(CASE WHEN j.kind = 'step' AND j.attempt < r.attempt THEN 1 ELSE 0 END) AS replayed
+FROM runs r JOIN journal j ON j.run_id = r.id
+WHERE r.id = ANY(:ids)
+GROUP BY j.run_id, j.kind;
+
+-- name: usage_children_by_id
+SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
+FROM runs c WHERE c.parent_id IN (SELECT value FROM json_each(:ids))
+GROUP BY c.parent_id, c.task_id;
+
+-- name: usage_children_by_id [postgres]
+SELECT c.parent_id AS run_id, c.task_id, COUNT(*) AS n
+FROM runs c WHERE c.parent_id = ANY(:ids)
+GROUP BY c.parent_id, c.task_id;
+
+-- The active time of the attempt a failure, retry, timeout, cancel or lost worker ends:
+-- the run's active time with the segment now ending, less what its earlier attempts'
+-- ending events recorded. Read before the run's row changes, on the failure paths only.
+-- name: attempt_active
+SELECT r.attempt,
+       r.active_seconds + CASE WHEN r.status = 'EXECUTING' AND r.segment_started_at < :now
+           THEN :now - r.segment_started_at ELSE 0 END
+       - COALESCE((SELECT SUM(e.active_seconds) FROM run_events e
+                   WHERE e.run_id = r.id AND e.kind = 'attempt_failed'
+                     AND e.attempt < r.attempt), 0) AS active
+FROM runs r WHERE r.id = :run_id;
+
+-- name: insert_attempt_event
+INSERT INTO run_events (run_id, ts, kind, attempt, level, message, data, active_seconds)
+VALUES (:run_id, :ts, :kind, :attempt, :level, :message, :data, :active_seconds);
+
+-- Alerts raised once per key: the first raise inserts the key, later ones find it.
+-- name: alert_once_claim
+INSERT INTO alert_once (env, event, key, created_at) VALUES (:env, :event, :key, :now)
+ON CONFLICT (env, event, key) DO NOTHING;
+
+-- name: alert_once_prune
+DELETE FROM alert_once WHERE created_at < :before;
+
+-- name: alert_rule_envs
+SELECT DISTINCT env FROM alert_rules WHERE event = :event ORDER BY env;
+
+-- Events, fast paths (issue 20's benchmark; outlast/store/_sql_events.py) ---------------------
+
+-- A fingerprint of an environment's task definitions: a publisher keeps the subscribers it
+-- read and reads them again only when this changed. A hash of every row, whoever wrote
+-- it (SQLite's outlast_crc32 is a function the store registers on its connection).
+-- name: ev_tasks_version
+SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+    id || '|' || queue || '|' || COALESCE(payload_schema, '') || '|' || spec || '|'
+    || updated_at)), 0) AS v
+FROM tasks WHERE env = :env;
+
+-- name: ev_tasks_version [postgres]
+SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0) AS v
+FROM tasks t WHERE t.env = :env;
+
+-- PostgreSQL, a publish of one name: its lock and the task fingerprint in one round trip
+-- (then ev_subscribers when the fingerprint changed).
+-- name: ev_lock_and_version [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING 1 AS one
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v
+FROM locked;
+
+-- PostgreSQL, a single publish in one statement, committed on its own (autocommit), as a
+-- single trigger is: the name's lock, the event with its fan-out (nothing if its id is
+-- taken), its runs, and the wake-up. The statement's snapshot may predate the lock
+-- (taken while it waited): it writes the event only if no other lock holder committed
+-- in between (the version it bumped is the one it read plus one), the subscribers it was
+-- planned with are current (the fingerprint) and no wait for the name is pending. A NULL
+-- seq sends the publisher down the transaction (duplicates, waits, cancels, ...).
+-- Runs come as JSON rows named like the runs columns; keep the columns with insert_run.
+-- name: ev_publish_alone [postgres]
+WITH seen AS (
+    SELECT version FROM event_names WHERE env = :env AND name = :name
+), locked AS (
+    INSERT INTO event_names (env, name, last_at, version) VALUES (:env, :name, :now, 1)
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING version
+), ok AS (
+    SELECT 1 AS one FROM locked
+    WHERE locked.version = COALESCE((SELECT version FROM seen), 0) + 1
+      AND (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+           FROM tasks t WHERE t.env = :env) = :tasks_version
+      AND NOT EXISTS (SELECT 1 FROM event_waits ew JOIN waitpoints p ON p.id = ew.waitpoint_id
+                      WHERE ew.env = :env AND ew.name = :name AND p.status = 'pending')
+), ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at, fanout)
+    SELECT :env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout FROM ok
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq
+), created AS (
+    INSERT INTO runs (
+        id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+        priority, concurrency_key, idempotency_key, idempotency_expires_at,
+        idempotency_active, created_at, updated_at, available_at, ready_at, delay_until,
+        ttl_expires_at, max_duration, parent_id, root_id, depth, replayed_from,
+        parent_waitpoint_id, version
+    )
+    SELECT r.id, r.env, r.task_id, r.queue, r.status, r.payload, r.metadata, r.tags, 1,
+           r.max_attempts, r.priority, r.concurrency_key, r.idempotency_key,
+           r.idempotency_expires_at, r.idempotency_active, :now, :now, r.available_at,
+           r.ready_at, r.delay_until, r.ttl_expires_at, r.max_duration, r.parent_id,
+           r.root_id, r.depth, r.replayed_from, r.parent_waitpoint_id, r.version
+    FROM ins, jsonb_populate_recordset(CAST(NULL AS runs), CAST(:runs AS jsonb)) AS r
+    RETURNING status
+)
+SELECT (SELECT seq FROM ins) AS seq,
+       (SELECT pg_notify(:channel, :env) FROM created WHERE status = 'QUEUED' LIMIT 1)
+           AS notified;
+
+-- A run's cancel_on match keys (outlast/_match.py), written with the run.
+-- name: insert_run_cancel_key
+INSERT INTO run_cancel_keys (env, task_id, path, value, run_id)
+VALUES (:env, :task_id, :path, :value, :run_id);
+
+-- The unfinished runs of a task whose payload has this value at a cancel_on match path:
+-- an index lookup (run_cancel_keys_match), then each run by its primary key.
+-- name: ev_cancel_keyed
+SELECT k.run_id AS id FROM run_cancel_keys k JOIN runs r ON r.id = k.run_id
+WHERE k.env = :env AND k.task_id = :task_id AND k.path = :path AND k.value = :value
+  AND r.status IN ('DELAYED', 'QUEUED', 'DEQUEUED', 'EXECUTING', 'WAITING')
+ORDER BY k.run_id;
+
+-- name: prune_run_cancel_keys
+DELETE FROM run_cancel_keys WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_run_cancel_keys [postgres]
+DELETE FROM run_cancel_keys WHERE run_id = ANY(:ids);
+
+-- PostgreSQL, a publish of several names: their locks (in name order, as ev_lock_name one
+-- by one) and the task fingerprint in one round trip.
+-- name: ev_lock_names_and_version [postgres]
+WITH locked AS (
+    INSERT INTO event_names (env, name, last_at, version)
+    SELECT :env, n.name, :now, 1 FROM unnest(CAST(:names AS text[])) AS n(name)
+    ORDER BY n.name
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING 1 AS one
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v
+FROM (SELECT COUNT(*) FROM locked) AS l;
+
+-- PostgreSQL, a batch's events (distinct ids) and the pending waits for their names in one
+-- round trip, after the names' locks (so the snapshot holds every wait registered before,
+-- as ev_insert_one_and_waits). An id still deduplicating inserts nothing: the publisher
+-- releases the ids past their window and inserts those again (ev_insert_rows); what is
+-- still taken is a duplicate. Event rows have a seq, wait rows a waitpoint_id.
+-- name: ev_insert_batch_and_waits [postgres]
+WITH ins AS (
+    INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
+                        expires_at, fanout)
+    SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
+    FROM json_to_recordset(CAST(:rows AS json))
+         AS e(env text, id text, name text, data text, now double precision,
+              dedup_until double precision, expires_at double precision, fanout text)
+    ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+    RETURNING seq, id
+)
+SELECT seq, id, NULL AS waitpoint_id, NULL AS name, NULL AS match_path,
+       NULL AS match_value, NULL AS expr, NULL AS created_at
+FROM ins
+UNION ALL
+SELECT NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr,
+       w.created_at
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY created_at, waitpoint_id;
+
+-- Events of a batch (distinct ids) in one statement, from a JSON array of objects; an id
+-- still deduplicating inserts nothing (the publisher releases ids past their window and
+-- tries those again). RETURNING says which went in.
+-- name: ev_insert_rows
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+SELECT json_extract(value, '$.env'), json_extract(value, '$.id'),
+       json_extract(value, '$.name'), json_extract(value, '$.data'),
+       json_extract(value, '$.now'), json_extract(value, '$.dedup_until'), 1,
+       json_extract(value, '$.expires_at'), json_extract(value, '$.fanout')
+FROM json_each(:rows) WHERE true
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq, id;
+
+-- name: ev_insert_rows [postgres]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
+FROM json_to_recordset(CAST(:rows AS json))
+     AS e(env text, id text, name text, data text, now double precision,
+          dedup_until double precision, expires_at double precision, fanout text)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq, id;
+
+-- The still-deduplicating event of an id, with its fan-out (a retry's answer).
+-- name: ev_first
+SELECT seq, fanout, created_at FROM events WHERE env = :env AND id = :id AND dedup_active = 1;
+
+-- Many runs without idempotency keys (their queue and slot rows known to exist), their tags
+-- and one wake-up per environment, in one statement committed on its own (autocommit): a
+-- group of HTTP triggers in one round trip, where BEGIN, COPY, NOTIFY and COMMIT took five.
+-- Each parameter is one column's array. Keep the columns in sync with insert_run.
+-- name: insert_runs_alone [postgres]
+WITH run AS (
+    INSERT INTO runs (
+        id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+        priority, concurrency_key, idempotency_key, idempotency_expires_at,
+        idempotency_active, created_at, updated_at, available_at, ready_at, delay_until,
+        ttl_expires_at, max_duration, parent_id, root_id, depth, replayed_from,
+        parent_waitpoint_id, version
+    )
+    SELECT r.id, r.env, r.task_id, r.queue, r.status, r.payload, r.metadata, r.tags, 1,
+           r.max_attempts, r.priority, r.concurrency_key, NULL, NULL, 0, :now, :now,
+           r.available_at, r.ready_at, r.delay_until, r.ttl_expires_at, r.max_duration,
+           r.parent_id, r.root_id, r.depth, r.replayed_from, r.parent_waitpoint_id, r.version
+    FROM unnest(
+        :id::text[], :env::text[], :task_id::text[], :queue::text[], :status::text[],
+        :payload::text[], :metadata::text[], :tags::text[], :max_attempts::integer[],
+        :priority::double precision[], :concurrency_key::text[],
+        :available_at::double precision[], :ready_at::double precision[],
+        :delay_until::double precision[], :ttl_expires_at::double precision[],
+        :max_duration::double precision[], :parent_id::text[], :root_id::text[],
+        :depth::integer[], :replayed_from::text[], :parent_waitpoint_id::text[],
+        :version::text[]
+    ) AS r(id, env, task_id, queue, status, payload, metadata, tags, max_attempts, priority,
+           concurrency_key, available_at, ready_at, delay_until, ttl_expires_at,
+           max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id,
+           version)
+    RETURNING id, env, status, tags
+), tagged AS (
+    INSERT INTO run_tags (env, tag, run_id)
+    SELECT run.env, t.tag, run.id FROM run, json_array_elements_text(run.tags::json) AS t(tag)
+    ON CONFLICT DO NOTHING
+)
+SELECT pg_notify(:channel, q.env) FROM (SELECT DISTINCT env FROM run WHERE status = 'QUEUED') AS q;
 
 -- Debounce and batch (issue 20, part 5; store/_sql_groups.py) ------------------------------
 
@@ -1999,3 +2263,9 @@ WHERE NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = run_groups.run_id
 -- name: ev_delivery_moved
 UPDATE event_deliveries SET run_id = :run_id
 WHERE event_seq = :seq AND run_id = :planned;
+
+-- A debounced or batched run of a publish joined its group's pending run: the event's
+-- fan-out (written with the event, before its runs) names that run instead of the one
+-- planned. Run ids are unique, so the planned id is replaced where it stands.
+-- name: ev_fanout_moved
+UPDATE events SET fanout = replace(fanout, :planned, :run_id) WHERE seq = :seq;

@@ -432,7 +432,8 @@ CREATE TABLE events (
     created_at REAL NOT NULL,
     dedup_until REAL NOT NULL,
     dedup_active INTEGER NOT NULL DEFAULT 1,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    fanout TEXT                            -- JSON: what its publish did (0015)
 );
 CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
 CREATE INDEX events_env_seq ON events (env, seq);
@@ -463,6 +464,7 @@ CREATE TABLE event_names (
     env TEXT NOT NULL,
     name TEXT NOT NULL,
     last_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,  -- lock takers (0015)
     PRIMARY KEY (env, name)
 );
 
@@ -488,7 +490,7 @@ CREATE INDEX event_waits_name ON event_waits (env, name);
 ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN queued_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN waited_seconds REAL NOT NULL DEFAULT 0;
-CREATE INDEX runs_finished ON runs (finished_at, id) WHERE finished_at IS NOT NULL;
+-- (runs_finished, an index of finished runs, went in 0018_drop_runs_finished.)
 
 -- One row per (env, task, UTC day of the runs' creation). Histograms and per-kind counts
 -- are JSON objects, merged in Python (percentiles over any span of days).
@@ -535,6 +537,28 @@ CREATE TABLE usage_state (
     sampled_at REAL NOT NULL
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
+
+-- Usage, second part (migrations/0015_usage_outbox, 0018_drop_runs_finished).
+-- Finished runs reach the rollups through an outbox: each statement that finishes runs
+-- adds one row naming them, in its transaction; the fold deletes what it folds in the
+-- transaction that writes the rollups (usage_state.outbox = 1: the fold reads it).
+CREATE TABLE usage_outbox (
+    seq INTEGER PRIMARY KEY,
+    run_ids TEXT NOT NULL                  -- JSON list of run ids
+);
+ALTER TABLE usage_state ADD COLUMN outbox INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_state SET outbox = 1 WHERE name = 'rollup';
+-- Each attempt's active time, on the event that ends a failed, retried, timed-out,
+-- cancelled or lost attempt (a run's last attempt has the rest of runs.active_seconds).
+ALTER TABLE run_events ADD COLUMN active_seconds REAL;
+-- Alerts raised once per key (a usage spike once per task and period).
+CREATE TABLE alert_once (
+    env TEXT NOT NULL,
+    event TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (env, event, key)
+);
 
 -- Retention: how long finished runs are kept, per environment (task_id '') and per task
 -- (migrations/0012_retention). days NULL keeps them for ever.
@@ -610,7 +634,17 @@ CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (env, endpoint_id
 -- Each accepted request prunes its endpoint's deliveries older than the event retention.
 CREATE INDEX webhook_deliveries_age ON webhook_deliveries (env, endpoint_id, received_at);
 
--- migrations/0015_run_groups: debounce and batch (issue 20, part 5).
+-- cancel_on's match keys of each run (0016_event_fast_paths): an event cancels by index.
+CREATE TABLE run_cancel_keys (
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    value TEXT NOT NULL,
+    run_id TEXT NOT NULL
+);
+CREATE INDEX run_cancel_keys_match ON run_cancel_keys (env, task_id, path, value);
+CREATE INDEX run_cancel_keys_run ON run_cancel_keys (run_id);
+-- migrations/0017_run_groups: debounce and batch (issue 20, part 5).
 -- Debounce and batch (issue 20, part 5): the pending run of each group, one row per
 -- (env, task, kind, key). A debounced trigger or a batched event locks its group's row
 -- first (an upsert), then changes the group's run in place while that run is still

@@ -1,0 +1,130 @@
+"""The fast paths of publishing (issue 20's benchmark) keep the guarantees of the slow ones.
+
+- cancel_on finds the runs an event cancels by their match keys, written with each run
+  (run_cancel_keys), through an index: not by reading every unfinished run of the task.
+- A publisher keeps the subscribers it read; a definition another process publishes is
+  seen by its next publish (the fingerprint is read in the publish's transaction, or in
+  PostgreSQL's single statement).
+- PostgreSQL's single publish in one statement never misses a wait registered while it
+  waited for the name's lock: it then takes the transaction, which sees the wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from outlast import CancelOn, task
+from outlast._clock import FakeClock
+from outlast.client import Client
+from outlast.runs import RunStatus
+from outlast.store import open_store
+from outlast.store.base import Store
+
+
+@task(id="fast-closable", cancel_on=[CancelOn("account.closed", match="data.account")])
+async def closable(payload: dict[str, Any]) -> None: ...
+
+
+@task(id="fast-first", on=["fast.signup"])
+async def first(payload: Any) -> None: ...
+
+
+@task(id="fast-second", on=["fast.*"])
+async def second(payload: Any) -> None: ...
+
+
+def _one(store: Store, sql: str, params: dict[str, Any]) -> list[Any]:
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        return list(store._raw(tx, sql, params))  # type: ignore[attr-defined]
+
+
+def test_cancel_on_finds_its_run_by_index_among_10000_unfinished(
+    store: Store, client: Client, backend: str
+) -> None:
+    store.publish_tasks("dev", [closable.definition()])
+    handles = client.batch_trigger(closable, [{"account": i} for i in range(10_000)])
+    keys = _one(store, "SELECT COUNT(*) AS n FROM run_cancel_keys", {})
+    assert int(keys[0]["n"]) == 10_000
+    # The old match read every unfinished run of the task and compared payloads in
+    # Python: make that query fail, so a publish that used it would raise.
+    store.q["ev_unfinished_runs"] = "SELECT no_such_column FROM runs"  # type: ignore[attr-defined]
+    client.publish("account.closed", {"account": 4321.0})  # 4321.0 == 4321: the same key
+    assert client.retrieve(handles[4321].id).status == RunStatus.CANCELED
+    cancelled = _one(store, "SELECT COUNT(*) AS n FROM runs WHERE status = 'CANCELED'", {})
+    assert int(cancelled[0]["n"]) == 1
+    assert client.retrieve(handles[4320].id).status == RunStatus.QUEUED
+    # The lookup is an index search, at any size.
+    sql = store.q["ev_cancel_keyed"]  # type: ignore[attr-defined]
+    params = {"env": "dev", "task_id": closable.id, "path": "data.account", "value": "7"}
+    if backend == "postgres":
+        _one(store, "ANALYZE run_cancel_keys", {})
+        _one(store, "ANALYZE runs", {})
+    explain = "EXPLAIN " if backend == "postgres" else "EXPLAIN QUERY PLAN "
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        plan = tx.conn.execute(explain + sql, params).fetchall()  # as the store sends it
+    assert "run_cancel_keys_match" in str(plan), plan
+
+
+def test_a_subscriber_another_process_publishes_is_seen_by_the_next_publish(
+    store: Store, client: Client, db_url: str, clock: FakeClock
+) -> None:
+    store.publish_tasks("dev", [first.definition()])
+    assert len(client.publish("fast.signup", {"n": 1}).run_ids) == 1
+    assert len(client.publish("fast.signup", {"n": 2}).run_ids) == 1  # from the cache
+    other = open_store(db_url, clock)  # another server: same clock, same definitions time
+    try:
+        other.publish_tasks("dev", [second.definition()])
+    finally:
+        other.close()
+    created = client.publish("fast.signup", {"n": 3}).run_ids
+    assert sorted(client.retrieve(r).task_id for r in created) == [first.id, second.id]
+
+
+def _wait_for_lock_waiter(url: str, deadline: float) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the publish never waited for the name's lock")
+
+
+def test_a_wait_registered_while_a_single_publish_waits_for_the_lock_is_resumed(
+    store: Store, client: Client, db_url: str, backend: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite's write transactions take turns: no statement waits on a row")
+    store.publish_tasks("dev", [first.definition()])
+    client.publish("fast.signup", {"n": 0})  # the subscribers are cached: the fast path
+    q = store.q  # type: ignore[attr-defined]
+    now = store.now()
+    with psycopg.connect(db_url) as conn:  # a wait registering, as register_event_wait does
+        conn.execute(q["ev_lock_name"], {"env": "dev", "name": "fast.signup", "now": now})
+        conn.execute(q["insert_waitpoint"], {
+            "id": "wp_fast", "env": "dev", "kind": "event", "run_id": None,
+            "timeout_at": None, "idempotency_key": None, "idempotency_expires_at": None,
+            "tags": "[]", "pending_children": 0, "now": now})
+        conn.execute(q["ev_insert_wait"], {
+            "waitpoint_id": "wp_fast", "env": "dev", "name": "fast.signup",
+            "match_path": None, "match_value": None, "expr": None, "now": now})
+        result: list[Any] = []
+        publishing = threading.Thread(
+            target=lambda: result.append(client.publish("fast.signup", {"n": 1})))
+        publishing.start()
+        try:
+            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+        finally:
+            conn.commit()
+            publishing.join(30)
+    assert result and len(result[0].run_ids) == 1
+    rows = _one(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_fast'", {})
+    assert rows[0]["status"] == "completed", rows
+    assert '"n": 1' in rows[0]["output"] or '"n":1' in rows[0]["output"]
