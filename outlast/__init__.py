@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _observe
 from ._clock import FakeClock, SystemClock
+from ._debounce import Batch, Debounce
 from ._errors import (
     AbortRun,
     NonDeterminismError,
@@ -75,8 +76,10 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AbortRun",
     "AsyncClient",
+    "Batch",
     "CancelOn",
     "Client",
+    "Debounce",
     "FakeClock",
     "NonDeterminismError",
     "OutlastError",

@@ -9,6 +9,7 @@ from typing import Any
 from . import _cli_versions, _serde
 from ._cli_common import _app_flag, _client, _common, _out, _setup, _when, load_app
 from ._cli_format import attempt_lines, fit, result_text, run_error_lines
+from ._debounce import Debounce
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
@@ -26,6 +27,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         tags=args.tag or (),
         priority=args.priority or 0.0,
         concurrency_key=args.concurrency_key,
+        debounce=_debounce(args),
     )
     if not args.wait:
         _out(args, {"id": handle.id, "is_cached": handle.is_cached}, handle.id)
@@ -35,6 +37,13 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     run = watch_run(client, handle.id, timeout=args.timeout, journal=client.store.journal)
     _out(args, run.to_dict(), f"{run.id} {run.status}\n{result_text(run)}")
     return 0 if str(run.status) == "COMPLETED" else 1
+
+
+def _debounce(args: argparse.Namespace) -> Debounce | None:
+    if args.debounce is None:
+        return None
+    return Debounce(args.debounce, delay=args.debounce_delay, max_delay=args.debounce_max_delay,
+                    mode=args.debounce_mode)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -180,6 +189,14 @@ def _add_trigger(sub: Any) -> None:
     p.add_argument("--tag", action="append", help="tag (repeatable)")
     p.add_argument("--priority", type=float, help="head start in seconds")
     p.add_argument("--concurrency-key")
+    p.add_argument("--debounce", metavar="KEY",
+                   help="triggers with this key before the run starts make one run")
+    p.add_argument("--debounce-delay", type=float, default=5.0,
+                   help="with --debounce: quiet seconds before it starts (default 5)")
+    p.add_argument("--debounce-max-delay", type=float,
+                   help="with --debounce: the longest a burst delays it, seconds")
+    p.add_argument("--debounce-mode", choices=("trailing", "leading"), default="trailing",
+                   help="with --debounce: keep the last payload or the first")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_trigger)
 

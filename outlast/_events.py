@@ -33,6 +33,7 @@ from .store._events_base import (
     NewEvent,
     PublishResult,
 )
+from .store._groups_base import BATCH, RunGroup
 from .store._match import ABSENT, value_at
 from .store.base import NewRun, Store, TaskDef
 
@@ -159,17 +160,19 @@ class CancelOn:
 class Subscription:
     """What a task does with events: the names and patterns it runs on, its filter, where
     a new subscriber starts, and what cancels its runs. Published as ``spec["events"]``
-    (``to_spec``), read back by any publisher (``from_spec``). Debounce and batch (issue 20,
-    part 5) are meant to join as fields here and as outcomes of the planner."""
+    (``to_spec``), read back by any publisher (``from_spec``). ``group`` debounces or
+    batches its runs (``_debounce``; its key is an expression over the event)."""
 
     on: tuple[str, ...] = ()
     if_: str | None = None
     replay: str = "new"
     cancel_on: tuple[CancelOn, ...] = ()
+    group: RunGroup | None = None
 
     @classmethod
     def build(cls, on: str | Sequence[str] | None, if_: str | None,
-              cancel_on: Sequence[CancelOn], replay: str) -> Subscription | None:
+              cancel_on: Sequence[CancelOn], replay: str,
+              group: RunGroup | None = None) -> Subscription | None:
         """From ``@task``'s arguments, every one checked now (a bad one fails the import
         naming its field); None when the task has nothing to do with events."""
         names = (on,) if isinstance(on, str) else tuple(on or ())
@@ -186,13 +189,16 @@ class Subscription:
             if not isinstance(c, CancelOn):
                 raise ConfigurationError("cancel_on takes CancelOn(...) items",
                                          field="cancel_on")
+        if group is not None:
+            check_group_key(group, bool(names))
         if not names and not cancel_on:
             return None
-        return cls(names, if_, replay, tuple(cancel_on))
+        return cls(names, if_, replay, tuple(cancel_on), group)
 
     def to_spec(self) -> dict[str, Any]:
         return {"on": list(self.on), "if": self.if_, "replay": self.replay,
-                "cancel_on": [c.to_dict() for c in self.cancel_on]}
+                "cancel_on": [c.to_dict() for c in self.cancel_on],
+                **({"group": self.group.to_spec()} if self.group else {})}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | None) -> Subscription:
@@ -208,7 +214,7 @@ class Subscription:
             object.__setattr__(cancel, "if_", c.get("if"))
             cancels.append(cancel)
         return cls(tuple(spec.get("on") or ()), spec.get("if"), spec.get("replay") or "new",
-                   tuple(cancels))
+                   tuple(cancels), RunGroup.from_spec(spec.get("group")))
 
     def runs_on(self, name: str) -> bool:
         return any(name_matches(p, name) for p in self.on)
@@ -308,7 +314,9 @@ class Planner(EventPlanner):
                 data = event.data_json
                 shared = (data if data is not None else _serde.dumps(event.data),
                           _serde.dumps({"event": {"id": event.id, "name": event.name}}))
-            out.append(self._run(known, event, *shared))
+            fan = self._run(known, event, *shared)
+            group = known.sub.group
+            out.append(fan if group is None else grouped(fan, group, event, td))
         return out
 
     def _run(self, known: _Known, event: EventRecord, payload: str, metadata: str
@@ -453,3 +461,61 @@ def event_json(record: EventRecord) -> dict[str, Any]:
             for d in record.deliveries
         ],
     }
+
+
+# -- debounce and batch (issue 20, part 5; the store's side is store/_sql_groups.py) --------
+
+_PATH = re.compile(r"data(\.[\w-]+)+")
+
+
+def check_group_key(group: RunGroup, has_names: bool) -> None:
+    """A subscriber's debounce or batch key: a path into the event (``data.account_id``)
+    or a CEL expression over ``event``; a bad one is a ConfigurationError naming it."""
+    if not has_names:
+        raise ConfigurationError(f"{group.kind} applies to the task's events: give on= too",
+                                 field=group.kind)
+    if group.key and not _PATH.fullmatch(group.key):
+        compile_expr(group.key, f"{group.kind}.key")
+
+
+def group_key(expr: str, envelope: dict[str, Any]) -> str:
+    """The key an event has under ``expr``; "" when it has none (events without a value
+    there share one group). A long value is hashed to fit an index row."""
+    if not expr:
+        return ""
+    if _PATH.fullmatch(expr):
+        value = value_at(envelope, expr.split("."))
+    else:
+        from celpy.adapter import json_to_cel
+
+        try:
+            value = compile_expr(expr, "key").evaluate({"event": json_to_cel(envelope)})
+        except Exception:  # a missing field or a type error: no key
+            value = _ABSENT
+    if value is _ABSENT or value is None:
+        return ""
+    text = value if isinstance(value, str) else _serde.dumps(value)
+    if len(text.encode()) > _limits.MAX_KEY_BYTES:
+        import hashlib
+
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return str(text)
+
+
+def grouped(fan: Fanout, group: RunGroup, event: EventRecord, td: TaskDef) -> Fanout:
+    """A subscriber's run joining its group: debounced (the last event's data replaces a
+    pending run's) or batched (the event's data appended to the pending batch)."""
+    run = fan.run
+    if run is None:
+        return fan
+    reason = fan.reason
+    if group.kind == BATCH:  # the task takes a list: each event is one item of it
+        reason = None
+        try:
+            _check_schema(td.payload_schema, [event.data])
+        except ValidationError as exc:
+            reason = f"payload does not match the task's type: {exc.message}"
+    run.group = RunGroup(group.kind, group_key(group.key, event.envelope()), group.period,
+                         group.timeout, group.mode, group.max_size)
+    return Fanout(fan.task_id, "batched" if group.kind == BATCH else "debounced",
+                  run=run, reason=reason)

@@ -110,8 +110,17 @@ def wire_options(o: TriggerOptions) -> dict[str, Any]:
         "ttl": _seconds(o.ttl),
         "maxDuration": _seconds(o.max_duration),
         "lockToVersion": o.version,
+        "debounce": _debounce(o.debounce),
     }
     return {k: v for k, v in opts.items() if v is not None}
+
+
+def _debounce(d: Any) -> dict[str, Any] | None:
+    """Trigger.dev 4.3's ``debounce`` option; the mode always sent (its default differs)."""
+    if d is None:
+        return None
+    out = {"key": d.key, "delay": d.period, "mode": d.mode}
+    return out if d.timeout is None else {**out, "maxDelay": d.timeout}
 
 
 def _item(t: HttpTrigger) -> dict[str, Any]:

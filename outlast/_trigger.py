@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _limits, _observe, _serde
 from ._config import settings
+from ._debounce import Debounce
 from ._errors import PayloadTooLarge, UnknownTask, ValidationError
 from ._ids import new_id, new_ids
 from ._versions import check_version
@@ -49,6 +50,9 @@ class TriggerOptions:
     # Lock the run to this task code version from the start (C11); None: the current
     # version takes it when it starts.
     version: str | None = None
+    # One run per burst of triggers sharing the key (``_debounce``): the run is delayed,
+    # and each trigger for the key before it starts replaces it (its delay is the debounce's)
+    debounce: Debounce | None = None
 
 
 # The options of a trigger given none; TriggerOptions is frozen, so one serves every call.
@@ -362,9 +366,18 @@ def build_run(
         max_duration=_seconds(options.max_duration, "max_duration") or default_max_duration,
         version=check_version(options.version) if options.version is not None else None,
     )
+    if options.debounce is not None:
+        run.group = _debounce_group(options.debounce)
     if _observe.OBSERVERS:  # metrics count it; tracing opens its trigger span
         _observe.triggered(run)
     return run
+
+
+def _debounce_group(debounce: Any) -> Any:
+    if not isinstance(debounce, Debounce):
+        raise ValidationError("debounce takes Debounce(key=..., delay=...)", field="debounce")
+    _limits.text(debounce.key, "debounce.key")
+    return debounce.group()
 
 
 def _seconds(value: timedelta | float | None, field: str) -> float | None:

@@ -13,6 +13,19 @@ def _at(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _delayed(run: Run) -> str:
+    at = _at(run.delay_until or run.available_at)
+    meta = run.metadata
+    group = meta.get("debounce") or meta.get("batch")
+    if not isinstance(group, dict):
+        return f"delayed until {at}"
+    key = f" for key {group.get('key')!r}" if group.get("key") else ""
+    if "debounce" in meta:  # the same shape _sql_groups writes
+        return (f"debounced{key}: {group.get('count')} trigger(s) so far; it starts at {at} "
+                "unless another one comes first")
+    return f"batching{key}: {group.get('count')} event(s) so far; it starts at {at} or when full"
+
+
 def why(store: RunReads, run: Run) -> str:
     """A plain explanation of what the run is doing or waiting for."""
     now = store.now()
@@ -28,7 +41,7 @@ def why(store: RunReads, run: Run) -> str:
             f"{run.queue!r} ends and hands it its slot"
         )
     if s == RunStatus.DELAYED:
-        return f"delayed until {_at(run.delay_until or run.available_at)}"
+        return _delayed(run)
     if s == RunStatus.WAITING:
         return _waiting(store, run, now)
     # QUEUED

@@ -20,7 +20,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from . import _limits, _serde, durable
 from ._config import settings
-from ._errors import ConfigurationError
+from ._debounce import Batch, Debounce, task_group
+from ._errors import ConfigurationError, ValidationError
 from ._events import CancelOn, Subscription
 from ._trigger import REGISTRY, TriggerOptions, check_payload_size, task_run, task_runs
 from .client import default_async_client
@@ -211,12 +212,14 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         max_duration: timedelta | float | None = None,
         version: str | None = None,
+        debounce: Debounce | None = None,
     ) -> RunHandle[R]:
         """Start a run. Inside a task this is journaled: a replay never triggers twice.
-        ``version`` locks the run to that task code version (C11)."""
+        ``version`` locks the run to that task code version (C11); ``debounce`` makes a
+        burst of triggers sharing its key one run (``Debounce``)."""
         options = TriggerOptions(
             idempotency_key, idempotency_key_ttl, delay, ttl, tuple(tags), priority,
-            metadata, max_attempts, concurrency_key, queue, max_duration, version,
+            metadata, max_attempts, concurrency_key, queue, max_duration, version, debounce,
         )
         if durable.in_run():
             handles = await durable.trigger_children(self, [payload], options, wait=False)
@@ -235,6 +238,7 @@ class Task(Generic[P, R]):
 
     async def trigger_and_wait(self, payload: P, **options: Any) -> TaskRunResult[R]:
         """Inside a task: start a child run and wait for it without holding a worker."""
+        _no_debounce(options)
         results: list[TaskRunResult[R]] = await durable.wait_for_children(
             self, [payload], TriggerOptions(**options), batch=False
         )
@@ -244,6 +248,7 @@ class Task(Generic[P, R]):
         self, payloads: Iterable[P], **options: Any
     ) -> list[TaskRunResult[R]]:
         """Inside a task: start child runs and wait for all; results in input order."""
+        _no_debounce(options)
         return await durable.wait_for_children(
             self, list(payloads), TriggerOptions(**options), batch=True
         )
@@ -263,6 +268,13 @@ class Task(Generic[P, R]):
     def __call__(self, payload: P) -> Awaitable[R] | R:
         """Call the function directly, outside outlast (handy in unit tests)."""
         return self.fn(payload)
+
+
+def _no_debounce(options: dict[str, Any]) -> None:
+    # A debounced run may be another trigger's: it has one parent waiting for it at most.
+    if options.get("debounce") is not None:
+        raise ValidationError("debounce is for fire-and-forget triggers, not trigger_and_wait",
+                              field="debounce")
 
 
 HOOK_EVENTS = frozenset({"start", "success", "failure", "complete", "wait", "resume", "end"})
@@ -302,6 +314,8 @@ def task(
     if_: str | None = None,
     cancel_on: Sequence[CancelOn] = (),
     replay: str = "new",
+    debounce: Debounce | None = None,
+    batch: Batch | None = None,
     on_start: Hook | None = None,
     on_success: Hook | None = None,
     on_failure: Hook | None = None,
@@ -314,8 +328,8 @@ def task(
 
 def task(fn: Any = None, /, **kwargs: Any) -> Any:
     """Declare a task. Options: id, queue, retry, max_duration, tags, cron, timezone,
-    events (on, if_, cancel_on, replay: see docs/how-to/events.md) and hooks (on_start,
-    on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
+    events (on, if_, cancel_on, replay, debounce, batch: see docs/how-to/events.md) and
+    hooks (on_start, on_success, on_failure, on_complete, on_wait, on_resume, on_end)."""
     if fn is not None:
         return _make_task(fn, **kwargs)
 
@@ -339,6 +353,8 @@ def _make_task(
     if_: str | None = None,
     cancel_on: Sequence[CancelOn] = (),
     replay: str = "new",
+    debounce: Debounce | None = None,
+    batch: Batch | None = None,
     **hooks: Hook | None,
 ) -> Task[Any, Any]:
     task_id = id or kebab(fn.__name__)
@@ -350,7 +366,7 @@ def _make_task(
 
         _cron.validate(cron or "* * * * *")
         _cron.zone(timezone)
-    events = Subscription.build(on, if_, list(cancel_on), replay)
+    events = Subscription.build(on, if_, list(cancel_on), replay, task_group(debounce, batch))
     payload_type, return_type = _payload_and_return(fn)
     t: Task[Any, Any] = Task(
         fn=fn,

@@ -94,7 +94,7 @@ def test_a_finish_in_flight_while_the_fold_commits_is_folded_once_after(
 def test_the_contract_migration_hands_over_from_the_index_watermark_exactly(
     store: Store, clock: FakeClock
 ) -> None:
-    """The schema as it is between 0015_usage_outbox and 0018_drop_runs_finished (the
+    """The schema as it is between 0015_usage_outbox and 0019_drop_runs_finished (the
     index, outbox = 0): the index fold counts what is past its grace; then the contract
     migration runs, and the outbox fold counts exactly the rest."""
     with store._transaction() as tx:  # type: ignore[attr-defined]

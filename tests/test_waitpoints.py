@@ -432,14 +432,18 @@ def test_cli_tokens_complete(store: Store, client: Client, db_url: str) -> None:
 _SOAK = pytest.mark.skipif("'soak' not in config.getoption('markexpr')", reason="run with -m soak")
 
 
+# 5,000 parked runs by default: a Python object kept per run shows in the object count
+# (limit 2,000), and 2 KB per run in resident memory; the soak's 100,000 looks closer. The
+# timeout is the default suite's under load (the other process of the suite runs beside it).
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize(
     ("warm", "parked"),
-    [(2_000, 10_000), pytest.param(20_000, 100_000, marks=[pytest.mark.soak, _SOAK])],
+    [(1_000, 5_000), pytest.param(20_000, 100_000, marks=[pytest.mark.soak, _SOAK])],
 )
 async def test_parked_runs_hold_no_worker_memory(
     store: Store, client: Client, clock: FakeClock, warm: int, parked: int
 ) -> None:
-    """Runs parked on day-long sleeps (10,000 by default, 100,000 with -m soak) leave the
+    """Runs parked on day-long sleeps (5,000 by default, 100,000 with -m soak) leave the
     worker's memory where it was: no Python objects kept per run, and resident memory
     flat once the allocator has handed back what it holds free (glibc ``malloc_trim``)."""
     worker = _worker(store, concurrency=500)

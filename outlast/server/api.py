@@ -13,13 +13,13 @@ import orjson
 import pydantic
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import _limits, _serde
 from .._errors import QueueNotFound, RunNotFound, TokenNotFound, ValidationError
 from .._ids import new_id
-from .._trigger import REGISTRY, TriggerOptions, prepare_replay, prepare_run, unknown_task
+from .._trigger import REGISTRY, prepare_replay, prepare_run, unknown_task
 from ..explain import why
 from ..runs import Run
 from ..store.base import ApiStore, NewRun, QueueListing, TaskDef
@@ -32,71 +32,19 @@ from .bodies import (
     parse_body,
     read_limited,
 )
-from .durations import MAX_SECONDS, seconds_from
+from .durations import seconds_from
 from .event_stream import event_stream
 from .serialize import event_json, queue_json, related_json, run_json, step_json, token_json
 from .task_cache import TaskCache
 from .trigger_commit import TriggerCommitter
-
-# PostgreSQL text cannot hold a NUL character, and no name, key or tag needs one: refuse it
-# here (a 422 naming the field) rather than fail in the database (a 500).
-Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("a number is expected, not true or false")
-    return value
-
-
-# JSON true is not a number, though pydantic's lax mode reads it as 1 (a ttl of 1 s); NaN
-# and the infinities are not numbers a run can be scheduled or ordered by.
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Integer = Annotated[int, BeforeValidator(_not_bool)]
-
-# Trigger options as TriggerOptions names them -> as the wire does, for error fields.
-_WIRE = {
-    "idempotency_key": "idempotencyKey", "idempotency_key_ttl": "idempotencyKeyTTL",
-    "concurrency_key": "concurrencyKey", "max_attempts": "maxAttempts",
-    "max_duration": "maxDuration", "queue": "queue", "tags": "tags", "delay": "delay",
-    "ttl": "ttl", "priority": "priority", "metadata": "metadata", "version": "lockToVersion",
-}
-
-
-def _as_on_the_wire(exc: ValidationError) -> ValidationError:
-    """An option's error (checked in build_run, where every trigger path meets) named as
-    the request spells it: ``concurrency_key`` -> ``options.concurrencyKey``."""
-    if exc.field not in _WIRE:
-        return exc
-    wire = f"options.{_WIRE[exc.field]}"
-    message = exc.message
-    if message.startswith(exc.field):
-        message = wire + message[len(exc.field):]
-    return type(exc)(message, field=wire)
-
-
-class QueueRef(BaseModel):
-    name: Text
-
-
-class TriggerOptionsBody(BaseModel):
-    """Trigger options, in the Trigger.dev SDK's names. Unknown options are ignored."""
-
-    model_config = ConfigDict(extra="allow")
-
-    payloadType: Text | None = None
-    queue: QueueRef | Text | None = None
-    concurrencyKey: Text | Integer | None = None
-    delay: str | Number | None = Field(None, description="seconds, '10m', or an ISO date")
-    ttl: str | Number | None = Field(None, description="seconds or '1h'")
-    idempotencyKey: Text | None = Field(None, max_length=2048)
-    idempotencyKeyTTL: str | Number | None = None
-    tags: Text | list[Text] | None = None
-    metadata: dict[str, Any] | None = None
-    maxAttempts: Integer | None = Field(None, ge=1, le=100)
-    maxDuration: Number | None = Field(None, gt=0, le=MAX_SECONDS)
-    priority: Number | None = Field(None, ge=0, le=MAX_SECONDS, description="a head start, s")
-    lockToVersion: Text | None = Field(None, description="a task code version to lock to")
+from .trigger_options import (
+    Integer,
+    Number,
+    Text,
+    TriggerOptionsBody,
+    as_on_the_wire,
+    options_from,
+)
 
 
 class TriggerBody(BaseModel):
@@ -181,32 +129,6 @@ def _decode_payload(payload: Any, payload_type: str | None) -> Any:
     return payload
 
 
-def _options(body: TriggerOptionsBody | None, now: float) -> tuple[TriggerOptions, str | None]:
-    if body is None:
-        return TriggerOptions(), None
-    tags = [body.tags] if isinstance(body.tags, str) else list(body.tags or [])
-    queue = body.queue.name if isinstance(body.queue, QueueRef) else body.queue
-    return (
-        TriggerOptions(
-            idempotency_key=body.idempotencyKey,
-            idempotency_key_ttl=seconds_from(
-                body.idempotencyKeyTTL, "options.idempotencyKeyTTL", now
-            ),
-            delay=seconds_from(body.delay, "options.delay", now),
-            ttl=seconds_from(body.ttl, "options.ttl", now),
-            tags=tags,
-            priority=body.priority or 0.0,
-            metadata=body.metadata,
-            max_attempts=body.maxAttempts,
-            concurrency_key=str(body.concurrencyKey) if body.concurrencyKey is not None else None,
-            queue=queue,
-            max_duration=body.maxDuration,
-            version=body.lockToVersion,
-        ),
-        body.payloadType,
-    )
-
-
 def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
                     options: TriggerOptionsBody | dict[str, Any] | None, where: str = "",
                     *, published: TaskDef | None = None) -> NewRun:
@@ -219,12 +141,12 @@ def prepare_request(store: ApiStore, env: str, task_id: str, payload: Any,
         except pydantic.ValidationError as exc:
             raise _serde.validation_error(exc, f"{where}.options") from None
     try:
-        opts, payload_type = _options(options, store.now())
+        opts, payload_type = options_from(options, store.now())
         payload, payload_type = resolve_payload(store, env, payload, payload_type)
         return prepare_run(store, env, task_id, _decode_payload(payload, payload_type), opts,
                            published=published)
     except ValidationError as exc:
-        err = _as_on_the_wire(exc)
+        err = as_on_the_wire(exc)
         if not where:
             raise err from None
         field = f"{where}.{err.field}" if err.field else where

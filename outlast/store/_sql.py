@@ -34,6 +34,7 @@ from ._sql_doctor import DoctorMixin
 from ._sql_errors import ErrorsMixin
 from ._sql_events import EventsMixin
 from ._sql_group_trigger import GroupTriggerMixin
+from ._sql_groups import GroupsMixin
 from ._sql_observability import ObservabilityMixin
 from ._sql_reading import ReadingMixin
 from ._sql_retention import RetentionMixin
@@ -60,7 +61,7 @@ class SqlStore(
     CommitMixin, WaitpointsMixin, ReadingMixin, WorkersMixin, StatsMixin, ApiMixin, SchedulesMixin,
     AlertsMixin, ErrorsMixin,
     ObservabilityMixin,
-    BulkMixin, EventsMixin, RetentionMixin,
+    BulkMixin, EventsMixin, GroupsMixin, RetentionMixin,
     SchemaMixin, DoctorMixin,
     UsageMixin,
     VersionsMixin, WebhooksMixin, GroupTriggerMixin,
@@ -90,11 +91,13 @@ class SqlStore(
 
     def _alone(self, runs: Sequence[NewRun]) -> bool:
         """Whether ``runs`` need nothing but their rows: no idempotency key, no trace row
-        (it goes in the same transaction), their queue and slot rows known to exist."""
+        (it goes in the same transaction), no debounce (its group row is upserted in the
+        same transaction), their queue and slot rows known to exist."""
         # Small groups only: a bulk trigger streams with COPY in a transaction, faster.
         return 0 < len(runs) <= 256 and all(
             r.idempotency_key is None and r.trace_context is None
             and not r.cancel_paths  # its cancel_on keys go in the same transaction
+            and r.group is None  # a debounced run may join another (_sql_groups)
             and (r.env, r.queue, r.concurrency_key) in self._ensured for r in runs)
 
     # -- control --------------------------------------------------------------------------

@@ -113,7 +113,15 @@ class SqlCore(Store):
         committed on its own; False if the backend has no such shortcut."""
         return False
 
+    @abc.abstractmethod
+    def _insert_grouped(self, tx: Tx, runs: Sequence[NewRun], now: float
+                        ) -> list[TriggerResult]:
+        """``_insert_runs`` for runs some of which join a debounce or batch group
+        (``_sql_groups.GroupsMixin``)."""
+
     def _insert_runs(self, tx: Tx, runs: Sequence[NewRun], now: float) -> list[TriggerResult]:
+        if any(r.group is not None for r in runs):
+            return self._insert_grouped(tx, runs, now)
         results: list[TriggerResult] = []
         plain: list[NewRun] = []
         inserted: list[NewRun] = []

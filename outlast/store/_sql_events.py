@@ -22,7 +22,7 @@ from ._events_base import (
 from ._match import match_key
 from ._rows import Row, Tx, _task_def, _waitpoint
 from ._sql_core import SqlCore
-from ._types import NewRun, TaskDef, Waitpoint
+from ._types import NewRun, TaskDef, TriggerResult, Waitpoint
 
 
 def _event(row: Row, deliveries: list[Delivery] | None = None) -> EventRecord:
@@ -109,7 +109,25 @@ class _Batch:
     created: dict[str, list[str]] = field(default_factory=dict)  # event id -> its runs
     waits: dict[str, list[EventWait]] = field(default_factory=dict)  # by event name
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
+    # Debounced or batched runs planned: run id -> its event's seq (``_joined``)
+    grouped: dict[str, int] = field(default_factory=dict)
     woke: bool = False
+
+
+def _joined(tx: Tx, batch: _Batch, results: list[TriggerResult]) -> None:
+    """Planned runs that joined a debounce or batch group's pending run instead
+    (``_sql_groups``): their event's fan-out and the publish results name that run. The
+    fan-out was written with the event, before its runs: run ids are unique, so the
+    planned id is replaced in the event's row where it stands."""
+    moved = {r.id: t.id for r, t in zip(batch.runs, results, strict=True) if r.id != t.id}
+    for planned, run_id in moved.items():
+        seq = batch.grouped.get(planned)
+        if seq is not None:
+            tx.x("ev_fanout_moved", seq=seq, planned=planned, run_id=run_id)
+    batch.grouped.clear()
+    if moved:
+        for ids in batch.created.values():  # the lists the PublishResults hold
+            ids[:] = [moved.get(i, i) for i in ids]
 
 
 class EventsMixin(SqlCore):
@@ -249,6 +267,8 @@ class EventsMixin(SqlCore):
             if f.run is not None:
                 batch.runs.append(f.run)
                 run_ids.append(f.run.id)
+                if f.run.group is not None:  # it may join a pending run (_joined)
+                    batch.grouped[f.run.id] = seq
         batch.created[e.id] = run_ids
         cancels = planner.cancel_matches(record, batch.subscribers)
         if cancels:
@@ -287,7 +307,9 @@ class EventsMixin(SqlCore):
             # By task: PostgreSQL's COPY encodes a run like the one before it but for its
             # id and payload (postgres._CopyLayout), and a fan-out alternates tasks.
             batch.runs.sort(key=_task_of)
-            self._insert_runs(tx, batch.runs, batch.now)
+            results = self._insert_runs(tx, batch.runs, batch.now)
+            if batch.grouped:
+                _joined(tx, batch, results)
             batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in batch.runs)
             batch.runs = []
             batch.woke = True
@@ -309,9 +331,13 @@ class EventsMixin(SqlCore):
                 continue  # this (event, task) was delivered already: no second run
             if f.run is not None:
                 runs.append(f.run)
-        if runs:
-            self._insert_runs(tx, runs, now)
-        return [r.id for r in runs]
+        if not runs:
+            return []
+        results = self._insert_runs(tx, runs, now)
+        for planned, result in zip(runs, results, strict=True):
+            if result.id != planned.id:  # it joined a debounce or batch group's pending run
+                tx.x("ev_delivery_moved", seq=record.seq, planned=planned.id, run_id=result.id)
+        return [r.id for r in results]
 
     # -- waits ----------------------------------------------------------------------------
     def register_event_wait(
@@ -368,12 +394,13 @@ class EventsMixin(SqlCore):
                 if task_id is None or r["id"] == task_id
             ]
             plan = planner.fan_out(record, subscribers, replay=True)
-            self._fan_out(tx, record, plan, now, replay=True)
+            created = iter(self._fan_out(tx, record, plan, now, replay=True))
             if any(f.run is not None for f in plan):
                 self._notify(tx, env)
         self.wake_local()
-        return [Delivery(f.task_id, f.outcome, f.run.id if f.run else None, f.reason, True, now)
-                for f in plan]
+        # A run that joined a debounce or batch group's is named by the one it joined.
+        return [Delivery(f.task_id, f.outcome, next(created) if f.run else None, f.reason,
+                         True, now) for f in plan]
 
     def deliver_retained(self, env: str, task_id: str, planner: EventPlanner) -> int:
         created = 0
@@ -437,5 +464,6 @@ class EventsMixin(SqlCore):
             tx.x("ev_prune_deliveries", now=now)
             pruned = int(tx.x("ev_prune", now=now))
             tx.x("ev_prune_waits")
+            tx.x("group_prune")  # debounce and batch groups no longer pending
         return pruned
 

@@ -29,7 +29,9 @@ class PgEventsMixin(EventsMixin):
         # Planned with the subscribers this process read last; the statement checks they
         # are still current. Anything needing more than the event, its deliveries and
         # plain runs (cancels, tags, keys, a queue row not yet ensured) takes the
-        # transaction, as does any refusal of the statement (see ev_publish_alone).
+        # transaction, as does any refusal of the statement (see ev_publish_alone). A
+        # debounced or batched subscriber's run takes it too: its group row is upserted,
+        # and the run may join the group's pending run (_sql_groups, _sql_events._joined).
         cached = self._subscriber_cache().get(env)
         if cached is None:
             return None
@@ -44,6 +46,7 @@ class PgEventsMixin(EventsMixin):
         for r in runs:
             if (r.tags or r.idempotency_key is not None or r.trace_context or r.delay
                     or r.cancel_paths
+                    or r.group is not None  # it may join a pending run (_sql_groups)
                     or (r.env, r.queue, r.concurrency_key) not in self._ensured):
                 return None
         rows = []

@@ -11,7 +11,7 @@ run is folded once, whatever order the finishing commits landed in (a commit who
 ``finished_at`` is older than others' is simply a later outbox row). Readers add the
 runs still in the outbox themselves, so reports do not lag.
 
-Before the contract migration ``0018_drop_runs_finished`` (``usage_state.outbox`` = 0,
+Before the contract migration ``0019_drop_runs_finished`` (``usage_state.outbox`` = 0,
 while processes of the release before may still run) the fold is the earlier one, which
 both releases then run alike: runs read from the ``runs_finished`` index behind a
 ``(finished_at, id)`` watermark, ``grace`` seconds after they finished; the outbox is

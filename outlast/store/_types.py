@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 from ..runs import JournalEntry, Run
+from ._groups_base import RunGroup
 
 
 @dataclass
@@ -40,6 +41,8 @@ class NewRun:
     version: str | None = None  # locked from the start (pinned, or a waited-on child's)
     # W3C traceparent of the span that triggered it, when tracing is on (outlast._tracing)
     trace_context: str | None = None
+    # Debounced or batched: joins its group's pending run, if any (``_groups_base``)
+    group: RunGroup | None = None
     # The task's cancel_on match paths (``data.user_id``): the store writes the run's values
     # there to run_cancel_keys with it (outlast/_match.py), so an event cancels by index.
     cancel_paths: tuple[str, ...] = ()

@@ -1612,7 +1612,7 @@ ORDER BY w.created_at, w.waitpoint_id;
 -- Usage ---------------------------------------------------------------------------------------
 
 -- The rollup's position: runs finished before (finished_at, run_id) are in usage_daily.
--- A missing row is made in outbox mode (a schema from 0018_drop_runs_finished on has no
+-- A missing row is made in outbox mode (a schema from 0019_drop_runs_finished on has no
 -- index for the other).
 -- name: usage_state_ensure
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at, outbox)
@@ -1951,7 +1951,7 @@ DELETE FROM usage_outbox WHERE seq IN (SELECT value FROM json_each(:seqs));
 DELETE FROM usage_outbox WHERE seq = ANY(:seqs);
 
 -- Before the hand-over (usage_state.outbox = 0) the fold reads runs_finished; the outbox
--- is emptied, since 0018_drop_runs_finished fills it afresh from the watermark.
+-- is emptied, since 0019_drop_runs_finished fills it afresh from the watermark.
 -- name: usage_outbox_trim
 DELETE FROM usage_outbox;
 
@@ -2234,3 +2234,67 @@ FROM queues q CROSS JOIN LATERAL (
     LIMIT 1000) s
 WHERE q.env = :env AND q.name = ANY(:names)
 ORDER BY s.queue, s.last_claim_at, s.ckey;
+-- Debounce and batch (issue 20, part 5; store/_sql_groups.py) ------------------------------
+
+-- Lock a group's row, making it if it is new (pointing at :run_id, the run about to be
+-- inserted). A concurrent trigger for the same group waits here until this transaction
+-- ends, then sees the run it left. size: what the pending run has taken, this one counted.
+-- name: group_lock
+INSERT INTO run_groups (env, task_id, kind, key, run_id, first_at, size)
+VALUES (:env, :task_id, :kind, :key, :run_id, :now, 1)
+ON CONFLICT (env, task_id, kind, key) DO UPDATE SET size = run_groups.size + 1
+RETURNING run_id, first_at, size;
+
+-- The group's run was not pending any more: a new burst or batch, in a new run.
+-- name: group_restart
+UPDATE run_groups SET run_id = :run_id, first_at = :now, size = 1
+WHERE env = :env AND task_id = :task_id AND kind = :kind AND key = :key;
+
+-- The metadata of a group's run while it is pending (DELAYED, its start still ahead).
+-- name: group_pending_metadata
+SELECT metadata FROM runs WHERE id = :id AND status = 'DELAYED' AND delay_until > :now;
+
+-- Debounce: the pending run takes a new trigger's payload (NULL: it keeps its own, the
+-- leading mode) and its new start. Only while it is DELAYED and its start is ahead: the
+-- tick's promote_delayed and this are ordered by the run's row lock, and a run whose
+-- quiet period is over is no longer pending even if no tick promoted it yet.
+-- name: group_debounce_run
+UPDATE runs SET payload = COALESCE(:payload, payload), metadata = :metadata,
+    max_attempts = COALESCE(:max_attempts, max_attempts), updated_at = :now,
+    available_at = :start, ready_at = :start - priority, delay_until = :start,
+    ttl_expires_at = COALESCE(:ttl_expires_at, ttl_expires_at)
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Batch: one more event's data appended to the pending run's payload (a JSON array).
+-- name: group_append_run
+UPDATE runs SET payload = substr(payload, 1, length(payload) - 1) || ',' || :item || ']',
+    metadata = :metadata, updated_at = :now
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Batch: the event that fills the batch appends itself and starts the run now.
+-- name: group_append_full
+UPDATE runs SET payload = substr(payload, 1, length(payload) - 1) || ',' || :item || ']',
+    metadata = :metadata, updated_at = :now, status = 'QUEUED',
+    available_at = :now, ready_at = :now - priority, delay_until = NULL
+WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
+RETURNING id;
+
+-- Groups whose run is no longer pending (the next trigger would start a new one anyway).
+-- name: group_prune
+DELETE FROM run_groups
+WHERE NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = run_groups.run_id
+                  AND runs.status = 'DELAYED');
+
+-- A replayed or retained event's run joined a debounce or batch group's pending run: its
+-- delivery names that run instead of the one planned.
+-- name: ev_delivery_moved
+UPDATE event_deliveries SET run_id = :run_id
+WHERE event_seq = :seq AND run_id = :planned;
+
+-- A debounced or batched run of a publish joined its group's pending run: the event's
+-- fan-out (written with the event, before its runs) names that run instead of the one
+-- planned. Run ids are unique, so the planned id is replaced where it stands.
+-- name: ev_fanout_moved
+UPDATE events SET fanout = replace(fanout, :planned, :run_id) WHERE seq = :seq;

@@ -493,7 +493,7 @@ CREATE INDEX event_waits_name ON event_waits (env, name);
 ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN queued_seconds REAL NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN waited_seconds REAL NOT NULL DEFAULT 0;
--- (runs_finished, an index of finished runs, went in 0018_drop_runs_finished.)
+-- (runs_finished, an index of finished runs, went in 0019_drop_runs_finished.)
 
 -- One row per (env, task, UTC day of the runs' creation). Histograms and per-kind counts
 -- are JSON objects, merged in Python (percentiles over any span of days).
@@ -541,7 +541,7 @@ CREATE TABLE usage_state (
 );
 INSERT INTO usage_state (name, finished_at, run_id, sampled_at) VALUES ('rollup', 0, '', 0);
 
--- Usage, second part (migrations/0015_usage_outbox, 0018_drop_runs_finished).
+-- Usage, second part (migrations/0015_usage_outbox, 0019_drop_runs_finished).
 -- Finished runs reach the rollups through an outbox: each statement that finishes runs
 -- adds one row naming them, in its transaction; the fold deletes what it folds in the
 -- transaction that writes the rollups (usage_state.outbox = 1: the fold reads it).
@@ -647,3 +647,21 @@ CREATE TABLE run_cancel_keys (
 );
 CREATE INDEX run_cancel_keys_match ON run_cancel_keys (env, task_id, path, value);
 CREATE INDEX run_cancel_keys_run ON run_cancel_keys (run_id);
+-- migrations/0018_run_groups: debounce and batch (issue 20, part 5).
+-- Debounce and batch (issue 20, part 5): the pending run of each group, one row per
+-- (env, task, kind, key). A debounced trigger or a batched event locks its group's row
+-- first (an upsert), then changes the group's run in place while that run is still
+-- DELAYED, or starts a new run and points the row at it: concurrent triggers for one key,
+-- from any number of processes, see one pending run. size counts the triggers (debounce)
+-- or events (batch) the pending run has taken.
+CREATE TABLE run_groups (
+    env TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL,                    -- debounce | batch
+    key TEXT NOT NULL,                     -- '' for a task's single group
+    run_id TEXT NOT NULL,
+    first_at REAL NOT NULL,    -- when the pending run's burst or batch began
+    size INTEGER NOT NULL,
+    PRIMARY KEY (env, task_id, kind, key)
+);
+CREATE INDEX run_groups_run ON run_groups (run_id);

@@ -5,7 +5,7 @@
 --    own transaction; the scheduler's fold deletes the rows it folds in the transaction
 --    that writes the rollups. A run is folded once whatever order commits land in, and
 --    the hot path writes one small row per batch instead of an index entry per run.
---    Until the contract migration 0018_drop_runs_finished hands over (usage_state.outbox
+--    Until the contract migration 0019_drop_runs_finished hands over (usage_state.outbox
 --    = 1), the fold still reads runs_finished behind its watermark, as the release before
 --    does, and the outbox is only trimmed.
 CREATE TABLE usage_outbox (
