@@ -9,6 +9,8 @@ import _common as c
 
 DASH, TIMES = "\u2013", "\u00d7"  # en dash, multiplication sign
 
+_SOAK = "Many processes (PostgreSQL soak: correctness, not speed)"
+
 # workload key -> (section, title). Order here is the order in the report.
 WORKLOADS: dict[str, tuple[str, str]] = {
     "enqueue_single": ("Enqueue", "enqueue one by one"),
@@ -52,6 +54,13 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "wal_bytes_steps": ("Writes and WAL per run (PostgreSQL)", "WAL bytes per 3-step run"),
     "wal_records_steps": ("Writes and WAL per run (PostgreSQL)", "WAL records per 3-step run"),
     "rows_written_steps": ("Writes and WAL per run (PostgreSQL)", "rows written per 3-step run"),
+    # bench/soak_many.py
+    "soak_runs_per_s": (_SOAK, "runs/s, first start to last finish"),
+    "soak_wall_s": (_SOAK, "wall time"),
+    "soak_max_executing_soak_limited": (_SOAK, "most runs EXECUTING seen in soak-limited"),
+    "soak_max_executing_soak_narrow": (_SOAK, "most runs EXECUTING seen in soak-narrow"),
+    "soak_repeats_across_kill": (_SOAK, "step bodies repeated across a kill"),
+    "soak_violations": (_SOAK, "violations (runs not completed, repeats, limits)"),
 }
 
 INTRO = f"""\

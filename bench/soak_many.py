@@ -134,6 +134,41 @@ def plan(n: int) -> list[str]:
     return out
 
 
+def judge_steps(runs: list[tuple[str, str]],
+                ledger: dict[tuple[str, str], list[tuple[float, int, int]]],
+                journal: dict[tuple[str, str], str], killed: set[int]) -> tuple[int, list[str]]:
+    """C2 and C3 from outside: every step of every run has a body execution in the ledger
+    and a committed result in the journal; the result is the last execution's (a body that
+    ran after its result was committed is a double execution); and every earlier execution
+    was in a process that was SIGKILLed. Returns (repeats across a kill, violations)."""
+    repeats = 0
+    violations: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for run_id, task_id in runs:
+        for step_name in tasks.STEPS[task_id]:
+            seen.add((run_id, step_name))
+            execs = ledger.get((run_id, step_name), [])
+            committed = journal.get((run_id, step_name))
+            if committed is None or not execs:
+                violations.append(f"{run_id} {step_name}: journal {committed!r}, "
+                                  f"{len(execs)} executions")
+                continue
+            _, pid, attempt = execs[-1]
+            if json.loads(committed) != f"{pid}:{attempt}":
+                violations.append(f"{run_id} {step_name}: committed {committed}, but the "
+                                  f"body ran again after it: {execs}")
+            for _, earlier_pid, _ in execs[:-1]:
+                if earlier_pid in killed:
+                    repeats += 1
+                else:
+                    violations.append(f"{run_id} {step_name}: ran again though its process "
+                                      f"{earlier_pid} lived: {execs}")
+    strays = len(ledger.keys() - seen)
+    if strays:
+        violations.append(f"{strays} ledger entries of steps no run has")
+    return repeats, violations
+
+
 class Soak:
     """The processes, the driver threads and the checks of one soak."""
 
@@ -433,28 +468,10 @@ class Soak:
         r.step_executions = sum(len(v) for v in ledger.values())
         journal = {(run, key): out for run, key, out in self._sql(
             "SELECT run_id, key, output FROM journal WHERE kind = 'step' AND status = 'done'")}
-        seen = 0
-        for run_id, task_id in self._sql("SELECT id, task_id FROM runs"):
-            for step_name in tasks.STEPS[task_id]:
-                seen += 1
-                execs = ledger.get((run_id, step_name), [])
-                committed = journal.get((run_id, step_name))
-                if committed is None or not execs:
-                    r.violations.append(f"{run_id} {step_name}: journal {committed!r}, "
-                                        f"{len(execs)} executions")
-                    continue
-                _, pid, attempt = execs[-1]
-                if json.loads(committed) != f"{pid}:{attempt}":
-                    r.violations.append(f"{run_id} {step_name}: committed {committed}, but "
-                                        f"the body ran again after it: {execs}")
-                for _, earlier_pid, _ in execs[:-1]:
-                    if earlier_pid in self.killed:
-                        r.repeats_across_kill += 1
-                    else:
-                        r.violations.append(f"{run_id} {step_name}: ran again though its "
-                                            f"process {earlier_pid} lived: {execs}")
-        if seen != len(ledger):
-            r.violations.append(f"{len(ledger) - seen} ledger entries of unknown steps")
+        runs = [(run_id, task_id) for run_id, task_id in self._sql("SELECT id, task_id FROM runs")]
+        repeats, violations = judge_steps(runs, ledger, journal, self.killed)
+        r.repeats_across_kill += repeats
+        r.violations.extend(violations)
 
     def _count_retries(self) -> None:
         """Attempts lost to each kill: worker_lost failures after it, before the next."""
