@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import signal
@@ -58,8 +59,8 @@ from tests.faults.invariant import check_liveness  # noqa: E402
 
 ENV = "dev"
 # Top-level triggers per 20, by task (parents add their children).
-MIX = (["soak-steps"] * 8 + ["soak-flaky"] * 3 + ["soak-sleep"] * 3 + ["soak-token"] * 3
-       + ["soak-parent"] * 3)
+MIX = (["soak-steps"] * 10 + ["soak-flaky"] * 3 + ["soak-sleep"] * 3 + ["soak-token"] * 3
+       + ["soak-parent"] * 1)
 BATCH = 1000
 
 
@@ -80,6 +81,7 @@ class Report:
     started: str
     runs: int = 0
     completed: int = 0
+    incomplete: bool = False  # stopped at --timeout with --partial: completed runs checked
     by_status: dict[str, int] = field(default_factory=dict)
     trigger_seconds: float = 0.0
     wall_seconds: float = 0.0  # first trigger sent -> last run COMPLETED, driver's clock
@@ -92,6 +94,8 @@ class Report:
     max_executing: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     peak_connections: int = 0  # sessions on the soak's database, sampled once a second
+    active_sessions: int = 0  # summed over those samples: sessions running a statement
+    lock_waits: int = 0  # ... and of them, waiting for a lock
     tokens_completed: int = 0
     load: dict[str, float] = field(default_factory=dict)
 
@@ -111,7 +115,9 @@ class Report:
             f"max EXECUTING per limited queue (observed/limit, {self.samples:,} samples): "
             f"{conc}",
             f"tokens completed over HTTP {self.tokens_completed:,}; peak sessions on the "
-            f"database {self.peak_connections}; load average {self.load}",
+            f"database {self.peak_connections}; of the active sessions sampled, "
+            f"{self.lock_waits / max(1, self.active_sessions):.0%} waited for a lock; "
+            f"load average {self.load}",
         ]
 
 
@@ -174,10 +180,12 @@ class Soak:
 
     def __init__(self, db_url: str, tmp: Path, *, n: int, workers: int = 8, servers: int = 2,
                  concurrency: int = 10, kill_at: tuple[float, ...] = (0.3, 0.6),
-                 timeout: float = 3600.0, log: Any = print) -> None:
+                 timeout: float = 3600.0, partial_ok: bool = False, log: Any = print
+                 ) -> None:
         self.db_url, self.tmp, self.n = db_url, tmp, n
         self.n_workers, self.n_servers, self.concurrency = workers, servers, concurrency
         self.kill_at, self.timeout, self.log = kill_at, timeout, log
+        self.partial_ok = partial_ok
         self.ledger = tmp / "ledger"
         self.ledger.mkdir(parents=True, exist_ok=True)
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -329,11 +337,15 @@ class Soak:
                                             f"(limit {tasks.LIMITS[q]})")
                 self.report.samples += 1
                 if self.report.samples % 50 == 0:
-                    (sessions,) = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE datname = current_database()").fetchone() or (0,)
+                    sessions, active, locks = conn.execute(
+                        "SELECT count(*), count(*) FILTER (WHERE state = 'active'), "
+                        "count(*) FILTER (WHERE wait_event_type = 'Lock') "
+                        "FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()").fetchone() or (0, 0, 0)
                     self.report.peak_connections = max(self.report.peak_connections,
                                                        int(sessions))
+                    self.report.active_sessions += int(active)
+                    self.report.lock_waits += int(locks)
                 self._stop.wait(0.02)
 
     def _complete_tokens(self) -> None:
@@ -414,7 +426,11 @@ class Soak:
             if done >= self.expected:
                 break
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out with {counts}{self.tails()}")
+                if not self.partial_ok:
+                    raise AssertionError(f"timed out with {counts}{self.tails()}")
+                self.report.incomplete = True
+                self.log(f"  stopped at the timeout with {counts}: checking what completed")
+                break
             if time.monotonic() - last_print > 10:
                 last_print = time.monotonic()
                 self.log(f"  {time.monotonic() - began:6.0f} s: {counts}")
@@ -437,12 +453,13 @@ class Soak:
         r.completed = r.by_status.get("COMPLETED", 0)
         first, last = self._sql("SELECT min(started_at), max(finished_at) FROM runs")[0]
         r.runs_per_second = r.runs / max(1e-9, last - first)
-        present = self._sql("SELECT count(*) FROM runs WHERE id = ANY(%s) "
-                            "AND status = 'COMPLETED'", self.acknowledged)[0][0]
+        done = "" if r.incomplete else " AND status = 'COMPLETED'"
+        present = self._sql(f"SELECT count(*) FROM runs WHERE id = ANY(%s){done}",
+                            self.acknowledged)[0][0]
         if present != len(self.acknowledged):
             r.violations.append(f"{len(self.acknowledged) - present} acknowledged runs are "
                                 "missing or not COMPLETED")
-        if r.runs != self.expected or r.completed != r.runs:
+        if not r.incomplete and (r.runs != self.expected or r.completed != r.runs):
             r.violations.append(f"expected {self.expected} runs COMPLETED, found {r.by_status}")
         self._check_ledger()
         self._count_retries()
@@ -468,7 +485,11 @@ class Soak:
         r.step_executions = sum(len(v) for v in ledger.values())
         journal = {(run, key): out for run, key, out in self._sql(
             "SELECT run_id, key, output FROM journal WHERE kind = 'step' AND status = 'done'")}
-        runs = [(run_id, task_id) for run_id, task_id in self._sql("SELECT id, task_id FROM runs")]
+        runs = [(run_id, task_id) for run_id, task_id in self._sql(
+            "SELECT id, task_id FROM runs WHERE status = 'COMPLETED'")]
+        if r.incomplete:  # judge the completed runs only
+            done = {run_id for run_id, _ in runs}
+            ledger = {key: execs for key, execs in ledger.items() if key[0] in done}
         repeats, violations = judge_steps(runs, ledger, journal, self.killed)
         r.repeats_across_kill += repeats
         r.violations.extend(violations)
@@ -546,6 +567,8 @@ def _save(report: Report, args: argparse.Namespace, db_desc: str) -> Path:
         "kills": kills or "none",
         "load average (1 min)": ", ".join(f"{k} {v:.1f}" for k, v in report.load.items()),
         "peak sessions on the database": str(report.peak_connections),
+        "active sessions waiting for a lock": f"{report.lock_waits:,} of "
+                                              f"{report.active_sessions:,} sampled",
         "checks": f"{report.completed:,}/{report.runs:,} COMPLETED; liveness held; "
                   f"{report.step_executions:,} step bodies, "
                   f"{report.repeats_across_kill} repeated across a kill, "
@@ -566,6 +589,9 @@ def _save(report: Report, args: argparse.Namespace, db_desc: str) -> Path:
                note="allowed: the earlier execution's process was SIGKILLed")
     res.record("postgres", "soak_violations", "count", len(report.violations),
                higher_is_better=False, note="must be 0")
+    if report.incomplete:
+        res.fail("postgres", "soak", f"stopped at --timeout {args.timeout:.0f} s with "
+                 f"{report.completed:,} of {report.n:,} runs COMPLETED; the checks cover those")
     path = res.save(c.RESULTS_DIR / "soak_many.json")
     if not args.no_report:
         _report.write()
@@ -581,7 +607,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=10, help="each worker's --concurrency")
     p.add_argument("--kill-at", default="0.3,0.6",
                    help="fractions of runs completed at which a worker is SIGKILLed")
-    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds from the first "
+                   "trigger until the soak fails (or stops, with --partial)")
+    p.add_argument("--partial", action="store_true", help="at the timeout, stop and check "
+                   "the runs completed so far; recorded as incomplete")
     db = p.add_mutually_exclusive_group()
     db.add_argument("--database-url", help="an existing, empty database")
     db.add_argument("--private-cluster", action="store_true",
@@ -593,8 +622,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)  # unwinds: the fleet is stopped and the database dropped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     url, cleanup = _database(args)
     desc = ("a private cluster (fsync off)" if args.private_cluster
             else "its own database on the shared PostgreSQL")
@@ -602,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="outlast-soak-") as tmp:
             soak = Soak(url, Path(tmp), n=args.n, workers=args.workers, servers=args.servers,
                         concurrency=args.concurrency, timeout=args.timeout,
+                        partial_ok=args.partial, log=functools.partial(print, flush=True),
                         kill_at=tuple(float(x) for x in args.kill_at.split(",") if x))
             print(f"soak: {soak.expected:,} runs, {args.workers} workers, {args.servers} "
                   f"servers, {desc}", flush=True)

@@ -21,10 +21,13 @@ import outlast
 from outlast import Retry, queue, step, task, wait
 
 # Children of the fan-out parents, in two limited queues the soak samples (C5).
-LIMITED = queue("soak-limited", concurrency_limit=6)
-NARROW = queue("soak-narrow", concurrency_limit=2)
-LIMITS = {"soak-limited": 6, "soak-narrow": 2}
-BATCH_CHILDREN = 4  # per parent, in soak-limited, with batch_trigger_and_wait
+# A slot is held for a child's claim, step and end commits, not just its 5 ms body; on a
+# loaded 2-core machine with 8 workers that is about a second, so the children are a small
+# share of the runs and the limits not tiny, or the two queues alone take hours.
+LIMITED = queue("soak-limited", concurrency_limit=10)
+NARROW = queue("soak-narrow", concurrency_limit=4)
+LIMITS = {"soak-limited": 10, "soak-narrow": 4}
+BATCH_CHILDREN = 2  # per parent, in soak-limited, with batch_trigger_and_wait
 CHILD_SECONDS = 0.005
 
 # A kill costs every run it strikes an attempt (worker_lost); the flaky task spends one.
