@@ -55,6 +55,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import soak_tasks as tasks  # noqa: E402
+from outlast.server.auth import create_key  # noqa: E402
+from outlast.store import open_store  # noqa: E402
 from tests.faults.invariant import check_liveness  # noqa: E402
 
 ENV = "dev"
@@ -207,12 +209,6 @@ class Soak:
         return {**os.environ, "PYTHONPATH": str(ROOT), "SOAK_LEDGER_DIR": str(self.ledger),
                 "OUTLAST_INPLACE_SLEEP_SECONDS": "0", "OUTLAST_LOG_LEVEL": "WARNING"}
 
-    def _cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "outlast", *args, "--database-url", self.db_url],
-            cwd=ROOT, env=self._env(), capture_output=True, text=True, timeout=120, check=True)
-        return out.stdout
-
     def spawn_worker(self) -> subprocess.Popen[bytes]:
         log = self.tmp / f"worker-{len(self.workers)}.log"
         with log.open("wb") as out:
@@ -235,8 +231,12 @@ class Soak:
         self.servers.append((proc, f"http://127.0.0.1:{port}"))
 
     def start(self) -> None:
-        self._cli("migrate")
-        self.key = self._cli("keys", "create", "--env", ENV).strip().splitlines()[-1]
+        store = open_store(self.db_url)  # in-process: two CLI start-ups saved
+        try:
+            store.migrate()
+            self.key = create_key(store, ENV).secret
+        finally:
+            store.close()
         for _ in range(self.n_servers):
             self.spawn_server()
         for _ in range(self.n_workers):
@@ -507,12 +507,18 @@ class Soak:
             self.report.violations.append(f"{unexplained} attempts lost before any kill")
 
     def run(self) -> Report:
+        t0 = time.monotonic()
         try:
             self.start()
+            t1 = time.monotonic()
             self.drive()
+            t2 = time.monotonic()
             report = self.check()
+            t3 = time.monotonic()
         finally:
             self.stop()
+        self.log(f"  phases: start {t1 - t0:.1f} s, drive {t2 - t1:.1f} s, check "
+                 f"{t3 - t2:.1f} s, stop {time.monotonic() - t3:.1f} s")
         for line in report.lines():
             self.log(f"  {line}")
         return report
