@@ -392,40 +392,47 @@ class Soak:
         self.log(f"  SIGKILL worker {proc.pid} at {completed:,} completed; "
                  f"replacement {kill.replacement_pid}")
 
-    def drive(self) -> None:
-        """Trigger, kill on schedule, wait until every run is COMPLETED."""
-        threads = [threading.Thread(target=self._guarded(f), daemon=True)
-                   for f in (self._sample_queues, self._complete_tokens)]
-        for t in threads:
-            t.start()
-        self.report.load["start"] = os.getloadavg()[0]
+    def _trigger_timed(self) -> None:
         began = time.monotonic()
         self.trigger()
         self.report.trigger_seconds = time.monotonic() - began
         self.log(f"  triggered {len(self.acknowledged):,} top-level runs in "
                  f"{self.report.trigger_seconds:.1f} s ({self.expected:,} runs in all)")
+
+    def _counts(self) -> dict[str, int]:
+        """Runs by status; fails the soak on a run that ended other than COMPLETED."""
+        if self._errors:
+            raise AssertionError(f"the soak failed: {self._errors[:10]}")
+        counts = dict(self._sql("SELECT status, count(*) FROM runs GROUP BY status"))
+        bad = {s: n for s, n in counts.items()
+               if s in ("FAILED", "CANCELED", "EXPIRED", "TIMED_OUT", "CRASHED")}
+        if bad:
+            raise AssertionError(f"runs ended other than COMPLETED: {bad}")
+        return counts
+
+    def drive(self) -> None:
+        """Trigger (in a thread), kill on schedule, wait until every run is COMPLETED."""
+        trigger = threading.Thread(target=self._guarded(self._trigger_timed), daemon=True)
+        threads = [threading.Thread(target=self._guarded(f), daemon=True)
+                   for f in (self._sample_queues, self._complete_tokens)]
+        self.report.load["start"] = os.getloadavg()[0]
+        began = time.monotonic()
+        for t in [trigger, *threads]:
+            t.start()
         # kill distinct original workers, spread over the fleet
-        victims = [(i * len(self.workers)) // max(1, len(self.kill_at)) + 1
+        victims = [((i * self.n_workers) // max(1, len(self.kill_at)) + 1) % self.n_workers
                    for i in range(len(self.kill_at))]
-        victims = [v % self.n_workers for v in victims]
         last_print = 0.0
-        deadline = began + self.timeout
         while True:
             self.supervise()
-            if self._errors:
-                raise AssertionError(f"the soak failed: {self._errors[:10]}")
-            counts = dict(self._sql("SELECT status, count(*) FROM runs GROUP BY status"))
+            counts = self._counts()
             done = counts.get("COMPLETED", 0)
-            bad = {s: n for s, n in counts.items()
-                   if s in ("FAILED", "CANCELED", "EXPIRED", "TIMED_OUT", "CRASHED")}
-            if bad:
-                raise AssertionError(f"runs ended other than COMPLETED: {bad}")
             k = len(self.report.kills)
             if k < len(self.kill_at) and done >= self.kill_at[k] * self.expected:
                 self.kill_one(victims[k], done)
             if done >= self.expected:
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() > began + self.timeout:
                 if not self.partial_ok:
                     raise AssertionError(f"timed out with {counts}{self.tails()}")
                 self.report.incomplete = True
@@ -438,7 +445,7 @@ class Soak:
         self.report.wall_seconds = time.monotonic() - began
         self.report.load["end"] = os.getloadavg()[0]
         self._stop.set()
-        for t in threads:
+        for t in [trigger, *threads]:
             t.join(timeout=30)
         if self._errors:
             raise AssertionError(f"the soak failed: {self._errors[:10]}")
