@@ -100,6 +100,7 @@ class Report:
     lock_waits: int = 0  # ... and of them, waiting for a lock
     tokens_completed: int = 0
     load: dict[str, float] = field(default_factory=dict)
+    unfinished: list[str] = field(default_factory=list)  # what the rest wait for
 
     def lines(self) -> list[str]:
         kills = "; ".join(
@@ -188,6 +189,7 @@ class Soak:
         self.n_workers, self.n_servers, self.concurrency = workers, servers, concurrency
         self.kill_at, self.timeout, self.log = kill_at, timeout, log
         self.partial_ok = partial_ok
+        self.stall = 120.0  # seconds with no run changing status: the soak is stuck
         self.ledger = tmp / "ledger"
         self.ledger.mkdir(parents=True, exist_ok=True)
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -423,10 +425,19 @@ class Soak:
         victims = [((i * self.n_workers) // max(1, len(self.kill_at)) + 1) % self.n_workers
                    for i in range(len(self.kill_at))]
         last_print = 0.0
+        moved, last_counts = time.monotonic(), {}
         while True:
             self.supervise()
             counts = self._counts()
             done = counts.get("COMPLETED", 0)
+            if counts != last_counts:
+                moved, last_counts = time.monotonic(), counts
+            elif (time.monotonic() - moved > self.stall and trigger.ident
+                  and not trigger.is_alive()):
+                self.report.violations.append(f"stalled for {self.stall:.0f} s at {counts}")
+                self.report.incomplete = True
+                self.log(f"  STALLED at {counts}: checking what completed")
+                break
             k = len(self.report.kills)
             if k < len(self.kill_at) and done >= self.kill_at[k] * self.expected:
                 self.kill_one(victims[k], done)
@@ -466,6 +477,8 @@ class Soak:
         if present != len(self.acknowledged):
             r.violations.append(f"{len(self.acknowledged) - present} acknowledged runs are "
                                 "missing or not COMPLETED")
+        if r.incomplete:
+            self._describe_unfinished()
         if not r.incomplete and (r.runs != self.expected or r.completed != r.runs):
             r.violations.append(f"expected {self.expected} runs COMPLETED, found {r.by_status}")
         self._check_ledger()
@@ -474,6 +487,24 @@ class Soak:
             if r.max_executing.get(q, 0) > lim:
                 r.violations.append(f"{q}: {r.max_executing[q]} EXECUTING, limit {lim}")
         return r
+
+    def _describe_unfinished(self) -> None:
+        """What the runs that did not complete wait for (kept in the report)."""
+        rows = self._sql(
+            "SELECT r.task_id, r.status, r.attempt, w.kind, w.status, count(*) FROM runs r "
+            "LEFT JOIN run_waits rw ON rw.run_id = r.id "
+            "LEFT JOIN waitpoints w ON w.id = rw.waitpoint_id "
+            "WHERE r.status <> 'COMPLETED' GROUP BY 1, 2, 3, 4, 5 ORDER BY 6 DESC")
+        self.report.unfinished = [" ".join(map(str, row)) for row in rows[:30]]
+        sample = self._sql(
+            "SELECT r.id, r.task_id, r.status, r.wait_reason, r.updated_at, "
+            "(SELECT string_agg(w.kind || ':' || w.status || ':' || w.id, ',') "
+            " FROM run_waits rw JOIN waitpoints w ON w.id = rw.waitpoint_id "
+            " WHERE rw.run_id = r.id) FROM runs r WHERE r.status <> 'COMPLETED' LIMIT 5")
+        for row in sample:
+            self.log(f"  unfinished: {row}")
+        for line in self.report.unfinished:
+            self.log(f"  unfinished (task status attempt wait-kind wait-status count): {line}")
 
     def read_ledger(self) -> dict[tuple[str, str], list[tuple[float, int, int]]]:
         """(run, step) -> its body executions (time, pid, attempt), in time order."""
@@ -632,6 +663,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CREATE DATABASE <prefix>_<random> on BENCH_PG_URL's server")
     p.add_argument("--no-report", action="store_true", help="do not re-render RESULTS.md")
     p.add_argument("--no-save", action="store_true", help="write no results file")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the database (and a private cluster) afterwards, to look")
     return p.parse_args(argv)
 
 
@@ -655,7 +688,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"servers, {desc}", flush=True)
             report = soak.run()
     finally:
-        cleanup()
+        if args.keep:
+            print(f"  kept {url}", flush=True)
+        else:
+            cleanup()
     if not args.no_save:
         print(f"  wrote {_save(report, args, desc)}")
     print(json.dumps(asdict(report)["violations"][:20], indent=1))
