@@ -618,7 +618,7 @@ def _save(report: Report, args: argparse.Namespace, db_desc: str) -> Path:
                   f"{report.repeats_across_kill} repeated across a kill, "
                   f"{len(report.violations)} violations",
     }
-    res = c.Results("outlast-soak", " ".join(["nice", ".venv/bin/python", *sys.argv]),
+    res = c.Results("outlast", " ".join(["nice", ".venv/bin/python", *sys.argv]),
                     report.started, versions, settings)
     note = "correctness soak on a shared 2-core machine, not a speed claim"
     res.record("postgres", "soak_runs_per_s", "runs/s", report.runs_per_second, note=note)
