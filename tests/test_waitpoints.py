@@ -614,3 +614,55 @@ def test_a_token_completed_while_its_run_suspends_still_resumes_it(
     holder.join(10)
     completer.join(10)
     assert client.retrieve(handle.id).status == RunStatus.QUEUED
+
+
+def test_a_sleep_firing_while_its_run_suspends_still_resumes_it(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """A tick fires sleeps while their runs suspend on them, over and over: each run ends
+    up queued, never WAITING on a sleep that already fired (C7, C10). PostgreSQL fired
+    timers in one statement whose snapshot, taken before a suspend committed, hid the
+    suspend's run_waits row once it locked the waitpoint after that commit: about one
+    run in a hundred here, 50 in the 100,000-run soak. A race between two PostgreSQL
+    transactions (SQLite's writers take turns), so it is run many times."""
+    if store.backend != "postgres":
+        pytest.skip("a race between two PostgreSQL transactions")
+    from tests.faults.invariant import waiting_on_nothing
+
+    n = 300
+    client.batch_trigger(parked_in_batch, [None] * n)
+    store.declare_queues("dev", [outlast.queue("wp-batch", concurrency_limit=n).spec()])
+    store.register_worker(
+        WorkerInfo(id="w1", env="dev", host="test", pid=1, concurrency=n,
+                   tasks=[parked_in_batch.id], lease_seconds=3600.0)
+    )
+    claims = store.claim("w1", "dev", {"wp-batch": [parked_in_batch.id]}, n)
+    assert len(claims) == n
+    ticker_store = open_store(store.url, clock)  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.is_set():
+            ticker_store.tick()
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        for c in claims:
+            wp = f"waitpoint_nap_{c.run.id}"
+            nap = StartWait(run_id=c.run.id, epoch=c.epoch, key="nap", kind="sleep",
+                            fingerprint="fp", attempt=1, started_at=clock.now(),
+                            waitpoint_id=wp, new_waitpoint_kind="sleep",
+                            timeout_at=clock.now() + 1)
+            assert store.apply("w1", [nap]) == [True]
+            clock.advance(1)  # due now: the ticker fires it as the run suspends
+            suspend = EndSegment(run_id=c.run.id, epoch=c.epoch, outcome="suspend",
+                                 exec_seconds=0.1, wait_on=[wp], wait_reason="{}")
+            assert store.apply("w1", [suspend]) == [True]
+    finally:
+        stop.set()
+        ticker.join(30)
+        ticker_store.close()
+    store.tick()
+    assert waiting_on_nothing(store.url) == []  # type: ignore[attr-defined]
+    assert store.count_runs("dev")[parked_in_batch.id] == {"QUEUED": n}
