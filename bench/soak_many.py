@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 from bench import soak_tasks as tasks  # noqa: E402
 from outlast.server.auth import create_key  # noqa: E402
 from outlast.store import open_store  # noqa: E402
-from tests.faults.invariant import check_liveness  # noqa: E402
+from tests.faults.invariant import check_liveness, waiting_on_nothing  # noqa: E402
 
 ENV = "dev"
 # Top-level triggers per 20, by task (parents add their children).
@@ -99,6 +99,12 @@ class Report:
     active_sessions: int = 0  # summed over those samples: sessions running a statement
     lock_waits: int = 0  # ... and of them, waiting for a lock
     tokens_completed: int = 0
+    token_errors: int = 0  # completions the servers refused (the driver's, retried)
+    # Of the runs left unfinished, whose fault: the platform's (WAITING with nothing left to
+    # resume them, tests/faults/invariant.waiting_on_nothing) or the driver's (WAITING on
+    # a token still pending, which the driver should have completed).
+    parked_for_good: int = 0
+    tokens_left_pending: int = 0
     load: dict[str, float] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)  # what the rest wait for
 
@@ -117,7 +123,10 @@ class Report:
             f"{self.repeats_across_kill}, violations {len(self.violations)}",
             f"max EXECUTING per limited queue (observed/limit, {self.samples:,} samples): "
             f"{conc}",
-            f"tokens completed over HTTP {self.tokens_completed:,}; peak sessions on the "
+            f"tokens completed over HTTP {self.tokens_completed:,} ({self.token_errors} "
+            f"refused and retried); unfinished runs parked for good (platform) "
+            f"{self.parked_for_good}, waiting on a token the driver left pending "
+            f"{self.tokens_left_pending}; peak sessions on the "
             f"database {self.peak_connections}; of the active sessions sampled, "
             f"{self.lock_waits / max(1, self.active_sessions):.0%} waited for a lock; "
             f"load average {self.load}",
@@ -351,24 +360,37 @@ class Soak:
                 self._stop.wait(0.02)
 
     def _complete_tokens(self) -> None:
-        """Completes every pending soak token over HTTP, alternating servers."""
+        """Completes every pending soak token over HTTP, alternating servers. A completion
+        refused (or a request that failed) is counted and retried on the next pass, since
+        the token is still pending; ten failures in a row fail the soak as the driver's."""
         clients = [httpx.Client(base_url=url, timeout=60,
                                 headers={"Authorization": f"Bearer {self.key}"})
                    for _, url in self.servers]
         sql = ("SELECT id FROM waitpoints WHERE kind = 'token' AND status = 'pending' "
                "ORDER BY id LIMIT 500")
-        k = 0
+        k = failed = 0
         try:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
                 while not self._stop.is_set():
                     for (token_id,) in conn.execute(sql).fetchall():
-                        resp = clients[k % len(clients)].post(
-                            f"/api/v1/waitpoints/tokens/{token_id}/complete",
-                            json={"data": {"by": "soak"}})
                         k += 1
-                        if resp.status_code != 200:
-                            self._errors.append(f"complete {token_id}: {resp.status_code}")
-                        self.report.tokens_completed += 1
+                        try:
+                            resp = clients[k % len(clients)].post(
+                                f"/api/v1/waitpoints/tokens/{token_id}/complete",
+                                json={"data": {"by": "soak"}})
+                            status: object = resp.status_code
+                        except httpx.HTTPError as exc:
+                            status = repr(exc)
+                        if status == 200:
+                            self.report.tokens_completed += 1
+                            failed = 0
+                            continue
+                        self.report.token_errors += 1
+                        failed += 1
+                        self.log(f"  driver: completing token {token_id} failed: {status}")
+                        if failed >= 10:
+                            self._errors.append(f"driver: completing tokens failed {failed} "
+                                                f"times in a row, last {token_id}: {status}")
                     self._stop.wait(0.2)
         finally:
             for c in clients:
@@ -465,7 +487,11 @@ class Soak:
 
     def check(self) -> Report:
         r = self.report
-        check_liveness(self.db_url, env=ENV)
+        try:
+            check_liveness(self.db_url, env=ENV)
+        except AssertionError as exc:  # reported with the rest, not instead of it
+            r.violations.append(f"liveness: {exc}")
+        self._blame_unfinished()
         r.by_status = dict(self._sql("SELECT status, count(*) FROM runs GROUP BY status"))
         r.runs = sum(r.by_status.values())
         r.completed = r.by_status.get("COMPLETED", 0)
@@ -487,6 +513,23 @@ class Soak:
             if r.max_executing.get(q, 0) > lim:
                 r.violations.append(f"{q}: {r.max_executing[q]} EXECUTING, limit {lim}")
         return r
+
+    def _blame_unfinished(self) -> None:
+        """Split runs left WAITING by whose fault it is (see Report.parked_for_good)."""
+        r = self.report
+        parked = waiting_on_nothing(self.db_url)
+        r.parked_for_good = len(parked)
+        if parked:
+            r.violations.append(f"platform: {len(parked)} runs WAITING that nothing will "
+                                f"resume, e.g. {parked[:3]}")
+        r.tokens_left_pending = self._sql(
+            "SELECT count(DISTINCT r.id) FROM runs r JOIN run_waits rw ON rw.run_id = r.id "
+            "JOIN waitpoints w ON w.id = rw.waitpoint_id WHERE r.status = 'WAITING' "
+            "AND w.kind = 'token' AND w.status = 'pending' "
+            "AND w.created_at < extract(epoch FROM now()) - 60")[0][0]  # it polls every 0.2 s
+        if r.tokens_left_pending:
+            r.violations.append(f"driver: {r.tokens_left_pending} runs WAITING on a token "
+                                "the driver left pending over a minute")
 
     def _describe_unfinished(self) -> None:
         """What the runs that did not complete wait for (kept in the report)."""

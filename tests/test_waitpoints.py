@@ -666,3 +666,42 @@ def test_a_sleep_firing_while_its_run_suspends_still_resumes_it(
     store.tick()
     assert waiting_on_nothing(store.url) == []  # type: ignore[attr-defined]
     assert store.count_runs("dev")[parked_in_batch.id] == {"QUEUED": n}
+
+
+def test_the_liveness_check_sees_runs_parked_for_good(
+    store: Store, client: Client, clock: FakeClock
+) -> None:
+    """tests/faults' invariant fails on a WAITING run nothing will resume (its waitpoint
+    already fired, or no waitpoint at all) and passes one parked on a pending sleep: the
+    soak's 50 stuck runs named their sleeps, which the "cannot say why" check took as an
+    explanation."""
+    from tests.faults.invariant import waiting_on_nothing
+
+    client.batch_trigger(parked_in_batch, [None] * 3)
+    store.declare_queues("dev", [parked_in_batch.queue.spec()])
+    store.register_worker(
+        WorkerInfo(id="w1", env="dev", host="test", pid=1, concurrency=3,
+                   tasks=[parked_in_batch.id], lease_seconds=3600.0)
+    )
+    claims = store.claim("w1", "dev", {"wp-batch": [parked_in_batch.id]}, 3)
+    ops: list[Op] = []
+    for c in claims:
+        wp = f"waitpoint_nap_{c.run.id}"
+        ops.append(StartWait(run_id=c.run.id, epoch=c.epoch, key="nap", kind="sleep",
+                             fingerprint="fp", attempt=1, started_at=clock.now(),
+                             waitpoint_id=wp, new_waitpoint_kind="sleep",
+                             timeout_at=clock.now() + 60))
+        ops.append(EndSegment(run_id=c.run.id, epoch=c.epoch, outcome="suspend",
+                              exec_seconds=0.1, wait_on=[wp], wait_reason="{}"))
+    assert store.apply("w1", ops) == [True] * 6
+    url = store.url  # type: ignore[attr-defined]
+    assert waiting_on_nothing(url) == []
+    fired, bare, fine = (c.run.id for c in claims)
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        # The states the fixed races left: a sleep fired without resuming its run, and
+        # a run parked with its waits gone.
+        store._raw(tx, "UPDATE waitpoints SET status = 'completed' WHERE id = :id",  # type: ignore[attr-defined]
+                   {"id": f"waitpoint_nap_{fired}"})
+        store._raw(tx, "DELETE FROM run_waits WHERE run_id = :id", {"id": bare})  # type: ignore[attr-defined]
+    assert sorted(r["id"] for r in waiting_on_nothing(url)) == sorted([fired, bare])
+    assert fine not in {r["id"] for r in waiting_on_nothing(url)}
