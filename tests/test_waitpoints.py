@@ -638,7 +638,7 @@ def test_a_sleep_firing_while_its_run_suspends_still_resumes_it(
     )
     claims = store.claim("w1", "dev", {"wp-batch": [parked_in_batch.id]}, n)
     assert len(claims) == n
-    ticker_store = open_store(store.url, clock)  # type: ignore[attr-defined]
+    ticker_store = open_store(store.url, clock)
     stop = threading.Event()
 
     def tick() -> None:
@@ -664,7 +664,7 @@ def test_a_sleep_firing_while_its_run_suspends_still_resumes_it(
         ticker.join(30)
         ticker_store.close()
     store.tick()
-    assert waiting_on_nothing(store.url) == []  # type: ignore[attr-defined]
+    assert waiting_on_nothing(store.url) == []
     assert store.count_runs("dev")[parked_in_batch.id] == {"QUEUED": n}
 
 
@@ -694,7 +694,7 @@ def test_the_liveness_check_sees_runs_parked_for_good(
         ops.append(EndSegment(run_id=c.run.id, epoch=c.epoch, outcome="suspend",
                               exec_seconds=0.1, wait_on=[wp], wait_reason="{}"))
     assert store.apply("w1", ops) == [True] * 6
-    url = store.url  # type: ignore[attr-defined]
+    url = store.url
     assert waiting_on_nothing(url) == []
     fired, bare, fine = (c.run.id for c in claims)
     with store._transaction() as tx:  # type: ignore[attr-defined]
