@@ -11,6 +11,7 @@ DASH, TIMES = "\u2013", "\u00d7"  # en dash, multiplication sign
 
 HIST = "History (alternating an empty database and one with history)"
 BYTES = "Bytes per finished no-op run (PostgreSQL, after VACUUM)"
+_SOAK = "Many processes (PostgreSQL soak: correctness, not speed)"
 
 # workload key -> (section, title). Order here is the order in the report.
 WORKLOADS: dict[str, tuple[str, str]] = {
@@ -79,6 +80,13 @@ WORKLOADS: dict[str, tuple[str, str]] = {
                         "outlast / bare FastAPI no-op, per alternating repetition"),
     "http_ratio_insert": ("HTTP triggers (8 clients, one run per request)",
                           "outlast / bare FastAPI one-INSERT, per alternating repetition"),
+    # bench/soak_many.py
+    "soak_runs_per_s": (_SOAK, "runs/s, first start to last finish"),
+    "soak_wall_s": (_SOAK, "wall time"),
+    "soak_max_executing_soak_limited": (_SOAK, "most runs EXECUTING seen in soak-limited"),
+    "soak_max_executing_soak_narrow": (_SOAK, "most runs EXECUTING seen in soak-narrow"),
+    "soak_repeats_across_kill": (_SOAK, "step bodies repeated across a kill"),
+    "soak_violations": (_SOAK, "violations (runs not completed, repeats, limits)"),
 }
 
 # A line under a section's heading

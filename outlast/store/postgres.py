@@ -487,7 +487,12 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         )
 
     def _fire_timers(self, tx: Any, now: float) -> int:
-        return int(tx.q("fire_timers", now=now, channel=_CHANNEL)[0]["fired"])
+        # Two statements, not one: the resume must read run_waits after the waitpoints
+        # are locked (see fire_timers in queries.sql).
+        fired = [r["id"] for r in tx.q("fire_timers", now=now)]
+        if fired:
+            tx.q("resume_fired", ids=fired, now=now, channel=_CHANNEL)
+        return len(fired)
 
     def _complete_rows(
         self,

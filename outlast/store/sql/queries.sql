@@ -820,44 +820,29 @@ SELECT id, kind FROM waitpoints
 WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= :now
 ORDER BY timeout_at LIMIT 5000;
 
--- due_timers and SqlStore._complete for each, in one statement: up to 5000 due waitpoints
--- completed (a sleep) or timed out (a token's or children's timeout), their waiting
--- journal entries done, their WAITING runs queued again with their waits cleared, and
--- those runs' envs woken; returns how many fired. First completion wins (C7): rows
--- another scheduler or a completion holds are skipped for the next tick, and the UPDATE
--- re-checks pending after locking. A run waiting on several of them resumes once (one
--- UPDATE touches a row once). One snapshot for all, as the per-waitpoint statements saw
--- the waits: none of those reads needs another part's writes.
+-- due_timers and SqlStore._complete for each, in two statements: this one locks and fires
+-- up to 5000 due waitpoints, completed (a sleep) or timed out (a token's or children's
+-- timeout), and returns them; resume_fired then resumes their waiting runs. First
+-- completion wins (C7): rows another scheduler, a completion or a suspend holds are
+-- skipped for the next tick, and the UPDATE re-checks pending after locking.
+-- Not one statement: a statement reads run_waits in the snapshot it began with, so a
+-- suspend that committed (and released its FOR SHARE lock) after that snapshot but before
+-- this locked its waitpoint was invisible to it, and its run stayed WAITING on a fired
+-- sleep forever (the 100,000-run soak's 50 stuck runs). resume_fired's snapshot is taken
+-- after these locks: a suspend that committed before them is in it, one after them waits
+-- for this commit and reads the waitpoint fired (suspend_runs hands the run back).
 -- name: fire_timers [postgres]
 WITH due AS (
     SELECT id FROM waitpoints
     WHERE status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= :now
     ORDER BY timeout_at LIMIT 5000
-    FOR UPDATE SKIP LOCKED),
-fired AS (
-    UPDATE waitpoints w
-    SET status = CASE WHEN w.kind = 'sleep' THEN 'completed' ELSE 'timed_out' END,
-        output = NULL, is_error = CASE WHEN w.kind = 'sleep' THEN 0 ELSE 1 END,
-        completed_at = :now
-    FROM due WHERE w.id = due.id AND w.status = 'pending'
-    RETURNING w.id, w.run_id),
-waits AS (
-    SELECT rw.waitpoint_id, rw.run_id FROM run_waits rw JOIN fired f ON f.id = rw.waitpoint_id),
-entries AS (
-    UPDATE journal j SET status = 'done', finished_at = :now
-    FROM (SELECT waitpoint_id, run_id FROM waits
-          UNION SELECT id, run_id FROM fired WHERE run_id IS NOT NULL) e
-    WHERE j.run_id = e.run_id AND j.waitpoint_id = e.waitpoint_id AND j.status = 'waiting'),
-resumed AS (
-    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
-        updated_at = :now, wait_reason = NULL,
-        waited_seconds = runs.waited_seconds
-            + CASE WHEN runs.updated_at < :now THEN :now - runs.updated_at ELSE 0 END
-    WHERE runs.status = 'WAITING' AND runs.id IN (SELECT run_id FROM waits)
-    RETURNING runs.id, runs.env),
-cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM resumed)),
-woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM resumed) r)
-SELECT (SELECT COUNT(*) FROM fired) AS fired, (SELECT COUNT(*) FROM woken) AS woken;
+    FOR UPDATE SKIP LOCKED)
+UPDATE waitpoints w
+SET status = CASE WHEN w.kind = 'sleep' THEN 'completed' ELSE 'timed_out' END,
+    output = NULL, is_error = CASE WHEN w.kind = 'sleep' THEN 0 ELSE 1 END,
+    completed_at = :now
+FROM due WHERE w.id = due.id AND w.status = 'pending'
+RETURNING w.id;
 
 -- Scheduling -------------------------------------------------------------------------------
 
@@ -2298,3 +2283,26 @@ WHERE event_seq = :seq AND run_id = :planned;
 -- planned. Run ids are unique, so the planned id is replaced where it stands.
 -- name: ev_fanout_moved
 UPDATE events SET fanout = replace(fanout, :planned, :run_id) WHERE seq = :seq;
+-- fire_timers' second statement, in the same transaction, its snapshot taken after that
+-- one locked the waitpoints :ids: their waiting journal entries done, their WAITING runs
+-- queued again with their waits cleared, and those runs' envs woken. A run waiting on
+-- several of them resumes once (one UPDATE touches a row once).
+-- name: resume_fired [postgres]
+WITH fired AS (SELECT id, run_id FROM waitpoints WHERE id = ANY(CAST(:ids AS text[]))),
+waits AS (
+    SELECT rw.waitpoint_id, rw.run_id FROM run_waits rw JOIN fired f ON f.id = rw.waitpoint_id),
+entries AS (
+    UPDATE journal j SET status = 'done', finished_at = :now
+    FROM (SELECT waitpoint_id, run_id FROM waits
+          UNION SELECT id, run_id FROM fired WHERE run_id IS NOT NULL) e
+    WHERE j.run_id = e.run_id AND j.waitpoint_id = e.waitpoint_id AND j.status = 'waiting'),
+resumed AS (
+    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
+        updated_at = :now, wait_reason = NULL,
+        waited_seconds = runs.waited_seconds
+            + CASE WHEN runs.updated_at < :now THEN :now - runs.updated_at ELSE 0 END
+    WHERE runs.status = 'WAITING' AND runs.id IN (SELECT run_id FROM waits)
+    RETURNING runs.id, runs.env),
+cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM resumed)),
+woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM resumed) r)
+SELECT COUNT(*) AS woken FROM woken;
