@@ -356,9 +356,15 @@ def test_two_workers_race_over_1000_runs_each_executed_once(
     ids = [
         h.id
         for h in fleet.client.batch_trigger(
-            # 5 ms each: a drain too quick for the other worker's first wake-up would
-            # leave it nothing to race for (this asserts overlap, not speed).
-            "crash-append", [{"ledger": str(ledger), "n": i, "sleep": 0.005} for i in range(1000)]
+            # The first 50 runs hold a slot for 2 s: the first worker to claim fills its
+            # 25 slots with them and must leave 25 queued, so the other one gets work even
+            # when it reaches its claim loop a second after registering (a loaded CI box);
+            # the rest take 5 ms each and are raced for (this asserts overlap, not speed).
+            "crash-append",
+            [
+                {"ledger": str(ledger), "n": i, "sleep": 2.0 if i < 50 else 0.005}
+                for i in range(1000)
+            ],
         )
     ]
     # Count, not fetch: reading 1,000 runs every 20 ms would compete with the workers.
