@@ -281,10 +281,21 @@ class Planner(EventPlanner):
         self._ids: list[str] = []
         self._id_batch = max(4, min(256, 4 * expected))
         self._with_cancel: tuple[Sequence[TaskDef], list[TaskDef]] | None = None
+        # Per event name, the subscribers running on it when none filters, checks a
+        # payload type or groups: a batch's events then skip the per-subscriber checks.
+        self._plain: tuple[Sequence[TaskDef], dict[str, tuple[_Known, ...] | None]] | None = None
 
     def fan_out(
         self, event: EventRecord, subscribers: Sequence[TaskDef], *, replay: bool
     ) -> list[Fanout]:
+        plain = self._plain_subscribers(subscribers, event.name)
+        if plain is not None:
+            if not plain:
+                return []
+            data = event.data_json
+            payload = data if data is not None else _serde.dumps(event.data)
+            metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
+            return [self._run(known, event, payload, metadata) for known in plain]
         out: list[Fanout] = []
         activation: dict[str, Any] | None = None  # CEL's view of the event, built once
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
@@ -318,6 +329,30 @@ class Planner(EventPlanner):
             group = known.sub.group
             out.append(fan if group is None else grouped(fan, group, event, td))
         return out
+
+    def _plain_subscribers(self, subscribers: Sequence[TaskDef], name: str
+                           ) -> tuple[_Known, ...] | None:
+        """The subscribers running on ``name``, in order, if every one of them takes the
+        event as it is (no if_, no payload type, no debounce or batch); else None."""
+        cached = self._plain
+        if cached is None or cached[0] is not subscribers:
+            cached = self._plain = (subscribers, {})
+        by_name = cached[1]
+        if name in by_name:
+            return by_name[name]
+        found: list[_Known] = []
+        for td in subscribers:
+            known = _about(td, self.env)
+            if not known.sub.runs_on(name):
+                continue
+            if known.sub.if_ or known.sub.group is not None or td.payload_schema:
+                by_name[name] = None
+                return None
+            found.append(known)
+        if len(by_name) > 1024:
+            by_name.clear()
+        by_name[name] = plain = tuple(found)
+        return plain
 
     def _run(self, known: _Known, event: EventRecord, payload: str, metadata: str
              ) -> Fanout:
@@ -416,9 +451,11 @@ class Planner(EventPlanner):
 
 
 def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "",
-              windows: tuple[float, float] | None = None) -> NewEvent:
+              windows: tuple[float, float] | None = None,
+              limit: int | None = None) -> NewEvent:
     """Validate one event at the edge; nothing is written if this raises. ``windows`` is
-    (dedup, retention) seconds, read from the settings when None (a batch reads them once)."""
+    (dedup, retention) seconds and ``limit`` the largest data in bytes, read from the
+    settings when None (a batch reads them once)."""
     prefix = f"{field}." if field else ""
     check_name(name, f"{prefix}name")
     if event_id is None:
@@ -428,7 +465,7 @@ def new_event(name: Any, data: Any, event_id: Any = None, *, field: str = "",
     else:
         _limits.text(event_id, f"{prefix}id")
     text = _serde.to_json(data)
-    check_payload_size(text, settings().max_payload_bytes)
+    check_payload_size(text, settings().max_payload_bytes if limit is None else limit)
     dedup, retention = windows or (dedup_seconds(), retention_seconds())
     return NewEvent(id=event_id, name=name, data=text, dedup_seconds=dedup,
                     retention_seconds=retention)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from . import _events, _serde
+from ._config import settings
 from ._http_calls import Plan, Request
 from .store._events_base import NewEvent, PublishResult
 from .store.base import Store
@@ -35,8 +36,9 @@ def _delivery_json(d: Any) -> dict[str, Any]:
 def _new_events(events: Sequence[dict[str, Any]]) -> list[NewEvent]:
     """Events checked at the edge, whatever the transport (nothing is sent if one is bad)."""
     windows = (_events.dedup_seconds(), _events.retention_seconds())
+    limit = settings().max_payload_bytes
     return [_events.new_event(e.get("name"), e.get("data"), e.get("id"),
-                              field=f"events[{i}]", windows=windows)
+                              field=f"events[{i}]", windows=windows, limit=limit)
             for i, e in enumerate(events)]
 
 

@@ -172,6 +172,30 @@ def test_a_batch_publish_and_a_dedup_window(
     assert len(client.list_runs(task_id="ev-welcome")) == 6
 
 
+def test_a_batch_mixing_plain_and_filtered_subscribers_fans_each_event_out_alike(
+    store: Store, client: Client
+) -> None:
+    """A batch plans the names every subscriber takes as they are (user.login: ev-audit
+    only) apart from those with a filter (user.signup: ev-pro-only): each event gets what
+    it would get published alone, and the log says so."""
+    _publish_definitions(store, *SUBSCRIBERS)
+    results = client.publish_many([
+        {"name": "user.login", "data": {"user_id": 1}, "id": "m1"},
+        {"name": "user.signup", "data": {"user_id": 2, "plan": "pro"}, "id": "m2"},
+        {"name": "user.login", "data": {"user_id": 3}, "id": "m3"},
+        {"name": "user.signup", "data": {"user_id": 4, "plan": "free"}, "id": "m4"},
+        {"name": "nobody.listens", "data": 5, "id": "m5"},
+    ])
+    tasks = [sorted(client.retrieve(i).task_id for i in r.run_ids) for r in results]
+    assert tasks == [["ev-audit"], ["ev-audit", "ev-pro-only", "ev-welcome"], ["ev-audit"],
+                     ["ev-audit", "ev-welcome"], []]
+    assert client.retrieve(results[2].run_ids[0]).payload == {"user_id": 3}
+    logged = {e["id"]: e for e in client.list_events()}
+    outcomes = {d["task_id"]: d["outcome"] for d in logged["m4"]["deliveries"]}
+    assert outcomes == {"ev-audit": "run", "ev-welcome": "run", "ev-pro-only": "filtered"}
+    assert logged["m5"]["deliveries"] == []
+
+
 async def test_data_that_does_not_fit_the_payload_type_fails_that_run_clearly(
     store: Store, client: Client
 ) -> None:

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import _events, _limits
+from .._config import settings
 from ..store._events_base import NewEvent
 from ..store.base import Store
 
@@ -62,10 +63,11 @@ def _items(body: PublishBody, key: str | None) -> list[NewEvent]:
         prefix = ""
     out = []
     windows = (_events.dedup_seconds(), _events.retention_seconds())
+    limit = settings().max_payload_bytes
     for i, (name, data, event_id) in enumerate(given):
         if event_id is None and key is not None:
             event_id = f"req:{key}" if not prefix else f"req:{key}:{i}"
-        out.append(_events.new_event(name, data, event_id, windows=windows,
+        out.append(_events.new_event(name, data, event_id, windows=windows, limit=limit,
                                      field=f"{prefix}[{i}]" if prefix else ""))
     return out
 
