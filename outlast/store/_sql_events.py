@@ -90,12 +90,19 @@ def fanout_json(plan: Sequence[Fanout]) -> str:
 
 
 def _event_rows(batch: _Batch, events: Sequence[NewEvent], plans: dict[str, _Plan]
-                ) -> list[dict[str, Any]]:
+                ) -> list[list[Any]]:
+    """[id, name, data, fanout, dedup_until, expires_at] per event, as ev_insert_rows takes
+    them (with the batch's env and time once, not per row)."""
     now = batch.now
-    return [{"env": batch.env, "id": e.id, "name": e.name, "data": e.data, "now": now,
-             "dedup_until": now + e.dedup_seconds, "expires_at": now + e.retention_seconds,
-             "fanout": fanout_json(plans[e.id][1])}
+    return [[e.id, e.name, e.data, fanout_json(plans[e.id][1]), now + e.dedup_seconds,
+             now + e.retention_seconds]
             for e in events]
+
+
+def _one_row(batch: _Batch, row: list[Any]) -> dict[str, Any]:
+    """One of ``_event_rows`` as ev_insert_one's parameters."""
+    return {"env": batch.env, "id": row[0], "name": row[1], "data": row[2], "now": batch.now,
+            "dedup_until": row[4], "expires_at": row[5], "fanout": row[3]}
 
 
 @dataclass
@@ -221,20 +228,21 @@ class EventsMixin(SqlCore):
         if len(rows) == 1:
             # The common single publish: one statement, unless its id is taken (a retry,
             # or an id past its window: released here, then inserted).
-            seq = self._insert_one(tx, batch, rows[0], events[0].name)
+            one = _one_row(batch, rows[0])
+            seq = self._insert_one(tx, batch, one, events[0].name)
             if seq is None:
-                tx.x("ev_release_keys", env=env, ids=self._list([rows[0]["id"]]), now=now)
-                found = tx.q("ev_insert_one", **rows[0])
+                tx.x("ev_release_keys", env=env, ids=self._list([one["id"]]), now=now)
+                found = tx.q("ev_insert_one", **one)
                 seq = int(found[0]["seq"]) if found else None
-            return {str(rows[0]["id"]): seq} if seq is not None else {}
-        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
+            return {str(one["id"]): seq} if seq is not None else {}
+        fresh: dict[str, list[Any]] = {}  # the first of a batch's repeats
         for row in rows:
-            fresh.setdefault(row["id"], row)
-        seqs = self._insert_event_rows(tx, list(fresh.values()))
+            fresh.setdefault(row[0], row)
+        seqs = self._insert_event_rows(tx, batch, list(fresh.values()))
         taken = [i for i in fresh if i not in seqs]
         if taken:  # a retry, or an id past its window (released here, then reused)
             tx.x("ev_release_keys", env=env, ids=self._list(taken), now=now)
-            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
+            seqs.update(self._insert_event_rows(tx, batch, [fresh[i] for i in taken]))
         return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
@@ -244,11 +252,12 @@ class EventsMixin(SqlCore):
         found = tx.q("ev_insert_one", **row)
         return int(found[0]["seq"]) if found else None
 
-    def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert events (distinct ids) in one statement; the sequence numbers of those
-        inserted, by id (an id still deduplicating inserts nothing). A backend hook:
-        PostgreSQL reads the rows with json_to_recordset."""
-        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}
+    def _insert_event_rows(self, tx: Tx, batch: _Batch, rows: list[list[Any]]
+                           ) -> dict[str, int]:
+        """Insert events (distinct ids, ``_event_rows``) in one statement; the sequence
+        numbers of those inserted, by id (an id still deduplicating inserts nothing)."""
+        found = tx.q("ev_insert_rows", env=batch.env, now=batch.now, rows=dumps(rows))
+        return {r["id"]: int(r["seq"]) for r in found}
 
     def _publish_one(
         self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, plans: dict[str, _Plan],

@@ -84,14 +84,14 @@ class PgEventsMixin(EventsMixin):
         if len(events) == 1:
             return super()._insert_events(tx, batch, events, plans)
         env, now = batch.env, batch.now
-        fresh: dict[str, dict[str, Any]] = {}  # the first of a batch's repeats
+        fresh: dict[str, list[Any]] = {}  # the first of a batch's repeats
         for row in _event_rows(batch, events, plans):
-            fresh.setdefault(row["id"], row)
+            fresh.setdefault(row[0], row)
         names = sorted({e.name for e in events})
         seqs: dict[str, int] = {}
         waits: dict[str, list[EventWait]] = {n: [] for n in names}
-        for r in tx.q("ev_insert_batch_and_waits", env=env, rows=dumps(list(fresh.values())),
-                      names=names):
+        for r in tx.q("ev_insert_batch_and_waits", env=env, now=now,
+                      rows=dumps(list(fresh.values())), names=names):
             if r["seq"] is not None:
                 seqs[r["id"]] = int(r["seq"])
             else:
@@ -101,7 +101,7 @@ class PgEventsMixin(EventsMixin):
         taken = [i for i in fresh if i not in seqs]
         if taken:  # a retry, or an id past its window (released here, then reused)
             tx.x("ev_release_keys", env=env, ids=taken, now=now)
-            seqs.update(self._insert_event_rows(tx, [fresh[i] for i in taken]))
+            seqs.update(self._insert_event_rows(tx, batch, [fresh[i] for i in taken]))
         return seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
@@ -114,6 +114,3 @@ class PgEventsMixin(EventsMixin):
             for r in rows if r["waitpoint_id"] is not None
         ]
         return int(rows[0]["seq"])
-
-    def _insert_event_rows(self, tx: Tx, rows: list[dict[str, Any]]) -> dict[str, int]:
-        return {r["id"]: int(r["seq"]) for r in tx.q("ev_insert_rows", rows=dumps(rows))}

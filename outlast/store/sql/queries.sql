@@ -2122,10 +2122,9 @@ FROM (SELECT COUNT(*) FROM locked) AS l;
 WITH ins AS (
     INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active,
                         expires_at, fanout)
-    SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
-    FROM json_to_recordset(CAST(:rows AS json))
-         AS e(env text, id text, name text, data text, now double precision,
-              dedup_until double precision, expires_at double precision, fanout text)
+    SELECT :env, e->>0, e->>1, e->>2, :now, CAST(e->>4 AS double precision), 1,
+           CAST(e->>5 AS double precision), e->>3
+    FROM json_array_elements(CAST(:rows AS json)) AS e
     ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
     RETURNING seq, id
 )
@@ -2139,16 +2138,16 @@ FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY created_at, waitpoint_id;
 
--- Events of a batch (distinct ids) in one statement, from a JSON array of objects; an id
+-- Events of a batch (distinct ids) in one statement, from a JSON array of
+-- [id, name, data, fanout, dedup_until, expires_at] arrays (env and now are the batch's); an id
 -- still deduplicating inserts nothing (the publisher releases ids past their window and
 -- tries those again). RETURNING says which went in.
 -- name: ev_insert_rows
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
                     fanout)
-SELECT json_extract(value, '$.env'), json_extract(value, '$.id'),
-       json_extract(value, '$.name'), json_extract(value, '$.data'),
-       json_extract(value, '$.now'), json_extract(value, '$.dedup_until'), 1,
-       json_extract(value, '$.expires_at'), json_extract(value, '$.fanout')
+SELECT :env, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), :now, json_extract(value, '$[4]'), 1,
+       json_extract(value, '$[5]'), json_extract(value, '$[3]')
 FROM json_each(:rows) WHERE true
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq, id;
@@ -2156,10 +2155,9 @@ RETURNING seq, id;
 -- name: ev_insert_rows [postgres]
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
                     fanout)
-SELECT e.env, e.id, e.name, e.data, e.now, e.dedup_until, 1, e.expires_at, e.fanout
-FROM json_to_recordset(CAST(:rows AS json))
-     AS e(env text, id text, name text, data text, now double precision,
-          dedup_until double precision, expires_at double precision, fanout text)
+SELECT :env, e->>0, e->>1, e->>2, :now, CAST(e->>4 AS double precision), 1,
+       CAST(e->>5 AS double precision), e->>3
+FROM json_array_elements(CAST(:rows AS json)) AS e
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq, id;
 
