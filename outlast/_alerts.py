@@ -6,6 +6,16 @@ Deliveries follow Standard Webhooks (https://www.standardwebhooks.com): headers
 and ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` keyed with the
 rule's ``whsec_`` secret, shown once when the rule is created.
 
+Secrets at rest: signing needs the secret itself, so it cannot be hashed; it is stored
+sealed with the encryption key (``_secret_box``: ``OUTLAST_ENCRYPTION_KEY``, its ``_FILE``
+twin, or the ``encryption-key`` file beside a SQLite database that ``outlast dev`` makes).
+Creating a rule without a key is refused (``EncryptionKeyMissing``); the sender opens the
+secret just before signing, and without the key (or with the wrong one) it logs one error
+per rule and leaves the delivery pending, due again when its lease lapses, no attempt
+counted. Rules created before secrets were sealed hold the plaintext ``whsec_…``: they
+still deliver, and the first scheduler (or sender) with the key seals them
+(``seal_legacy_secrets``).
+
 Durability: an alert is a row in ``alert_deliveries`` written in the transaction that saw
 its event (the failure scan, the condition check, or ``raise_alert``). A sender claims a
 due row for a short lease, posts it outside any transaction, and records the attempt; a
@@ -25,14 +35,15 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from . import _secret_box
 from ._clock import Clock
-from ._errors import ValidationError
+from ._errors import ConfigurationError, ValidationError
 from ._ids import new_id
 from ._serde import dumps
 from .store._alerts_base import AlertRule, AlertStore, DueDelivery
@@ -104,8 +115,11 @@ def create_rule(
     task_id: str | None = None,
     queue: str | None = None,
     older_than: float | None = None,
+    box: _secret_box.SecretBox | None = None,
 ) -> tuple[AlertRule, str]:
-    """Validate and store a rule; return it with its secret (the only time it is seen)."""
+    """Validate and store a rule, its secret sealed with ``box`` (by default the
+    configured key's; ``EncryptionKeyMissing`` without one); return it with its secret
+    (the only time it is seen)."""
     if event not in _EVENTS:
         raise ValidationError(f"on: unknown event {event!r}; one of {', '.join(_EVENTS)}",
                               field="on")
@@ -127,9 +141,23 @@ def create_rule(
         format=format,
         created_at=clock.now(),
     )
+    box = box or _secret_box.box(store.url)
     secret = new_secret()
-    store.create_alert_rule(rule, secret)
+    store.create_alert_rule(rule, box.seal(secret))
     return rule, secret
+
+
+def seal_legacy_secrets(store: AlertStore) -> int:
+    """Seal the plaintext secrets of rules created before secrets were sealed, if this
+    process has the encryption key; return how many (0 without a key)."""
+    try:
+        box = _secret_box.box(store.url)
+    except ConfigurationError:
+        return 0  # the sender warns when such a rule delivers
+    sealed = store.seal_alert_secrets(box.seal)
+    if sealed:
+        log.info("sealed the signing secrets of %d alert rules stored in plaintext", sealed)
+    return sealed
 
 
 def render(format: str, payload: dict[str, Any]) -> bytes:
@@ -169,6 +197,9 @@ class Sender:
     clock: Clock
     http: httpx.Client | None = None
     lease: float = 30.0
+    # Rules whose secret this process could not open (or saw in plaintext without a key
+    # to seal it), each logged once.
+    _logged: set[str] = field(default_factory=set, init=False, repr=False)
 
     def send_due(self, limit: int = 20) -> int:
         """Post every due delivery once; return how many were delivered."""
@@ -191,14 +222,39 @@ class Sender:
             if self.http is None:
                 http.close()
 
+    def _secret(self, d: DueDelivery) -> str | None:
+        """The rule's signing secret, opened; None (logged once per rule, never the
+        secret) when this process cannot open it."""
+        if d.legacy:  # stored before secrets were sealed: usable as is; seal it now
+            if not seal_legacy_secrets(self.store) and d.rule_id not in self._logged:
+                self._logged.add(d.rule_id)
+                log.warning("alert rule %s: its signing secret is stored in plaintext "
+                            "(created before secrets were sealed); give this process "
+                            "OUTLAST_ENCRYPTION_KEY to seal it", d.rule_id)
+            return d.secret
+        try:
+            secret = _secret_box.box(self.store.url).open(d.secret)
+        except ConfigurationError as exc:  # no key, a bad key, or not the key it was sealed with
+            if d.rule_id not in self._logged:
+                self._logged.add(d.rule_id)
+                log.error("alert rule %s: cannot open its signing secret, so its deliveries "
+                          "wait (pending, retried every %d s): %s", d.rule_id,
+                          int(self.lease), exc)
+            return None
+        self._logged.discard(d.rule_id)
+        return secret
+
     def _send(self, http: httpx.Client, d: DueDelivery) -> int:
+        secret = self._secret(d)
+        if secret is None:
+            return 0  # still claimed: due again when the lease lapses, no attempt counted
         body = render(d.format, d.payload)
         stamp = int(self.clock.now())
         headers = {
             "content-type": "application/json",
             "webhook-id": d.id,
             "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(d.secret, d.id, stamp, body),
+            "webhook-signature": sign(secret, d.id, stamp, body),
             "user-agent": "outlast-alerts",
         }
         started = time.monotonic()
@@ -248,6 +304,7 @@ class AlertLoop:
         self.conditions_every = conditions_every
         self._scanned = self._checked = self._sent = 0.0
         self._pruned = time.monotonic()  # not at start: processes restart often
+        self._sealed = False  # plaintext secrets from before sealing: once per process
 
     def send_due_now(self, every: float = 1.0) -> bool:
         """Whether the scheduler should look for due deliveries now (about once a
@@ -270,3 +327,6 @@ class AlertLoop:
         if now - self._pruned >= 3600.0:
             self._pruned = now
             self.store.prune_alerts()
+        if not self._sealed:
+            self._sealed = True
+            seal_legacy_secrets(self.store)

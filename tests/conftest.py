@@ -113,6 +113,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
+def encryption_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh OUTLAST_ENCRYPTION_KEY for this test (and the processes it starts): alert
+    rules' and incoming webhooks' secrets are sealed with it."""
+    from outlast._secret_box import new_key
+
+    key = new_key()
+    monkeypatch.setenv("OUTLAST_ENCRYPTION_KEY", key)
+    monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY_FILE", raising=False)
+    return key
+
+
+@pytest.fixture
 def store(db_url: str, clock: FakeClock) -> Iterator[Store]:
     s = open_store(db_url, clock)
     yield s

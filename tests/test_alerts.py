@@ -29,6 +29,9 @@ from outlast.store.base import Store
 from tests.alert_receiver import Receiver
 from tests.conftest import ROOT, spawn_worker
 
+# Rules seal their signing secrets: every test here has a key (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("encryption_key")
+
 
 @task(id="alert-fails", retry=Retry(max_attempts=1))
 async def fails(payload: dict[str, Any]) -> None:

@@ -16,6 +16,9 @@ from outlast.server import create_app
 from outlast.server.auth import create_key
 from outlast.store.base import Store
 
+# Rules seal their signing secrets: every test here has a key (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("encryption_key")
+
 
 @task(id="api-err", retry=Retry(max_attempts=1))
 async def api_err(payload: dict[str, Any]) -> None:

@@ -128,6 +128,7 @@ def test_trigger_wait_piped_prints_plain_lines(
     assert "progress: 100%" in lines[-1] and "COMPLETED" in lines[-1]
 
 
+@pytest.mark.usefixtures("encryption_key")  # the rules' secrets are sealed
 @pytest.mark.parametrize("args", [["--help"], ["alerts", "list", "--json"]])
 def test_piping_into_head_never_prints_a_traceback(
     sqlite_url: str, args: list[str]

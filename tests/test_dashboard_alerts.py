@@ -15,6 +15,9 @@ from outlast.store.base import Store
 from tests.apps.dash_app import TASKS
 from tests.test_dashboard import Dash, _app, _client, _text
 
+# Rules seal their signing secrets: every test here has a key (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("encryption_key")
+
 
 @pytest.fixture
 async def dash(store: Store) -> AsyncIterator[Dash]:

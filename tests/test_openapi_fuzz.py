@@ -83,7 +83,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = _pg_url(name)
     store = open_store(url)
     store.migrate()
-    # Incoming webhooks seal their secrets: without a key, creating one is a 500 on purpose.
+    # Incoming webhooks and alert rules seal their secrets: without a key, creating one is a
+    # 500 on purpose.
     had = os.environ.get("OUTLAST_ENCRYPTION_KEY")
     os.environ["OUTLAST_ENCRYPTION_KEY"] = new_key()
     try:

@@ -63,6 +63,7 @@ async def _steady_week(store: Store, client: Client, clock: FakeClock, workers: 
         clock.advance(DAY)
 
 
+@pytest.mark.usefixtures("encryption_key")  # the rule's secret is sealed
 async def test_a_spike_raises_one_usage_spike_alert_with_its_evidence_and_steady_load_none(
     store: Store, client: Client, clock: FakeClock, workers: Any
 ) -> None:

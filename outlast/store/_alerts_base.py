@@ -4,7 +4,7 @@ errors page (failures grouped by fingerprint), with their rows."""
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,9 @@ from typing import Any
 # window's events go into one summary delivery, sent when the window ends.
 STORM_WINDOW = 60.0
 STORM_LIMIT = 5
+# What a plaintext signing secret starts with: every rule's secret is ``whsec_…``, and rules
+# created before secrets were sealed keep it so until a process with the key seals it.
+LEGACY_PREFIX = "whsec_"
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class AlertRule:
     format: str
     created_at: float
     # The signing secret is not here: it is shown once, at creation, and read only by the
-    # sender (``AlertStore.due_deliveries``).
+    # sender (``AlertStore.due_deliveries``), sealed (``outlast/_secret_box.py``).
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,15 @@ class DueDelivery:
     attempts: int  # made before this one
     url: str
     format: str
+    rule_id: str
+    # The rule's signing secret as stored: sealed (``outlast/_secret_box.py``), or, for a
+    # rule created before secrets were sealed, the plaintext ``whsec_…`` (``LEGACY_PREFIX``).
     secret: str = field(repr=False)
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the secret is still plaintext (a sealed one is a Fernet token, gAAAAA…)."""
+        return self.secret.startswith(LEGACY_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,17 @@ class ErrorGroup:
 class AlertStore(abc.ABC):
     """Alert rules, the outbox of deliveries, and the scans that fill it (the tick's)."""
 
+    url: str  # the database's: for SQLite, the encryption key may be beside it
+
     @abc.abstractmethod
-    def create_alert_rule(self, rule: AlertRule, secret: str) -> None: ...
+    def create_alert_rule(self, rule: AlertRule, secret: str) -> None:
+        """Store a rule with its signing secret, sealed by the caller."""
+
+    @abc.abstractmethod
+    def seal_alert_secrets(self, seal: Callable[[str], str]) -> int:
+        """Seal the signing secrets still stored in plaintext (rules created before
+        secrets were sealed) with ``seal``; return how many. Safe to run from any number
+        of processes at once: a secret is replaced only if it is still the plaintext."""
 
     @abc.abstractmethod
     def list_alert_rules(self, env: str) -> list[AlertRule]: ...

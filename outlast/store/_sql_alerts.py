@@ -9,7 +9,7 @@ scan finds it by the partial index ``runs_failed`` behind a watermark.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._ids import new_id
@@ -60,6 +60,12 @@ class AlertsMixin(SqlCore):
                 secret=secret,
                 created_at=rule.created_at,
             )
+
+    def seal_alert_secrets(self, seal: Callable[[str], str]) -> int:
+        with self._transaction() as tx:
+            rows = tx.q("plaintext_alert_secrets")
+            return sum(tx.x("seal_alert_secret", id=r["id"], plaintext=r["secret"],
+                            sealed=seal(r["secret"])) for r in rows)
 
     def list_alert_rules(self, env: str) -> list[AlertRule]:
         with self._transaction() as tx:
@@ -218,6 +224,7 @@ class AlertsMixin(SqlCore):
                         attempts=int(d["attempts"]),
                         url=target[0]["webhook_url"],
                         format=target[0]["format"],
+                        rule_id=d["rule_id"],
                         secret=target[0]["secret"],
                     )
                 )

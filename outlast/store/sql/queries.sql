@@ -2304,3 +2304,12 @@ resumed AS (
 cleared AS (DELETE FROM run_waits WHERE run_id IN (SELECT id FROM resumed)),
 woken AS (SELECT pg_notify(:channel, env) FROM (SELECT DISTINCT env FROM resumed) r)
 SELECT COUNT(*) AS woken FROM woken;
+
+-- Alert rules whose signing secret is still plaintext: created before secrets were sealed
+-- (a sealed one is a Fernet token, gAAAAA…; a plaintext one is whsec_…).
+-- name: plaintext_alert_secrets
+SELECT id, secret FROM alert_rules WHERE substr(secret, 1, 6) = 'whsec_';
+
+-- Only if it is still the plaintext: two processes sealing at once write one token.
+-- name: seal_alert_secret
+UPDATE alert_rules SET secret = :sealed WHERE id = :id AND secret = :plaintext;

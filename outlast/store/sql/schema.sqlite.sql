@@ -334,7 +334,9 @@ CREATE TABLE run_traces (
 -- An alert rule: which event (run.failed, run.timed_out, queue.backlog, no_worker, or a
 -- kind another feature raises) in which environment, filtered by task and queue, goes to
 -- which webhook. The signing secret is shown once at creation and never returned again;
--- it is kept because every delivery is signed with it.
+-- it is kept, sealed (outlast/_secret_box.py), because every delivery is signed with it.
+-- Rules from before secrets were sealed hold the plaintext whsec_… until a process with
+-- the key seals it (outlast/_alerts.py, seal_legacy_secrets).
 CREATE TABLE alert_rules (
     id TEXT PRIMARY KEY,
     env TEXT NOT NULL,
@@ -344,7 +346,7 @@ CREATE TABLE alert_rules (
     older_than REAL,
     webhook_url TEXT NOT NULL,
     format TEXT NOT NULL,                  -- json | slack
-    secret TEXT NOT NULL,
+    secret TEXT NOT NULL,                  -- sealed (plaintext whsec_… if from before)
     created_at REAL NOT NULL,
     window_start REAL NOT NULL DEFAULT 0,  -- the storm limit's current window
     window_sent INTEGER NOT NULL DEFAULT 0,            -- deliveries queued in it
