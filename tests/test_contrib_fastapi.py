@@ -97,6 +97,35 @@ async def test_the_mounted_dashboard_is_behind_the_apps_auth_with_its_links_unde
                          headers={"x-user": "staff"})).status_code == 401
 
 
+async def test_callers_with_their_own_credential_pass_the_apps_auth_and_meet_theirs(
+    db_url: str,
+) -> None:
+    """A provider posting to an incoming webhook and a service posting to a token's
+    callback URL are not users of the host app: its auth would refuse them all. They
+    reach outlast's own checks (signature, HMAC), and nothing else does."""
+    from outlast.waitpoints import signature
+
+    app, outlast = make_app(db_url)
+    async with serving(app) as http:
+        store = outlast.client.sync.store
+        token = outlast.client.sync.create_token()
+        base = "/admin/jobs/api/v1/waitpoints/tokens"
+        forged = await http.post(f"{base}/{token.id}/callback/{'0' * 64}", json={"ok": 1})
+        assert forged.status_code in (401, 403, 404) and "log in" not in forged.text
+        sig = signature(store, token.id)
+        done = await http.post(f"{base}/{token.id}/callback/{sig}", json={"ok": 1})
+        assert done.status_code == 200, done.text
+        completed = outlast.client.sync.get_token(token.id)
+        assert (completed.status, completed.output) == ("completed", {"ok": 1})
+
+        unknown = await http.post("/admin/jobs/hooks/wh_nope", content=b"{}")
+        assert unknown.status_code == 404 and "log in" not in unknown.text
+        # Everything else is still the host app's to admit.
+        assert (await http.get(f"{base}/{token.id}/callback/{sig}")).status_code == 401
+        assert (await http.post("/admin/jobs/api/v1/tasks/x/trigger")).status_code == 401
+        assert (await http.get("/admin/jobs/hooks/wh_nope")).status_code == 401
+
+
 async def test_the_dependency_says_when_the_lifespan_is_missing() -> None:
     app = FastAPI()
 

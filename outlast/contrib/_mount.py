@@ -27,6 +27,12 @@ _LINK = re.compile(rb'((?:href|src|action|data-live-url)=\\?")/(?!/)')
 
 Auth = Callable[[Request], "bool | Awaitable[bool]"]
 
+# Routes whose caller is another system, not a user of the host app, and that carry their
+# own credential: an incoming webhook (the provider's signature) and a waitpoint token's
+# callback URL (its HMAC). The host app's auth would refuse every such caller.
+_OWN_CREDENTIAL = re.compile(
+    r"/(?:hooks/[^/]+|api/v1/waitpoints/tokens/[^/]+/callback/[^/]+)/?$")
+
 
 class Prefixed:
     """Moves the dashboard's root-relative links and redirects under ``prefix``."""
@@ -68,14 +74,17 @@ class Prefixed:
 
 class Guarded:
     """Lets a request through only when ``auth(request)`` says yes (True, or no
-    exception); otherwise 403, or the status of the HTTPException ``auth`` raised."""
+    exception); otherwise 403, or the status of the HTTPException ``auth`` raised.
+    A POST to a route that carries its own credential (``_OWN_CREDENTIAL``) is left to
+    that route's check."""
 
     def __init__(self, app: ASGIApp, auth: Auth | None) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.auth is not None:
+        own = scope.get("method") == "POST" and _OWN_CREDENTIAL.search(scope.get("path", ""))
+        if scope["type"] == "http" and self.auth is not None and not own:
             try:
                 allowed: Any = self.auth(Request(scope, receive))
                 if inspect.isawaitable(allowed):
