@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -213,12 +214,17 @@ async def test_end_hooks_for_a_run_cancelled_while_executing(
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        for _ in range(500):
-            if client.retrieve(handle.id).status == RunStatus.EXECUTING:
+        # Until its start hook ran (not a count of polls: a loaded machine takes seconds
+        # to claim, and a cancel before the start is the queued case above).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if _of(handle.id) and client.retrieve(handle.id).status == RunStatus.EXECUTING:
                 break
             await asyncio.sleep(0.01)
+        assert _of(handle.id) == [("start", None)]
         client.cancel(handle.id)
-        for _ in range(500):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             if client.retrieve(handle.id).is_final and len(_of(handle.id)) >= 3:
                 break
             await asyncio.sleep(0.01)
