@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -122,6 +123,23 @@ def encryption_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("OUTLAST_ENCRYPTION_KEY", key)
     monkeypatch.delenv("OUTLAST_ENCRYPTION_KEY_FILE", raising=False)
     return key
+
+
+@pytest.fixture
+def now_clock(clock: FakeClock) -> FakeClock:
+    """The fake clock at the real time: receivers reject signatures from far-off times."""
+    clock.set(time.time())
+    return clock
+
+
+@pytest.fixture
+def receiver() -> Iterator[Any]:
+    """An HTTP receiver of alert deliveries (tests/alert_receiver.py), started and stopped."""
+    from tests.alert_receiver import Receiver
+
+    r = Receiver().start()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,20 +41,6 @@ async def fails(payload: dict[str, Any]) -> None:
 @task(id="alert-unserved", queue=queue("alert-slow"))
 async def unserved(payload: dict[str, Any]) -> None:
     return None
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def now_clock(clock: FakeClock) -> FakeClock:
-    """The fake clock at the real time: receivers reject signatures from far-off times."""
-    clock.set(time.time())
-    return clock
 
 
 async def _fail(client: Client, workers: Callable[..., Worker], n: int) -> list[str]:

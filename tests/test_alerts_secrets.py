@@ -10,8 +10,6 @@ line, and works with ``outlast dev``'s key file beside a SQLite database."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +29,6 @@ from tests.alert_receiver import Receiver
 
 EVENT = "test.sealed"
 register_event(EVENT, "raised by tests/test_alerts_secrets.py")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def now_clock(clock: FakeClock) -> FakeClock:
-    """The fake clock at the real time: receivers reject signatures from far-off times."""
-    clock.set(time.time())
-    return clock
 
 
 def stored(store: Store) -> dict[str, str]:
