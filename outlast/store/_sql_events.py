@@ -248,9 +248,14 @@ class EventsMixin(SqlCore):
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
         """Insert one event; its sequence number, None if its id is taken. A backend hook:
-        PostgreSQL reads the waits for its name in the same statement."""
+        PostgreSQL reads the waits for its name in the same statement. (SQLite's write
+        transactions take turns, so a name no run waits for stays so until it commits.)"""
         found = tx.q("ev_insert_one", **row)
-        return int(found[0]["seq"]) if found else None
+        if not found:
+            return None
+        if not found[0]["waiting"]:
+            batch.waits[name] = []
+        return int(found[0]["seq"])
 
     def _insert_event_rows(self, tx: Tx, batch: _Batch, rows: list[list[Any]]
                            ) -> dict[str, int]:

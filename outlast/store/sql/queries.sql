@@ -1569,12 +1569,15 @@ WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now
 UPDATE events SET dedup_active = 0
 WHERE env = :env AND dedup_active = 1 AND dedup_until <= :now AND id = ANY(:ids);
 
+-- waiting: whether any run waits for an event of this name (else the publish need not
+-- read the waits: most names have none).
 -- name: ev_insert_one
 INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
                     fanout)
 VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
-RETURNING seq;
+RETURNING seq, EXISTS (SELECT 1 FROM event_waits w
+                       WHERE w.env = :env AND w.name = :name) AS waiting;
 
 -- PostgreSQL, a single publish: the event (no row if its id is taken) and the pending
 -- waits for its name in one round trip. It runs after the name's lock was granted, so
