@@ -36,7 +36,8 @@ from .base import EndSegment, NewRun, StartWait
 
 log = logging.getLogger(__name__)
 
-# An idle claim reads the open slots of at most this many queues ahead (_may_claim_and_lock)
+# An idle claim reads ahead the open slots of at most this many queues with work
+# (_may_claim_and_lock)
 _SLOTS_AHEAD = 4
 _CHANNEL = CHANNEL
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
@@ -407,23 +408,24 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
     ) -> tuple[bool, list[Row] | None]:
         # One round trip (in pipeline mode) for what the other backend does one by one,
         # in its order: the worker row FOR SHARE, then the queue rows, then (for a few
-        # queues) their open slots, read after the locks as _claim_from_queue would.
+        # queues with work, however many the worker serves) their open slots, read after
+        # the locks as _claim_from_queue would; a queue not read ahead reads its own there.
         # Queue rows locked by a worker that may not claim are let go at its commit.
         gate = tx.conn.execute(self.q["worker_may_claim"], {"id": worker_id, "now": now})
         locking = tx.conn.execute(self.q["lock_queues_of_runs"],
                                   {"ids": [], "env": env, "names": list(names)})
-        opening = (tx.conn.execute(self.q["open_slots_of_queues"],
-                                   {"env": env, "names": list(names)})
-                   if len(names) <= _SLOTS_AHEAD else None)
+        opening = tx.conn.execute(self.q["open_slots_of_queues"],
+                                  {"env": env, "names": list(names), "ahead": _SLOTS_AHEAD})
         locked = [r for r in locking.fetchall() if r["served"]]
         if not gate.fetchall():
             return False, None
-        if opening is not None:
-            slots: dict[str, list[Row]] = {}
-            for s in opening.fetchall():
-                slots.setdefault(s["queue"], []).append(s)
-            locked = [{**r, "open_slots": slots.get(r["name"], [])} for r in locked]
-        return True, locked
+        slots: dict[str, list[Row]] = {}
+        for s in opening.fetchall():
+            read = slots.setdefault(s["queue"], [])
+            if s["ckey"] is not None:
+                read.append(s)
+        return True, [{**r, "open_slots": slots[r["name"]]} if r["name"] in slots else r
+                      for r in locked]
 
     def _lock_queues_for(
         self, tx: Any, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
