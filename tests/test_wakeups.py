@@ -7,6 +7,7 @@ the deadlines are generous bounds on conditions, not timings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,24 +37,41 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> N
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def idle(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Worker]:
-    """A running worker, waiting for work on its loop; a thread waiting in
-    ``wait_for_work`` fails the test."""
+@task(id="wake-other")
+async def wake_other(payload: int) -> int:
+    return payload * 2
 
-    def no_thread(timeout: float) -> None:
-        raise AssertionError("a thread waited in wait_for_work")
 
-    monkeypatch.setattr(store, "wait_for_work", no_thread)
-    worker = Worker(store, tasks={wake_loop.id: wake_loop}, env="dev", poll_interval=3600.0,
+@contextlib.asynccontextmanager
+async def waiting(store: Store, *tasks: Task[Any, Any]) -> AsyncIterator[Worker]:
+    """A running worker, waiting for work on its loop."""
+    worker = Worker(store, tasks={t.id: t for t in tasks}, env="dev", poll_interval=3600.0,
                     scheduler=False)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     await until(lambda: worker._wakeups.watching and worker._waiter is not None
                 and not worker._waiter.done(), "the worker never waited for work")
-    yield worker
-    stop.set()
-    await asyncio.wait_for(running, 30)  # shutdown lets the loop's wait go at once
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)  # shutdown lets the loop's wait go at once
+
+
+@pytest.fixture
+def no_thread(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread waiting in ``wait_for_work`` fails the test."""
+
+    def refuse(timeout: float) -> None:
+        raise AssertionError("a thread waited in wait_for_work")
+
+    monkeypatch.setattr(store, "wait_for_work", refuse)
+
+
+@pytest.fixture
+async def idle(store: Store, no_thread: None) -> AsyncIterator[Worker]:
+    async with waiting(store, wake_loop) as worker:
+        yield worker
 
 
 def other_client(db_url: str, clock: FakeClock) -> Client:
@@ -96,5 +114,19 @@ async def test_a_lost_listen_connection_is_replaced_and_wakes_again(
     client = other_client(db_url, clock)
     try:
         await finished(client, wake_loop, 4)
+    finally:
+        client._transport._store.close()  # type: ignore[attr-defined]
+
+
+async def test_workers_sharing_a_store_are_each_woken(
+    store: Store, no_thread: None, db_url: str, clock: FakeClock
+) -> None:
+    # One watch on the store's descriptor wakes both (a second add_reader on the same
+    # descriptor would replace the first worker's).
+    client = other_client(db_url, clock)
+    try:
+        async with waiting(store, wake_loop), waiting(store, wake_other):
+            await finished(client, wake_loop, 5)
+            await finished(client, wake_other, 6)
     finally:
         client._transport._store.close()  # type: ignore[attr-defined]
