@@ -120,5 +120,6 @@ class _Watch:
 
     def unwatch(self) -> None:
         if self.fd is not None and self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self.fd)
+            with contextlib.suppress(OSError, ValueError):  # the store closed it first
+                self.loop.remove_reader(self.fd)
         self.fd = None

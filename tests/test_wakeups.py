@@ -130,3 +130,34 @@ async def test_workers_sharing_a_store_are_each_woken(
             await finished(client, wake_other, 6)
     finally:
         client._transport._store.close()  # type: ignore[attr-defined]
+
+
+async def test_a_store_with_no_descriptor_is_waited_on_in_a_thread(
+    store: Store, db_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Behind a pooler with no direct URL, or with the database away, the store has no
+    # descriptor to give: a thread waits in wait_for_work, woken as before.
+    waited: list[float] = []
+    real = store.wait_for_work
+
+    def counted(timeout: float) -> None:
+        waited.append(timeout)
+        real(timeout)
+
+    monkeypatch.setattr(store, "wakeup_fd", lambda: None)
+    monkeypatch.setattr(store, "wait_for_work", counted)
+    worker = Worker(store, tasks={wake_loop.id: wake_loop}, env="dev", poll_interval=3600.0,
+                    scheduler=False)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = other_client(db_url, clock)
+    try:
+        await until(lambda: bool(waited), "no thread waited for work")
+        assert not worker._wakeups.watching
+        await finished(client, wake_loop, 7)
+    finally:
+        stop.set()
+        store.wake_local()  # the thread's wait ends; shutdown waits for it
+        client.trigger(wake_loop, 0)  # and on PostgreSQL a NOTIFY ends it
+        await asyncio.wait_for(running, 60)
+        client._transport._store.close()  # type: ignore[attr-defined]
