@@ -2,14 +2,17 @@
 committed elsewhere wakes the loop through the store's file descriptor (PostgreSQL's
 LISTEN connection, SQLite's datagram socket), with no thread blocked in
 ``wait_for_work``. The poll interval here is an hour, so only a wake-up can start a run;
-the deadlines are generous bounds on conditions, not timings."""
+the deadlines are generous bounds on conditions, not timings. SQLite databases go in a
+short directory: a wake-up socket's path is limited to about 100 bytes, and under a
+longer one (pytest-xdist's tmp_path) SQLite has no descriptor to give."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -23,6 +26,25 @@ from outlast.store import open_store
 from outlast.store.base import Store
 from outlast.tasks import Task
 from outlast.worker import Worker
+from tests.conftest import _pg_url, drop_pg_database, new_pg_database
+
+
+@pytest.fixture
+def db_url(backend: str) -> Iterator[str]:
+    """The conftest's, but SQLite's in a short directory (see the module's docstring)."""
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="outlast-") as tmp:
+            url = f"sqlite:///{tmp}/o.db"
+            s = open_store(url)
+            s.migrate()
+            s.close()
+            yield url
+        return
+    name = new_pg_database()
+    try:
+        yield _pg_url(name)
+    finally:
+        drop_pg_database(name)
 
 
 @task(id="wake-loop")
