@@ -178,7 +178,7 @@ class Claiming(WorkerBase):
                 if idle:
                     if self._waiter is None:
                         self._waiter = asyncio.ensure_future(
-                            asyncio.to_thread(self.store.wait_for_work, self.poll_interval)
+                            self._wakeups.wait(self.poll_interval)
                         )
                     waits.add(self._waiter)
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

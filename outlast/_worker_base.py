@@ -16,6 +16,7 @@ from typing import Any
 
 from ._committer import Committer
 from ._threads import RunThread
+from ._wakeups import Wakeups
 from ._watchdog import Watchdog
 from .durable import RunContext
 from .runs import Run
@@ -50,6 +51,7 @@ class WorkerBase:
     _serves: dict[str, list[str]]
     _serves_at: float
     _waiter: asyncio.Future[None] | None
+    _wakeups: Wakeups
     _dry: bool
     _lost: bool
     _generation: int

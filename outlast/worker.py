@@ -43,6 +43,7 @@ from ._heartbeat import Beat, HeartbeatThread, beat_once
 from ._hooks import HookEvent, Hooks
 from ._ids import new_id
 from ._threads import RunThread
+from ._wakeups import Wakeups
 from ._watchdog import Watchdog
 from ._worker_versions import Versioning
 from .durable import RunContext
@@ -128,6 +129,7 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         self._serves: dict[str, list[str]] = {}
         self._serves_at = -1e9
         self._waiter: asyncio.Future[None] | None = None
+        self._wakeups = Wakeups(store)
         self._dry = True  # the last claim found fewer runs than it had room for
         self.claimed_total = 0
         self._scheduler = Scheduler(store)
@@ -271,6 +273,7 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         for t in self._background:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self._wakeups.close()  # a waiter on the loop returns now, not at its poll
         if self._waiter is not None:
             with contextlib.suppress(Exception):
                 await self._waiter

@@ -135,3 +135,32 @@ def test_an_error_raised_by_the_caller_rolls_back(store: Store, client: Client) 
         tx.conn.execute("UPDATE runs SET status = 'CANCELED' WHERE id = %s", (handle.id,))
         raise Boom
     assert client.retrieve(handle.id).status == RunStatus.QUEUED
+
+
+@task(id="rt-limited", queue=queue("rt-limited", concurrency_limit=1))
+async def limited(payload: Any) -> None:
+    return None
+
+
+def test_open_slots_are_read_ahead_for_the_queues_with_work(
+    store: Store, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker serving more queues than are read ahead still claims in three round trips
+    # when few of them have work; a queue whose slots are full is read ahead as having
+    # no room (not as "not read"), and gives nothing.
+    empty = [queue(f"rt-empty-{i}") for i in range(6)]
+    store.declare_queues("dev", [noop.queue.spec(), limited.queue.spec(),
+                                 *(q.spec() for q in empty)])
+    serves = {**SERVES, limited.queue.name: [limited.id], **{q.name: [noop.id] for q in empty}}
+    first, second = client.trigger(limited, 1), client.trigger(limited, 2)
+    _register(store, "w_rt")
+    with traced(store, monkeypatch) as messages:
+        _ok, claims = store.apply_and_claim("w_rt", [], "dev", serves, 10)
+    assert [c.run.id for c in claims] == [first.id]
+    assert waits(messages) == 3, messages
+    plain = client.trigger(noop, 1)
+    with traced(store, monkeypatch) as messages:
+        _ok, claims = store.apply_and_claim("w_rt", [], "dev", serves, 10)
+    assert [c.run.id for c in claims] == [plain.id]
+    assert waits(messages) == 3, messages
+    assert client.retrieve(second.id).status == RunStatus.QUEUED

@@ -101,6 +101,17 @@ class StoreBase(abc.ABC):
     def wake_local(self) -> None:  # noqa: B027 - optional hook
         """Wake this process's waiters (work was created in-process)."""
 
+    def wakeup_fd(self) -> int | None:
+        """A file descriptor that turns readable when ``wait_for_work`` would return
+        early, for an event loop to watch instead of blocking a thread in it; None if
+        there is none (now). May block (a connection): call it off the loop."""
+        return None
+
+    def drain_wakeups(self) -> bool:
+        """Read what arrived on ``wakeup_fd`` without blocking; False if it is lost (the
+        caller stops watching it and asks ``wakeup_fd`` again)."""
+        return False
+
 
 class TaskDefs(StoreBase):
     """Task definitions as workers publish them: what validates a trigger without the code."""

@@ -26,8 +26,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
-from .._errors import ConfigurationError
-from ._pg_session import DIRECT_URL_SETTING, configure_pooled, session_connection
+from ._pg_listen import CHANNEL, ListenMixin
+from ._pg_session import configure_pooled, session_connection
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
@@ -36,9 +36,10 @@ from .base import EndSegment, NewRun, StartWait
 
 log = logging.getLogger(__name__)
 
-# An idle claim reads the open slots of at most this many queues ahead (_may_claim_and_lock)
+# An idle claim reads ahead the open slots of at most this many queues with work
+# (_may_claim_and_lock)
 _SLOTS_AHEAD = 4
-_CHANNEL = "outlast_work"
+_CHANNEL = CHANNEL
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -265,7 +266,7 @@ _UNNEST_COLUMNS = (
 )
 
 
-class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
+class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
     _channel = _CHANNEL
@@ -288,7 +289,6 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         # Session features (life locks, LISTEN) go here when set: see _pg_session.
         self.direct_url = (direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
                            if direct_url else None)
-        self._polling_warned = False
         # Connections stay in autocommit: a statement outside a transaction is its own
         # (_insert_alone's one round trip; a lone read saves psycopg's BEGIN and the
         # pool's COMMIT, two round trips), and _transaction's conn.transaction() sends
@@ -303,8 +303,7 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)
-        self._listener: psycopg.Connection[Any] | None = None
-        self._wake = threading.Event()
+        self._init_listen()
         self._copy: _CopyLayout | None = None
 
     @contextlib.contextmanager
@@ -409,23 +408,24 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
     ) -> tuple[bool, list[Row] | None]:
         # One round trip (in pipeline mode) for what the other backend does one by one,
         # in its order: the worker row FOR SHARE, then the queue rows, then (for a few
-        # queues) their open slots, read after the locks as _claim_from_queue would.
+        # queues with work, however many the worker serves) their open slots, read after
+        # the locks as _claim_from_queue would; a queue not read ahead reads its own there.
         # Queue rows locked by a worker that may not claim are let go at its commit.
         gate = tx.conn.execute(self.q["worker_may_claim"], {"id": worker_id, "now": now})
         locking = tx.conn.execute(self.q["lock_queues_of_runs"],
                                   {"ids": [], "env": env, "names": list(names)})
-        opening = (tx.conn.execute(self.q["open_slots_of_queues"],
-                                   {"env": env, "names": list(names)})
-                   if len(names) <= _SLOTS_AHEAD else None)
+        opening = tx.conn.execute(self.q["open_slots_of_queues"],
+                                  {"env": env, "names": list(names), "ahead": _SLOTS_AHEAD})
         locked = [r for r in locking.fetchall() if r["served"]]
         if not gate.fetchall():
             return False, None
-        if opening is not None:
-            slots: dict[str, list[Row]] = {}
-            for s in opening.fetchall():
-                slots.setdefault(s["queue"], []).append(s)
-            locked = [{**r, "open_slots": slots.get(r["name"], [])} for r in locked]
-        return True, locked
+        slots: dict[str, list[Row]] = {}
+        for s in opening.fetchall():
+            read = slots.setdefault(s["queue"], [])
+            if s["ckey"] is not None:
+                read.append(s)
+        return True, [{**r, "open_slots": slots[r["name"]]} if r["name"] in slots else r
+                      for r in locked]
 
     def _lock_queues_for(
         self, tx: Any, run_ids: Sequence[str], env: str = "", names: Sequence[str] = ()
@@ -536,42 +536,8 @@ class PostgresStore(AppTransactionMixin, PgEventsMixin, SqlStore):
         return bool(row and row["e"])
 
     def close(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                self._listener.close()
+        self._close_listener()
         self._pool.close()
-
-    # -- wake-ups: LISTEN/NOTIFY; the caller's poll stays the source of truth -------------
-    def wake_local(self) -> None:
-        self._wake.set()
-
-    def wait_for_work(self, timeout: float) -> None:
-        if self._wake.is_set():
-            self._wake.clear()
-            return
-        try:
-            if self._listener is None or self._listener.closed:
-                self._listener = session_connection(self.url, self.direct_url,
-                                                    "LISTEN/NOTIFY wake-ups")
-                self._listener.execute(f"LISTEN {_CHANNEL}")
-            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
-                break
-        except ConfigurationError:
-            # Behind a pooler with no direct URL: wake-ups come from polling alone (a
-            # server; a worker refuses to start without its life lock).
-            if not self._polling_warned:
-                self._polling_warned = True
-                log.warning("no LISTEN behind a connection pooler: set %s for prompt "
-                            "wake-ups; polling meanwhile", DIRECT_URL_SETTING)
-            self._wake.wait(timeout)
-        except psycopg.Error:
-            # LISTEN lost (restart, PgBouncer in transaction mode): fall back to polling.
-            if self._listener is not None:
-                with contextlib.suppress(Exception):
-                    self._listener.close()
-            self._listener = None
-            self._wake.wait(timeout)
-        self._wake.clear()
 
     # -- worker life locks ----------------------------------------------------------------
     def acquire_life_lock(self, worker_id: str) -> tuple[AdvisoryLock, int | None, str | None]:

@@ -236,6 +236,20 @@ class SQLiteStore(SqlStore):
                     waiter.recv(16, socket.MSG_DONTWAIT)
         self._wake.clear()
 
+    def wakeup_fd(self) -> int | None:
+        waiter = self._waiter if self._waiter is not None else self._bind_waiter()
+        return None if waiter is None else waiter.fileno()
+
+    def drain_wakeups(self) -> bool:
+        waiter = self._waiter
+        if waiter is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):  # BlockingIOError ends the drain
+            while True:
+                waiter.recv(16, socket.MSG_DONTWAIT)
+        self._wake.clear()
+        return True
+
     def _bind_waiter(self) -> socket.socket | None:
         with self._lock:
             if self._waiter is not None or self._waiter_failed:

@@ -2207,19 +2207,25 @@ WITH run AS (
 SELECT pg_notify(:channel, q.env) FROM (SELECT DISTINCT env FROM run WHERE status = 'QUEUED') AS q;
 
 -- Start latency (issue 18) -----------------------------------------------------------------
--- open_slots of every queue in :names at once, sent by an idle claim in the same round trip
--- as (right behind) lock_queues_of_runs: it runs after the queue rows are locked, so it
--- reads the counts as open_slots would there; each queue's limit is read from its row.
+-- open_slots of the queues in :names with a queued run (the first :ahead of them by name),
+-- sent by an idle claim in the same round trip as (right behind) lock_queues_of_runs: it
+-- runs after the queue rows are locked, so it reads the counts as open_slots would there;
+-- each queue's limit is read from its row. Every queue read has a row (ckey NULL when no
+-- key has room), so the caller tells "no open slot" from "not read ahead".
 -- name: open_slots_of_queues [postgres]
-SELECT s.queue, s.ckey, s.executing, s.last_claim_at
-FROM queues q CROSS JOIN LATERAL (
-    SELECT queue, ckey, executing, last_claim_at FROM queue_slots
+SELECT q.name AS queue, s.ckey, s.executing, s.last_claim_at
+FROM (SELECT env, name, concurrency_limit FROM queues q
+      WHERE q.env = :env AND q.name = ANY(:names)
+        AND (SELECT TRUE FROM runs r WHERE r.env = q.env AND r.queue = q.name
+             AND r.status = 'QUEUED' ORDER BY r.concurrency_key, r.ready_at LIMIT 1)
+      ORDER BY q.name LIMIT :ahead) q
+LEFT JOIN LATERAL (
+    SELECT ckey, executing, last_claim_at FROM queue_slots
     WHERE env = q.env AND queue = q.name
       AND (q.concurrency_limit IS NULL OR executing < q.concurrency_limit)
     ORDER BY last_claim_at, ckey
-    LIMIT 1000) s
-WHERE q.env = :env AND q.name = ANY(:names)
-ORDER BY s.queue, s.last_claim_at, s.ckey;
+    LIMIT 1000) s ON TRUE
+ORDER BY q.name, s.last_claim_at, s.ckey;
 -- Debounce and batch (issue 20, part 5; store/_sql_groups.py) ------------------------------
 
 -- Lock a group's row, making it if it is new (pointing at :run_id, the run about to be
