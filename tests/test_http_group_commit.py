@@ -10,6 +10,7 @@ get one run. The fast path and the full route answer the same.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -265,3 +266,23 @@ def test_a_group_of_plain_runs_keeps_tags_delays_and_options(store: Store) -> No
     assert got[runs[1].id] is not None and str(got[runs[1].id].status) == "DELAYED"
     assert got[runs[2].id] is not None and got[runs[2].id].version == "v7"
     assert [r.id for r in store.list_runs("dev", tag="b")] == [runs[0].id]
+
+
+def test_a_group_of_plain_runs_keeps_text_and_numbers_exactly(store: Store) -> None:
+    """PostgreSQL's insert_runs_alone sends a group's rows as one JSON document: quotes,
+    backslashes, escapes and non-ASCII text, and fractional numbers, come back as sent."""
+    store.publish_tasks("dev", [TASK])
+    store.trigger([_run(0)])  # the queue's rows exist from here: the group takes the shortcut
+    odd = 'q"uo\\te \u00e9\u4e2d\U0001f600 \\u0000 \n\t'
+    runs = [_run(1, metadata=json.dumps({"m": odd}), tags=[odd[:20]], priority=0.1,
+                 ttl=12.345678901234567),
+            _run(2, delay=1e-3, max_duration=86400.000001)]
+    runs[0].payload = json.dumps({"s": odd})
+    results = store.trigger(runs)
+    assert [r.id for r in results] == [r.id for r in runs]
+    first, second = store.get_run("dev", runs[0].id), store.get_run("dev", runs[1].id)
+    assert first is not None and second is not None
+    assert first.payload == {"s": odd} and first.metadata == {"m": odd}
+    assert first.tags == [odd[:20]] and first.priority == 0.1
+    assert second.max_duration == 86400.000001 and str(second.status) == "DELAYED"
+    assert [r.id for r in store.list_runs("dev", tag=odd[:20])] == [runs[0].id]

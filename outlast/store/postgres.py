@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.pq import Format, TransactionStatus
@@ -257,8 +258,8 @@ class _CopyLayout:
         yield b"".join(pieces)
 
 
-# The per-run columns of insert_runs_alone, each sent as an array.
-_UNNEST_COLUMNS = (
+# The per-run columns of insert_runs_alone, sent as one JSON array of objects.
+_ROW_COLUMNS = (
     "id", "env", "task_id", "queue", "status", "payload", "metadata", "tags", "max_attempts",
     "priority", "concurrency_key", "available_at", "ready_at", "delay_until",
     "ttl_expires_at", "max_duration", "parent_id", "root_id", "depth", "replayed_from",
@@ -351,9 +352,11 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
 
     def _insert_many_alone(self, runs: Sequence[NewRun], now: float) -> bool:
         rows = [self._run_row(r, now) for r in runs]
-        params: dict[str, Any] = {c: [row[c] for row in rows] for c in _UNNEST_COLUMNS}
-        params["now"] = now
-        params["channel"] = _CHANNEL
+        try:
+            data = orjson.dumps([{c: row[c] for c in _ROW_COLUMNS} for row in rows])
+        except TypeError as exc:  # text orjson cannot encode (a lone surrogate): refused
+            raise ValueError(f"a run's text cannot be stored: {exc}") from exc
+        params = {"rows": data.decode(), "now": now, "channel": _CHANNEL}
         conn = self._pool.getconn()
         try:
             conn.execute(self.q["insert_runs_alone"], params)  # autocommit: one round trip
