@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/http_bench.py [--backend sqlite|postgres|both] [--n 4000]
         [--clients 8] [--reps 3] [--warmup 200] [--targets outlast,noop,insert]
-        [--src REV|worktree]
-        [--no-report]
+        [--src worktree[,REV...]] [--bursts B] [--no-report]
 
 Three servers take the same load in turn, alternating within each repetition (the order
 rotates from one repetition to the next), each on a fresh database, served the same way
@@ -17,6 +16,16 @@ outlast's own server set-up):
   answers an id, writing nothing: the ceiling;
 - ``insert``: the bare app writing one row per request (autocommit INSERT).
 
+With ``--bursts B`` (B > 1) every server of a repetition is up at once, each on its own
+fresh database, and the load goes to each in turn in B bursts of n/B requests: on a
+machine shared with other work, its slow swings then fall on every server alike (the
+servers wait idle between their bursts). Runs/s is then the requests over the time spent
+on them.
+
+With several ``--src`` (``--src worktree,main``), ``outlast`` runs once per source in each
+repetition (named ``outlast@REV`` after the first), each with its ratios: an A/B in one
+sitting. The ceiling apps run from the first source.
+
 Each client is an ``httpx.AsyncClient`` posting one trigger at a time; --warmup requests
 per client warm each server up untimed first. Prints runs/s and per-request latency p50/p99
 (median of the repetitions, with min-max), and outlast's ratio to the no-op ceiling and
@@ -28,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import os
 import socket
 import statistics
@@ -40,7 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
 
-SRC, SRC_DESC = c.outlast_source(c.source_from_argv(sys.argv[1:]))
+_REVS = c.source_from_argv(sys.argv[1:]).split(",")
+SOURCES = {rev: c.outlast_source(rev) for rev in _REVS}
+SRC, SRC_DESC = SOURCES[_REVS[0]]
 
 import httpx  # noqa: E402
 
@@ -54,40 +67,47 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(SRC), str(c.ROOT)])
+def _env(rev: str | None = None) -> dict[str, str]:
+    path = os.pathsep.join([str(SOURCES[rev][0] if rev else SRC), str(c.ROOT)])
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _outlast(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "outlast", *args], env=_env(), cwd=c.ROOT,
+def _outlast(rev: str | None, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "outlast", *args], env=_env(rev), cwd=c.ROOT,
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
 
 
-def _prepare_outlast(url: str) -> str:
+def _prepare_outlast(url: str, rev: str | None = None) -> str:
     """Migrate, make a key, publish the task as a worker would; returns the key."""
-    _outlast("migrate", "--database-url", url)
-    key = _outlast("keys", "create", "--database-url", url)
+    _outlast(rev, "migrate", "--database-url", url)
+    key = _outlast(rev, "keys", "create", "--database-url", url)
     subprocess.run(
         [sys.executable, "-c",
          "import asyncio, bench.http_bench_app as a, outlast;"
          "from outlast.store import open_store;"
          f"w=outlast.Worker(open_store({url!r}), tasks={{'bench-http-noop': a.noop}});"
          "asyncio.run(w.start(background=False)); asyncio.run(w.shutdown(0))"],
-        env=_env(), cwd=c.ROOT, check=True,
+        env=_env(rev), cwd=c.ROOT, check=True,
     )
     return key
 
 
+def _rev(target: str) -> str | None:
+    """The source of an ``outlast`` target (``outlast@REV``), else None."""
+    if not target.startswith("outlast"):
+        return None
+    return target.partition("@")[2] or _REVS[0]
+
+
 def _server(target: str, url: str, port: int) -> subprocess.Popen[bytes]:
-    if target == "outlast":
+    if _rev(target) is not None:
         argv = ["-m", "outlast", "server", "--database-url", url, "--host", "127.0.0.1",
                 "--port", str(port), "--no-scheduler"]
     else:
         argv = [str(c.BENCH / "http_ceiling_app.py"), target, "--port", str(port),
                 "--database-url", url]
-    return subprocess.Popen([sys.executable, *argv], env=_env(), cwd=c.ROOT,
+    return subprocess.Popen([sys.executable, *argv], env=_env(_rev(target)), cwd=c.ROOT,
                             stdout=subprocess.DEVNULL)
 
 
@@ -118,7 +138,8 @@ def one(target: str, backend: str, n: int, clients: int, warmup: int
         ) -> tuple[float, float, float]:
     """runs/s, p50 ms, p99 ms of one server on a fresh database."""
     with c.fresh_database(backend, "httpbench") as url:
-        key = _prepare_outlast(url) if target == "outlast" else "none"
+        rev = _rev(target)
+        key = _prepare_outlast(url, rev) if rev is not None else "none"
         port = _free_port()
         server = _server(target, url, port)
         base = f"http://127.0.0.1:{port}"
@@ -128,6 +149,35 @@ def one(target: str, backend: str, n: int, clients: int, warmup: int
         finally:
             c.stop_process(server)
     return rate, c.percentile(lat, 50) * 1000, c.percentile(lat, 99) * 1000
+
+
+def interleaved(targets: list[str], backend: str, n: int, clients: int, warmup: int,
+                bursts: int) -> dict[str, tuple[float, float, float]]:
+    """Every server up at once, each on its fresh database; ``bursts`` rounds of n/bursts
+    requests to each in turn: runs/s (requests over the time spent on them), p50, p99."""
+    with contextlib.ExitStack() as stack:
+        live: dict[str, tuple[str, str]] = {}
+        for target in targets:
+            url = stack.enter_context(c.fresh_database(backend, "httpbench"))
+            rev = _rev(target)
+            key = _prepare_outlast(url, rev) if rev is not None else "none"
+            port = _free_port()
+            server = _server(target, url, port)
+            stack.callback(c.stop_process, server)
+            base = f"http://127.0.0.1:{port}"
+            c.wait_until(functools.partial(_healthy, base), 30, what=f"{target} server up")
+            live[target] = (base, key)
+        spent = dict.fromkeys(targets, 0.0)
+        lats: dict[str, list[float]] = {t: [] for t in targets}
+        for burst in range(bursts):
+            for target in targets[burst % len(targets):] + targets[:burst % len(targets)]:
+                base, key = live[target]
+                rate, lat = asyncio.run(_load(base, key, n // bursts, clients,
+                                              warmup if burst == 0 else 10))
+                spent[target] += (n // bursts) / rate
+                lats[target] += lat
+    return {t: ((n // bursts) * bursts / spent[t], c.percentile(lats[t], 50) * 1000,
+                c.percentile(lats[t], 99) * 1000) for t in targets}
 
 
 def _healthy(base: str) -> bool:
@@ -147,29 +197,40 @@ def main() -> None:
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--src", default="worktree")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--bursts", type=int, default=1,
+                    help="B > 1: all servers up at once, B alternating bursts of n/B each")
     args = ap.parse_args()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     targets = [t for t in args.targets.split(",") if t]
+    if "outlast" in targets:  # one outlast per source, side by side
+        at = targets.index("outlast")
+        targets[at:at + 1] = ["outlast"] + [f"outlast@{rev}" for rev in _REVS[1:]]
     res = c.Results(system="http", command="python bench/http_bench.py " + " ".join(sys.argv[1:]),
-                    started=c.now_iso(), versions={"outlast": SRC_DESC})
+                    started=c.now_iso(),
+                    versions={f"outlast@{rev}" if i else "outlast": desc
+                              for i, (rev, (_, desc)) in enumerate(SOURCES.items())})
     print(f"HTTP triggers, {args.clients} concurrent clients, {args.n} per repetition "
-          f"({SRC_DESC}), started {res.started}", flush=True)
+          f"({'; '.join(d for _, d in SOURCES.values())}), started {res.started}", flush=True)
     figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for rep in range(args.reps):
         order = targets[rep % len(targets):] + targets[:rep % len(targets)]
         for backend in backends:
             got: dict[str, float] = {}
+            together = (interleaved(order, backend, args.n, args.clients, args.warmup,
+                                    args.bursts) if args.bursts > 1 else {})
             for target in order:
-                rate, p50, p99 = one(target, backend, args.n, args.clients, args.warmup)
+                rate, p50, p99 = together.get(target) or one(target, backend, args.n,
+                                                             args.clients, args.warmup)
                 got[target] = rate
                 figures.setdefault((backend, target), []).append((rate, p50, p99))
                 print(f"  rep {rep + 1} {backend:8} {target:8} {rate:8.0f}/s  p50 {p50:6.2f} ms"
                       f"  p99 {p99:6.2f} ms", flush=True)
                 _record(res, target, backend, rate, p50, p99)
             for ceiling in ("noop", "insert"):
-                if "outlast" in got and ceiling in got:
-                    res.add(c.Metric("outlast", backend, f"http_ratio_{ceiling}", "x")
-                            ).values.append(got["outlast"] / got[ceiling])
+                for mine in (t for t in got if _rev(t) is not None):
+                    if ceiling in got:
+                        res.add(c.Metric(_system(mine), backend, f"http_ratio_{ceiling}", "x")
+                                ).values.append(got[mine] / got[ceiling])
     _summary(figures, backends, targets, res)
     res.save(c.RESULTS_DIR / "http.json")
     if not args.no_report:
@@ -178,9 +239,13 @@ def main() -> None:
         _report.write()
 
 
+def _system(target: str) -> str:
+    return target if "@" in target else SYSTEM[target]
+
+
 def _record(res: c.Results, target: str, backend: str, rate: float, p50: float, p99: float
             ) -> None:
-    system = SYSTEM[target]
+    system = _system(target)
     res.add(c.Metric(system, backend, "http_trigger_rate", "runs/s")).values.append(rate)
     res.add(c.Metric(system, backend, "http_trigger_p50", "ms", higher_is_better=False)
             ).values.append(p50)
@@ -199,13 +264,13 @@ def _summary(figures: dict[tuple[str, str], list[tuple[float, float, float]]],
                 continue
             rates = [r[0] for r in rows]
             spread = f"{statistics.median(rates):6.0f} ({min(rates):.0f}-{max(rates):.0f})"
-            print(f"{backend:9} {SYSTEM[target]:18} {spread:26} "
+            print(f"{backend:9} {_system(target):18} {spread:26} "
                   f"{statistics.median(r[1] for r in rows):7.2f} "
                   f"{statistics.median(r[2] for r in rows):7.2f}")
         for m in res.metrics:
             if m.backend == backend and m.workload.startswith("http_ratio_"):
                 vals = ", ".join(f"{v:.2f}" for v in m.values)
-                print(f"{backend:9} outlast / {m.workload[11:]:8} median {m.median:.2f}x "
+                print(f"{backend:9} {m.system} / {m.workload[11:]:8} median {m.median:.2f}x "
                       f"(per repetition: {vals})")
 
 
