@@ -177,3 +177,47 @@ def test_without_a_socket_it_falls_back_to_polling(tmp_path: Path) -> None:
         assert returned and returned[0] - woke < 1.0
     finally:
         s.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets are Linux's")
+def test_a_database_too_deep_for_a_socket_path_still_wakes_its_waiters(
+    tmp_path: Path,
+) -> None:
+    """Its waiter binds an abstract socket named after a marker file in the lock
+    directory; a trigger from another process, which opened the database by another path
+    (a symlink), finds it there and wakes it."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    url = migrated(f"sqlite:///{deep}/outlast.db")
+    store = open_store(url)
+    assert isinstance(store, SQLiteStore)
+    try:
+        store.wait_for_work(0)
+        [marker] = store.lock_dir.glob("*.wakea")  # no socket file: its path is too long
+        assert len(os.fsencode(str(marker))) > 100 and marker.is_file()
+        t, returned = wait_in_thread(store, 10.0)
+        link = tmp_path / "link"
+        link.symlink_to(deep)
+        script = (
+            "import sys, time\n"
+            "from outlast import task\n"
+            "from outlast.client import Client\n"
+            "@task(id='wake-me')\n"
+            "async def wake_me(payload: dict[str, int]) -> None: ...\n"
+            "c = Client(sys.argv[1], env='dev')\n"
+            "c.trigger(wake_me, {'n': 3})\n"
+            "print(time.time(), flush=True)\n"
+            "c.close()\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script, f"sqlite:///{link}/outlast.db"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        committed = float(proc.stdout.split()[-1])
+        t.join(10.0)
+        assert returned, "wait_for_work(10) did not return"
+        assert returned[0] - committed < 5.0
+    finally:
+        store.close()
+    assert not list(deep.glob("outlast.db.workers/*.wakea")), "the marker outlives the store"

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
@@ -26,25 +25,6 @@ from outlast.store import open_store
 from outlast.store.base import Store
 from outlast.tasks import Task
 from outlast.worker import Worker
-from tests.conftest import _pg_url, drop_pg_database, new_pg_database
-
-
-@pytest.fixture
-def db_url(backend: str) -> Iterator[str]:
-    """The conftest's, but SQLite's in a short directory (see the module's docstring)."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="outlast-") as tmp:
-            url = f"sqlite:///{tmp}/o.db"
-            s = open_store(url)
-            s.migrate()
-            s.close()
-            yield url
-        return
-    name = new_pg_database()
-    try:
-        yield _pg_url(name)
-    finally:
-        drop_pg_database(name)
 
 
 @task(id="wake-loop")

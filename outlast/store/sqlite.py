@@ -27,6 +27,7 @@ import secrets
 import select
 import socket
 import sqlite3
+import sys
 import threading
 import weakref
 import zlib
@@ -258,7 +259,15 @@ class SQLiteStore(SqlStore):
             waiter = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
                 self.lock_dir.mkdir(parents=True, exist_ok=True)
-                waiter.bind(path)
+                if len(os.fsencode(path)) > _SOCKET_PATH_MAX and _ABSTRACT_SOCKETS:
+                    # Too long a path for a socket: an abstract one, found through a
+                    # marker file of this name (``_address``).
+                    path += "a"
+                    waiter.bind(_abstract(self._wake_dir, os.path.basename(path)))
+                    with open(path, "x"):
+                        pass
+                else:
+                    waiter.bind(path)
             except OSError as exc:  # e.g. a path longer than a socket's may be
                 waiter.close()
                 self._waiter_failed = True
@@ -277,7 +286,7 @@ class SQLiteStore(SqlStore):
     def _wake_other_processes(self) -> None:
         try:
             with os.scandir(self._wake_dir) as entries:
-                paths = [e.path for e in entries if e.name.endswith(".wake")]
+                paths = [e.path for e in entries if e.name.endswith((".wake", ".wakea"))]
         except OSError:
             return  # no worker has waited yet
         own, ours = self._waiter_path, os.path.join(self._wake_dir, f"{self._host_tag}-")
@@ -288,8 +297,11 @@ class SQLiteStore(SqlStore):
 
     def _send(self, path: str) -> bool:
         """Send one byte to a waiter's socket; False if no process is bound to it."""
+        address: str | bytes = path
+        if path.endswith(".wakea"):  # a marker: the waiter's socket is abstract
+            address = _abstract(self._wake_dir, os.path.basename(path))
         try:
-            self._sender.sendto(b"\0", path)
+            self._sender.sendto(b"\0", address)
         except (ConnectionRefusedError, FileNotFoundError):
             return False
         except OSError:
@@ -319,6 +331,21 @@ class SQLiteStore(SqlStore):
         finally:
             os.close(fd)  # closing the descriptor drops our probe lock too
         return True
+
+
+# A socket's path (sun_path) holds 108 bytes on Linux, 104 on macOS, with its NUL.
+_SOCKET_PATH_MAX = 100
+# Linux binds sockets to names outside the file system (a leading NUL): a database whose
+# directory is too deep for a socket's path still gets wake-ups there.
+_ABSTRACT_SOCKETS = sys.platform.startswith("linux")
+
+
+def _abstract(wake_dir: str, marker: str) -> bytes:
+    """The abstract address of the waiter whose marker file is ``marker`` in ``wake_dir``:
+    named by the directory's real path, so every process of this host that lists the
+    directory, by whatever path it opened the database, computes the same address."""
+    digest = hashlib.blake2s(os.fsencode(os.path.realpath(wake_dir)), digest_size=8)
+    return b"\0outlast-" + digest.hexdigest().encode() + b"-" + marker.encode()
 
 
 def _release_sockets(sockets: list[socket.socket], paths: list[str]) -> None:
