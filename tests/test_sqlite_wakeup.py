@@ -83,8 +83,8 @@ def test_a_trigger_through_another_connection_wakes_the_waiter(
     assert returned[0] - committed < 1.0
 
 
-def test_a_trigger_from_another_process_wakes_the_waiter(url: str, waiting: SQLiteStore) -> None:
-    t, returned = wait_in_thread(waiting, 5.0)
+def trigger_from_another_process(url: str) -> float:
+    """Trigger a run in a new process; when its commit returned (time.time())."""
     script = (
         "import sys, time\n"
         "from outlast import task\n"
@@ -105,7 +105,12 @@ def test_a_trigger_from_another_process_wakes_the_waiter(url: str, waiting: SQLi
         timeout=60,
         check=True,
     )
-    committed = float(proc.stdout.split()[-1])
+    return float(proc.stdout.split()[-1])
+
+
+def test_a_trigger_from_another_process_wakes_the_waiter(url: str, waiting: SQLiteStore) -> None:
+    t, returned = wait_in_thread(waiting, 5.0)
+    committed = trigger_from_another_process(url)
     t.join(5.0)
     assert returned, "wait_for_work(5) did not return"
     assert returned[0] - committed < 1.0
@@ -198,23 +203,7 @@ def test_a_database_too_deep_for_a_socket_path_still_wakes_its_waiters(
         t, returned = wait_in_thread(store, 10.0)
         link = tmp_path / "link"
         link.symlink_to(deep)
-        script = (
-            "import sys, time\n"
-            "from outlast import task\n"
-            "from outlast.client import Client\n"
-            "@task(id='wake-me')\n"
-            "async def wake_me(payload: dict[str, int]) -> None: ...\n"
-            "c = Client(sys.argv[1], env='dev')\n"
-            "c.trigger(wake_me, {'n': 3})\n"
-            "print(time.time(), flush=True)\n"
-            "c.close()\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", script, f"sqlite:///{link}/outlast.db"],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True, text=True, timeout=60, check=True,
-        )
-        committed = float(proc.stdout.split()[-1])
+        committed = trigger_from_another_process(f"sqlite:///{link}/outlast.db")
         t.join(10.0)
         assert returned, "wait_for_work(10) did not return"
         assert returned[0] - committed < 5.0
