@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # An idle claim reads ahead the open slots of at most this many queues with work
 # (_may_claim_and_lock)
 _SLOTS_AHEAD = 4
-_CHANNEL = CHANNEL
 _REFUSED_DATA = ("22", "23", "54")  # SQLSTATE classes that say the data was refused
 _MIGRATION_LOCK = 0x6F75_746C_6173_74  # "outlast"
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -270,7 +269,7 @@ _ROW_COLUMNS = (
 class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
-    _channel = _CHANNEL
+    _channel = CHANNEL
 
     def refused_data(self, exc: Exception) -> bool:
         # psycopg's own DataError (NUL in text) has no SQLSTATE; the server's data
@@ -285,7 +284,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
                  direct_url: str | None = None) -> None:
         super().__init__()
         self.q = {name: to_psycopg(sql) for name, sql in self.q.items()}
-        self.q["notify"] = f"SELECT pg_notify('{_CHANNEL}', %(env)s)"
+        self.q["notify"] = f"SELECT pg_notify('{CHANNEL}', %(env)s)"
         self.url = url.replace("postgresql+psycopg://", "postgresql://", 1)
         # Session features (life locks, LISTEN) go here when set: see _pg_session.
         self.direct_url = (direct_url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -337,7 +336,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
 
     def _insert_alone(self, run: NewRun, now: float) -> bool:
         row = self._run_row(run, now)
-        row["channel"] = _CHANNEL
+        row["channel"] = CHANNEL
         # getconn/putconn rather than connection(), whose `with conn` would only COMMIT
         # nothing after an autocommit statement, yet costs as much as the checkout.
         conn = self._pool.getconn()
@@ -356,7 +355,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             data = orjson.dumps([{c: row[c] for c in _ROW_COLUMNS} for row in rows])
         except TypeError as exc:  # text orjson cannot encode (a lone surrogate): refused
             raise ValueError(f"a run's text cannot be stored: {exc}") from exc
-        params = {"rows": data.decode(), "now": now, "channel": _CHANNEL}
+        params = {"rows": data.decode(), "now": now, "channel": CHANNEL}
         conn = self._pool.getconn()
         try:
             conn.execute(self.q["insert_runs_alone"], params)  # autocommit: one round trip
@@ -486,7 +485,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             w_runs=[op.run_id for op in ops for _ in op.wait_on],
             w_ids=[wp for op in ops for wp in op.wait_on],
             now=now,
-            channel=_CHANNEL,
+            channel=CHANNEL,
         )
 
     def _fire_timers(self, tx: Any, now: float) -> int:
@@ -494,7 +493,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         # are locked (see fire_timers in queries.sql).
         fired = [r["id"] for r in tx.q("fire_timers", now=now)]
         if fired:
-            tx.q("resume_fired", ids=fired, now=now, channel=_CHANNEL)
+            tx.q("resume_fired", ids=fired, now=now, channel=CHANNEL)
         return len(fired)
 
     def _complete_rows(

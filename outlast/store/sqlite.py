@@ -144,6 +144,7 @@ class SQLiteStore(SqlStore):
         self._waiter_path: str | None = None
         self._waiter_failed = False
         self._wake_dir = str(self.lock_dir)
+        self._abstract_prefix: bytes | None = None  # _abstract's, computed on first use
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         # Closed and unlinked by close(), or when the store is collected or the process exits.
@@ -228,13 +229,12 @@ class SQLiteStore(SqlStore):
         if waiter is None:
             self._wake.wait(timeout)
         else:
-            with contextlib.suppress(OSError, ValueError):  # BlockingIOError ends the drain
-                if not self._wake.is_set():
+            if not self._wake.is_set():
+                with contextlib.suppress(OSError, ValueError):  # the socket closed
                     poller = select.poll()
                     poller.register(waiter, select.POLLIN)
                     poller.poll(max(0, round(timeout * 1000)))
-                while True:  # many wake-ups since the last wait count as one
-                    waiter.recv(16, socket.MSG_DONTWAIT)
+            _drain(waiter)
         self._wake.clear()
 
     def wakeup_fd(self) -> int | None:
@@ -245,9 +245,7 @@ class SQLiteStore(SqlStore):
         waiter = self._waiter
         if waiter is None:
             return False
-        with contextlib.suppress(OSError, ValueError):  # BlockingIOError ends the drain
-            while True:
-                waiter.recv(16, socket.MSG_DONTWAIT)
+        _drain(waiter)
         self._wake.clear()
         return True
 
@@ -261,9 +259,9 @@ class SQLiteStore(SqlStore):
                 self.lock_dir.mkdir(parents=True, exist_ok=True)
                 if len(os.fsencode(path)) > _SOCKET_PATH_MAX and _ABSTRACT_SOCKETS:
                     # Too long a path for a socket: an abstract one, found through a
-                    # marker file of this name (``_address``).
+                    # marker file of this name (``_abstract``).
                     path += "a"
-                    waiter.bind(_abstract(self._wake_dir, os.path.basename(path)))
+                    waiter.bind(self._abstract(os.path.basename(path)))
                     with open(path, "x"):
                         pass
                 else:
@@ -295,11 +293,21 @@ class SQLiteStore(SqlStore):
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # nobody bound to it: a worker of this host that died
 
+    def _abstract(self, marker: str) -> bytes:
+        """The abstract address of the waiter whose marker file is ``marker`` in the wake
+        directory: named by the directory's real path (hashed once per store), so every
+        process of this host, by whatever path it opened the database, computes it alike."""
+        if self._abstract_prefix is None:
+            real = os.fsencode(os.path.realpath(self._wake_dir))
+            digest = hashlib.blake2s(real, digest_size=8).hexdigest()
+            self._abstract_prefix = f"\0outlast-{digest}-".encode()
+        return self._abstract_prefix + marker.encode()
+
     def _send(self, path: str) -> bool:
         """Send one byte to a waiter's socket; False if no process is bound to it."""
         address: str | bytes = path
         if path.endswith(".wakea"):  # a marker: the waiter's socket is abstract
-            address = _abstract(self._wake_dir, os.path.basename(path))
+            address = self._abstract(os.path.basename(path))
         try:
             self._sender.sendto(b"\0", address)
         except (ConnectionRefusedError, FileNotFoundError):
@@ -340,12 +348,11 @@ _SOCKET_PATH_MAX = 100
 _ABSTRACT_SOCKETS = sys.platform.startswith("linux")
 
 
-def _abstract(wake_dir: str, marker: str) -> bytes:
-    """The abstract address of the waiter whose marker file is ``marker`` in ``wake_dir``:
-    named by the directory's real path, so every process of this host that lists the
-    directory, by whatever path it opened the database, computes the same address."""
-    digest = hashlib.blake2s(os.fsencode(os.path.realpath(wake_dir)), digest_size=8)
-    return b"\0outlast-" + digest.hexdigest().encode() + b"-" + marker.encode()
+def _drain(waiter: socket.socket) -> None:
+    """Read every pending wake-up: many since the last wait count as one."""
+    with contextlib.suppress(OSError, ValueError):  # BlockingIOError ends the drain
+        while True:
+            waiter.recv(16, socket.MSG_DONTWAIT)
 
 
 def _release_sockets(sockets: list[socket.socket], paths: list[str]) -> None:
