@@ -600,7 +600,7 @@ STALE_LEASE = 2.0
 _APPNAME = "outlast-crash-stale"
 
 
-def _holds_db_lock(fleet: Fleet, backend: str) -> bool:
+def _holds_db_lock(fleet: Fleet, backend: str, appname: str = _APPNAME) -> bool:
     """Whether the frozen worker sits inside a transaction (holding the SQLite write lock
     or PostgreSQL row locks): freezing it there would stall every other worker too."""
     if backend == "sqlite":
@@ -617,16 +617,20 @@ def _holds_db_lock(fleet: Fleet, backend: str) -> bool:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE application_name = %s AND state <> 'idle'",
-            (_APPNAME,),
+            (appname,),
         ).fetchone()
     return bool(row and row[0])
 
 
-def _freeze(fleet: Fleet, proc: subprocess.Popen[bytes], backend: str) -> None:
+def _freeze(
+    fleet: Fleet, proc: subprocess.Popen[bytes], backend: str, appname: str = _APPNAME
+) -> None:
+    """SIGSTOP ``proc`` outside a transaction (its connections named ``appname`` by
+    PGAPPNAME), retrying until it is."""
     for _ in range(50):
         os.kill(proc.pid, signal.SIGSTOP)
         time.sleep(0.05)
-        if not _holds_db_lock(fleet, backend):
+        if not _holds_db_lock(fleet, backend, appname):
             return
         os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.03)
