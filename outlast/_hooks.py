@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import _serde
+from . import _observe, _serde
 from ._worker_base import WorkerBase
 from .durable import RunContext
 from .runs import Run, RunStatus
@@ -22,6 +23,8 @@ from .store.base import EndSegment
 from .tasks import Task
 
 log = logging.getLogger("outlast.worker")
+
+_END_HOOKS = frozenset({"end", "complete", "failure"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class HookEvent:
 
 
 class Hooks(WorkerBase):
+    _elsewhere_at = 0.0  # monotonic time of the last take of hook-less ended runs
+
     async def _after(
         self, ctx: RunContext, task: Task[Any, Any], op: EndSegment, output: Any
     ) -> None:
@@ -70,14 +75,16 @@ class Hooks(WorkerBase):
 
     async def _run_due_hooks(self) -> None:
         """End hooks of runs that ended outside any worker (cancelled while idle, expired,
-        lost with their worker)."""
-        with_hooks = [
-            t.id for t in self.tasks.values() if {"end", "complete", "failure"} & set(t.hooks)
-        ]
+        lost with their worker), and the observers' news of them."""
+        with_hooks = [t.id for t in self.tasks.values() if _END_HOOKS & set(t.hooks)]
+        if _observe.OBSERVERS:
+            await self._observe_ended_elsewhere(with_hooks)
         if not with_hooks:
             return
         runs = await asyncio.to_thread(self.store.take_hooks_due, self.env, with_hooks)
         for run in runs:
+            if _observe.OBSERVERS:
+                await _observe.run_ended_elsewhere(self.store, run)
             task = self.tasks[run.task_id]
             if run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.EXPIRED):
                 await self._hook(
@@ -85,6 +92,21 @@ class Hooks(WorkerBase):
                 )
             for name in ("complete", "end"):
                 await self._hook(task, name, run, run.payload, status=run.status, error=run.error)
+
+    async def _observe_ended_elsewhere(self, with_hooks: list[str]) -> None:
+        """Tell metrics and traces of runs without end hooks that ended outside a worker:
+        otherwise a dashboard of outcomes misses every expiry and every cancel of a run
+        not executing. Taken once in the fleet, so counted once; at most once a second,
+        being for observers only."""
+        if time.monotonic() - self._elsewhere_at < 1.0:
+            return
+        self._elsewhere_at = time.monotonic()
+        hookless = [t for t in self.tasks if t not in with_hooks]
+        runs = await asyncio.to_thread(
+            self.store.take_ended_elsewhere, self.env, hookless, self.version
+        )
+        for run in runs:
+            await _observe.run_ended_elsewhere(self.store, run)
 
     async def _hook(
         self,

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from .durable import RunContext
-    from .store.base import Claim, EndSegment, NewRun, Store
+    from .runs import Run
+    from .store.base import Claim, EndSegment, NewRun, Store, WorkerStore
 
 log = logging.getLogger("outlast.metrics")
 
@@ -114,7 +115,8 @@ class MetricsObserver(_observe.Observer):
         )
         self.finished = counter(
             "outlast_runs_finished",
-            "Runs that ended on this worker, by outcome",
+            "Runs that ended on this worker, or ended outside any worker and were taken by"
+            " this one (expired, cancelled while not executing), by outcome",
             ["task", "queue", "outcome"],
         )
         self.attempts = counter(
@@ -180,6 +182,10 @@ class MetricsObserver(_observe.Observer):
             self._child(self.retries, run.task_id).inc()
         elif outcome in _FINAL:
             self._child(self.finished, run.task_id, run.queue, outcome).inc()
+
+    async def run_ended_elsewhere(self, store: WorkerStore, run: Run) -> None:
+        outcome = run.status.value.lower()  # canceled, expired, failed, timed_out
+        self._child(self.finished, run.task_id, run.queue, outcome).inc()
 
     def step_ended(
         self, ctx: RunContext, key: str, seen: Any, seconds: float, exc: BaseException | None

@@ -1,5 +1,6 @@
 """The runtime's observation points: where metrics (``_metrics``) and traces (``_tracing``)
-hear of triggers, claims, attempts, steps, lost leases and reaped workers.
+hear of triggers, claims, attempts, steps, runs that ended outside a worker, lost leases
+and reaped workers.
 
 Each call site reads ``OBSERVERS`` first and calls in only when someone observes, so a
 process with neither metrics nor tracing on pays one list check per point. Observers
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .durable import RunContext
-    from .runs import JournalEntry
-    from .store.base import Claim, EndSegment, NewRun
+    from .runs import JournalEntry, Run
+    from .store.base import Claim, EndSegment, NewRun, WorkerStore
 
 log = logging.getLogger("outlast.observe")
 
@@ -51,6 +52,10 @@ class Observer:
         self, ctx: RunContext, key: str, seen: Any, seconds: float, exc: BaseException | None
     ) -> None:
         """A step's body returned (``exc`` None) or raised."""
+
+    async def run_ended_elsewhere(self, store: WorkerStore, run: Run) -> None:
+        """A run that ended outside any worker (cancelled while queued or waiting, expired,
+        failed with a lost worker) was taken by this worker, once in the fleet."""
 
     def lease_lost(self, runs: int) -> None:
         """This worker lost its lease or life lock, abandoning ``runs`` attempts."""
@@ -119,6 +124,14 @@ async def attempt_started(ctx: RunContext, resumed: bool) -> None:
 
 def attempt_ended(ctx: RunContext, op: EndSegment | None, exc: BaseException | None) -> None:
     _safe("attempt_ended", ctx, op, exc)
+
+
+async def run_ended_elsewhere(store: WorkerStore, run: Run) -> None:
+    for o in list(OBSERVERS):
+        try:
+            await o.run_ended_elsewhere(store, run)
+        except Exception:
+            log.exception("observer %s failed at run_ended_elsewhere", type(o).__name__)
 
 
 def step_cached(ctx: RunContext, key: str, entry: JournalEntry) -> None:

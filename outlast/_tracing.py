@@ -41,7 +41,7 @@ from . import _observe
 if TYPE_CHECKING:
     from .durable import RunContext
     from .runs import JournalEntry, Run
-    from .store.base import EndSegment, NewRun
+    from .store.base import EndSegment, NewRun, WorkerStore
 
 log = logging.getLogger("outlast.tracing")
 
@@ -243,6 +243,15 @@ class TracingObserver(_observe.Observer):
         if outcome in _FINAL:
             self._run_span(run, parent, now, outcome, exc)
             self._parents.pop(run.id, None)
+
+    async def run_ended_elsewhere(self, store: WorkerStore, run: Run) -> None:
+        found = await asyncio.to_thread(store.trace_contexts, run.env, [run.id])
+        tp = found.get(run.id)
+        parent = _PROPAGATOR.extract({"traceparent": tp}) if tp else None
+        ended = run.finished_at if run.finished_at is not None else store.now()
+        # Its run span, as a worker that ran it to the end would have sent (an expired or
+        # cancelled run's trace ends, instead of staying open in the backend's view).
+        self._run_span(run, parent, ended, run.status.value.lower(), None)
 
     def _run_span(
         self, run: Run, parent: otel_context.Context | None, now: float, outcome: str,

@@ -29,6 +29,7 @@ class WorkerBase:
     tasks: Mapping[str, Task[Any, Any]]
     env: str
     id: str
+    version: str
     concurrency: int
     prefetch: int
     poll_interval: float

@@ -73,6 +73,31 @@ async def test_counters_and_gauges_in_process(store: Any, workers: Any, metrics:
     assert value("outlast_workers_live", env="dev", version="") == 1
 
 
+async def test_runs_ended_outside_a_worker_are_counted_once(
+    store: Any, clock: Any, workers: Any, metrics: Any
+) -> None:
+    """A run cancelled while queued and one expired before it started end without a
+    worker executing them: a worker serving their task takes them (once in the fleet) and
+    counts them, so a dashboard of outcomes sees every end."""
+    client = Client(store=store, env="dev")
+    cancelled = client.trigger(app.obs_quick, {"n": 1})
+    client.cancel(cancelled.id)
+    late = client.trigger(app.obs_quick, {"n": 2}, ttl=10)
+    clock.advance(11)
+    await workers(app.obs_quick).run_until_idle()
+    assert client.retrieve(late.id).status == RunStatus.EXPIRED
+
+    def finished(outcome: str) -> float:
+        key = frozenset({"task": "obs-quick", "queue": "obs-quick", "outcome": outcome}.items())
+        return _samples(metrics).get(("outlast_runs_finished_total", key), 0.0)
+
+    assert (finished("canceled"), finished("expired")) == (1, 1)
+    # Taken once: another worker of the same code counts neither again.
+    await workers(app.obs_quick).run_until_idle()
+    assert (finished("canceled"), finished("expired")) == (1, 1)
+    assert store.take_ended_elsewhere("dev", ["obs-quick"], None) == []
+
+
 # -- a real Prometheus ------------------------------------------------------------------------
 
 

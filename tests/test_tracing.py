@@ -173,6 +173,27 @@ async def test_failure_recorded_on_the_run_span(
     assert run_span.events[0].attributes["exception.message"] == "no such plan"
 
 
+async def test_a_run_cancelled_before_it_started_ends_its_trace(
+    store: Any, workers: Any, spans: Any
+) -> None:
+    """No worker executed it, yet its trace gets its run span (outcome canceled), under
+    the trigger's span, sent by the worker that takes the ended run."""
+    exporter, provider, _ = spans
+    client = Client(store=store, env="dev")
+    with provider.get_tracer("app").start_as_current_span("POST /order") as caller:
+        handle = client.trigger(child, {"n": 1})
+    client.cancel(handle.id)
+    await workers(child).run_until_idle()
+    done = list(exporter.get_finished_spans())
+    (run_span,) = _by_name(done, "run tr-child")
+    assert run_span.attributes["outlast.outcome"] == "canceled"
+    assert run_span.attributes["outlast.run.id"] == handle.id
+    assert run_span.context.trace_id == caller.get_span_context().trace_id
+    (trigger_span,) = _by_name(done, "trigger tr-child")
+    assert _parent_id(run_span) == trigger_span.context.span_id
+    assert not _by_name(done, "attempt tr-child")
+
+
 def test_off_by_default_and_no_trace_row(store: Any) -> None:
     """Without instrument() no trace context is written with a trigger."""
     assert not any(isinstance(o, _tracing.TracingObserver) for o in _observe.OBSERVERS)

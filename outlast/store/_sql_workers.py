@@ -194,3 +194,18 @@ class WorkersMixin(SqlCore):
             rows = tx.q("take_hooks_due", env=env, task_ids=self._list(list(task_ids)))
         return [run_from_row(r) for r in rows]
 
+    def take_ended_elsewhere(
+        self, env: str, task_ids: Sequence[str], version: str | None
+    ) -> list[Run]:
+        """Runs of tasks without end hooks that ended outside a worker, once each."""
+        if not task_ids:
+            return []
+        with self._transaction() as tx:
+            rows = tx.q(
+                "take_ended_elsewhere",
+                env=env,
+                task_ids=self._list(list(task_ids)),
+                version=version,
+            )
+        return [run_from_row(r) for r in rows]
+

@@ -341,6 +341,14 @@ class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces, VersionSto
     def take_hooks_due(self, env: str, task_ids: Sequence[str]) -> list[Run]:
         """Runs that ended outside a worker and whose end hooks have not run yet."""
 
+    @abc.abstractmethod
+    def take_ended_elsewhere(
+        self, env: str, task_ids: Sequence[str], version: str | None
+    ) -> list[Run]:
+        """Runs of ``task_ids`` (tasks with no end hooks) that ended outside a worker and
+        that no worker has seen end yet, locked to ``version`` or never started; each is
+        returned once, to one worker, for its metrics and traces."""
+
 
 class AccessStore(Settings):
     """Who may call the server: secret keys (their SHA-256) and dashboard logins (the

@@ -2318,3 +2318,19 @@ SELECT id, secret FROM alert_rules WHERE substr(secret, 1, 6) = 'whsec_';
 -- Only if it is still the plaintext: two processes sealing at once write one token.
 -- name: seal_alert_secret
 UPDATE alert_rules SET secret = :sealed WHERE id = :id AND secret = :plaintext;
+
+-- Runs of tasks without end hooks that ended outside a worker, taken once by a worker of
+-- their version (C11) so that its metrics and traces see them end; NULL: never started.
+-- name: take_ended_elsewhere
+UPDATE runs SET hooks_due = 0
+WHERE id IN (SELECT id FROM runs WHERE env = :env AND hooks_due = 1
+             AND task_id IN (SELECT value FROM json_each(:task_ids))
+             AND (version = :version OR version IS NULL) LIMIT 100)
+RETURNING *;
+
+-- name: take_ended_elsewhere [postgres]
+UPDATE runs SET hooks_due = 0
+WHERE id IN (SELECT id FROM runs WHERE env = :env AND hooks_due = 1
+             AND task_id = ANY(:task_ids) AND (version = :version OR version IS NULL)
+             LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING *;
