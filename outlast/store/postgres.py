@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import operator
 import random
@@ -27,8 +28,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
+from .._config import settings
 from ._pg_listen import CHANNEL, ListenMixin
-from ._pg_session import configure_pooled, session_connection
+from ._pg_session import (
+    KEEPALIVES,
+    client_keepalives,
+    configure_pooled,
+    session_bounds,
+    session_connection,
+)
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
@@ -150,16 +158,7 @@ class AdvisoryLock:
         # TCP keepalives and a user timeout bound how long a check of the lock can hang
         # on a connection whose peer vanished without a reset (a silent partition): the
         # heartbeat thread runs the check, and must get on to telling the worker.
-        self._conn = session_connection(
-            url,
-            direct_url,
-            "a worker's life lock",
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=15000,
-        )
+        self._conn = session_connection(url, direct_url, "a worker's life lock", **KEEPALIVES)
         self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
 
     def alive(self) -> bool:
@@ -294,12 +293,16 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         # pool's COMMIT, two round trips), and _transaction's conn.transaction() sends
         # BEGIN and COMMIT itself, as it does without autocommit. _insert_alone switched
         # the mode on and off per trigger, a tenth of the store's Python time in it.
+        # Each new connection is bounded (idle in a transaction, TCP) once, by configure:
+        # see _pg_session.
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self.url,
             min_size=1,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": True},
-            configure=configure_pooled,
+            kwargs={"row_factory": dict_row, "autocommit": True,
+                    **client_keepalives(self.url)},
+            configure=functools.partial(
+                configure_pooled, bounds=session_bounds(settings().pg_idle_tx_timeout)),
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)
