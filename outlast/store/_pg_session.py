@@ -42,10 +42,11 @@ it sees neither). A stricter value the server, database or role already sets is 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._errors import ConfigurationError
 
@@ -137,3 +138,34 @@ def session_connection(url: str, direct_url: str | None, purpose: str,
             field=DIRECT_URL_SETTING,
         )
     return conn
+
+
+@dataclass(frozen=True)
+class IdleTxBounds:
+    """What ends a session left idle inside a transaction, besides outlast's own setting
+    (for `outlast doctor`)."""
+
+    pooler: bool  # the URL goes through a pooler, so outlast sets nothing on its sessions
+    server_ms: int  # idle_in_transaction_session_timeout of the server, database or role
+    pooler_s: float | None  # PgBouncer's idle_transaction_timeout; None: not readable
+
+
+def read_idle_tx_bounds(url: str) -> IdleTxBounds:
+    """The bounds in force for sessions on ``url``, read on a connection of its own. Behind
+    a pooler, PgBouncer's setting is read on its admin console (the URL's user must be in
+    its ``stats_users`` or ``admin_users``)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        pooler = behind_pooler(conn)
+        row = conn.execute("SELECT setting FROM pg_settings"
+                           " WHERE name = 'idle_in_transaction_session_timeout'").fetchone()
+    server_ms = int(row[0]) if row else 0
+    pooler_s: float | None = None
+    if pooler:
+        try:
+            with psycopg.connect(make_conninfo(url, dbname="pgbouncer"), autocommit=True,
+                                 connect_timeout=10) as console:
+                config = {r[0]: r[1] for r in console.execute("SHOW CONFIG").fetchall()}
+            pooler_s = float(config["idle_transaction_timeout"])
+        except (psycopg.Error, KeyError, ValueError):
+            pooler_s = None
+    return IdleTxBounds(pooler, server_ms, pooler_s)
