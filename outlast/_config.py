@@ -12,10 +12,6 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 # it takes several times its size in memory: this bounds what one request can hold.
 DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 DEFAULT_IDEMPOTENCY_TTL = 30 * 24 * 3600.0
-# No outlast transaction idles longer than its client's work between round trips
-# (milliseconds); a third of the default 30 s lease, so a worker frozen inside one stalls
-# its peers' claims well before its runs would be taken over anyway (store/_pg_session).
-DEFAULT_PG_IDLE_TX_TIMEOUT = 10.0
 
 
 def _float(name: str, default: float) -> float:
@@ -66,13 +62,6 @@ class Settings:
         """How long the HTTP server trusts a published task definition (and its compiled
         payload schema) before reading it again: a deploy shows within this time."""
         return max(0.0, _float("OUTLAST_TASK_CACHE_SECONDS", 1.0))
-
-    @property
-    def pg_idle_tx_timeout(self) -> float:
-        """Seconds a PostgreSQL session of outlast's pool may sit idle inside a
-        transaction before the server ends it (idle_in_transaction_session_timeout, set
-        on direct connections only); 0 sets none."""
-        return max(0.0, _float("OUTLAST_PG_IDLE_TX_TIMEOUT", DEFAULT_PG_IDLE_TX_TIMEOUT))
 
     @property
     def idempotency_ttl(self) -> float:

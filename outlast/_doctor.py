@@ -172,8 +172,12 @@ def _idle_transactions(ctx: Context) -> list[Finding]:
     row locks, and every worker's claim waits behind them: something must end it."""
     if ctx.sqlite:
         return []
-    from ._config import DEFAULT_PG_IDLE_TX_TIMEOUT
-    from .store._pg_session import IDLE_TX_SETTING, read_idle_tx_bounds
+    from .store._pg_session import (
+        DEFAULT_IDLE_TX_TIMEOUT,
+        IDLE_TX_SETTING,
+        idle_tx_timeout,
+        read_idle_tx_bounds,
+    )
 
     bounds = read_idle_tx_bounds(ctx.url)
     if bounds.server_ms > 0 or (bounds.pooler_s or 0) > 0:
@@ -181,16 +185,12 @@ def _idle_transactions(ctx: Context) -> list[Finding]:
     stalls = ("a worker frozen or cut off inside a transaction would stall every worker's "
               "claims until it comes back")
     if not bounds.pooler:
-        raw = ctx.environ.get(IDLE_TX_SETTING) or ""
-        try:
-            ours = float(raw) if raw.strip() else DEFAULT_PG_IDLE_TX_TIMEOUT
-        except ValueError:
-            return []  # processes refuse to start on it, saying why
-        if ours > 0:
+        if idle_tx_timeout(ctx.environ) > 0:
             return []
+        raw = ctx.environ.get(IDLE_TX_SETTING)
         return [Finding("idle_transactions", WARNING, f"{IDLE_TX_SETTING}={raw} here and the "
                         f"server sets no idle_in_transaction_session_timeout: {stalls}",
-                        f"unset {IDLE_TX_SETTING} (default {DEFAULT_PG_IDLE_TX_TIMEOUT:g} s)")]
+                        f"unset {IDLE_TX_SETTING} (default {DEFAULT_IDLE_TX_TIMEOUT:g} s)")]
     pooler = ("PgBouncer's idle_transaction_timeout is 0" if bounds.pooler_s is not None else
               "PgBouncer's idle_transaction_timeout could not be read (its admin console "
               "refused this user)")

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from outlast._errors import ConfigurationError
 from outlast.store import open_store
 from outlast.store.postgres import PostgresStore
 from tests.conftest import _pg_url, drop_pg_database, new_pg_database
@@ -68,6 +69,10 @@ def test_the_setting_turns_it_off_or_changes_it_and_a_url_keeps_its_own_keepaliv
         assert _setting(store, "idle_in_transaction_session_timeout") == "2500ms"
     finally:
         store.close()
+    for wrong in ("soon", "-1", "nan", "inf"):
+        monkeypatch.setenv("OUTLAST_PG_IDLE_TX_TIMEOUT", wrong)
+        with pytest.raises(ConfigurationError, match="OUTLAST_PG_IDLE_TX_TIMEOUT"):
+            open_store(_pg_url(pg_db))
 
 
 def test_a_stricter_bound_of_the_database_is_kept(pg_db: str) -> None:

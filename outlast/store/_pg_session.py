@@ -41,6 +41,8 @@ it sees neither). A stricter value the server, database or role already sets is 
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,10 @@ from .._errors import ConfigurationError
 
 DIRECT_URL_SETTING = "OUTLAST_DATABASE_DIRECT_URL"
 IDLE_TX_SETTING = "OUTLAST_PG_IDLE_TX_TIMEOUT"
+# No outlast transaction idles longer than its client's work between round trips
+# (milliseconds); a third of the default 30 s lease, so a worker frozen inside one stalls
+# its peers' claims for less than it would take for its runs to be taken over anyway.
+DEFAULT_IDLE_TX_TIMEOUT = 10.0
 
 # libpq's TCP keepalives and user timeout: a client whose server vanished without a reset
 # (a silent partition) gives up on it within about 15 s instead of the OS's hours.
@@ -93,6 +99,21 @@ def behind_pooler(conn: psycopg.Connection[Any]) -> bool:
     return int(pid) != conn.info.backend_pid
 
 
+def idle_tx_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """OUTLAST_PG_IDLE_TX_TIMEOUT in seconds (0: none), or the default."""
+    raw = (environ.get(IDLE_TX_SETTING) or "").strip()
+    if not raw:
+        return DEFAULT_IDLE_TX_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigurationError(f"{IDLE_TX_SETTING} must be a number of seconds (0 for "
+                                 f"none), not {raw!r}", field=IDLE_TX_SETTING)
+    return value
+
+
 def client_keepalives(url: str) -> dict[str, int]:
     """libpq's keepalive parameters for a connection to ``url``, but those it sets."""
     given = conninfo_to_dict(url)
@@ -104,7 +125,9 @@ def session_bounds(idle_tx_timeout: float) -> dict[str, int]:
     ``idle_tx_timeout`` in seconds, 0 for none."""
     bounds = dict(_SERVER_TCP)
     if idle_tx_timeout > 0:
-        bounds["idle_in_transaction_session_timeout"] = max(1, round(idle_tx_timeout * 1000))
+        # The server takes at most INT_MAX milliseconds (24 days): beyond, it refuses.
+        ms = round(idle_tx_timeout * 1000)
+        bounds["idle_in_transaction_session_timeout"] = min(max(1, ms), 2**31 - 1)
     return bounds
 
 

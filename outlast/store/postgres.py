@@ -28,9 +28,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
-from .._config import settings
 from ._pg_listen import CHANNEL, ListenMixin
 from ._pg_session import (
+    DEFAULT_IDLE_TX_TIMEOUT,
     KEEPALIVES,
     client_keepalives,
     configure_pooled,
@@ -280,7 +280,8 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         return state is not None and state[:2] in _REFUSED_DATA
 
     def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8,
-                 direct_url: str | None = None) -> None:
+                 direct_url: str | None = None,
+                 idle_tx_timeout: float = DEFAULT_IDLE_TX_TIMEOUT) -> None:
         super().__init__()
         self.q = {name: to_psycopg(sql) for name, sql in self.q.items()}
         self.q["notify"] = f"SELECT pg_notify('{CHANNEL}', %(env)s)"
@@ -302,7 +303,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             kwargs={"row_factory": dict_row, "autocommit": True,
                     **client_keepalives(self.url)},
             configure=functools.partial(
-                configure_pooled, bounds=session_bounds(settings().pg_idle_tx_timeout)),
+                configure_pooled, bounds=session_bounds(idle_tx_timeout)),
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)
