@@ -37,6 +37,11 @@ through PgBouncer in transaction mode stays on the server connection and leaks t
 whichever client gets it next; there PgBouncer's own ``idle_transaction_timeout`` is the
 bound, or the server's setting for the role or database (``outlast doctor`` warns when
 it sees neither). A stricter value the server, database or role already sets is kept.
+
+No ``lock_timeout``: with these bounds a claim waits behind a stalled holder for at most
+the idle timeout, and otherwise only behind a holder still working (a prune, a
+migration), where giving up and retrying would wait as long and log errors meanwhile; a
+session-wide one would also fail migrations waiting on their lock.
 """
 
 from __future__ import annotations
