@@ -1,8 +1,10 @@
 """PostgreSQL: a worker frozen (SIGSTOP) INSIDE a transaction that holds the queue row
 locks its peer's claim needs. The server ends the frozen session once it has idled in
 the transaction for OUTLAST_PG_IDLE_TX_TIMEOUT (2 s here), rolling it back, so the peer
-goes on claiming and completing runs well inside the 30 s lease (C10); thawed (SIGCONT),
-the frozen worker finds its connection gone, retries on a new one, and carries on.
+goes on claiming and completing runs (C10): a lapsed lease frees no row lock, only the
+end of the session does. Kept frozen until its lease lapsed and its runs were taken over,
+then thawed (SIGCONT), the worker finds its connection gone and its identity fenced (C4),
+and carries on under a new one.
 
 SQLite has no such bound: a process frozen inside a write transaction holds the
 database's write lock until it thaws (docs/explanation/guarantees.md), so this test runs
@@ -29,8 +31,9 @@ _FROZEN = "outlast-fault-frozen-tx"
 _PEER = "outlast-fault-frozen-peer"
 _IDLE_TX = 2.0
 # The peer must be claiming again this soon after the freeze: the timeout, plus room for
-# a busy machine, and still far inside the 30 s lease (the bound is not the lease's).
+# a busy machine.
 _BOUND = _IDLE_TX + 8.0
+_LEASE = 3.0  # the frozen worker's
 
 
 @pytest.fixture
@@ -112,7 +115,9 @@ def test_a_worker_frozen_inside_a_transaction_stalls_its_peer_only_briefly(
 ) -> None:
     fleet = fault_fleet
     env = {"OUTLAST_PG_IDLE_TX_TIMEOUT": str(_IDLE_TX)}
-    frozen = fleet.start("--concurrency", "8", env={**env, "PGAPPNAME": _FROZEN})
+    frozen = fleet.start("--concurrency", "8", "--lease-seconds", str(_LEASE),
+                         env={**env, "PGAPPNAME": _FROZEN})
+    frozen_id = fleet.worker_id(frozen)
     peer = fleet.start("--concurrency", "8", env={**env, "PGAPPNAME": _PEER})
     wait_until("both workers to complete runs",
                lambda: _completed_by(fleet.db_url, frozen) > 0
@@ -130,6 +135,8 @@ def test_a_worker_frozen_inside_a_transaction_stalls_its_peer_only_briefly(
                    lambda: _completed_by(fleet.db_url, peer) >= done_at_freeze + 20,
                    _BOUND - (time.monotonic() - frozen_at), fleet)
         resumed = time.monotonic() - frozen_at
+        wait_until("the frozen worker to be reaped past its lease",
+                   lambda: fleet.worker_row(frozen_id)["status"] == "dead", 20, fleet)
         frozen_done = _completed_by(fleet.db_url, frozen)
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
@@ -138,11 +145,12 @@ def test_a_worker_frozen_inside_a_transaction_stalls_its_peer_only_briefly(
     # The freeze is found a little after it began: allow for that, not for an earlier end.
     assert ended >= _IDLE_TX - 0.6, "the frozen session ended before its timeout"
 
-    # Thawed, the worker meets its ended session, retries on a new connection and goes on
-    # with new work (under a new identity, had it been fenced): more runs than it could
-    # have held at the freeze (its concurrency and prefetch) complete in it.
+    # Thawed, the worker meets its ended session and, retrying, its lapsed identity: it
+    # comes back under a new one and goes on with new work (whatever it held at the
+    # freeze was taken over, and its commits for those runs are refused: C4).
+    assert fleet.worker_id(frozen) != frozen_id
     wait_until("the thawed worker to complete new runs",
-               lambda: _completed_by(fleet.db_url, frozen) > frozen_done + 100, 20, fleet)
+               lambda: _completed_by(fleet.db_url, frozen) >= frozen_done + 20, 20, fleet)
     assert frozen.poll() is None and peer.poll() is None, fleet.tails()
     acknowledged = feeder.stop()
     wait_until("every run to end", lambda: int(pg_execute(
