@@ -13,10 +13,17 @@ from typing import Any
 import psycopg
 import pytest
 
+from outlast import task
 from outlast._errors import ConfigurationError
+from outlast.client import Client
 from outlast.store import open_store
 from outlast.store.postgres import PostgresStore
 from tests.conftest import _pg_url, drop_pg_database, new_pg_database
+
+
+@task(id="bounds-filtered", on=["bounds.*"], if_="event.data.plan == 'pro'")
+async def filtered(payload: Any) -> None:
+    return None
 
 
 @pytest.fixture
@@ -103,5 +110,27 @@ def test_a_transaction_left_idle_past_the_bound_is_ended_and_the_store_goes_on(
         # Rolled back with the session; the pool gives a new connection.
         with store._transaction() as tx:
             assert tx.q("get_setting", key="outlast.probe") == []
+    finally:
+        store.close()
+
+
+def test_a_publish_with_much_to_plan_gets_the_time_for_it(
+    pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish plans its events (CEL filters) in Python inside its transaction: 2,000
+    events take far longer than a 0.2 s bound, and the publish still commits; the longer
+    bound was its transaction's only."""
+    monkeypatch.setenv("OUTLAST_PG_IDLE_TX_TIMEOUT", "0.2")
+    store = _open(_pg_url(pg_db))
+    try:
+        store.migrate()
+        store.publish_tasks("dev", [filtered.definition()])
+        events = [{"name": "bounds.signup", "data": {"plan": "pro" if i % 2 else "free"}}
+                  for i in range(2000)]
+        t0 = time.monotonic()
+        results = Client(store=store, env="dev").publish_many(events)
+        assert time.monotonic() - t0 > 0.2
+        assert sum(len(r.run_ids) for r in results) == 1000
+        assert _setting(store, "idle_in_transaction_session_timeout") == "200ms"
     finally:
         store.close()

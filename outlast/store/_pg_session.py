@@ -24,8 +24,10 @@ behind it for good. So each pooled connection that reaches PostgreSQL directly g
 ``idle_in_transaction_session_timeout`` (``OUTLAST_PG_IDLE_TX_TIMEOUT``): the server ends
 a session left idle inside a transaction that long, rolling it back. No outlast
 transaction idles for more than the client's own work between round trips (step bodies,
-user code and network calls run outside transactions); a session ended by mistake costs
-a retry of its batch, nothing acknowledged. It also gets the server-side TCP keepalives
+user code and network calls run outside transactions), milliseconds, but for a publish
+planning a large batch of events (CEL filters), which sets a longer bound for its own
+transaction (``_sql_events_pg``); a session ended by mistake costs a retry of its
+batch, nothing acknowledged. It also gets the server-side TCP keepalives
 and user timeout, so a backend whose client vanished without a reset is ended too, and
 libpq's client-side ones (as the life lock has), so a client notices a vanished server.
 

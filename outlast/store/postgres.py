@@ -296,6 +296,8 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         # the mode on and off per trigger, a tenth of the store's Python time in it.
         # Each new connection is bounded (idle in a transaction, TCP) once, by configure:
         # see _pg_session.
+        bounds = session_bounds(idle_tx_timeout)
+        self._idle_tx_ms = bounds.get("idle_in_transaction_session_timeout", 0)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self.url,
             min_size=1,
@@ -303,7 +305,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             kwargs={"row_factory": dict_row, "autocommit": True,
                     **client_keepalives(self.url)},
             configure=functools.partial(
-                configure_pooled, bounds=session_bounds(idle_tx_timeout)),
+                configure_pooled, bounds=bounds),
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)

@@ -2318,3 +2318,8 @@ SELECT id, secret FROM alert_rules WHERE substr(secret, 1, 6) = 'whsec_';
 -- Only if it is still the plaintext: two processes sealing at once write one token.
 -- name: seal_alert_secret
 UPDATE alert_rules SET secret = :sealed WHERE id = :id AND secret = :plaintext;
+
+-- For the rest of this transaction only: how long the session may idle in it before the
+-- server ends it (a publish with much to plan, _sql_events_pg). :ms is text.
+-- name: allow_idle_in_transaction [postgres]
+SELECT set_config('idle_in_transaction_session_timeout', :ms, true) AS ms;
