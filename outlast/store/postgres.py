@@ -304,8 +304,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True,
                     **client_keepalives(self.url)},
-            configure=functools.partial(
-                configure_pooled, bounds=bounds),
+            configure=functools.partial(configure_pooled, bounds=bounds),
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)
