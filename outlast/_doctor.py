@@ -79,7 +79,7 @@ def run_checks(ctx: Context) -> tuple[list[str], list[Finding]]:
     for name, fn in CHECKS:
         if ctx.store is None and name not in HOST_ONLY:
             continue
-        if not schema and name not in HOST_ONLY | {"schema", "clock_skew"}:
+        if not schema and name not in HOST_ONLY | {"schema", "clock_skew", "idle_transactions"}:
             continue  # nothing to read before `outlast migrate` (the schema check says so)
         ran.append(name)
         try:
@@ -164,6 +164,42 @@ def _connections(ctx: Context) -> list[Finding]:
     if need > 0.8 * room:
         return [Finding("connections", WARNING, message, fix)]
     return []
+
+
+@check("idle_transactions")
+def _idle_transactions(ctx: Context) -> list[Finding]:
+    """A session left idle inside a transaction (its process frozen or cut off) keeps its
+    row locks, and every worker's claim waits behind them: something must end it."""
+    if ctx.sqlite:
+        return []
+    from .store._pg_session import (
+        DEFAULT_IDLE_TX_TIMEOUT,
+        IDLE_TX_SETTING,
+        idle_tx_timeout,
+        read_idle_tx_bounds,
+    )
+
+    bounds = read_idle_tx_bounds(ctx.url)
+    if bounds.server_ms > 0 or (bounds.pooler_s or 0) > 0:
+        return []
+    stalls = ("a worker frozen or cut off inside a transaction would stall every worker's "
+              "claims until it comes back")
+    if not bounds.pooler:
+        if idle_tx_timeout(ctx.environ) > 0:
+            return []
+        raw = ctx.environ.get(IDLE_TX_SETTING)
+        return [Finding("idle_transactions", WARNING, f"{IDLE_TX_SETTING}={raw} here and the "
+                        f"server sets no idle_in_transaction_session_timeout: {stalls}",
+                        f"unset {IDLE_TX_SETTING} (default {DEFAULT_IDLE_TX_TIMEOUT:g} s)")]
+    pooler = ("PgBouncer's idle_transaction_timeout is 0" if bounds.pooler_s is not None else
+              "PgBouncer's idle_transaction_timeout could not be read (its admin console "
+              "refused this user)")
+    return [Finding("idle_transactions", WARNING, f"the database URL goes through a pooler, "
+                    f"where outlast sets no idle_in_transaction_session_timeout (it would "
+                    f"leak to other clients); the server sets none and {pooler}: {stalls}",
+                    "set idle_transaction_timeout = 10 in pgbouncer.ini (and list this user "
+                    "in its stats_users so doctor can read it), or ALTER ROLE … SET "
+                    "idle_in_transaction_session_timeout = '10s'")]
 
 
 # -- workers and runs ------------------------------------------------------------------------

@@ -644,7 +644,8 @@ def test_stale_worker_is_fenced_after_sigstop(fleet: Fleet, tmp_path: Path, back
     completes the run; when A resumes (SIGCONT) nothing it tries to commit is accepted.
 
     A is frozen only outside a transaction (checked, else retried): frozen inside one it
-    would hold the SQLite write lock or PostgreSQL row locks and stall B as well."""
+    would hold the SQLite write lock and stall B as well, or PostgreSQL row locks until the
+    server ended its session (tests/faults/test_frozen_in_transaction.py)."""
     a = fleet.start(
         "--lease-seconds", str(STALE_LEASE), "--no-scheduler", env={"PGAPPNAME": _APPNAME}
     )

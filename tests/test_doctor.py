@@ -120,6 +120,22 @@ def test_clock_skew_between_this_host_and_postgresql(store: Store, db_url: str) 
     assert "clock_skew" not in by_check(store, db_url, wall=time.time)
 
 
+def test_sessions_idle_in_a_transaction_unbounded_is_a_warning(
+    store: Store, db_url: str,
+) -> None:
+    if db_url.startswith("sqlite"):
+        assert "idle_transactions" not in by_check(store, db_url)
+        return  # a frozen SQLite writer holds the write lock: nothing can bound it
+    assert "idle_transactions" not in by_check(store, db_url)  # outlast's 10 s default
+    assert "idle_transactions" not in by_check(
+        store, db_url, environ={"OUTLAST_PG_IDLE_TX_TIMEOUT": "3"})
+    [f] = by_check(store, db_url, environ={"OUTLAST_PG_IDLE_TX_TIMEOUT": "0"})[
+        "idle_transactions"]
+    assert f.level == WARNING and "OUTLAST_PG_IDLE_TX_TIMEOUT=0" in f.message
+    assert "idle_transactions" in run_checks(
+        Context(store=store, url=db_url, env="dev", environ={}))[0]
+
+
 def test_more_processes_than_postgresql_max_connections_is_a_problem(
     store: Store, db_url: str,
 ) -> None:

@@ -20,8 +20,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from outlast._doctor import Context, run_checks
 from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store import open_store
@@ -51,7 +53,7 @@ def bouncer(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
         "[databases]\n* = host=127.0.0.1 port=5432\n[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = trust\nauth_file = {tmp / 'users.txt'}\npool_mode = {mode}\n"
-        "max_client_conn = 200\ndefault_pool_size = 20\n"
+        "max_client_conn = 200\ndefault_pool_size = 20\nadmin_users = postgres\n"
     )
     shutil.chown(tmp, "postgres")
     for f in tmp.iterdir():
@@ -91,13 +93,45 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_a_pooled_url_is_detected_and_a_direct_one_is_not(
         bouncer: tuple[str, str, str]) -> None:
-    import psycopg
-
     pooled, direct, _ = bouncer
     with psycopg.connect(pooled, autocommit=True) as conn:
         assert behind_pooler(conn)
     with psycopg.connect(direct, autocommit=True) as conn:
         assert not behind_pooler(conn)
+
+
+def test_session_bounds_are_set_on_direct_connections_only(
+        bouncer: tuple[str, str, str]) -> None:
+    """Through the pooler a session setting would stay on the server connection for other
+    clients (transaction mode): outlast sets none there, and on a direct URL its own."""
+    pooled, direct, _ = bouncer
+    for url, expected in ((direct, "10s"), (pooled, "0")):
+        store = open_store(url)
+        try:
+            with store._pool.connection() as conn:  # type: ignore[attr-defined]
+                row = conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+            assert row["idle_in_transaction_session_timeout"] == expected, url
+        finally:
+            store.close()
+
+
+def test_doctor_warns_when_nothing_bounds_an_idle_transaction_behind_the_pooler(
+        bouncer: tuple[str, str, str]) -> None:
+    pooled, _, _ = bouncer
+    store = open_store(pooled)
+    try:
+        def findings() -> list[str]:
+            ctx = Context(store=store, url=pooled, env="dev", environ={})
+            return [f.message for f in run_checks(ctx)[1] if f.check == "idle_transactions"]
+
+        [message] = findings()
+        assert "PgBouncer's idle_transaction_timeout is 0" in message
+        console = pooled.rpartition("/")[0] + "/pgbouncer"
+        with psycopg.connect(console, autocommit=True) as conn:
+            conn.execute("SET idle_transaction_timeout = 10")
+        assert findings() == []
+    finally:
+        store.close()
 
 
 def test_a_worker_refuses_without_a_direct_url(bouncer: tuple[str, str, str]) -> None:

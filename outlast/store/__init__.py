@@ -24,6 +24,7 @@ def open_store(url: str | None = None, clock: Clock | None = None) -> Store:
         return SQLiteStore(url, clock)
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         try:
+            from ._pg_session import idle_tx_timeout
             from .postgres import PostgresStore
         except ImportError as exc:  # pragma: no cover - depends on installed extras
             raise ConfigurationError(
@@ -31,7 +32,8 @@ def open_store(url: str | None = None, clock: Clock | None = None) -> Store:
             ) from exc
         # Session features (worker life locks, LISTEN) behind a pooler: _pg_session.
         return PostgresStore(url, clock,
-                             direct_url=os.environ.get("OUTLAST_DATABASE_DIRECT_URL") or None)
+                             direct_url=os.environ.get("OUTLAST_DATABASE_DIRECT_URL") or None,
+                             idle_tx_timeout=idle_tx_timeout())
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path.db or postgresql://…",
         field="OUTLAST_DATABASE_URL",

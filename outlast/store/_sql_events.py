@@ -165,6 +165,7 @@ class EventsMixin(SqlCore):
         The caller calls ``_published`` with the batch once the transaction committed."""
         names = sorted({e.name for e in events})
         batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
+        self._before_planning(tx, len(events), len(batch.subscribers))
         plans = _plan(batch, events, planner)
         seqs = self._insert_events(tx, batch, events, plans)
         results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), plans, planner)
@@ -186,6 +187,10 @@ class EventsMixin(SqlCore):
         (``_sql_events_pg``): SQLite has no round trips to save. Whatever a planner
         decides beyond runs and deliveries (cancels, waits, ...) must make it refuse."""
         return None
+
+    def _before_planning(self, tx: Tx, events: int, subscribers: int) -> None:
+        """A backend hook, before a publish plans ``events`` against ``subscribers`` in
+        Python inside its transaction (``_sql_events_pg``: the idle bound)."""
 
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import operator
 import random
@@ -28,7 +29,14 @@ from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
 from ._pg_listen import CHANNEL, ListenMixin
-from ._pg_session import configure_pooled, session_connection
+from ._pg_session import (
+    DEFAULT_IDLE_TX_TIMEOUT,
+    KEEPALIVES,
+    client_keepalives,
+    configure_pooled,
+    session_bounds,
+    session_connection,
+)
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
@@ -150,16 +158,7 @@ class AdvisoryLock:
         # TCP keepalives and a user timeout bound how long a check of the lock can hang
         # on a connection whose peer vanished without a reset (a silent partition): the
         # heartbeat thread runs the check, and must get on to telling the worker.
-        self._conn = session_connection(
-            url,
-            direct_url,
-            "a worker's life lock",
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=15000,
-        )
+        self._conn = session_connection(url, direct_url, "a worker's life lock", **KEEPALIVES)
         self._conn.execute("SELECT pg_advisory_lock(%s)", (key,))
 
     def alive(self) -> bool:
@@ -281,7 +280,8 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         return state is not None and state[:2] in _REFUSED_DATA
 
     def __init__(self, url: str, clock: Clock | None = None, *, max_size: int = 8,
-                 direct_url: str | None = None) -> None:
+                 direct_url: str | None = None,
+                 idle_tx_timeout: float = DEFAULT_IDLE_TX_TIMEOUT) -> None:
         super().__init__()
         self.q = {name: to_psycopg(sql) for name, sql in self.q.items()}
         self.q["notify"] = f"SELECT pg_notify('{CHANNEL}', %(env)s)"
@@ -294,12 +294,17 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         # pool's COMMIT, two round trips), and _transaction's conn.transaction() sends
         # BEGIN and COMMIT itself, as it does without autocommit. _insert_alone switched
         # the mode on and off per trigger, a tenth of the store's Python time in it.
+        # Each new connection is bounded (idle in a transaction, TCP) once, by configure:
+        # see _pg_session.
+        bounds = session_bounds(idle_tx_timeout)
+        self._idle_tx_ms = bounds.get("idle_in_transaction_session_timeout", 0)
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self.url,
             min_size=1,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": True},
-            configure=configure_pooled,
+            kwargs={"row_factory": dict_row, "autocommit": True,
+                    **client_keepalives(self.url)},
+            configure=functools.partial(configure_pooled, bounds=bounds),
             open=True,
         )
         self.clock = clock or DatabaseClock(self._pool)

@@ -33,8 +33,9 @@ def test_a_frozen_worker_commits_nothing_for_runs_taken_over(
         20, fleet,
     )
     # Frozen outside a transaction (checked, else retried), as tests/test_crash.py's stale
-    # worker is: frozen inside one it would hold PostgreSQL row locks or SQLite's write
-    # lock, and the peer could not claim until it thawed (noted in bench/README.md).
+    # worker is: frozen inside one it would hold SQLite's write lock, and the peer could
+    # not claim until it thawed; on PostgreSQL its row locks, until the server ended the
+    # session (OUTLAST_PG_IDLE_TX_TIMEOUT: test_frozen_in_transaction.py).
     _freeze(fleet, frozen, "sqlite" if fleet.db_url.startswith("sqlite") else "postgres",
             _APPNAME)
     try:

@@ -2334,3 +2334,8 @@ WHERE id IN (SELECT id FROM runs WHERE env = :env AND hooks_due = 1
              AND task_id = ANY(:task_ids) AND (version = :version OR version IS NULL)
              LIMIT 100 FOR UPDATE SKIP LOCKED)
 RETURNING *;
+
+-- For the rest of this transaction only: how long the session may idle in it before the
+-- server ends it (a publish with much to plan, _sql_events_pg). :ms is text.
+-- name: allow_idle_in_transaction [postgres]
+SELECT set_config('idle_in_transaction_session_timeout', :ms, true) AS ms;
