@@ -119,6 +119,18 @@ class SqlCore(Store):
         """``_insert_runs`` for runs some of which join a debounce or batch group
         (``_sql_groups.GroupsMixin``)."""
 
+    def _insert_keyed(self, tx: Tx, r: NewRun, now: float) -> TriggerResult:
+        """Insert a run with an idempotency key, or find the active run holding the key
+        (``is_cached``), after releasing a key whose TTL passed or whose run ended without
+        success. A backend hook: PostgreSQL's planner may read the key's run through the
+        wrong index (see ``postgres._insert_keyed``)."""
+        key = {"env": r.env, "task_id": r.task_id, "idempotency_key": r.idempotency_key}
+        tx.x("release_idempotency_key", now=now, **key)
+        if tx.q("insert_run_idempotent", **self._run_row(r, now)):
+            return TriggerResult(r.id, False)
+        existing = tx.q("find_idempotent_run", **key)
+        return TriggerResult(existing[0]["id"], True)
+
     def _insert_runs(self, tx: Tx, runs: Sequence[NewRun], now: float) -> list[TriggerResult]:
         if any(r.group is not None for r in runs):
             return self._insert_grouped(tx, runs, now)
@@ -131,14 +143,10 @@ class SqlCore(Store):
                 inserted.append(r)
                 results.append(TriggerResult(r.id, False))
                 continue
-            key = {"env": r.env, "task_id": r.task_id, "idempotency_key": r.idempotency_key}
-            tx.x("release_idempotency_key", now=now, **key)
-            if tx.q("insert_run_idempotent", **self._run_row(r, now)):
+            result = self._insert_keyed(tx, r, now)
+            if not result.is_cached:
                 inserted.append(r)
-                results.append(TriggerResult(r.id, False))
-            else:
-                existing = tx.q("find_idempotent_run", **key)
-                results.append(TriggerResult(existing[0]["id"], True))
+            results.append(result)
         if plain:
             self._insert_plain(tx, plain, now)
         tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]

@@ -2339,3 +2339,25 @@ RETURNING *;
 -- server ends it (a publish with much to plan, _sql_events_pg). :ms is text.
 -- name: allow_idle_in_transaction [postgres]
 SELECT set_config('idle_in_transaction_session_timeout', :ms, true) AS ms;
+
+-- A keyed trigger on PostgreSQL (_insert_keyed): insert, or take the active run holding
+-- the key through the unique index itself, releasing it if its TTL passed or it ended
+-- without success (RETURNING idempotency_active 0). Holding it rewrites the row with the
+-- same values: a HOT update, on the retried-trigger path only.
+-- name: upsert_run_idempotent [postgres]
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
+    created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
+    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id, version
+) VALUES (
+    :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
+    :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at, 1,
+    :now, :now, :available_at, :ready_at, :delay_until, :ttl_expires_at, :max_duration,
+    :parent_id, :root_id, :depth, :replayed_from, :parent_waitpoint_id, :version
+)
+ON CONFLICT (env, task_id, idempotency_key) WHERE idempotency_active = 1
+DO UPDATE SET idempotency_active = CASE
+    WHEN runs.idempotency_expires_at <= :now
+         OR runs.status IN ('FAILED', 'CANCELED', 'EXPIRED', 'TIMED_OUT') THEN 0 ELSE 1 END
+RETURNING id, idempotency_active;
