@@ -77,10 +77,15 @@ def _plan(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner
     plans: dict[str, _Plan] = {}
     for e in events:
         if e.id not in plans:
-            record = EventRecord(seq=0, id=e.id, env=batch.env, name=e.name,
-                                 data=loads(e.data), created_at=batch.now, data_json=e.data)
-            plans[e.id] = (record, planner.fan_out(record, batch.subscribers, replay=False))
+            plans[e.id] = plan_event(batch, e, planner)
     return plans
+
+
+def plan_event(batch: _Batch, e: NewEvent, planner: EventPlanner) -> _Plan:
+    """One event's record (its seq not known yet) and fan-out."""
+    record = EventRecord(seq=0, id=e.id, env=batch.env, name=e.name, data=loads(e.data),
+                         created_at=batch.now, data_json=e.data)
+    return record, planner.fan_out(record, batch.subscribers, replay=False)
 
 
 def fanout_json(plan: Sequence[Fanout]) -> str:
@@ -165,8 +170,7 @@ class EventsMixin(SqlCore):
         The caller calls ``_published`` with the batch once the transaction committed."""
         names = sorted({e.name for e in events})
         batch = _Batch(env, self._lock_and_subscribers(tx, env, names, now), now)
-        plans = _plan(batch, events, planner)
-        seqs = self._insert_events(tx, batch, events, plans)
+        plans, seqs = self._plan_and_insert(tx, batch, events, planner)
         results = [self._publish_one(tx, batch, e, seqs.pop(e.id, None), plans, planner)
                    for e in events]
         self._flush(tx, batch)
@@ -217,6 +221,13 @@ class EventsMixin(SqlCore):
         if cache is None:
             cache = self.__dict__["_ev_subs"] = {}
         return cache
+
+    def _plan_and_insert(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                         planner: EventPlanner) -> tuple[dict[str, _Plan], dict[str, int]]:
+        """Plan each distinct event's fan-out, then insert the events (``_insert_events``).
+        A backend hook: PostgreSQL plans while its COPY of the events streams."""
+        plans = _plan(batch, events, planner)
+        return plans, self._insert_events(tx, batch, events, plans)
 
     def _insert_events(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
                        plans: dict[str, _Plan]) -> dict[str, int]:

@@ -2318,3 +2318,28 @@ SELECT id, secret FROM alert_rules WHERE substr(secret, 1, 6) = 'whsec_';
 -- Only if it is still the plaintext: two processes sealing at once write one token.
 -- name: seal_alert_secret
 UPDATE alert_rules SET secret = :sealed WHERE id = :id AND secret = :plaintext;
+
+-- Events by COPY (issue 20's bulk publish; store/_sql_events_pg.py) --------------------------
+
+-- PostgreSQL, a batch of :n events about to be copied: their sequence numbers, drawn from
+-- the events' identity sequence as an INSERT would draw them, and the pending waits for
+-- their names. Read after the names' locks (so the snapshot holds every wait registered
+-- before, as ev_insert_batch_and_waits). Seq rows have a seq, wait rows a waitpoint_id.
+-- name: ev_seqs_and_waits [postgres]
+SELECT nextval(pg_get_serial_sequence('events', 'seq')) AS seq, NULL AS waitpoint_id,
+       NULL AS name, NULL AS match_path, NULL AS match_value, NULL AS expr,
+       NULL AS created_at
+FROM generate_series(1, :n)
+UNION ALL
+SELECT NULL, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr, w.created_at
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY created_at, waitpoint_id;
+
+-- PostgreSQL, a batch's events (distinct ids, their seqs drawn by ev_seqs_and_waits). No
+-- ON CONFLICT: an id still deduplicating (events_dedup) fails the COPY, which the
+-- publisher rolls back to its savepoint before taking the INSERT path. Keep the column
+-- order with _sql_events_pg._EVENT_TYPES.
+-- name: ev_copy [postgres]
+COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+             fanout) FROM STDIN (FORMAT BINARY);
