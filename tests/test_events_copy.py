@@ -1,8 +1,8 @@
 """A batch publish keeps its guarantees whichever way its events are written.
 
 PostgreSQL copies a batch's events (COPY, no ON CONFLICT) with sequence numbers drawn
-ahead; an id still deduplicating fails the COPY, which rolls back to a savepoint, and the
-batch takes the INSERT path. These tests hold on both backends: a retried batch creates
+ahead; an id still deduplicating fails the COPY, the transaction rolls back, and the batch
+is published again by the INSERT path. These tests hold on both backends: a retried batch creates
 nothing new and answers with the first runs; a batch mixing new, taken, repeated and
 expired ids runs exactly the new ones; an event id a concurrent publisher holds
 uncommitted is a duplicate once it commits (the race), and a new event if it rolls back;

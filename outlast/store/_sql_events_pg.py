@@ -1,13 +1,16 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
-(``ev_publish_alone``); a batch's events (each with its fan-out) go in one statement with
-the waits for their names; a publish locks its names and reads the task fingerprint in
-one, and a single event is inserted by the statement that reads the waits for its name.
+(``ev_publish_alone``); a batch's events (each with its fan-out) go by COPY, each planned
+as its row is written (``_plan_and_insert``), or when one of their ids is taken in one
+INSERT with the waits for their names; a publish locks its names and reads the task
+fingerprint in one, and a single event is inserted by the statement that reads the waits
+for its name.
 Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -20,7 +23,6 @@ from ._sql_events import (
     _Batch,
     _event_rows,
     _Plan,
-    _plan,
     fanout_json,
     plan_event,
 )
@@ -31,6 +33,15 @@ _NOT_COLUMNS = ("now",)
 # ev_copy's columns' types, in its order (binary COPY sends values typed).
 _EVENT_TYPES = ("int8", "text", "text", "text", "text", "float8", "float8", "int4", "float8",
                 "text")
+
+
+class _Taken(Exception):
+    """A batch's COPY met an event id still deduplicating: its transaction rolls back."""
+
+
+# Whether a batch's events may go by COPY: in publish_events's own transaction (which it
+# publishes again on _Taken), not in another caller's (_publish_in), nor again.
+_COPYING: ContextVar[bool] = ContextVar("outlast_events_copying", default=False)
 
 
 class PgEventsMixin(EventsMixin):
@@ -117,16 +128,30 @@ class PgEventsMixin(EventsMixin):
             seqs.update(self._insert_event_rows(tx, batch, [fresh[i] for i in taken]))
         return seqs
 
+    def publish_events(self, env: str, events: Sequence[NewEvent], planner: EventPlanner
+                       ) -> list[PublishResult]:
+        copying = _COPYING.set(True)
+        try:
+            return super().publish_events(env, events, planner)
+        except _Taken:
+            # The batch's COPY met an id still deduplicating (a retry; a concurrent
+            # publisher's, once it committed) and its transaction rolled back: again, its
+            # events by INSERT, which tells duplicates from ids past their window.
+            _COPYING.set(False)
+            return super().publish_events(env, events, planner)
+        finally:
+            _COPYING.reset(copying)
+
     def _plan_and_insert(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
                          planner: EventPlanner) -> tuple[dict[str, _Plan], dict[str, int]]:
         # A batch's events go by COPY, each planned as its row is written: the server
         # inserts the rows sent while the next ones are planned (an INSERT … ON CONFLICT …
         # RETURNING of the batch, planned first, cost the server about twice the COPY, and
-        # waited for the whole plan). COPY has no ON CONFLICT: an id still deduplicating
-        # fails it, back to its savepoint, and the batch takes the INSERT path with the
-        # same plans (ev_insert_batch_and_waits tells duplicates from ids past their
-        # window). Sequence numbers are drawn ahead, as an INSERT draws them, in order.
-        if len(events) == 1:
+        # waited for the whole plan). Sequence numbers are drawn ahead, as an INSERT draws
+        # them, in order. COPY has no ON CONFLICT: a taken id fails it (_Taken), and
+        # publish_events publishes the batch again by INSERT. No savepoint to fall back to
+        # in this transaction: two round trips a batch, for a retried batch's sake.
+        if len(events) == 1 or not _COPYING.get():
             return super()._plan_and_insert(tx, batch, events, planner)
         env, now = batch.env, batch.now
         distinct = len({e.id for e in events})
@@ -144,9 +169,7 @@ class PgEventsMixin(EventsMixin):
         seqs: dict[str, int] = {}
         conn = tx.conn  # type: ignore[attr-defined]  # PostgresStore's _Tx
         try:
-            # The savepoint: a taken id (a retry; a concurrent publisher's, once it
-            # commits) undoes the COPY only, not the names' locks.
-            with conn.transaction(), conn.cursor() as cur, cur.copy(self.q["ev_copy"]) as copy:
+            with conn.cursor() as cur, cur.copy(self.q["ev_copy"]) as copy:
                 copy.set_types(_EVENT_TYPES)
                 for e in events:
                     if e.id in plans:  # a repeat within the batch: the first one counts
@@ -155,10 +178,8 @@ class PgEventsMixin(EventsMixin):
                     seq = seqs[e.id] = drawn[len(seqs)]
                     copy.write_row((seq, env, e.id, e.name, e.data, now, now + e.dedup_seconds,
                                     1, now + e.retention_seconds, fanout_json(plan)))
-        except psycopg.errors.UniqueViolation:
-            # Planned up to the failure: the rest now.
-            plans.update(_plan(batch, [e for e in events if e.id not in plans], planner))
-            return plans, self._insert_events(tx, batch, events, plans)
+        except psycopg.errors.UniqueViolation as exc:
+            raise _Taken from exc
         batch.waits.update(waits)
         return plans, seqs
 
