@@ -20,7 +20,10 @@ import pytest
 
 from outlast import task
 from outlast._clock import FakeClock
+from outlast._events import Planner
 from outlast.client import Client
+from outlast.store._events_base import EventRecord, Fanout, NewEvent, PublishResult
+from outlast.store._sql_events import _Batch, plan_event
 from outlast.store.base import Store
 
 
@@ -179,3 +182,20 @@ def test_a_batch_resumes_the_waits_on_its_names(store: Store, client: Client) ->
     rows = _rows(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_copy'")
     assert rows[0]["status"] == "completed", rows
     assert '"w2"' in rows[0]["output"]
+
+
+
+def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
+    store: Store, client: Client
+) -> None:
+    """A batch builds them without their frozen __init__ (once per event or run): each
+    must still have every field its constructor sets (a dataclass compares them all)."""
+    store.publish_tasks("dev", [first.definition()])
+    [result] = client.publish_many(_batch(["c1", "c2"]))[:1]
+    assert result == PublishResult("c1", False, result.run_ids)
+    batch = _Batch("dev", store.list_tasks("dev"), 5.0)
+    event = NewEvent("c3", "copy.signup", '{"id": "c3"}', 60.0, 120.0)
+    record, [fan] = plan_event(batch, event, Planner("dev"))
+    assert record == EventRecord(seq=0, id="c3", env="dev", name="copy.signup",
+                                 data={"id": "c3"}, created_at=5.0, data_json=event.data)
+    assert fan == Fanout(first.id, "run", run=fan.run, reason=None)
