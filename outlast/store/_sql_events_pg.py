@@ -150,7 +150,8 @@ class PgEventsMixin(EventsMixin):
         # waited for the whole plan). Sequence numbers are drawn ahead, as an INSERT draws
         # them, in order. COPY has no ON CONFLICT: a taken id fails it (_Taken), and
         # publish_events publishes the batch again by INSERT. No savepoint to fall back to
-        # in this transaction: two round trips a batch, for a retried batch's sake.
+        # in this transaction: it would cost every batch two round trips, for the sake of
+        # a retried one.
         if len(events) == 1 or not _COPYING.get():
             return super()._plan_and_insert(tx, batch, events, planner)
         env, now = batch.env, batch.now

@@ -2337,9 +2337,9 @@ WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pend
 ORDER BY created_at, waitpoint_id;
 
 -- PostgreSQL, a batch's events (distinct ids, their seqs drawn by ev_seqs_and_waits). No
--- ON CONFLICT: an id still deduplicating (events_dedup) fails the COPY, which the
--- publisher rolls back to its savepoint before taking the INSERT path. Keep the column
--- order with _sql_events_pg._EVENT_TYPES.
+-- ON CONFLICT: an id still deduplicating (events_dedup) fails the COPY and the publish's
+-- transaction, and the publisher publishes the batch again by INSERT
+-- (ev_insert_batch_and_waits). Keep the column order with _sql_events_pg._EVENT_TYPES.
 -- name: ev_copy [postgres]
 COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
              fanout) FROM STDIN (FORMAT BINARY);
