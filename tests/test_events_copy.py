@@ -191,8 +191,9 @@ def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     """A batch builds them without their frozen __init__ (once per event or run): each
     must still have every field its constructor sets (a dataclass compares them all)."""
     store.publish_tasks("dev", [first.definition()])
-    [result] = client.publish_many(_batch(["c1", "c2"]))[:1]
-    assert result == PublishResult("c1", False, result.run_ids)
+    results = client.publish_many(_batch(["c1", "c2"]))
+    assert results == [PublishResult(r.id, False, r.run_ids) for r in results]
+    assert results[0].id == "c1" and len(results[0].run_ids) == 1
     batch = _Batch("dev", store.list_tasks("dev"), 5.0)
     event = NewEvent("c3", "copy.signup", '{"id": "c3"}', 60.0, 120.0)
     record, [fan] = plan_event(batch, event, Planner("dev"))
