@@ -379,7 +379,9 @@ class Planner(EventPlanner):
         run.payload = payload
         run.metadata = metadata
         run.tags = list(run.tags)
-        return Fanout(td.id, "run", run=run, reason=reason)
+        fan = object.__new__(Fanout)  # as for the run: no frozen __init__, per run planned
+        fan.__dict__.update(task_id=td.id, outcome="run", run=run, reason=reason)
+        return fan
 
     def subscription(self, td: TaskDef) -> Subscription:
         return _about(td, self.env).sub

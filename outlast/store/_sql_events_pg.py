@@ -1,19 +1,31 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
-(``ev_publish_alone``); a batch's events (each with its fan-out) go in one statement with
-the waits for their names; a publish locks its names and reads the task fingerprint in
-one, and a single event is inserted by the statement that reads the waits for its name.
+(``ev_publish_alone``); a batch's events (each with its fan-out) go by COPY, each planned
+as its row is written (``_plan_and_insert``), or when one of their ids is taken in one
+INSERT with the waits for their names; a publish locks its names and reads the task
+fingerprint in one, and a single event is inserted by the statement that reads the waits
+for its name.
 Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
+
+import psycopg
 
 from .._serde import dumps, loads
 from ._events_base import EventPlanner, EventRecord, EventWait, NewEvent, PublishResult
 from ._rows import Tx
-from ._sql_events import EventsMixin, _Batch, _event_rows, _Plan, fanout_json
+from ._sql_events import (
+    EventsMixin,
+    _Batch,
+    _event_rows,
+    _Plan,
+    fanout_json,
+    plan_event,
+)
 from ._types import TaskDef
 
 # _run_row's keys that are not runs columns (the statement sets those itself).
@@ -21,6 +33,18 @@ _NOT_COLUMNS = ("now",)
 # Milliseconds a publish may spend planning one event for one subscriber (a CEL filter
 # took 0.7 ms on 2 shared cores, 1.7 ms profiled) before its session counts as stalled.
 _PLAN_MS = 10
+# ev_copy's columns' types, in its order (binary COPY sends values typed).
+_EVENT_TYPES = ("int8", "text", "text", "text", "text", "float8", "float8", "int4", "float8",
+                "text")
+
+
+class _Taken(Exception):
+    """A batch's COPY met an event id still deduplicating: its transaction rolls back."""
+
+
+# Whether a batch's events may go by COPY: in publish_events's own transaction (which it
+# publishes again on _Taken), not in another caller's (_publish_in), nor again.
+_COPYING: ContextVar[bool] = ContextVar("outlast_events_copying", default=False)
 
 
 class PgEventsMixin(EventsMixin):
@@ -118,6 +142,62 @@ class PgEventsMixin(EventsMixin):
             tx.x("ev_release_keys", env=env, ids=taken, now=now)
             seqs.update(self._insert_event_rows(tx, batch, [fresh[i] for i in taken]))
         return seqs
+
+    def publish_events(self, env: str, events: Sequence[NewEvent], planner: EventPlanner
+                       ) -> list[PublishResult]:
+        copying = _COPYING.set(True)
+        try:
+            return super().publish_events(env, events, planner)
+        except _Taken:
+            # The batch's COPY met an id still deduplicating (a retry; a concurrent
+            # publisher's, once it committed) and its transaction rolled back: again, its
+            # events by INSERT, which tells duplicates from ids past their window.
+            _COPYING.set(False)
+            return super().publish_events(env, events, planner)
+        finally:
+            _COPYING.reset(copying)
+
+    def _plan_and_insert(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
+                         planner: EventPlanner) -> tuple[dict[str, _Plan], dict[str, int]]:
+        # A batch's events go by COPY, each planned as its row is written: the server
+        # inserts the rows sent while the next ones are planned (an INSERT … ON CONFLICT …
+        # RETURNING of the batch, planned first, cost the server about twice the COPY, and
+        # waited for the whole plan). Sequence numbers are drawn ahead, as an INSERT draws
+        # them, in order. COPY has no ON CONFLICT: a taken id fails it (_Taken), and
+        # publish_events publishes the batch again by INSERT. No savepoint to fall back to
+        # in this transaction: it would cost every batch two round trips, for the sake of
+        # a retried one.
+        if len(events) == 1 or not _COPYING.get():
+            return super()._plan_and_insert(tx, batch, events, planner)
+        env, now = batch.env, batch.now
+        distinct = len({e.id for e in events})
+        names = sorted({e.name for e in events})
+        drawn: list[int] = []
+        waits: dict[str, list[EventWait]] = {n: [] for n in names}
+        for r in tx.q("ev_seqs_and_waits", env=env, names=names, n=distinct):
+            if r["seq"] is not None:
+                drawn.append(int(r["seq"]))
+            else:
+                waits[r["name"]].append(EventWait(r["waitpoint_id"], r["name"], r["match_path"],
+                                                  r["match_value"], r["expr"]))
+        drawn.sort()
+        plans: dict[str, _Plan] = {}
+        seqs: dict[str, int] = {}
+        conn = tx.conn  # type: ignore[attr-defined]  # PostgresStore's _Tx
+        try:
+            with conn.cursor() as cur, cur.copy(self.q["ev_copy"]) as copy:
+                copy.set_types(_EVENT_TYPES)
+                for e in events:
+                    if e.id in plans:  # a repeat within the batch: the first one counts
+                        continue
+                    plans[e.id] = (_, plan) = plan_event(batch, e, planner)
+                    seq = seqs[e.id] = drawn[len(seqs)]
+                    copy.write_row((seq, env, e.id, e.name, e.data, now, now + e.dedup_seconds,
+                                    1, now + e.retention_seconds, fanout_json(plan)))
+        except psycopg.errors.UniqueViolation as exc:
+            raise _Taken from exc
+        batch.waits.update(waits)
+        return plans, seqs
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:

@@ -2361,3 +2361,28 @@ DO UPDATE SET idempotency_active = CASE
     WHEN runs.idempotency_expires_at <= :now
          OR runs.status IN ('FAILED', 'CANCELED', 'EXPIRED', 'TIMED_OUT') THEN 0 ELSE 1 END
 RETURNING id, idempotency_active;
+
+-- Events by COPY (issue 20's bulk publish; store/_sql_events_pg.py) --------------------------
+
+-- PostgreSQL, a batch of :n events about to be copied: their sequence numbers, drawn from
+-- the events' identity sequence as an INSERT would draw them, and the pending waits for
+-- their names. Read after the names' locks (so the snapshot holds every wait registered
+-- before, as ev_insert_batch_and_waits). Seq rows have a seq, wait rows a waitpoint_id.
+-- name: ev_seqs_and_waits [postgres]
+SELECT nextval(pg_get_serial_sequence('events', 'seq')) AS seq, NULL AS waitpoint_id,
+       NULL AS name, NULL AS match_path, NULL AS match_value, NULL AS expr,
+       NULL AS created_at
+FROM generate_series(1, :n)
+UNION ALL
+SELECT NULL, w.waitpoint_id, w.name, w.match_path, w.match_value, w.expr, w.created_at
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY created_at, waitpoint_id;
+
+-- PostgreSQL, a batch's events (distinct ids, their seqs drawn by ev_seqs_and_waits). No
+-- ON CONFLICT: an id still deduplicating (events_dedup) fails the COPY and the publish's
+-- transaction, and the publisher publishes the batch again by INSERT
+-- (ev_insert_batch_and_waits). Keep the column order with _sql_events_pg._EVENT_TYPES.
+-- name: ev_copy [postgres]
+COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+             fanout) FROM STDIN (FORMAT BINARY);

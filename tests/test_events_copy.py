@@ -1,0 +1,202 @@
+"""A batch publish keeps its guarantees whichever way its events are written.
+
+PostgreSQL copies a batch's events (COPY, no ON CONFLICT) with sequence numbers drawn
+ahead; an id still deduplicating fails the COPY, the transaction rolls back, and the batch
+is published again by the INSERT path. These tests hold on both backends: a retried batch creates
+nothing new and answers with the first runs; a batch mixing new, taken, repeated and
+expired ids runs exactly the new ones; an event id a concurrent publisher holds
+uncommitted is a duplicate once it commits (the race), and a new event if it rolls back;
+a batch resumes the waits on its names.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from outlast import task
+from outlast._clock import FakeClock
+from outlast._events import Planner
+from outlast.client import Client
+from outlast.store._events_base import EventRecord, Fanout, NewEvent, PublishResult
+from outlast.store._sql_events import _Batch, plan_event
+from outlast.store.base import Store
+
+
+@task(id="copy-first", on=["copy.signup"])
+async def first(payload: Any) -> None: ...
+
+
+@task(id="copy-second", on=["copy.*"])
+async def second(payload: Any) -> None: ...
+
+
+SUBSCRIBERS = (first, second)
+
+
+def _rows(store: Store, sql: str) -> list[Any]:
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        return list(store._raw(tx, sql, {}))  # type: ignore[attr-defined]
+
+
+def _batch(ids: list[str], name: str = "copy.signup") -> list[dict[str, Any]]:
+    return [{"name": name, "data": {"id": i}, "id": i} for i in ids]
+
+
+def _count_fallbacks(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls of the INSERT path for a batch's events (PostgreSQL's fallback from COPY)."""
+    calls: list[int] = []
+    insert = store._insert_events  # type: ignore[attr-defined]
+
+    def counted(tx: Any, batch: Any, events: Any, plans: Any) -> Any:
+        calls.append(len(events))
+        return insert(tx, batch, events, plans)
+
+    monkeypatch.setattr(store, "_insert_events", counted)
+    return calls
+
+
+def test_a_retried_batch_creates_nothing_and_answers_with_the_first_runs(
+    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
+    fallbacks = _count_fallbacks(store, monkeypatch)
+    ids = [f"r{i}" for i in range(50)]
+    first_try = client.publish_many(_batch(ids))
+    assert [r.duplicate for r in first_try] == [False] * 50
+    assert all(len(r.run_ids) == 2 for r in first_try)
+    if backend == "postgres":
+        assert fallbacks == []  # copied
+    retry = client.publish_many(_batch(ids))
+    assert [r.duplicate for r in retry] == [True] * 50
+    assert [sorted(r.run_ids) for r in retry] == [sorted(r.run_ids) for r in first_try]
+    if backend == "postgres":
+        assert fallbacks == [50]  # the COPY failed on a taken id, the INSERT path answered
+    assert len(client.list_runs(limit=1000)) == 100
+    assert _rows(store, "SELECT COUNT(*) AS n FROM events")[0]["n"] == 50
+
+
+def test_a_batch_of_new_taken_repeated_and_expired_ids_runs_the_new_ones_once(
+    store: Store, client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
+    monkeypatch.setenv("OUTLAST_EVENT_DEDUP_SECONDS", "60")
+    old = client.publish_many(_batch(["expired", "spare"]))
+    clock.advance(61)  # "expired" and "spare" stop deduplicating
+    taken = client.publish_many(_batch(["taken", "other"]))
+    results = client.publish_many(
+        _batch(["new1", "taken", "new2", "new1", "expired"])
+        + _batch(["login"], name="copy.login"))
+    assert [r.duplicate for r in results] == [False, True, False, True, False, False]
+    assert sorted(results[1].run_ids) == sorted(taken[0].run_ids)
+    assert results[3].run_ids == results[0].run_ids  # a repeat within the batch
+    assert len(results[4].run_ids) == 2
+    assert set(results[4].run_ids).isdisjoint(old[0].run_ids)  # a new event, new runs
+    assert [len(r.run_ids) for r in results] == [2, 2, 2, 2, 2, 1]  # login: copy.* only
+    assert len(client.list_runs(limit=1000)) == 2 * 2 + 2 * 2 + 2 * 3 + 1
+    logged = client.list_events(limit=100)
+    # Newest first: an id past its window is inserted again after the others (released,
+    # then inserted), as on the INSERT path.
+    assert [e["id"] for e in logged][:4] == ["expired", "login", "new2", "new1"]
+    by_id = {e["id"]: e for e in logged}
+    assert sorted(d["run_id"] for d in by_id["new2"]["deliveries"]) == sorted(
+        results[2].run_ids)
+    seqs = _rows(store, "SELECT id, seq FROM events ORDER BY seq")
+    assert [r["id"] for r in seqs] == ["expired", "spare", "taken", "other", "new1", "new2",
+                                       "login", "expired"]
+
+
+def _hold_event(conn: psycopg.Connection[Any], store: Store, event_id: str) -> None:
+    """Insert an event in an open transaction, as a concurrent publisher (of another
+    name, so no name lock orders the two) has before its commit."""
+    now = store.now()
+    conn.execute(store.q["ev_insert_one"], {  # type: ignore[attr-defined]
+        "env": "dev", "id": event_id, "name": "copy.elsewhere", "data": "{}", "now": now,
+        "dedup_until": now + 3600, "expires_at": now + 7200,
+        "fanout": '[["copy-second", "run_held", "run", null]]'})
+
+
+def _wait_for_lock_waiter(url: str, deadline: float) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the batch never waited for the concurrent publisher")
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_an_id_a_concurrent_publisher_holds_is_a_duplicate_once_it_commits(
+    store: Store, client: Client, db_url: str, backend: str, outcome: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite's write transactions take turns: no insert waits on another")
+    store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
+    fallbacks = _count_fallbacks(store, monkeypatch)
+    with psycopg.connect(db_url) as conn:
+        _hold_event(conn, store, "held")
+        result: list[Any] = []
+        publishing = threading.Thread(
+            target=lambda: result.append(client.publish_many(_batch(["a", "held", "b"]))))
+        publishing.start()
+        try:
+            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+        finally:
+            conn.commit() if outcome == "commit" else conn.rollback()
+            publishing.join(30)
+    assert result, "the batch publish did not return"
+    a, held, b = result[0]
+    assert not a.duplicate and not b.duplicate
+    assert len(a.run_ids) == 2 and len(b.run_ids) == 2
+    if outcome == "commit":
+        assert held.duplicate and held.run_ids == ["run_held"]  # the other's runs
+        assert fallbacks == [3]  # the COPY failed on the id, the INSERT path answered
+        assert len(client.list_runs(limit=100)) == 4
+    else:
+        assert not held.duplicate and len(held.run_ids) == 2
+        assert fallbacks == []  # the COPY went through once the other rolled back
+        assert len(client.list_runs(limit=100)) == 6
+    counts = _rows(store, "SELECT id, COUNT(*) AS n FROM events GROUP BY id ORDER BY id")
+    assert [(r["id"], r["n"]) for r in counts] == [("a", 1), ("b", 1), ("held", 1)]
+
+
+def test_a_batch_resumes_the_waits_on_its_names(store: Store, client: Client) -> None:
+    store.publish_tasks("dev", [first.definition()])
+    now = store.now()
+    with store._transaction() as tx:  # type: ignore[attr-defined]  # as register_event_wait
+        tx.x("insert_waitpoint", id="wp_copy", env="dev", kind="event", run_id=None,
+             timeout_at=None, idempotency_key=None, idempotency_expires_at=None, tags="[]",
+             pending_children=0, now=now)
+        tx.x("ev_insert_wait", waitpoint_id="wp_copy", env="dev", name="copy.signup",
+             match_path="data.id", match_value='"w2"', expr=None, now=now)
+    results = client.publish_many(_batch(["w1", "w2", "w3"]))
+    assert [len(r.run_ids) for r in results] == [1, 1, 1]  # copy-first's
+    rows = _rows(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_copy'")
+    assert rows[0]["status"] == "completed", rows
+    assert '"w2"' in rows[0]["output"]
+
+
+
+def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
+    store: Store, client: Client
+) -> None:
+    """A batch builds them without their frozen __init__ (once per event or run): each
+    must still have every field its constructor sets (a dataclass compares them all)."""
+    store.publish_tasks("dev", [first.definition()])
+    results = client.publish_many(_batch(["c1", "c2"]))
+    assert results == [PublishResult(r.id, False, r.run_ids) for r in results]
+    assert results[0].id == "c1" and len(results[0].run_ids) == 1
+    batch = _Batch("dev", store.list_tasks("dev"), 5.0)
+    event = NewEvent("c3", "copy.signup", '{"id": "c3"}', 60.0, 120.0)
+    record, [fan] = plan_event(batch, event, Planner("dev"))
+    assert record == EventRecord(seq=0, id="c3", env="dev", name="copy.signup",
+                                 data={"id": "c3"}, created_at=5.0, data_json=event.data)
+    assert fan == Fanout(first.id, "run", run=fan.run, reason=None)
