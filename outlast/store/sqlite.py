@@ -40,6 +40,7 @@ from .._errors import ConfigurationError
 from .._serde import dumps
 from ._rows import Row
 from ._sql import SqlStore
+from ._sql_events_sqlite import SqliteEventsMixin
 from .base import NewRun
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class LifeLock:
             os.close(self._fd)
 
 
-class SQLiteStore(SqlStore):
+class SQLiteStore(SqliteEventsMixin, SqlStore):
     dialect = "sqlite"
     backend = "sqlite"
 

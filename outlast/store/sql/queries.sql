@@ -2318,3 +2318,19 @@ SELECT id, secret FROM alert_rules WHERE substr(secret, 1, 6) = 'whsec_';
 -- Only if it is still the plaintext: two processes sealing at once write one token.
 -- name: seal_alert_secret
 UPDATE alert_rules SET secret = :sealed WHERE id = :id AND secret = :plaintext;
+
+-- SQLite, a single publish planned with the subscribers this process read last: the event
+-- (no row if its id is taken), whether any run waits on its name (as ev_insert_one) and
+-- the task fingerprint to check that plan against (keep it the same text as
+-- ev_tasks_version), in one statement of the publish's transaction.
+-- name: ev_insert_alone [sqlite]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq,
+    EXISTS (SELECT 1 FROM event_waits w WHERE w.env = :env AND w.name = :name) AS waiting,
+    (SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+         t.id || '|' || t.queue || '|' || COALESCE(t.payload_schema, '') || '|' || t.spec
+         || '|' || t.updated_at)), 0)
+     FROM tasks t WHERE t.env = :env) AS v;
