@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outlast import CancelOn, task
+from outlast import CancelOn, Retry, task
 from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunStatus
@@ -36,6 +36,11 @@ async def first(payload: Any) -> None: ...
 
 @task(id="fast-second", on=["fast.*"])
 async def second(payload: Any) -> None: ...
+
+
+@task(id="fast-limited", on=["fast.limited"], queue="fast-q", max_duration=90.5,
+      retry=Retry(max_attempts=7))
+async def limited(payload: Any) -> None: ...
 
 
 def _one(store: Store, sql: str, params: dict[str, Any]) -> list[Any]:
@@ -156,10 +161,10 @@ def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transa
         store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
         q.update(general)
     assert sorted(client.retrieve(r).task_id for r in created) == [first.id, second.id]
-    # One transaction: the event, its two runs (one prepared statement), the wait.
+    # One transaction: the event, its two runs (one statement), the wait.
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
     assert sum(s.lstrip().startswith("INSERT INTO events") for s in sent) == 1, sent
-    assert sum(s.lstrip().startswith("INSERT INTO runs") for s in sent) == 2, sent
+    assert sum(s.lstrip().startswith("INSERT INTO runs") for s in sent) == 1, sent
     rows = _one(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_fast'", {})
     assert rows[0]["status"] == "completed", rows
     assert "evt_fast" in rows[0]["output"]
@@ -170,3 +175,19 @@ def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transa
     assert again.duplicate and sorted(again.run_ids) == sorted(created)
     count = _one(store, "SELECT COUNT(*) AS n FROM runs WHERE task_id = :t", {"t": first.id})
     assert int(count[0]["n"]) == 2
+
+
+def test_a_fan_out_run_has_the_row_a_trigger_of_the_same_task_writes(
+    store: Store, client: Client
+) -> None:
+    # SQLite writes a fan-out's runs with their own statement (ev_insert_runs): every
+    # column but the id, the payload and the metadata is what insert_run writes.
+    store.publish_tasks("dev", [limited.definition()])
+    for _ in range(2):  # the general path, then the single publish's
+        published = client.publish("fast.limited", {"n": 1}).run_ids[0]
+        triggered = client.trigger(limited, {"n": 1}).id
+        rows = {r["id"]: r for r in _one(
+            store, "SELECT * FROM runs WHERE id IN (:a, :b)", {"a": published, "b": triggered})}
+        differ = {k for k in rows[published] if rows[published][k] != rows[triggered][k]}
+        assert differ == {"id", "metadata"}, differ
+        assert rows[published]["max_duration"] == 90.5 and rows[published]["max_attempts"] == 7

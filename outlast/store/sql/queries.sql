@@ -2334,3 +2334,24 @@ RETURNING seq,
          t.id || '|' || t.queue || '|' || COALESCE(t.payload_schema, '') || '|' || t.spec
          || '|' || t.updated_at)), 0)
      FROM tasks t WHERE t.env = :env) AS v;
+
+-- SQLite, the runs of a publish that need nothing but their rows (no tags, keys, delay,
+-- parent or group: see _sql_events_sqlite._lean), in one statement from a JSON array of
+-- [id, task_id, queue, payload, metadata, max_attempts, priority, concurrency_key, ttl,
+-- max_duration, depth, version] arrays: the columns every such run leaves NULL are not
+-- bound one by one, as insert_run's 28 named parameters are per run. Keep the columns and
+-- their values in sync with insert_run and SqlCore._run_row.
+-- name: ev_insert_runs [sqlite]
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_active, created_at, updated_at, available_at,
+    ready_at, ttl_expires_at, max_duration, depth, version
+)
+SELECT json_extract(value, '$[0]'), :env, json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), 'QUEUED', json_extract(value, '$[3]'),
+       json_extract(value, '$[4]'), '[]', 1, json_extract(value, '$[5]'),
+       json_extract(value, '$[6]'), json_extract(value, '$[7]'), 0, :now, :now, :now,
+       :now - json_extract(value, '$[6]'), :now + json_extract(value, '$[8]'),
+       json_extract(value, '$[9]'), json_extract(value, '$[10]'),
+       json_extract(value, '$[11]')
+FROM json_each(:rows);
