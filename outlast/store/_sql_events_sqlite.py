@@ -50,8 +50,8 @@ class SqliteEventsMixin(EventsMixin):
         runs = [f.run for f in plan if f.run is not None]
         if not all(_lean(r) for r in runs):
             return None
-        batch = _Batch(env, subscribers, now)
         result: PublishResult | None = None
+        woke = bool(runs)
         with contextlib.suppress(_Refused), self._transaction() as tx:
             found = tx.q("ev_insert_alone", env=env, id=event.id, name=event.name,
                          data=event.data, now=now, dedup_until=now + event.dedup_seconds,
@@ -60,15 +60,18 @@ class SqliteEventsMixin(EventsMixin):
                 raise _Refused  # rolls the event back
             if runs:
                 self._insert_lean(tx, env, runs, now)
-                batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in runs)
-                batch.woke = True
             if found[0]["waiting"]:
+                batch = _Batch(env, subscribers, now)
                 object.__setattr__(record, "seq", int(found[0]["seq"]))
-                self._resume_waits(tx, batch, record, planner)  # wakes what it resumed
+                self._resume_waits(tx, batch, record, planner)  # notifies what it resumed
+                woke = woke or batch.woke
             result = PublishResult(event.id, False, [r.id for r in runs])
         if result is None:
             return None
-        self._published(batch)  # committed
+        # Committed (as _published): the queue and slot rows exist, wake this process.
+        self._ensured.update((r.env, r.queue, r.concurrency_key) for r in runs)
+        if woke:
+            self.wake_local()
         return result
 
     def _flush(self, tx: Tx, batch: _Batch) -> None:
