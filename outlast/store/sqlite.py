@@ -52,10 +52,6 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
-def _crc32(text: str | None) -> int:
-    return zlib.crc32((text or "").encode())
-
-
 class _Tx:
     def __init__(self, conn: sqlite3.Connection, queries: Mapping[str, str]) -> None:
         self.conn = conn
@@ -129,8 +125,10 @@ class SQLiteStore(SqliteEventsMixin, SqlStore):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.row_factory = _dict_row
-        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events).
-        self._conn.create_function("outlast_crc32", 1, _crc32, deterministic=True)
+        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events),
+        # over the row's text as a BLOB: zlib's C function is called without a Python
+        # frame or a str round trip, once per task row on every publish.
+        self._conn.create_function("outlast_crc32", 1, zlib.crc32, deterministic=True)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={sync}")
         self._conn.execute("PRAGMA busy_timeout=30000")

@@ -2011,9 +2011,9 @@ SELECT DISTINCT env FROM alert_rules WHERE event = :event ORDER BY env;
 -- read and reads them again only when this changed. A hash of every row, whoever wrote
 -- it (SQLite's outlast_crc32 is a function the store registers on its connection).
 -- name: ev_tasks_version
-SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
     id || '|' || queue || '|' || COALESCE(payload_schema, '') || '|' || spec || '|'
-    || updated_at)), 0) AS v
+    || updated_at AS BLOB))), 0) AS v
 FROM tasks WHERE env = :env;
 
 -- name: ev_tasks_version [postgres]
@@ -2330,9 +2330,9 @@ VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq,
     EXISTS (SELECT 1 FROM event_waits w WHERE w.env = :env AND w.name = :name) AS waiting,
-    (SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+    (SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
          t.id || '|' || t.queue || '|' || COALESCE(t.payload_schema, '') || '|' || t.spec
-         || '|' || t.updated_at)), 0)
+         || '|' || t.updated_at AS BLOB))), 0)
      FROM tasks t WHERE t.env = :env) AS v;
 
 -- SQLite, the runs of a publish that need nothing but their rows (no tags, keys, delay,
