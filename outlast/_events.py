@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _limits, _serde
 from ._config import _float, settings
@@ -251,6 +251,40 @@ def _about(td: TaskDef, env: str) -> _Known:
     return known
 
 
+_F = TypeVar("_F")
+# What planners worked out about one list of subscribers, by (id(list), env): the plain
+# subscribers per event name, and those with a cancel_on (``Planner``).
+_Plain = dict[str, tuple[_Known, ...] | None]
+_plain_by_list: dict[tuple[int, str], tuple[Sequence[TaskDef], _Plain]] = {}
+_cancel_by_list: dict[tuple[int, str], tuple[Sequence[TaskDef], list[TaskDef]]] = {}
+
+
+def _runs_on(known: _Known, name: str) -> bool:
+    """Whether the task runs on events named ``name`` (remembered per definition)."""
+    hit = known.names.get(name)
+    if hit is None:
+        if len(known.names) > 1024:
+            known.names.clear()
+        hit = known.names[name] = known.sub.runs_on(name)
+    return hit
+
+
+def _facts(cache: dict[tuple[int, str], tuple[Sequence[TaskDef], _F]],
+           subscribers: Sequence[TaskDef], env: str, make: Callable[[], _F]
+           ) -> tuple[Sequence[TaskDef], _F]:
+    """``cache``'s entry for ``subscribers``, made if new. Shared by every planner, each
+    of which lives for one publish: the store hands each one the same list until the
+    definitions change (``_sql_events._subscribers``). The entry holds the list, so its
+    id is not reused while the entry stands."""
+    key = (id(subscribers), env)
+    found = cache.get(key)
+    if found is None or found[0] is not subscribers:
+        if len(cache) > 64:
+            cache.clear()
+        found = cache[key] = (subscribers, make())
+    return found
+
+
 def _cel_event(envelope: dict[str, Any]) -> dict[str, Any]:
     """The activation of a CEL program over ``event`` (converted once per event)."""
     from celpy.adapter import json_to_cel
@@ -302,12 +336,7 @@ class Planner(EventPlanner):
         name = event.name
         for td in subscribers:
             known = _about(td, self.env)
-            hit = known.names.get(name)
-            if hit is None:
-                if len(known.names) > 1024:
-                    known.names.clear()
-                hit = known.names[name] = known.sub.runs_on(name)
-            if not hit:
+            if not _runs_on(known, name):
                 continue
             expr = known.sub.if_
             if expr:  # only subscribers with a filter, and only for names they run on
@@ -336,14 +365,14 @@ class Planner(EventPlanner):
         event as it is (no if_, no payload type, no debounce or batch); else None."""
         cached = self._plain
         if cached is None or cached[0] is not subscribers:
-            cached = self._plain = (subscribers, {})
+            cached = self._plain = _facts(_plain_by_list, subscribers, self.env, dict)
         by_name = cached[1]
         if name in by_name:
             return by_name[name]
         found: list[_Known] = []
         for td in subscribers:
             known = _about(td, self.env)
-            if not known.sub.runs_on(name):
+            if not _runs_on(known, name):
                 continue
             if known.sub.if_ or known.sub.group is not None or td.payload_schema:
                 by_name[name] = None
@@ -391,8 +420,10 @@ class Planner(EventPlanner):
         the same list)."""
         cached = self._with_cancel
         if cached is None or cached[0] is not subscribers:
-            cached = self._with_cancel = (
-                subscribers, [td for td in subscribers if _about(td, self.env).sub.cancel_on])
+            env = self.env
+            cached = self._with_cancel = _facts(
+                _cancel_by_list, subscribers, env,
+                lambda: [td for td in subscribers if _about(td, env).sub.cancel_on])
         return cached[1]
 
     def cancel_matches(

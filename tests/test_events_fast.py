@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outlast import CancelOn, task
+from outlast import CancelOn, Retry, task
 from outlast._clock import FakeClock
 from outlast.client import Client
 from outlast.runs import RunStatus
@@ -36,6 +36,11 @@ async def first(payload: Any) -> None: ...
 
 @task(id="fast-second", on=["fast.*"])
 async def second(payload: Any) -> None: ...
+
+
+@task(id="fast-limited", on=["fast.limited"], queue="fast-q", max_duration=90.5,
+      retry=Retry(max_attempts=7))
+async def limited(payload: Any) -> None: ...
 
 
 def _one(store: Store, sql: str, params: dict[str, Any]) -> list[Any]:
@@ -128,3 +133,61 @@ def test_a_wait_registered_while_a_single_publish_waits_for_the_lock_is_resumed(
     rows = _one(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_fast'", {})
     assert rows[0]["status"] == "completed", rows
     assert '"n": 1' in rows[0]["output"] or '"n":1' in rows[0]["output"]
+
+
+def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transaction(
+    store: Store, client: Client, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("SQLite's single publish; PostgreSQL's is the statement tested above")
+    store.publish_tasks("dev", [first.definition(), second.definition()])
+    client.publish("fast.signup", {"n": 0})  # the subscribers are cached: the fast path
+    q = store.q  # type: ignore[attr-defined]
+    now = store.now()
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        tx.x("insert_waitpoint", id="wp_fast", env="dev", kind="event", run_id=None,
+             timeout_at=None, idempotency_key=None, idempotency_expires_at=None,
+             tags="[]", pending_children=0, now=now)
+        tx.x("ev_insert_wait", waitpoint_id="wp_fast", env="dev", name="fast.signup",
+             match_path="data.n", match_value="1", expr=None, now=now)
+    # The general path's statements fail: a publish that took it would raise.
+    general = {k: q[k] for k in ("ev_tasks_version", "ev_insert_one", "ev_insert_rows")}
+    q.update({k: "SELECT no_such_column FROM events" for k in general})
+    sent: list[str] = []
+    store._conn.set_trace_callback(sent.append)  # type: ignore[attr-defined]
+    try:
+        created = client.publish("fast.signup", {"n": 1}, id="evt_fast").run_ids
+    finally:
+        store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
+        q.update(general)
+    assert sorted(client.retrieve(r).task_id for r in created) == [first.id, second.id]
+    # One transaction: the event, its two runs (one statement), the wait.
+    assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
+    assert sum(s.lstrip().startswith("INSERT INTO events") for s in sent) == 1, sent
+    assert sum(s.lstrip().startswith("INSERT INTO runs") for s in sent) == 1, sent
+    rows = _one(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_fast'", {})
+    assert rows[0]["status"] == "completed", rows
+    assert "evt_fast" in rows[0]["output"]
+    event = client.list_events("fast.signup", limit=1)[0]
+    assert sorted(d["run_id"] for d in event["deliveries"]) == sorted(created)
+    # The same id again: a duplicate answered with the first publish's runs, nothing new.
+    again = client.publish("fast.signup", {"n": 1}, id="evt_fast")
+    assert again.duplicate and sorted(again.run_ids) == sorted(created)
+    count = _one(store, "SELECT COUNT(*) AS n FROM runs WHERE task_id = :t", {"t": first.id})
+    assert int(count[0]["n"]) == 2
+
+
+def test_a_fan_out_run_has_the_row_a_trigger_of_the_same_task_writes(
+    store: Store, client: Client
+) -> None:
+    # SQLite writes a fan-out's runs with their own statement (ev_insert_runs): every
+    # column but the id, the payload and the metadata is what insert_run writes.
+    store.publish_tasks("dev", [limited.definition()])
+    for _ in range(2):  # the general path, then the single publish's
+        published = client.publish("fast.limited", {"n": 1}).run_ids[0]
+        triggered = client.trigger(limited, {"n": 1}).id
+        rows = {r["id"]: r for r in _one(
+            store, "SELECT * FROM runs WHERE id IN (:a, :b)", {"a": published, "b": triggered})}
+        differ = {k for k in rows[published] if rows[published][k] != rows[triggered][k]}
+        assert differ == {"id", "metadata"}, differ
+        assert rows[published]["max_duration"] == 90.5 and rows[published]["max_attempts"] == 7

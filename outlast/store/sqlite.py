@@ -40,6 +40,7 @@ from .._errors import ConfigurationError
 from .._serde import dumps
 from ._rows import Row
 from ._sql import SqlStore
+from ._sql_events_sqlite import SqliteEventsMixin
 from .base import NewRun
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> Row:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
-
-
-def _crc32(text: str | None) -> int:
-    return zlib.crc32((text or "").encode())
 
 
 class _Tx:
@@ -104,7 +101,7 @@ class LifeLock:
             os.close(self._fd)
 
 
-class SQLiteStore(SqlStore):
+class SQLiteStore(SqliteEventsMixin, SqlStore):
     dialect = "sqlite"
     backend = "sqlite"
 
@@ -128,8 +125,10 @@ class SQLiteStore(SqlStore):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.row_factory = _dict_row
-        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events).
-        self._conn.create_function("outlast_crc32", 1, _crc32, deterministic=True)
+        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events),
+        # over the row's text as a BLOB: zlib's C function is called without a Python
+        # frame or a str round trip, once per task row on every publish.
+        self._conn.create_function("outlast_crc32", 1, zlib.crc32, deterministic=True)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={sync}")
         self._conn.execute("PRAGMA busy_timeout=30000")

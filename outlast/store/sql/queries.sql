@@ -2011,9 +2011,9 @@ SELECT DISTINCT env FROM alert_rules WHERE event = :event ORDER BY env;
 -- read and reads them again only when this changed. A hash of every row, whoever wrote
 -- it (SQLite's outlast_crc32 is a function the store registers on its connection).
 -- name: ev_tasks_version
-SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(
+SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
     id || '|' || queue || '|' || COALESCE(payload_schema, '') || '|' || spec || '|'
-    || updated_at)), 0) AS v
+    || updated_at AS BLOB))), 0) AS v
 FROM tasks WHERE env = :env;
 
 -- name: ev_tasks_version [postgres]
@@ -2386,3 +2386,40 @@ ORDER BY created_at, waitpoint_id;
 -- name: ev_copy [postgres]
 COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
              fanout) FROM STDIN (FORMAT BINARY);
+
+-- SQLite, a single publish planned with the subscribers this process read last: the event
+-- (no row if its id is taken), whether any run waits on its name (as ev_insert_one) and
+-- the task fingerprint to check that plan against (keep it the same text as
+-- ev_tasks_version), in one statement of the publish's transaction.
+-- name: ev_insert_alone [sqlite]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
+RETURNING seq,
+    EXISTS (SELECT 1 FROM event_waits w WHERE w.env = :env AND w.name = :name) AS waiting,
+    (SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
+         t.id || '|' || t.queue || '|' || COALESCE(t.payload_schema, '') || '|' || t.spec
+         || '|' || t.updated_at AS BLOB))), 0)
+     FROM tasks t WHERE t.env = :env) AS v;
+
+-- SQLite, the runs of a publish that need nothing but their rows (no tags, keys, delay,
+-- parent or group: see _sql_events_sqlite._lean), in one statement from a JSON array of
+-- [id, task_id, queue, payload, metadata, max_attempts, priority, concurrency_key, ttl,
+-- max_duration, depth, version] arrays: the columns every such run leaves NULL are not
+-- bound one by one, as insert_run's 28 named parameters are per run. Keep the columns and
+-- their values in sync with insert_run and SqlCore._run_row.
+-- name: ev_insert_runs [sqlite]
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_active, created_at, updated_at, available_at,
+    ready_at, ttl_expires_at, max_duration, depth, version
+)
+SELECT json_extract(value, '$[0]'), :env, json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), 'QUEUED', json_extract(value, '$[3]'),
+       json_extract(value, '$[4]'), '[]', 1, json_extract(value, '$[5]'),
+       json_extract(value, '$[6]'), json_extract(value, '$[7]'), 0, :now, :now, :now,
+       :now - json_extract(value, '$[6]'), :now + json_extract(value, '$[8]'),
+       json_extract(value, '$[9]'), json_extract(value, '$[10]'),
+       json_extract(value, '$[11]')
+FROM json_each(:rows);

@@ -1,0 +1,106 @@
+"""SQLite's hooks for the events part: a single publish without the batch machinery, and
+a fan-out's runs in one statement.
+
+A trigger on SQLite is one autocommitted INSERT; a publish needs a transaction (the event
+and its runs commit together). This path keeps that transaction to what it must hold:
+BEGIN IMMEDIATE, the event (whose statement also returns the task fingerprint and whether
+anyone waits on its name), the runs, COMMIT. The fan-out is planned before BEGIN with the
+subscribers this process read last; the statement's fingerprint says whether that plan
+still stands.
+
+A fan-out's runs are alike but for id, payload and metadata, and most need nothing but
+their row: those go in one statement of JSON rows (``ev_insert_runs``), where binding
+insert_run's 28 named parameters per run, most of them NULL, cost more than the insert
+itself. Mixed into ``SQLiteStore`` ahead of ``SqlStore``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from .._serde import dumps, loads
+from ._events_base import EventPlanner, EventRecord, NewEvent, PublishResult
+from ._rows import Tx
+from ._sql_events import EventsMixin, _Batch, _task_of, fanout_json
+from ._types import NewRun
+
+
+class _Refused(Exception):
+    """The planned publish does not stand (its id is taken, or the task definitions
+    changed): rolled back, and the publish takes the general path."""
+
+
+class SqliteEventsMixin(EventsMixin):
+    def _publish_alone(self, env: str, event: NewEvent, planner: EventPlanner
+                       ) -> PublishResult | None:
+        # Anything needing more than the event and lean runs (cancels; tags, keys, a
+        # debounce or batch group, ...: see _lean) takes the general path, as does a
+        # duplicate id or a changed definition. Waits on the name are served here, their
+        # rows read only when some exist.
+        cached = self._subscriber_cache().get(env)
+        if cached is None:
+            return None
+        version, subscribers = cached
+        now = self.now()
+        record = EventRecord(seq=0, id=event.id, env=env, name=event.name,
+                             data=loads(event.data), created_at=now, data_json=event.data)
+        if planner.cancel_matches(record, subscribers):
+            return None
+        plan = planner.fan_out(record, subscribers, replay=False)
+        runs = [f.run for f in plan if f.run is not None]
+        if not all(_lean(r) for r in runs):
+            return None
+        result: PublishResult | None = None
+        woke = bool(runs)
+        with contextlib.suppress(_Refused), self._transaction() as tx:
+            found = tx.q("ev_insert_alone", env=env, id=event.id, name=event.name,
+                         data=event.data, now=now, dedup_until=now + event.dedup_seconds,
+                         expires_at=now + event.retention_seconds, fanout=fanout_json(plan))
+            if not found or found[0]["v"] != version:
+                raise _Refused  # rolls the event back
+            if runs:
+                self._insert_lean(tx, env, runs, now)
+            if found[0]["waiting"]:
+                batch = _Batch(env, subscribers, now)
+                object.__setattr__(record, "seq", int(found[0]["seq"]))
+                self._resume_waits(tx, batch, record, planner)  # notifies what it resumed
+                woke = woke or batch.woke
+            result = PublishResult(event.id, False, [r.id for r in runs])
+        if result is None:
+            return None
+        # Committed (as _published): the queue and slot rows exist, wake this process.
+        self._ensured.update((r.env, r.queue, r.concurrency_key) for r in runs)
+        if woke:
+            self.wake_local()
+        return result
+
+    def _flush(self, tx: Tx, batch: _Batch) -> None:
+        runs = batch.runs
+        if not runs or not all(_lean(r) for r in runs):
+            super()._flush(tx, batch)
+            return
+        runs.sort(key=_task_of)  # the runs of one task side by side in the indexes
+        self._insert_lean(tx, batch.env, runs, batch.now)
+        batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in runs)
+        batch.runs = []
+        batch.woke = True
+
+    def _insert_lean(self, tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
+        """Insert ``_lean`` runs of ``env``, their queue and slot rows and their wake-up."""
+        tx.x("ev_insert_runs", env=env, now=now, rows=dumps([
+            [r.id, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
+             r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version] for r in runs]))
+        slots = {(r.env, r.queue, r.concurrency_key) for r in runs} - self._ensured
+        tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in
+                                 {(e, q) for e, q, _ in slots}])
+        tx.many("ensure_slot", [{"env": e, "queue": q, "ckey": k} for e, q, k in slots])
+        self._notify(tx, env)
+
+
+def _lean(r: NewRun) -> bool:
+    """Whether a run needs nothing but its row (``ev_insert_runs``): no tags, idempotency
+    key, trace, cancel_on keys, group, delay or parent, as a fan-out's usually are."""
+    return not (r.tags or r.idempotency_key is not None or r.trace_context or r.cancel_paths
+                or r.group is not None or r.delay or r.parent_id is not None
+                or r.root_id is not None or r.replayed_from is not None
+                or r.parent_waitpoint_id is not None)
