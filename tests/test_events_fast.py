@@ -180,7 +180,7 @@ def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transa
 def test_a_fan_out_run_has_the_row_a_trigger_of_the_same_task_writes(
     store: Store, client: Client
 ) -> None:
-    # SQLite writes a fan-out's runs with their own statement (ev_insert_runs): every
+    # SQLite writes a fan-out's runs with their own statement (insert_lean_runs): every
     # column but the id, the payload and the metadata is what insert_run writes.
     store.publish_tasks("dev", [limited.definition()])
     for _ in range(2):  # the general path, then the single publish's
@@ -191,3 +191,19 @@ def test_a_fan_out_run_has_the_row_a_trigger_of_the_same_task_writes(
         differ = {k for k in rows[published] if rows[published][k] != rows[triggered][k]}
         assert differ == {"id", "metadata"}, differ
         assert rows[published]["max_duration"] == 90.5 and rows[published]["max_attempts"] == 7
+
+
+def test_a_batch_triggers_runs_have_the_row_a_single_trigger_writes(
+    store: Store, client: Client
+) -> None:
+    # SQLite writes a batch's plain runs in one statement (insert_lean_runs), a single
+    # trigger's with insert_run: the rows are the same but for the id.
+    store.publish_tasks("dev", [limited.definition()])
+    batch = [h.id for h in client.batch_trigger(limited, [{"n": 1}, {"n": 1}])]
+    single = client.trigger(limited, {"n": 1}).id
+    rows = {r["id"]: r for r in _one(
+        store, "SELECT * FROM runs WHERE id IN (:a, :b, :c)",
+        {"a": batch[0], "b": batch[1], "c": single})}
+    for run_id in batch:
+        differ = {k for k in rows[run_id] if rows[run_id][k] != rows[single][k]}
+        assert differ == {"id"}, differ

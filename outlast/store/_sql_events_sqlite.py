@@ -9,7 +9,7 @@ subscribers this process read last; the statement's fingerprint says whether tha
 still stands.
 
 A fan-out's runs are alike but for id, payload and metadata, and most need nothing but
-their row: those go in one statement of JSON rows (``ev_insert_runs``), where binding
+their row: those go in one statement of JSON rows (``insert_lean_runs``), where binding
 insert_run's 28 named parameters per run, most of them NULL, cost more than the insert
 itself. Mixed into ``SQLiteStore`` ahead of ``SqlStore``."""
 
@@ -34,7 +34,7 @@ class SqliteEventsMixin(EventsMixin):
     def _publish_alone(self, env: str, event: NewEvent, planner: EventPlanner
                        ) -> PublishResult | None:
         # Anything needing more than the event and lean runs (cancels; tags, keys, a
-        # debounce or batch group, ...: see _lean) takes the general path, as does a
+        # debounce or batch group, ...: see lean) takes the general path, as does a
         # duplicate id or a changed definition. Waits on the name are served here, their
         # rows read only when some exist.
         cached = self._subscriber_cache().get(env)
@@ -48,7 +48,7 @@ class SqliteEventsMixin(EventsMixin):
             return None
         plan = planner.fan_out(record, subscribers, replay=False)
         runs = [f.run for f in plan if f.run is not None]
-        if not all(_lean(r) for r in runs):
+        if not all(lean(r) for r in runs):
             return None
         result: PublishResult | None = None
         woke = bool(runs)
@@ -76,7 +76,7 @@ class SqliteEventsMixin(EventsMixin):
 
     def _flush(self, tx: Tx, batch: _Batch) -> None:
         runs = batch.runs
-        if not runs or not all(_lean(r) for r in runs):
+        if not runs or not all(lean(r) for r in runs):
             super()._flush(tx, batch)
             return
         runs.sort(key=_task_of)  # the runs of one task side by side in the indexes
@@ -86,10 +86,8 @@ class SqliteEventsMixin(EventsMixin):
         batch.woke = True
 
     def _insert_lean(self, tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
-        """Insert ``_lean`` runs of ``env``, their queue and slot rows and their wake-up."""
-        tx.x("ev_insert_runs", env=env, now=now, rows=dumps([
-            [r.id, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
-             r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version] for r in runs]))
+        """Insert ``lean`` runs of ``env``, their queue and slot rows and their wake-up."""
+        insert_lean(tx, env, runs, now)
         slots = {(r.env, r.queue, r.concurrency_key) for r in runs} - self._ensured
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in
                                  {(e, q) for e, q, _ in slots}])
@@ -97,8 +95,15 @@ class SqliteEventsMixin(EventsMixin):
         self._notify(tx, env)
 
 
-def _lean(r: NewRun) -> bool:
-    """Whether a run needs nothing but its row (``ev_insert_runs``): no tags, idempotency
+def insert_lean(tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
+    """Insert ``lean`` runs of ``env`` in one statement (their rows only)."""
+    tx.x("insert_lean_runs", env=env, now=now, rows=dumps([
+        [r.id, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
+         r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version] for r in runs]))
+
+
+def lean(r: NewRun) -> bool:
+    """Whether a run needs nothing but its row (``insert_lean_runs``): no tags, idempotency
     key, trace, cancel_on keys, group, delay or parent, as a fan-out's usually are."""
     return not (r.tags or r.idempotency_key is not None or r.trace_context or r.cancel_paths
                 or r.group is not None or r.delay or r.parent_id is not None

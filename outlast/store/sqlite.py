@@ -38,6 +38,7 @@ from typing import Any
 from .._clock import Clock, SystemClock
 from .._errors import ConfigurationError
 from .._serde import dumps
+from . import _sql_events_sqlite as _events
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_events_sqlite import SqliteEventsMixin
@@ -188,6 +189,19 @@ class SQLiteStore(SqliteEventsMixin, SqlStore):
         if not run.delay:
             self._wake_other_processes()
         return True
+
+    def _insert_plain(self, tx: Any, runs: Sequence[NewRun], now: float) -> None:
+        # A batch's runs that need nothing but their row go in one statement of JSON rows
+        # (insert_lean_runs), as a publish's fan-out does: binding insert_run's 28 named
+        # parameters per run, ten of them NULL, costs more than SQLite's insert.
+        lean = [r for r in runs if _events.lean(r)]
+        if len(lean) < 2:
+            super()._insert_plain(tx, runs, now)
+            return
+        for env in {r.env for r in lean}:
+            _events.insert_lean(tx, env, [r for r in lean if r.env == env], now)
+        if len(lean) < len(runs):
+            super()._insert_plain(tx, [r for r in runs if not _events.lean(r)], now)
 
     def _list(self, values: Sequence[Any]) -> Any:
         return dumps(list(values))

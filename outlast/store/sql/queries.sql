@@ -2403,13 +2403,13 @@ RETURNING seq,
          || '|' || t.updated_at AS BLOB))), 0)
      FROM tasks t WHERE t.env = :env) AS v;
 
--- SQLite, the runs of a publish that need nothing but their rows (no tags, keys, delay,
--- parent or group: see _sql_events_sqlite._lean), in one statement from a JSON array of
+-- SQLite, runs that need nothing but their rows (no tags, keys, delay, parent or group:
+-- see _sql_events_sqlite.lean), a publish's fan-out or a batch trigger's,, in one statement from a JSON array of
 -- [id, task_id, queue, payload, metadata, max_attempts, priority, concurrency_key, ttl,
 -- max_duration, depth, version] arrays: the columns every such run leaves NULL are not
 -- bound one by one, as insert_run's 28 named parameters are per run. Keep the columns and
 -- their values in sync with insert_run and SqlCore._run_row.
--- name: ev_insert_runs [sqlite]
+-- name: insert_lean_runs [sqlite]
 INSERT INTO runs (
     id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
     priority, concurrency_key, idempotency_active, created_at, updated_at, available_at,
