@@ -127,9 +127,11 @@ class CommitMixin(ClaimsMixin):
                 else []
             )
             if offered is not None:
+                # A worker that may not claim (not alive, past its lease) starts nothing
+                # it was handed either: the reaper requeues that run (C10).
                 short = offer and claiming and len(claims) < limit
-                claims = self._offer_settled(tx, offered, worker_id, env, serves, scope,
-                                             short) + claims
+                handed = self._offer_settled(tx, offered, worker_id, env, serves, scope, short)
+                claims = (handed if claiming else []) + claims
         return ok, claims
 
     def _start_dequeued(self, tx: Tx, run_id: str, now: float) -> None:
