@@ -208,3 +208,42 @@ async def test_a_worker_runs_what_it_is_handed(
         await asyncio.wait_for(running, 30)
         client._transport._store.close()  # type: ignore[attr-defined]
     assert _offers(db_url) == []  # a stopped worker offers nothing
+
+
+RELEASE: dict[str, asyncio.Event] = {}
+
+
+@task(id="ho-blocker", queue=queue("ho-queue"))
+async def blocker(payload: Any) -> None:
+    await RELEASE["event"].wait()
+
+
+async def test_a_stopping_worker_hands_back_what_it_is_handed(
+    store: Store, db_url: str, clock: FakeClock
+) -> None:
+    # Between the start of a shutdown and the worker's row saying stopped, a trigger may
+    # still hand it a run: it goes back to its queue unstarted, its attempt unspent.
+    RELEASE["event"] = asyncio.Event()
+    worker = Worker(store, tasks={noop.id: noop, blocker.id: blocker}, env="dev",
+                    scheduler=False, poll_interval=3600.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = Client(store=open_store(db_url, clock), env="dev")
+    try:
+        await _until(lambda: worker._wakeups.watching, "the worker never waited for work")
+        held = client.trigger(blocker, 0)  # its claim comes back short: an offer
+        await _until(lambda: held.id in worker.active and bool(_offers(db_url)), "no offer")
+        stop.set()  # the shutdown waits for the blocker
+        await _until(lambda: worker._stopping, "the worker never began stopping")
+        handed = client.trigger(noop, 1)
+        await _until(lambda: client.retrieve(handed.id).worker_id is None
+                     and client.retrieve(handed.id).status == RunStatus.QUEUED,
+                     "the hand-over was not handed back")
+        run = client.retrieve(handed.id)
+        assert run.attempt == 1 and run.started_at is not None  # written claimed, then back
+        assert [key for key in worker._handovers] == [(handed.id, 1)]
+    finally:
+        RELEASE["event"].set()
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        client._transport._store.close()  # type: ignore[attr-defined]
