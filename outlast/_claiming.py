@@ -20,7 +20,7 @@ from . import _observe
 from ._committer import _error_json
 from ._worker_base import WorkerBase
 from .runs import Run, RunStatus
-from .store.base import Claim, EndSegment, Op, StartDequeued
+from .store.base import Claim, EndSegment, Handover, Op, StartDequeued
 
 _SHORT_RUN = 0.05  # seconds: runs averaging less are worth claiming ahead
 _HOLD_SECONDS = 0.1  # of work, at most, held ready beyond the free slots
@@ -92,7 +92,14 @@ class Claiming(WorkerBase):
                 want[k] = more
         return want
 
+    def offers(self) -> bool:
+        """Offer to take runs straight from triggers only while a notification reaches
+        this worker on the loop: a hand-over it does not hear waits for its next claim."""
+        return self._wakeups.watching and not self._stopping and not self._lost
+
     def claimed(self, claims: list[Claim], limit: int) -> None:
+        if any(c.handed_over for c in claims):
+            claims = [c for c in claims if not c.handed_over or self._first_handover(c)]
         if self._lost or self._claim_generation != self._generation:
             # Claimed across a loss of identity: never started (C4). Handed back under
             # the current identity; if they were taken under the lost one, that is fenced
@@ -116,6 +123,39 @@ class Claiming(WorkerBase):
                 keys.add(k)
         for k in keys:
             self._trim_reserved(k)
+
+    def _handed_over(self, handovers: Sequence[Handover]) -> bool:
+        """Start the runs triggers handed to this worker (its notification, on the
+        loop): each was committed claimed by this worker before the notification was
+        sent. True if one came without its row: the next claim returns it."""
+        claim_now = False
+        for h in handovers:
+            if h.worker_id != self.id or self._lost:
+                continue  # a peer's, or an identity lost since: a reaper requeues it
+            if h.claim is None:
+                claim_now = True
+            elif self._first_handover(h.claim):
+                if self._stopping:
+                    self.committer.submit_nowait(_handback(h.claim))
+                    continue
+                if _observe.OBSERVERS:
+                    _observe.claimed([h.claim], self.store.now())
+                self.claimed_total += 1
+                self._ready.append(h.claim)
+                self._start_ready()
+        return claim_now
+
+    def _first_handover(self, claim: Claim) -> bool:
+        """Whether a hand-over is heard of for the first time: it comes by notification
+        and again in the next claim (which takes the offer back), in either order."""
+        key = (claim.run.id, claim.epoch)
+        if key in self._handovers:
+            return False
+        now = time.monotonic()
+        if len(self._handovers) > 1000:
+            self._handovers = {k: t for k, t in self._handovers.items() if now - t < 600}
+        self._handovers[key] = now
+        return True
 
     def _room(self) -> int:
         """How many runs to claim now: the free slots, plus some held ready while recent

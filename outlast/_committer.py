@@ -54,6 +54,9 @@ class Claimer(Protocol):
     def claim_scope(self) -> VersionScope | None:
         """The versions the worker may claim (C11); None for any."""
 
+    def offers(self) -> bool:
+        """Whether a claim that comes back short offers to take a run from a trigger."""
+
 
 class Committer:
     """Group commit: every op submitted while a flush is in flight goes in the next one.
@@ -223,7 +226,8 @@ class Committer:
             if (limit > 0 or reserve) and claimer is not None:
                 env, serves = claimer.claim_target()
                 return self.store.apply_and_claim(
-                    self.worker_id, ops, env, serves, limit, reserve, claimer.claim_scope()
+                    self.worker_id, ops, env, serves, limit, reserve, claimer.claim_scope(),
+                    claimer.offers(),
                 )
             return self.store.apply(self.worker_id, ops), []
 

@@ -19,17 +19,21 @@ import asyncio
 import contextlib
 import time
 import weakref
+from collections.abc import Callable, Sequence
 
-from .store.base import StoreBase
+from .store.base import Handover, StoreBase
 
 _RETRY_SECONDS = 5.0  # after the store had no descriptor to give, before asking again
 
 
 class Wakeups:
-    """One worker's waits for work."""
+    """One worker's waits for work, and the runs triggers hand it (``on_handover``: it
+    starts those addressed to it; True asks for a claim, which returns the rest)."""
 
-    def __init__(self, store: StoreBase) -> None:
+    def __init__(self, store: StoreBase,
+                 on_handover: Callable[[Sequence[Handover]], bool] | None = None) -> None:
         self.store = store
+        self.on_handover = on_handover
         self._woken = asyncio.Event()
         self._watch: _Watch | None = None
         self._closed = False
@@ -113,10 +117,17 @@ class _Watch:
             self.unwatch()
 
     def _readable(self, store: StoreBase) -> None:
-        if not store.drain_wakeups():
+        ok = store.drain_wakeups()
+        if not ok:
             self.unwatch()  # lost: the next wait asks the store for a new one
-        for member in self.members:  # and each claims: a loss may hide a wake-up
-            member._woken.set()
+        handovers, plain = store.take_handovers()
+        for member in list(self.members):  # each claims: a loss may hide a wake-up
+            claim = bool(handovers) and member.on_handover is not None and \
+                member.on_handover(handovers)
+            # A hand-over alone wakes nobody: its run was started above, and a claim
+            # would find nothing to take.
+            if plain or claim or not ok:
+                member._woken.set()
 
     def unwatch(self) -> None:
         if self.fd is not None and self.loop is not None and not self.loop.is_closed():

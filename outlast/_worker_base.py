@@ -53,6 +53,7 @@ class WorkerBase:
     _serves_at: float
     _waiter: asyncio.Future[None] | None
     _wakeups: Wakeups
+    _handovers: dict[tuple[str, int], float]
     _dry: bool
     _lost: bool
     _generation: int

@@ -129,7 +129,8 @@ class Worker(Claiming, Attempts, Hooks, Versioning):
         self._serves: dict[str, list[str]] = {}
         self._serves_at = -1e9
         self._waiter: asyncio.Future[None] | None = None
-        self._wakeups = Wakeups(store)
+        self._wakeups = Wakeups(store, self._handed_over)
+        self._handovers: dict[tuple[str, int], float] = {}  # heard of: (run, epoch) -> when
         self._dry = True  # the last claim found fewer runs than it had room for
         self.claimed_total = 0
         self._scheduler = Scheduler(store)

@@ -80,8 +80,9 @@ async def workers(store: Store) -> AsyncIterator[Callable[..., tuple[Worker, Cal
             limit: int,
             reserve: Any = None,
             scope: Any = None,
+            offer: bool = False,
         ) -> tuple[list[bool], list[Claim]]:
-            ok, claims = real(worker_id, ops, env, serves, limit, reserve, scope)
+            ok, claims = real(worker_id, ops, env, serves, limit, reserve, scope, offer)
             calls.append((list(ops), limit, claims))
             return ok, claims
 

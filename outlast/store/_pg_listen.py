@@ -54,6 +54,9 @@ class ListenMixin:
             with contextlib.suppress(Exception):
                 listener.close()
 
+    def _keep_payload(self, notify: psycopg.pq.misc.PGnotify) -> None:
+        """Keep a notification's payload for ``take_handovers`` (``_pg_handover``)."""
+
     def _warn_polling(self) -> None:
         if not self._polling_warned:
             self._polling_warned = True
@@ -104,8 +107,8 @@ class ListenMixin:
         pgconn = listener.pgconn
         try:
             pgconn.consume_input()
-            while pgconn.notifies() is not None:
-                pass
+            while (n := pgconn.notifies()) is not None:
+                self._keep_payload(n)
         except psycopg.Error:
             return False
         return pgconn.status == _OK

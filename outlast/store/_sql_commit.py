@@ -44,6 +44,7 @@ class CommitMixin(ClaimsMixin):
         limit: int,
         reserve: Mapping[tuple[str, str], int] | None = None,
         scope: VersionScope | None = None,
+        offer: bool = False,
     ) -> tuple[list[bool], list[Claim]]:
         now = self.now()
         ids = sorted({op.run_id for op in ops})
@@ -63,6 +64,8 @@ class CommitMixin(ClaimsMixin):
                 if good and isinstance(op, EndSegment | StartDequeued)
             }
             locked = None
+            # Sent before the queue locks, read with them: no round trip of its own.
+            offered = self._take_offer(tx, worker_id, offer) if claiming else None
             if claiming and not fenced:
                 # A fence that found a run has already read the worker alive with its
                 # lease current, in this transaction, so only a batch that fenced nothing
@@ -123,6 +126,12 @@ class CommitMixin(ClaimsMixin):
                 if claiming
                 else []
             )
+            if offered is not None:
+                # A worker that may not claim (not alive, past its lease) starts nothing
+                # it was handed either: the reaper requeues that run (C10).
+                short = offer and claiming and len(claims) < limit
+                handed = self._offer_settled(tx, offered, worker_id, env, serves, scope, short)
+                claims = (handed if claiming else []) + claims
         return ok, claims
 
     def _start_dequeued(self, tx: Tx, run_id: str, now: float) -> None:

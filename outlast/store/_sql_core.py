@@ -22,7 +22,9 @@ from ._rows import (
     _error,
     load_queries,
 )
+from ._versions_base import VersionScope
 from .base import (
+    Claim,
     NewRun,
     Store,
     TriggerResult,
@@ -304,6 +306,20 @@ class SqlCore(Store):
         """The transaction of a worker's commit batch (``apply_and_claim``); a backend
         hook: PostgreSQL sends it in pipeline mode, saving round trips."""
         return self._transaction()
+
+    def _take_offer(self, tx: Tx, worker_id: str, offer: bool) -> Any:
+        """Send the taking back of ``worker_id``'s offer to triggers, if it made one or
+        makes one now; a handle for ``_offer_settled``, None if there is nothing to do.
+        A backend hook: only PostgreSQL's triggers hand runs over (``worker_offers``)."""
+        return None
+
+    def _offer_settled(self, tx: Tx, taken: Any, worker_id: str, env: str,
+                       serves: Mapping[str, Sequence[str]], scope: VersionScope | None,
+                       short: bool) -> list[Claim]:
+        """After the claim: the run a trigger handed over on the offer taken back (if
+        the worker may not have heard of it), and a new offer if the claim came ``short``
+        of its limit. A backend hook (see ``_take_offer``)."""
+        return []
 
     def _may_claim_and_lock(
         self, tx: Tx, worker_id: str, now: float, env: str, names: Sequence[str]

@@ -68,6 +68,7 @@ class WorkersMixin(SqlCore):
     def stop_worker(self, worker_id: str) -> None:
         with self._transaction() as tx:
             tx.x("stop_worker", id=worker_id, now=self.now())
+            tx.x("withdraw_offer", worker_id=worker_id)
 
     def list_workers(self, env: str | None = None) -> list[WorkerRow]:
         with self._transaction() as tx:
@@ -129,6 +130,7 @@ class WorkersMixin(SqlCore):
     def _reap_worker(self, tx: Tx, worker_id: str, now: float, ended: list[str]) -> int:
         if not tx.x("mark_worker_dead", id=worker_id, now=now):
             return 0
+        tx.x("withdraw_offer", worker_id=worker_id)
         rows = tx.q("runs_of_worker", id=worker_id)
         runs = [r["id"] for r in rows]
         if runs:

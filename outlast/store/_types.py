@@ -107,6 +107,17 @@ class Claim:
     journal: dict[str, JournalEntry]
     waitpoints: dict[str, WaitpointState]
     logs_recorded: int = 0  # task log lines earlier segments stored (a replay skips them)
+    handed_over: bool = False  # a trigger wrote it claimed (store/_pg_handover.py)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A run a trigger wrote claimed by ``worker_id`` (its offer), as its notification
+    told; ``claim`` None when the row did not fit in it: read it with ``handed_over``."""
+
+    worker_id: str
+    run_id: str
+    claim: Claim | None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from ._types import (
     ApiKeyRow,
     Claim,
     EndSegment,
+    Handover,
     Heartbeat,
     LifeLock,
     LogLine,
@@ -111,6 +112,12 @@ class StoreBase(abc.ABC):
         """Read what arrived on ``wakeup_fd`` without blocking; False if it is lost (the
         caller stops watching it and asks ``wakeup_fd`` again)."""
         return False
+
+    def take_handovers(self) -> tuple[list[Handover], bool]:
+        """The runs triggers handed to workers (``apply_and_claim``'s offer) that the
+        last ``drain_wakeups`` read, and whether anything else arrived (a wake-up for
+        every worker waiting)."""
+        return [], True
 
 
 class TaskDefs(StoreBase):
@@ -325,9 +332,15 @@ class WorkerStore(RunReads, RunWrites, TaskDefs, Settings, RunTraces, VersionSto
         limit: int,
         reserve: Mapping[tuple[str, str], int] | None = None,
         scope: VersionScope | None = None,
+        offer: bool = False,
     ) -> tuple[list[bool], list[Claim]]:
         """``apply(ops)`` then ``claim(limit)`` in the same transaction: the slots the
         batch gives back are taken again under one commit. ``limit`` 0 claims nothing.
+
+        ``offer``: the worker hears hand-overs (``take_handovers``); a claim that comes
+        back short then offers to take one run straight from a trigger, where the
+        backend can (PostgreSQL). Any claim takes back an offer made before, and
+        returns the run a trigger handed over on it, if any, among its claims.
 
         ``reserve``: (queue, concurrency key) -> how many more runs to claim DEQUEUED,
         without a slot, for keys whose limit is full: the worker starts one the moment a
@@ -528,6 +541,7 @@ __all__ = [
     "DashboardReads",
     "DashboardStore",
     "EndSegment",
+    "Handover",
     "Heartbeat",
     "LifeLock",
     "LogLine",

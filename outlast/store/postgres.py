@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from .._clock import Clock
+from ._pg_handover import HandoverMixin
 from ._pg_listen import CHANNEL, ListenMixin
 from ._pg_session import (
     DEFAULT_IDLE_TX_TIMEOUT,
@@ -265,7 +266,7 @@ _ROW_COLUMNS = (
 )
 
 
-class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
+class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
     dialect = "postgres"
     backend = "postgres"
     _channel = CHANNEL
@@ -309,6 +310,7 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         )
         self.clock = clock or DatabaseClock(self._pool)
         self._init_listen()
+        self._init_handovers()
         self._copy: _CopyLayout | None = None
 
     @contextlib.contextmanager
@@ -349,7 +351,12 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             # In autocommit (as the pool's connections are) the statement is its own
             # transaction, and returns once it has committed: one round trip where BEGIN,
             # INSERT, NOTIFY, COMMIT took four.
-            conn.execute(self.q["insert_run_alone"], row)
+            # Hands the run to an idle worker if one offered (_pg_handover), with the
+            # dearer statement sent only while the last trigger saw an offer.
+            offered = self._offers_seen.get(run.env, True)
+            got = conn.execute(self.q["insert_run_offered" if offered else "insert_run_alone"],
+                               row).fetchone()
+            self._offers_seen[run.env] = bool(got and got["offers"])
         finally:
             self._pool.putconn(conn)  # discards it if the statement broke it
         return True

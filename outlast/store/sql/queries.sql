@@ -52,7 +52,10 @@ WITH run AS (
     SELECT run.env, t.tag, run.id FROM run, json_array_elements_text(run.tags::json) AS t(tag)
     ON CONFLICT DO NOTHING
 )
-SELECT pg_notify(:channel, env) FROM run WHERE status = 'QUEUED';
+SELECT (SELECT pg_notify(:channel, env) FROM run WHERE status = 'QUEUED') AS notified,
+       -- whether the next single trigger should try insert_run_offered
+       EXISTS (SELECT 1 FROM worker_offers o WHERE o.env = :env AND o.run_id IS NULL)
+           AS offers;
 
 -- An idempotency key is held by at most one active run (the partial unique index); a
 -- concurrent trigger with the same key waits for the first and then does nothing.
@@ -2423,3 +2426,120 @@ SELECT json_extract(value, '$[0]'), :env, json_extract(value, '$[1]'),
        json_extract(value, '$[9]'), json_extract(value, '$[10]'),
        json_extract(value, '$[11]')
 FROM json_each(:rows);
+
+-- Start latency (issue 18): a trigger hands its run to an idle worker -----------------------
+
+-- insert_run_alone, which also hands the run to a worker that offered to take one
+-- (worker_offers), when nothing else could take it first: the run is QUEUED and due, the
+-- worker alive with its lease current (C10) and serving the task at its version (C11),
+-- the queue not paused, without a rate limit, below its global limit and with no other
+-- run queued (so no run waiting longer is passed over), the key below its limit (C5).
+-- Then the run is written claimed (EXECUTING under that worker, lease epoch 1, its slots
+-- taken, as claim_ready and take_claimed would), the offer is spent, and the NOTIFY tells
+-- that worker, carrying the run's row when it fits: the worker starts the body when the
+-- notification comes, which PostgreSQL sends only once the commit is flushed, so the
+-- claim was committed first (C3, C4), in the trigger's own commit: one WAL flush from
+-- the trigger call to the body instead of two. Rows are locked offer, queue, slot, each
+-- SKIP LOCKED: a claim holding one (it locks queue rows first) makes the trigger queue
+-- its run as before, and the trigger never waits, so it cannot deadlock with a claim.
+-- Otherwise the run is queued and announced as insert_run_alone does. Each CTE costs
+-- executor time even with no offer to read (0.15 ms a trigger here, and 0.7 ms more to
+-- plan where statements are not prepared, behind a pooler), so a store sends this only
+-- while the last single trigger of the environment saw an offer (offers, here and in
+-- insert_run_alone).
+-- name: insert_run_offered [postgres]
+WITH offer AS (
+    SELECT o.worker_id, o.version
+    FROM worker_offers o JOIN workers w ON w.id = o.worker_id
+    WHERE o.env = :env AND o.run_id IS NULL AND CAST(:status AS text) = 'QUEUED'
+      AND CAST(:available_at AS double precision) <= :now
+      AND CAST(:ready_at AS double precision) <= :now
+      AND (CAST(o.serves AS jsonb) -> CAST(:queue AS text)) ? CAST(:task_id AS text)
+      AND (o.version = :version OR o.version IS NULL
+           OR (CAST(:version AS text) IS NULL
+               AND CAST(o.new_task_ids AS jsonb) ? CAST(:task_id AS text)))
+      AND w.status = 'alive' AND w.lease_expires_at >= :now
+    LIMIT 1
+    FOR UPDATE OF o SKIP LOCKED
+), queue AS (
+    SELECT q.concurrency_limit FROM queues q
+    WHERE q.env = :env AND q.name = :queue AND EXISTS (SELECT 1 FROM offer)
+      AND q.paused = 0 AND COALESCE(q.rate_limit_count, 0) = 0
+      AND (q.global_limit IS NULL OR q.executing < q.global_limit)
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.env = q.env AND r.queue = q.name
+                      AND r.status = 'QUEUED')
+    FOR UPDATE OF q SKIP LOCKED
+), slot AS (
+    SELECT s.ckey FROM queue_slots s, queue
+    WHERE s.env = :env AND s.queue = :queue AND s.ckey = :concurrency_key
+      AND (queue.concurrency_limit IS NULL OR s.executing < queue.concurrency_limit)
+    FOR UPDATE OF s SKIP LOCKED
+), spent AS (
+    UPDATE worker_offers o SET run_id = :id FROM offer, slot
+    WHERE o.worker_id = offer.worker_id
+    RETURNING o.worker_id, offer.version
+), took_slot AS (
+    UPDATE queue_slots s SET executing = s.executing + 1,
+        last_claim_at = GREATEST(s.last_claim_at + 0.000001, :now)
+    FROM spent WHERE s.env = :env AND s.queue = :queue AND s.ckey = :concurrency_key
+), took_queue AS (
+    UPDATE queues q SET executing = q.executing + 1
+    FROM spent WHERE q.env = :env AND q.name = :queue
+), run AS (
+    INSERT INTO runs (
+        id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+        priority, concurrency_key, idempotency_key, idempotency_expires_at,
+        idempotency_active, created_at, updated_at, available_at, ready_at, delay_until,
+        ttl_expires_at, max_duration, parent_id, root_id, depth, replayed_from,
+        parent_waitpoint_id, version, worker_id, lease_epoch, segment_started_at,
+        started_at, holds_slot, queued_seconds
+    ) VALUES (
+        :id, :env, :task_id, :queue, COALESCE((SELECT 'EXECUTING' FROM spent), :status),
+        :payload, :metadata, :tags, 1, :max_attempts, :priority, :concurrency_key,
+        :idempotency_key, :idempotency_expires_at, :idempotency_active, :now, :now,
+        :available_at, :ready_at, :delay_until, :ttl_expires_at, :max_duration, :parent_id,
+        :root_id, :depth, :replayed_from, :parent_waitpoint_id,
+        COALESCE(:version, (SELECT version FROM spent)), (SELECT worker_id FROM spent),
+        COALESCE((SELECT 1 FROM spent), 0), (SELECT :now FROM spent),
+        (SELECT :now FROM spent), COALESCE((SELECT 1 FROM spent), 0),
+        COALESCE((SELECT :now - :available_at FROM spent), 0)
+    )
+    RETURNING *
+), tagged AS (
+    INSERT INTO run_tags (env, tag, run_id)
+    SELECT run.env, t.tag, run.id FROM run, json_array_elements_text(run.tags::json) AS t(tag)
+    ON CONFLICT DO NOTHING
+)
+SELECT (SELECT pg_notify(:channel, CASE
+            WHEN run.worker_id IS NULL THEN run.env
+            WHEN octet_length(row_to_json(run)::text) < 7000
+                THEN json_build_object('push', run.worker_id, 'run', row_to_json(run))::text
+            ELSE json_build_object('push', run.worker_id, 'id', run.id)::text END)
+        FROM run WHERE status IN ('QUEUED', 'EXECUTING')) AS notified,
+       EXISTS (SELECT 1 FROM offer) AS offers;
+
+-- A worker's claim takes back its offer, and with it the run a trigger handed over on
+-- it, if the run is still held under this worker at its first epoch (the worker may not
+-- have heard: its notification can be lost). Waits for a trigger spending the offer now.
+-- name: take_offer [postgres]
+DELETE FROM worker_offers o WHERE o.worker_id = :worker_id
+RETURNING o.run_id,
+    (SELECT row_to_json(r) FROM runs r
+     WHERE r.id = o.run_id AND r.worker_id = o.worker_id AND r.status = 'EXECUTING'
+       AND r.lease_epoch = 1) AS run;
+
+-- A claim that came back short offers to take one run from a trigger (insert_run_offered);
+-- the same transaction took back any offer before (take_offer), so there is no row.
+-- name: post_offer [postgres]
+INSERT INTO worker_offers (worker_id, env, serves, version, new_task_ids)
+VALUES (:worker_id, :env, :serves, :version, :new_task_ids);
+
+-- A worker stopped or declared dead offers nothing more (its row would only be read and
+-- passed over by every trigger). Never waits: a trigger or a claim holding the row has
+-- spent or taken it back (a dead worker's row left spent is passed over too).
+-- name: withdraw_offer
+DELETE FROM worker_offers WHERE worker_id = :worker_id;
+
+-- name: withdraw_offer [postgres]
+DELETE FROM worker_offers WHERE worker_id IN (
+    SELECT worker_id FROM worker_offers WHERE worker_id = :worker_id FOR UPDATE SKIP LOCKED);
