@@ -24,6 +24,9 @@ from .store.base import Claim, EndSegment, Handover, Op, StartDequeued
 
 _SHORT_RUN = 0.05  # seconds: runs averaging less are worth claiming ahead
 _HOLD_SECONDS = 0.1  # of work, at most, held ready beyond the free slots
+# How long a hand-over heard of is remembered by id and epoch; one still running here is
+# recognised as such however late the claim that returns it again comes.
+_HEARD_SECONDS = 600.0
 _HAND_OVER_RUN = 1.0  # seconds: runs averaging less get successors held DEQUEUED
 
 
@@ -148,12 +151,19 @@ class Claiming(WorkerBase):
     def _first_handover(self, claim: Claim) -> bool:
         """Whether a hand-over is heard of for the first time: it comes by notification
         and again in the next claim (which takes the offer back), in either order."""
-        key = (claim.run.id, claim.epoch)
-        if key in self._handovers:
-            return False
+        run_id = claim.run.id
+        key = (run_id, claim.epoch)
+        if key in self._handovers or run_id in self.active or run_id in self._finishing or \
+                any(c.run.id == run_id for c in self._ready):
+            return False  # heard of already: the claim that returns it again may come late
         now = time.monotonic()
-        if len(self._handovers) > 1000:
-            self._handovers = {k: t for k, t in self._handovers.items() if now - t < 600}
+        # Oldest first (a dict keeps insertion order): each entry is dropped once, so the
+        # pruning costs nothing per hand-over however many a busy minute brings.
+        while self._handovers:
+            oldest = next(iter(self._handovers))
+            if now - self._handovers[oldest] < _HEARD_SECONDS:
+                break
+            del self._handovers[oldest]
         self._handovers[key] = now
         return True
 

@@ -247,3 +247,44 @@ async def test_a_stopping_worker_hands_back_what_it_is_handed(
         stop.set()
         await asyncio.wait_for(running, 30)
         client._transport._store.close()  # type: ignore[attr-defined]
+
+
+STARTS: dict[str, int] = {}
+
+
+@task(id="ho-long", queue=queue("ho-long-queue"))
+async def long_one(payload: Any) -> None:
+    STARTS[payload] = STARTS.get(payload, 0) + 1
+    await RELEASE["event"].wait()
+
+
+async def test_a_hand_over_still_running_is_not_started_again_by_a_late_claim(
+    store: Store, db_url: str, clock: FakeClock
+) -> None:
+    # The claim after a hand-over returns it again (it takes the offer back); however
+    # late that comes, and with the worker's memory of hand-overs gone, a run executing
+    # here is not started a second time (C3, C4).
+    RELEASE["event"], STARTS = asyncio.Event(), globals()["STARTS"]
+    STARTS.clear()
+    worker = Worker(store, tasks={long_one.id: long_one}, env="dev", scheduler=False,
+                    poll_interval=0.1)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    client = Client(store=open_store(db_url, clock), env="dev")
+    try:
+        await _until(lambda: worker._wakeups.watching, "the worker never waited for work")
+        first = client.trigger(long_one, "first")  # queued and claimed: then an offer
+        await _until(lambda: first.id in worker.active and bool(_offers(db_url)), "no offer")
+        handed = client.trigger(long_one, "handed")
+        await _until(lambda: handed.id in worker.active, "the hand-over never started")
+        worker._handovers.clear()
+        # The next claims (every 0.1 s) take the spent offer back with the run.
+        await _until(lambda: all(o["run_id"] is None for o in _offers(db_url)),
+                     "the offer was never taken back")
+        await asyncio.sleep(0.3)
+        assert STARTS == {"first": 1, "handed": 1}
+    finally:
+        RELEASE["event"].set()
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        client._transport._store.close()  # type: ignore[attr-defined]
