@@ -42,7 +42,7 @@ from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
 from ._sql_events_pg import PgEventsMixin
-from .base import EndSegment, NewRun, StartWait, TriggerResult
+from .base import EndSegment, NewRun, StartWait
 
 log = logging.getLogger(__name__)
 
@@ -374,25 +374,6 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         finally:
             self._pool.putconn(conn)
         return True
-
-    def _insert_keyed(self, tx: Any, r: NewRun, now: float) -> TriggerResult:
-        # The key's active run is reached only through the unique index, as the upsert's
-        # arbiter: a lookup by (env, task_id, key) leaves the index to the planner, which
-        # with statistics older than a task's runs scans runs_env_task, every run of the
-        # task per trigger (100,000 keyed runs took minutes). The upsert inserts, or
-        # releases the key's run, or returns it: a released key inserts once more.
-        row = self._run_row(r, now)
-        for _ in range(3):
-            got = tx.q("upsert_run_idempotent", **row)
-            if got[0]["id"] == r.id:
-                return TriggerResult(r.id, False)
-            if got[0]["idempotency_active"]:
-                return TriggerResult(got[0]["id"], True)
-            # Released: its successor goes in, unless a concurrent trigger's took the key
-            # first (then the next round finds that one).
-            if tx.q("insert_run_idempotent", **row):
-                return TriggerResult(r.id, False)
-        raise RuntimeError(f"idempotency key {r.idempotency_key!r}: no stable holder")
 
     def _insert_plain(self, tx: Any, runs: Sequence[NewRun], now: float) -> None:
         # COPY costs a round trip more than one INSERT, and pipeline mode has no COPY

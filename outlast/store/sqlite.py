@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .._clock import Clock, SystemClock
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, SerializationError
 from .._serde import dumps
 from . import _sql_events_sqlite as _events
 from ._rows import Row
@@ -108,8 +108,10 @@ class SQLiteStore(SqliteEventsMixin, SqlStore):
 
     def refused_data(self, exc: Exception) -> bool:
         # DataError: a string or blob too big. A full disk, a locked or read-only file are
-        # OperationalError: transient, retried.
-        return isinstance(exc, ValueError | sqlite3.DataError | sqlite3.IntegrityError)
+        # OperationalError: transient, retried. SerializationError: a batch's plain runs
+        # go as one JSON text (insert_lean_runs), which a lone surrogate cannot be.
+        return isinstance(
+            exc, ValueError | sqlite3.DataError | sqlite3.IntegrityError | SerializationError)
 
     def __init__(self, url: str, clock: Clock | None = None) -> None:
         super().__init__()

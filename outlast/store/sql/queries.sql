@@ -57,37 +57,6 @@ SELECT (SELECT pg_notify(:channel, env) FROM run WHERE status = 'QUEUED') AS not
        EXISTS (SELECT 1 FROM worker_offers o WHERE o.env = :env AND o.run_id IS NULL)
            AS offers;
 
--- An idempotency key is held by at most one active run (the partial unique index); a
--- concurrent trigger with the same key waits for the first and then does nothing.
--- name: insert_run_idempotent
-INSERT INTO runs (
-    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
-    priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
-    created_at, updated_at, available_at, ready_at, delay_until, ttl_expires_at,
-    max_duration, parent_id, root_id, depth, replayed_from, parent_waitpoint_id, version
-) VALUES (
-    :id, :env, :task_id, :queue, :status, :payload, :metadata, :tags, 1, :max_attempts,
-    :priority, :concurrency_key, :idempotency_key, :idempotency_expires_at, 1,
-    :now, :now, :available_at, :ready_at, :delay_until, :ttl_expires_at, :max_duration,
-    :parent_id, :root_id, :depth, :replayed_from, :parent_waitpoint_id, :version
-)
-ON CONFLICT (env, task_id, idempotency_key) WHERE idempotency_active = 1 DO NOTHING
-RETURNING id;
-
--- A key is released when its TTL passed or its run ended without success, so the next
--- trigger with it creates a new run.
--- name: release_idempotency_key
-UPDATE runs SET idempotency_active = 0
-WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
-  AND idempotency_active = 1
-  AND (idempotency_expires_at <= :now
-       OR status IN ('FAILED', 'CANCELED', 'EXPIRED', 'TIMED_OUT'));
-
--- name: find_idempotent_run
-SELECT id FROM runs
-WHERE env = :env AND task_id = :task_id AND idempotency_key = :idempotency_key
-  AND idempotency_active = 1;
-
 -- name: insert_tag
 INSERT INTO run_tags (env, tag, run_id) VALUES (:env, :tag, :run_id) ON CONFLICT DO NOTHING;
 
@@ -2343,11 +2312,13 @@ RETURNING *;
 -- name: allow_idle_in_transaction [postgres]
 SELECT set_config('idle_in_transaction_session_timeout', :ms, true) AS ms;
 
--- A keyed trigger on PostgreSQL (_insert_keyed): insert, or take the active run holding
--- the key through the unique index itself, releasing it if its TTL passed or it ended
--- without success (RETURNING idempotency_active 0). Holding it rewrites the row with the
--- same values: a HOT update, on the retried-trigger path only.
--- name: upsert_run_idempotent [postgres]
+-- A keyed trigger (_insert_keyed): insert, or take the active run holding the key through
+-- the unique index itself (the arbiter), releasing it if its TTL passed or it ended
+-- without success (RETURNING idempotency_active 0: the next call inserts). An idempotency
+-- key is held by at most one active run; a concurrent trigger with the same key waits for
+-- the first, then takes its run. Holding it rewrites the row with the same values: on
+-- PostgreSQL a HOT update, on the retried-trigger path only.
+-- name: upsert_run_idempotent
 INSERT INTO runs (
     id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
     priority, concurrency_key, idempotency_key, idempotency_expires_at, idempotency_active,
