@@ -190,17 +190,19 @@ def test_previous_release_keeps_completing_runs_while_the_new_one_migrates_and_s
             assert raw(fresh_pg, "SELECT version FROM outlast_schema") == [(SCHEMA_VERSION,)]
         assert old1.poll() is None
 
-        # N triggers more; a fresh N-1 worker starts on the new schema; N starts too.
-        store = open_store(fresh_pg)
-        try:
-            Client(store=store, env="dev").batch_trigger(
-                "upgrade-work", [{"n": 1000 + i} for i in range(120)])
-        finally:
-            store.close()
+        # A fresh N-1 worker starts on the new schema; N starts too; N triggers more, once
+        # both are up, each run long enough (0.2 s, 12 slots: about 2 s in all) that
+        # every worker gets some whatever the load on the machine.
         old2 = r.worker("previous")
         new = r.worker("current")
         old2_id = _wait("a fresh N-1 worker to start", lambda: _worker_id(fresh_pg, old2.pid))
         new_id = _wait("the N worker to start", lambda: _worker_id(fresh_pg, new.pid))
+        store = open_store(fresh_pg)
+        try:
+            Client(store=store, env="dev").batch_trigger(
+                "upgrade-work", [{"n": 1000 + i, "sleep": 0.2} for i in range(120)])
+        finally:
+            store.close()
 
         checked = r.run("current", "migrate", "--check", "--json")
         # exit 1: the contract step still waits

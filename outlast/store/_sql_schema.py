@@ -152,14 +152,20 @@ class SchemaMixin(SqlCore, SchemaOps):
                     f"outlast ({status.code_version}){_unknown(status)}; upgrade outlast"
                 )
             version = status.version or 0
+            blocked = False
             for m in status.pending:
                 if m.kind == CONTRACT:
                     waiting = status.blockers(m)
-                    if waiting:
-                        if contract:
-                            raise ContractBlocked(_blocked_message(m, waiting))
-                        log.warning("%s", _blocked_message(m, waiting))
-                        break
+                    if waiting and contract:
+                        raise ContractBlocked(_blocked_message(m, waiting))
+                    if waiting or blocked:
+                        # Contracts keep their order: this one and every later one wait.
+                        # Later expand migrations do not: they only add, so the code of
+                        # this release can run beside the older processes still alive.
+                        if waiting:
+                            log.warning("%s", _blocked_message(m, waiting))
+                        blocked = True
+                        continue
                 tx.script(m.sql)
                 status.applied[m.name] = m.kind
                 version = max(version, m.number)
