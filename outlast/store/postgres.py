@@ -149,6 +149,29 @@ class _Tx:
         self.conn.execute(sql.encode())
 
 
+class _LateBeginTx(_Tx):
+    """A transaction whose BEGIN goes with its first statement (``q`` or ``x``), in one
+    round trip: pipeline mode for those two, left after them (COPY has none). A batch
+    publish's first statement takes its names' locks (_sql_events_pg)."""
+
+    begun = False
+
+    def q(self, name: str, /, **params: Any) -> list[Row]:
+        return self._first(name, params).fetchall()
+
+    def x(self, name: str, /, **params: Any) -> int:
+        return self._first(name, params).rowcount
+
+    def _first(self, name: str, params: Mapping[str, Any]) -> psycopg.Cursor[Row]:
+        if self.begun:
+            return self.conn.execute(self.queries[name], params)
+        with self.conn.pipeline():  # its exit waits for both results
+            self.conn.execute("BEGIN")
+            self.begun = True
+            cur = self.conn.execute(self.queries[name], params)
+        return cur
+
+
 class AdvisoryLock:
     """A session advisory lock on a connection of its own, held for the worker's life.
 
@@ -334,6 +357,22 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             except BaseException:
                 # A statement failed (the server skipped the rest, COMMIT too, up to the
                 # pipeline's sync) or the caller raised: the transaction is still open.
+                if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _late_begin_transaction(self) -> Iterator[_Tx]:
+        # BEGIN with the first statement (_LateBeginTx): a round trip less, for a
+        # transaction that must leave pipeline mode after it (a batch publish's COPY).
+        with self._pool.connection() as conn:
+            tx = _LateBeginTx(conn, self.q)
+            try:
+                yield tx
+                if tx.begun:
+                    conn.execute("COMMIT")
+            except BaseException:
                 if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute("ROLLBACK")

@@ -2386,3 +2386,46 @@ ORDER BY created_at, waitpoint_id;
 -- name: ev_copy [postgres]
 COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
              fanout) FROM STDIN (FORMAT BINARY);
+
+-- PostgreSQL, a batch of :n events about to be copied (store/_sql_events_pg.py), in one
+-- round trip: the names' locks (as ev_lock_names_and_version), the task fingerprint, the
+-- idle bound for this transaction when :ms is given (as allow_idle_in_transaction), :n
+-- sequence numbers (as ev_seqs_and_waits) and the pending waits for the names. The
+-- statement's snapshot may predate the locks (taken while it waited): its waits count
+-- only if no other holder of these locks committed in between, each version it bumped
+-- being the one it read plus one (versions only grow; a new name's is 1), which "ok"
+-- says; else the publisher reads the waits again (ev_seqs_and_waits, :n = 0). The head
+-- row has v and ok, seq rows a seq, wait rows a waitpoint_id.
+-- name: ev_lock_seqs_and_waits [postgres]
+WITH seen AS (
+    SELECT COALESCE(SUM(version), 0) AS v FROM event_names
+    WHERE env = :env AND name = ANY(CAST(:names AS text[]))
+), locked AS (
+    INSERT INTO event_names (env, name, last_at, version)
+    SELECT :env, n.name, :now, 1 FROM unnest(CAST(:names AS text[])) AS n(name)
+    ORDER BY n.name
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING version
+), bound AS (
+    SELECT set_config('idle_in_transaction_session_timeout', CAST(:ms AS text), true) AS ms
+    WHERE CAST(:ms AS text) IS NOT NULL
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v,
+       (SELECT COALESCE(SUM(version), 0) FROM locked)
+           = (SELECT v FROM seen) + cardinality(CAST(:names AS text[])) AS ok,
+       (SELECT COUNT(*) FROM bound) AS bounded,
+       CAST(NULL AS bigint) AS seq, NULL AS waitpoint_id, NULL AS name,
+       NULL AS match_path, NULL AS match_value, NULL AS expr,
+       CAST(NULL AS double precision) AS created_at, 0 AS part
+UNION ALL
+SELECT NULL, NULL, NULL, nextval(pg_get_serial_sequence('events', 'seq')), NULL, NULL,
+       NULL, NULL, NULL, NULL, 1
+FROM generate_series(1, :n)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_value,
+       w.expr, w.created_at, 2
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY part, created_at, waitpoint_id;
