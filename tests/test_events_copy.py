@@ -220,6 +220,20 @@ def test_a_wait_registered_while_a_batch_waits_for_its_names_lock_is_resumed(
     assert '"l2"' in rows[0]["output"]
 
 
+def test_a_batch_announces_its_runs_to_listening_workers(
+    store: Store, client: Client, db_url: str, backend: str
+) -> None:
+    # The NOTIFY goes with COMMIT in one round trip (postgres._late_begin_transaction).
+    if backend != "postgres":
+        pytest.skip("SQLite's workers are woken in process, not by NOTIFY")
+    store.publish_tasks("dev", [first.definition()])
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN outlast_work")
+        client.publish_many(_batch(["n1", "n2"]))
+        got = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert got == ["dev"]
+
+
 def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     store: Store, client: Client
 ) -> None:

@@ -152,9 +152,11 @@ class _Tx:
 class _LateBeginTx(_Tx):
     """A transaction whose BEGIN goes with its first statement (``q`` or ``x``), in one
     round trip: pipeline mode for those two, left after them (COPY has none). A batch
-    publish's first statement takes its names' locks (_sql_events_pg)."""
+    publish's first statement takes its names' locks (_sql_events_pg). Its NOTIFYs go
+    with COMMIT, in one round trip too (a notification is sent at commit either way)."""
 
     begun = False
+    notify: tuple[str, ...] = ()
 
     def q(self, name: str, /, **params: Any) -> list[Row]:
         return self._first(name, params).fetchall()
@@ -370,7 +372,12 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
             tx = _LateBeginTx(conn, self.q)
             try:
                 yield tx
-                if tx.begun:
+                if tx.notify:
+                    with conn.pipeline():  # its exit waits for COMMIT
+                        for env in tx.notify:
+                            conn.execute(self.q["notify"], {"env": env})
+                        conn.execute("COMMIT")
+                elif tx.begun:
                     conn.execute("COMMIT")
             except BaseException:
                 if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
@@ -466,6 +473,10 @@ class PostgresStore(ListenMixin, AppTransactionMixin, PgEventsMixin, SqlStore):
         return cur.fetchall() if cur.description else []
 
     def _notify(self, tx: Any, env: str) -> None:
+        if isinstance(tx, _LateBeginTx) and tx.begun:
+            if env not in tx.notify:
+                tx.notify += (env,)  # with COMMIT (_late_begin_transaction)
+            return
         tx.x("notify", env=env)
 
     def _may_claim_and_lock(
