@@ -154,8 +154,7 @@ class PgEventsMixin(EventsMixin):
                         n=copying.n, ms=ms)
             head = rows[0]
             copying.bound = ms if head["bounded"] else None
-            copying.drawn = [int(r["seq"]) for r in rows if r["seq"] is not None]
-            copying.drawn.sort()
+            copying.drawn = sorted(head["seqs"] or ())
             if head["ok"]:  # else another lock holder committed meanwhile: read again
                 copying.waits = [_wait(r) for r in rows if r["waitpoint_id"] is not None]
             return self._subscribers(tx, env, head["v"])

@@ -2395,7 +2395,8 @@ COPY events (seq, env, id, name, data, created_at, dedup_until, dedup_active, ex
 -- only if no other holder of these locks committed in between, each version it bumped
 -- being the one it read plus one (versions only grow; a new name's is 1), which "ok"
 -- says; else the publisher reads the waits again (ev_seqs_and_waits, :n = 0). The head
--- row has v and ok, seq rows a seq, wait rows a waitpoint_id.
+-- row has v, ok and the seqs (one array: a row each cost the client a dict each), the
+-- rows after it a wait each.
 -- name: ev_lock_seqs_and_waits [postgres]
 WITH seen AS (
     SELECT COALESCE(SUM(version), 0) AS v FROM event_names
@@ -2416,16 +2417,13 @@ SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
        (SELECT COALESCE(SUM(version), 0) FROM locked)
            = (SELECT v FROM seen) + cardinality(CAST(:names AS text[])) AS ok,
        (SELECT COUNT(*) FROM bound) AS bounded,
-       CAST(NULL AS bigint) AS seq, NULL AS waitpoint_id, NULL AS name,
-       NULL AS match_path, NULL AS match_value, NULL AS expr,
-       CAST(NULL AS double precision) AS created_at, 0 AS part
-UNION ALL
-SELECT NULL, NULL, NULL, nextval(pg_get_serial_sequence('events', 'seq')), NULL, NULL,
-       NULL, NULL, NULL, NULL, 1
-FROM generate_series(1, :n)
+       (SELECT array_agg(nextval(pg_get_serial_sequence('events', 'seq')))
+        FROM generate_series(1, :n)) AS seqs,
+       NULL AS waitpoint_id, NULL AS name, NULL AS match_path, NULL AS match_value,
+       NULL AS expr, CAST(NULL AS double precision) AS created_at, 0 AS part
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_value,
-       w.expr, w.created_at, 2
+       w.expr, w.created_at, 1
 FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY part, created_at, waitpoint_id;
