@@ -185,6 +185,55 @@ def test_a_batch_resumes_the_waits_on_its_names(store: Store, client: Client) ->
 
 
 
+def test_a_wait_registered_while_a_batch_waits_for_its_names_lock_is_resumed(
+    store: Store, client: Client, db_url: str, backend: str
+) -> None:
+    # The statement taking the batch's locks read its waits with a snapshot from before
+    # the lock wait: they must be read again, or this wait would be missed.
+    if backend != "postgres":
+        pytest.skip("SQLite's write transactions take turns: no statement waits on a row")
+    store.publish_tasks("dev", [first.definition()])
+    client.publish_many(_batch(["warm1", "warm2"]))  # the subscribers cached
+    q = store.q  # type: ignore[attr-defined]
+    now = store.now()
+    with psycopg.connect(db_url) as conn:  # a wait registering, as register_event_wait does
+        conn.execute(q["ev_lock_name"], {"env": "dev", "name": "copy.signup", "now": now})
+        conn.execute(q["insert_waitpoint"], {
+            "id": "wp_late", "env": "dev", "kind": "event", "run_id": None,
+            "timeout_at": None, "idempotency_key": None, "idempotency_expires_at": None,
+            "tags": "[]", "pending_children": 0, "now": now})
+        conn.execute(q["ev_insert_wait"], {
+            "waitpoint_id": "wp_late", "env": "dev", "name": "copy.signup",
+            "match_path": "data.id", "match_value": '"l2"', "expr": None, "now": now})
+        result: list[Any] = []
+        publishing = threading.Thread(
+            target=lambda: result.append(client.publish_many(_batch(["l1", "l2", "l3"]))))
+        publishing.start()
+        try:
+            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+        finally:
+            conn.commit()
+            publishing.join(30)
+    assert result and [len(r.run_ids) for r in result[0]] == [1, 1, 1]
+    rows = _rows(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_late'")
+    assert rows[0]["status"] == "completed", rows
+    assert '"l2"' in rows[0]["output"]
+
+
+def test_a_batch_announces_its_runs_to_listening_workers(
+    store: Store, client: Client, db_url: str, backend: str
+) -> None:
+    # The NOTIFY goes with COMMIT in one round trip (postgres._late_begin_transaction).
+    if backend != "postgres":
+        pytest.skip("SQLite's workers are woken in process, not by NOTIFY")
+    store.publish_tasks("dev", [first.definition()])
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN outlast_work")
+        client.publish_many(_batch(["n1", "n2"]))
+        got = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert got == ["dev"]
+
+
 def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     store: Store, client: Client
 ) -> None:

@@ -2,14 +2,18 @@
 single publish is one statement committed on its own when nothing needs a transaction
 (``ev_publish_alone``); a batch's events (each with its fan-out) go by COPY, each planned
 as its row is written (``_plan_and_insert``), or when one of their ids is taken in one
-INSERT with the waits for their names; a publish locks its names and reads the task
-fingerprint in one, and a single event is inserted by the statement that reads the waits
-for its name.
+INSERT with the waits for their names. A batch by COPY takes its names' locks, reads the
+task fingerprint, draws its sequence numbers, reads the waits and sets its idle bound in
+its first statement, sent with BEGIN (``_lock_and_subscribers``), and its NOTIFY goes with
+COMMIT (``postgres._late_begin_transaction``): six round trips where ten were. Another
+publish locks its names and reads the task fingerprint in one, and a single event is
+inserted by the statement that reads the waits for its name.
 Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -42,9 +46,27 @@ class _Taken(Exception):
     """A batch's COPY met an event id still deduplicating: its transaction rolls back."""
 
 
-# Whether a batch's events may go by COPY: in publish_events's own transaction (which it
-# publishes again on _Taken), not in another caller's (_publish_in), nor again.
-_COPYING: ContextVar[bool] = ContextVar("outlast_events_copying", default=False)
+class _Copying:
+    """A batch publish by COPY under way (publish_events): what the statement taking its
+    names' locks drew ahead for _plan_and_insert and _before_planning."""
+
+    __slots__ = ("bound", "drawn", "events", "n", "waits")
+
+    def __init__(self, events: int, n: int) -> None:
+        self.events = events  # the batch's events, and n its distinct ids
+        self.n = n
+        self.drawn: list[int] | None = None  # sequence numbers, in order
+        self.waits: list[EventWait] | None = None  # None: to be read after the locks
+        self.bound: str | None = None  # the idle bound set for the transaction
+
+
+# A batch's events go by COPY in publish_events's own transaction (which it publishes
+# again on _Taken), not in another caller's (_publish_in), nor again: None there.
+_COPYING: ContextVar[_Copying | None] = ContextVar("outlast_events_copying", default=None)
+
+
+def _wait(r: Any) -> EventWait:
+    return EventWait(r["waitpoint_id"], r["name"], r["match_path"], r["match_value"], r["expr"])
 
 
 class PgEventsMixin(EventsMixin):
@@ -99,7 +121,11 @@ class PgEventsMixin(EventsMixin):
             self.wake_local()
         return PublishResult(event.id, False, [r.id for r in runs])
 
-    def _before_planning(self, tx: Tx, events: int, subscribers: int) -> None:
+    def _late_begin_transaction(self) -> AbstractContextManager[Tx]:
+        """A transaction whose BEGIN goes with its first statement (PostgresStore's)."""
+        raise NotImplementedError
+
+    def _idle_allowance(self, events: int, subscribers: int) -> str | None:
         # A publish plans its events in Python between two statements of its transaction
         # (CEL filters among it): seconds for thousands of events, which the session's
         # idle bound (_pg_session) would take for a stalled process and end, failing the
@@ -107,11 +133,34 @@ class PgEventsMixin(EventsMixin):
         # transaction only, the bound plus a budget per event and subscriber.
         extra = events * max(1, subscribers) * _PLAN_MS
         if self._idle_tx_ms and extra * 2 > self._idle_tx_ms:
-            tx.q("allow_idle_in_transaction",
-                 ms=str(min(self._idle_tx_ms + extra, 2**31 - 1)))
+            return str(min(self._idle_tx_ms + extra, 2**31 - 1))
+        return None
+
+    def _before_planning(self, tx: Tx, events: int, subscribers: int) -> None:
+        ms = self._idle_allowance(events, subscribers)
+        copying = _COPYING.get()
+        if ms is not None and (copying is None or copying.bound != ms):
+            tx.q("allow_idle_in_transaction", ms=ms)
 
     def _lock_and_subscribers(self, tx: Tx, env: str, names: list[str], now: float
                               ) -> list[TaskDef]:
+        copying = _COPYING.get()
+        if copying is not None and copying.drawn is None:
+            # A batch by COPY: its locks, its sequence numbers, the waits for its names
+            # and (with the subscribers this process read last) its idle bound in the
+            # transaction's first statement, which BEGIN goes with: one round trip
+            # where these took four (ev_lock_seqs_and_waits).
+            cached = self._subscriber_cache().get(env)
+            ms = None if cached is None else self._idle_allowance(copying.events,
+                                                                  len(cached[1]))
+            rows = tx.q("ev_lock_seqs_and_waits", env=env, names=names, now=now,
+                        n=copying.n, ms=ms)
+            head = rows[0]
+            copying.bound = ms if head["bounded"] else None
+            copying.drawn = sorted(head["seqs"] or ())
+            if head["ok"]:  # else another lock holder committed meanwhile: read again
+                copying.waits = [_wait(r) for r in rows if r["waitpoint_id"] is not None]
+            return self._subscribers(tx, env, head["v"])
         if len(names) == 1:
             rows = tx.q("ev_lock_and_version", env=env, name=names[0], now=now)
         else:
@@ -145,17 +194,22 @@ class PgEventsMixin(EventsMixin):
 
     def publish_events(self, env: str, events: Sequence[NewEvent], planner: EventPlanner
                        ) -> list[PublishResult]:
-        copying = _COPYING.set(True)
-        try:
-            return super().publish_events(env, events, planner)
-        except _Taken:
-            # The batch's COPY met an id still deduplicating (a retry; a concurrent
-            # publisher's, once it committed) and its transaction rolled back: again, its
-            # events by INSERT, which tells duplicates from ids past their window.
-            _COPYING.set(False)
-            return super().publish_events(env, events, planner)
-        finally:
-            _COPYING.reset(copying)
+        if len(events) > 1:
+            copying = _COPYING.set(_Copying(len(events), len({e.id for e in events})))
+            try:
+                now = self.now()
+                with self._late_begin_transaction() as tx:
+                    results, batch = self._publish_in(tx, env, events, planner, now)
+                self._published(batch)
+                return results
+            except _Taken:
+                # The batch's COPY met an id still deduplicating (a retry; a concurrent
+                # publisher's, once it committed) and its transaction rolled back: again,
+                # its events by INSERT, which tells duplicates from ids past their window.
+                pass
+            finally:
+                _COPYING.reset(copying)
+        return super().publish_events(env, events, planner)
 
     def _plan_and_insert(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
                          planner: EventPlanner) -> tuple[dict[str, _Plan], dict[str, int]]:
@@ -167,20 +221,18 @@ class PgEventsMixin(EventsMixin):
         # publish_events publishes the batch again by INSERT. No savepoint to fall back to
         # in this transaction: it would cost every batch two round trips, for the sake of
         # a retried one.
-        if len(events) == 1 or not _COPYING.get():
+        copying = _COPYING.get()
+        if copying is None or copying.drawn is None:
             return super()._plan_and_insert(tx, batch, events, planner)
         env, now = batch.env, batch.now
-        distinct = len({e.id for e in events})
         names = sorted({e.name for e in events})
-        drawn: list[int] = []
+        drawn = copying.drawn
+        found = copying.waits
+        if found is None:
+            found = [_wait(r) for r in tx.q("ev_seqs_and_waits", env=env, names=names, n=0)]
         waits: dict[str, list[EventWait]] = {n: [] for n in names}
-        for r in tx.q("ev_seqs_and_waits", env=env, names=names, n=distinct):
-            if r["seq"] is not None:
-                drawn.append(int(r["seq"]))
-            else:
-                waits[r["name"]].append(EventWait(r["waitpoint_id"], r["name"], r["match_path"],
-                                                  r["match_value"], r["expr"]))
-        drawn.sort()
+        for w in found:
+            waits[w.name].append(w)
         plans: dict[str, _Plan] = {}
         seqs: dict[str, int] = {}
         conn = tx.conn  # type: ignore[attr-defined]  # PostgresStore's _Tx

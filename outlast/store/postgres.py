@@ -38,6 +38,7 @@ from ._pg_session import (
     session_bounds,
     session_connection,
 )
+from ._pg_tx import _LateBeginTx, _Tx, late_begin
 from ._rows import Row
 from ._sql import SqlStore
 from ._sql_app_tx import AppTransactionMixin
@@ -108,46 +109,6 @@ class DatabaseClock:
         assert best is not None
         self._offset = best[1]
         self._synced = time.monotonic()
-
-
-class _Tx:
-    """One transaction's statements. With ``pipe`` (pipeline mode, apply_and_claim's
-    transaction): BEGIN goes with the first statement that waits for its result, and
-    statements sent without waiting (``send``) go with the next that waits, at the latest
-    COMMIT; an error of theirs is raised there, and the transaction rolls back."""
-
-    def __init__(self, conn: psycopg.Connection[Row], queries: Mapping[str, str],
-                 pipe: psycopg.Pipeline | None = None) -> None:
-        self.conn = conn
-        self.queries = queries
-        self.pipe = pipe
-
-    def q(self, name: str, /, **params: Any) -> list[Row]:
-        return self.conn.execute(self.queries[name], params).fetchall()
-
-    def x(self, name: str, /, **params: Any) -> int:
-        cur = self.conn.execute(self.queries[name], params)
-        self.flush()  # the row count is the result's: wait for it
-        return cur.rowcount
-
-    def send(self, name: str, /, **params: Any) -> None:
-        """A statement whose result nothing reads: in pipeline mode, it waits for none."""
-        self.conn.execute(self.queries[name], params)
-
-    def flush(self) -> None:
-        """In pipeline mode, wait for the results of every statement sent so far."""
-        if self.pipe is not None:
-            self.pipe.sync()
-
-    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        if len(rows) == 1:  # executemany's pipeline costs extra round trips for one row
-            self.conn.execute(self.queries[name], rows[0])
-        elif rows:
-            with self.conn.cursor() as cur:
-                cur.executemany(self.queries[name], rows)
-
-    def script(self, sql: str) -> None:
-        self.conn.execute(sql.encode())
 
 
 class AdvisoryLock:
@@ -341,6 +302,11 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
                         conn.execute("ROLLBACK")
                 raise
 
+    def _late_begin_transaction(self) -> contextlib.AbstractContextManager[_Tx]:
+        # BEGIN with the first statement, NOTIFY with COMMIT (_pg_tx.late_begin): a
+        # batch publish's transaction, which leaves pipeline mode for its COPY.
+        return late_begin(self._pool, self.q)
+
     def _insert_alone(self, run: NewRun, now: float) -> bool:
         row = self._run_row(run, now)
         row["channel"] = CHANNEL
@@ -415,6 +381,10 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         return cur.fetchall() if cur.description else []
 
     def _notify(self, tx: Any, env: str) -> None:
+        if isinstance(tx, _LateBeginTx) and tx.begun:
+            if env not in tx.notify:
+                tx.notify += (env,)  # with COMMIT (_late_begin_transaction)
+            return
         tx.x("notify", env=env)
 
     def _may_claim_and_lock(

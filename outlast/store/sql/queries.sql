@@ -2514,3 +2514,44 @@ DELETE FROM worker_offers WHERE worker_id = :worker_id;
 -- name: withdraw_offer [postgres]
 DELETE FROM worker_offers WHERE worker_id IN (
     SELECT worker_id FROM worker_offers WHERE worker_id = :worker_id FOR UPDATE SKIP LOCKED);
+
+-- PostgreSQL, a batch of :n events about to be copied (store/_sql_events_pg.py), in one
+-- round trip: the names' locks (as ev_lock_names_and_version), the task fingerprint, the
+-- idle bound for this transaction when :ms is given (as allow_idle_in_transaction), :n
+-- sequence numbers (as ev_seqs_and_waits) and the pending waits for the names. The
+-- statement's snapshot may predate the locks (taken while it waited): its waits count
+-- only if no other holder of these locks committed in between, each version it bumped
+-- being the one it read plus one (versions only grow; a new name's is 1), which "ok"
+-- says; else the publisher reads the waits again (ev_seqs_and_waits, :n = 0). The head
+-- row has v, ok and the seqs (one array: a row each cost the client a dict each), the
+-- rows after it a wait each.
+-- name: ev_lock_seqs_and_waits [postgres]
+WITH seen AS (
+    SELECT COALESCE(SUM(version), 0) AS v FROM event_names
+    WHERE env = :env AND name = ANY(CAST(:names AS text[]))
+), locked AS (
+    INSERT INTO event_names (env, name, last_at, version)
+    SELECT :env, n.name, :now, 1 FROM unnest(CAST(:names AS text[])) AS n(name)
+    ORDER BY n.name
+    ON CONFLICT (env, name) DO UPDATE SET last_at = excluded.last_at,
+        version = event_names.version + 1
+    RETURNING version
+), bound AS (
+    SELECT set_config('idle_in_transaction_session_timeout', CAST(:ms AS text), true) AS ms
+    WHERE CAST(:ms AS text) IS NOT NULL
+)
+SELECT (SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0)
+        FROM tasks t WHERE t.env = :env) AS v,
+       (SELECT COALESCE(SUM(version), 0) FROM locked)
+           = (SELECT v FROM seen) + cardinality(CAST(:names AS text[])) AS ok,
+       (SELECT COUNT(*) FROM bound) AS bounded,
+       (SELECT array_agg(nextval(pg_get_serial_sequence('events', 'seq')))
+        FROM generate_series(1, :n)) AS seqs,
+       NULL AS waitpoint_id, NULL AS name, NULL AS match_path, NULL AS match_value,
+       NULL AS expr, CAST(NULL AS double precision) AS created_at, 0 AS part
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_value,
+       w.expr, w.created_at, 1
+FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
+WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
+ORDER BY part, created_at, waitpoint_id;
