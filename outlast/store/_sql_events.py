@@ -69,6 +69,18 @@ def _task_of(run: NewRun) -> str:
 _Plan = tuple[EventRecord, list[Fanout]]
 
 
+@dataclass
+class _AlonePlan:
+    """A single publish planned before its statement (``_plan_alone``)."""
+
+    version: str  # the subscribers' fingerprint the plan was made with
+    subscribers: list[TaskDef]
+    now: float
+    record: EventRecord
+    plan: list[Fanout]
+    runs: list[NewRun]
+
+
 def _plan(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner
           ) -> dict[str, _Plan]:
     """Each distinct event's fan-out, planned before the events are inserted: what it did
@@ -194,6 +206,24 @@ class EventsMixin(SqlCore):
         (``_sql_events_pg``): SQLite has no round trips to save. Whatever a planner
         decides beyond runs and deliveries (cancels, waits, ...) must make it refuse."""
         return None
+
+    def _plan_alone(self, env: str, event: NewEvent, planner: EventPlanner
+                    ) -> _AlonePlan | None:
+        """A single publish's fan-out planned with the subscribers this process read last
+        (the backend's statement checks their fingerprint); None when none were read yet
+        or the event cancels runs (those take the transaction)."""
+        cached = self._subscriber_cache().get(env)
+        if cached is None:
+            return None
+        version, subscribers = cached
+        now = self.now()
+        record = EventRecord(seq=0, id=event.id, env=env, name=event.name,
+                             data=loads(event.data), created_at=now, data_json=event.data)
+        if planner.cancel_matches(record, subscribers):
+            return None
+        plan = planner.fan_out(record, subscribers, replay=False)
+        runs = [f.run for f in plan if f.run is not None]
+        return _AlonePlan(version, subscribers, now, record, plan, runs)
 
     def _before_planning(self, tx: Tx, events: int, subscribers: int) -> None:
         """A backend hook, before a publish plans ``events`` against ``subscribers`` in

@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 
-from .._serde import dumps, loads
-from ._events_base import EventPlanner, EventRecord, EventWait, NewEvent, PublishResult
+from .._serde import dumps
+from ._events_base import EventPlanner, EventWait, NewEvent, PublishResult
 from ._rows import Tx
 from ._sql_events import (
     EventsMixin,
@@ -82,17 +82,10 @@ class PgEventsMixin(EventsMixin):
         # transaction, as does any refusal of the statement (see ev_publish_alone). A
         # debounced or batched subscriber's run takes it too: its group row is upserted,
         # and the run may join the group's pending run (_sql_groups, _sql_events._joined).
-        cached = self._subscriber_cache().get(env)
-        if cached is None:
+        planned = self._plan_alone(env, event, planner)
+        if planned is None:
             return None
-        version, subscribers = cached
-        now = self.now()
-        record = EventRecord(seq=0, id=event.id, env=env, name=event.name,
-                             data=loads(event.data), created_at=now, data_json=event.data)
-        if planner.cancel_matches(record, subscribers):
-            return None
-        plan = planner.fan_out(record, subscribers, replay=False)
-        runs = [f.run for f in plan if f.run is not None]
+        version, now, plan, runs = planned.version, planned.now, planned.plan, planned.runs
         for r in runs:
             if (r.tags or r.idempotency_key is not None or r.trace_context or r.delay
                     or r.cancel_paths

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
-from .._serde import dumps, loads
-from ._events_base import EventPlanner, EventRecord, NewEvent, PublishResult
+from .._serde import dumps
+from ._events_base import EventPlanner, NewEvent, PublishResult
 from ._rows import Tx
 from ._sql_events import EventsMixin, _Batch, _task_of, fanout_json
 from ._types import NewRun
@@ -37,17 +37,11 @@ class SqliteEventsMixin(EventsMixin):
         # debounce or batch group, ...: see lean) takes the general path, as does a
         # duplicate id or a changed definition. Waits on the name are served here, their
         # rows read only when some exist.
-        cached = self._subscriber_cache().get(env)
-        if cached is None:
+        planned = self._plan_alone(env, event, planner)
+        if planned is None:
             return None
-        version, subscribers = cached
-        now = self.now()
-        record = EventRecord(seq=0, id=event.id, env=env, name=event.name,
-                             data=loads(event.data), created_at=now, data_json=event.data)
-        if planner.cancel_matches(record, subscribers):
-            return None
-        plan = planner.fan_out(record, subscribers, replay=False)
-        runs = [f.run for f in plan if f.run is not None]
+        version, now, plan, runs = planned.version, planned.now, planned.plan, planned.runs
+        record, subscribers = planned.record, planned.subscribers
         if not all(lean(r) for r in runs):
             return None
         result: PublishResult | None = None
