@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from outlast import task
+from outlast import Retry, task
 from outlast.client import Client
 from outlast.store import open_store
 from outlast.store.base import Store
@@ -118,3 +118,28 @@ def test_a_migrated_sqlite_database_counts_its_tasks_as_a_fresh_one_does(tmp_pat
     assert _triggers(old) == _triggers(fresh)
     assert set(_triggers(fresh)) == {"tasks_version_insert", "tasks_version_update",
                                      "tasks_version_delete"}
+
+
+@task(id="tv-limited", on=["tv.limited"], queue="tv-q", max_duration=90.5,
+      retry=Retry(max_attempts=7))
+async def limited(payload: Any) -> None: ...
+
+
+def test_a_fan_out_of_few_runs_and_of_many_writes_the_rows_a_trigger_writes(
+    store: Store, client: Client
+) -> None:
+    # SQLite binds a few lean runs one by one (insert_lean_run), more go as JSON rows
+    # (insert_lean_runs): either way every column but id and metadata is insert_run's.
+    store.publish_tasks("dev", [limited.definition()])
+    few = [r.run_ids[0] for r in client.publish_many(
+        [{"name": "tv.limited", "data": {"n": 1}}] * 2)]
+    many = [r.run_ids[0] for r in client.publish_many(
+        [{"name": "tv.limited", "data": {"n": 1}}] * 9)]
+    alone = client.publish("tv.limited", {"n": 1}).run_ids
+    triggered = client.trigger(limited, {"n": 1}).id
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        rows = {r["id"]: r for r in store._raw(tx, "SELECT * FROM runs", {})}  # type: ignore[attr-defined]
+    for run_id in few + many + alone:
+        differ = {k for k in rows[run_id] if rows[run_id][k] != rows[triggered][k]}
+        assert differ == {"id", "metadata"}, differ
+    assert rows[triggered]["max_duration"] == 90.5 and rows[triggered]["max_attempts"] == 7

@@ -2550,3 +2550,17 @@ SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_val
 FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY part, created_at, waitpoint_id;
+
+-- SQLite, one run that needs nothing but its row (see insert_lean_runs, whose columns and
+-- values these are), its parameters by position: ?1 id, ?2 env, ?3 task_id, ?4 queue,
+-- ?5 payload, ?6 metadata, ?7 max_attempts, ?8 priority, ?9 concurrency_key, ?10 ttl,
+-- ?11 max_duration, ?12 depth, ?13 version, ?14 now. A single publish's few runs go so,
+-- where parsing JSON rows, or binding named parameters, cost more than the insert.
+-- name: insert_lean_run [sqlite]
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_active, created_at, updated_at, available_at,
+    ready_at, ttl_expires_at, max_duration, depth, version
+)
+VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14, ?14 - ?8,
+        ?14 + ?10, ?11, ?12, ?13);
