@@ -6,8 +6,11 @@ Per repetition and backend (each on a fresh database, 3 subscribed tasks publish
   bulk trigger   batch_trigger of 3xN runs in chunks of 1,000 (the reference runs/s)
   bulk publish   publish_many of N events in batches of 1,000/3 events, 3 subscribers each:
                  runs created per second (target: >= 0.8x bulk trigger's runs/s)
-  single         median latency of Client.trigger and of Client.publish (one event, one
-                 subscriber), interleaved one for one (target: publish <= 1.5x trigger)
+  single         median latency of Client.trigger (one run) and of Client.publish of
+                 `bench.one` (two subscribers: two runs), interleaved one for one (target:
+                 publish <= 1.5x trigger); beside it, a publish of `solo.one`, whose one
+                 subscriber makes one run (the trigger's work plus the event), interleaved
+                 with them
 Prints medians; writes nothing under bench/results/.
 """
 
@@ -55,6 +58,10 @@ async def sub_filtered(payload: Any) -> None: ...
 async def sub_one(payload: Any) -> None: ...
 
 
+@task(id="bench-ev-solo", on=["solo.one"])
+async def sub_solo(payload: Any) -> None: ...
+
+
 @task(id="bench-ev-plain")
 async def plain(payload: Any) -> None: ...
 
@@ -62,12 +69,13 @@ async def plain(payload: Any) -> None: ...
 def _client(url: str) -> Client:
     store = open_store(url)
     store.migrate()
-    subscribers = (sub_a, sub_b, sub_c, sub_one, sub_filtered, plain)
+    subscribers = (sub_a, sub_b, sub_c, sub_one, sub_filtered, sub_solo, plain)
     store.publish_tasks(ENV, [t.definition() for t in subscribers])
     client = Client(store=store, env=ENV)
     client.trigger(plain, -1)  # warm-up: schema check, connections, queue rows
     client.publish("bench.one", -1)
     client.publish("bench.signup", {"n": -1})
+    client.publish("solo.one", {"n": -1})
     return client
 
 
@@ -93,10 +101,12 @@ def bulk_publish(url: str, n_events: int) -> float:
     return rate
 
 
-def singles(url: str, n: int) -> tuple[float, float]:
+def singles(url: str, n: int) -> tuple[float, float, float]:
+    """Median ms of a single trigger, a publish to two subscribers, and to one."""
     client = _client(url)
     trig: list[float] = []
     pub: list[float] = []
+    solo: list[float] = []
     for i in range(n):
         t0 = time.perf_counter()
         client.trigger(plain, {"n": i})
@@ -104,8 +114,14 @@ def singles(url: str, n: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         client.publish("bench.one", {"n": i})
         pub.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        client.publish("solo.one", {"n": i})
+        solo.append(time.perf_counter() - t0)
     client.close()
-    return statistics.median(trig) * 1000, statistics.median(pub) * 1000
+    def ms(xs: list[float]) -> float:
+        return statistics.median(xs) * 1000
+
+    return ms(trig), ms(pub), ms(solo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         trig: list[float] = []
         pub: list[float] = []
-        lat: list[tuple[float, float]] = []
+        lat: list[tuple[float, float, float]] = []
         for _ in range(args.reps):  # A, B, A, B…: drift on a shared machine hits both
             with c.fresh_database(backend, "outlast_ev_bench") as url:
                 trig.append(bulk_trigger(url, 3 * args.events))
@@ -132,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         t, pb = statistics.median(trig), statistics.median(pub)
         lt = statistics.median(x[0] for x in lat)
         lp = statistics.median(x[1] for x in lat)
+        ls = statistics.median(x[2] for x in lat)
         print(f"{backend}: bulk trigger {t:,.0f} runs/s; bulk publish {pb:,.0f} runs/s "
               f"({args.events:,} events x 3 subscribers) = {pb / t:.2f}x trigger; "
-              f"single trigger {lt:.2f} ms, single publish {lp:.2f} ms = {lp / lt:.2f}x")
+              f"single trigger {lt:.2f} ms, single publish {lp:.2f} ms = {lp / lt:.2f}x "
+              f"(2 runs; to one subscriber: {ls:.2f} ms = {ls / lt:.2f}x)")
     return 0
 
 

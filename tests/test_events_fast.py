@@ -161,10 +161,11 @@ def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transa
         store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
         q.update(general)
     assert sorted(client.retrieve(r).task_id for r in created) == [first.id, second.id]
-    # One transaction: the event, its two runs (one statement), the wait.
+    # One transaction: the event, its two runs (one prepared statement, a row each:
+    # insert_lean_run), the wait.
     assert sent[0] == "BEGIN IMMEDIATE" and sent[-1] == "COMMIT", sent
     assert sum(s.lstrip().startswith("INSERT INTO events") for s in sent) == 1, sent
-    assert sum(s.lstrip().startswith("INSERT INTO runs") for s in sent) == 1, sent
+    assert sum(s.lstrip().startswith("INSERT INTO runs") for s in sent) == 2, sent
     rows = _one(store, "SELECT status, output FROM waitpoints WHERE id = 'wp_fast'", {})
     assert rows[0]["status"] == "completed", rows
     assert "evt_fast" in rows[0]["output"]
@@ -180,8 +181,9 @@ def test_sqlite_single_publish_is_the_event_its_runs_and_its_waits_in_one_transa
 def test_a_fan_out_run_has_the_row_a_trigger_of_the_same_task_writes(
     store: Store, client: Client
 ) -> None:
-    # SQLite writes a fan-out's runs with their own statement (insert_lean_runs): every
-    # column but the id, the payload and the metadata is what insert_run writes.
+    # SQLite writes a fan-out's runs with their own statement (insert_lean_run, a few;
+    # insert_lean_runs, more: tests/test_events_task_versions.py): every column but the
+    # id, the payload and the metadata is what insert_run writes.
     store.publish_tasks("dev", [limited.definition()])
     for _ in range(2):  # the general path, then the single publish's
         published = client.publish("fast.limited", {"n": 1}).run_ids[0]

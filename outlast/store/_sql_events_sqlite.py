@@ -16,13 +16,21 @@ itself. Mixed into ``SQLiteStore`` ahead of ``SqlStore``."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Sequence
+from typing import Any, cast
 
 from .._serde import dumps
 from ._events_base import EventPlanner, NewEvent, PublishResult
 from ._rows import Tx
 from ._sql_events import EventsMixin, _Batch, _task_of, fanout_json
 from ._types import NewRun
+
+# Up to this many lean runs go one by one, their parameters bound by position
+# (insert_lean_run); more go in one statement of JSON rows (insert_lean_runs). A single
+# publish's two runs: about 110k instructions fewer than from JSON (named parameters
+# saved about half of that).
+FEW = 4
 
 
 class _Refused(Exception):
@@ -81,7 +89,10 @@ class SqliteEventsMixin(EventsMixin):
 
     def _insert_lean(self, tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
         """Insert ``lean`` runs of ``env``, their queue and slot rows and their wake-up."""
-        insert_lean(tx, env, runs, now)
+        if len(runs) <= FEW:
+            insert_few(tx, env, runs, now)
+        else:
+            insert_lean(tx, env, runs, now)
         slots = {(r.env, r.queue, r.concurrency_key) for r in runs} - self._ensured
         tx.many("ensure_queue", [{"env": e, "queue": q, "now": now} for e, q in
                                  {(e, q) for e, q, _ in slots}])
@@ -94,6 +105,16 @@ def insert_lean(tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
     tx.x("insert_lean_runs", env=env, now=now, rows=dumps([
         [r.id, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
          r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version] for r in runs]))
+
+
+def insert_few(tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
+    """Insert a few ``lean`` runs of ``env`` one by one, their parameters by position
+    (``insert_lean_run``): SQLite's ``_Tx`` takes them as its connection does."""
+    conn: sqlite3.Connection = cast(Any, tx).conn
+    conn.executemany(cast(Any, tx).queries["insert_lean_run"], [
+        (r.id, env, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
+         r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version, now)
+        for r in runs])
 
 
 def lean(r: NewRun) -> bool:

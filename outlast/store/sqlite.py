@@ -30,7 +30,6 @@ import sqlite3
 import sys
 import threading
 import weakref
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,10 +127,6 @@ class SQLiteStore(SqliteEventsMixin, SqlStore):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.row_factory = _dict_row
-        # ev_tasks_version's row hash (the subscriber cache's fingerprint, _sql_events),
-        # over the row's text as a BLOB: zlib's C function is called without a Python
-        # frame or a str round trip, once per task row on every publish.
-        self._conn.create_function("outlast_crc32", 1, zlib.crc32, deterministic=True)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={sync}")
         self._conn.execute("PRAGMA busy_timeout=30000")

@@ -1980,13 +1980,11 @@ SELECT DISTINCT env FROM alert_rules WHERE event = :event ORDER BY env;
 -- Events, fast paths (issue 20's benchmark; outlast/store/_sql_events.py) ---------------------
 
 -- A fingerprint of an environment's task definitions: a publisher keeps the subscribers it
--- read and reads them again only when this changed. A hash of every row, whoever wrote
--- it (SQLite's outlast_crc32 is a function the store registers on its connection).
+-- read and reads them again only when this changed, whoever wrote them. SQLite: the
+-- counter the task rows' triggers bump (0022_task_versions; keep the text the same as
+-- ev_insert_alone's); PostgreSQL: a hash of every row.
 -- name: ev_tasks_version
-SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
-    id || '|' || queue || '|' || COALESCE(payload_schema, '') || '|' || spec || '|'
-    || updated_at AS BLOB))), 0) AS v
-FROM tasks WHERE env = :env;
+SELECT 'v' || COALESCE((SELECT version FROM task_versions WHERE env = :env), 0) AS v;
 
 -- name: ev_tasks_version [postgres]
 SELECT COUNT(*) || ':' || COALESCE(SUM(hashtextextended(t::text, 0)), 0) AS v
@@ -2372,10 +2370,7 @@ VALUES (:env, :id, :name, :data, :now, :dedup_until, 1, :expires_at, :fanout)
 ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING
 RETURNING seq,
     EXISTS (SELECT 1 FROM event_waits w WHERE w.env = :env AND w.name = :name) AS waiting,
-    (SELECT COUNT(*) || ':' || COALESCE(SUM(outlast_crc32(CAST(
-         t.id || '|' || t.queue || '|' || COALESCE(t.payload_schema, '') || '|' || t.spec
-         || '|' || t.updated_at AS BLOB))), 0)
-     FROM tasks t WHERE t.env = :env) AS v;
+    'v' || COALESCE((SELECT version FROM task_versions WHERE env = :env), 0) AS v;
 
 -- SQLite, runs that need nothing but their rows (no tags, keys, delay, parent or group:
 -- see _sql_events_sqlite.lean), a publish's fan-out or a batch trigger's,, in one statement from a JSON array of
@@ -2555,3 +2550,17 @@ SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_val
 FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY part, created_at, waitpoint_id;
+
+-- SQLite, one run that needs nothing but its row (see insert_lean_runs, whose columns and
+-- values these are), its parameters by position: ?1 id, ?2 env, ?3 task_id, ?4 queue,
+-- ?5 payload, ?6 metadata, ?7 max_attempts, ?8 priority, ?9 concurrency_key, ?10 ttl,
+-- ?11 max_duration, ?12 depth, ?13 version, ?14 now. A single publish's few runs go so,
+-- where parsing JSON rows, or binding named parameters, cost more than the insert.
+-- name: insert_lean_run [sqlite]
+INSERT INTO runs (
+    id, env, task_id, queue, status, payload, metadata, tags, attempt, max_attempts,
+    priority, concurrency_key, idempotency_active, created_at, updated_at, available_at,
+    ready_at, ttl_expires_at, max_duration, depth, version
+)
+VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14, ?14 - ?8,
+        ?14 + ?10, ?11, ?12, ?13);

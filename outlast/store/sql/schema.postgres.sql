@@ -684,3 +684,10 @@ CREATE TABLE worker_offers (
     run_id TEXT                            -- the run handed over; NULL while on offer
 );
 CREATE INDEX worker_offers_env ON worker_offers (env) WHERE run_id IS NULL;
+-- migrations/0022_task_versions: SQLite's counter of changes to an environment's task rows
+-- (its subscriber fingerprint, kept by triggers there); PostgreSQL hashes the task rows
+-- (ev_tasks_version) and keeps no rows here.
+CREATE TABLE task_versions (
+    env TEXT PRIMARY KEY,
+    version BIGINT NOT NULL
+);

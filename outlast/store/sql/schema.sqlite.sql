@@ -677,3 +677,20 @@ CREATE TABLE worker_offers (
     run_id TEXT                            -- the run handed over; NULL while on offer
 );
 CREATE INDEX worker_offers_env ON worker_offers (env) WHERE run_id IS NULL;
+-- migrations/0022_task_versions: a counter per environment that every change to its task
+-- rows bumps, by these triggers: the subscriber fingerprint a publish checks
+-- (ev_tasks_version, ev_insert_alone) is one row, not a hash of every task row.
+CREATE TABLE task_versions (
+    env TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TRIGGER tasks_version_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO task_versions (env, version) VALUES (NEW.env, 1)
+    ON CONFLICT (env) DO UPDATE SET version = version + 1; END;
+CREATE TRIGGER tasks_version_update
+AFTER UPDATE OF env, id, queue, payload_schema, spec, updated_at ON tasks BEGIN
+    INSERT INTO task_versions (env, version) VALUES (OLD.env, 1), (NEW.env, 1)
+    ON CONFLICT (env) DO UPDATE SET version = version + 1; END;
+CREATE TRIGGER tasks_version_delete AFTER DELETE ON tasks BEGIN
+    INSERT INTO task_versions (env, version) VALUES (OLD.env, 1)
+    ON CONFLICT (env) DO UPDATE SET version = version + 1; END;
