@@ -416,9 +416,14 @@ WHERE env = :env AND queue = :queue AND ckey = :ckey;
 UPDATE queues SET executing = CASE WHEN executing > :n THEN executing - :n ELSE 0 END
 WHERE env = :env AND name = :queue;
 
+-- Each statement that finishes a run clears segment_started_at on a first attempt (issue
+-- 18, bytes per finished run): it is then started_at or later, and nothing reads it of
+-- a finished run but the timeline's start of the last attempt, which takes started_at
+-- for attempt 1. A retried run keeps it: its last attempt started then.
 -- name: complete_run
 UPDATE runs SET status = 'COMPLETED', output = :output, finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0,
+    segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
     active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
@@ -446,6 +451,7 @@ gs AS (
 done AS (
     UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        segment_started_at = CASE WHEN runs.attempt = 1 THEN NULL ELSE runs.segment_started_at END,
         hooks_due = 0, active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
             THEN :now - runs.segment_started_at ELSE 0 END
     FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
@@ -548,6 +554,7 @@ UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :run_id;
 -- name: end_run
 UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+    segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
     hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id
@@ -558,6 +565,7 @@ RETURNING id;
 WITH u AS (
     UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
         hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
             THEN :now - segment_started_at ELSE 0 END
     WHERE id = :run_id
