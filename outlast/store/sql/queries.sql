@@ -2563,3 +2563,10 @@ SELECT NULL, NULL, NULL, NULL, w.waitpoint_id, w.name, w.match_path, w.match_val
 FROM event_waits w JOIN waitpoints p ON p.id = w.waitpoint_id
 WHERE w.env = :env AND w.name = ANY(CAST(:names AS text[])) AND p.status = 'pending'
 ORDER BY part, created_at, waitpoint_id;
+
+-- The environment's newest run (a bulk action's bound) by runs_env_idp, in id order (see
+-- outlast/store/_rows.py ID_KEY); MAX(id) would read every run of the environment once
+-- runs_env_id is gone (migration 0025_drop_runs_list_ids).
+-- name: newest_run_id_by_key
+SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
+LIMIT 1;
