@@ -2,7 +2,8 @@
 a run that finished on its first attempt drops ``segment_started_at`` (then started_at or
 later, and read of a finished run only for the last attempt's start, which is started_at
 for attempt 1), a retried run keeps it (its last attempt started then), and the run page's
-attempts read the same either way."""
+attempts read the same either way. A completion's JSON null output is stored as NULL, and
+reads as None as before; any other output is kept as it was."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ async def test_a_first_attempt_finish_clears_segment_started_at(
         assert run.active_seconds > 0
         (a,) = attempts(run, store.journal(run.id), store.events(run.id))
         assert a["start"] == run.started_at and a["end"] == run.finished_at
+    with store._transaction() as tx:  # type: ignore[attr-defined]
+        raw = {r["id"]: r["output"] for r in store._raw(  # type: ignore[attr-defined]
+            tx, "SELECT id, output FROM runs", {})}
+    assert all(raw[h.id] is None for h in handles)  # None: NULL, not the text 'null'
+    assert all(client.retrieve(h.id).output is None for h in handles)
     failed = client.retrieve(dead.id)
     assert failed.status == RunStatus.FAILED and failed.attempt == 3
     assert failed.segment_started_at is not None  # its third attempt's start
@@ -70,7 +76,7 @@ async def test_a_retried_run_keeps_its_last_attempts_start(
     clock.advance(3.0)
     await worker.run_until_idle()
     run = client.retrieve(handle.id)
-    assert run.status == RunStatus.COMPLETED and run.attempt == 2
+    assert run.status == RunStatus.COMPLETED and run.attempt == 2 and run.output == "ok"
     assert run.segment_started_at is not None and run.started_at is not None
     assert run.segment_started_at > run.started_at
     first, second = attempts(run, store.journal(run.id), store.events(run.id))

@@ -419,9 +419,10 @@ WHERE env = :env AND name = :queue;
 -- Each statement that finishes a run clears segment_started_at on a first attempt (issue
 -- 18, bytes per finished run): it is then started_at or later, and nothing reads it of
 -- a finished run but the timeline's start of the last attempt, which takes started_at
--- for attempt 1. A retried run keeps it: its last attempt started then.
+-- for attempt 1. A retried run keeps it: its last attempt started then. A completion's
+-- JSON null output is stored as NULL (5 bytes fewer; every reader loads both as None).
 -- name: complete_run
-UPDATE runs SET status = 'COMPLETED', output = :output, finished_at = :now,
+UPDATE runs SET status = 'COMPLETED', output = NULLIF(:output, 'null'), finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0,
     segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
     active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
@@ -449,7 +450,7 @@ gs AS (
     WHERE queue_slots.env = g.env AND queue_slots.queue = g.queue
       AND queue_slots.ckey = g.ckey),
 done AS (
-    UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
+    UPDATE runs SET status = 'COMPLETED', output = NULLIF(u.output, 'null'), finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
         segment_started_at = CASE WHEN runs.attempt = 1 THEN NULL ELSE runs.segment_started_at END,
         hooks_due = 0, active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
@@ -1079,9 +1080,6 @@ DELETE FROM schedule_slots WHERE fired_at < :before;
 -- (see _sql_bulk.py; the filter's clauses are built there, one bound parameter each)
 
 -- The newest run of the environment: a bulk action's set ends here.
--- name: newest_run_id
-SELECT MAX(id) AS id FROM runs WHERE env = :env;
-
 -- name: insert_bulk_action
 INSERT INTO bulk_actions (id, env, action, filter, bound_id, cursor, status, total,
                           created_at, updated_at)
