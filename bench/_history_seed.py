@@ -17,6 +17,8 @@ import sqlite3
 import time
 from typing import Any
 
+from outlast import _ids
+
 CHUNK = 1_000_000
 TIMES = ("created_at", "updated_at", "available_at", "ready_at", "started_at",
          "finished_at", "segment_started_at")
@@ -66,10 +68,21 @@ def _pad(db: Conn) -> str:
     return "printf('%016d', g.x)" if db.sqlite else "lpad(g.x::text, 16, '0')"
 
 
+def _time_digits(db: Conn) -> str:
+    """The 10 base32 digits of run i's creation millisecond, as outlast._ids writes them,
+    so ids differ where real ones do (an index keyed on an id's prefix sees one key a
+    millisecond, not one for the whole history)."""
+    ms = "CAST((:then + g.x * :step) * 1000 AS BIGINT)"
+    alphabet = "'0123456789abcdefghjkmnpqrstvwxyz'"
+    return " || ".join(f"substr({alphabet}, CAST((({ms} >> {5 * k}) & 31) + 1 AS INTEGER), 1)"
+                       for k in range(9, -1, -1))
+
+
 def seed(url: str, n: int, templates: list[str], then: float, prefix: str,
          step: float = 0.005) -> None:
     """n finished runs: run i (1-based) copies templates[i % len(templates)], with id
-    prefix + i padded to 16 digits, created ``then + i * step``."""
+    prefix ("run_"), the base32 millisecond of its creation and i padded to 16 digits,
+    created ``then + i * step``."""
     db = Conn(url)
     try:
         if not db.sqlite:
@@ -77,7 +90,7 @@ def seed(url: str, n: int, templates: list[str], then: float, prefix: str,
         cols = db.columns("runs")
         jcols = db.columns("journal")
         ecols = [c for c in db.columns("run_events") if c != "id"]
-        new_id = f":prefix || {_pad(db)}"
+        new_id = f":prefix || {_time_digits(db)} || {_pad(db)}"
         t0 = time.monotonic()
         for lo in range(1, n + 1, CHUNK):
             hi = min(n, lo + CHUNK - 1)
@@ -85,8 +98,10 @@ def seed(url: str, n: int, templates: list[str], then: float, prefix: str,
                 _copy(db, cols, jcols, ecols, new_id, template, k, len(templates),
                       {"lo": lo, "hi": hi, "prefix": prefix, "then": then, "step": step})
             print(f"  {hi:,} runs ({time.monotonic() - t0:.0f} s)", flush=True)
-        last = db.rows("SELECT finished_at, id FROM runs WHERE id LIKE :p ORDER BY id DESC "
-                       "LIMIT 1", p=prefix + "%")[0]
+        # The newest copy: ids of runs made after the history (the templates) are newer.
+        bound = prefix + _ids._time_digits(int((then + n * step + 1.0) * 1000)) + "z"
+        last = db.rows("SELECT finished_at, id FROM runs WHERE id LIKE :p AND id < :bound "
+                       "ORDER BY id DESC LIMIT 1", p=prefix + "%", bound=bound)[0]
         db.rows("UPDATE usage_state SET finished_at = :f, run_id = :r WHERE name = 'rollup'",
                 f=last[0], r=last[1])
     finally:

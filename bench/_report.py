@@ -59,6 +59,8 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "bytes_runs_pkey": (BYTES, "index runs_pkey (id)"),
     "bytes_runs_env_id": (BYTES, "index runs_env_id (env, id)"),
     "bytes_runs_env_task": (BYTES, "index runs_env_task (env, task_id, id)"),
+    "bytes_runs_env_idp": (BYTES, "index runs_env_idp (env, substr(id, 5, 12))"),
+    "bytes_runs_env_task_idp": (BYTES, "index runs_env_task_idp (env, task_id, substr(id, 5, 12))"),
     "bytes_runs_env_status": (BYTES, "index runs_env_status (env, status, id)"),
     "bytes_runs_finished": (BYTES, "index runs_finished (finished_at, id), usage's"),
     "prune_rate": ("Pruning (PostgreSQL)", "prune rate"),

@@ -92,11 +92,9 @@ def make_history(url: str, n: int, templates: list[str], age_days: float = 40.0)
     """n finished runs (seed.seed: copies of the templates, in turn, with their journal
     and events), finished age_days ago and spread over n * 5 ms, with ids older than any
     new run's."""
-    from outlast._ids import _time_digits
-
     then = time.time() - age_days * 86400
     t0 = time.monotonic()
-    seed.seed(url, n, templates, then, "run_" + _time_digits(int(then * 1000)))
+    seed.seed(url, n, templates, then, "run_")
     print(f"  made {n:,} finished runs in {time.monotonic() - t0:.0f} s", flush=True)
 
 

@@ -1,11 +1,11 @@
 """Queries over runs go by an index, not a scan of the history (issue 18): the run lists
 by status, retention's batches and the version counts, each on a database of mostly
 COMPLETED runs. runs_env_status_live holds every run but a COMPLETED one, so a list of
-FAILED or live runs must use it; a list of COMPLETED runs goes by runs_env_id.
+FAILED or live runs must use it; a list of COMPLETED runs goes by runs_env_idp.
 
 Plans, not timings: EXPLAIN (PostgreSQL) and EXPLAIN QUERY PLAN (SQLite) of the SQL the
 store builds, caught on its way to the database, after ANALYZE. (Without sqlite_stat1,
-SQLite lists runs of two or more statuses by runs_env_id, to save the sort: a walk back
+SQLite lists runs of two or more statuses by runs_env_idp, to save the sort: a walk back
 through the history until it finds enough of them.)"""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ async def noop(payload: Any) -> None:
 
 
 def _fill(store: Any, client: Client, backend: str) -> None:
-    """3,000 COMPLETED runs, 20 FAILED and 5 QUEUED, copies of one triggered run."""
+    """20,000 COMPLETED runs, 20 FAILED and 5 QUEUED, copies of one triggered run."""
     run_id = client.trigger(noop, 0).id
     with store._transaction() as tx:
         cols = [r["name"] for r in store._raw(tx, "SELECT name FROM pragma_table_info('runs')",
@@ -40,9 +40,15 @@ def _fill(store: Any, client: Client, backend: str) -> None:
         series = ("(WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g "
                   "WHERE x < :n) SELECT x FROM g) AS g" if backend == "sqlite"
                   else "generate_series(1, CAST(:n AS INTEGER)) AS g(x)")
-        for status, n, finished in (("COMPLETED", 3000, True), ("FAILED", 20, True),
-                                    ("QUEUED", 5, False)):
-            exprs = [{"id": f"t.id || '_{status}_' || CAST(g.x AS TEXT)",
+        for status, n, finished, base in (("COMPLETED", 20000, True, 0),
+                                          ("FAILED", 20, True, 100000),
+                                          ("QUEUED", 5, False, 200000)):
+            # Ids as outlast makes them, "run_" and 26 digits, one millisecond apart
+            # (older than the template's), so the lists' id keys differ as real ones do.
+            at = f"g.x + {base}"
+            ms = (f"printf('%010d', {at})" if backend == "sqlite"
+                  else f"lpad(CAST({at} AS TEXT), 10, '0')")
+            exprs = [{"id": f"'run_' || {ms} || '0000000000000000'",
                       "status": f"'{status}'",
                       "finished_at": "t.created_at" if finished else "NULL"}.get(c, f"t.{c}")
                      for c in cols]
@@ -84,7 +90,7 @@ def _full_scan(plan: str) -> bool:
     # runs_failed (finished_at) over FAILED and TIMED_OUT runs is smaller still
     (["FAILED"], ("runs_env_status_live", "runs_failed")),
     (["QUEUED", "EXECUTING"], ("runs_env_status_live",)),
-    (["COMPLETED"], ("runs_env_id",)),
+    (["COMPLETED"], ("runs_env_idp",)),
 ])
 def test_run_lists_by_status_use_an_index(
     store: Store, client: Client, backend: str, status: list[str], indexes: tuple[str, ...]
@@ -103,7 +109,7 @@ def test_retention_batches_and_version_counts_use_an_index(
     assert len(plans) == 5  # one per final status
     for plan in plans:
         assert not _full_scan(plan), plan
-        assert "runs_env_status_live" in plan or "runs_env_id" in plan or "runs_pkey" in plan \
+        assert "runs_env_status_live" in plan or "runs_env_idp" in plan or "runs_pkey" in plan \
             or "sqlite_autoindex_runs" in plan, plan
     assert sum("runs_env_status_live" in p or "runs_failed" in p for p in plans) == 4, plans
     with store._transaction() as tx:  # type: ignore[attr-defined]

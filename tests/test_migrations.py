@@ -230,12 +230,15 @@ def schema_of(db_url: str) -> Schema:
         tables.setdefault(t, []).append((name, _FAMILY[dtype], nullable == "NO", (t, name) in pks))
     for name, t, unique, col in raw(
         db_url,
+        # An expression column (attnum 0) comes out as None, as SQLite's index_info says.
         "SELECT i.relname, t.relname, x.indisunique, a.attname FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
         "JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public' "
-        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY(x.indkey) "
+        "CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos) "
+        "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
+        "AND k.attnum <> 0 "
         "WHERE NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) "
-        "ORDER BY i.relname, array_position(x.indkey::int2[], a.attnum)",
+        "ORDER BY i.relname, k.pos",
     ):
         indexes.setdefault(name, (t, bool(unique), []))[2].append(col)
     return {"tables": dict(sorted(tables.items())), "indexes": indexes}

@@ -34,7 +34,7 @@ def status_clause(statuses: Sequence[str], params: dict[str, Any], col: str = "r
     a COMPLETED one (finished runs are nearly all COMPLETED: they leave it). SQLite uses a
     partial index only when the query carries its predicate word for word, so the clause
     says it whenever COMPLETED is not asked for; a filter on COMPLETED goes by
-    runs_env_id, where the newest runs are nearly all COMPLETED."""
+    runs_env_idp, where the newest runs are nearly all COMPLETED."""
     names = []
     for i, s in enumerate(statuses):
         if str(s) in _KNOWN_STATUSES:
@@ -46,6 +46,25 @@ def status_clause(statuses: Sequence[str], params: dict[str, Any], col: str = "r
     if "COMPLETED" not in {str(s) for s in statuses}:
         clause += f" AND {col} <> 'COMPLETED'"
     return clause
+
+
+# Runs listed by environment (and task) in id order go by runs_env_idp (env,
+# substr(id, 5, 12)) and runs_env_task_idp (env, task_id, substr(id, 5, 12)) (migration
+# 0023_runs_list_keys): keys of an id's 10 time digits and 2 random ones, 14 bytes
+# narrower than the whole id (issue 18, bytes per finished run). Every run id is "run_"
+# and 26 digits (outlast._ids), so (ID_KEY, id) order is id order; the lists order by
+# both and bound a page by both, the key alone being what the index can range over.
+ID_KEY = "substr(r.id, 5, 12)"
+BY_ID_DESC = f"ORDER BY {ID_KEY} DESC, r.id DESC"
+BY_ID_ASC = f"ORDER BY {ID_KEY}, r.id"
+
+
+def id_bound(op: str, param: str) -> str:
+    """``r.id <op> :param`` in the lists' order (op one of <, <=, >): the key's range,
+    which the index serves, and the exact bound."""
+    key = f"substr(:{param}, 5, 12)"
+    loose = {"<": "<=", "<=": "<=", ">": ">="}[op]
+    return f"{ID_KEY} {loose} {key} AND ({ID_KEY}, r.id) {op} ({key}, :{param})"
 
 
 class Tx(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 from .._errors import BulkActionNotFound
 from ..runs import FINAL_STATUSES, Run
 from ._bulk_base import BulkAction, BulkBatch, BulkFilter
-from ._rows import Row, Tx, run_from_row, status_clause
+from ._rows import BY_ID_ASC, BY_ID_DESC, Row, Tx, id_bound, run_from_row, status_clause
 from ._sql_core import SqlCore
 
 
@@ -44,6 +44,13 @@ def filter_sql(env: str, f: BulkFilter) -> tuple[list[str], dict[str, Any]]:
         where.append("(r.id = :search OR r.idempotency_key = :search)")
         params["search"] = f.search
     return where, params
+
+
+def _by_key(f: BulkFilter) -> bool:
+    """Whether the filter's runs are walked by the id's key (runs_env_idp and
+    runs_env_task_idp) rather than by id (runs_env_status_live, for live or failed runs
+    only): see ``_rows.ID_KEY``. Both are id order."""
+    return not f.status or "COMPLETED" in {str(s) for s in f.status}
 
 
 def bulk_from_row(row: Row) -> BulkAction:
@@ -84,7 +91,8 @@ class BulkMixin(SqlCore):
     def bulk_sample(self, env: str, f: BulkFilter, limit: int) -> list[Run]:
         where, params = filter_sql(env, f)
         params["limit"] = max(1, min(limit, 1000))
-        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
+        order = BY_ID_DESC if _by_key(f) else "ORDER BY r.id DESC"
+        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} {order} LIMIT :limit"
         with self._transaction() as tx:
             rows = self._raw(tx, sql, params)
         return [run_from_row(r) for r in rows]
@@ -94,10 +102,12 @@ class BulkMixin(SqlCore):
         where, params = filter_sql(env, f)
         now = self.now()
         with self._transaction() as tx:
-            bound = tx.q("newest_run_id", env=env)[0]["id"] or ""
+            newest = tx.q("newest_run_id_by_key", env=env)
+            bound = newest[0]["id"] if newest else ""
             params["bound"] = bound
+            at_most = id_bound("<=", "bound") if _by_key(f) else "r.id <= :bound"
             total = self._raw(tx, "SELECT COUNT(*) AS n FROM runs r WHERE "
-                              + " AND ".join([*where, "r.id <= :bound"]), params)[0]["n"]
+                              + " AND ".join([*where, at_most]), params)[0]["n"]
             tx.x("insert_bulk_action", id=bulk_id, env=env, action=action,
                  filter=json.dumps(f.to_json()), bound_id=bound, total=int(total), now=now)
             row = tx.q("get_bulk_action", env=env, id=bulk_id)[0]
@@ -115,9 +125,14 @@ class BulkMixin(SqlCore):
 
     def bulk_candidates(self, bulk: BulkAction, limit: int) -> list[Run]:
         where, params = filter_sql(bulk.env, bulk.filter)
-        where += ["r.id > :cursor", "r.id <= :bound"]
+        if _by_key(bulk.filter):
+            where += [id_bound(">", "cursor"), id_bound("<=", "bound")]
+            order = BY_ID_ASC
+        else:
+            where += ["r.id > :cursor", "r.id <= :bound"]
+            order = "ORDER BY r.id"
         params.update(cursor=bulk.cursor, bound=bulk.bound_id, limit=max(1, limit))
-        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id LIMIT :limit"
+        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} {order} LIMIT :limit"
         with self._transaction() as tx:
             rows = self._raw(tx, sql, params)
         return [run_from_row(r) for r in rows]

@@ -9,7 +9,9 @@ from typing import Any
 from .._serde import loads
 from ..runs import JournalEntry, Run, RunEvent
 from ._rows import (
+    BY_ID_DESC,
     _journal_entry,
+    id_bound,
     run_from_row,
     status_clause,
 )
@@ -75,10 +77,14 @@ class ReadingMixin(SqlCore):
         if search:
             where.append("(r.id = :search OR r.idempotency_key = :search)")
             params["search"] = search
+        # A list of live or failed runs only goes by runs_env_status_live (env, status,
+        # id) in id order; any other by the id's key (ID_KEY): the same order.
+        by_key = not status or "COMPLETED" in {str(s) for s in status}
         if before:
-            where.append("r.id < :before")
+            where.append(id_bound("<", "before") if by_key else "r.id < :before")
             params["before"] = before
-        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
+        order = BY_ID_DESC if by_key else "ORDER BY r.id DESC"
+        sql = f"SELECT r.* FROM runs r WHERE {' AND '.join(where)} {order} LIMIT :limit"
         with self._transaction() as tx:
             rows = self._raw(tx, sql, params)
         return [run_from_row(r) for r in rows]

@@ -416,9 +416,15 @@ WHERE env = :env AND queue = :queue AND ckey = :ckey;
 UPDATE queues SET executing = CASE WHEN executing > :n THEN executing - :n ELSE 0 END
 WHERE env = :env AND name = :queue;
 
+-- Each statement that finishes a run clears segment_started_at on a first attempt (issue
+-- 18, bytes per finished run): it is then started_at or later, and nothing reads it of
+-- a finished run but the timeline's start of the last attempt, which takes started_at
+-- for attempt 1. A retried run keeps it: its last attempt started then. A completion's
+-- JSON null output is stored as NULL (5 bytes fewer; every reader loads both as None).
 -- name: complete_run
-UPDATE runs SET status = 'COMPLETED', output = :output, finished_at = :now,
+UPDATE runs SET status = 'COMPLETED', output = NULLIF(:output, 'null'), finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL, hooks_due = 0,
+    segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
     active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
@@ -444,8 +450,9 @@ gs AS (
     WHERE queue_slots.env = g.env AND queue_slots.queue = g.queue
       AND queue_slots.ckey = g.ckey),
 done AS (
-    UPDATE runs SET status = 'COMPLETED', output = u.output, finished_at = :now,
+    UPDATE runs SET status = 'COMPLETED', output = NULLIF(u.output, 'null'), finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        segment_started_at = CASE WHEN runs.attempt = 1 THEN NULL ELSE runs.segment_started_at END,
         hooks_due = 0, active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
             THEN :now - runs.segment_started_at ELSE 0 END
     FROM unnest(CAST(:ids AS text[]), CAST(:outputs AS text[])) AS u(id, output)
@@ -548,6 +555,7 @@ UPDATE runs SET metadata = :metadata, updated_at = :now WHERE id = :run_id;
 -- name: end_run
 UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
     updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+    segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
     hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id
@@ -558,6 +566,7 @@ RETURNING id;
 WITH u AS (
     UPDATE runs SET status = :status, output = :output, error = :error, finished_at = :now,
         updated_at = :now, worker_id = NULL, holds_slot = 0, wait_reason = NULL,
+        segment_started_at = CASE WHEN attempt = 1 THEN NULL ELSE segment_started_at END,
         hooks_due = :hooks_due, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
             THEN :now - segment_started_at ELSE 0 END
     WHERE id = :run_id
@@ -1071,9 +1080,6 @@ DELETE FROM schedule_slots WHERE fired_at < :before;
 -- (see _sql_bulk.py; the filter's clauses are built there, one bound parameter each)
 
 -- The newest run of the environment: a bulk action's set ends here.
--- name: newest_run_id
-SELECT MAX(id) AS id FROM runs WHERE env = :env;
-
 -- name: insert_bulk_action
 INSERT INTO bulk_actions (id, env, action, filter, bound_id, cursor, status, total,
                           created_at, updated_at)
@@ -2564,3 +2570,10 @@ INSERT INTO runs (
 )
 VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14, ?14 - ?8,
         ?14 + ?10, ?11, ?12, ?13);
+
+-- The environment's newest run (a bulk action's bound) by runs_env_idp, in id order (see
+-- outlast/store/_rows.py ID_KEY); MAX(id) would read every run of the environment once
+-- runs_env_id is gone (migration 0025_drop_runs_list_ids).
+-- name: newest_run_id_by_key
+SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
+LIMIT 1;

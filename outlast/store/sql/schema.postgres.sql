@@ -55,11 +55,14 @@ CREATE INDEX runs_ttl ON runs (ttl_expires_at)
 CREATE INDEX runs_executing ON runs (worker_id) WHERE status IN ('EXECUTING', 'DEQUEUED');
 CREATE UNIQUE INDEX runs_idempotency ON runs (env, task_id, idempotency_key)
     WHERE idempotency_active = 1;
-CREATE INDEX runs_env_id ON runs (env, id);
-CREATE INDEX runs_env_task ON runs (env, task_id, id);
+-- The run lists, by environment and by task, in id order (migrations/0023_runs_list_keys):
+-- keyed on the id's 10 time digits and 2 random ones rather than the whole id, 14
+-- bytes narrower an entry; (key, id) order is id order (outlast/store/_rows.py ID_KEY).
+CREATE INDEX runs_env_idp ON runs (env, substr(id, 5, 12));
+CREATE INDEX runs_env_task_idp ON runs (env, task_id, substr(id, 5, 12));
 -- Every run but a COMPLETED one (migrations/0017_runs_status_index_live): lists by
 -- status and the live runs per status; finished runs, nearly all COMPLETED, leave it, so
--- it does not grow with history (a list of COMPLETED runs goes by runs_env_id).
+-- it does not grow with history (a list of COMPLETED runs goes by runs_env_idp).
 CREATE INDEX runs_env_status_live ON runs (env, status, id) WHERE status <> 'COMPLETED';
 CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX runs_hooks_due ON runs (env, task_id) WHERE hooks_due = 1;
