@@ -2573,7 +2573,7 @@ VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14,
 
 -- The environment's newest run (a bulk action's bound) by runs_env_idp, in id order (see
 -- outlast/store/_rows.py ID_KEY); MAX(id) would read every run of the environment once
--- runs_env_id is gone (migration 0025_drop_runs_list_ids).
+-- runs_env_id is gone (migration 0024_drop_runs_list_ids).
 -- name: newest_run_id_by_key
 SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
 LIMIT 1;
