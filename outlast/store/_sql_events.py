@@ -138,6 +138,8 @@ class _Batch:
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
     # Debounced or batched runs planned: run id -> its event's seq (``_joined``)
     grouped: dict[str, int] = field(default_factory=dict)
+    # Events whose runs are inserted already, as they were planned (_sql_events_pg)
+    written: set[str] = field(default_factory=set)
     woke: bool = False
 
 
@@ -326,9 +328,10 @@ class EventsMixin(SqlCore):
         record, plan = plans.pop(e.id)
         object.__setattr__(record, "seq", seq)  # known now; planned with 0 (frozen: no copy)
         run_ids = []
+        runs = batch.runs if e.id not in batch.written else []
         for f in plan:
             if f.run is not None:
-                batch.runs.append(f.run)
+                runs.append(f.run)
                 run_ids.append(f.run.id)
                 if f.run.group is not None:  # it may join a pending run (_joined)
                     batch.grouped[f.run.id] = seq

@@ -17,7 +17,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -154,6 +154,7 @@ class _CopyLayout:
     _TRAILER = b"\xff\xff"
     _NULL = b"\xff\xff\xff\xff"
     _CHUNK = 1000  # pieces per write: the server inserts a chunk while the next is built
+    _LAYOUTS = 8  # row layouts kept (see encode)
 
     def __init__(self, columns: Sequence[str], oids: Sequence[int]) -> None:
         self.oids = list(oids)
@@ -167,7 +168,7 @@ class _CopyLayout:
     def encode(
         self,
         conn: psycopg.Connection[Any],
-        runs: Sequence[NewRun],
+        runs: Iterable[NewRun],
         now: float,
         run_row: Callable[[NewRun, float], Row],
     ) -> Iterator[bytes]:
@@ -186,6 +187,9 @@ class _CopyLayout:
         pieces: list[Any] = [self._SIGNATURE]
         shared: tuple[Any, ...] | None = None
         head = mid = mid2 = tail = b""
+        # The last few layouts made, newest first: a fan-out streamed as it is planned
+        # (_sql_events_pg) alternates its subscribers' tasks run by run.
+        made: list[tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = []
         meta_text: str | None = None
         meta = b""
         for r in runs:
@@ -195,14 +199,19 @@ class _CopyLayout:
             fields = _SHARED_FIELDS(r)
             if fields != shared:
                 shared = fields
-                dumped = [
-                    self._NULL if v is None else size(len(v)) + bytes(v)
-                    for v in tr.dump_sequence(self.values(run_row(r, now)), formats)
-                ]
-                head = self.count + b"".join(dumped[: self.at_id])
-                mid = b"".join(dumped[self.at_id + 1 : self.at_payload])
-                mid2 = b"".join(dumped[self.at_payload + 1 : self.at_metadata])
-                tail = b"".join(dumped[self.at_metadata + 1 :])
+                parts = next((p for seen, p in made if seen == fields), None)
+                if parts is None:
+                    dumped = [
+                        self._NULL if v is None else size(len(v)) + bytes(v)
+                        for v in tr.dump_sequence(self.values(run_row(r, now)), formats)
+                    ]
+                    parts = (self.count + b"".join(dumped[: self.at_id]),
+                             b"".join(dumped[self.at_id + 1 : self.at_payload]),
+                             b"".join(dumped[self.at_payload + 1 : self.at_metadata]),
+                             b"".join(dumped[self.at_metadata + 1 :]))
+                    made.insert(0, (fields, parts))
+                    del made[self._LAYOUTS:]
+                head, mid, mid2, tail = parts
             if r.metadata is not meta_text:  # a batch trigger's runs share one text
                 meta_text = r.metadata
                 dumped_meta = meta_of(meta_text)
@@ -347,6 +356,9 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         if len(runs) == 1 or getattr(tx, "pipe", None) is not None:
             super()._insert_plain(tx, runs, now)
             return
+        self._copy_runs(tx, runs, now)
+
+    def _copy_runs(self, tx: Any, runs: Iterable[NewRun], now: float) -> None:
         layout = self._copy_layout(tx)
         with tx.conn.cursor() as cur, cur.copy(self.q["copy_runs"]) as copy:
             for chunk in layout.encode(tx.conn, runs, now, self._run_row):
