@@ -12,9 +12,10 @@ Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -64,6 +65,23 @@ class _Copying:
 # A batch's events go by COPY in publish_events's own transaction (which it publishes
 # again on _Taken), not in another caller's (_publish_in), nor again: None there.
 _COPYING: ContextVar[_Copying | None] = ContextVar("outlast_events_copying", default=None)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a batch is published (unless it was off
+    already). A batch's plan is thousands of objects (records, runs, fan-outs) alive until
+    its commit and free of cycles; their allocations set off collections, each full one
+    traversing the whole heap, to find nothing. Another thread that turns the collector
+    off meanwhile finds it on again after the batch."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _wait(r: Any) -> EventWait:
@@ -192,7 +210,7 @@ class PgEventsMixin(EventsMixin):
             copying = _COPYING.set(_Copying(len(events), len({e.id for e in events})))
             try:
                 now = self.now()
-                with self._late_begin_transaction() as tx:
+                with _collector_paused(), self._late_begin_transaction() as tx:
                     results, batch = self._publish_in(tx, env, events, planner, now)
                 self._published(batch)
                 return results
