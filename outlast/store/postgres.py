@@ -154,7 +154,6 @@ class _CopyLayout:
     _TRAILER = b"\xff\xff"
     _NULL = b"\xff\xff\xff\xff"
     _CHUNK = 1000  # pieces per write: the server inserts a chunk while the next is built
-    _LAYOUTS = 8  # row layouts kept (see encode)
 
     def __init__(self, columns: Sequence[str], oids: Sequence[int]) -> None:
         self.oids = list(oids)
@@ -187,9 +186,9 @@ class _CopyLayout:
         pieces: list[Any] = [self._SIGNATURE]
         shared: tuple[Any, ...] | None = None
         head = mid = mid2 = tail = b""
-        # The last few layouts made, newest first: a fan-out streamed as it is planned
+        # The last layout made per task: a fan-out streamed as it is planned
         # (_sql_events_pg) alternates its subscribers' tasks run by run.
-        made: list[tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = []
+        made: dict[str, tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = {}
         meta_text: str | None = None
         meta = b""
         for r in runs:
@@ -199,8 +198,10 @@ class _CopyLayout:
             fields = _SHARED_FIELDS(r)
             if fields != shared:
                 shared = fields
-                parts = next((p for seen, p in made if seen == fields), None)
-                if parts is None:
+                seen = made.get(r.task_id)
+                if seen is not None and seen[0] == fields:
+                    parts = seen[1]
+                else:
                     dumped = [
                         self._NULL if v is None else size(len(v)) + bytes(v)
                         for v in tr.dump_sequence(self.values(run_row(r, now)), formats)
@@ -209,8 +210,7 @@ class _CopyLayout:
                              b"".join(dumped[self.at_id + 1 : self.at_payload]),
                              b"".join(dumped[self.at_payload + 1 : self.at_metadata]),
                              b"".join(dumped[self.at_metadata + 1 :]))
-                    made.insert(0, (fields, parts))
-                    del made[self._LAYOUTS:]
+                    made[r.task_id] = (fields, parts)
                 head, mid, mid2, tail = parts
             if r.metadata is not meta_text:  # a batch trigger's runs share one text
                 meta_text = r.metadata
