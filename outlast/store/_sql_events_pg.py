@@ -1,13 +1,13 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
-(``ev_publish_alone``); a batch's events (each with its fan-out) go by COPY, each planned
-as its row is written (``_plan_and_insert``), or when one of their ids is taken in one
-INSERT with the waits for their names. A batch by COPY takes its names' locks, reads the
-task fingerprint, draws its sequence numbers, reads the waits and sets its idle bound in
-its first statement, sent with BEGIN (``_lock_and_subscribers``), and its NOTIFY goes with
-COMMIT (``postgres._late_begin_transaction``): six round trips where ten were. Another
-publish locks its names and reads the task fingerprint in one, and a single event is
-inserted by the statement that reads the waits for its name.
+(``ev_publish_alone``); a batch's runs go by COPY as its events are planned, then its
+events (each with its fan-out) by COPY (``_plan_and_insert``), or when one of their ids
+is taken in one INSERT with the waits for their names. A batch by COPY takes its names'
+locks, reads the task fingerprint, draws its sequence numbers, reads the waits and sets
+its idle bound in its first statement, sent with BEGIN (``_lock_and_subscribers``), and
+its NOTIFY goes with COMMIT (``postgres._late_begin_transaction``): six round trips where
+ten were. Another publish locks its names and reads the task fingerprint in one, and a
+single event is inserted by the statement that reads the waits for its name.
 Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations

@@ -186,8 +186,7 @@ class _CopyLayout:
         pieces: list[Any] = [self._SIGNATURE]
         shared: tuple[Any, ...] | None = None
         head = mid = mid2 = tail = b""
-        # The last layout made per task: a fan-out streamed as it is planned
-        # (_sql_events_pg) alternates its subscribers' tasks run by run.
+        # The last layout per task: a streamed fan-out (_sql_events_pg) alternates tasks.
         made: dict[str, tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = {}
         meta_text: str | None = None
         meta = b""
