@@ -5,7 +5,8 @@
 One process, fresh databases, alternating trigger and publish P times. Per phase (the
 store's methods wrapped): wall time (perf_counter), this process's CPU (process_time)
 and the server's (utime + stime of every backend of the database, from /proc/<pid>/stat;
-the server must run on this machine). Prints the medians per phase.
+the server must run on this machine). Prints the medians per phase. "plan, COPYs" is
+_plan_and_insert: the planning with the events' COPY, and since b99c792 the runs' too.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _instrument() -> None:
         return CURRENT[0]
 
     _wrap(_sql_events_pg.PgEventsMixin, "_lock_and_subscribers", cur, "lock+seqs+waits")
-    _wrap(_sql_events_pg.PgEventsMixin, "_plan_and_insert", cur, "plan+events COPY")
+    _wrap(_sql_events_pg.PgEventsMixin, "_plan_and_insert", cur, "plan, COPYs")
     _wrap(_sql_events.EventsMixin, "_flush", cur, "runs COPY")
     _wrap(_sql_core.SqlCore, "_insert_runs", cur, "runs COPY")
     _wrap(_pg_tx._LateBeginTx, "q", cur, "lock+seqs+waits")
