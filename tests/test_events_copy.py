@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outlast import task
+from outlast import CancelOn, Debounce, task
 from outlast._clock import FakeClock
 from outlast._events import Planner
 from outlast.client import Client
@@ -249,3 +249,65 @@ def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     assert record == EventRecord(seq=0, id="c3", env="dev", name="copy.signup",
                                  data={"id": "c3"}, created_at=5.0, data_json=event.data)
     assert fan == Fanout(first.id, "run", run=fan.run, reason=None)
+
+
+@task(id="copy-cancellable", on=["copy.signup"],
+      cancel_on=[CancelOn("copy.deleted", match="data.user_id")])
+async def cancellable(payload: Any) -> None: ...
+
+
+def test_an_event_cancelling_within_a_batch_cancels_the_runs_of_the_events_before_it(
+    store: Store, client: Client
+) -> None:
+    """PostgreSQL writes a batch's runs as its events are planned, up to an event some
+    task cancels on: a cancel meets the runs of the events before it in the batch (their
+    cancel keys written with them), never those of the events after it."""
+    store.publish_tasks("dev", [cancellable.definition(), first.definition()])
+    results = client.publish_many([
+        {"name": "copy.signup", "data": {"user_id": 1}, "id": "k1"},
+        {"name": "copy.signup", "data": {"user_id": 2}, "id": "k2"},
+        {"name": "copy.deleted", "data": {"user_id": 1}, "id": "k3"},
+        {"name": "copy.signup", "data": {"user_id": 1}, "id": "k4"},
+    ])
+
+    def statuses(r: PublishResult) -> dict[str, str]:
+        runs = [client.retrieve(i) for i in r.run_ids]
+        return {run.task_id: run.status for run in runs}
+
+    assert [statuses(r) for r in results] == [
+        {"copy-cancellable": "CANCELED", "copy-first": "QUEUED"},
+        {"copy-cancellable": "QUEUED", "copy-first": "QUEUED"},
+        {},
+        {"copy-cancellable": "QUEUED", "copy-first": "QUEUED"},
+    ]
+    assert len(client.list_runs(limit=100)) == 6
+    again = client.publish_many([
+        {"name": "copy.deleted", "data": {"user_id": 1}, "id": "k5"},
+        {"name": "copy.signup", "data": {"user_id": 3}, "id": "k6"},
+    ])
+    # A cancelling event first: the runs after it in its batch are spared, k4's are not.
+    assert statuses(again[1]) == {"copy-cancellable": "QUEUED", "copy-first": "QUEUED"}
+    assert statuses(results[3]) == {"copy-cancellable": "CANCELED", "copy-first": "QUEUED"}
+
+
+@task(id="copy-debounced", on=["copy.grouped"], debounce=Debounce("data.account", period=10))
+async def debounced(payload: Any) -> None: ...
+
+
+def test_a_batch_with_a_debounced_subscriber_in_its_middle_writes_each_run_once(
+    store: Store, client: Client
+) -> None:
+    """A debounced run stops PostgreSQL's stream of a batch's runs (it may join a
+    pending run); the events before it and after it keep one run per subscriber."""
+    store.publish_tasks("dev", [first.definition(), debounced.definition()])
+    results = client.publish_many([
+        {"name": "copy.signup", "data": {"n": 1}, "id": "g1"},
+        {"name": "copy.grouped", "data": {"account": "a", "n": 2}, "id": "g2"},
+        {"name": "copy.grouped", "data": {"account": "a", "n": 3}, "id": "g3"},
+        {"name": "copy.signup", "data": {"n": 4}, "id": "g4"},
+    ])
+    assert [len(r.run_ids) for r in results] == [1, 1, 1, 1]
+    assert results[1].run_ids == results[2].run_ids  # one run for the burst
+    assert client.retrieve(results[2].run_ids[0]).payload == {"account": "a", "n": 3}
+    assert sorted(r.task_id for r in client.list_runs(limit=100)) == [
+        "copy-debounced", "copy-first", "copy-first"]

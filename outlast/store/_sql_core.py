@@ -156,6 +156,12 @@ class SqlCore(Store):
             results.append(result)
         if plain:
             self._insert_plain(tx, plain, now)
+        self._runs_inserted(tx, inserted, now)
+        return results
+
+    def _runs_inserted(self, tx: Tx, inserted: Sequence[NewRun], now: float) -> None:
+        """What goes with runs just inserted: their tags, traces and cancel keys, their
+        queue and slot rows, the NOTIFY."""
         tags = [{"env": r.env, "tag": t, "run_id": r.id} for r in inserted for t in r.tags]
         if tags:
             self._insert_tags(tx, tags)
@@ -175,7 +181,6 @@ class SqlCore(Store):
         tx.many("ensure_slot", [{"env": e, "queue": q, "ckey": k} for e, q, k in slots])
         for env in {r.env for r in inserted if not r.delay}:
             self._notify(tx, env)
-        return results
 
     @abc.abstractmethod
     def _raw(self, tx: Tx, sql: str, params: Mapping[str, Any]) -> list[Row]: ...

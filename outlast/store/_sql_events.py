@@ -138,6 +138,9 @@ class _Batch:
     ensured: set[tuple[str, str, str]] = field(default_factory=set)  # (env, queue, key)
     # Debounced or batched runs planned: run id -> its event's seq (``_joined``)
     grouped: dict[str, int] = field(default_factory=dict)
+    # Events whose runs are inserted already, as they were planned, and which cancel
+    # nothing (_sql_events_pg)
+    written: set[str] = field(default_factory=set)
     woke: bool = False
 
 
@@ -326,14 +329,16 @@ class EventsMixin(SqlCore):
         record, plan = plans.pop(e.id)
         object.__setattr__(record, "seq", seq)  # known now; planned with 0 (frozen: no copy)
         run_ids = []
+        written = e.id in batch.written  # its runs inserted, and it cancels nothing
+        runs = [] if written else batch.runs
         for f in plan:
             if f.run is not None:
-                batch.runs.append(f.run)
+                runs.append(f.run)
                 run_ids.append(f.run.id)
                 if f.run.group is not None:  # it may join a pending run (_joined)
                     batch.grouped[f.run.id] = seq
         batch.created[e.id] = run_ids
-        cancels = planner.cancel_matches(record, batch.subscribers)
+        cancels = None if written else planner.cancel_matches(record, batch.subscribers)
         if cancels:
             self._flush(tx, batch)  # runs this batch created may be among those cancelled
             ended: list[str] = []

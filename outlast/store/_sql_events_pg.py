@@ -1,19 +1,21 @@
 """PostgreSQL's hooks for the events part: fewer round trips where SQLite pays none. A
 single publish is one statement committed on its own when nothing needs a transaction
-(``ev_publish_alone``); a batch's events (each with its fan-out) go by COPY, each planned
-as its row is written (``_plan_and_insert``), or when one of their ids is taken in one
-INSERT with the waits for their names. A batch by COPY takes its names' locks, reads the
-task fingerprint, draws its sequence numbers, reads the waits and sets its idle bound in
-its first statement, sent with BEGIN (``_lock_and_subscribers``), and its NOTIFY goes with
-COMMIT (``postgres._late_begin_transaction``): six round trips where ten were. Another
-publish locks its names and reads the task fingerprint in one, and a single event is
-inserted by the statement that reads the waits for its name.
+(``ev_publish_alone``); a batch's runs go by COPY as its events are planned, then its
+events (each with its fan-out) by COPY (``_plan_and_insert``), or when one of their ids
+is taken in one INSERT with the waits for their names. A batch by COPY takes its names'
+locks, reads the task fingerprint, draws its sequence numbers, reads the waits and sets
+its idle bound in its first statement, sent with BEGIN (``_lock_and_subscribers``), and
+its NOTIFY goes with COMMIT (``postgres._late_begin_transaction``): six round trips where
+ten were. Another publish locks its names and reads the task fingerprint in one, and a
+single event is inserted by the statement that reads the waits for its name.
 Mixed into ``PostgresStore`` ahead of ``SqlStore``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import gc
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,7 +32,7 @@ from ._sql_events import (
     fanout_json,
     plan_event,
 )
-from ._types import TaskDef
+from ._types import NewRun, TaskDef
 
 # _run_row's keys that are not runs columns (the statement sets those itself).
 _NOT_COLUMNS = ("now",)
@@ -63,6 +65,23 @@ class _Copying:
 # A batch's events go by COPY in publish_events's own transaction (which it publishes
 # again on _Taken), not in another caller's (_publish_in), nor again: None there.
 _COPYING: ContextVar[_Copying | None] = ContextVar("outlast_events_copying", default=None)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a batch is published (unless it was off
+    already). A batch's plan is thousands of objects (records, runs, fan-outs) alive until
+    its commit and free of cycles; their allocations set off collections, each full one
+    traversing the whole heap, to find nothing. Another thread that turns the collector
+    off meanwhile finds it on again after the batch."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _wait(r: Any) -> EventWait:
@@ -191,7 +210,7 @@ class PgEventsMixin(EventsMixin):
             copying = _COPYING.set(_Copying(len(events), len({e.id for e in events})))
             try:
                 now = self.now()
-                with self._late_begin_transaction() as tx:
+                with _collector_paused(), self._late_begin_transaction() as tx:
                     results, batch = self._publish_in(tx, env, events, planner, now)
                 self._published(batch)
                 return results
@@ -206,43 +225,55 @@ class PgEventsMixin(EventsMixin):
 
     def _plan_and_insert(self, tx: Tx, batch: _Batch, events: Sequence[NewEvent],
                          planner: EventPlanner) -> tuple[dict[str, _Plan], dict[str, int]]:
-        # A batch's events go by COPY, each planned as its row is written: the server
-        # inserts the rows sent while the next ones are planned (an INSERT … ON CONFLICT …
-        # RETURNING of the batch, planned first, cost the server about twice the COPY, and
-        # waited for the whole plan). Sequence numbers are drawn ahead, as an INSERT draws
-        # them, in order. COPY has no ON CONFLICT: a taken id fails it (_Taken), and
-        # publish_events publishes the batch again by INSERT. No savepoint to fall back to
-        # in this transaction: it would cost every batch two round trips, for the sake of
-        # a retried one.
+        # A batch's runs go by COPY as their events are planned, then the events by COPY:
+        # the server inserts the runs (most of its work) while the next events are
+        # planned. Runs do not depend on their event's row, and nothing reads either
+        # before the commit. (Events first, planned as their rows were written, left the
+        # server the runs' COPY alone afterwards.) An event some task cancels on, or
+        # whose runs need a statement of their own (a group, an idempotency key), stops
+        # the stream: its runs and the later events' go as before (_publish_one, _flush),
+        # so a cancel still meets the runs of the events before it and not after.
+        # Sequence numbers are drawn ahead, as an INSERT draws them, in order. COPY has
+        # no ON CONFLICT: a taken id fails it (_Taken), and publish_events publishes the
+        # batch again by INSERT. No savepoint to fall back to in this transaction: it
+        # would cost every batch two round trips, for the sake of a retried one.
         copying = _COPYING.get()
         if copying is None or copying.drawn is None:
             return super()._plan_and_insert(tx, batch, events, planner)
-        env, now = batch.env, batch.now
         names = sorted({e.name for e in events})
-        drawn = copying.drawn
         found = copying.waits
         if found is None:
-            found = [_wait(r) for r in tx.q("ev_seqs_and_waits", env=env, names=names, n=0)]
+            found = [_wait(r) for r in tx.q("ev_seqs_and_waits", env=batch.env, names=names,
+                                            n=0)]
         waits: dict[str, list[EventWait]] = {n: [] for n in names}
         for w in found:
             waits[w.name].append(w)
         plans: dict[str, _Plan] = {}
         seqs: dict[str, int] = {}
+        rows: list[tuple[Any, ...]] = []  # the events' COPY rows
+        streamed: list[NewRun] = []
+        planned = _planned_runs(batch, events, planner, copying.drawn, (plans, seqs, rows),
+                                streamed)
         conn = tx.conn  # type: ignore[attr-defined]  # PostgresStore's _Tx
         try:
+            first = next(planned, None)  # None: every event planned, no run to stream
+            if first is not None:  # the COPY plans the rest as it goes
+                self._copy_runs(tx, itertools.chain((first,), planned), batch.now)
+                self._runs_inserted(tx, streamed, batch.now)
+                batch.ensured.update((r.env, r.queue, r.concurrency_key) for r in streamed)
+                batch.woke = True
             with conn.cursor() as cur, cur.copy(self.q["ev_copy"]) as copy:
                 copy.set_types(_EVENT_TYPES)
-                for e in events:
-                    if e.id in plans:  # a repeat within the batch: the first one counts
-                        continue
-                    plans[e.id] = (_, plan) = plan_event(batch, e, planner)
-                    seq = seqs[e.id] = drawn[len(seqs)]
-                    copy.write_row((seq, env, e.id, e.name, e.data, now, now + e.dedup_seconds,
-                                    1, now + e.retention_seconds, fanout_json(plan)))
+                for row in rows:
+                    copy.write_row(row)
         except psycopg.errors.UniqueViolation as exc:
             raise _Taken from exc
         batch.waits.update(waits)
         return plans, seqs
+
+    def _copy_runs(self, tx: Tx, runs: Iterable[NewRun], now: float) -> None:
+        """COPY ``runs`` (no idempotency key, no group), as they come (PostgresStore's)."""
+        raise NotImplementedError
 
     def _insert_one(self, tx: Tx, batch: _Batch, row: dict[str, Any], name: str
                     ) -> int | None:
@@ -254,3 +285,33 @@ class PgEventsMixin(EventsMixin):
             for r in rows if r["waitpoint_id"] is not None
         ]
         return int(rows[0]["seq"])
+
+
+def _planned_runs(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner,
+                  drawn: list[int],
+                  into: tuple[dict[str, _Plan], dict[str, int], list[tuple[Any, ...]]],
+                  streamed: list[NewRun]) -> Iterator[NewRun]:
+    """Plan each distinct event (its plan, seq and COPY row into ``into``) and yield its
+    runs, appended to ``streamed`` too, while they can go by COPY now (_plan_and_insert);
+    the events whose runs were yielded go in ``batch.written``."""
+    plans, seqs, rows = into
+    env, now, subscribers = batch.env, batch.now, batch.subscribers
+    streaming = True
+    for e in events:
+        if e.id in plans:  # a repeat within the batch: the first one counts
+            continue
+        plans[e.id] = (record, plan) = plan_event(batch, e, planner)
+        seq = seqs[e.id] = drawn[len(seqs)]
+        rows.append((seq, env, e.id, e.name, e.data, now, now + e.dedup_seconds, 1,
+                     now + e.retention_seconds, fanout_json(plan)))
+        if streaming:
+            streaming = (all(f.run is None or (f.run.group is None
+                                               and f.run.idempotency_key is None)
+                             for f in plan)
+                         and not planner.cancel_matches(record, subscribers))
+            if streaming:
+                batch.written.add(e.id)
+                for f in plan:
+                    if f.run is not None:
+                        streamed.append(f.run)
+                        yield f.run

@@ -17,7 +17,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -167,7 +167,7 @@ class _CopyLayout:
     def encode(
         self,
         conn: psycopg.Connection[Any],
-        runs: Sequence[NewRun],
+        runs: Iterable[NewRun],
         now: float,
         run_row: Callable[[NewRun, float], Row],
     ) -> Iterator[bytes]:
@@ -186,6 +186,8 @@ class _CopyLayout:
         pieces: list[Any] = [self._SIGNATURE]
         shared: tuple[Any, ...] | None = None
         head = mid = mid2 = tail = b""
+        # The last layout per task: a streamed fan-out (_sql_events_pg) alternates tasks.
+        made: dict[str, tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = {}
         meta_text: str | None = None
         meta = b""
         for r in runs:
@@ -195,14 +197,20 @@ class _CopyLayout:
             fields = _SHARED_FIELDS(r)
             if fields != shared:
                 shared = fields
-                dumped = [
-                    self._NULL if v is None else size(len(v)) + bytes(v)
-                    for v in tr.dump_sequence(self.values(run_row(r, now)), formats)
-                ]
-                head = self.count + b"".join(dumped[: self.at_id])
-                mid = b"".join(dumped[self.at_id + 1 : self.at_payload])
-                mid2 = b"".join(dumped[self.at_payload + 1 : self.at_metadata])
-                tail = b"".join(dumped[self.at_metadata + 1 :])
+                seen = made.get(r.task_id)
+                if seen is not None and seen[0] == fields:
+                    parts = seen[1]
+                else:
+                    dumped = [
+                        self._NULL if v is None else size(len(v)) + bytes(v)
+                        for v in tr.dump_sequence(self.values(run_row(r, now)), formats)
+                    ]
+                    parts = (self.count + b"".join(dumped[: self.at_id]),
+                             b"".join(dumped[self.at_id + 1 : self.at_payload]),
+                             b"".join(dumped[self.at_payload + 1 : self.at_metadata]),
+                             b"".join(dumped[self.at_metadata + 1 :]))
+                    made[r.task_id] = (fields, parts)
+                head, mid, mid2, tail = parts
             if r.metadata is not meta_text:  # a batch trigger's runs share one text
                 meta_text = r.metadata
                 dumped_meta = meta_of(meta_text)
@@ -347,6 +355,9 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         if len(runs) == 1 or getattr(tx, "pipe", None) is not None:
             super()._insert_plain(tx, runs, now)
             return
+        self._copy_runs(tx, runs, now)
+
+    def _copy_runs(self, tx: Any, runs: Iterable[NewRun], now: float) -> None:
         layout = self._copy_layout(tx)
         with tx.conn.cursor() as cur, cur.copy(self.q["copy_runs"]) as copy:
             for chunk in layout.encode(tx.conn, runs, now, self._run_row):
