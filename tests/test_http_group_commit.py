@@ -286,3 +286,44 @@ def test_a_group_of_plain_runs_keeps_text_and_numbers_exactly(store: Store) -> N
     assert first.tags == [odd[:20]] and first.priority == 0.1
     assert second.max_duration == 86400.000001 and str(second.status) == "DELAYED"
     assert [r.id for r in store.list_runs("dev", tag=odd[:20])] == [runs[0].id]
+
+
+def test_groups_share_one_connection_and_a_lost_one_is_replaced(store: Store) -> None:
+    """PostgreSQL: the committer's thread holds one connection for its groups
+    (``pinned_connection``), so one backend runs them all; when the database drops it,
+    that group fails with the error and the next one goes through a fresh connection."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite has one connection per store")
+    import psycopg
+
+    store.publish_tasks("dev", [TASK])
+    store.trigger([_run(0)])  # the queue's rows exist from here: the group takes the shortcut
+    url = store.url  # type: ignore[attr-defined]
+    pool = store._pool  # type: ignore[attr-defined]
+    with pool.connection(), pool.connection(), pool.connection():
+        pass  # three idle connections, which the pool hands out in turn
+
+    def inserting() -> list[int]:
+        """The backends of this database that ran a group's one statement."""
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND query LIKE 'WITH run AS%'").fetchall()
+        return [r[0] for r in rows]
+
+    with store.pinned_connection():  # type: ignore[attr-defined]
+        for n in range(10):
+            store.trigger_group([TriggerRequest("dev", [_run(n)]),
+                                 TriggerRequest("dev", [_run(n + 100)])])
+        (pid,) = inserting()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        lost = [_run(50), _run(51)]
+        with pytest.raises(psycopg.OperationalError):
+            store.trigger_group([TriggerRequest("dev", lost)])
+        after = [_run(60), _run(61)]
+        store.trigger_group([TriggerRequest("dev", after)])
+        assert [p for p in inserting() if p != pid]
+    for r in after:
+        assert store.get_run("dev", r.id) is not None
+    assert sum(sum(v.values()) for v in store.count_runs("dev").values()) == 23
