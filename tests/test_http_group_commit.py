@@ -298,7 +298,7 @@ def test_groups_share_one_connection_and_a_lost_one_is_replaced(store: Store) ->
 
     store.publish_tasks("dev", [TASK])
     store.trigger([_run(0)])  # the queue's rows exist from here: the group takes the shortcut
-    url = store.url
+    url = store.url  # type: ignore[attr-defined]
     pool = store._pool  # type: ignore[attr-defined]
     with pool.connection(), pool.connection(), pool.connection():
         pass  # three idle connections, which the pool hands out in turn
