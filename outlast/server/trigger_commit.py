@@ -102,13 +102,6 @@ class TriggerCommitter:
                 self._thread.start()
 
     def _run(self) -> None:
-        # PostgreSQL: every group through one connection held while the thread lives,
-        # one warm backend, rather than the pool's next (it hands them out in turn).
-        pinned = getattr(self.store, "pinned_connection", None)
-        with pinned() if pinned is not None else contextlib.nullcontext():
-            self._take_groups()
-
-    def _take_groups(self) -> None:
         while True:
             try:
                 first = self._queue.get(timeout=self.idle)

@@ -273,7 +273,6 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         self._init_listen()
         self._init_handovers()
         self._copy: _CopyLayout | None = None
-        self._pinned = threading.local()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[_Tx]:
@@ -313,7 +312,8 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         row["channel"] = CHANNEL
         # getconn/putconn rather than connection(), whose `with conn` would only COMMIT
         # nothing after an autocommit statement, yet costs as much as the checkout.
-        with self._autocommit_conn() as conn:
+        conn = self._pool.getconn()
+        try:
             # In autocommit (as the pool's connections are) the statement is its own
             # transaction, and returns once it has committed: one round trip where BEGIN,
             # INSERT, NOTIFY, COMMIT took four.
@@ -323,6 +323,8 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
             got = conn.execute(self.q["insert_run_offered" if offered else "insert_run_alone"],
                                row).fetchone()
             self._offers_seen[run.env] = bool(got and got["offers"])
+        finally:
+            self._pool.putconn(conn)  # discards it if the statement broke it
         return True
 
     def _insert_many_alone(self, runs: Sequence[NewRun], now: float) -> bool:
@@ -332,47 +334,12 @@ class PostgresStore(HandoverMixin, ListenMixin, AppTransactionMixin, PgEventsMix
         except TypeError as exc:  # text orjson cannot encode (a lone surrogate): refused
             raise ValueError(f"a run's text cannot be stored: {exc}") from exc
         params = {"rows": data.decode(), "now": now, "channel": CHANNEL}
-        with self._autocommit_conn() as conn:
+        conn = self._pool.getconn()
+        try:
             conn.execute(self.q["insert_runs_alone"], params)  # autocommit: one round trip
+        finally:
+            self._pool.putconn(conn)
         return True
-
-    @contextlib.contextmanager
-    def pinned_connection(self) -> Iterator[None]:
-        """While inside, this thread's lone autocommit statements (``_insert_alone``,
-        ``_insert_many_alone``) go through one connection taken from the pool for it:
-        the HTTP group committer's thread (``server/trigger_commit.py``). The pool hands
-        its idle connections out in turn, so each group woke another backend; one warm
-        backend costs less CPU, in PostgreSQL and in the driver (bench/README.md)."""
-        local = self._pinned
-        local.on, local.conn = True, None
-        try:
-            yield
-        finally:
-            conn, local.on, local.conn = local.conn, False, None
-            if conn is not None:
-                self._pool.putconn(conn)
-
-    @contextlib.contextmanager
-    def _autocommit_conn(self) -> Iterator[psycopg.Connection[Row]]:
-        local = self._pinned
-        if not getattr(local, "on", False):
-            conn = self._pool.getconn()
-            try:
-                yield conn
-            finally:
-                self._pool.putconn(conn)  # discards it if the statement broke it
-            return
-        if local.conn is None:
-            local.conn = self._pool.getconn()
-        conn = local.conn
-        try:
-            yield conn
-        finally:
-            # Broken, or left mid-statement: the pool resets or discards it, and the next
-            # statement takes another.
-            if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
-                local.conn = None
-                self._pool.putconn(conn)
 
     def _insert_plain(self, tx: Any, runs: Sequence[NewRun], now: float) -> None:
         # COPY costs a round trip more than one INSERT, and pipeline mode has no COPY
