@@ -210,7 +210,8 @@ def main() -> None:
                     versions={f"outlast@{rev}" if i else "outlast": desc
                               for i, (rev, (_, desc)) in enumerate(SOURCES.items())})
     print(f"HTTP triggers, {args.clients} concurrent clients, {args.n} per repetition "
-          f"({'; '.join(d for _, d in SOURCES.values())}), started {res.started}", flush=True)
+          f"({'; '.join(d for _, d in SOURCES.values())}; every server parses HTTP with "
+          f"{_parser()}), started {res.started}", flush=True)
     figures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for rep in range(args.reps):
         order = targets[rep % len(targets):] + targets[:rep % len(targets)]
@@ -237,6 +238,13 @@ def main() -> None:
         import _report
 
         _report.write()
+
+
+def _parser() -> str:
+    """uvicorn's HTTP parser in this interpreter, so in every server of the bench."""
+    import importlib.util
+
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
 def _system(target: str) -> str:

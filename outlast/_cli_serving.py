@@ -175,6 +175,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _uvicorn_server(app: Any, host: str, port: int) -> Any:
     import uvicorn
 
+    # http="auto": httptools (a dependency, in C) where installed, else h11. The bench's
+    # ceiling apps are served by this same function, so they parse alike.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     # Our loop owns SIGTERM/SIGINT (graceful worker shutdown first); uvicorn must not
