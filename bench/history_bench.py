@@ -287,26 +287,29 @@ def bench_bytes(args: argparse.Namespace, res: c.Results) -> None:
 
 def _probe(url: str, samples: int, warm: int = 0) -> list[float]:
     """trigger→start (ms) of one run at a time with one worker running (the first
-    ``warm`` runs not counted)."""
+    ``warm`` runs not counted), measured as bench_latency and Celery's bench do: the wall
+    clock before the trigger call to the first line of the body (``bench-stamp``'s
+    output). Not the runs' created_at→started_at: a run handed to an idle worker in the
+    trigger's commit is written started (execution-model.md), so those two are equal."""
     client = Client(url, env=ob.ENV)
     db = ob.Db(url)
-    ids: list[str] = []
+    sent: list[tuple[float, str]] = []
     try:
         with ob.worker(url, 10) as proc:
             ob.wait_registered(db, proc.pid)
             for i in range(samples + warm):
-                h = client.trigger(t.noop, i)
+                t_sent = time.time()
+                h = client.trigger(t.stamp, i)
                 c.wait_until(lambda h=h: db.one("SELECT status FROM runs WHERE id = %s",
                                                 h.id)[0] == "COMPLETED", 30.0, 0.002, "run")
                 if i >= warm:
-                    ids.append(h.id)
+                    sent.append((t_sent, h.id))
                 time.sleep(0.01)
-        rows = [db.one("SELECT created_at, started_at FROM runs WHERE id = %s", i)
-                for i in ids]
+        bodies = [float(client.retrieve(i).output) for _, i in sent]
     finally:
         client.close()
         db.close()
-    return [(s - cr) * 1000 for cr, s in rows]
+    return [(b - s) * 1000 for (s, _), b in zip(sent, bodies, strict=True)]
 
 
 def bench_prune(url: str, args: argparse.Namespace, res: c.Results) -> None:
