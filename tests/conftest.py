@@ -224,3 +224,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
+
+
+def wait_for_lock_waiter(url: str, deadline: float, what: str) -> None:
+    """Until a session of the database at ``url`` waits on a lock (a statement blocked
+    on another transaction's row or advisory lock); else fail, saying ``what``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError(what)

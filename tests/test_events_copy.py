@@ -25,6 +25,7 @@ from outlast.client import Client
 from outlast.store._events_base import EventRecord, Fanout, NewEvent, PublishResult
 from outlast.store._sql_events import _Batch, plan_event
 from outlast.store.base import Store
+from tests.conftest import wait_for_lock_waiter
 
 
 @task(id="copy-first", on=["copy.signup"])
@@ -120,18 +121,6 @@ def _hold_event(conn: psycopg.Connection[Any], store: Store, event_id: str) -> N
         "fanout": '[["copy-second", "run_held", "run", null]]'})
 
 
-def _wait_for_lock_waiter(url: str, deadline: float) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'").fetchone()
-            if row and row[0]:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the batch never waited for the concurrent publisher")
-
-
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 def test_an_id_a_concurrent_publisher_holds_is_a_duplicate_once_it_commits(
     store: Store, client: Client, db_url: str, backend: str, outcome: str,
@@ -148,7 +137,8 @@ def test_an_id_a_concurrent_publisher_holds_is_a_duplicate_once_it_commits(
             target=lambda: result.append(client.publish_many(_batch(["a", "held", "b"]))))
         publishing.start()
         try:
-            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+            wait_for_lock_waiter(db_url, time.monotonic() + 30,
+                                 'the batch never waited for the concurrent publisher')
         finally:
             conn.commit() if outcome == "commit" else conn.rollback()
             publishing.join(30)
@@ -210,7 +200,8 @@ def test_a_wait_registered_while_a_batch_waits_for_its_names_lock_is_resumed(
             target=lambda: result.append(client.publish_many(_batch(["l1", "l2", "l3"]))))
         publishing.start()
         try:
-            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+            wait_for_lock_waiter(db_url, time.monotonic() + 30,
+                                 'the batch never waited for the concurrent publisher')
         finally:
             conn.commit()
             publishing.join(30)

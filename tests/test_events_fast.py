@@ -24,6 +24,7 @@ from outlast.client import Client
 from outlast.runs import RunStatus
 from outlast.store import open_store
 from outlast.store.base import Store
+from tests.conftest import wait_for_lock_waiter
 
 
 @task(id="fast-closable", cancel_on=[CancelOn("account.closed", match="data.account")])
@@ -90,18 +91,6 @@ def test_a_subscriber_another_process_publishes_is_seen_by_the_next_publish(
     assert sorted(client.retrieve(r).task_id for r in created) == [first.id, second.id]
 
 
-def _wait_for_lock_waiter(url: str, deadline: float) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'").fetchone()
-            if row and row[0]:
-                return
-            time.sleep(0.01)
-    raise AssertionError("the publish never waited for the name's lock")
-
-
 def test_a_wait_registered_while_a_single_publish_waits_for_the_lock_is_resumed(
     store: Store, client: Client, db_url: str, backend: str
 ) -> None:
@@ -125,7 +114,8 @@ def test_a_wait_registered_while_a_single_publish_waits_for_the_lock_is_resumed(
             target=lambda: result.append(client.publish("fast.signup", {"n": 1})))
         publishing.start()
         try:
-            _wait_for_lock_waiter(db_url, time.monotonic() + 30)
+            wait_for_lock_waiter(db_url, time.monotonic() + 30,
+                                 "the publish never waited for the name's lock")
         finally:
             conn.commit()
             publishing.join(30)
