@@ -128,6 +128,10 @@ def _b(value: Any) -> bool:
 
 
 def run_from_row(row: Row) -> Run:
+    # A finished row stores NULL for an available_at equal to created_at and for a
+    # priority or exec_seconds of 0 (queries.sql, complete_run): read back as those values,
+    # so a Run reads the same before and after its run finished.
+    available_at = row["available_at"]
     return Run(
         id=row["id"],
         env=row["env"],
@@ -141,12 +145,12 @@ def run_from_row(row: Row) -> Run:
         tags=loads(row["tags"]) or [],
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
-        priority=row["priority"],
+        priority=row["priority"] or 0.0,
         concurrency_key=row["concurrency_key"] or None,
         idempotency_key=row["idempotency_key"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        available_at=row["available_at"],
+        available_at=row["created_at"] if available_at is None else available_at,
         delay_until=row["delay_until"],
         ttl_expires_at=row["ttl_expires_at"],
         started_at=row["started_at"],
@@ -160,7 +164,7 @@ def run_from_row(row: Row) -> Run:
         cancel_requested=_b(row["cancel_requested"]),
         wait_reason=loads(row["wait_reason"]),
         lease_epoch=row["lease_epoch"],
-        exec_seconds=row["exec_seconds"],
+        exec_seconds=row["exec_seconds"] or 0.0,
         segment_started_at=row["segment_started_at"],
         idempotency_expires_at=row["idempotency_expires_at"],
         version=row["version"],

@@ -17,21 +17,21 @@ CREATE TABLE runs (
     tags TEXT NOT NULL DEFAULT '[]',
     attempt INTEGER NOT NULL DEFAULT 1,    -- the current (or next) attempt, 1-based
     max_attempts INTEGER NOT NULL,
-    priority DOUBLE PRECISION NOT NULL DEFAULT 0,
+    priority DOUBLE PRECISION DEFAULT 0,  -- a finished row: NULL if 0 (migration 0025)
     concurrency_key TEXT NOT NULL DEFAULT '',  -- '' when the run has none
     idempotency_key TEXT,
     idempotency_expires_at DOUBLE PRECISION,
     idempotency_active INTEGER NOT NULL DEFAULT 0,
     created_at DOUBLE PRECISION NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL,
-    available_at DOUBLE PRECISION NOT NULL,            -- not claimable before this
-    ready_at DOUBLE PRECISION NOT NULL,                -- available_at - priority: the claim order
+    available_at DOUBLE PRECISION,  -- not claimable before this (a finished row: NULL if created_at)
+    ready_at DOUBLE PRECISION,  -- available_at - priority: the claim order (a finished row: NULL)
     delay_until DOUBLE PRECISION,
     ttl_expires_at DOUBLE PRECISION,
     started_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION,
     max_duration DOUBLE PRECISION,
-    exec_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,  -- compute time of this attempt before its last wait
+    exec_seconds DOUBLE PRECISION DEFAULT 0,  -- this attempt's compute before its last wait (finished: NULL if 0)
     worker_id TEXT,
     lease_epoch INTEGER NOT NULL DEFAULT 0,    -- bumped by every claim: the fencing token (C4)
     segment_started_at DOUBLE PRECISION,

@@ -17,21 +17,21 @@ CREATE TABLE runs (
     tags TEXT NOT NULL DEFAULT '[]',
     attempt INTEGER NOT NULL DEFAULT 1,    -- the current (or next) attempt, 1-based
     max_attempts INTEGER NOT NULL,
-    priority REAL NOT NULL DEFAULT 0,
+    priority REAL DEFAULT 0,  -- a finished row: NULL if 0 (migration 0025)
     concurrency_key TEXT NOT NULL DEFAULT '',  -- '' when the run has none
     idempotency_key TEXT,
     idempotency_expires_at REAL,
     idempotency_active INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    available_at REAL NOT NULL,            -- not claimable before this
-    ready_at REAL NOT NULL,                -- available_at - priority: the claim order
+    available_at REAL,  -- not claimable before this (a finished row: NULL if created_at)
+    ready_at REAL,  -- available_at - priority: the claim order (a finished row: NULL)
     delay_until REAL,
     ttl_expires_at REAL,
     started_at REAL,
     finished_at REAL,
     max_duration REAL,
-    exec_seconds REAL NOT NULL DEFAULT 0,  -- compute time of this attempt before its last wait
+    exec_seconds REAL DEFAULT 0,  -- this attempt's compute time before its last wait (finished: NULL if 0)
     worker_id TEXT,
     lease_epoch INTEGER NOT NULL DEFAULT 0,    -- bumped by every claim: the fencing token (C4)
     segment_started_at REAL,
