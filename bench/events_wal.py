@@ -7,7 +7,9 @@ of: trigger (one run), publish of `bench.one` (two subscribers: two runs) and of
 (one run). A second connection holds a read transaction open meanwhile, so no checkpoint
 can restart the WAL: it only grows, and each frame's header names the page it holds.
 Prints frames per call and, per call, the frames of each table or index (pages mapped to
-their b-tree by `dbstat` once the calls are done). A commit's cost (its WAL checksums and
+their b-tree by `dbstat` once the calls are done): each kind alone, then the three in turn
+as events_bench interleaves them (runs of other tasks between, so fewer index pages are
+shared from one call to the next). A commit's cost (its WAL checksums and
 fsync) grows with its frames (bench/README.md, "Events"); this counts them, which other
 sessions on a shared machine do not move.
 """
@@ -26,19 +28,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c
 import events_bench as eb  # its tasks and set-up; it reads --src from the command line
 
+from outlast.client import Client  # from --src: events_bench put it on the path
+
 WAL_HEADER, FRAME_HEADER = 32, 24
 
 
-def frames(wal: Path, page_size: int, start: int) -> list[int]:
-    """The page numbers of the WAL's frames from byte ``start`` on."""
-    data = wal.read_bytes()
-    out = []
-    for off in range(start, len(data) - FRAME_HEADER - page_size + 1, FRAME_HEADER + page_size):
-        out.append(struct.unpack(">I", data[off:off + 4])[0])
-    return out
+def frames(data: bytes, page_size: int, start: int, end: int) -> list[int]:
+    """The page numbers of the WAL's frames between byte offsets ``start`` and ``end``."""
+    step = FRAME_HEADER + page_size
+    return [struct.unpack(">I", data[off:off + 4])[0] for off in range(start, end, step)]
 
 
-def measure(what: str, n: int) -> None:
+def call(client: Client, what: str, i: int) -> None:
+    if what == "trigger":
+        client.trigger(eb.plain, {"n": i})
+    else:
+        client.publish(what, {"n": i})
+
+
+def measure(whats: list[str], n: int) -> None:
+    """N rounds of the calls ``whats`` in turn on one fresh database; frames per call of
+    each, by b-tree."""
     with c.fresh_database("sqlite", "outlast_ev_wal") as url:
         client = eb._client(url)
         path = Path(url.removeprefix("sqlite:///"))
@@ -47,21 +57,23 @@ def measure(what: str, n: int) -> None:
         page_size = reader.execute("PRAGMA page_size").fetchone()[0]
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot
-        start = wal.stat().st_size if wal.exists() else WAL_HEADER
+        spans: dict[str, list[tuple[int, int]]] = {w: [] for w in whats}
         for i in range(n):
-            if what == "trigger":
-                client.trigger(eb.plain, {"n": i})
-            else:
-                client.publish(what, {"n": i})
-        pages = frames(wal, page_size, max(start, WAL_HEADER))
+            for what in whats:
+                before = wal.stat().st_size
+                call(client, what, i)
+                spans[what].append((max(before, WAL_HEADER), wal.stat().st_size))
+        data = wal.read_bytes()
         reader.execute("COMMIT")
         client.close()
         names = dict(reader.execute("SELECT pageno, name FROM dbstat"))
+        reader.close()
+    for what in whats:
+        pages = [p for a, b in spans[what] for p in frames(data, page_size, a, b)]
         per = collections.Counter(names.get(p, f"page {p} (freed)") for p in pages)
         print(f"{what}: {len(pages) / n:.2f} frames per call")
         for name, k in per.most_common():
             print(f"    {name:32} {k / n:6.2f}")
-        reader.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", default="worktree")
     args = p.parse_args(argv)
     print(f"source: {eb.SRC_DESC}")
+    print("each alone:")
     for what in ("trigger", "bench.one", "solo.one"):
-        measure(what, args.n)
+        measure([what], args.n)
+    print("interleaved, as events_bench takes them:")
+    measure(["trigger", "bench.one", "solo.one"], args.n)
     return 0
 
 
