@@ -1541,23 +1541,6 @@ WHERE event_seq IN (SELECT seq FROM events WHERE expires_at <= :now);
 -- name: ev_prune
 DELETE FROM events WHERE expires_at <= :now;
 
--- SQLite: events.seq is a plain rowid, which would reuse the highest seq once its row is
--- gone (0029_events_lean), so the newest row stays, emptied into a tombstone (environment
--- and name '', which no reader asks for and no publish writes), and goes once a newer
--- event exists. Tombstones are not counted as pruned events.
--- name: ev_prune [sqlite]
-DELETE FROM events WHERE expires_at <= :now AND seq < (SELECT MAX(seq) FROM events)
-  AND NOT (env = '' AND name = '');
-
--- name: ev_prune_newest [sqlite]
-UPDATE events SET env = '', id = '', name = '', data = 'null', fanout = NULL,
-    dedup_active = 0
-WHERE seq = (SELECT MAX(seq) FROM events) AND expires_at <= :now
-  AND NOT (env = '' AND name = '');
-
--- name: ev_prune_tombstones [sqlite]
-DELETE FROM events WHERE env = '' AND name = '' AND seq < (SELECT MAX(seq) FROM events);
-
 -- name: ev_prune_waits
 DELETE FROM event_waits
 WHERE waitpoint_id IN (SELECT id FROM waitpoints WHERE status <> 'pending');
@@ -2602,3 +2585,20 @@ VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14,
 -- name: newest_run_id_by_key
 SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
 LIMIT 1;
+
+-- SQLite: events.seq is a plain rowid, which would reuse the highest seq once its row is
+-- gone (0029_events_lean), so the newest row stays, emptied into a tombstone (environment
+-- and name '', which no reader asks for and no publish writes), and goes once a newer
+-- event exists. Tombstones are not counted as pruned events.
+-- name: ev_prune [sqlite]
+DELETE FROM events WHERE expires_at <= :now AND seq < (SELECT MAX(seq) FROM events)
+  AND NOT (env = '' AND name = '');
+
+-- name: ev_prune_newest [sqlite]
+UPDATE events SET env = '', id = '', name = '', data = 'null', fanout = NULL,
+    dedup_active = 0
+WHERE seq = (SELECT MAX(seq) FROM events) AND expires_at <= :now
+  AND NOT (env = '' AND name = '');
+
+-- name: ev_prune_tombstones [sqlite]
+DELETE FROM events WHERE env = '' AND name = '' AND seq < (SELECT MAX(seq) FROM events);
