@@ -533,6 +533,9 @@ class EventsMixin(SqlCore):
         with self._transaction() as tx:
             tx.x("ev_prune_deliveries", now=now)
             pruned = int(tx.x("ev_prune", now=now))
+            if self.dialect == "sqlite":  # its newest row stays as a tombstone (queries.sql)
+                pruned += int(tx.x("ev_prune_newest", now=now))
+                tx.x("ev_prune_tombstones")
             tx.x("ev_prune_waits")
             tx.x("group_prune")  # debounce and batch groups no longer pending
         return pruned

@@ -1512,8 +1512,16 @@ ORDER BY seq LIMIT 1000;
 SELECT * FROM events WHERE env = :env AND (CAST(:name AS TEXT) IS NULL OR name = :name)
 ORDER BY seq DESC LIMIT :limit;
 
+-- The newest event of an id: its deduplicating row (events_dedup) if it has one, which is
+-- newer than any released one, else the newest released (events_released). Each arm names
+-- its index's predicate, so both are index lookups (0028_events_released).
 -- name: ev_get
-SELECT * FROM events WHERE env = :env AND id = :id ORDER BY seq DESC LIMIT 1;
+SELECT * FROM (
+    SELECT * FROM events WHERE env = :env AND id = :id AND dedup_active = 1
+    UNION ALL
+    SELECT * FROM (SELECT * FROM events WHERE env = :env AND id = :id AND dedup_active = 0
+                   ORDER BY seq DESC LIMIT 1) AS released
+) AS found ORDER BY seq DESC LIMIT 1;
 
 -- name: ev_deliveries
 SELECT * FROM event_deliveries
@@ -2594,3 +2602,20 @@ VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14,
 -- name: newest_run_id_by_key
 SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
 LIMIT 1;
+
+-- SQLite: events.seq is a plain rowid, which would reuse the highest seq once its row is
+-- gone (0029_events_lean), so the newest row stays, emptied into a tombstone (environment
+-- and name '', which no reader asks for and no publish writes), and goes once a newer
+-- event exists. Tombstones are not counted as pruned events.
+-- name: ev_prune [sqlite]
+DELETE FROM events WHERE expires_at <= :now AND seq < (SELECT MAX(seq) FROM events)
+  AND NOT (env = '' AND name = '');
+
+-- name: ev_prune_newest [sqlite]
+UPDATE events SET env = '', id = '', name = '', data = 'null', fanout = NULL,
+    dedup_active = 0
+WHERE seq = (SELECT MAX(seq) FROM events) AND expires_at <= :now
+  AND NOT (env = '' AND name = '');
+
+-- name: ev_prune_tombstones [sqlite]
+DELETE FROM events WHERE env = '' AND name = '' AND seq < (SELECT MAX(seq) FROM events);
