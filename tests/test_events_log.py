@@ -1,5 +1,5 @@
 """The events table without events_env_id and, on SQLite, without AUTOINCREMENT
-(migrations 0028_events_released and 0029_events_lean): an event is still found by id
+(migrations 0026_events_released and 0027_events_lean): an event is still found by id
 whichever of its rows deduplicates, a sequence number is never handed out twice, and a
 database migrated from the earlier table keeps its events and its high-water mark."""
 
@@ -92,7 +92,7 @@ def test_a_sqlite_log_from_before_keeps_its_events_and_its_high_water_mark(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """The events table as 0009 made it (AUTOINCREMENT, events_env_id), its newest events
-    pruned by an earlier release, then 0029_events_lean: the rows are kept and the next
+    pruned by an earlier release, then 0027_events_lean: the rows are kept and the next
     event's seq is past every seq that release handed out."""
     url = f"sqlite:///{tmp_path}/before.db"
     store = open_store(url, clock)

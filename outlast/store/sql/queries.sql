@@ -1514,7 +1514,7 @@ ORDER BY seq DESC LIMIT :limit;
 
 -- The newest event of an id: its deduplicating row (events_dedup) if it has one, which is
 -- newer than any released one, else the newest released (events_released). Each arm names
--- its index's predicate, so both are index lookups (0028_events_released).
+-- its index's predicate, so both are index lookups (0026_events_released).
 -- name: ev_get
 SELECT * FROM (
     SELECT * FROM events WHERE env = :env AND id = :id AND dedup_active = 1
@@ -2604,7 +2604,7 @@ SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.
 LIMIT 1;
 
 -- SQLite: events.seq is a plain rowid, which would reuse the highest seq once its row is
--- gone (0029_events_lean), so the newest row stays, emptied into a tombstone (environment
+-- gone (0027_events_lean), so the newest row stays, emptied into a tombstone (environment
 -- and name '', which no reader asks for and no publish writes), and goes once a newer
 -- event exists. Tombstones are not counted as pruned events.
 -- name: ev_prune [sqlite]

@@ -447,7 +447,7 @@ CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
 CREATE INDEX events_env_seq ON events (env, seq);
 CREATE INDEX events_env_name ON events (env, name, seq);
 -- An event by id (ev_get): events_dedup while its id deduplicates, this once released
--- (0028_events_released; written only when an id is published again past its window).
+-- (0026_events_released; written only when an id is published again past its window).
 CREATE INDEX events_released ON events (env, id, seq) WHERE dedup_active = 0;
 CREATE INDEX events_expiry ON events (expires_at);
 

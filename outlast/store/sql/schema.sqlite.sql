@@ -431,7 +431,7 @@ CREATE INDEX runs_failed ON runs (finished_at) WHERE status IN ('FAILED', 'TIMED
 -- each subscribed task (a run, filtered out, ...), and the runs parked waiting for one.
 -- An event's id deduplicates while dedup_active = 1 (its window, default 24 h); the row
 -- stays in the log until expires_at (its retention), then the pruner removes it.
--- seq is a plain rowid (0029_events_contract): no sqlite_sequence row to write per
+-- seq is a plain rowid (0027_events_lean): no sqlite_sequence row to write per
 -- event; the pruner keeps the newest row (a tombstone) so no seq is reused.
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
@@ -449,7 +449,7 @@ CREATE UNIQUE INDEX events_dedup ON events (env, id) WHERE dedup_active = 1;
 CREATE INDEX events_env_seq ON events (env, seq);
 CREATE INDEX events_env_name ON events (env, name, seq);
 -- An event by id (ev_get): events_dedup while its id deduplicates, this once released
--- (0028_events_released; written only when an id is published again past its window).
+-- (0026_events_released; written only when an id is published again past its window).
 CREATE INDEX events_released ON events (env, id, seq) WHERE dedup_active = 0;
 CREATE INDEX events_expiry ON events (expires_at);
 

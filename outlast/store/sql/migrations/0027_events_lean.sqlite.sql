@@ -1,5 +1,5 @@
 -- outlast: contract
--- events_env_id goes, replaced by events_dedup and events_released (0028_events_released),
+-- events_env_id goes, replaced by events_dedup and events_released (0026_events_released),
 -- and events.seq becomes a plain rowid: AUTOINCREMENT wrote sqlite_sequence's row in every
 -- publish (a page of the WAL per event). A plain rowid would reuse the highest seq once
 -- its row is deleted, so this release's pruner keeps the newest row, emptied (a tombstone
