@@ -118,7 +118,7 @@ def test_a_sqlite_log_from_before_keeps_its_events_and_its_high_water_mark(
         "        ('dev', 'gone', 'log.signup', '{\"n\": 2}', 1, 9e9, 9e9);"
         "DELETE FROM events WHERE id = 'gone';"  # the earlier pruner took the newest row
         "DELETE FROM outlast_migrations WHERE name = 'events_lean';"
-        "UPDATE outlast_schema SET version = 28;"
+        "UPDATE outlast_schema SET version = 26;"
     )
     conn.close()
     store = open_store(url, clock)
