@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from . import _limits, _serde
 from ._config import _float, settings
 from ._errors import ConfigurationError, ValidationError
+from ._events_fanout import plain_runs
 from ._ids import new_id, new_ids
 from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
 from .store._events_base import (
@@ -306,11 +307,6 @@ def _evaluate(expr: str, activation: dict[str, Any]) -> bool:
     return bool(result)
 
 
-# A planned run and fan-out are made without their dataclass __init__ (Planner._run).
-_new = object.__new__
-_set = object.__setattr__
-
-
 class Planner(EventPlanner):
     """Decides, inside the store's publish transaction, what an event does. ``expected``
     is how many events it plans (sizes its batches of run ids)."""
@@ -334,7 +330,7 @@ class Planner(EventPlanner):
             data = event.data_json
             payload = data if data is not None else _serde.dumps(event.data)
             metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
-            return self._plain_runs(plain, payload, metadata)
+            return plain_runs(plain, payload, metadata, self.env, self._ids, self._id_batch)
         out: list[Fanout] = []
         activation: dict[str, Any] | None = None  # CEL's view of the event, built once
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
@@ -387,35 +383,6 @@ class Planner(EventPlanner):
             by_name.clear()
         by_name[name] = plain = tuple(found)
         return plain
-
-    def _plain_runs(self, plain: tuple[_Known, ...], payload: str, metadata: str
-                    ) -> list[Fanout]:
-        """What ``_run`` makes for subscribers that take the event as it is (no payload
-        type, so no reason), in one loop: a bulk publish plans a run per subscriber and
-        event, and the call per run, the run's field-by-field copy and the fan-out's
-        keyword dict were half of its planning (each fields dict is copied whole and
-        set as the object's, its fan-out's built as a literal)."""
-        out = []
-        ids = self._ids
-        for known in plain:
-            blank = known.template
-            if blank is None:  # as _run
-                blank = known.template = published_run(known.td, self.env, "null",
-                                                       TriggerOptions())
-            if not ids:
-                ids = self._ids = new_ids("run", self._id_batch)
-            fields = blank.__dict__.copy()
-            fields["id"] = ids.pop()
-            fields["payload"] = payload
-            fields["metadata"] = metadata
-            fields["tags"] = list(fields["tags"])
-            run = _new(NewRun)
-            run.__dict__ = fields
-            fan = _new(Fanout)
-            _set(fan, "__dict__", {"task_id": known.td.id, "outcome": "run", "run": run,
-                                   "reason": None})
-            out.append(fan)
-        return out
 
     def _run(self, known: _Known, event: EventRecord, payload: str, metadata: str
              ) -> Fanout:
