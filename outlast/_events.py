@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from . import _limits, _serde
 from ._config import _float, settings
 from ._errors import ConfigurationError, ValidationError
+from ._events_fanout import plain_runs
 from ._ids import new_id, new_ids
 from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
 from .store._events_base import (
@@ -329,7 +330,7 @@ class Planner(EventPlanner):
             data = event.data_json
             payload = data if data is not None else _serde.dumps(event.data)
             metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
-            return [self._run(known, event, payload, metadata) for known in plain]
+            return plain_runs(plain, payload, metadata, self.env, self._ids, self._id_batch)
         out: list[Fanout] = []
         activation: dict[str, Any] | None = None  # CEL's view of the event, built once
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts

@@ -81,6 +81,24 @@ def test_a_retried_batch_creates_nothing_and_answers_with_the_first_runs(
     assert _rows(store, "SELECT COUNT(*) AS n FROM events")[0]["n"] == 50
 
 
+def test_a_repeat_within_a_copied_batch_answers_with_the_first_runs(
+    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch by COPY makes a streamed event's result as its runs go (_planned_runs): an
+    id repeated later in the batch is a duplicate answering with those runs, and makes
+    none of its own."""
+    store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
+    fallbacks = _count_fallbacks(store, monkeypatch)
+    results = client.publish_many(_batch(["a", "b", "a"]))
+    assert [r.duplicate for r in results] == [False, False, True]
+    assert len(results[0].run_ids) == 2
+    assert results[2].run_ids == results[0].run_ids
+    if backend == "postgres":
+        assert fallbacks == []  # copied, the repeat too
+    runs = client.list_runs(limit=100)
+    assert sorted(r.id for r in runs) == sorted(results[0].run_ids + results[1].run_ids)
+
+
 def test_a_batch_of_new_taken_repeated_and_expired_ids_runs_the_new_ones_once(
     store: Store, client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,6 +34,7 @@ from ._sql_events import (
 )
 from ._types import NewRun, TaskDef
 
+_new = object.__new__
 # _run_row's keys that are not runs columns (the statement sets those itself).
 _NOT_COLUMNS = ("now",)
 # Milliseconds a publish may spend planning one event for one subscriber (a CEL filter
@@ -52,7 +53,7 @@ class _Copying:
     """A batch publish by COPY under way (publish_events): what the statement taking its
     names' locks drew ahead for _plan_and_insert and _before_planning."""
 
-    __slots__ = ("bound", "drawn", "events", "n", "waits")
+    __slots__ = ("bound", "drawn", "events", "n", "results", "waits")
 
     def __init__(self, events: int, n: int) -> None:
         self.events = events  # the batch's events, and n its distinct ids
@@ -60,6 +61,8 @@ class _Copying:
         self.drawn: list[int] | None = None  # sequence numbers, in order
         self.waits: list[EventWait] | None = None  # None: to be read after the locks
         self.bound: str | None = None  # the idle bound set for the transaction
+        # The results of the events whose runs were streamed, by id (_planned_runs).
+        self.results: dict[str, PublishResult] = {}
 
 
 # A batch's events go by COPY in publish_events's own transaction (which it publishes
@@ -252,7 +255,7 @@ class PgEventsMixin(EventsMixin):
         seqs: dict[str, int] = {}
         rows: list[tuple[Any, ...]] = []  # the events' COPY rows
         streamed: list[NewRun] = []
-        planned = _planned_runs(batch, events, planner, copying.drawn, (plans, seqs, rows),
+        planned = _planned_runs(batch, events, planner, copying, (plans, seqs, rows),
                                 streamed)
         conn = tx.conn  # type: ignore[attr-defined]  # PostgresStore's _Tx
         try:
@@ -271,6 +274,22 @@ class PgEventsMixin(EventsMixin):
         batch.waits.update(waits)
         return plans, seqs
 
+    def _publish_one(
+        self, tx: Tx, batch: _Batch, e: NewEvent, seq: int | None, plans: dict[str, _Plan],
+        planner: EventPlanner,
+    ) -> PublishResult:
+        # An event whose runs were streamed has its result already (_planned_runs): what
+        # is left of the base's work is the waits for its name, where there are any.
+        copying = _COPYING.get()
+        done = None if copying is None or seq is None else copying.results.pop(e.id, None)
+        if done is None:
+            return super()._publish_one(tx, batch, e, seq, plans, planner)
+        record = plans.pop(e.id)[0]
+        waits = batch.waits.get(record.name)
+        if waits is None or waits:
+            self._resume_waits(tx, batch, record, planner)
+        return done
+
     def _copy_runs(self, tx: Tx, runs: Iterable[NewRun], now: float) -> None:
         """COPY ``runs`` (no idempotency key, no group), as they come (PostgresStore's)."""
         raise NotImplementedError
@@ -288,30 +307,47 @@ class PgEventsMixin(EventsMixin):
 
 
 def _planned_runs(batch: _Batch, events: Sequence[NewEvent], planner: EventPlanner,
-                  drawn: list[int],
+                  copying: _Copying,
                   into: tuple[dict[str, _Plan], dict[str, int], list[tuple[Any, ...]]],
                   streamed: list[NewRun]) -> Iterator[NewRun]:
     """Plan each distinct event (its plan, seq and COPY row into ``into``) and yield its
     runs, appended to ``streamed`` too, while they can go by COPY now (_plan_and_insert);
-    the events whose runs were yielded go in ``batch.written``."""
+    the events whose runs were yielded go in ``batch.written``, with their results (as
+    the base's _publish_one makes them) in ``copying.results``."""
     plans, seqs, rows = into
     env, now, subscribers = batch.env, batch.now, batch.subscribers
+    drawn, results, created = copying.drawn, copying.results, batch.created
+    assert drawn is not None
     streaming = True
     for e in events:
-        if e.id in plans:  # a repeat within the batch: the first one counts
+        eid = e.id
+        if eid in plans:  # a repeat within the batch: the first one counts
             continue
-        plans[e.id] = (record, plan) = plan_event(batch, e, planner)
-        seq = seqs[e.id] = drawn[len(seqs)]
-        rows.append((seq, env, e.id, e.name, e.data, now, now + e.dedup_seconds, 1,
+        plans[eid] = (record, plan) = plan_event(batch, e, planner)
+        seq = seqs[eid] = drawn[len(seqs)]
+        rows.append((seq, env, eid, e.name, e.data, now, now + e.dedup_seconds, 1,
                      now + e.retention_seconds, fanout_json(plan)))
-        if streaming:
-            streaming = (all(f.run is None or (f.run.group is None
-                                               and f.run.idempotency_key is None)
-                             for f in plan)
-                         and not planner.cancel_matches(record, subscribers))
-            if streaming:
-                batch.written.add(e.id)
-                for f in plan:
-                    if f.run is not None:
-                        streamed.append(f.run)
-                        yield f.run
+        if not streaming:
+            continue
+        for f in plan:
+            run = f.run
+            if run is not None and (run.group is not None or run.idempotency_key is not None):
+                streaming = False
+                break
+        else:
+            streaming = not planner.cancel_matches(record, subscribers)
+        if not streaming:
+            continue
+        batch.written.add(eid)
+        run_ids = []
+        for f in plan:
+            run = f.run
+            if run is not None:
+                run_ids.append(run.id)
+                streamed.append(run)
+                yield run
+        record.__dict__["seq"] = seq  # as _publish_one sets it (frozen: no copy)
+        created[eid] = run_ids
+        result = _new(PublishResult)  # as _publish_one's, without the frozen __init__
+        result.__dict__.update(id=eid, duplicate=False, run_ids=run_ids)
+        results[eid] = result

@@ -190,6 +190,8 @@ class _CopyLayout:
         made: dict[str, tuple[tuple[Any, ...], tuple[bytes, bytes, bytes, bytes]]] = {}
         meta_text: str | None = None
         meta = b""
+        payload_text: str | None = None
+        payload_size = payload = b""
         for r in runs:
             # Runs equal in every field but id and payload have equal rows but for those
             # two columns (build_run normalizes what could be equal yet dump apart: int(),
@@ -215,10 +217,12 @@ class _CopyLayout:
                 meta_text = r.metadata
                 dumped_meta = meta_of(meta_text)
                 meta = size(len(dumped_meta)) + bytes(dumped_meta)
+            if r.payload is not payload_text:  # an event's runs share one text
+                payload_text = r.payload
+                payload = payload_of(payload_text)
+                payload_size = size(len(payload))
             rid = id_of(r.id)
-            payload = payload_of(r.payload)
-            pieces += (head, size(len(rid)), rid, mid, size(len(payload)), payload, mid2,
-                       meta, tail)
+            pieces += (head, size(len(rid)), rid, mid, payload_size, payload, mid2, meta, tail)
             if len(pieces) >= self._CHUNK:
                 yield b"".join(pieces)
                 pieces = []
