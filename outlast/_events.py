@@ -32,6 +32,7 @@ from .store._events_base import (
     Fanout,
     NewEvent,
     PublishResult,
+    run_metadata,
 )
 from .store._groups_base import BATCH, RunGroup
 from .store._match import ABSENT, value_at
@@ -285,6 +286,17 @@ def _facts(cache: dict[tuple[int, str], tuple[Sequence[TaskDef], _F]],
     return found
 
 
+def _cancels_on(known: _Known, name: str) -> tuple[CancelOn, ...]:
+    """The task's cancel_on entries events named ``name`` meet (remembered per definition)."""
+    cancels = known.cancels.get(name)
+    if cancels is None:
+        if len(known.cancels) > 1024:
+            known.cancels.clear()
+        cancels = known.cancels[name] = tuple(
+            c for c in known.sub.cancel_on if name_matches(c.event, name))
+    return cancels
+
+
 def _cel_event(envelope: dict[str, Any]) -> dict[str, Any]:
     """The activation of a CEL program over ``event`` (converted once per event)."""
     from celpy.adapter import json_to_cel
@@ -328,7 +340,7 @@ class Planner(EventPlanner):
                 return []
             data = event.data_json
             payload = data if data is not None else _serde.dumps(event.data)
-            metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
+            metadata = run_metadata(event.id, event.name)
             return [self._run(known, event, payload, metadata) for known in plain]
         out: list[Fanout] = []
         activation: dict[str, Any] | None = None  # CEL's view of the event, built once
@@ -353,7 +365,7 @@ class Planner(EventPlanner):
             if shared is None:
                 data = event.data_json
                 shared = (data if data is not None else _serde.dumps(event.data),
-                          _serde.dumps({"event": {"id": event.id, "name": event.name}}))
+                          run_metadata(event.id, event.name))
             fan = self._run(known, event, *shared)
             group = known.sub.group
             out.append(fan if group is None else grouped(fan, group, event, td))
@@ -395,11 +407,7 @@ class Planner(EventPlanner):
                 _check_schema(td.payload_schema, event.data)
             except ValidationError as exc:
                 reason = f"payload does not match the task's type: {exc.message}"
-        blank = known.template
-        if blank is None:
-            # The task's published defaults, checked once per definition, as
-            # ``_trigger.build_runs`` does once per batch trigger.
-            blank = known.template = published_run(td, self.env, "null", TriggerOptions())
+        blank = self._blank(known)
         run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
         run.__dict__.update(blank.__dict__)
         if not self._ids:
@@ -411,6 +419,25 @@ class Planner(EventPlanner):
         fan = object.__new__(Fanout)  # as for the run: no frozen __init__, per run planned
         fan.__dict__.update(task_id=td.id, outcome="run", run=run, reason=reason)
         return fan
+
+    def _blank(self, known: _Known) -> NewRun:
+        """The task's published defaults as a run (no id, payload or metadata yet), checked
+        once per definition, as ``_trigger.build_runs`` does once per batch trigger."""
+        blank = known.template
+        if blank is None:
+            blank = known.template = published_run(known.td, self.env, "null",
+                                                   TriggerOptions())
+        return blank
+
+    def plain_runs(self, subscribers: Sequence[TaskDef], name: str
+                   ) -> tuple[NewRun, ...] | None:
+        plain = self._plain_subscribers(subscribers, name)
+        if plain is None:
+            return None
+        for td in self._cancellers(subscribers):
+            if _cancels_on(_about(td, self.env), name):
+                return None
+        return tuple(self._blank(known) for known in plain)
 
     def subscription(self, td: TaskDef) -> Subscription:
         return _about(td, self.env).sub
@@ -434,14 +461,7 @@ class Planner(EventPlanner):
         activation: dict[str, Any] | None = None
         name = event.name
         for td in self._cancellers(subscribers):
-            known = _about(td, self.env)
-            cancels = known.cancels.get(name)
-            if cancels is None:
-                if len(known.cancels) > 1024:
-                    known.cancels.clear()
-                cancels = known.cancels[name] = tuple(
-                    c for c in known.sub.cancel_on if name_matches(c.event, name))
-            for c in cancels:
+            for c in _cancels_on(_about(td, self.env), name):
                 if envelope is None:
                     envelope = event.envelope()
                 if c.if_:

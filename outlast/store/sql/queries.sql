@@ -2577,3 +2577,15 @@ VALUES (?1, ?2, ?3, ?4, 'QUEUED', ?5, ?6, '[]', 1, ?7, ?8, ?9, 0, ?14, ?14, ?14,
 -- name: newest_run_id_by_key
 SELECT r.id FROM runs r WHERE r.env = :env ORDER BY substr(r.id, 5, 12) DESC, r.id DESC
 LIMIT 1;
+
+-- SQLite, a batch's events (distinct ids; no RETURNING: their sequence numbers are not
+-- needed, SQLite's plain batch), their values by position: ?1 env, ?2 now, and per event
+-- ?3 id, ?4 name, ?5 data, ?6 dedup_until, ?7 expires_at, ?8 fanout. _sql_events_sqlite
+-- repeats the VALUES row for up to 128 events in one statement, the next event's numbered
+-- from ?9 on: less than half the instructions of json_each's rows. An id still
+-- deduplicating inserts nothing (the statement's count of changes says so).
+-- name: ev_insert_values [sqlite]
+INSERT INTO events (env, id, name, data, created_at, dedup_until, dedup_active, expires_at,
+                    fanout)
+VALUES (?1, ?3, ?4, ?5, ?2, ?6, 1, ?7, ?8)
+ON CONFLICT (env, id) WHERE dedup_active = 1 DO NOTHING;
