@@ -176,7 +176,9 @@ class SqliteEventsMixin(EventsMixin):
 def insert_lean(tx: Tx, env: str, runs: Sequence[NewRun], now: float) -> None:
     """Insert ``lean`` runs of ``env`` in one statement (their rows only)."""
     insert_lean_rows(tx, env, [
-        [r.id, r.task_id, r.queue, r.payload, r.metadata, *_tail(r)] for r in runs], now)
+        [r.id, r.task_id, r.queue, r.payload, r.metadata, r.max_attempts, r.priority,
+         r.concurrency_key, r.ttl or None, r.max_duration, r.depth, r.version] for r in runs],
+        now)
 
 
 def insert_lean_rows(tx: Tx, env: str, rows: list[list[Any]], now: float) -> None:
@@ -186,8 +188,8 @@ def insert_lean_rows(tx: Tx, env: str, rows: list[list[Any]], now: float) -> Non
 
 
 def _tail(r: NewRun) -> tuple[Any, ...]:
-    """A lean run's row after its metadata (insert_lean_runs), the same for every run of a
-    task's defaults."""
+    """A lean run's row after its metadata (insert_lean_runs, as insert_lean writes it),
+    the same for every run of a task's defaults."""
     return (r.max_attempts, r.priority, r.concurrency_key, r.ttl or None, r.max_duration,
             r.depth, r.version)
 
