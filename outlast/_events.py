@@ -286,17 +286,6 @@ def _facts(cache: dict[tuple[int, str], tuple[Sequence[TaskDef], _F]],
     return found
 
 
-def _cancels_on(known: _Known, name: str) -> tuple[CancelOn, ...]:
-    """The task's cancel_on entries events named ``name`` meet (remembered per definition)."""
-    cancels = known.cancels.get(name)
-    if cancels is None:
-        if len(known.cancels) > 1024:
-            known.cancels.clear()
-        cancels = known.cancels[name] = tuple(
-            c for c in known.sub.cancel_on if name_matches(c.event, name))
-    return cancels
-
-
 def _cel_event(envelope: dict[str, Any]) -> dict[str, Any]:
     """The activation of a CEL program over ``event`` (converted once per event)."""
     from celpy.adapter import json_to_cel
@@ -338,8 +327,7 @@ class Planner(EventPlanner):
         if plain is not None:
             if not plain:
                 return []
-            data = event.data_json
-            payload = data if data is not None else _serde.dumps(event.data)
+            payload = _serde.dumps(event.data) if event.data_json is None else event.data_json
             metadata = run_metadata(event.id, event.name)
             return [self._run(known, event, payload, metadata) for known in plain]
         out: list[Fanout] = []
@@ -363,9 +351,8 @@ class Planner(EventPlanner):
                     out.append(Fanout(td.id, "filtered", reason=f"if_ is false: {expr}"))
                     continue
             if shared is None:
-                data = event.data_json
-                shared = (data if data is not None else _serde.dumps(event.data),
-                          run_metadata(event.id, event.name))
+                shared = (_serde.dumps(event.data) if event.data_json is None else
+                          event.data_json, run_metadata(event.id, event.name))
             fan = self._run(known, event, *shared)
             group = known.sub.group
             out.append(fan if group is None else grouped(fan, group, event, td))
@@ -407,7 +394,7 @@ class Planner(EventPlanner):
                 _check_schema(td.payload_schema, event.data)
             except ValidationError as exc:
                 reason = f"payload does not match the task's type: {exc.message}"
-        blank = self._blank(known)
+        blank = known.template or self._blank(known)
         run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
         run.__dict__.update(blank.__dict__)
         if not self._ids:
@@ -421,22 +408,17 @@ class Planner(EventPlanner):
         return fan
 
     def _blank(self, known: _Known) -> NewRun:
-        """The task's published defaults as a run (no id, payload or metadata yet), checked
-        once per definition, as ``_trigger.build_runs`` does once per batch trigger."""
-        blank = known.template
-        if blank is None:
-            blank = known.template = published_run(known.td, self.env, "null",
-                                                   TriggerOptions())
-        return blank
+        # The task's published defaults, checked once per definition (as build_runs, once).
+        if known.template is None:
+            known.template = published_run(known.td, self.env, "null", TriggerOptions())
+        return known.template
 
     def plain_runs(self, subscribers: Sequence[TaskDef], name: str
                    ) -> tuple[NewRun, ...] | None:
         plain = self._plain_subscribers(subscribers, name)
-        if plain is None:
+        if plain is None or any(name_matches(c.event, name) for td in self._cancellers(
+                subscribers) for c in _about(td, self.env).sub.cancel_on):
             return None
-        for td in self._cancellers(subscribers):
-            if _cancels_on(_about(td, self.env), name):
-                return None
         return tuple(self._blank(known) for known in plain)
 
     def subscription(self, td: TaskDef) -> Subscription:
@@ -461,7 +443,14 @@ class Planner(EventPlanner):
         activation: dict[str, Any] | None = None
         name = event.name
         for td in self._cancellers(subscribers):
-            for c in _cancels_on(_about(td, self.env), name):
+            known = _about(td, self.env)
+            cancels = known.cancels.get(name)
+            if cancels is None:
+                if len(known.cancels) > 1024:
+                    known.cancels.clear()
+                cancels = known.cancels[name] = tuple(
+                    c for c in known.sub.cancel_on if name_matches(c.event, name))
+            for c in cancels:
                 if envelope is None:
                     envelope = event.envelope()
                 if c.if_:
