@@ -81,7 +81,7 @@ def test_a_plain_batch_writes_the_rows_the_general_path_writes(
         pytest.skip("the plain batch is SQLite's")
     store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
     calls = _plain_calls(store, monkeypatch)
-    ids = [f"p{i}" for i in range(300)]  # 128 + 128 + 32 + 8 + 4 events per statement
+    ids = [f"p{i}" for i in range(300)]  # and l1: 128 + 128 + 32 + 8 + 4 + 1 a statement
     plain = client.publish_many(_batch(ids) + _batch(["l1"], name="plain.login"))
     assert calls == [True]
     assert [len(r.run_ids) for r in plain] == [2] * 300 + [1]
