@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from . import _limits, _serde
 from ._config import _float, settings
 from ._errors import ConfigurationError, ValidationError
-from ._events_fanout import plain_runs
+from ._events_fanout import plain_fanouts, template
 from ._ids import new_id, new_ids
-from ._trigger import TriggerOptions, _check_schema, check_payload_size, published_run
+from ._trigger import _check_schema, check_payload_size
 from .store._events_base import (
     EventPlanner,
     EventRecord,
@@ -33,6 +33,7 @@ from .store._events_base import (
     Fanout,
     NewEvent,
     PublishResult,
+    run_metadata,
 )
 from .store._groups_base import BATCH, RunGroup
 from .store._match import ABSENT, value_at
@@ -327,10 +328,9 @@ class Planner(EventPlanner):
         if plain is not None:
             if not plain:
                 return []
-            data = event.data_json
-            payload = data if data is not None else _serde.dumps(event.data)
-            metadata = _serde.dumps({"event": {"id": event.id, "name": event.name}})
-            return plain_runs(plain, payload, metadata, self.env, self._ids, self._id_batch)
+            payload = _serde.dumps(event.data) if event.data_json is None else event.data_json
+            metadata = run_metadata(event.id, event.name)
+            return plain_fanouts(plain, payload, metadata, self.env, self._ids, self._id_batch)
         out: list[Fanout] = []
         activation: dict[str, Any] | None = None  # CEL's view of the event, built once
         shared: tuple[str, str] | None = None  # the runs' payload and metadata texts
@@ -352,9 +352,8 @@ class Planner(EventPlanner):
                     out.append(Fanout(td.id, "filtered", reason=f"if_ is false: {expr}"))
                     continue
             if shared is None:
-                data = event.data_json
-                shared = (data if data is not None else _serde.dumps(event.data),
-                          _serde.dumps({"event": {"id": event.id, "name": event.name}}))
+                shared = (_serde.dumps(event.data) if event.data_json is None else
+                          event.data_json, run_metadata(event.id, event.name))
             fan = self._run(known, event, *shared)
             group = known.sub.group
             out.append(fan if group is None else grouped(fan, group, event, td))
@@ -396,11 +395,7 @@ class Planner(EventPlanner):
                 _check_schema(td.payload_schema, event.data)
             except ValidationError as exc:
                 reason = f"payload does not match the task's type: {exc.message}"
-        blank = known.template
-        if blank is None:
-            # The task's published defaults, checked once per definition, as
-            # ``_trigger.build_runs`` does once per batch trigger.
-            blank = known.template = published_run(td, self.env, "null", TriggerOptions())
+        blank = known.template or template(known, self.env)
         run = object.__new__(NewRun)  # a shallow copy (NewRun's fields are its __dict__)
         run.__dict__.update(blank.__dict__)
         if not self._ids:
@@ -412,6 +407,14 @@ class Planner(EventPlanner):
         fan = object.__new__(Fanout)  # as for the run: no frozen __init__, per run planned
         fan.__dict__.update(task_id=td.id, outcome="run", run=run, reason=reason)
         return fan
+
+    def plain_runs(self, subscribers: Sequence[TaskDef], name: str
+                   ) -> tuple[NewRun, ...] | None:
+        plain = self._plain_subscribers(subscribers, name)
+        if plain is None or any(name_matches(c.event, name) for td in self._cancellers(
+                subscribers) for c in _about(td, self.env).sub.cancel_on):
+            return None
+        return tuple(template(known, self.env) for known in plain)
 
     def subscription(self, td: TaskDef) -> Subscription:
         return _about(td, self.env).sub

@@ -18,7 +18,14 @@ _new = object.__new__
 _set = object.__setattr__
 
 
-def plain_runs(plain: Sequence[_Known], payload: str, metadata: str, env: str,
+def template(known: _Known, env: str) -> NewRun:
+    """The task's published defaults, checked once per definition (as build_runs, once)."""
+    if known.template is None:
+        known.template = published_run(known.td, env, "null", TriggerOptions())
+    return known.template
+
+
+def plain_fanouts(plain: Sequence[_Known], payload: str, metadata: str, env: str,
                ids: list[str], id_batch: int) -> list[Fanout]:
     """What ``Planner._run`` makes for each of ``plain`` (no payload type: no reason),
     taking run ids from ``ids`` (refilled in place with ``id_batch`` more). A bulk
@@ -28,9 +35,7 @@ def plain_runs(plain: Sequence[_Known], payload: str, metadata: str, env: str,
     goes through its dataclass ``__init__`` (the fan-out's is frozen)."""
     out = []
     for known in plain:
-        blank = known.template
-        if blank is None:  # the task's published defaults, checked once (as _run)
-            blank = known.template = published_run(known.td, env, "null", TriggerOptions())
+        blank = known.template or template(known, env)
         if not ids:
             ids.extend(new_ids("run", id_batch))  # the planner's list: a batch at once
         fields = blank.__dict__.copy()

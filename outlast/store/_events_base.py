@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._serde import dumps
+
 if TYPE_CHECKING:
     from ._types import NewRun, TaskDef, Waitpoint
 
@@ -118,11 +120,25 @@ class EventPlanner(Protocol):
         has ``value`` at ``path``."""
         ...
 
+    def plain_runs(self, subscribers: Sequence[TaskDef], name: str
+                   ) -> tuple[NewRun, ...] | None:
+        """The blank runs (id, payload and metadata not set) of the subscribers running on
+        events named ``name``, in order, when each takes such an event as it is (no
+        filter, payload type, debounce or batch) and none cancels on it: then what an
+        event of the name does needs no decision of its own (SQLite's plain batch,
+        ``_sql_events_sqlite``). None otherwise."""
+        ...
+
     def payload_at(self, payload_text: str, path: str) -> Any:
         """The value at ``path`` (``data.user_id`` is the payload's ``user_id``)."""
         ...
 
     def wait_matches(self, event: EventRecord, wait: EventWait) -> bool: ...
+
+
+def run_metadata(event_id: str, name: str) -> str:
+    """The metadata of a run an event created: the event's id and name."""
+    return dumps({"event": {"id": event_id, "name": name}})
 
 
 class EventStore(abc.ABC):
