@@ -51,10 +51,12 @@ def _drain_through_restarts(
             pg.restart(modes[k % 2])
         while (n := _ended(fleet)) is None or n < runs:
             if time.monotonic() > deadline:
-                stuck = fleet.store.list_runs("dev", limit=20, status=["EXECUTING", "DEQUEUED"])
+                left = [r for r in fleet.store.get_runs("dev", ids)
+                        if r.status != RunStatus.COMPLETED]
                 raise AssertionError(
                     f"{runs - (n or 0)} of {runs} runs unfinished after {timeout} s "
-                    f"({restarts} restarts); e.g. {[(r.id, r.status, r.worker_id) for r in stuck]}"
+                    f"({restarts} restarts); e.g. "
+                    f"{[(r.id, r.status, r.worker_id, r.attempt) for r in left[:5]]}"
                     f"{fleet.tails()}"
                 )
             fleet.supervise()

@@ -190,6 +190,16 @@ UPDATE workers SET status = 'dead', stopped_at = :now WHERE id = :id AND status 
 SELECT id, status FROM runs
 WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') ORDER BY id;
 
+-- Locked, in id order as a commit's fence locks them: a commit that fenced the worker's
+-- runs before the reaper marked it dead may still end them. Read without the lock, a run
+-- that commit completed would be taken for lost and queued again (ran twice; and stuck,
+-- since a finished row keeps no claim order). The lock waits for that commit and the
+-- status is read again under it.
+-- name: runs_of_worker [postgres]
+SELECT id, status FROM runs
+WHERE worker_id = :id AND status IN ('EXECUTING', 'DEQUEUED') ORDER BY id
+FOR NO KEY UPDATE;
+
 -- Runs held by no live holder (C10): EXECUTING or DEQUEUED under a worker that is gone,
 -- not 'alive' (declared dead, stopped) or past its lease on the database clock, whatever
 -- its row says. The reaper requeues them as a lost worker's. Read through the partial
@@ -280,6 +290,8 @@ LIMIT 1000;
 
 -- Claim order is ready_at (available_at - priority: the head start); a run is never
 -- claimed before its own available_at (a retry's backoff, however high its priority).
+-- The statements that queue a run again read its priority through COALESCE: a finished
+-- row stores NULL for 0 (0025), and a queued run without a claim order is never claimed.
 -- Picked and taken in one statement: a run taken here is no longer QUEUED, so a second
 -- pick for the same key in the same claim finds only runs it has not taken yet.
 -- ORDER BY ready_at alone, which the runs_ready index yields as it is (ties in index
@@ -589,13 +601,13 @@ SELECT id FROM u;
 
 -- name: retry_run
 UPDATE runs SET status = 'QUEUED', attempt = attempt + 1, error = :error,
-    available_at = :retry_at, ready_at = :retry_at - priority, updated_at = :now,
+    available_at = :retry_at, ready_at = :retry_at - COALESCE(priority, 0), updated_at = :now,
     worker_id = NULL, holds_slot = 0, exec_seconds = 0, active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
 WHERE id = :run_id;
 
 -- name: handback_run
-UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
+UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - COALESCE(priority, 0),
     updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = :exec_seconds,
     active_seconds = active_seconds + CASE WHEN status = 'EXECUTING' AND segment_started_at < :now
         THEN :now - segment_started_at ELSE 0 END
@@ -698,7 +710,7 @@ parked AS (
             THEN :now - runs.segment_started_at ELSE 0 END
     FROM s WHERE runs.id = s.id AND s.id NOT IN (SELECT id FROM ready)),
 handed AS (
-    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
+    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - COALESCE(runs.priority, 0),
         updated_at = :now, worker_id = NULL, holds_slot = 0, exec_seconds = s.exec_seconds,
         active_seconds = runs.active_seconds + CASE WHEN runs.status = 'EXECUTING' AND runs.segment_started_at < :now
             THEN :now - runs.segment_started_at ELSE 0 END
@@ -787,7 +799,7 @@ ON CONFLICT DO NOTHING;
 
 -- A waiting run whose waitpoint completed goes back to the queue and replays.
 -- name: resume_runs
-UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - priority,
+UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - COALESCE(priority, 0),
     updated_at = :now, wait_reason = NULL,
     waited_seconds = waited_seconds + CASE WHEN updated_at < :now THEN :now - updated_at ELSE 0 END
 WHERE status = 'WAITING' AND id IN (SELECT run_id FROM run_waits WHERE waitpoint_id = :id)
@@ -2250,7 +2262,7 @@ SELECT metadata FROM runs WHERE id = :id AND status = 'DELAYED' AND delay_until 
 -- name: group_debounce_run
 UPDATE runs SET payload = COALESCE(:payload, payload), metadata = :metadata,
     max_attempts = COALESCE(:max_attempts, max_attempts), updated_at = :now,
-    available_at = :start, ready_at = :start - priority, delay_until = :start,
+    available_at = :start, ready_at = :start - COALESCE(priority, 0), delay_until = :start,
     ttl_expires_at = COALESCE(:ttl_expires_at, ttl_expires_at)
 WHERE id = :id AND status = 'DELAYED' AND delay_until > :now
 RETURNING id;
@@ -2301,7 +2313,7 @@ entries AS (
           UNION SELECT id, run_id FROM fired WHERE run_id IS NOT NULL) e
     WHERE j.run_id = e.run_id AND j.waitpoint_id = e.waitpoint_id AND j.status = 'waiting'),
 resumed AS (
-    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - runs.priority,
+    UPDATE runs SET status = 'QUEUED', available_at = :now, ready_at = :now - COALESCE(runs.priority, 0),
         updated_at = :now, wait_reason = NULL,
         waited_seconds = runs.waited_seconds
             + CASE WHEN runs.updated_at < :now THEN :now - runs.updated_at ELSE 0 END
