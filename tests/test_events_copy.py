@@ -20,7 +20,7 @@ import pytest
 
 from outlast import CancelOn, Debounce, task
 from outlast._clock import FakeClock
-from outlast._events import Planner
+from outlast._events import Planner, new_event
 from outlast.client import Client
 from outlast.store._events_base import EventRecord, Fanout, NewEvent, PublishResult
 from outlast.store._sql_events import _Batch, plan_event
@@ -275,6 +275,9 @@ def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     results = client.publish_many(_batch(["c1", "c2"]))
     assert results == [PublishResult(r.id, False, r.run_ids) for r in results]
     assert results[0].id == "c1" and len(results[0].run_ids) == 1
+    made = new_event("copy.signup", {"id": "c4"}, "c4", windows=(60.0, 120.0))
+    built = NewEvent("c4", "copy.signup", '{"id":"c4"}', 60.0, 120.0)
+    assert made == built and vars(made) == vars(built)
     batch = _Batch("dev", store.list_tasks("dev"), 5.0)
     event = NewEvent("c3", "copy.signup", '{"id": "c3"}', 60.0, 120.0)
     record, [fan] = plan_event(batch, event, Planner("dev"))
