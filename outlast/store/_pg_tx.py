@@ -77,7 +77,8 @@ class _LateBeginTx(_Tx):
     def _first(self, name: str, params: Mapping[str, Any]) -> psycopg.Cursor[Row]:
         if self.begun:
             return self.conn.execute(self.queries[name], params)
-        generic = name in self.generic
+        # (plan_cache_mode came in PostgreSQL 12; an older server plans as before)
+        generic = name in self.generic and self.conn.info.server_version >= 120000
         with self.conn.pipeline():  # its exit waits for every result
             self.conn.execute("BEGIN")
             self.begun = True
