@@ -20,7 +20,7 @@ import pytest
 
 from outlast import CancelOn, Debounce, task
 from outlast._clock import FakeClock
-from outlast._events import Planner
+from outlast._events import Planner, new_event
 from outlast.client import Client
 from outlast.store._events_base import EventRecord, Fanout, NewEvent, PublishResult
 from outlast.store._sql_events import _Batch, plan_event
@@ -243,6 +243,29 @@ def test_a_batch_announces_its_runs_to_listening_workers(
     assert got == ["dev"]
 
 
+def test_only_a_batchs_lock_statement_is_planned_generically(db_url: str, backend: str
+                                                             ) -> None:
+    # _LateBeginTx sets plan_cache_mode for the batch's lock statement and back after it:
+    # the transaction's later statements (a cancel's, a group's) keep their custom plans.
+    if backend != "postgres":
+        pytest.skip("plan_cache_mode is PostgreSQL's")
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    from outlast.store._pg_tx import late_begin
+
+    show = "SELECT current_setting('plan_cache_mode') AS m"
+    queries = {"ev_lock_seqs_and_waits": show, "later": show}
+    with ConnectionPool(db_url, min_size=1, max_size=1, kwargs={"row_factory": dict_row},
+                        open=True) as pool:
+        with late_begin(pool, queries) as tx:
+            first = tx.q("ev_lock_seqs_and_waits")[0]["m"]
+            later = tx.q("later")[0]["m"]
+        with late_begin(pool, queries) as tx:  # another statement first: not generic
+            other = tx.q("later")[0]["m"]
+    assert (first, later, other) == ("force_generic_plan", "auto", "auto")
+
+
 def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     store: Store, client: Client
 ) -> None:
@@ -252,6 +275,9 @@ def test_records_fan_outs_and_results_a_batch_builds_equal_their_constructors(
     results = client.publish_many(_batch(["c1", "c2"]))
     assert results == [PublishResult(r.id, False, r.run_ids) for r in results]
     assert results[0].id == "c1" and len(results[0].run_ids) == 1
+    made = new_event("copy.signup", {"id": "c4"}, "c4", windows=(60.0, 120.0))
+    built = NewEvent("c4", "copy.signup", '{"id":"c4"}', 60.0, 120.0)
+    assert made == built and vars(made) == vars(built)
     batch = _Batch("dev", store.list_tasks("dev"), 5.0)
     event = NewEvent("c3", "copy.signup", '{"id": "c3"}', 60.0, 120.0)
     record, [fan] = plan_event(batch, event, Planner("dev"))
