@@ -74,11 +74,10 @@ def _written(store: Store) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return events, runs
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the plain batch is SQLite's
 def test_a_plain_batch_writes_the_rows_the_general_path_writes(
-    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend != "sqlite":
-        pytest.skip("the plain batch is SQLite's")
     store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
     calls = _plain_calls(store, monkeypatch)
     ids = [f"p{i}" for i in range(300)]  # and l1: 128 + 128 + 32 + 8 + 4 + 1 a statement
@@ -95,11 +94,10 @@ def test_a_plain_batch_writes_the_rows_the_general_path_writes(
     assert written[0][0]["fanout"][0][0] == "plain-first"  # subscribers in their order
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the plain batch is SQLite's
 def test_a_plain_batch_that_fails_after_its_events_rolls_them_back(
-    store: Store, client: Client, backend: str, monkeypatch: pytest.MonkeyPatch
+    store: Store, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if backend != "sqlite":
-        pytest.skip("the plain batch is SQLite's")
     store.publish_tasks("dev", [t.definition() for t in SUBSCRIBERS])
 
     def broken(*args: Any) -> None:
